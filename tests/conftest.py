@@ -1,0 +1,29 @@
+"""Test setup shared by every test module.
+
+Eight simulated CPU devices are made before JAX is imported, so sharding tests can build 1-, 8- and
+2x4-device meshes in-process; single-device tests are unaffected (arrays default to device 0).
+"""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def golden():
+  """The reference PyTorch run of a tiny V-JEPA (see tests/fixtures/README.md)."""
+  with np.load(FIXTURES / "vjepa_tiny_v1.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def num_devices():
+  return jax.device_count()
