@@ -1,0 +1,206 @@
+"""Mapping between the reference PyTorch state dicts and jepa_jax's Flax parameter trees.
+
+Rules (both directions, exact):
+  * Linear ``weight [out, in]`` <-> Dense ``kernel [in, out]``; ``bias`` <-> ``bias``.
+  * Conv3d ``weight [D, C, kt, kh, kw]`` <-> Conv ``kernel [kt, kh, kw, C, D]``.
+  * LayerNorm ``weight`` <-> ``scale``.
+  * ``blocks.{i}.`` / ``predictor_blocks.{i}.`` / ``pooler.blocks.{i}.`` <-> ``stack/blocks_{i}/``.
+  * Predictor ``mask_tokens.{i}`` ``[1, 1, P]`` <-> row i of ``mask_tokens [n, P]``.
+  * Fixed sin-cos buffers (``pos_embed``, ``predictor_pos_embed``) are not parameters here; on
+    import they are checked against ours, on export recomputed.
+  * Wrapper prefixes of released checkpoints (``module.``, ``backbone.``) are stripped on import.
+
+Scanned models keep their blocks as one ``stack/blocks/block`` subtree with a leading depth axis;
+``stack_blocks``/``unstack_blocks`` convert between the two layouts.
+"""
+import re
+from typing import Mapping
+
+import numpy as np
+
+WRAPPER_PREFIXES = ("module.", "backbone.")
+POSITION_BUFFERS = ("pos_embed", "predictor_pos_embed")
+
+_BLOCK_PREFIX = re.compile(r"^(?:predictor_blocks|pooler\.blocks|blocks)\.(\d+)\.(.*)$")
+
+# Non-block modules: torch module path -> flax path (without the leaf name).
+_MODULES = {
+    "encoder": {"patch_embed.proj": ("patch_embed",), "norm": ("norm",)},
+    "predictor": {"predictor_embed": ("predictor_embed",), "predictor_norm": ("predictor_norm",),
+                  "predictor_proj": ("predictor_proj",)},
+    "probe": {"pooler.cross_attention_block.norm1": ("norm1",),
+              "pooler.cross_attention_block.xattn.q": ("xattn", "q"),
+              "pooler.cross_attention_block.xattn.kv": ("xattn", "kv"),
+              "pooler.cross_attention_block.norm2": ("norm2",),
+              "pooler.cross_attention_block.mlp.fc1": ("mlp", "fc1"),
+              "pooler.cross_attention_block.mlp.fc2": ("mlp", "fc2"),
+              "linear": ("linear",)},
+}
+_BLOCK_MODULES = {"norm1": ("norm1",), "norm2": ("norm2",), "attn.qkv": ("attn", "qkv"),
+                  "attn.proj": ("attn", "proj"), "mlp.fc1": ("mlp", "fc1"),
+                  "mlp.fc2": ("mlp", "fc2")}
+# Probe parameters the reference creates but never uses in its forward pass.
+_UNUSED = {"probe": ("pooler.cross_attention_block.xattn.proj.weight",
+                     "pooler.cross_attention_block.xattn.proj.bias")}
+_BLOCKS_PREFIX = {"encoder": "blocks", "predictor": "predictor_blocks", "probe": "pooler.blocks"}
+_LAYER_NORMS = ("norm", "norm1", "norm2", "predictor_norm")
+
+
+class ConversionError(ValueError):
+  """A state dict that does not fit the named model, with the offending name."""
+
+
+def strip_prefixes(state: Mapping[str, np.ndarray]) -> dict:
+  out = {}
+  for name, value in state.items():
+    changed = True
+    while changed:
+      changed = False
+      for prefix in WRAPPER_PREFIXES:
+        if name.startswith(prefix):
+          name, changed = name[len(prefix):], True
+    out[name] = np.asarray(value)
+  return out
+
+
+def _leaf(module_path: tuple, torch_leaf: str, is_norm: bool, value: np.ndarray):
+  """Flax (path, array) of one torch tensor."""
+  if torch_leaf == "bias":
+    return module_path + ("bias",), value
+  if is_norm:
+    return module_path + ("scale",), value
+  if value.ndim == 5:  # Conv3d
+    return module_path + ("kernel",), value.transpose(2, 3, 4, 1, 0)
+  if value.ndim == 2:  # Linear
+    return module_path + ("kernel",), value.T
+  raise ConversionError(f"unexpected {value.ndim}-D weight at {module_path}")
+
+
+def _set(tree: dict, path: tuple, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  if path[-1] in tree:
+    raise ConversionError(f"duplicate parameter {'/'.join(path)}")
+  tree[path[-1]] = value
+
+
+def from_torch(state: Mapping[str, np.ndarray], kind: str) -> dict:
+  """Reference state dict (``kind``: encoder | predictor | probe) -> unscanned Flax params."""
+  state = strip_prefixes(state)
+  params: dict = {}
+  mask_tokens = {}
+  for name, value in state.items():
+    if name in POSITION_BUFFERS:
+      continue
+    if name in _UNUSED.get(kind, ()):
+      continue
+    if kind == "predictor" and name.startswith("mask_tokens."):
+      mask_tokens[int(name.split(".")[1])] = value.reshape(-1)
+      continue
+    if kind == "probe" and name == "pooler.query_tokens":
+      _set(params, ("query_tokens",), value)
+      continue
+    module, _, torch_leaf = name.rpartition(".")
+    m = _BLOCK_PREFIX.match(name)
+    if m and name.startswith(_BLOCKS_PREFIX[kind] + "."):
+      block_module, _, torch_leaf = m.group(2).rpartition(".")
+      if block_module not in _BLOCK_MODULES:
+        raise ConversionError(f"unknown parameter {name!r} in a {kind} state dict")
+      path = ("stack", f"blocks_{m.group(1)}") + _BLOCK_MODULES[block_module]
+      is_norm = block_module in _LAYER_NORMS
+    elif module in _MODULES[kind]:
+      path = _MODULES[kind][module]
+      is_norm = path[-1] in _LAYER_NORMS
+    else:
+      raise ConversionError(f"unknown parameter {name!r} in a {kind} state dict "
+                            f"(is this really a {kind} checkpoint?)")
+    _set(params, *_leaf(path, torch_leaf, is_norm, value))
+  if mask_tokens:
+    params["mask_tokens"] = np.stack([mask_tokens[i] for i in range(len(mask_tokens))])
+  return params
+
+
+def to_torch(params, kind: str) -> dict:
+  """Unscanned Flax params -> reference state dict (no prefixes, no position buffers)."""
+  params = _plain(params)
+  inverse = {v: k for k, v in _MODULES[kind].items()}
+  block_inverse = {v: k for k, v in _BLOCK_MODULES.items()}
+  out = {}
+  flat = _flatten(params)
+  for path, value in flat.items():
+    if kind == "predictor" and path == ("mask_tokens",):
+      for i, row in enumerate(value):
+        out[f"mask_tokens.{i}"] = row.reshape(1, 1, -1)
+      continue
+    if kind == "probe" and path == ("query_tokens",):
+      out["pooler.query_tokens"] = value
+      continue
+    module_path, leaf = path[:-1], path[-1]
+    if module_path[:1] == ("stack",):
+      block = module_path[1]
+      if not block.startswith("blocks_"):
+        raise ConversionError("scanned parameters: call unstack_blocks() before to_torch()")
+      module = f"{_BLOCKS_PREFIX[kind]}.{block[7:]}.{block_inverse[module_path[2:]]}"
+    else:
+      module = inverse[module_path]
+    if leaf == "bias":
+      out[f"{module}.bias"] = value
+    elif leaf == "scale":
+      out[f"{module}.weight"] = value
+    elif value.ndim == 5:
+      out[f"{module}.weight"] = value.transpose(4, 3, 0, 1, 2)
+    else:
+      out[f"{module}.weight"] = value.T
+  if kind == "probe":
+    d = out["pooler.query_tokens"].shape[-1]
+    out["pooler.cross_attention_block.xattn.proj.weight"] = np.zeros((d, d), np.float32)
+    out["pooler.cross_attention_block.xattn.proj.bias"] = np.zeros((d,), np.float32)
+  return out
+
+
+def unstack_blocks(params) -> dict:
+  """Scanned layout (``stack/blocks/block`` [depth, ...]) -> ``stack/blocks_{i}``."""
+  params = _plain(params)
+  stack = params.get("stack", {})
+  if "blocks" not in stack:
+    return params
+  block = stack.pop("blocks")["block"]
+  depth = _flatten(block)[next(iter(_flatten(block)))].shape[0]
+  for i in range(depth):
+    stack[f"blocks_{i}"] = _map(lambda x, i=i: x[i], block)
+  return params
+
+
+def stack_blocks(params) -> dict:
+  """``stack/blocks_{i}`` -> scanned layout ``stack/blocks/block`` with a leading depth axis."""
+  params = _plain(params)
+  stack = params.get("stack", {})
+  names = sorted((k for k in stack if k.startswith("blocks_")), key=lambda k: int(k[7:]))
+  if not names:
+    return params
+  blocks = [stack.pop(k) for k in names]
+  stack["blocks"] = {"block": _map(lambda *xs: np.stack(xs), *blocks)}
+  return params
+
+
+def _plain(tree):
+  if hasattr(tree, "items"):
+    return {k: _plain(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def _flatten(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _map(fn, *trees):
+  first = trees[0]
+  if isinstance(first, dict):
+    return {k: _map(fn, *(t[k] for t in trees)) for k in first}
+  return fn(*trees)

@@ -1,0 +1,63 @@
+"""The attentive probe of V-JEPA's frozen evaluation (src/models/attentive_pooler.py).
+
+One learnable query cross-attends to the (frozen) encoder tokens: q + XAttn(q, LN(tokens)), then
+q + MLP(LN(q)), optional extra self-attention blocks (``depth > 1``: the paper's two-layer probe),
+then a linear classifier.
+
+Reference quirk kept on purpose: the reference's ``CrossAttention`` creates an output projection
+(``xattn.proj``) but never applies it, so released probe checkpoints carry an unused ``proj``.
+This module has no such parameter; ``jepa_jax.convert`` drops it on import and writes zeros on
+export, which changes nothing in either forward pass.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jepa_jax.models import layers
+
+
+class CrossAttention(nn.Module):
+  num_heads: int
+  dtype: Any = jnp.float32
+  attention: str = "xla"
+
+  @nn.compact
+  def __call__(self, q, x, kv_mask=None):
+    b, n, d = q.shape
+    s = x.shape[1]
+    hd = d // self.num_heads
+    q = layers.dense(d, "q", self.dtype)(q).reshape(b, n, self.num_heads, hd)
+    kv = layers.dense(2 * d, "kv", self.dtype)(x).reshape(b, s, 2, self.num_heads, hd)
+    out = layers.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], kv_mask, self.attention)
+    return out.reshape(b, n, d)
+
+
+class AttentiveClassifier(nn.Module):
+  num_classes: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+  depth: int = 1
+  num_queries: int = 1
+  dtype: Any = jnp.float32
+  attention: str = "xla"
+
+  @nn.compact
+  def __call__(self, tokens, token_valid: Optional[jax.Array] = None):
+    """tokens ``[B, N, D]`` -> logits ``[B, num_classes]`` (float32)."""
+    b, _, d = tokens.shape
+    tokens = tokens.astype(self.dtype)
+    query = self.param("query_tokens", layers.reference_trunc_normal(),
+                       (1, self.num_queries, d), jnp.float32)
+    q = jnp.broadcast_to(query.astype(self.dtype), (b, self.num_queries, d))
+    q = q + CrossAttention(self.num_heads, self.dtype, self.attention, name="xattn")(
+        q, layers.layer_norm("norm1", self.dtype)(tokens), token_valid)
+    q = q + layers.Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
+        layers.layer_norm("norm2", self.dtype)(q))
+    if self.depth > 1:
+      q, _ = layers.BlockStack(self.depth - 1, self.num_heads, self.mlp_ratio, self.dtype,
+                               self.attention, name="stack")(q)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                      kernel_init=layers.reference_trunc_normal(), name="linear")(q[:, 0])
+    return logits

@@ -1,0 +1,269 @@
+"""The V-JEPA networks: faithfulness to the reference (golden run) and our own invariants."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jepa_jax import convert, models
+from jepa_jax.models import pos_embed
+
+TINY = dict(img_size=64, num_frames=8, embed_dim=96, depth=2, num_heads=4)
+
+
+def golden_state(golden, prefix):
+  return {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def tiny(golden):
+  enc = models.build_encoder("tiny", attention="einsum", **TINY)
+  pred = models.build_predictor(enc, embed_dim=48, depth=2)
+  enc_params = convert.from_torch(golden_state(golden, "param/encoder/"), "encoder")
+  pred_params = convert.from_torch(golden_state(golden, "param/predictor/"), "predictor")
+  clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))  # [B,C,T,H,W] -> [B,T,H,W,C]
+  return enc, pred, {"params": enc_params}, {"params": pred_params}, clip
+
+
+# --- positions -------------------------------------------------------------------------------
+
+def test_positions_match_reference(golden, tiny):
+  enc, pred, *_ = tiny
+  np.testing.assert_array_equal(np.asarray(enc.position_table()), golden["pos_embed/encoder"])
+  np.testing.assert_array_equal(np.asarray(pred.position_table()), golden["pos_embed/predictor"])
+  np.testing.assert_array_equal(golden["param/encoder/pos_embed"][0], golden["pos_embed/encoder"])
+
+
+@pytest.mark.parametrize("uniform_power,d,widths", [(True, 60, (20, 20, 20)),
+                                                     (False, 64, (32, 16, 16))])
+def test_position_layout_per_axis(uniform_power, d, widths):
+  """Each axis block of the table is the 1D MAE table of that axis' coordinate, [t, h, w] order."""
+  grid = (3, 4, 5)
+  table = pos_embed.sincos_3d(d, grid, uniform_power)
+  assert table.shape == (60, d) and pos_embed.axis_dims(d, uniform_power) == widths
+  t, h, w = np.meshgrid(*[np.arange(n) for n in grid], indexing="ij")
+
+  def mae(dim, pos):
+    omega = 1.0 / 10000 ** (np.arange(dim // 2) / (dim / 2))
+    angles = pos.reshape(-1, 1) * omega
+    return np.concatenate([np.sin(angles), np.cos(angles)], 1)
+
+  dt, dh, dw = widths
+  np.testing.assert_allclose(table[:, :dt], mae(dt, t), atol=1e-6)
+  np.testing.assert_allclose(table[:, dt:dt + dh], mae(dh, h), atol=1e-6)
+  np.testing.assert_allclose(table[:, dt + dh:], mae(dw, w), atol=1e-6)
+
+
+def test_uniform_power_cut_to_width():
+  # d = 1024: each axis gets ceil(1024/6)*2 = 342 dims, 3*342 = 1026 cut to 1024 (w loses 2).
+  assert pos_embed.axis_dims(1024, True) == (342, 342, 342)
+  assert pos_embed.sincos_3d(1024, (8, 14, 14), True).shape == (1568, 1024)
+  assert pos_embed.axis_dims(1024, False) == (512, 256, 256)
+
+
+# --- golden outputs --------------------------------------------------------------------------
+
+def test_encoder_full_matches_reference(golden, tiny):
+  enc, _, ep, _, clip = tiny
+  out = enc.apply(ep, clip)
+  np.testing.assert_allclose(np.asarray(out), golden["out/encoder_full"], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_context_and_predictor_match_reference(golden, tiny, i):
+  enc, pred, ep, pp, clip = tiny
+  ctx_idx, tgt_idx = jnp.asarray(golden[f"mask_enc_{i}"]), jnp.asarray(golden[f"mask_pred_{i}"])
+  ctx = enc.apply(ep, clip, token_idx=ctx_idx)
+  np.testing.assert_allclose(np.asarray(ctx), golden[f"out/context_{i}"], atol=2e-5, rtol=1e-5)
+  out = pred.apply(pp, ctx, ctx_idx, tgt_idx, mask_index=i)
+  np.testing.assert_allclose(np.asarray(out), golden[f"out/pred_{i}"], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_matches_einsum(golden, tiny):
+  enc, _, ep, _, clip = tiny
+  fused = models.build_encoder("tiny", attention="xla", **TINY)
+  np.testing.assert_allclose(np.asarray(fused.apply(ep, clip)), np.asarray(enc.apply(ep, clip)),
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(fused.apply(ep, clip)), golden["out/encoder_full"],
+                             atol=2e-5)
+
+
+# --- token selection and padding -------------------------------------------------------------
+
+def test_token_indices_equal_blocks_on_gathered_tokens(golden, tiny):
+  enc, _, ep, _, clip = tiny
+  idx = jnp.asarray(golden["mask_enc_0"])
+  direct = enc.apply(ep, clip, token_idx=idx)
+  tokens = enc.apply(ep, clip, method=enc.embed)
+  gathered = jnp.take_along_axis(tokens, idx[..., None], axis=1)
+  manual = enc.apply(ep, gathered, method=enc.encode_tokens)
+  np.testing.assert_array_equal(np.asarray(direct), np.asarray(manual))
+
+
+def test_padding_is_invisible(golden, tiny):
+  """Padded context (invalid slots) leaves the valid tokens' outputs and predictions unchanged."""
+  enc, pred, ep, pp, clip = tiny
+  ctx_idx, tgt_idx = jnp.asarray(golden["mask_enc_0"]), jnp.asarray(golden["mask_pred_0"])
+  k = ctx_idx.shape[1]
+  padded = jnp.concatenate([ctx_idx, ctx_idx[:, :5]], axis=1)
+  valid = jnp.arange(k + 5)[None, :] < k
+  valid = jnp.broadcast_to(valid, padded.shape)
+  out = enc.apply(ep, clip, token_idx=padded, token_valid=valid)
+  np.testing.assert_allclose(np.asarray(out[:, :k]), golden["out/context_0"], atol=2e-5)
+  tgt_padded = jnp.concatenate([tgt_idx, tgt_idx[:, :3]], axis=1)
+  tgt_valid = jnp.broadcast_to(jnp.arange(tgt_padded.shape[1])[None] < tgt_idx.shape[1],
+                               tgt_padded.shape)
+  p = pred.apply(pp, out, padded, tgt_padded, 0, valid, tgt_valid)
+  np.testing.assert_allclose(np.asarray(p[:, :tgt_idx.shape[1]]), golden["out/pred_0"], atol=2e-5)
+
+
+# --- precision, remat, scan ------------------------------------------------------------------
+
+def _loss(enc, params, clip):
+  return jnp.mean(enc.apply(params, clip).astype(jnp.float32) ** 2)
+
+
+def test_bf16_close_to_fp32(tiny):
+  enc, _, ep, _, clip = tiny
+  bf16 = models.build_encoder("tiny", attention="einsum", dtype=jnp.bfloat16, **TINY)
+  out = bf16.apply(ep, clip)
+  assert out.dtype == jnp.bfloat16
+  ref = np.asarray(enc.apply(ep, clip))
+  err = np.abs(np.asarray(out, np.float32) - ref)
+  assert err.mean() < 2e-2 and err.max() < 0.25, (err.mean(), err.max())
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_identical_outputs_and_grads(tiny, policy):
+  enc, _, ep, _, clip = tiny
+  remat = models.build_encoder("tiny", attention="einsum", remat=policy, **TINY)
+  g0 = jax.grad(lambda p: _loss(enc, p, clip))(ep)
+  g1 = jax.grad(lambda p: _loss(remat, p, clip))(ep)
+  np.testing.assert_allclose(np.asarray(remat.apply(ep, clip)), np.asarray(enc.apply(ep, clip)),
+                             atol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def test_scan_layout_equals_unrolled(tiny):
+  enc, _, ep, _, clip = tiny
+  scanned = models.build_encoder("tiny", attention="einsum", scan=True, **TINY)
+  sp = {"params": convert.stack_blocks(ep["params"])}
+  shapes = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), clip)
+  assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(
+      jax.tree_util.tree_map(jnp.asarray, sp))
+  np.testing.assert_allclose(np.asarray(scanned.apply(sp, clip)), np.asarray(enc.apply(ep, clip)),
+                             atol=1e-5)
+  layers_scan = scanned.apply(sp, clip, out_layers=(0, 1))
+  layers_unrolled = enc.apply(ep, clip, out_layers=(0, 1))
+  for a, b in zip(layers_scan, layers_unrolled):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  back = convert.unstack_blocks(sp["params"])
+  for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(ep["params"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_intermediate_layers(tiny):
+  enc, _, ep, _, clip = tiny
+  outs = enc.apply(ep, clip, out_layers=(0, 1))
+  assert len(outs) == 2
+  np.testing.assert_allclose(np.asarray(outs[1]), np.asarray(enc.apply(ep, clip)), atol=1e-6)
+  assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))
+
+
+# --- sizes, parameter counts, init -----------------------------------------------------------
+
+@pytest.mark.parametrize("size", sorted(models.VIT_SIZES))
+def test_named_sizes_shapes_and_counts(size):
+  enc = models.build_encoder(size, img_size=224, num_frames=16)
+  clip = jax.ShapeDtypeStruct((2, 16, 224, 224, 3), jnp.float32)
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  out = jax.eval_shape(enc.apply, params, clip)
+  assert out.shape == (2, 1568, enc.embed_dim)
+  spec = models.size_spec(size)
+  assert models.count_params(params) == models.analytic_encoder_params(
+      spec["embed_dim"], spec["depth"], spec["mlp_ratio"])
+  pred = models.build_predictor(enc)
+  idx = jax.ShapeDtypeStruct((2, 100), jnp.int32)
+  tgt = jax.ShapeDtypeStruct((2, 200), jnp.int32)
+  ctx = jax.ShapeDtypeStruct((2, 100, enc.embed_dim), jnp.float32)
+  pparams = jax.eval_shape(pred.init, jax.random.PRNGKey(0), ctx, idx, tgt)
+  assert jax.eval_shape(pred.apply, pparams, ctx, idx, tgt).shape == (2, 200, enc.embed_dim)
+
+
+def test_headline_param_counts():
+  large = models.analytic_encoder_params(1024, 24)
+  huge = models.analytic_encoder_params(1280, 32)
+  assert 303e6 < large < 305e6, large
+  assert 631e6 < huge < 634e6, huge
+
+
+def test_other_resolutions_and_patch_sizes():
+  enc = models.build_encoder("tiny", img_size=96, num_frames=6, patch_size=8, tubelet_size=3,
+                             depth=1)
+  clip = jax.ShapeDtypeStruct((1, 6, 96, 96, 3), jnp.float32)
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  assert jax.eval_shape(enc.apply, params, clip).shape == (1, 2 * 12 * 12, 192)
+  with pytest.raises(ValueError, match="patch_size"):
+    models.token_grid(100, 16, 16, 2)
+  with pytest.raises(ValueError, match="tubelet"):
+    models.token_grid(224, 15, 16, 2)
+
+
+def test_init_statistics_and_rescale():
+  enc = models.build_encoder("small", img_size=32, num_frames=2, depth=3)
+  params = enc.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 32, 32, 3)))["params"]
+  qkv = np.asarray(params["stack"]["blocks_0"]["attn"]["qkv"]["kernel"])
+  assert abs(qkv.std() - 0.02) < 1e-3 and abs(qkv.mean()) < 1e-3
+  assert np.all(np.asarray(params["stack"]["blocks_0"]["attn"]["qkv"]["bias"]) == 0)
+  assert np.all(np.asarray(params["norm"]["scale"]) == 1)
+  scaled = models.rescale_residual_projections(params)
+  for i in range(3):
+    for path in (("attn", "proj"), ("mlp", "fc2")):
+      before = params["stack"][f"blocks_{i}"][path[0]][path[1]]["kernel"]
+      after = scaled["stack"][f"blocks_{i}"][path[0]][path[1]]["kernel"]
+      np.testing.assert_allclose(np.asarray(after), np.asarray(before) / np.sqrt(2 * (i + 1)),
+                                 rtol=1e-6)
+  np.testing.assert_array_equal(scaled["stack"]["blocks_2"]["attn"]["qkv"]["kernel"],
+                                params["stack"]["blocks_2"]["attn"]["qkv"]["kernel"])
+  stacked = models.rescale_residual_projections(convert.stack_blocks(params))
+  np.testing.assert_allclose(convert.unstack_blocks(stacked)["stack"]["blocks_2"]["mlp"]["fc2"]
+                             ["kernel"], scaled["stack"]["blocks_2"]["mlp"]["fc2"]["kernel"],
+                             rtol=1e-6)
+
+
+# --- probe -----------------------------------------------------------------------------------
+
+def test_probe_shapes_and_masking():
+  probe = models.AttentiveClassifier(num_classes=5, num_heads=4, attention="einsum")
+  tokens = jax.random.normal(jax.random.PRNGKey(1), (3, 10, 32))
+  params = probe.init(jax.random.PRNGKey(0), tokens)
+  assert probe.apply(params, tokens).shape == (3, 5)
+  valid = jnp.arange(10)[None].repeat(3, 0) < 6
+  noisy = tokens.at[:, 6:].set(100.0)
+  np.testing.assert_allclose(np.asarray(probe.apply(params, noisy, valid)),
+                             np.asarray(probe.apply(params, tokens[:, :6])), atol=1e-5)
+  two_layer = models.AttentiveClassifier(num_classes=5, num_heads=4, depth=2)
+  assert two_layer.apply(two_layer.init(jax.random.PRNGKey(0), tokens), tokens).shape == (3, 5)
+
+
+# --- name mapping ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["encoder", "predictor"])
+def test_torch_name_round_trip(golden, kind):
+  state = golden_state(golden, f"param/{kind}/")
+  back = convert.to_torch(convert.from_torch(state, kind), kind)
+  buffers = {"pos_embed", "predictor_pos_embed"}
+  assert set(back) == set(state) - buffers
+  for name, value in back.items():
+    np.testing.assert_array_equal(value, state[name], err_msg=name)
+
+
+def test_wrapper_prefixes_and_unknown_names(golden):
+  state = golden_state(golden, "param/encoder/")
+  wrapped = {f"module.backbone.{k}": v for k, v in state.items()}
+  a = convert.from_torch(wrapped, "encoder")
+  b = convert.from_torch(state, "encoder")
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  with pytest.raises(convert.ConversionError, match="predictor_embed"):
+    convert.from_torch(golden_state(golden, "param/predictor/"), "encoder")
