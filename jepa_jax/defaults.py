@@ -1,0 +1,58 @@
+"""The base pretraining config: every number of the paper's ViT-L/16 run (configs/pretrain/vitl16.yaml
+of the reference). Experiment files in ``configs/`` start from it and change what differs.
+"""
+import ml_collections
+
+
+def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      kind="multiblock", num_blocks=num_blocks, spatial_scale=(spatial_scale, spatial_scale),
+      temporal_scale=(1.0, 1.0), aspect_ratio=(0.75, 1.5), max_temporal_keep=1.0, ratio=0.9,
+      num_context=None, num_target=None, subset="random") | kwargs)
+
+
+def pretrain_masks() -> list:
+  """Short-range (8 blocks x 0.15) and long-range (2 blocks x 0.7), blocks spanning all time."""
+  return [mask_config(8, 0.15), mask_config(2, 0.7)]
+
+
+def data_config() -> ml_collections.ConfigDict:
+  from jepa_jax.data import default_data_config
+  return default_data_config()
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 234
+  c.batch_size = 3072            # global: 24 clips per GPU x 128 GPUs
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="large",              # tiny | small | base | large | huge | giant
+      patch_size=16,
+      tubelet_size=2,
+      uniform_power=True,
+      pred_depth=12,
+      pred_embed_dim=384,
+      zero_init_mask_tokens=True,
+      # The reference's training entry point re-draws every Linear after construction, undoing
+      # the per-block rescale: released models trained without it (see jepa_jax.models).
+      rescale_residual_init=False,
+      dtype="bfloat16",          # compute dtype; parameters and optimiser state stay float32
+      attention="xla",           # xla | cudnn | einsum
+      remat="none",              # none | full | dots | dots_no_batch
+      scan=False,                # nn.scan over blocks: compile time independent of depth
+      overrides={},              # e.g. {"embed_dim": 96, "depth": 2, "num_heads": 4}
+  ))
+
+  c.data = data_config()
+  c.masks = pretrain_masks()
+
+  c.optim = ml_collections.ConfigDict(dict(
+      epochs=300, ipe=300, ipe_scale=1.25, warmup=40,
+      start_lr=2e-4, lr=6.25e-4, final_lr=1e-6,
+      weight_decay=0.04, final_weight_decay=0.4,
+      ema=(0.998, 1.0), clip_grad=10.0, b1=0.9, b2=0.999, eps=1e-8))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
+  c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
+  return c

@@ -1,0 +1,174 @@
+"""V-JEPA's optimiser: AdamW with warm-up + cosine LR, a cosine weight-decay ramp, per-module
+gradient clipping after warm-up, and the EMA momentum ramp of the target encoder.
+
+Every schedule is a pure function of the 0-based update index ``k`` and reproduces the reference
+(src/utils/schedulers.py, app/vjepa/train.py) number for number:
+
+* The reference steps its LR and WD schedulers *before* each update, so update ``k`` uses the
+  schedulers' value at ``s = k + 1``; the momentum generator is read *after* the update starting
+  at its first value, so update ``k`` uses ``m(k)``.
+* All three are computed over ``ipe_scale * epochs * ipe`` steps (112,500 for 300 x 300 x 1.25) and
+  the run stops at ``epochs * ipe`` (90,000): the schedules never reach their end values.
+* LR: ``start + s/W (ref - start)`` while ``s < W = int(warmup * ipe)``; then cosine from ``ref`` to
+  ``final`` over ``int(ipe_scale * epochs * ipe) - W`` steps.
+* WD: cosine from ``weight_decay`` to ``final_weight_decay`` over ``int(ipe_scale * epochs * ipe)``
+  (rising, 0.04 -> 0.4), clamped at the final value.
+* Momentum: ``m0 + k (m1 - m0) / (ipe * epochs * ipe_scale)`` (a float denominator).
+* Clipping: the reference clips when ``epoch > warmup`` with a 0-based epoch, i.e. from update
+  ``(warmup + 1) * ipe`` on, one epoch after the LR warm-up ends; each of encoder and predictor is
+  clipped to norm ``clip_grad`` separately, with torch's ``max_norm / (norm + 1e-6)`` coefficient.
+* Weight decay applies to tensors with ndim != 1 whose name is not a bias (mask tokens included),
+  as the reference's parameter groups. For scanned blocks the leading depth axis is not counted.
+"""
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  epochs: int = 300
+  ipe: int = 300                      # iterations per "epoch"
+  ipe_scale: float = 1.25
+  warmup: float = 40                  # epochs
+  start_lr: float = 2e-4
+  lr: float = 6.25e-4
+  final_lr: float = 1e-6
+  weight_decay: float = 0.04
+  final_weight_decay: float = 0.4
+  ema: tuple[float, float] = (0.998, 1.0)
+  clip_grad: float | None = 10.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+
+  @classmethod
+  def from_config(cls, cfg) -> "OptimConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dict(cfg).items() if k in fields}
+    if "ema" in values:
+      values["ema"] = tuple(values["ema"])
+    return cls(**values)
+
+  @property
+  def total_steps(self) -> int:
+    """Updates actually run (the schedules are stretched beyond this by ``ipe_scale``)."""
+    return int(self.epochs * self.ipe)
+
+  @property
+  def schedule_steps(self) -> int:
+    return int(self.ipe_scale * self.epochs * self.ipe)
+
+  @property
+  def warmup_steps(self) -> int:
+    return int(self.warmup * self.ipe)
+
+  @property
+  def clip_start_step(self) -> int:
+    return int((math.floor(self.warmup) + 1) * self.ipe)
+
+
+def learning_rate(cfg: OptimConfig, k):
+  """LR used by update ``k`` (0-based)."""
+  s = jnp.asarray(k, jnp.float32) + 1.0
+  w = cfg.warmup_steps
+  warm = cfg.start_lr + s / max(1, w) * (cfg.lr - cfg.start_lr)
+  progress = (s - w) / max(1, cfg.schedule_steps - w)
+  cosine = cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+  return jnp.where(s < w, warm, jnp.maximum(cfg.final_lr, cosine))
+
+
+def weight_decay(cfg: OptimConfig, k):
+  """Weight decay used by update ``k`` (0-based)."""
+  s = jnp.asarray(k, jnp.float32) + 1.0
+  progress = s / cfg.schedule_steps
+  wd = cfg.final_weight_decay + (cfg.weight_decay - cfg.final_weight_decay) * 0.5 * (
+      1.0 + jnp.cos(jnp.pi * progress))
+  if cfg.final_weight_decay <= cfg.weight_decay:
+    return jnp.maximum(cfg.final_weight_decay, wd)
+  return jnp.minimum(cfg.final_weight_decay, wd)
+
+
+def ema_momentum(cfg: OptimConfig, k):
+  """Target-encoder momentum applied after update ``k`` (0-based)."""
+  m0, m1 = cfg.ema
+  return m0 + jnp.asarray(k, jnp.float32) * (m1 - m0) / (cfg.ipe * cfg.epochs * cfg.ipe_scale)
+
+
+def decay_mask(params):
+  """True where weight decay applies: ndim != 1 (depth axis of scanned blocks excluded), no bias."""
+
+  def rule(path, leaf):
+    names = [getattr(p, "key", getattr(p, "name", "")) for p in path]
+    ndim = leaf.ndim - (1 if _is_scanned(names) else 0)
+    return ndim != 1 and "bias" not in names
+
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def _is_scanned(names) -> bool:
+  return any(a == "blocks" and b == "block" for a, b in zip(names, names[1:]))
+
+
+def global_norm(tree) -> jax.Array:
+  """sqrt of the sum of squares of every leaf, in float32 (torch's ``clip_grad_norm_`` norm)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+class ClipState(NamedTuple):
+  count: jax.Array
+
+
+def clip_by_module_norm(max_norm: float | None, start_step: int) -> optax.GradientTransformation:
+  """torch's ``clip_grad_norm_`` applied to each top-level module of the gradient tree separately,
+  only from update ``start_step`` on."""
+
+  def init_fn(params):
+    del params
+    return ClipState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    if max_norm is None:
+      return updates, ClipState(state.count + 1)
+    active = state.count >= start_step
+
+    def clip(tree):
+      norm = global_norm(tree)
+      coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+      coef = jnp.where(active, coef, 1.0)
+      return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), tree)
+
+    return {k: clip(v) for k, v in updates.items()}, ClipState(state.count + 1)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(cfg: OptimConfig, lr=None, wd=None) -> optax.GradientTransformation:
+  """Per-module clipping, then AdamW whose LR and WD are recorded in the optimiser state.
+
+  ``lr``/``wd`` override the schedules (a float or a function of the update index); the default
+  is the reference schedules above. The applied values of the last update can be read back with
+  ``applied_hyperparams(opt_state)``.
+  """
+  lr = (lambda k: learning_rate(cfg, k)) if lr is None else lr
+  wd = (lambda k: weight_decay(cfg, k)) if wd is None else wd
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+      learning_rate=lr, weight_decay=wd, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, mask=decay_mask)
+  return optax.chain(clip_by_module_norm(cfg.clip_grad, cfg.clip_start_step), adamw)
+
+
+def applied_hyperparams(opt_state) -> dict[str, Any]:
+  """{'learning_rate', 'weight_decay'} used by the most recent update."""
+  hp = opt_state[1].hyperparams
+  return {"learning_rate": hp["learning_rate"], "weight_decay": hp["weight_decay"]}
+
+
+def ema_update(target, online, momentum):
+  """target = m * target + (1 - m) * online, leaf by leaf (float32 arithmetic)."""
+  return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
