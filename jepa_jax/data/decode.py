@@ -1,0 +1,232 @@
+"""Clip sampling and PyAV decoding: only the frames a clip needs, as uint8 RGB.
+
+Clip sampling follows the reference (``src/datasets/video_dataset.py``):
+
+- A video of ``n`` frames is split into ``num_clips`` equal segments of ``n // num_clips`` frames
+  and one clip is taken from each (``num_clips`` is 1 for pretraining).
+- A clip covers ``clip_len = num_frames * frame_step`` source frames. As in the reference, its
+  ``num_frames`` indices are ``linspace(start, start + clip_len, num_frames)`` floored and clipped
+  to ``start + clip_len - 1``; with 16 x 4 the stride is 64/15 ~ 4.27 frames, not exactly 4, and
+  the last index is start + 63. This is what the released models were trained with.
+- ``start`` is uniform in ``[0, segment_len - clip_len)`` when ``rng`` is given (train) and the
+  segment's centre otherwise (eval; the reference samples randomly even at eval -- we choose a
+  deterministic centre so eval numbers are reproducible).
+- A segment no longer than ``clip_len``: with ``short_policy='pad'`` the reference's padding --
+  ``segment_len // frame_step`` indices spread over the segment, then the last frame repeated to
+  ``num_frames``; with ``'skip'`` a video shorter than one clip raises ``VideoReadError('too_short')``
+  and the pipeline replaces it. With ``allow_segment_overlap`` (the reference eval's default) a
+  video that holds at least one full clip but whose segments are shorter places its clips at evenly
+  spaced starts over the whole video instead of padding.
+
+Decoding is by time, not by frame count: frame index ``i`` means time ``start_time + i / fps``
+(``fps`` = the stream's average rate), and the frame shown at that time (the last one whose
+``pts`` is not after it) is taken. For constant frame rate this is exactly frame ``i``; for
+variable frame rate it resamples the video at its average rate, which keeps the temporal stride
+a fixed duration. Each clip seeks to the keyframe before its first frame and stops decoding after
+its last frame. Frames are converted to rgb24 from any pixel format by libswscale; only the kept
+frames are converted.
+"""
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+
+SHORT_POLICIES = ("pad", "skip")
+
+
+class VideoReadError(Exception):
+  """A sample that cannot be used, with a short machine-readable ``reason``."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}" if detail else reason)
+    self.reason = reason
+    self.detail = detail
+
+
+def clip_frame_indices(
+    num_video_frames: int,
+    num_frames: int,
+    frame_step: int,
+    num_clips: int = 1,
+    rng: np.random.Generator | None = None,
+    short_policy: str = "pad",
+    allow_segment_overlap: bool = False,
+) -> np.ndarray:
+  """Frame indices int64 [num_clips, num_frames] for a video of ``num_video_frames`` frames.
+
+  ``rng`` None means eval (segment centres); see the module docstring for the rules.
+  """
+  if short_policy not in SHORT_POLICIES:
+    raise ValueError(f"short_policy must be one of {SHORT_POLICIES}, got {short_policy!r}")
+  n = int(num_video_frames)
+  if n <= 0:
+    raise VideoReadError("no_frames", "video has no frames")
+  clip_len = num_frames * frame_step
+  if short_policy == "skip" and n < clip_len:
+    raise VideoReadError("too_short", f"{n} frames < one clip of {num_frames}x{frame_step}")
+  seg_len = n // num_clips
+  clips = []
+  if seg_len <= clip_len and allow_segment_overlap and n >= clip_len and num_clips > 1:
+    starts = np.linspace(0, n - clip_len, num_clips)
+    if rng is None:
+      starts = np.round(starts)
+    else:  # jitter each start within its share of the free range
+      spacing = (n - clip_len) / num_clips
+      starts = np.floor(starts * (num_clips - 1) / num_clips + rng.uniform(0, spacing, num_clips))
+    for s in starts.astype(np.int64):
+      clips.append(_span(s, clip_len, num_frames))
+    return np.clip(np.stack(clips), 0, n - 1)
+  for i in range(num_clips):
+    offset = i * seg_len
+    if seg_len > clip_len:
+      free = seg_len - clip_len
+      start = int(rng.integers(0, free)) if rng is not None else free // 2
+      idx = _span(start, clip_len, num_frames)
+    else:
+      # The reference's padding: spread seg_len // frame_step indices over the segment and
+      # repeat its last frame for the rest of the clip.
+      m = seg_len // frame_step
+      idx = np.concatenate([np.linspace(0, seg_len, num=m), np.full(num_frames - m, seg_len)])
+      idx = np.clip(idx, 0, max(seg_len - 1, 0)).astype(np.int64)
+    clips.append(idx + offset)
+  return np.clip(np.stack(clips), 0, n - 1)
+
+
+def _span(start: int, clip_len: int, num_frames: int) -> np.ndarray:
+  idx = np.linspace(start, start + clip_len, num=num_frames)
+  return np.clip(idx, start, start + clip_len - 1).astype(np.int64)
+
+
+def probe(container) -> tuple:
+  """(video stream, estimated frame count, fps, start time in s) of an open container."""
+  if not container.streams.video:
+    raise VideoReadError("no_video_stream", "container has no video stream")
+  stream = container.streams.video[0]
+  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  fps = float(rate) if rate else 0.0
+  tb = float(stream.time_base) if stream.time_base else 0.0
+  start = stream.start_time * tb if stream.start_time is not None and tb else 0.0
+  n = int(stream.frames or 0)
+  if n <= 0 and fps > 0:
+    if stream.duration is not None and tb:
+      duration = stream.duration * tb
+    elif container.duration is not None:
+      duration = container.duration / av.time_base
+    else:
+      duration = 0.0
+    n = int(round(duration * fps))
+  return stream, n, fps, start
+
+
+def _decode_all(container, stream) -> list:
+  frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+  if not frames:
+    raise VideoReadError("no_frames", "no decodable frames")
+  return frames
+
+
+def _decode_clip(container, stream, times, fps, first_clip) -> np.ndarray:
+  """Decodes the frames shown at ``times`` (seconds, ascending); pads with the last frame."""
+  tb = float(stream.time_base)
+  # A fresh container already sits at the start; otherwise seek to the keyframe before.
+  if not (first_clip and times[0] < 1.0):
+    container.seek(max(int(times[0] / tb), 0), stream=stream, backward=True, any_frame=False)
+  eps = 0.25 / fps  # tolerance for rounding of pts; far below one frame
+  out = []
+  prev = prev_rgb = None
+  for count, frame in enumerate(container.decode(stream)):
+    t = frame.time if frame.time is not None else count / fps
+    cur_rgb = None
+    while len(out) < len(times) and t > times[len(out)] + eps:
+      # times[k] lies before this frame: the frame on screen then is the previous one (or this
+      # one, if the seek landed after the target).
+      if prev is None:
+        if cur_rgb is None:
+          cur_rgb = frame.to_ndarray(format="rgb24")
+        out.append(cur_rgb)
+      else:
+        if prev_rgb is None:
+          prev_rgb = prev.to_ndarray(format="rgb24")
+        out.append(prev_rgb)
+    if len(out) == len(times):
+      break  # stop after the last needed frame
+    prev, prev_rgb = frame, cur_rgb
+  if len(out) < len(times):
+    # End of stream before the last target time: pad with the last frame, like the reference.
+    if prev is None:
+      raise VideoReadError("no_frames", "no decodable frames")
+    last = prev_rgb if prev_rgb is not None else prev.to_ndarray(format="rgb24")
+    out.extend([last] * (len(times) - len(out)))
+  return np.stack(out)
+
+
+def read_video_clips(
+    path: str,
+    num_frames: int,
+    frame_step: int,
+    num_clips: int = 1,
+    rng: np.random.Generator | None = None,
+    short_policy: str = "pad",
+    allow_segment_overlap: bool = False,
+    threads: int = 1,
+) -> np.ndarray:
+  """Decodes ``num_clips`` clips of a video file as uint8 [num_clips, num_frames, H, W, 3].
+
+  Raises VideoReadError with a reason (``missing``, ``empty_file``, ``open_error``,
+  ``no_video_stream``, ``no_frames``, ``too_short``, ``decode_error``) for anything unusable.
+  """
+  if not os.path.exists(path):
+    raise VideoReadError("missing", "file not found")
+  if os.path.getsize(path) == 0:
+    raise VideoReadError("empty_file", "zero bytes")
+  try:
+    container = av.open(path, metadata_errors="ignore")
+  except Exception as e:  # noqa: BLE001 -- PyAV raises many error types for bad files
+    raise VideoReadError("open_error", f"{type(e).__name__}: {e}") from None
+  try:
+    stream, n, fps, start = probe(container)
+    if threads != 1:
+      stream.thread_type = "AUTO"
+      stream.thread_count = threads
+    try:
+      if n <= 0 or fps <= 0:
+        # No usable length or rate in the header: decode everything and index the list.
+        frames = _decode_all(container, stream)
+        idx = clip_frame_indices(len(frames), num_frames, frame_step, num_clips, rng,
+                                 short_policy, allow_segment_overlap)
+        return np.stack([np.stack([frames[i] for i in clip]) for clip in idx])
+      idx = clip_frame_indices(n, num_frames, frame_step, num_clips, rng, short_policy,
+                               allow_segment_overlap)
+      clips = []
+      for c, clip in enumerate(idx):
+        times = start + clip / fps
+        clips.append(_decode_clip(container, stream, times, fps, first_clip=(c == 0)))
+      return np.stack(clips)
+    except VideoReadError:
+      raise
+    except Exception as e:  # noqa: BLE001
+      raise VideoReadError("decode_error", f"{type(e).__name__}: {e}") from None
+  finally:
+    container.close()
+
+
+def clips_from_array(
+    frames,
+    num_frames: int,
+    frame_step: int,
+    num_clips: int = 1,
+    rng: np.random.Generator | None = None,
+    short_policy: str = "pad",
+    allow_segment_overlap: bool = False,
+) -> np.ndarray:
+  """The same sampling on frames already in memory (e.g. a TFDS ``video`` feature)."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[0] == 0:
+    raise VideoReadError("no_frames", f"video array of shape {frames.shape}")
+  if frames.shape[-1] == 1:
+    frames = np.repeat(frames, 3, axis=-1)
+  idx = clip_frame_indices(frames.shape[0], num_frames, frame_step, num_clips, rng, short_policy,
+                           allow_segment_overlap)
+  return frames[idx]

@@ -1,0 +1,363 @@
+"""grain pipelines for pretraining and evaluation, with failure accounting.
+
+Pretraining (``make_pretrain_dataset``)::
+
+    per source: range(len) -> [shard_index::shard_count] -> shuffle(seed) -> repeat()
+                -> random_map(load + augment)
+    mix(sources, datasets_weights) -> to_iter_dataset(threads, read-ahead)
+    -> batch(B, drop_remainder) -> mp_prefetch(num_workers)
+
+- Hosts read disjoint slices of every source (slicing happens before shuffling).
+- ``ShuffleMapDataset`` reshuffles each epoch (seed + epoch) under ``repeat()``, and grain derives
+  each record's rng from the seed and the record's position in the infinite stream, so every
+  epoch has a new order and new crops, and the whole stream is a pure function of ``seed``.
+- The iterator (``iter(ds)``) has ``get_state()`` / ``set_state()``; restoring a state replays
+  the exact next batches (also through ``grain.checkpoint.CheckpointSave`` in an orbax
+  Composite).
+
+Bad samples never stop a run by themselves: ``_Loader`` catches every failure to read or transform
+a sample, counts it by reason in a ``FailureTracker``, logs it once per path, and deterministically
+tries the next index of the same source (``index + 1``, ``index + 2``, ... with the same rng).
+Once at least ``min_failure_check_attempts`` reads have been made, a failure fraction above
+``max_failure_fraction`` raises ``DataPipelineError`` naming the most common reason, an example
+path and a likely cause. Counts are per process: with ``num_workers > 0`` each worker keeps its
+own tracker (and raises on its own; grain re-raises the error in the main process); a tracker
+passed as ``failure_tracker`` is filled only when ``num_workers == 0``.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+
+import grain
+import ml_collections
+import numpy as np
+
+from jepa_jax.data import decode
+from jepa_jax.data import sources as sources_lib
+from jepa_jax.data import synthetic
+from jepa_jax.data import transforms
+
+log = logging.getLogger(__name__)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Every ``config.data`` field the data pipeline reads, with the reference's defaults."""
+  c = ml_collections.ConfigDict()
+  # Sources: index files, directories or "tfds:name@split" specs (see sources.py).
+  c.datasets = []
+  c.datasets_weights = None  # one weight per dataset for mixing; None = uniform
+  c.tfds_data_dir = None  # data_dir for tfds: specs (prepared locally; nothing is downloaded)
+  # With no datasets, the built-in synthetic set (generated into synthetic_dir if absent).
+  c.synthetic_dir = None
+  c.synthetic_num_videos = 64
+  c.synthetic_seed = 0
+  c.synthetic_index = "index.csv"  # which of the set's indexes to read
+  # Clips (reference: 16 frames at stride 4, 224 px).
+  c.num_frames = 16
+  c.frame_step = 4
+  c.crop_size = 224
+  c.short_video_policy = "pad"  # 'pad' (repeat the last frame, as the reference) or 'skip'
+  c.eval_allow_segment_overlap = True  # the reference eval's allow_segment_overlap
+  c.decode_threads = 1  # libavcodec threads per decode; 1 = parallelism from workers instead
+  # Pretraining augmentation (app/vjepa/transforms.py).
+  c.random_resize_scale = (0.3, 1.0)
+  c.random_resize_aspect_ratio = (0.75, 1.35)
+  c.horizontal_flip = True
+  # Probe training (eval with train=True): the reference's crop range; its auto-augment and
+  # random erasing are not implemented.
+  c.probe_random_resize_scale = (0.08, 1.0)
+  c.probe_random_resize_aspect_ratio = (0.75, 4 / 3)
+  c.probe_horizontal_flip = False
+  # Loading.
+  c.num_workers = 0  # grain worker processes; 0 = in the main process
+  c.num_threads = 2  # threads per process loading samples (PyAV and Pillow release the GIL)
+  c.prefetch_buffer_size = 8  # samples read ahead per process
+  c.worker_buffer_size = 2  # batches buffered per worker process
+  # Bad input.
+  c.max_failure_fraction = 0.1
+  c.min_failure_check_attempts = 50
+  c.max_retries_per_sample = 50
+  c.seed = 0  # used when a caller passes no seed
+  return c
+
+
+class DataPipelineError(RuntimeError):
+  """Too many samples failed, or one sample could not be replaced."""
+
+
+_HINTS = {
+    "missing": "do the index's paths exist on this machine (wrong path prefix? unmounted disk?)",
+    "empty_file": "are the files complete (an interrupted copy?)",
+    "open_error": "are these video files (truncated, or another format named .mp4?)",
+    "no_video_stream": "are these video files (audio-only or another format?)",
+    "no_frames": "are the videos empty or corrupt?",
+    "decode_error": "are the videos corrupt?",
+    "too_short": ("videos are shorter than num_frames * frame_step with "
+                  "short_video_policy='skip': use 'pad' or shorter clips"),
+    "read_error": "is the dataset readable (TFDS data_dir, split)?",
+    "transform_error": "odd frame sizes or shapes?",
+}
+
+
+class FailureTracker:
+  """Counts sample reads and failures by reason; logs each failing path once. Thread-safe."""
+
+  def __init__(self, max_failure_fraction: float = 0.1, min_attempts: int = 50):
+    self.max_failure_fraction = max_failure_fraction
+    self.min_attempts = min_attempts
+    self.attempts = 0
+    self.failures = collections.Counter()
+    self.examples = {}  # reason -> (description, detail) of the first failure
+    self._logged = set()
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    del state["_lock"]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  @property
+  def num_failures(self) -> int:
+    return sum(self.failures.values())
+
+  def success(self):
+    with self._lock:
+      self.attempts += 1
+
+  def failure(self, desc: str, err: decode.VideoReadError):
+    with self._lock:
+      self.attempts += 1
+      self.failures[err.reason] += 1
+      self.examples.setdefault(err.reason, (desc, err.detail))
+      first = desc not in self._logged
+      self._logged.add(desc)
+    if first:
+      log.warning("skipping sample %s: %s", desc, err)
+
+  def summary(self) -> dict:
+    return dict(attempts=self.attempts, failures=dict(self.failures))
+
+  def message(self) -> str:
+    reason, count = self.failures.most_common(1)[0]
+    desc, detail = self.examples[reason]
+    return (f"{self.num_failures} of {self.attempts} sample reads failed. Most common reason: "
+            f"'{reason}' ({count}x), e.g. {desc} ({detail}) -- {_HINTS.get(reason, '?')}. "
+            f"All reasons: {dict(self.failures)}.")
+
+  def check(self):
+    """Raises DataPipelineError if the failure fraction is above the limit."""
+    if (self.attempts >= self.min_attempts and
+        self.num_failures > self.max_failure_fraction * self.attempts):
+      raise DataPipelineError(
+          f"more than max_failure_fraction={self.max_failure_fraction} of samples failed: "
+          + self.message())
+
+
+class _Loader:
+  """grain ``random_map`` function: source index (+ valid flag) and rng -> one example."""
+
+  def __init__(self, source, *, mode: str, train: bool, num_frames: int, frame_step: int,
+               crop_size: int, num_clips: int = 1, num_views: int = 1, scale=(0.3, 1.0),
+               ratio=(0.75, 1.35), flip: bool = True, short_policy: str = "pad",
+               allow_overlap: bool = False, decode_threads: int = 1, offset: int = 0,
+               tracker: FailureTracker, max_retries: int = 50):
+    self.source = source
+    self.mode = mode  # "pretrain" (video [T,H,W,C]), "eval" ([S,V,T,H,W,C]) or "image"
+    self.train = train
+    self.num_frames, self.frame_step = num_frames, frame_step
+    self.crop_size = crop_size
+    self.num_clips, self.num_views = num_clips, num_views
+    self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
+    self.short_policy = short_policy
+    self.allow_overlap = allow_overlap
+    self.decode_threads = decode_threads
+    self.offset = offset
+    self.tracker = tracker
+    self.max_retries = max_retries
+
+  def __call__(self, item, rng: np.random.Generator) -> dict:
+    index, valid = item if isinstance(item, tuple) else (item, True)
+    n = len(self.source)
+    for k in range(self.max_retries + 1):
+      j = (int(index) + k) % n
+      try:
+        data, label = self.load(j, rng)
+      except decode.VideoReadError as e:
+        self.tracker.failure(self.source.describe(j), e)
+        self.tracker.check()
+        continue
+      self.tracker.success()
+      key = "image" if self.mode == "image" else "video"
+      return {key: data, "label": np.int32(label), "index": np.int64(self.offset + j),
+              **({} if self.mode == "pretrain" else {"valid": np.bool_(valid)})}
+    raise DataPipelineError(
+        f"{self.max_retries + 1} consecutive samples failed from {self.source.describe(index)} "
+        "on: " + self.tracker.message())
+
+  def load(self, j: int, rng: np.random.Generator):
+    """(uint8 array, label) for source index ``j``; any failure as a VideoReadError."""
+    src = self.source
+    rng_or_none = rng if self.train else None
+    clip_args = (self.num_frames, self.frame_step, self.num_clips, rng_or_none, self.short_policy,
+                 self.allow_overlap)
+    if src.kind == "video_file":
+      clips = decode.read_video_clips(src.path(j), *clip_args, threads=self.decode_threads)
+      label = src.label(j)
+    else:
+      try:
+        array, label = src.get(j)
+      except Exception as e:  # noqa: BLE001 -- any reader error is a bad sample
+        raise decode.VideoReadError("read_error", f"{type(e).__name__}: {e}") from None
+      if src.kind == "video_array":
+        clips = decode.clips_from_array(array, *clip_args)
+      else:
+        clips = np.asarray(array)
+    try:
+      return self.transform(clips, rng), label
+    except Exception as e:  # noqa: BLE001
+      raise decode.VideoReadError("transform_error", f"{type(e).__name__}: {e}") from None
+
+  def transform(self, clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if self.mode == "image":
+      img = clips
+      if img.ndim == 2:
+        img = img[..., None]
+      if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+      if self.train:
+        return self.augment(img[None], rng)[0]
+      return transforms.eval_views(img[None], self.crop_size, 1)[0, 0]
+    if self.mode == "pretrain":
+      return self.augment(clips[0], rng)
+    if self.train:  # probe training: one random crop per segment
+      return np.stack([self.augment(c, rng)[None] for c in clips])
+    return np.stack([transforms.eval_views(c, self.crop_size, self.num_views) for c in clips])
+
+  def augment(self, clip, rng):
+    return transforms.train_transform(clip, rng, self.crop_size, self.scale, self.ratio,
+                                      self.flip)
+
+
+def _resolve_sources(cfg) -> list[str]:
+  specs = list(cfg.datasets or [])
+  if not specs:
+    if not cfg.synthetic_dir:
+      raise ValueError("config.data.datasets is empty and config.data.synthetic_dir is not set")
+    index = synthetic.ensure_synthetic(cfg.synthetic_dir, cfg.synthetic_num_videos,
+                                       cfg.synthetic_seed)
+    specs = [index.replace("index.csv", cfg.synthetic_index)]
+  return specs
+
+
+def _to_batches(ds: grain.MapDataset, cfg, batch_size: int) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
+                                            prefetch_buffer_size=cfg.prefetch_buffer_size))
+  it = it.batch(batch_size, drop_remainder=True)
+  if cfg.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+  return it
+
+
+def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
+                          shard_index: int = 0, shard_count: int = 1,
+                          failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
+  """Infinite per-host batches ``{"video": uint8 [B,T,H,W,C], "label": int32 [B], "index": int64 [B]}``.
+
+  ``index`` numbers samples across all sources (source k's indices are offset by the sizes of
+  sources 0..k-1); ``label`` is -1 for unlabelled indexes. See the module docstring.
+  """
+  cfg = data_cfg
+  seed = cfg.seed if seed is None else seed
+  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction,
+                                              cfg.min_failure_check_attempts)
+  specs = _resolve_sources(cfg)
+  weights = cfg.datasets_weights
+  if weights is not None and len(weights) != len(specs):
+    raise ValueError(f"{len(specs)} datasets but {len(weights)} datasets_weights")
+  parts, offset = [], 0
+  for k, spec in enumerate(specs):
+    src = sources_lib.load_source(spec, cfg.tfds_data_dir)
+    if src.kind == "image":
+      raise ValueError(f"{spec} is an image dataset; pretraining reads videos")
+    ds = grain.MapDataset.range(len(src))[shard_index::shard_count]
+    if len(ds) == 0:
+      raise ValueError(f"{spec} has {len(src)} samples: none for shard {shard_index}/{shard_count}")
+    loader = _Loader(
+        src, mode="pretrain", train=True, num_frames=cfg.num_frames, frame_step=cfg.frame_step,
+        crop_size=cfg.crop_size, scale=cfg.random_resize_scale,
+        ratio=cfg.random_resize_aspect_ratio, flip=cfg.horizontal_flip,
+        short_policy=cfg.short_video_policy, decode_threads=cfg.decode_threads, offset=offset,
+        tracker=tracker, max_retries=cfg.max_retries_per_sample)
+    # Distinct seeds per source so two equal-sized sources are not shuffled in lockstep.
+    ds = ds.seed((seed + 7919 * k) % 2**32).shuffle().repeat().random_map(loader)
+    parts.append(ds)
+    offset += len(src)
+  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
+  return _to_batches(ds, cfg, batch_size)
+
+
+class _EvalPositions:
+  """Position j of a host's padded eval shard -> (source index, valid)."""
+
+  def __init__(self, n, shard_index, shard_count):
+    self.n, self.shard_index, self.shard_count = n, shard_index, shard_count
+
+  def __call__(self, j):
+    g = self.shard_index + int(j) * self.shard_count
+    return (g % self.n, g < self.n)
+
+
+def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segments: int = 1,
+                      frames_per_clip: int | None = None, frame_step: int | None = None,
+                      num_views: int = 1, train: bool = False, seed: int | None = None,
+                      shard_index: int = 0, shard_count: int = 1, repeat: bool = False,
+                      failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
+  """Batches for frozen evaluation / probe training from one source spec.
+
+  Videos: ``{"video": uint8 [B, S, V, T, H, W, C], "label": int32 [B], "index": int64 [B],
+  "valid": bool [B]}`` with S = ``num_segments`` clips (one per equal segment; random position
+  and a random resized crop per segment when ``train``, else centred and ``num_views`` spatial
+  views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
+  instead of ``"video"``.
+
+  ``repeat=False``: one pass, shuffled if ``train``. Every host gets the same number of batches:
+  its shard is padded to ``ceil(ceil(n / shard_count) / B) * B`` with repeats marked
+  ``valid=False`` (mask them out of metrics). ``repeat=True``: infinite, reshuffled every epoch
+  when ``train``, every element valid.
+  """
+  cfg = data_cfg
+  seed = cfg.seed if seed is None else seed
+  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction,
+                                              cfg.min_failure_check_attempts)
+  src = sources_lib.load_source(index_path, cfg.tfds_data_dir)
+  n = len(src)
+  if n == 0:
+    raise ValueError(f"{index_path} holds no samples")
+  if repeat:
+    ds = grain.MapDataset.range(n)[shard_index::shard_count].seed(seed)
+    if train:
+      ds = ds.shuffle()
+    ds = ds.repeat()
+  else:
+    per_shard = math.ceil(math.ceil(n / shard_count) / batch_size) * batch_size
+    ds = grain.MapDataset.range(per_shard).seed(seed)
+    if train:
+      ds = ds.shuffle()
+    ds = ds.map(_EvalPositions(n, shard_index, shard_count))
+  loader = _Loader(
+      src, mode="image" if src.kind == "image" else "eval", train=train,
+      num_frames=frames_per_clip or cfg.num_frames, frame_step=frame_step or cfg.frame_step,
+      crop_size=cfg.crop_size, num_clips=num_segments, num_views=1 if train else num_views,
+      scale=cfg.probe_random_resize_scale, ratio=cfg.probe_random_resize_aspect_ratio,
+      flip=cfg.probe_horizontal_flip, short_policy=cfg.short_video_policy,
+      allow_overlap=cfg.eval_allow_segment_overlap, decode_threads=cfg.decode_threads,
+      tracker=tracker, max_retries=cfg.max_retries_per_sample)
+  return _to_batches(ds.random_map(loader), cfg, batch_size)
