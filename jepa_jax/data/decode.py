@@ -133,7 +133,9 @@ def _decode_clip(container, stream, times, fps, first_clip) -> np.ndarray:
   # A fresh container already sits at the start; otherwise seek to the keyframe before.
   if not (first_clip and times[0] < 1.0):
     container.seek(max(int(times[0] / tb), 0), stream=stream, backward=True, any_frame=False)
-  eps = 0.25 / fps  # tolerance for rounding of pts; far below one frame
+  # Tolerance for pts rounded to the time base (e.g. 1/1000 s in mkv): a frame up to 2 ticks
+  # after the target still counts as shown at it; never more than a quarter frame.
+  eps = min(0.25 / fps, 2 * tb + 1e-6)
   out = []
   prev = prev_rgb = None
   for count, frame in enumerate(container.decode(stream)):
