@@ -1,0 +1,224 @@
+"""Orbax checkpoints of jepa_jax, and their layout (one layout for trainer and converted weights).
+
+``<workdir>/checkpoints/<step>/`` (an ``ocp.CheckpointManager`` directory) holds items:
+
+* ``state``  - the full ``TrainState`` (online encoder + predictor, EMA target, optimiser, step);
+              written by the trainer.
+* ``params`` - ``{"encoder", "predictor", "target"}`` parameters only; written by
+              ``python -m jepa_jax.convert`` (released reference weights) and loadable anywhere a
+              trainer checkpoint is.
+* ``data``   - the grain iterator state, so a resumed run sees the next unseen batch.
+* ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
+
+Saves are atomic (orbax writes to a temporary directory and renames it when complete), so a run
+killed mid-save leaves the previous checkpoint intact; ``latest_step`` only ever sees complete
+ones. Restores check shapes against the expected tree first, so a checkpoint of another model
+fails with the name of the first mismatched parameter instead of an error from deep in orbax.
+"""
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+STATE, PARAMS, DATA, CONFIG = "state", "params", "data", "config"
+PARAM_KEYS = ("encoder", "predictor", "target")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be used; the message names the checkpoint and what to do."""
+
+
+def _grain_handler():
+  import grain
+  return grain.checkpoint.CheckpointHandler()
+
+
+def checkpoint_dir(path: str) -> str:
+  """Accept a workdir, its ``checkpoints`` directory, or an explicit step directory's parent."""
+  path = os.fspath(path)
+  if path.startswith("gs://"):
+    return path.rstrip("/") + ("" if path.rstrip("/").endswith("checkpoints") else "/checkpoints")
+  candidate = os.path.join(path, "checkpoints")
+  return candidate if os.path.isdir(candidate) else path
+
+
+def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3,
+                 keep_period: Optional[int] = None, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
+              CONFIG: ocp.JsonCheckpointHandler()}
+  try:
+    handlers[DATA] = _grain_handler()
+  except (ImportError, AttributeError):
+    pass
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
+      enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
+         data_iterator=None, config=None, force: bool = False) -> bool:
+  """Save whichever items are given; returns whether a save was started."""
+  items = {}
+  if state is not None:
+    items[STATE] = ocp.args.PyTreeSave(state)
+  if params is not None:
+    items[PARAMS] = ocp.args.StandardSave(params)
+  if data_iterator is not None:
+    import grain
+    items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+  if config is not None:
+    items[CONFIG] = ocp.args.JsonSave(_jsonable(config))
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _jsonable(config) -> dict:
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def _item_names(manager, step) -> set:
+  path = os.path.join(os.fspath(manager.directory), str(step))
+  try:
+    return {n for n in os.listdir(path) if not n.startswith("_")}
+  except OSError:
+    return set()
+
+
+def _check_shapes(saved_meta, expected, where: str) -> None:
+  """Raise CheckpointError naming the first parameter whose presence or shape differs."""
+  saved = _flat_shapes(saved_meta)
+  want = _flat_shapes(expected)
+  # Name a model parameter rather than its optimiser moment when both differ.
+  for path in sorted(set(want) | set(saved), key=lambda p: (p.startswith("opt_state"), p)):
+    if path not in saved:
+      raise CheckpointError(f"{where}: parameter {path} is missing from the checkpoint (shape "
+                            f"{want[path]} expected); it was written for a different model/config")
+    if path not in want:
+      raise CheckpointError(f"{where}: checkpoint has parameter {path} {saved[path]} that this "
+                            "model does not; it was written for a different model/config")
+    if tuple(saved[path]) != tuple(want[path]):
+      raise CheckpointError(f"{where}: parameter {path} has shape {tuple(saved[path])} in the "
+                            f"checkpoint but {tuple(want[path])} in this model; check config.model "
+                            "(size, patch/tubelet, crop, frames, scan) against the checkpoint's config")
+
+
+def _flat_shapes(tree) -> dict:
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if leaf is None or not hasattr(leaf, "shape"):
+      continue
+    out["/".join(_key(p) for p in path)] = tuple(leaf.shape)
+  return out
+
+
+def _key(p) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(p, attr):
+      return str(getattr(p, attr))
+  return str(p)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state,
+                        data_iterator=None):
+  """Restore a full train state onto the shardings carried by ``abstract_state``
+  (``jax.ShapeDtypeStruct`` leaves with ``sharding``), and the data iterator in place."""
+  where = f"checkpoint {step} in {manager.directory}"
+  names = _item_names(manager, step)
+  if STATE not in names:
+    raise CheckpointError(f"{where} has no train state (items: {sorted(names)}); to start from "
+                          "converted weights use config.init_from instead of resuming")
+  try:
+    meta = manager.item_metadata(step)[STATE]
+  except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
+    raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: {e}); delete it to resume "
+                          "from the previous one") from e
+  if meta is not None:
+    _check_shapes(_tree_of(meta), abstract_state, where)
+  items = {STATE: ocp.args.PyTreeRestore(
+      item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
+  if data_iterator is not None and DATA in names:
+    import grain
+    items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{where} could not be restored ({type(e).__name__}: {e}); delete it "
+                          "to resume from the previous one, or check that it fits config.model")
+  return restored[STATE]
+
+
+def _tree_of(meta):
+  """Orbax metadata -> plain nested containers of objects with ``.shape``."""
+  tree = getattr(meta, "tree", meta)
+  return tree
+
+
+def read_config(path: str, step: Optional[int] = None) -> dict:
+  """The JSON config saved with a checkpoint (``{}`` if none)."""
+  directory = checkpoint_dir(path)
+  manager = make_manager(directory, read_only=True, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"no checkpoint found in {directory}")
+  if CONFIG not in _item_names(manager, step):
+    return {}
+  return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+
+
+def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
+  """``({"encoder", "predictor", "target"}, step)`` from a trainer or converted checkpoint, as numpy.
+
+  Reads only the parameter arrays of a trainer checkpoint (not the optimiser moments).
+  """
+  directory = checkpoint_dir(path)
+  if not os.path.exists(directory) and not directory.startswith("gs://"):
+    raise CheckpointError(f"checkpoint directory {directory} does not exist")
+  manager = make_manager(directory, read_only=True, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"no complete checkpoint in {directory}")
+  names = _item_names(manager, step)
+  where = f"checkpoint {step} in {directory}"
+  try:
+    if PARAMS in names:
+      tree = manager.restore(step, args=ocp.args.Composite(
+          **{PARAMS: ocp.args.StandardRestore()}))[PARAMS]
+      params = {k: tree[k] for k in PARAM_KEYS if k in tree}
+    elif STATE in names:
+      meta = _tree_of(manager.item_metadata(step)[STATE])
+      wanted = {"params": meta["params"], "target_params": meta["target_params"]}
+      tree = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+          item=wanted, restore_args=jax.tree_util.tree_map(
+              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
+          partial_restore=True)}))[STATE]
+      params = {"encoder": tree["params"]["encoder"], "predictor": tree["params"]["predictor"],
+                "target": tree["target_params"]}
+    else:
+      raise CheckpointError(f"{where} holds neither a train state nor parameters "
+                            f"(items: {sorted(names)})")
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: {e})") from e
+  return jax.tree_util.tree_map(np.asarray, params), step
+
+
+def save_params(directory: str, params: dict, config: Any = None, step: int = 0) -> str:
+  """Write a parameters-only checkpoint (the converter's output)."""
+  missing = [k for k in params if k not in PARAM_KEYS]
+  if missing:
+    raise ValueError(f"unexpected parameter groups {missing}; expected a subset of {PARAM_KEYS}")
+  directory = checkpoint_dir(directory) if os.path.isdir(os.path.join(directory, "checkpoints")) \
+      else os.path.join(directory, "checkpoints")
+  manager = make_manager(directory, async_save=False, keep=None)
+  save(manager, step, params=params, config=config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return directory
