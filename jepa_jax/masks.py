@@ -1,0 +1,548 @@
+"""V-JEPA masks drawn inside jit: 3D multi-block, causal multi-block and random tube.
+
+Every mask is a pure JAX function of a PRNG key with static output shapes, so it runs inside the
+jitted train step, does no host work and never causes a recompile.
+
+Tokens live on the (T', H', W') grid of the tubelet embedding and are numbered row-major,
+``index = t*H'*W' + h*W' + w``. For each mask config, ``sample_masks`` returns a :class:`Masks` of
+context indices ``[B, K_ctx]`` and target indices ``[B, K_tgt]`` (int32) with validity masks.
+
+Sampling (the reference's ``src/masks/multiblock3d.py``, ``random_tube.py``; SPEC.md)
+-------------------------------------------------------------------------------------
+multiblock
+  Once per batch per config a block size is drawn from the key: ``t = max(1, int(T' * ts))``,
+  ``keep = int(H'*W' * ss)``, aspect ``a ~ U(aspect_ratio)`` (linear), ``h = round(sqrt(keep*a))``,
+  ``w = round(sqrt(keep/a))``, clipped to the grid (and to at least 1, so the target is never
+  empty; the reference could make a 0-sized block for ``ss < 1/(H'W')``). Each clip places
+  ``num_blocks`` blocks of that size at independent uniform positions; their union is the target,
+  the complement the context. With ``max_temporal_keep < 1`` (causal multi-block) every token at
+  ``t >= max(1, int(T' * max_temporal_keep))`` is target as well.
+random_tube
+  ``int(H'*W' * (1 - ratio))`` spatial positions per clip are context over all time steps, the rest
+  target (clipped to [1, H'W'-1] so neither side is empty). ``max_temporal_keep`` is ignored, as
+  in the reference.
+
+Empty context. The reference redraws a clip whose context is empty in a host loop. Here the first
+draw is made for the whole batch; only if some clip came out empty (``lax.cond``, so the common
+case pays nothing) ``NUM_RETRIES`` = 8 fresh placements are drawn for the whole batch at once and
+each empty clip takes its first non-empty one, which is exactly rejection sampling as long as one
+succeeds. If all 8 fail (for the long-range mask at most ~8% of first draws are empty, so about
+1e-9 per clip; or the config can never leave context, e.g. ``spatial_scale=1``, where the
+reference would loop for ever) the last draw gets one random token at ``t < cut`` turned into
+context: a guaranteed, bounded fallback.
+
+Static shapes: the decision
+---------------------------
+The reference trims every clip of a batch to the batch minimum by keeping the FIRST sorted
+indices. That gives shapes that change every step (a recompile per step under XLA), ties what the
+model sees to the per-GPU batch size, and drops the later frames: the kept context of a clip is
+biased to early time steps. jepa_jax instead uses fixed ``K_ctx``, ``K_tgt`` per config:
+
+* Default K (``static_sizes``): the mean per-clip context / target count, estimated by a
+  deterministic host-side Monte Carlo run of the same sampler (numpy, seed 0, 256 block-size draws
+  x 16 clips, empty contexts redrawn), rounded UP to a multiple of 8 (and at most the grid size).
+  random_tube counts are exact, so K is exact there (no padding, no subsetting).
+  Why the mean: about half the clips then fit entirely (padded), the other half lose a random
+  ~10% of their tokens, so the model sees almost the reference's per-clip masks while padding
+  (pure wasted compute) stays around 8% of K. A high quantile would waste far more on padding;
+  the reference's batch-24 minimum would throw away ~40% (short) / ~65% (long) of the context.
+  ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means (360 / 99
+  context) to match its compute, or with the grid size for no subsetting at all.
+* A clip with more valid tokens than K keeps a UNIFORMLY RANDOM subset of K (then sorted), so no
+  time step or position is favoured. ``subset="first"`` keeps the first K sorted indices instead
+  (the reference's rule, with a static K rather than the batch minimum) for comparisons only.
+* A clip with fewer tokens is padded: ``*_valid`` is False on the padding, and the padding slots
+  repeat that clip's own valid indices of the same set. A consumer must respect the validity
+  mask (attention key masking in the encoder/predictor, loss weights), but even one that ignores
+  it can never see a target token in its context.
+
+Row contract, for every row: valid entries first, sorted ascending, then padding; at least one
+valid context and one valid target token; valid context and valid target are disjoint; without
+subsetting or padding their union is the whole grid.
+
+Measured at 224 px x 16 frames (grid 8x14x14 = 1568 tokens), 4800 clips in batches of 24, against
+the reference's ``tests/fixtures/mask_stats_224x16.json``:
+
+=====================  ======================  ======================  =====================
+mask                   per-clip target,        model sees here         reference batch-24
+                       ours vs reference       (mean valid ctx / tgt)  (mean ctx / tgt)
+=====================  ======================  ======================  =====================
+short (8 x 0.15)       981 +/- 121 vs 983+/-120  K 592 / 984: 546 / 936   360 / 746
+long  (2 x 0.70)       1272 +/- 116 vs 1271+/-114 K 304 / 1272: 262 / 1226 99 / 1107
+=====================  ======================  ======================  =====================
+
+(see ``tests/test_masks.py::test_statistics_match_reference``; the "model sees" column is the mean
+of ``context_valid.sum(1)`` / ``target_valid.sum(1)``.) The model therefore sees ~1.5x (short) and
+~2.6x (long) more context tokens than the released models did, spread over all frames, and
+predicts ~25% (short) / ~11% (long) more target tokens.
+
+Command line: ``python -m jepa_jax.masks --config=configs/demo.py --out masks.png [--num 4]
+[--seed 0]`` or ``--grid=8,14,14`` (the two default pretraining masks) draws sampled masks.
+"""
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("multiblock", "random_tube")
+SUBSETS = ("random", "first")
+
+# Fresh placements tried at once for clips whose first draw left no context (see module docstring).
+NUM_RETRIES = 8
+# The deterministic Monte Carlo estimate behind the default K (see module docstring).
+_MC_SEED = 0
+_MC_BLOCK_SIZES = 1024
+_MC_CLIPS_PER_SIZE = 8
+
+Grid = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+  """One mask type. Field names are the reference's config keys (``cfgs_mask`` entries)."""
+  kind: str = "multiblock"            # "multiblock" | "random_tube"
+  num_blocks: int = 8
+  spatial_scale: tuple[float, float] = (0.15, 0.15)
+  temporal_scale: tuple[float, float] = (1.0, 1.0)
+  aspect_ratio: tuple[float, float] = (0.75, 1.5)
+  max_temporal_keep: float = 1.0      # < 1: causal, context only from the first frames
+  ratio: float = 0.9                  # random_tube: fraction of spatial positions masked
+  num_context: int | None = None      # static K_ctx override
+  num_target: int | None = None       # static K_tgt override
+  subset: str = "random"              # clips with > K tokens: "random" subset | "first" K indices
+
+  def __post_init__(self):
+    # Lists (from YAML / ConfigDict) become tuples so that the config stays hashable, which jit
+    # needs for a static argument; a single number means a point range.
+    for name in ("spatial_scale", "temporal_scale", "aspect_ratio"):
+      value = getattr(self, name)
+      pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+      if len(pair) != 2 or not pair[0] <= pair[1]:
+        raise ValueError(f"MaskConfig.{name} must be a (min, max) pair with min <= max, got {value!r}")
+      object.__setattr__(self, name, (float(pair[0]), float(pair[1])))
+    if self.kind not in KINDS:
+      raise ValueError(f"MaskConfig.kind must be one of {KINDS}, got {self.kind!r}")
+    if self.subset not in SUBSETS:
+      raise ValueError(f"MaskConfig.subset must be one of {SUBSETS}, got {self.subset!r}")
+    if self.num_blocks < 1:
+      raise ValueError(f"MaskConfig.num_blocks must be >= 1, got {self.num_blocks}")
+    if self.spatial_scale[0] < 0 or self.spatial_scale[1] > 1:
+      raise ValueError(f"MaskConfig.spatial_scale must lie in [0, 1], got {self.spatial_scale}")
+    if self.temporal_scale[0] < 0 or self.temporal_scale[1] > 1:
+      raise ValueError(f"MaskConfig.temporal_scale must lie in [0, 1], got {self.temporal_scale}")
+    if self.aspect_ratio[0] <= 0:
+      raise ValueError(f"MaskConfig.aspect_ratio must be positive, got {self.aspect_ratio}")
+    if not 0 < self.max_temporal_keep <= 1:
+      raise ValueError(f"MaskConfig.max_temporal_keep must be in (0, 1], got {self.max_temporal_keep}")
+    if not 0 <= self.ratio <= 1:
+      raise ValueError(f"MaskConfig.ratio must be in [0, 1], got {self.ratio}")
+
+  @classmethod
+  def from_dict(cls, d: Any) -> "MaskConfig":
+    """From a dict or ``ml_collections.ConfigDict`` with this class's field names.
+
+    The reference's ``max_keep: null`` and ``full_complement: false`` are accepted (they are its
+    defaults and change nothing); any other unknown key is an error, so typos do not pass silently.
+    """
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    if d.pop("max_keep", None) is not None:
+      raise ValueError("max_keep is not supported; use num_context to fix the context size")
+    if d.pop("full_complement", False):
+      raise ValueError("full_complement=True is not supported")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown mask config keys {unknown}; known: {sorted(fields)}")
+    return cls(**d)
+
+
+class Masks(NamedTuple):
+  """One mask type for a batch; see the module docstring for the row contract."""
+  context: jax.Array        # int32 [B, K_ctx]
+  context_valid: jax.Array  # bool  [B, K_ctx]
+  target: jax.Array         # int32 [B, K_tgt]
+  target_valid: jax.Array   # bool  [B, K_tgt]
+
+
+def pretrain_configs() -> tuple[MaskConfig, MaskConfig]:
+  """The two V-JEPA pretraining masks: short-range (8 blocks x 0.15) and long-range (2 x 0.7)."""
+  return (MaskConfig(num_blocks=8, spatial_scale=(0.15, 0.15)),
+          MaskConfig(num_blocks=2, spatial_scale=(0.7, 0.7)))
+
+
+def grid_from_config(config) -> Grid:
+  """(T', H', W') from ``config.data.{crop_size,num_frames}`` and ``config.model.{patch,tubelet}_size``."""
+  crop = config.data.crop_size
+  crop_h, crop_w = (crop, crop) if isinstance(crop, int) else tuple(crop)
+  frames, patch, tubelet = config.data.num_frames, config.model.patch_size, config.model.tubelet_size
+  if crop_h % patch or crop_w % patch:
+    raise ValueError(f"data.crop_size {crop} is not divisible by model.patch_size {patch}")
+  if frames % tubelet:
+    raise ValueError(f"data.num_frames {frames} is not divisible by model.tubelet_size {tubelet}")
+  return frames // tubelet, crop_h // patch, crop_w // patch
+
+
+def configs_from(config) -> tuple[MaskConfig, ...]:
+  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts)."""
+  if "masks" not in config or not config.masks:
+    raise ValueError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
+                     "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
+  return tuple(MaskConfig.from_dict(m) for m in config.masks)
+
+
+# ------------------------------------------------------------------------------------------------
+# Geometry shared by the JAX sampler and the numpy Monte Carlo (``xp`` is jnp or np).
+
+
+def _scaled_floor(xp, n: int, lo: float, hi: float, u):
+  """``floor(n * s)``, ``s ~ U(lo, hi)`` from the uniform ``u``.
+
+  A point range is computed in Python float64 like the reference, so that e.g. 0.29 * 100 floors
+  to 28 as there, not to 29 as float32 would round it.
+  """
+  if lo == hi:
+    return xp.asarray(math.floor(n * lo))
+  return xp.floor(n * (lo + u * (hi - lo)))
+
+
+def _block_size(xp, grid: Grid, cfg: MaskConfig, u):
+  """(t, h, w) int scalars of one batch's blocks from three uniforms ``u``."""
+  T, H, W = grid
+  t = xp.clip(_scaled_floor(xp, T, *cfg.temporal_scale, u[0]), 1, T)
+  keep = _scaled_floor(xp, H * W, *cfg.spatial_scale, u[1])
+  lo, hi = cfg.aspect_ratio
+  a = lo + u[2] * (hi - lo)
+  # round() is round-half-even in Python, numpy and jnp alike.
+  h = xp.clip(xp.round(xp.sqrt(keep * a)), 1, H)
+  w = xp.clip(xp.round(xp.sqrt(keep / a)), 1, W)
+  return tuple(v.astype(xp.int32) for v in (t, h, w))
+
+
+def _causal_cut(T: int, cfg: MaskConfig) -> int:
+  """Context may only use time steps ``t < cut`` (the reference's ``max_context_duration``)."""
+  return max(1, int(T * cfg.max_temporal_keep))
+
+
+def _block_union(xp, size, starts, grid: Grid, cut: int):
+  """Target grid: union of blocks of ``size`` at ``starts`` (3 int arrays ``[..., nb]``).
+
+  Built from 1D interval tests broadcast to 3D, so it is a single fused elementwise op + reduction.
+  Returns bool ``[..., T, H, W]``; with ``cut < T`` all of ``t >= cut`` is target as well.
+  """
+  T, H, W = grid
+  inside = []
+  for n, s, length in zip((T, H, W), starts, size):
+    pos = xp.arange(n)
+    inside.append((pos >= s[..., None]) & (pos < s[..., None] + length))  # [..., nb, n]
+  cover = inside[0][..., :, None, None] & inside[1][..., None, :, None] & inside[2][..., None, None, :]
+  target = cover.any(axis=-4)
+  if cut < T:
+    target = target | (xp.arange(T) >= cut)[:, None, None]
+  return target
+
+
+# ------------------------------------------------------------------------------------------------
+# JAX sampling.
+
+
+def _random_fields(key, shapes):
+  """Uniform floats in [0, 1) of the given shapes from ONE ``random.bits`` call.
+
+  Every separate random call adds a threefry graph that XLA:CPU takes ~0.3-1 s to compile, so the
+  sampler draws all it needs at once and slices it (24-bit floats, like ``jax.random.uniform``'s
+  23-bit mantissa trick).
+  """
+  sizes = [math.prod(s) for s in shapes]
+  bits = jax.random.bits(key, (sum(sizes),), jnp.uint32)
+  out, offset = [], 0
+  for shape, size in zip(shapes, sizes):
+    out.append((bits[offset:offset + size] >> 8).astype(jnp.float32).reshape(shape) * 2.0**-24)
+    offset += size
+  return out
+
+
+def _multiblock_grids(key, batch_size: int, grid: Grid, cfg: MaskConfig) -> jax.Array:
+  T, H, W = grid
+  nb = cfg.num_blocks
+  u_size, u_first, u_retry, u_fallback = _random_fields(
+      key, [(3,), (3, batch_size, nb), (3, NUM_RETRIES, batch_size, nb), (3, batch_size)])
+  size = _block_size(jnp, grid, cfg, u_size)
+  cut = _causal_cut(T, cfg)
+
+  def uniform_int(u, n):
+    # floor(u * n) rather than randint with a traced bound: a far smaller graph (faster compiles),
+    # and with 2^24 levels of u the bias is below 1e-6 for any grid.
+    return jnp.minimum(jnp.floor(u * n).astype(jnp.int32), n - 1)
+
+  def draw(u):
+    starts = [uniform_int(ui, n - s + 1) for ui, n, s in zip(u, grid, size)]
+    return _block_union(jnp, size, starts, grid, cut)
+
+  def no_context(target):
+    return target.all(axis=(-3, -2, -1))
+
+  def redraw(target):
+    empty = no_context(target)                                     # [B]
+    tries = draw(u_retry)                                          # [R, B, T, H, W]
+    ok = ~no_context(tries)                                        # [R, B]
+    first_ok = jnp.argmax(ok, axis=0)                              # 0 if none, then patched
+    chosen = tries[first_ok, jnp.arange(batch_size)]               # [B, T, H, W]
+    # Guaranteed fallback: one random token before the causal cut becomes context.
+    ft, fh, fw = (uniform_int(ui, n) for ui, n in zip(u_fallback, (cut, H, W)))
+    hit = ((jnp.arange(T)[None, :, None, None] == ft[:, None, None, None])
+           & (jnp.arange(H)[None, None, :, None] == fh[:, None, None, None])
+           & (jnp.arange(W)[None, None, None, :] == fw[:, None, None, None]))
+    chosen = chosen & ~(hit & ~ok.any(axis=0)[:, None, None, None])
+    return jnp.where(empty[:, None, None, None], chosen, target)
+
+  target = draw(u_first)
+  return jax.lax.cond(no_context(target).any(), redraw, lambda x: x, target)
+
+
+def _tube_grids(key, batch_size: int, grid: Grid, cfg: MaskConfig) -> jax.Array:
+  T, H, W = grid
+  keep = min(max(int(H * W * (1.0 - cfg.ratio)), 1), H * W - 1)
+  order = jnp.argsort(jax.random.uniform(key, (batch_size, H * W)), axis=1)
+  rows = jnp.arange(batch_size)[:, None]
+  context = jnp.zeros((batch_size, H * W), bool).at[rows, order[:, :keep]].set(True)
+  return jnp.broadcast_to(~context.reshape(batch_size, 1, H, W), (batch_size, T, H, W))
+
+
+def target_grids(key, batch_size: int, grid: Grid, cfg: MaskConfig) -> jax.Array:
+  """Boolean target grids ``[B, T', H', W']`` before the static-shape step (context = complement).
+
+  Every clip has at least one context token (empty contexts are redrawn, see module docstring).
+  """
+  grid = tuple(int(g) for g in grid)
+  if cfg.kind == "random_tube":
+    return _tube_grids(key, batch_size, grid, cfg)
+  return _multiblock_grids(key, batch_size, grid, cfg)
+
+
+def _fixed_rows(chosen, count, k: int, num_tokens: int):
+  """Sort the first ``min(count, k)`` chosen indices per row and pad with repeats of them."""
+  slot = jnp.arange(k)
+  n_valid = jnp.minimum(count, k)[:, None]
+  valid = slot < n_valid
+  # Valid entries to the front, ascending; the rest after (they are overwritten below).
+  ordered = jnp.sort(jnp.where(valid, chosen, chosen + num_tokens), axis=1)
+  ordered = jnp.where(ordered < num_tokens, ordered, ordered - num_tokens)
+  # Padding slot j repeats valid entry j mod n_valid: indices of the same set of the same clip.
+  src = jnp.where(valid, slot, slot % jnp.maximum(n_valid, 1))
+  return jnp.take_along_axis(ordered, src, axis=1).astype(jnp.int32), valid
+
+
+def masks_from_grids(key, target: jax.Array, k_context: int, k_target: int,
+                     subset: str = "random") -> Masks:
+  """The static-shape step: boolean target grids ``[B, ...]`` -> :class:`Masks` of fixed K."""
+  batch_size = target.shape[0]
+  target = target.reshape(batch_size, -1)
+  num_tokens = target.shape[1]
+  context = ~target
+  n_context = context.sum(axis=1)
+  n_target = num_tokens - n_context
+  idx_bits = max(1, (num_tokens - 1).bit_length())
+  rand_bits = 31 - idx_bits
+  if rand_bits < 8:
+    raise ValueError(f"{num_tokens} tokens are too many for the packed sort keys")
+  idx = jnp.arange(num_tokens, dtype=jnp.uint32)
+  low = jnp.uint32((1 << idx_bits) - 1)
+  if subset == "random":
+    # One sort serves both sets: context tokens first and target tokens last, each in a random
+    # order; the first K of each are then a uniformly random K-subset (or the whole set). The key
+    # packs (is-target bit, random bits, token) into one uint32, since a plain sort is ~6x faster
+    # than an argsort on CPU. Equal random bits (p = 2^-rand_bits per pair) are broken by the
+    # token index shifted by a random per-row offset, so even ties favour no frame.
+    bits = jax.random.bits(key, (batch_size, num_tokens + 1), jnp.uint32)  # one threefry graph
+    rand = bits[:, :num_tokens] >> (32 - rand_bits)
+    offset = bits[:, num_tokens:] % num_tokens  # bias <= N / 2^32: irrelevant for a tie-break
+    rotated = (idx + offset) % num_tokens
+    packed = (target.astype(jnp.uint32) << 31) | (rand << idx_bits) | rotated
+    order = ((jnp.sort(packed, axis=1) & low) + num_tokens - offset) % num_tokens
+    ctx_chosen = order[:, :k_context]
+    tgt_chosen = order[:, ::-1][:, :k_target]
+  elif subset == "first":
+    ctx_chosen = jnp.sort((target.astype(jnp.uint32) << 31) | idx, axis=1)[:, :k_context] & low
+    tgt_chosen = jnp.sort((context.astype(jnp.uint32) << 31) | idx, axis=1)[:, :k_target] & low
+  else:
+    raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+  ctx_chosen, tgt_chosen = ctx_chosen.astype(jnp.int32), tgt_chosen.astype(jnp.int32)
+  ctx, ctx_valid = _fixed_rows(ctx_chosen, n_context, k_context, num_tokens)
+  tgt, tgt_valid = _fixed_rows(tgt_chosen, n_target, k_target, num_tokens)
+  return Masks(ctx, ctx_valid, tgt, tgt_valid)
+
+
+def sample_with_grids(key, batch_size: int, grid: Grid, cfgs: Sequence[MaskConfig]):
+  """Like :func:`sample_masks`, also returning each config's pre-static target grids."""
+  grid = tuple(int(g) for g in grid)
+  out = []
+  for k, cfg in zip(jax.random.split(key, len(cfgs)), cfgs):
+    k_grid, k_static = jax.random.split(k)
+    target = target_grids(k_grid, batch_size, grid, cfg)
+    k_ctx, k_tgt = static_sizes(grid, cfg)
+    out.append((masks_from_grids(k_static, target, k_ctx, k_tgt, cfg.subset), target))
+  return tuple(out)
+
+
+def sample_masks(key, batch_size: int, grid: Grid, cfgs: Sequence[MaskConfig]) -> tuple[Masks, ...]:
+  """One :class:`Masks` per config for a batch of clips; jit with ``batch_size, grid, cfgs`` static.
+
+  The key is split once per config, so adding a config does not change the earlier ones' masks.
+  """
+  return tuple(m for m, _ in sample_with_grids(key, batch_size, grid, cfgs))
+
+
+# ------------------------------------------------------------------------------------------------
+# Host-side Monte Carlo for the default static sizes.
+
+
+def count_distribution(grid: Grid, cfg: MaskConfig, num_block_sizes: int = _MC_BLOCK_SIZES,
+                       clips_per_size: int = _MC_CLIPS_PER_SIZE, seed: int = _MC_SEED) -> np.ndarray:
+  """Per-clip context counts of ``cfg`` from a deterministic numpy run of the same sampler.
+
+  ``num_block_sizes`` block sizes (one per simulated batch) x ``clips_per_size`` clips; empty
+  contexts are redrawn like in :func:`target_grids`. Returns int ``[num_block_sizes * clips]``.
+  """
+  grid = tuple(int(g) for g in grid)
+  T, H, W = grid
+  if cfg.kind == "random_tube":
+    keep = min(max(int(H * W * (1.0 - cfg.ratio)), 1), H * W - 1)
+    return np.full(num_block_sizes * clips_per_size, keep * T)
+  rng = np.random.default_rng(seed)
+  cut = _causal_cut(T, cfg)
+  counts = []
+  for _ in range(num_block_sizes):
+    size = _block_size(np, grid, cfg, rng.random(3))
+
+    def draw(n_clips):
+      starts = [rng.integers(0, n - s + 1, size=(n_clips, cfg.num_blocks)) for n, s in zip(grid, size)]
+      return (~_block_union(np, size, starts, grid, cut)).sum(axis=(1, 2, 3))
+
+    c = draw(clips_per_size)
+    for _ in range(NUM_RETRIES):
+      empty = c == 0
+      if not empty.any():
+        break
+      c[empty] = draw(int(empty.sum()))
+    counts.append(np.maximum(c, 1))  # the fallback's single context token
+  return np.concatenate(counts)
+
+
+@functools.lru_cache(maxsize=None)
+def _default_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
+  num_tokens = math.prod(grid)
+  ctx = count_distribution(grid, cfg)
+  if cfg.kind == "random_tube":
+    return int(ctx[0]), num_tokens - int(ctx[0])
+
+  def round_up(x):
+    return int(min(num_tokens, max(8, 8 * math.ceil(x / 8))))
+
+  return round_up(ctx.mean()), round_up(num_tokens - ctx.mean())
+
+
+def static_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
+  """(K_ctx, K_tgt) of ``cfg`` on ``grid``: the overrides, else the defaults of the module docstring."""
+  grid = tuple(int(g) for g in grid)
+  num_tokens = math.prod(grid)
+  geometry = dataclasses.replace(cfg, num_context=None, num_target=None, subset="random")
+  k_ctx, k_tgt = _default_sizes(grid, geometry)
+  k_ctx = cfg.num_context if cfg.num_context is not None else k_ctx
+  k_tgt = cfg.num_target if cfg.num_target is not None else k_tgt
+  for name, k in (("num_context", k_ctx), ("num_target", k_tgt)):
+    if not 1 <= k <= num_tokens:
+      raise ValueError(f"{name}={k} must be in [1, {num_tokens}] for grid {grid}")
+  return int(k_ctx), int(k_tgt)
+
+
+# ------------------------------------------------------------------------------------------------
+# Visualisation.
+
+_COLOURS = ("#2b83ba", "#abd9e9", "#d7191c", "#fdae61")  # ctx kept, ctx dropped, tgt kept, tgt dropped
+_LABELS = ("context (seen)", "context dropped by K", "target (predicted)", "target dropped by K")
+
+
+def token_classes(masks: Masks, target: jax.Array) -> np.ndarray:
+  """Per token: 0 context kept, 1 context dropped by the static step, 2 target kept, 3 target dropped."""
+  target = np.asarray(target)
+  batch_size, shape = target.shape[0], target.shape[1:]
+  flat = target.reshape(batch_size, -1)
+  kept = np.zeros_like(flat)
+  rows = np.arange(batch_size)[:, None]
+  for idx, valid in ((masks.context, masks.context_valid), (masks.target, masks.target_valid)):
+    idx, valid = np.asarray(idx), np.asarray(valid)
+    kept[np.broadcast_to(rows, idx.shape)[valid], idx[valid]] = True
+  classes = np.where(flat, 2, 0) + np.where(kept, 0, 1)
+  return classes.reshape((batch_size,) + shape)
+
+
+def plot_masks(key, grid: Grid, cfgs: Sequence[MaskConfig], num: int, out: str) -> None:
+  """Draws ``num`` clips' masks, one row per example and config, one column per time step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.colors import ListedColormap
+  from matplotlib.patches import Patch
+
+  T = grid[0]
+  drawn = sample_with_grids(key, num, grid, cfgs)
+  rows = [(i, j) for i in range(num) for j in range(len(cfgs))]
+  fig, axes = plt.subplots(len(rows), T, figsize=(1.3 * T + 2.5, 1.4 * len(rows) + 0.8), squeeze=False)
+  cmap = ListedColormap(_COLOURS)
+  for r, (i, j) in enumerate(rows):
+    masks, target = drawn[j]
+    classes = token_classes(masks, target)[i]
+    for t in range(T):
+      ax = axes[r, t]
+      ax.imshow(classes[t], cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(f"t={t}", fontsize=8)
+    cfg = cfgs[j]
+    name = (f"tube r={cfg.ratio}" if cfg.kind == "random_tube"
+            else f"{cfg.num_blocks}x{cfg.spatial_scale[1]:g}" + (f" causal {cfg.max_temporal_keep:g}"
+                                                                 if cfg.max_temporal_keep < 1 else ""))
+    n_ctx = int(masks.context_valid[i].sum())
+    n_tgt = int(masks.target_valid[i].sum())
+    axes[r, 0].set_ylabel(f"clip {i}, mask {j}\n{name}\nctx {n_ctx}/{masks.context.shape[1]}\n"
+                          f"tgt {n_tgt}/{masks.target.shape[1]}", fontsize=7)
+  fig.legend(handles=[Patch(color=c, label=l) for c, l in zip(_COLOURS, _LABELS)],
+             loc="lower center", ncol=4, fontsize=8)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+
+
+def _main(argv):
+  from absl import flags
+  del argv
+  FLAGS = flags.FLAGS
+  if FLAGS.config is not None:
+    grid, cfgs = grid_from_config(FLAGS.config), configs_from(FLAGS.config)
+  else:
+    grid, cfgs = tuple(int(g) for g in FLAGS.grid.split(",")), pretrain_configs()
+  plot_masks(jax.random.key(FLAGS.seed), grid, cfgs, FLAGS.num, FLAGS.out)
+  print(f"wrote {FLAGS.out}: grid {grid}, {len(cfgs)} mask configs, sizes "
+        f"{[static_sizes(grid, c) for c in cfgs]}")
+
+
+def _cli():
+  # Flags are defined here, not at import, so importing this module never touches absl's global
+  # flag registry (the trainer defines its own --config).
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "config file with data/model/masks fields")
+  flags.DEFINE_string("out", "masks.png", "output image")
+  flags.DEFINE_integer("num", 4, "clips to draw")
+  flags.DEFINE_integer("seed", 0, "PRNG seed")
+  flags.DEFINE_string("grid", "8,14,14", "T',H',W' token grid when no --config is given")
+  app.run(_main)
+
+
+if __name__ == "__main__":
+  _cli()
