@@ -31,6 +31,7 @@ import logging
 import math
 import threading
 
+from absl import flags
 import grain
 import ml_collections
 import numpy as np
@@ -261,6 +262,10 @@ def _to_batches(ds: grain.MapDataset, cfg, batch_size: int) -> grain.IterDataset
                                             prefetch_buffer_size=cfg.prefetch_buffer_size))
   it = it.batch(batch_size, drop_remainder=True)
   if cfg.num_workers > 0:
+    # grain's worker processes read absl flags; outside absl.app.run (tests, notebooks, scripts)
+    # they are unparsed and grain would raise UnparsedFlagAccessError. Accept the defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
   return it

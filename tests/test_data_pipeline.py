@@ -1,0 +1,292 @@
+"""grain pipelines: batches, determinism, resumable state, epochs, sharding, mixing, eval layout,
+bad input, worker processes and TFDS sources."""
+import gc
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from jepa_jax import data
+from jepa_jax.data import pipeline
+from jepa_jax.data import synthetic
+from jepa_jax.data import testing
+
+SYNTHETIC_VIDEOS = 12  # same set (and directory) as tests/test_data.py
+
+
+@pytest.fixture(scope="session")
+def synthetic_index(tmp_path_factory):
+  return synthetic.ensure_synthetic(str(tmp_path_factory.getbasetemp() / "synthetic"),
+                                    SYNTHETIC_VIDEOS, seed=0)
+
+
+def small_cfg(**overrides):
+  cfg = data.default_data_config()
+  cfg.num_frames, cfg.frame_step, cfg.crop_size = 8, 2, 32
+  cfg.num_threads = 1
+  cfg.update(overrides)
+  return cfg
+
+
+def take(ds_or_it, n):
+  it = iter(ds_or_it) if not hasattr(ds_or_it, "get_state") else ds_or_it
+  return [next(it) for _ in range(n)]
+
+
+def assert_same(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+
+
+# ---------------------------------------------------------------- pretraining
+
+
+def test_pretrain_batches_from_synthetic_config(synthetic_index):
+  cfg = small_cfg(synthetic_dir=os.path.dirname(synthetic_index),
+                  synthetic_num_videos=SYNTHETIC_VIDEOS)
+  batch = take(data.make_pretrain_dataset(cfg, batch_size=3, seed=0), 1)[0]
+  assert batch["video"].shape == (3, 8, 32, 32, 3) and batch["video"].dtype == np.uint8
+  assert batch["label"].dtype == np.int32 and batch["index"].dtype == np.int64
+  assert batch["video"].std() > 5  # real pixels, not padding
+
+
+def test_pretrain_deterministic_and_seeded(synthetic_index):
+  cfg = small_cfg(datasets=[synthetic_index])
+  a = take(data.make_pretrain_dataset(cfg, batch_size=2, seed=1), 3)
+  b = take(data.make_pretrain_dataset(cfg, batch_size=2, seed=1), 3)
+  c = take(data.make_pretrain_dataset(cfg, batch_size=2, seed=2), 3)
+  for x, y in zip(a, b):
+    assert_same(x, y)
+  assert any((x["index"] != z["index"]).any() or (x["video"] != z["video"]).any()
+             for x, z in zip(a, c))
+
+
+def test_iterator_state_restores_exact_batches(synthetic_index):
+  cfg = small_cfg(datasets=[synthetic_index])
+  ds = data.make_pretrain_dataset(cfg, batch_size=2, seed=0)
+  it = iter(ds)
+  take(it, 2)
+  state = it.get_state()
+  expected = take(it, 3)
+  # The same iterator rewound, and a brand-new pipeline (as after a restart).
+  it.set_state(state)
+  for x, y in zip(expected, take(it, 3)):
+    assert_same(x, y)
+  fresh = iter(data.make_pretrain_dataset(cfg, batch_size=2, seed=0))
+  fresh.set_state(state)
+  for x, y in zip(expected, take(fresh, 3)):
+    assert_same(x, y)
+
+
+def _write_index(path, rows):
+  with open(path, "w") as f:
+    f.writelines(f"{p} {label}\n" for p, label in rows)
+  return str(path)
+
+
+def test_epochs_cover_everything_with_new_order(synthetic_index, tmp_path):
+  paths = data.pipeline.sources_lib.read_index(synthetic_index).paths[:6]
+  index = _write_index(tmp_path / "six.csv", [(p, i) for i, p in enumerate(paths)])
+  cfg = small_cfg(datasets=[index], num_frames=2, frame_step=1, crop_size=16)
+  seen = np.concatenate([b["index"] for b in take(data.make_pretrain_dataset(cfg, batch_size=3,
+                                                                             seed=0), 4)])
+  epoch0, epoch1 = seen[:6], seen[6:]
+  assert sorted(epoch0) == sorted(epoch1) == list(range(6))
+  assert epoch0.tolist() != epoch1.tolist()  # reshuffled
+
+
+def test_shards_are_disjoint(synthetic_index):
+  cfg = small_cfg(datasets=[synthetic_index], num_frames=2, frame_step=1, crop_size=16)
+  per_shard = []
+  for shard in range(3):
+    ds = data.make_pretrain_dataset(cfg, batch_size=2, seed=0, shard_index=shard, shard_count=3)
+    per_shard.append({int(i) for b in take(ds, 2) for i in b["index"]})  # one epoch of 4
+  assert all(len(s) == 4 for s in per_shard)
+  assert set.union(*per_shard) == set(range(SYNTHETIC_VIDEOS))
+
+
+def test_mixing_with_weights(synthetic_index, tmp_path):
+  paths = data.pipeline.sources_lib.read_index(synthetic_index).paths
+  a = _write_index(tmp_path / "a.csv", [(p, 0) for p in paths[:4]])
+  b = _write_index(tmp_path / "b.csv", [(p, 1) for p in paths[4:]])
+  cfg = small_cfg(datasets=[a, b], datasets_weights=[0.75, 0.25], num_frames=2, frame_step=1,
+                  crop_size=16)
+  batches = take(data.make_pretrain_dataset(cfg, batch_size=4, seed=0), 4)
+  labels = np.concatenate([x["label"] for x in batches])
+  index = np.concatenate([x["index"] for x in batches])
+  assert (labels == 0).sum() == 12 and (labels == 1).sum() == 4
+  assert (index[labels == 0] < 4).all() and (index[labels == 1] >= 4).all()  # global numbering
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_eval_layout_padding_and_determinism(synthetic_index):
+  cfg = small_cfg()
+  kw = dict(batch_size=5, num_segments=2, frames_per_clip=4, frame_step=2, num_views=3)
+  ds = data.make_eval_dataset(cfg, synthetic_index, **kw)
+  batches = list(ds)
+  assert len(batches) == 3  # 12 videos -> padded to 15
+  v = batches[0]["video"]
+  assert v.shape == (5, 2, 3, 4, 32, 32, 3) and v.dtype == np.uint8
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.sum() == 12 and not valid[12:].any()
+  assert sorted(np.concatenate([b["index"] for b in batches])[valid]) == list(range(12))
+  for x, y in zip(batches, list(data.make_eval_dataset(cfg, synthetic_index, **kw))):
+    assert_same(x, y)  # eval is deterministic
+  # Sharded: every host gets the same number of batches; together they see each video once.
+  shards = [list(data.make_eval_dataset(cfg, synthetic_index, shard_index=s, shard_count=5, **kw))
+            for s in range(5)]
+  assert {len(s) for s in shards} == {1}
+  seen = [int(i) for s in shards for b in s for i, ok in zip(b["index"], b["valid"]) if ok]
+  assert sorted(seen) == list(range(12))
+
+
+def test_eval_train_mode_repeats_with_random_crops(synthetic_index):
+  cfg = small_cfg()
+  ds = data.make_eval_dataset(cfg, synthetic_index, batch_size=4, num_segments=2,
+                              frames_per_clip=4, frame_step=2, num_views=3, train=True, seed=0,
+                              repeat=True)
+  batches = take(ds, 4)  # more than one epoch (12 videos)
+  assert batches[0]["video"].shape == (4, 2, 1, 4, 32, 32, 3)
+  assert all(b["valid"].all() for b in batches)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_files_are_counted_and_replaced(synthetic_index, tmp_path, caplog):
+  good = data.pipeline.sources_lib.read_index(synthetic_index).paths[:4]
+  bad = testing.make_bad_files(str(tmp_path / "bad"), good[0])
+  rows = [(p, 0) for p in good] + [(p, 1) for p in bad.values()]
+  index = _write_index(tmp_path / "mixed.csv", rows)
+  tracker = pipeline.FailureTracker(max_failure_fraction=0.9, min_attempts=10)
+  cfg = small_cfg(datasets=[index], short_video_policy="skip", num_frames=8, frame_step=2)
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.data.pipeline"):
+    ds = data.make_pretrain_dataset(cfg, batch_size=4, seed=0, failure_tracker=tracker)
+    batches = take(ds, 8)  # ~2.5 epochs of 13 samples
+  assert all(b["video"].shape == (4, 8, 32, 32, 3) for b in batches)
+  loaded = {rows[i][0] for b in batches for i in b["index"]}
+  # Decodable odd files (yuv444p odd size, variable frame rate, gray mkv) are used, not skipped.
+  assert {bad["yuv444p_odd"], bad["vfr"], bad["gray"]} <= loaded
+  for kind in ["truncated", "random_bytes", "text", "empty", "three_frames", "missing"]:
+    assert bad[kind] not in loaded
+  reasons = tracker.failures
+  assert set(reasons) == {"open_error", "empty_file", "too_short", "missing"}
+  assert reasons["open_error"] >= 3 and tracker.attempts > tracker.num_failures
+  # Logged once per path even though each bad path failed in several epochs.
+  logged = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
+  assert len(logged) == len(set(logged)) == 6
+  assert sum(reasons.values()) > 6
+
+
+def test_all_bad_index_fails_with_clear_message(tmp_path):
+  index = _write_index(tmp_path / "wrong_prefix.csv",
+                       [(f"/no/such/mount/video_{i}.mp4", 0) for i in range(100)])
+  cfg = small_cfg(datasets=[index])
+  with pytest.raises(data.DataPipelineError) as e:
+    take(data.make_pretrain_dataset(cfg, batch_size=2, seed=0), 1)
+  msg = str(e.value)
+  assert "'missing'" in msg and "/no/such/mount/video_" in msg and "wrong path prefix" in msg
+  assert "max_failure_fraction=0.1" in msg
+
+
+def test_failure_fraction_threshold():
+  t = pipeline.FailureTracker(max_failure_fraction=0.2, min_attempts=10)
+  err = data.pipeline.decode.VideoReadError("open_error", "bad")
+  for i in range(5):
+    t.failure(f"p{i}", err)
+    t.check()  # below min_attempts: no decision yet
+  for _ in range(20):
+    t.success()
+  t.check()  # 5 / 25 = 0.2: not above
+  t.failure("p9", err)
+  with pytest.raises(data.DataPipelineError, match="open_error"):
+    t.check()
+
+
+# ---------------------------------------------------------------- worker processes
+
+
+def test_worker_processes_and_state(synthetic_index):
+  cfg = small_cfg(datasets=[synthetic_index], num_workers=2)
+  it = iter(data.make_pretrain_dataset(cfg, batch_size=2, seed=0))
+  take(it, 2)
+  state = it.get_state()
+  expected = take(it, 3)
+  fresh = iter(data.make_pretrain_dataset(cfg, batch_size=2, seed=0))
+  fresh.set_state(state)
+  for x, y in zip(expected, take(fresh, 3)):
+    assert_same(x, y)
+
+
+def test_worker_failure_reaches_main_process(tmp_path):
+  index = _write_index(tmp_path / "bad.csv", [(f"/no/such/mount/v{i}.mp4", 0) for i in range(60)])
+  cfg = small_cfg(datasets=[index], num_workers=1)
+  with pytest.raises(Exception, match="wrong path prefix"):
+    take(data.make_pretrain_dataset(cfg, batch_size=2, seed=0), 1)
+
+
+# ---------------------------------------------------------------- TFDS
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """Tiny TFDS video and image datasets prepared locally in array_record format."""
+  # Finalise multiprocessing objects left by the worker tests now: inside TFDS's lazy-import
+  # context their finalisers' relative imports fail and pytest reports an unraisable exception.
+  gc.collect()
+  tfds = pytest.importorskip("tensorflow_datasets")
+  out = str(tmp_path_factory.mktemp("tfds"))
+
+  class TinyVideos(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "video": tfds.features.Video(shape=(None, 24, 32, 3)),
+          "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"video": testing.coded_frames(20 + 5 * i, 24, 32), "label": i % 3}
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(20, 30, 3)),
+          "label": tfds.features.ClassLabel(num_classes=2)}))
+
+    def _split_generators(self, dl_manager):
+      return {"test": self._generate_examples(5)}
+
+    def _generate_examples(self, n):
+      rng = np.random.default_rng(0)
+      for i in range(n):
+        yield i, {"image": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "label": i % 2}
+
+  for builder in (TinyVideos, TinyImages):
+    builder(data_dir=out, file_format="array_record").download_and_prepare()
+  return out
+
+
+def test_tfds_video_and_image_sources(tfds_dir):
+  cfg = small_cfg(tfds_data_dir=tfds_dir, num_frames=4, frame_step=2, crop_size=16)
+  cfg.datasets = ["tfds:tiny_videos@train"]
+  batch = take(data.make_pretrain_dataset(cfg, batch_size=3, seed=0), 1)[0]
+  assert batch["video"].shape == (3, 4, 16, 16, 3)
+  ev = list(data.make_eval_dataset(cfg, "tfds:tiny_videos@train", batch_size=3, num_segments=2,
+                                   num_views=1))
+  assert len(ev) == 2 and ev[0]["video"].shape == (3, 2, 1, 4, 16, 16, 3)
+  labels = np.concatenate([b["label"] for b in ev])
+  assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]  # TFDS shuffles examples when writing
+  images = list(data.make_eval_dataset(cfg, "tfds:tiny_images@test", batch_size=2))
+  assert len(images) == 3 and images[0]["image"].shape == (2, 16, 16, 3)
+  assert np.concatenate([b["valid"] for b in images]).sum() == 5
