@@ -39,15 +39,16 @@ model sees to the per-GPU batch size, and drops the later frames: the kept conte
 biased to early time steps. jepa_jax instead uses fixed ``K_ctx``, ``K_tgt`` per config:
 
 * Default K (``static_sizes``): the mean per-clip context / target count, estimated by a
-  deterministic host-side Monte Carlo run of the same sampler (numpy, seed 0, 256 block-size draws
-  x 16 clips, empty contexts redrawn), rounded UP to a multiple of 8 (and at most the grid size).
-  random_tube counts are exact, so K is exact there (no padding, no subsetting).
-  Why the mean: about half the clips then fit entirely (padded), the other half lose a random
-  ~10% of their tokens, so the model sees almost the reference's per-clip masks while padding
-  (pure wasted compute) stays around 8% of K. A high quantile would waste far more on padding;
-  the reference's batch-24 minimum would throw away ~40% (short) / ~65% (long) of the context.
-  ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means (360 / 99
-  context) to match its compute, or with the grid size for no subsetting at all.
+  deterministic host-side Monte Carlo run of the same sampler (numpy, seed 0, 1024 block-size
+  draws x 8 clips, empty contexts redrawn; ~0.2 s, cached per (grid, config)), rounded UP to a
+  multiple of 8 (and at most the grid size). random_tube counts are exact, so K is exact there (no
+  padding, no subsetting).
+  Why the mean: about half the clips then fit entirely (padded), the others lose a random part of
+  their tokens, so the model sees close to the reference's per-clip masks, while padding (pure
+  wasted compute) stays at 9% (short) / 16% (long) of K_ctx. A high quantile would waste far more
+  on padding; the reference's batch-24 minimum throws away 38% (short) / 67% (long) of the
+  context. ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means
+  (360 / 99 context) to match its compute, or with the grid size for no subsetting at all.
 * A clip with more valid tokens than K keeps a UNIFORMLY RANDOM subset of K (then sorted), so no
   time step or position is favoured. ``subset="first"`` keeps the first K sorted indices instead
   (the reference's rule, with a static K rather than the batch minimum) for comparisons only.
@@ -60,21 +61,23 @@ Row contract, for every row: valid entries first, sorted ascending, then padding
 valid context and one valid target token; valid context and valid target are disjoint; without
 subsetting or padding their union is the whole grid.
 
-Measured at 224 px x 16 frames (grid 8x14x14 = 1568 tokens), 4800 clips in batches of 24, against
-the reference's ``tests/fixtures/mask_stats_224x16.json``:
+Measured at 224 px x 16 frames (grid 8x14x14 = 1568 tokens), 4800 clips in batches of 24 (the
+reference's protocol), against ``tests/fixtures/mask_stats_224x16.json``
+(``tests/test_masks.py::test_statistics_match_reference``):
 
-=====================  ======================  ======================  =====================
-mask                   per-clip target,        model sees here         reference batch-24
-                       ours vs reference       (mean valid ctx / tgt)  (mean ctx / tgt)
-=====================  ======================  ======================  =====================
-short (8 x 0.15)       981 +/- 121 vs 983+/-120  K 592 / 984: 546 / 936   360 / 746
-long  (2 x 0.70)       1272 +/- 116 vs 1271+/-114 K 304 / 1272: 262 / 1226 99 / 1107
-=====================  ======================  ======================  =====================
+===========  ====================  ===========  ===========  =================  =================
+mask         per-clip target       reference    K_ctx/K_tgt  model sees here:   reference
+             before static step    per clip                  valid ctx / tgt    batch-24 ctx / tgt
+===========  ====================  ===========  ===========  =================  =================
+short 8x.15  982 +/- 120           983 +/- 120  592 / 984    541 / 935          360 / 746
+long  2x.70  1273 +/- 113          1271 +/- 114 296 / 1280   248 / 1229         99 / 1107
+===========  ====================  ===========  ===========  =================  =================
 
-(see ``tests/test_masks.py::test_statistics_match_reference``; the "model sees" column is the mean
-of ``context_valid.sum(1)`` / ``target_valid.sum(1)``.) The model therefore sees ~1.5x (short) and
-~2.6x (long) more context tokens than the released models did, spread over all frames, and
-predicts ~25% (short) / ~11% (long) more target tokens.
+("model sees" = mean of ``context_valid.sum(1)`` / ``target_valid.sum(1)``.) A random 8% (short) /
+16% (long) of the context tokens and 5% / 4% of the target tokens are dropped by the static step.
+The model therefore sees ~1.5x (short) and ~2.5x (long) the context tokens the released models
+saw, spread evenly over all frames, and predicts ~25% (short) / ~11% (long) more target tokens;
+the context encoder costs correspondingly more per step than the reference's.
 
 Command line: ``python -m jepa_jax.masks --config=configs/demo.py --out masks.png [--num 4]
 [--seed 0]`` or ``--grid=8,14,14`` (the two default pretraining masks) draws sampled masks.
@@ -237,7 +240,8 @@ def _block_union(xp, size, starts, grid: Grid, cut: int):
   inside = []
   for n, s, length in zip((T, H, W), starts, size):
     pos = xp.arange(n)
-    inside.append((pos >= s[..., None]) & (pos < s[..., None] + length))  # [..., nb, n]
+    end = s + length  # length: a scalar, or per-batch sizes broadcastable to s (the Monte Carlo)
+    inside.append((pos >= s[..., None]) & (pos < end[..., None]))  # [..., nb, n]
   cover = inside[0][..., :, None, None] & inside[1][..., None, :, None] & inside[2][..., None, None, :]
   target = cover.any(axis=-4)
   if cut < T:
@@ -414,22 +418,26 @@ def count_distribution(grid: Grid, cfg: MaskConfig, num_block_sizes: int = _MC_B
     return np.full(num_block_sizes * clips_per_size, keep * T)
   rng = np.random.default_rng(seed)
   cut = _causal_cut(T, cfg)
-  counts = []
-  for _ in range(num_block_sizes):
-    size = _block_size(np, grid, cfg, rng.random(3))
+  # Block sizes of all simulated batches at once, shaped [S, 1, 1] to broadcast over clips, blocks.
+  sizes = [np.broadcast_to(v, (num_block_sizes,))[:, None, None]
+           for v in _block_size(np, grid, cfg, rng.random((3, num_block_sizes)))]
 
-    def draw(n_clips):
-      starts = [rng.integers(0, n - s + 1, size=(n_clips, cfg.num_blocks)) for n, s in zip(grid, size)]
-      return (~_block_union(np, size, starts, grid, cut)).sum(axis=(1, 2, 3))
+  def context_counts(sizes):
+    starts = [rng.integers(0, n - s + 1, size=s.shape[:1] + (clips_per_size, cfg.num_blocks))
+              for n, s in zip(grid, sizes)]
+    return (~_block_union(np, sizes, starts, grid, cut)).sum(axis=(-3, -2, -1))  # [S, C]
 
-    c = draw(clips_per_size)
-    for _ in range(NUM_RETRIES):
-      empty = c == 0
-      if not empty.any():
-        break
-      c[empty] = draw(int(empty.sum()))
-    counts.append(np.maximum(c, 1))  # the fallback's single context token
-  return np.concatenate(counts)
+  # Chunks keep the [chunk, C, nb, T, H, W] intermediate small.
+  chunk = max(1, 2**22 // (clips_per_size * cfg.num_blocks * T * H * W))
+  counts = np.concatenate([context_counts([s[i:i + chunk] for s in sizes])
+                           for i in range(0, num_block_sizes, chunk)])
+  for _ in range(NUM_RETRIES):  # redraw empty contexts, each with its own batch's block size
+    rows, _cols = np.nonzero(counts == 0)
+    if not len(rows):
+      break
+    redrawn = context_counts([s[rows] for s in sizes])  # [len(rows), C]: keep one per row
+    counts[counts == 0] = redrawn[:, 0]
+  return np.maximum(counts, 1).ravel()  # the fallback's single context token
 
 
 @functools.lru_cache(maxsize=None)
@@ -489,7 +497,7 @@ def plot_masks(key, grid: Grid, cfgs: Sequence[MaskConfig], num: int, out: str) 
   from matplotlib.patches import Patch
 
   T = grid[0]
-  drawn = sample_with_grids(key, num, grid, cfgs)
+  drawn = jax.jit(sample_with_grids, static_argnums=(1, 2, 3))(key, num, tuple(grid), tuple(cfgs))
   rows = [(i, j) for i in range(num) for j in range(len(cfgs))]
   fig, axes = plt.subplots(len(rows), T, figsize=(1.3 * T + 2.5, 1.4 * len(rows) + 0.8), squeeze=False)
   cmap = ListedColormap(_COLOURS)
