@@ -7,7 +7,9 @@
 * ``params`` - ``{"encoder", "predictor", "target"}`` parameters only; written by
               ``python -m jepa_jax.convert`` (released reference weights) and loadable anywhere a
               trainer checkpoint is.
-* ``data``   - the grain iterator state, so a resumed run sees the next unseen batch.
+* ``data``   - the grain iterator state (JSON) *before* the next batch the step will consume; the
+              trainer's prefetcher reads ahead, so it records the state with every batch rather
+              than asking the iterator at save time. A resumed run sees the next unseen batch.
 * ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
 
 Saves are atomic (orbax writes to a temporary directory and renames it when complete), so a run
@@ -31,11 +33,6 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message names the checkpoint and what to do."""
 
 
-def _grain_handler():
-  import grain
-  return grain.checkpoint.CheckpointHandler()
-
-
 def checkpoint_dir(path: str) -> str:
   """Accept a workdir, its ``checkpoints`` directory, or an explicit step directory's parent."""
   path = os.fspath(path)
@@ -49,11 +46,7 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
                  keep_period: Optional[int] = None, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
-              CONFIG: ocp.JsonCheckpointHandler()}
-  try:
-    handlers[DATA] = _grain_handler()
-  except (ImportError, AttributeError):
-    pass
+              CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
@@ -61,16 +54,15 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
-         data_iterator=None, config=None, force: bool = False) -> bool:
+         data_state=None, config=None, force: bool = False) -> bool:
   """Save whichever items are given; returns whether a save was started."""
   items = {}
   if state is not None:
     items[STATE] = ocp.args.PyTreeSave(state)
   if params is not None:
     items[PARAMS] = ocp.args.StandardSave(params)
-  if data_iterator is not None:
-    import grain
-    items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+  if data_state is not None:
+    items[DATA] = ocp.args.JsonSave(data_state)
   if config is not None:
     items[CONFIG] = ocp.args.JsonSave(_jsonable(config))
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -123,10 +115,10 @@ def _key(p) -> str:
   return str(p)
 
 
-def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state,
-                        data_iterator=None):
-  """Restore a full train state onto the shardings carried by ``abstract_state``
-  (``jax.ShapeDtypeStruct`` leaves with ``sharding``), and the data iterator in place."""
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Restore ``(train state, data state or None)``; the state lands on the shardings carried by
+  ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with ``sharding``), so a checkpoint saved on
+  one mesh restores onto any other."""
   where = f"checkpoint {step} in {manager.directory}"
   names = _item_names(manager, step)
   if STATE not in names:
@@ -141,9 +133,8 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     _check_shapes(_tree_of(meta), abstract_state, where)
   items = {STATE: ocp.args.PyTreeRestore(
       item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
-  if data_iterator is not None and DATA in names:
-    import grain
-    items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+  if DATA in names:
+    items[DATA] = ocp.args.JsonRestore()
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except CheckpointError:
@@ -151,7 +142,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f"{where} could not be restored ({type(e).__name__}: {e}); delete it "
                           "to resume from the previous one, or check that it fits config.model")
-  return restored[STATE]
+  return restored[STATE], (restored[DATA] if DATA in names else None)
 
 
 def _tree_of(meta):

@@ -55,4 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
+
+  c.log_every = 50               # steps between metric fetches (the only host syncs)
+  c.prefetch = 2                 # batches placed on the devices ahead of the step
+  c.profile = False              # a jax profiler trace of 5 steps into the workdir
+  c.init_from = None             # params of another run or converted weights to start from
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every=1000,                # steps between (async) saves; always at the end
+      keep=3,                    # the last K checkpoints ...
+      keep_period=10000,         # ... plus every M-th step for good
+      async_save=True))
   return c

@@ -1,0 +1,57 @@
+"""Multi-process start-up: ``jax.distributed.initialize`` when running on more than one process.
+
+Detection, in order: explicit flags (``--coordinator_address``, ``--num_processes``,
+``--process_id``); the variables ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
+``JAX_PROCESS_ID``; a SLURM job step with more than one task (``SLURM_NTASKS``); a Cloud TPU VM
+with several workers (``TPU_WORKER_HOSTNAMES`` lists more than one host, or
+``MEGASCALE_COORDINATOR_ADDRESS`` for multi-slice). In the last two cases JAX finds the coordinator
+itself (``jax.distributed.initialize()`` without arguments). A single process initialises nothing.
+"""
+import logging
+import os
+
+from absl import flags
+
+log = logging.getLogger(__name__)
+
+
+def define_flags():
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+  flags.DEFINE_integer("num_processes", None, "Total number of processes.")
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+
+
+def detect(coordinator_address=None, num_processes=None, process_id=None, environ=None):
+  """The ``jax.distributed.initialize`` kwargs for this process, or None for a single process."""
+  env = os.environ if environ is None else environ
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  count = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
+  pid = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
+  if address or count is not None:
+    if not (address and count is not None and pid is not None):
+      raise ValueError("multi-process run: give all of coordinator_address, num_processes and "
+                       "process_id (flags or JAX_* variables)")
+    if int(count) <= 1:
+      return None
+    return {"coordinator_address": address, "num_processes": int(count), "process_id": int(pid)}
+  if int(env.get("SLURM_NTASKS", "1")) > 1:
+    return {}  # JAX's SLURM cluster detection fills everything in
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+  if len(hosts) > 1 or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return {}  # JAX's Cloud TPU detection
+  return None
+
+
+def initialize(kwargs) -> bool:
+  if kwargs is None:
+    return False
+  import jax
+  jax.distributed.initialize(**kwargs)
+  log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+           jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def initialize_from_flags() -> bool:
+  f = flags.FLAGS
+  return initialize(detect(f.coordinator_address, f.num_processes, f.process_id))

@@ -1,0 +1,329 @@
+"""The pretraining loop: data -> jitted sharded step -> metrics, checkpoints, progress.
+
+Guarantees:
+* Resume: restarting the same command continues from the latest complete checkpoint, with the
+  same parameters, the same masks (drawn from ``fold_in(rng, state.step)``) and the next unseen
+  batch (the data state saved is the one recorded *before* the next batch to be consumed, not the
+  read-ahead position of the prefetcher). On CPU a killed-and-resumed run is bitwise identical to
+  an uninterrupted one.
+* Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and exits
+  cleanly.
+* Non-finite loss: the step never applies a non-finite update (see ``train_step``); with
+  ``config.nonfinite='stop'`` the run stops with the step and the last good checkpoint named and
+  saves nothing; with ``'skip'`` the batch is skipped and counted. The flag is read one step late,
+  so no step waits for the host.
+* No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
+  every ``config.log_every`` steps. Only process 0 writes logs and summaries.
+"""
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers, metrics as clu_metrics, periodic_actions
+import flax
+
+from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import data as data_lib
+from jepa_jax import experiment
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+def metrics_collection(names):
+  """A clu Collection averaging each named scalar over the logging window."""
+  fields = {n.replace("/", "__"): clu_metrics.Average.from_output(n) for n in names}
+  return flax.struct.dataclass(type("TrainMetrics", (clu_metrics.Collection,),
+                                    {"__annotations__": fields}))
+
+
+class JsonlWriter(metric_writers.interface.MetricWriter):
+  """Appends one JSON object per written step to ``path`` (easy to read back in scripts)."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def write_scalars(self, step, scalars):
+    with open(self._path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def make_writer(workdir: str):
+  primary = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not primary,
+                                                asynchronous=True)
+  if not primary:
+    return writer
+  return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+# --- input ------------------------------------------------------------------------------------
+
+class Prefetcher:
+  """Reads host batches in a background thread and puts them on the devices ahead of the step.
+
+  Each item carries the iterator state recorded *before* its batch, which is what a checkpoint
+  taken before consuming that batch must store.
+  """
+
+  def __init__(self, iterator, place, size: int = 2):
+    self._it, self._place = iterator, place
+    self._queue: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name="prefetch")
+    self._thread.start()
+    self._held = None
+    self.wait_seconds = 0.0
+
+  def _run(self):
+    try:
+      while not self._stop.is_set():
+        state = self._it.get_state()
+        batch = self._place(next(self._it))
+        while not self._stop.is_set():
+          try:
+            self._queue.put((state, batch), timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except BaseException as e:  # noqa: BLE001 - surfaced in the training thread
+      self._queue.put(e)
+
+  def _get(self):
+    t0 = time.perf_counter()
+    item = self._queue.get()
+    self.wait_seconds += time.perf_counter() - t0
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def next(self):
+    """``(data state before the batch, device batch)``."""
+    item, self._held = (self._held, None) if self._held is not None else (self._get(), None)
+    return item
+
+  def peek_state(self):
+    """The data state to checkpoint now: the one recorded before the next batch."""
+    if self._held is None:
+      self._held = self._get()
+    return self._held[0]
+
+  def close(self):
+    self._stop.set()
+    try:
+      while True:
+        self._queue.get_nowait()
+    except queue.Empty:
+      pass
+    self._thread.join(timeout=5)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+class _Preemption:
+  """SIGTERM -> save at the next step and exit; on several processes JAX's sync point decides."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # no preemption service (e.g. local multi-process tests)
+        return False
+    return self.requested
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _abstract_with_shardings(exp):
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      exp.abstract_state, exp.state_shardings)
+
+
+def _init_or_restore(exp, manager, config):
+  """(state, start step, data state) from the latest checkpoint, ``config.init_from``, or fresh."""
+  step = manager.latest_step()
+  if step is not None:
+    state, data_state = ckpt_lib.restore_train_state(manager, step, _abstract_with_shardings(exp))
+    log.info("Resumed from checkpoint %d in %s", step, manager.directory)
+    return state, step, data_state
+  state = exp.init_state(jax.random.PRNGKey(config.seed))
+  if config.get("init_from"):
+    params, from_step = ckpt_lib.load_params(config.init_from)
+    fresh = jax.tree_util.tree_map(np.asarray, {"encoder": state.params["encoder"],
+                                                 "predictor": state.params["predictor"],
+                                                 "target": state.target_params})
+    ckpt_lib._check_shapes(params, {k: fresh[k] for k in params}, f"config.init_from={config.init_from}")
+    sh = exp.state_shardings
+    online = {"encoder": params.get("encoder", fresh["encoder"]),
+              "predictor": params.get("predictor", fresh["predictor"])}
+    target = params.get("target", online["encoder"])
+    state = state.replace(
+        params=jax.tree_util.tree_map(jax.device_put, online, sh.params),
+        target_params=jax.tree_util.tree_map(jax.device_put, target, sh.target_params))
+    log.info("Initialised from %s (step %d); optimiser state fresh", config.init_from, from_step)
+  return state, 0, None
+
+
+def train(config, workdir: str) -> dict:
+  """Run (or resume) pretraining; returns the last logged metrics."""
+  primary = jax.process_index() == 0
+  exp = experiment.build(config)
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  log.info("Config:\n%s", config)
+  log.info("Mesh %s over %d devices, %d processes; global batch %d",
+           dict(exp.mesh.shape), jax.device_count(), jax.process_count(), exp.batch_size)
+
+  ck = config.checkpoint
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), save_every=ck.every,
+                                  keep=ck.keep, keep_period=ck.keep_period,
+                                  async_save=ck.async_save)
+  state, start_step, data_state = _init_or_restore(exp, manager, config)
+
+  per_process_batch = exp.batch_size // jax.process_count()
+  dataset = data_lib.make_pretrain_dataset(
+      config.data, batch_size=per_process_batch, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count())
+  iterator = iter(dataset)
+  if data_state is not None:
+    iterator.set_state(data_state)
+  prefetcher = Prefetcher(iterator, exp.shard_batch, size=config.prefetch)
+
+  writer = make_writer(workdir)
+  total = exp.total_steps
+  hooks = []
+  if primary:
+    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                                 every_steps=config.log_every))
+    if config.profile:
+      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
+                                            first_profile=start_step + 10))
+  preemption = _Preemption()
+  rng = jax.random.PRNGKey(config.seed + 1)
+  collection, last_metrics = None, {}
+  pending_flag: Optional[tuple[int, Any]] = None
+  skipped = 0
+  last_saved = start_step if start_step else None
+  window_start, window_wait = time.perf_counter(), 0.0
+
+  def check_finite(step_and_flag):
+    nonlocal skipped
+    bad_step, flag = step_and_flag
+    if int(flag) == 0:
+      return
+    if config.nonfinite == "skip":
+      skipped += 1
+      log.warning("Non-finite loss or gradient at step %d: update skipped (%d so far)",
+                  bad_step, skipped)
+      return
+    where = (f"the last good checkpoint is step {last_saved} in {manager.directory}"
+             if last_saved is not None else "no checkpoint was saved yet")
+    raise NonFiniteLossError(
+        f"Non-finite loss or gradient at step {bad_step}; the update was not applied and nothing "
+        f"was saved after it; {where}. Lower config.optim.lr, check the data, or set "
+        "config.nonfinite='skip'.")
+
+  def save(step, force=False):
+    nonlocal last_saved
+    if pending_flag is not None:
+      check_finite(pending_flag)
+    if ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
+                     config=config, force=force):
+      last_saved = step
+
+  collection_cls = None
+  step = start_step
+  try:
+    with metric_writers.ensure_flushes(writer):
+      while step < total:
+        _, batch = prefetcher.next()
+        state, metrics = exp.train_step(state, batch, rng)
+        # Read the previous step's flag now: it has finished (or nearly), the new one is queued.
+        if pending_flag is not None:
+          check_finite(pending_flag)
+        pending_flag = (step, metrics["nonfinite"])
+        step += 1
+        collection_cls = collection_cls or metrics_collection(tuple(metrics))
+        update = collection_cls.single_from_model_output(**metrics)
+        collection = update if collection is None else collection.merge(update)
+        for hook in hooks:
+          hook(step)
+        if step % config.log_every == 0 or step == total:
+          scalars = {k.replace("__", "/"): float(v) for k, v in collection.compute().items()}
+          elapsed = time.perf_counter() - window_start
+          scalars["data_wait_fraction"] = (prefetcher.wait_seconds - window_wait) / max(elapsed, 1e-9)
+          scalars["skipped_steps"] = skipped
+          window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
+          writer.write_scalars(step, scalars)
+          last_metrics, collection = scalars, None
+        if preemption.reached(step):
+          log.warning("Preemption requested: saving step %d and exiting", step)
+          save(step, force=True)
+          break
+        if step % ck.every == 0 or step == total:
+          save(step, force=step == total)
+  finally:
+    prefetcher.close()
+    manager.wait_until_finished()
+    preemption.restore()
+  if pending_flag is not None:
+    check_finite(pending_flag)
+  manager.close()
+  return last_metrics
+

@@ -1,0 +1,251 @@
+"""The trainer: resume after SIGKILL, SIGTERM, mesh changes, bad configs, non-finite losses."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jepa_jax import checkpoint, defaults, experiment, trainer
+from jepa_jax.data import synthetic
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("synthetic")
+  synthetic.ensure_synthetic(str(out), 12, 0)
+  return str(out)
+
+
+def tiny_config(synthetic_dir, steps=8, batch_size=4):
+  c = defaults.base_config()
+  c.seed = 3
+  c.batch_size = batch_size
+  c.model.name = "tiny"
+  c.model.overrides = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+  c.model.pred_embed_dim, c.model.pred_depth = 16, 1
+  c.model.dtype = "float32"
+  c.data.synthetic_dir = synthetic_dir
+  c.data.synthetic_num_videos = 12
+  c.data.crop_size, c.data.num_frames = 32, 4
+  c.data.num_threads = 1
+  c.optim.update(dict(epochs=steps // 4, ipe=4, warmup=1))
+  c.log_every = 1
+  c.checkpoint.update(dict(every=4, keep=5, keep_period=None))
+  return c
+
+
+def config_flags(c) -> list[str]:
+  """The command-line overrides that turn configs/demo.py into ``c`` (for subprocess runs)."""
+  o = c.model.overrides
+  return [
+      "--config=configs/demo.py", f"--config.seed={c.seed}", f"--config.batch_size={c.batch_size}",
+      f"--config.model.overrides=dict(embed_dim={o['embed_dim']},depth={o['depth']},"
+      f"num_heads={o['num_heads']})",
+      f"--config.model.pred_embed_dim={c.model.pred_embed_dim}",
+      f"--config.model.pred_depth={c.model.pred_depth}",
+      f"--config.data.synthetic_dir={c.data.synthetic_dir}",
+      f"--config.data.synthetic_num_videos={c.data.synthetic_num_videos}",
+      f"--config.data.crop_size={c.data.crop_size}", f"--config.data.num_frames={c.data.num_frames}",
+      f"--config.optim.epochs={c.optim.epochs}", f"--config.optim.ipe={c.optim.ipe}",
+      f"--config.optim.warmup={c.optim.warmup}", f"--config.log_every={c.log_every}",
+      f"--config.checkpoint.every={c.checkpoint.every}", "--config.checkpoint.keep=5",
+  ]
+
+
+def main_cmd(c, workdir):
+  return [sys.executable, "-m", "jepa_jax.main", *config_flags(c), f"--workdir={workdir}"]
+
+
+def single_device_env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = ""
+  return env
+
+
+def losses(workdir) -> dict[int, float]:
+  out = {}
+  for line in pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if "loss" in row:
+      out[row["step"]] = row["loss"]
+  return out
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_identical(synthetic_dir, tmp_path):
+  c = tiny_config(synthetic_dir, steps=8)
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  env = single_device_env()
+  subprocess.run(main_cmd(c, straight), cwd=REPO, env=env, check=True, capture_output=True)
+
+  proc = subprocess.Popen(main_cmd(c, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "4").exists() and proc.poll() is None:
+    assert time.time() < deadline, "no checkpoint at step 4"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = checkpoint.make_manager(str(killed / "checkpoints"), read_only=True).latest_step()
+  assert done is not None and done < 8, f"the run was not interrupted ({done})"
+  subprocess.run(main_cmd(c, killed), cwd=REPO, env=env, check=True, capture_output=True)
+
+  a, _ = checkpoint.load_params(str(straight))
+  b, step = checkpoint.load_params(str(killed))
+  assert step == 8
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  la, lb = losses(straight), losses(killed)
+  assert sorted(la) == list(range(1, 9)) and set(lb) == set(la)
+  assert all(la[s] == lb[s] for s in la), (la, lb)  # same batches, same masks, same updates
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(synthetic_dir, tmp_path):
+  c = tiny_config(synthetic_dir, steps=400)
+  c.checkpoint.every = 1000
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(main_cmd(c, workdir), cwd=REPO, env=single_device_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and len(losses(workdir)) >= 2):
+    assert proc.poll() is None and time.time() < deadline, "training did not start"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  step = checkpoint.make_manager(str(workdir / "checkpoints"), read_only=True).latest_step()
+  assert step is not None and 2 <= step < 400
+  assert "Preemption requested" in err
+
+
+def test_restore_onto_other_meshes(synthetic_dir, tmp_path, num_devices):
+  if num_devices < 8:
+    pytest.skip("needs 8 (simulated) devices")
+  c = tiny_config(synthetic_dir, batch_size=8)
+  c.mesh.data, c.mesh.fsdp, c.mesh.min_fsdp_size = 2, 4, 64
+  exp8 = experiment.build(c)
+  state = exp8.init_state(jax.random.PRNGKey(0))
+  manager = checkpoint.make_manager(str(tmp_path / "ck"), async_save=False)
+  checkpoint.save(manager, 1, state=state, data_state={"next_index": 3}, config=c, force=True)
+  manager.wait_until_finished()
+  for mesh, devices in (((1, 1), jax.devices()[:1]), ((1, 4), jax.devices()[:4])):
+    c2 = tiny_config(synthetic_dir, batch_size=8)
+    c2.mesh.data, c2.mesh.fsdp, c2.mesh.min_fsdp_size = *mesh, 64
+    exp = experiment.build(c2, devices=devices)
+    restored, data_state = checkpoint.restore_train_state(
+        manager, 1, trainer._abstract_with_shardings(exp))
+    assert data_state == {"next_index": 3}
+    for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    qkv = restored.params["encoder"]["stack"]["blocks_0"]["attn"]["qkv"]["kernel"]
+    assert len(qkv.sharding.device_set) == len(devices)
+
+
+def test_checkpoint_of_another_model_is_named(synthetic_dir, tmp_path):
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 1
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"), async_save=False)
+  checkpoint.save(manager, 4, state=exp.init_state(jax.random.PRNGKey(0)), force=True)
+  manager.wait_until_finished()
+  other = tiny_config(synthetic_dir)
+  other.mesh.data = 1
+  other.model.overrides = {"embed_dim": 64, "depth": 1, "num_heads": 2}
+  exp2 = experiment.build(other, devices=jax.devices()[:1])
+  with pytest.raises(checkpoint.CheckpointError, match=r"params/encoder/.*shape \(32,\).*\(64,\)"):
+    checkpoint.restore_train_state(manager, 4, trainer._abstract_with_shardings(exp2))
+  (tmp_path / "checkpoints" / "4" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError, match="checkpoint 4"):
+    checkpoint.restore_train_state(manager, 4, trainer._abstract_with_shardings(exp))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.crop_size", 60, "crop_size=60 is not divisible by config.model.patch_size"),
+    ("data.num_frames", 7, "num_frames=7 is not divisible by config.model.tubelet_size"),
+    ("batch_size", 3, "batch_size=3 is not divisible"),
+    ("model.overrides", {"embed_dim": 30, "depth": 1, "num_heads": 4}, "not divisible by num_heads"),
+    ("data.datasets", ["/nonexistent/index.csv"], "index file '/nonexistent/index.csv' does not exist"),
+    ("nonfinite", "ignore", "config.nonfinite"),
+    ("model.dtype", "float16", "config.model.dtype"),
+])
+def test_bad_configs_refused_before_compiling(synthetic_dir, field, value, message):
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 2
+  section, _, name = field.rpartition(".")
+  (c[section] if section else c)[name] = value
+  with pytest.raises(experiment.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    experiment.validate(c, num_devices=2)
+
+
+def test_mask_leaving_no_context_refused(synthetic_dir):
+  c = tiny_config(synthetic_dir)
+  c.masks[1].spatial_scale = (1.0, 1.0)
+  with pytest.raises(experiment.ConfigError, match=r"config.masks\[1\] leaves no context"):
+    experiment.validate(c, num_devices=1)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jepa_jax.main", "--config=configs/demo.py",
+                         "--config.data.crop_size=60", f"--workdir={tmp_path}"], cwd=REPO,
+                        env=single_device_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "Config error: config.data.crop_size=60 is not divisible" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_loss(synthetic_dir, tmp_path, policy):
+  c = tiny_config(synthetic_dir, steps=8)
+  c.mesh.data = 1
+  c.nonfinite = policy
+  c.optim.update(dict(start_lr=1e38, lr=1e38, final_lr=1e38))
+  c.checkpoint.every = 1000
+  workdir = str(tmp_path / "run")
+  with jax.default_device(jax.devices()[0]):
+    if policy == "stop":
+      with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite loss or gradient at step \d"):
+        _train_single_device(c, workdir)
+      assert checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                     read_only=True).latest_step() is None
+    else:
+      metrics = _train_single_device(c, workdir)
+      assert metrics["skipped_steps"] >= 1
+      params, _ = checkpoint.load_params(workdir)
+      assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params["target"]))
+
+
+def _train_single_device(c, workdir):
+  real_build = experiment.build
+
+  def build_one(config, mesh=None, devices=None):
+    return real_build(config, mesh, devices=jax.devices()[:1])
+
+  experiment.build, trainer.experiment.build = build_one, build_one
+  try:
+    return trainer.train(c, workdir)
+  finally:
+    experiment.build = trainer.experiment.build = real_build
+
+
+def test_outputs_of_a_run(synthetic_dir, tmp_path):
+  c = tiny_config(synthetic_dir, steps=4)
+  c.mesh.data = 1
+  workdir = tmp_path / "run"
+  metrics = _train_single_device(c, str(workdir))
+  assert np.isfinite(metrics["loss"]) and 0 <= metrics["data_wait_fraction"] <= 1
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "tiny"
+  assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard summaries"
+  rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {"steps_per_sec", "loss", "lr", "wd", "momentum", "grad_norm/encoder",
+          "tokens/context0"} <= set().union(*rows)
+  assert checkpoint.read_config(str(workdir))["batch_size"] == 4
