@@ -267,3 +267,14 @@ def test_wrapper_prefixes_and_unknown_names(golden):
     np.testing.assert_array_equal(x, y)
   with pytest.raises(convert.ConversionError, match="predictor_embed"):
     convert.from_torch(golden_state(golden, "param/predictor/"), "encoder")
+
+
+def test_param_table_cli_helper():
+  from jepa_jax.models.__main__ import param_table
+  rows = param_table(img_size=32, num_frames=2, pred_depth=1)
+  assert [r["size"] for r in rows] == sorted(models.VIT_SIZES, key=list(models.VIT_SIZES).index)
+  assert all(r["encoder"] == r["analytic"] for r in rows)
+  # Predictor: embed d->384, 1 block of width 384 (analytic block count), LN, 384->d, 2 tokens.
+  d, p = 192, 384
+  block = models.analytic_encoder_params(p, 1, 4.0, patch_size=1, tubelet_size=1, in_chans=0) - 2 * p - p
+  assert rows[0]["predictor"] == (d * p + p) + block + 2 * p + (p * d + d) + 2 * p
