@@ -249,3 +249,25 @@ def test_outputs_of_a_run(synthetic_dir, tmp_path):
   assert {"steps_per_sec", "loss", "lr", "wd", "momentum", "grad_norm/encoder",
           "tokens/context0"} <= set().union(*rows)
   assert checkpoint.read_config(str(workdir))["batch_size"] == 4
+
+
+def test_interrupted_save_leaves_previous_checkpoint_usable(synthetic_dir, tmp_path):
+  """A save killed half-way exists only as orbax's temporary directory: it is never picked up."""
+  import shutil
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 1
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.PRNGKey(0))
+  directory = tmp_path / "checkpoints"
+  manager = checkpoint.make_manager(str(directory), async_save=False)
+  checkpoint.save(manager, 4, state=state, data_state={"next_index": 16}, force=True)
+  manager.wait_until_finished()
+  partial = directory / "8.orbax-checkpoint-tmp-1795588729"
+  shutil.copytree(directory / "4", partial)
+  (partial / "commit_success.txt").unlink(missing_ok=True)
+  next(partial.glob("state/*")).write_bytes(b"half written")
+  reopened = checkpoint.make_manager(str(directory), read_only=True)
+  assert reopened.latest_step() == 4
+  restored, data_state = checkpoint.restore_train_state(
+      reopened, 4, trainer._abstract_with_shardings(exp))
+  assert data_state == {"next_index": 16} and int(restored.step) == 0
