@@ -6,11 +6,14 @@ with a new key and ``block_until_ready``. Prints one line of JSON.
 
     python bench/masks.py [--batch 256] [--repeats 50]
 
-Measured (CPU, the 2-core development machine, shared with other jobs, jax 0.10.2):
-``{"bench": "masks", "batch": 256, "grid": [8, 14, 14], "median_ms": 36.5, ...}``; most of it is the
-two sorts of the static-shape step (XLA:CPU sorts ~1 ms per 10^5 keys), the block placement itself
-is ~1 ms per mask. For scale: a ViT-L/16 step on 256 clips is minutes of CPU time, so the masks
-are far below the 5% budget of issue 3; accelerator numbers belong to the benchmark issue.
+Measured on the 2-core development CPU (jax 0.10.2, XLA:CPU), which other jobs shared (load
+average 4-6), with ``python bench/masks.py --repeats 100``:
+``{"bench": "masks", "batch": 256, "grid": [8, 14, 14], "median_ms": 60.0, "min_ms": 52.6, ...}``
+(a 20-repeat run at lower load gave 39 ms; runs under load, 60-82 ms). Almost all of it is
+the static-shape step's sorts (one packed uint32 sort of [256, 1568] and two of [256, K] per mask;
+XLA:CPU sorts ~10 ms per 4e5 keys); placing the blocks costs ~1 ms per mask. For scale, a ViT-L/16
+training step on 256 clips takes minutes on this CPU, so the masks are far below the 5% budget of
+issue 3; no accelerator was lent to this task, so GPU numbers belong to the benchmark issue.
 """
 import argparse
 import json

@@ -457,10 +457,12 @@ def static_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
   """(K_ctx, K_tgt) of ``cfg`` on ``grid``: the overrides, else the defaults of the module docstring."""
   grid = tuple(int(g) for g in grid)
   num_tokens = math.prod(grid)
-  geometry = dataclasses.replace(cfg, num_context=None, num_target=None, subset="random")
-  k_ctx, k_tgt = _default_sizes(grid, geometry)
-  k_ctx = cfg.num_context if cfg.num_context is not None else k_ctx
-  k_tgt = cfg.num_target if cfg.num_target is not None else k_tgt
+  k_ctx, k_tgt = cfg.num_context, cfg.num_target
+  if k_ctx is None or k_tgt is None:  # the Monte Carlo only when a default is needed
+    geometry = dataclasses.replace(cfg, num_context=None, num_target=None, subset="random")
+    default_ctx, default_tgt = _default_sizes(grid, geometry)
+    k_ctx = default_ctx if k_ctx is None else k_ctx
+    k_tgt = default_tgt if k_tgt is None else k_tgt
   for name, k in (("num_context", k_ctx), ("num_target", k_tgt)):
     if not 1 <= k <= num_tokens:
       raise ValueError(f"{name}={k} must be in [1, {num_tokens}] for grid {grid}")

@@ -95,7 +95,7 @@ def test_frequent_empty_context_is_redrawn():
 def test_impossible_context_falls_back_to_one_token():
   # A block as large as the grid can never leave context: the reference would loop for ever.
   cfg = M.MaskConfig(num_blocks=1, spatial_scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0),
-                     max_temporal_keep=0.5)
+                     max_temporal_keep=0.5, num_context=8, num_target=N)
   ((masks, grids),) = sample(jax.random.key(0), 16, GRID, (cfg,))
   check_contract(masks, grids, cfg)
   context = ~np.asarray(grids)
