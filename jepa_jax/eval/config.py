@@ -1,0 +1,114 @@
+"""The frozen-evaluation config schema: every field ``python -m jepa_jax.eval`` reads.
+
+Task files in ``configs/eval/`` start from ``base_eval_config()`` (the reference's ViT-L/16 K400
+16x8x3 protocol, evals/video_classification_frozen + configs/evals/vitl16_k400_16x8x3.yaml) and
+change what differs. Any field can be overridden on the command line (``--config.epochs=5``).
+"""
+import ml_collections
+
+from jepa_jax.data import default_data_config
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Encoder architecture. ``None`` fields are taken from the config saved with the checkpoint;
+  a field set here wins (and a checkpoint that does not fit it fails with a named parameter)."""
+  return ml_collections.ConfigDict(dict(
+      name=None,            # tiny | small | base | large | huge | giant
+      patch_size=None,
+      tubelet_size=None,
+      uniform_power=None,
+      scan=None,
+      overrides=None,       # e.g. {"embed_dim": 96, "depth": 4, "num_heads": 4}
+  ), type_safe=False)
+
+
+def base_eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "k400"
+  c.seed = 0
+
+  # -- Encoder: a trainer workdir (its checkpoints/), a converted-weights directory, or "random"
+  # (a randomly initialised encoder of config.model's architecture: the baseline of the demo).
+  c.checkpoint = ""
+  c.checkpoint_key = "target"   # target (EMA encoder, the reference's default) | online
+  c.checkpoint_step = None      # None = latest
+  c.model = model_config()
+  c.encoder_dtype = "bfloat16"  # forward dtype of the frozen encoder (float32 | bfloat16)
+  c.attention = "xla"           # xla | cudnn | einsum
+  c.feature_layer = None        # None = the final (layer-normed) output; k = LN(output of block k)
+
+  # -- Data (config.data is the pipeline's schema; crop_size is the eval resolution).
+  c.data = default_data_config()
+  c.data.crop_size = 224
+  c.data.num_frames = 16        # frames per clip
+  c.data.frame_step = 4
+  c.train_index = "/path/to/kinetics400/train.csv"  # index file, directory or tfds:name@split
+  c.val_index = "/path/to/kinetics400/val.csv"
+  # With the synthetic set (train_index = ""), the label to probe: direction | speed | rotation |
+  # shape | colour | motion (the index files train_<label>.csv / val_<label>.csv).
+  c.synthetic_label = ""
+  c.num_classes = 400           # None = 1 + the largest label of the training index
+  c.num_segments = 8            # clips per video (one per equal segment), tokens concatenated
+  c.num_views = 3               # spatial views per clip at test time (logits averaged)
+  c.view_aggregation = "softmax"  # softmax: mean of probabilities (the reference); logits: mean
+
+  # -- Attentive probe (src/models/attentive_pooler.py).
+  c.probe = ml_collections.ConfigDict(dict(
+      depth=1,                  # 2 = the paper's two-layer probe (IN1K 77.9)
+      num_heads=None,           # None = the encoder's head count (the reference)
+      mlp_ratio=4.0,
+      dtype="bfloat16",         # compute dtype; parameters are float32
+  ))
+
+  # -- Probe optimisation (init_opt of the reference eval).
+  c.epochs = 20
+  c.batch_size = 256            # global; the reference: 4 per GPU x 64 GPUs
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, start_lr=1e-3, final_lr=0.0, warmup=0.0,   # warmup in epochs
+      # The reference decays WD by cosine to CosineWDSchedule's default final value 1e-6.
+      weight_decay=0.01, final_weight_decay=1e-6,
+      clip_grad=1.0,            # the reference clips the probe's gradient norm at 1.0
+      b1=0.9, b2=0.999, eps=1e-8,
+  ))
+
+  # -- Feature caching: run the encoder once per example (centre crops, no augmentation) and
+  # train the probe on the stored tokens for many epochs. Essential on CPU and for small sets;
+  # memory is num_examples x num_views x num_segments x tokens x width.
+  c.cache_features = False
+  c.cache_dtype = "float32"     # float32 | bfloat16 for the stored tokens
+  c.extract_batch_size = None   # videos per encoder pass when caching; None = batch_size
+
+  # -- Low-shot (Table 7): train on a per-class balanced fraction, once per seed.
+  c.lowshot = ml_collections.ConfigDict(dict(fractions=(1.0,), seeds=(0,)))
+
+  # -- Logging.
+  c.eval_every = 1              # epochs between validation passes (the last epoch always)
+  c.log_every = 50              # steps between training logs
+  c.max_train_steps_per_epoch = None  # cap (tests, smoke runs); None = one pass over the data
+  return c
+
+
+def image_task_config(task: str, num_classes: int, train: str, val: str) -> ml_collections.ConfigDict:
+  """The image tasks (configs/evals/vitl16_{in1k,places,inat}.yaml of the reference).
+
+  The image is repeated 16 times along time to fill the clip the video encoder expects; one view
+  (resize to 256/224 of the crop, centre crop) at test time. 20 epochs, batch 1024 (16 per GPU x
+  64 GPUs), AdamW lr 1e-3 cosine to 0, weight decay 0.001 (the image configs' value), bf16.
+  The reference trains with timm's auto-augment and random erasing, which jepa_jax does not
+  implement (random resized crop only).
+  """
+  c = base_eval_config()
+  c.task = task
+  c.checkpoint = "/path/to/pretrain/workdir"
+  c.train_index = train
+  c.val_index = val
+  c.num_classes = num_classes
+  c.num_segments = 1
+  c.num_views = 1
+  c.data.num_frames = 16          # the image fills a 16-frame clip
+  c.data.crop_size = 224          # 384 for ViT-H/16_384
+  c.data.num_workers = 8
+  c.epochs = 20
+  c.batch_size = 1024
+  c.optim.weight_decay = 0.001
+  return c

@@ -1,0 +1,157 @@
+"""The frozen encoder: loading it from a checkpoint, and turning clips into probe tokens.
+
+Multi-clip, multi-view layout (evals/video_classification_frozen/utils.py: ClipAggregation with
+``attend_across_segments=True``): a batch ``[B, S, V, T, H, W, C]`` (S temporal segments, V spatial
+views) is flattened to ``B*S*V`` clips, the encoder runs once on all of them, and for every view
+the tokens of the S segments are concatenated in segment order: ``[B, V, S*N, D]``. The probe then
+sees one sequence per (example, view); the views' predictions are averaged at test time.
+
+Images (evals/image_classification_frozen): the image is repeated along time to fill the clip,
+``[B, H, W, C] -> [B, 1, 1, T, H, W, C]``, so the same video encoder and probe apply.
+"""
+import logging
+import os
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import models
+from jepa_jax.data import normalize as normalize_lib
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CHECKPOINT_KEYS = {"target": "target", "online": "encoder", "encoder": "encoder"}
+_MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, scan=False, overrides={})
+
+
+def resolve_model(config, saved_config: Optional[dict]) -> dict:
+  """The encoder architecture: the checkpoint's saved ``model`` section, then every field the eval
+  config sets explicitly (``config.model.*`` not None) on top, then defaults."""
+  saved = dict((saved_config or {}).get("model", {}) or {})
+  arch = {k: saved.get(k, v) for k, v in _MODEL_DEFAULTS.items()}
+  arch["name"] = saved.get("name")
+  for k, v in config.model.to_dict().items():
+    if v is not None:
+      arch[k] = v
+  if not arch.get("name"):
+    raise ValueError(
+        f"cannot tell the encoder's architecture: checkpoint {config.checkpoint!r} carries no "
+        "config. Set config.model.name (and config.model.overrides, patch_size, tubelet_size) to "
+        "the architecture the weights were trained with.")
+  arch["overrides"] = dict(arch.get("overrides") or {})
+  return arch
+
+
+def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
+  """The encoder at the eval resolution and clip length (positions are fixed sin-cos, so they
+  follow the grid; every trained parameter keeps its shape)."""
+  if config.encoder_dtype not in DTYPES:
+    raise ValueError(f"config.encoder_dtype must be one of {sorted(DTYPES)}, "
+                     f"got {config.encoder_dtype!r}")
+  return models.build_encoder(
+      arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
+      patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
+      uniform_power=arch["uniform_power"], dtype=DTYPES[config.encoder_dtype],
+      attention=config.attention, scan=arch["scan"], **arch["overrides"])
+
+
+def abstract_params(encoder: models.VisionTransformer):
+  clips = jax.ShapeDtypeStruct(
+      (1, encoder.num_frames, encoder.img_size, encoder.img_size, encoder.in_chans), jnp.float32)
+  return jax.eval_shape(lambda k, x: encoder.init(k, x), jax.random.PRNGKey(0), clips)["params"]
+
+
+def random_params(encoder: models.VisionTransformer, seed: int):
+  clips = jnp.zeros((1, encoder.num_frames, encoder.img_size, encoder.img_size, encoder.in_chans))
+  return jax.jit(encoder.init)(jax.random.PRNGKey(seed), clips)["params"]
+
+
+def load_frozen_encoder(config, seed: Optional[int] = None):
+  """``(encoder module, params, info)`` for ``config.checkpoint``.
+
+  ``info`` holds the checkpoint path, key and step and the architecture, for results.json.
+  Raises ``checkpoint.CheckpointError`` naming the first parameter when the checkpoint does not
+  fit the architecture.
+  """
+  path = config.checkpoint
+  key = config.checkpoint_key
+  if key not in CHECKPOINT_KEYS:
+    raise ValueError(f"config.checkpoint_key must be 'target' (EMA encoder) or 'online', got {key!r}")
+  if not path:
+    raise ValueError("config.checkpoint is empty: give a trainer workdir / converted-weights "
+                     "directory, or 'random' for a randomly initialised encoder")
+  if path == "random":
+    arch = resolve_model(config, None)
+    encoder = build_eval_encoder(arch, config)
+    s = config.seed if seed is None else seed
+    params = random_params(encoder, s)
+    return encoder, params, dict(checkpoint="random", checkpoint_key=None, step=0, init_seed=s,
+                                 model=arch)
+  path = os.path.expanduser(path)
+  saved_config = ckpt_lib.read_config(path, config.checkpoint_step)
+  arch = resolve_model(config, saved_config)
+  encoder = build_eval_encoder(arch, config)
+  tree, step = ckpt_lib.load_params(path, config.checkpoint_step)
+  group = CHECKPOINT_KEYS[key]
+  if group not in tree:
+    raise ckpt_lib.CheckpointError(
+        f"checkpoint {path} has no '{group}' parameters (has {sorted(tree)}); "
+        "use config.checkpoint_key='online' or 'target' accordingly")
+  params = tree[group]
+  where = f"{key} encoder of checkpoint {step} in {ckpt_lib.checkpoint_dir(path)}"
+  ckpt_lib._check_shapes(params, abstract_params(encoder), where)  # pylint: disable=protected-access
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", key, arch["name"],
+           encoder.depth, step, path)
+  return encoder, params, dict(checkpoint=path, checkpoint_key=key, step=int(step), model=arch)
+
+
+def make_token_fn(encoder: models.VisionTransformer, feature_layer=None) -> Callable:
+  """``(params, pixels) -> tokens [B, V, S*N, D]`` for uint8 videos ``[B, S, V, T, H, W, C]`` or
+  images ``[B, H, W, C]``; frozen (``stop_gradient``), in the encoder's dtype. Jit it (or call it
+  inside a jitted step): the parameters are an argument, never baked-in constants."""
+  out_layers = () if feature_layer is None else (int(feature_layer) % encoder.depth,)
+
+  def token_fn(params, pixels):
+    def encode(clips):
+      out = encoder.apply({"params": params}, clips, out_layers=out_layers)
+      return jax.lax.stop_gradient(out[0] if out_layers else out)
+
+    clips = as_clips(pixels, encoder.num_frames)
+    return clips_to_tokens(encode, clips, encoder.dtype)
+
+  return token_fn
+
+
+def as_clips(pixels, num_frames: int):
+  """uint8 pixels as ``[B, S, V, T, H, W, C]``: videos pass through, images ``[B, H, W, C]`` are
+  repeated along time to fill the clip (the reference's image eval)."""
+  if pixels.ndim == 7:
+    return pixels
+  if pixels.ndim != 4:
+    raise ValueError(f"expected videos [B, S, V, T, H, W, C] or images [B, H, W, C], "
+                     f"got shape {pixels.shape}")
+  b, h, w, c = pixels.shape
+  return jnp.broadcast_to(pixels[:, None, None, None], (b, 1, 1, num_frames, h, w, c))
+
+
+def clips_to_tokens(encode: Callable, clips, dtype=jnp.float32):
+  """uint8 ``[B, S, V, T, H, W, C]`` -> probe tokens ``[B, V, S*N, D]`` (segment-major order).
+
+  ``encode`` maps normalised clips ``[B*S*V, T, H, W, C]`` to ``[B*S*V, N, D]``; every clip is
+  encoded in one call, so the work is one big batch on the accelerator.
+  """
+  b, s, v = clips.shape[:3]
+  x = normalize_lib.normalize(clips.reshape((b * s * v,) + clips.shape[3:]), dtype)
+  tokens = encode(x)
+  n, d = tokens.shape[1:]
+  # (b, s, v) flattening order -> [B, S, V, N, D] -> views first -> concatenate segments.
+  return tokens.reshape(b, s, v, n, d).transpose(0, 2, 1, 3, 4).reshape(b, v, s * n, d)
+
+
+def param_count(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

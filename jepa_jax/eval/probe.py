@@ -1,0 +1,215 @@
+"""Attentive-probe training: model, optimiser, jitted train and eval steps, view aggregation.
+
+Only the probe's parameters are trained; the encoder's tokens arrive already computed (cached) or
+are computed inside the same jitted step under ``stop_gradient`` (streaming). The optimiser is the
+reference's ``init_opt`` (evals/video_classification_frozen/eval.py):
+
+* AdamW (betas 0.9/0.999, eps 1e-8), weight decay on tensors with ndim != 1 whose name is not a
+  bias (the query token included), none on biases and LayerNorm parameters;
+* LR: linear warm-up from ``start_lr`` to ``lr`` over ``warmup`` epochs (0 in every released
+  config), then cosine to ``final_lr`` (0) at the end of training;
+* WD: cosine from ``weight_decay`` to ``final_weight_decay`` (the reference leaves its
+  CosineWDSchedule at the default 1e-6) over the run;
+* both schedulers are stepped before each update, so update ``k`` (0-based) uses their value at
+  ``k + 1``; gradient norm clipped at 1.0.
+
+The reference initialises the probe with trunc_normal(0.02) and divides the cross-attention
+block's ``mlp.fc2`` by sqrt(2) and extra block ``i`` (from 2) by sqrt(2 i); done here too.
+"""
+import functools
+import math
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from jepa_jax import models
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ProbeState(train_state.TrainState):
+  """The probe's parameters and AdamW state (``apply_fn`` is the probe's ``apply``)."""
+
+
+def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
+  heads = probe_cfg.num_heads or encoder_heads
+  if embed_dim % heads:
+    raise ValueError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
+  if probe_cfg.dtype not in DTYPES:
+    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {probe_cfg.dtype!r}")
+  return _probe(int(num_classes), int(heads), float(probe_cfg.mlp_ratio), int(probe_cfg.depth),
+                probe_cfg.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(num_classes, num_heads, mlp_ratio, depth, dtype):
+  # One module object per setting: its ``apply`` is a static part of the train state, so repeated
+  # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
+  return models.AttentiveClassifier(num_classes=num_classes, num_heads=num_heads,
+                                    mlp_ratio=mlp_ratio, depth=depth, dtype=DTYPES[dtype])
+
+
+def init_probe_params(probe, embed_dim: int, seed: int):
+  tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)
+  params = flax.core.unfreeze(jax.jit(probe.init)(jax.random.PRNGKey(seed), tokens)["params"])
+  # The reference's _rescale_blocks: the cross-attention block is layer 1, extra blocks 2, 3, ...
+  fc2 = params["mlp"]["fc2"]
+  params["mlp"]["fc2"] = dict(fc2, kernel=fc2["kernel"] / math.sqrt(2.0))
+  if "stack" in params:
+    params["stack"] = models.rescale_residual_projections(params["stack"], first_layer=2)
+  return params
+
+
+def lr_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> Callable:
+  """``WarmupCosineSchedule`` read at ``k + 1`` for 0-based update ``k``."""
+  warmup = int(optim_cfg.warmup * steps_per_epoch)
+  t_max = max(1, total_steps - warmup)
+  start, ref, final = optim_cfg.start_lr, optim_cfg.lr, optim_cfg.final_lr
+
+  def schedule(k):
+    s = jnp.asarray(k, jnp.float32) + 1.0
+    warm = start + s / max(1, warmup) * (ref - start)
+    progress = (s - warmup) / t_max
+    cos = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(s < warmup, warm, jnp.maximum(final, cos))
+
+  return schedule
+
+
+def wd_schedule(optim_cfg, total_steps: int) -> Callable:
+  """``CosineWDSchedule`` read at ``k + 1``, clamped at the final value."""
+  ref, final = optim_cfg.weight_decay, optim_cfg.final_weight_decay
+
+  def schedule(k):
+    progress = (jnp.asarray(k, jnp.float32) + 1.0) / max(1, total_steps)
+    wd = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.maximum(final, wd) if final <= ref else jnp.minimum(final, wd)
+
+  return schedule
+
+
+def decay_mask(params):
+  """True where weight decay applies: ndim != 1 and not a bias (the reference's param groups)."""
+
+  def rule(path, leaf):
+    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    return leaf.ndim != 1 and "bias" not in name
+
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(optim_items: tuple, total_steps: int, steps_per_epoch: int):
+  cfg = ml_collections.ConfigDict(dict(optim_items))
+  adamw = optax.adamw(lr_schedule(cfg, total_steps, steps_per_epoch), b1=cfg.b1, b2=cfg.b2,
+                      eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps), mask=decay_mask)
+  if cfg.clip_grad:
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_grad), adamw)
+  return adamw
+
+
+def make_optimizer(optim_cfg, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW with the reference's schedules. Memoised on the settings: the optimiser is a static
+  part of the train state, so reusing the same object lets repeated probe runs (seeds, low-shot
+  fractions) reuse one compiled step instead of recompiling."""
+  items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                       for k, v in dict(optim_cfg).items()))
+  return _optimizer(items, int(total_steps), int(steps_per_epoch))
+
+
+def create_state(probe, params, tx) -> ProbeState:
+  return ProbeState.create(apply_fn=probe.apply, params=params, tx=tx)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps. ``tokens`` is [B, V, L, D]: V views of L tokens each (segments already concatenated).
+
+
+def aggregate_views(logits, mode: str = "softmax"):
+  """``[B, V, C]`` per-view logits -> ``[B, C]`` scores for ranking.
+
+  ``softmax`` averages the views' probabilities (the reference's run_one_epoch); ``logits``
+  averages the logits. Both give the same ranking for V = 1.
+  """
+  if mode == "softmax":
+    return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=1)
+  if mode == "logits":
+    return jnp.mean(logits.astype(jnp.float32), axis=1)
+  raise ValueError(f"config.view_aggregation must be 'softmax' or 'logits', got {mode!r}")
+
+
+def view_logits(apply_fn, params, tokens):
+  """The probe on every view: ``[B, V, L, D] -> [B, V, C]``."""
+  b, v, l, d = tokens.shape
+  return apply_fn({"params": params}, tokens.reshape(b * v, l, d)).reshape(b, v, -1)
+
+
+def topk_correct(scores, labels, k: int):
+  """``[B]`` bool: the label is among the ``k`` highest scores (ties counted as the rank order)."""
+  k = min(k, scores.shape[-1])
+  top = jax.lax.top_k(scores, k)[1]
+  return jnp.any(top == labels[:, None], axis=-1)
+
+
+def train_step(state: ProbeState, tokens, labels, weights):
+  """One AdamW update on a weighted batch (weight 0 = padding). Returns (state, metrics)."""
+
+  def loss_fn(params):
+    logits = view_logits(state.apply_fn, params, tokens)  # [B, V, C]; V = 1 in training
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels[:, None].repeat(logits.shape[1], axis=1)).mean(axis=1)
+    loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  correct = topk_correct(aggregate_views(logits), labels, 1)
+  ce_sum = loss * jnp.maximum(jnp.sum(weights), 1.0)
+  return state, dict(loss=ce_sum, top1=jnp.sum(correct * weights), count=jnp.sum(weights))
+
+
+def eval_step(state: ProbeState, tokens, labels, weights, aggregation: str = "softmax"):
+  """Summed top-1/top-5 hits and cross-entropy of the view-averaged predictions."""
+  logits = view_logits(state.apply_fn, state.params, tokens)
+  scores = aggregate_views(logits, aggregation)
+  probs = scores if aggregation == "softmax" else jax.nn.softmax(scores, axis=-1)
+  nll = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0] + 1e-12)
+  return dict(top1=jnp.sum(topk_correct(scores, labels, 1) * weights),
+              top5=jnp.sum(topk_correct(scores, labels, 5) * weights),
+              loss=jnp.sum(nll * weights), count=jnp.sum(weights))
+
+
+_train_cached = jax.jit(train_step, donate_argnums=0)
+_eval_cached = jax.jit(eval_step, static_argnames="aggregation")
+
+
+def make_steps(aggregation: str, token_fn: Callable | None = None, encoder_params=None):
+  """``(train, evaluate)``, both ``(state, x, labels, weights)``.
+
+  Without ``token_fn`` (cached features) ``x`` is tokens ``[B, V, L, D]`` and the steps are
+  module-level jits, compiled once per shape and probe. With it (streaming) ``x`` is the batch's
+  uint8 pixels and the frozen encoder runs inside the same jitted program; its parameters are
+  passed as an argument, not captured as constants.
+  """
+  if token_fn is None:
+    return _train_cached, lambda s, t, y, w: _eval_cached(s, t, y, w, aggregation=aggregation)
+  train_j = jax.jit(lambda s, e, x, y, w: train_step(s, token_fn(e, x), y, w), donate_argnums=0)
+  eval_j = jax.jit(lambda s, e, x, y, w: eval_step(s, token_fn(e, x), y, w, aggregation))
+  return (lambda s, x, y, w: train_j(s, encoder_params, x, y, w),
+          lambda s, x, y, w: eval_j(s, encoder_params, x, y, w))
+
+
+def summarize(sums: list[dict]) -> dict:
+  """Per-batch sums (``top1``, ``top5``, ``loss``, ``count``) -> accuracies in percent and the
+  mean loss over the counted (valid) examples."""
+  tot = {k: float(np.sum([np.asarray(m[k]) for m in sums])) for k in sums[0]}
+  n = max(tot.pop("count"), 1.0)
+  return {k: (100.0 * v / n if k in ("top1", "top5") else v / n)
+          for k, v in tot.items()} | {"count": int(n)}
+

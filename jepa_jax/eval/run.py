@@ -1,0 +1,458 @@
+"""The frozen-evaluation driver: encoder -> (cached) tokens -> probe per (fraction, seed) -> results.
+
+``evaluate(config, workdir)`` does the whole protocol and returns the results dict it also writes
+to ``<workdir>/results.json``:
+
+1. Load the frozen encoder (``encoder.load_frozen_encoder``).
+2. Streaming (``cache_features=False``, the reference): every training step decodes fresh clips
+   (one random-crop view per segment) and runs encoder + probe in one jitted program; every
+   validation pass decodes S segments x V centre/side views.
+   Cached (``cache_features=True``): the encoder runs once per training example (centre crop,
+   one view) and once per validation example (V views); the probe then trains on the stored
+   tokens, which is what makes many probe epochs affordable on a CPU.
+3. For every low-shot fraction and seed, a fresh probe is trained for ``epochs`` epochs with
+   AdamW + cosine LR (``probe``), validated every ``eval_every`` epochs, and its parameters saved
+   with orbax under ``<workdir>/probes/<run>``; top-1/top-5 per epoch go to TensorBoard under
+   ``<workdir>/tb/<run>``.
+4. Mean and std over seeds per fraction; ``results.json``.
+
+Data parallelism: one 1-D mesh over all devices; batches are split along their leading axis
+(``jax.make_array_from_process_local_data``, so several processes work too), parameters are
+replicated. With a batch the device count does not divide (single process only) the batch is
+replicated instead, which is correct, only slower.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jepa_jax import data as data_lib
+from jepa_jax.data import sources as sources_lib
+from jepa_jax.eval import encoder as enc_lib
+from jepa_jax.eval import lowshot
+from jepa_jax.eval import probe as probe_lib
+
+log = logging.getLogger(__name__)
+
+CACHE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def resolve_indexes(config) -> tuple[str, str]:
+  """(train, val) source specs; the synthetic set's per-label split files when none are given."""
+  if config.train_index:
+    if not config.val_index:
+      raise ValueError("config.train_index is set but config.val_index is empty")
+    return config.train_index, config.val_index
+  if not config.data.synthetic_dir:
+    raise ValueError("set config.train_index/config.val_index (index files, directories or "
+                     "tfds:name@split), or config.data.synthetic_dir for the synthetic set")
+  index = data_lib.ensure_synthetic(config.data.synthetic_dir, config.data.synthetic_num_videos,
+                                    config.data.synthetic_seed)
+  root = os.path.dirname(index)
+  label = config.synthetic_label or "motion"
+  suffix = "" if label == "motion" else f"_{label}"
+  paths = [os.path.join(root, f"{split}{suffix}.csv") for split in ("train", "val")]
+  for p in paths:
+    if not os.path.exists(p):
+      raise ValueError(f"no synthetic index {p}: config.synthetic_label must be one of motion, "
+                       "direction, speed, rotation, shape, colour")
+  return paths[0], paths[1]
+
+
+def source_labels(spec: str, tfds_data_dir=None) -> np.ndarray:
+  """All labels of a source (cheap for index files; reads every example of a TFDS source)."""
+  src = sources_lib.load_source(spec, tfds_data_dir)
+  if hasattr(src, "labels"):
+    return np.asarray(src.labels)
+  return np.asarray([src.label(i) for i in range(len(src))], np.int32)
+
+
+def make_dataset(config, spec: str, *, train: bool, batch_size: int, seed: int, repeat: bool,
+                 num_views: int):
+  """Per-process batches of ``spec`` (``batch_size`` is global)."""
+  nproc = jax.process_count()
+  if batch_size % nproc:
+    raise ValueError(f"batch size {batch_size} is not divisible by the {nproc} processes")
+  return data_lib.make_eval_dataset(
+      config.data, spec, batch_size=batch_size // nproc, num_segments=config.num_segments,
+      frames_per_clip=config.data.num_frames, frame_step=config.data.frame_step,
+      num_views=num_views, train=train, seed=seed, shard_index=jax.process_index(),
+      shard_count=nproc, repeat=repeat)
+
+
+def pixels_of(batch: dict) -> np.ndarray:
+  return batch["video"] if "video" in batch else batch["image"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+
+
+class Placer:
+  """Puts process-local host batches on the 1-D data mesh; replicates parameters."""
+
+  def __init__(self):
+    self.num_devices = jax.device_count()
+    self.mesh = jax.make_mesh((self.num_devices,), ("data",),
+                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.split = NamedSharding(self.mesh, P("data"))
+    self.replicated = NamedSharding(self.mesh, P())
+
+  def batch(self, x):
+    x = np.asarray(x)
+    global_b = x.shape[0] * jax.process_count()
+    if global_b % self.num_devices == 0:
+      return jax.make_array_from_process_local_data(self.split, x)
+    if jax.process_count() > 1:
+      raise ValueError(f"global batch {global_b} is not divisible by the {self.num_devices} "
+                       "devices; choose config.batch_size accordingly")
+    return jax.device_put(x, self.replicated)
+
+  def replicate(self, tree):
+    return jax.device_put(tree, self.replicated)
+
+  def gather(self, x) -> np.ndarray:
+    """A batch-sharded global array as one host numpy array on every process."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  def gather_local(self, x) -> np.ndarray:
+    """Process-local host rows -> all processes' rows (in process order)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
+    return np.asarray(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature cache
+
+
+@dataclasses.dataclass
+class FeatureCache:
+  """Encoder tokens of a split: ``tokens [n, V, L, D]``, ``labels [n]``, ``index [n]`` (the
+  position in the source, so other label files of the same videos can be joined)."""
+  tokens: np.ndarray
+  labels: np.ndarray
+  index: np.ndarray
+
+  def __len__(self):
+    return len(self.labels)
+
+  def subset(self, rows) -> "FeatureCache":
+    return FeatureCache(self.tokens[rows], self.labels[rows], self.index[rows])
+
+  def relabel(self, labels_by_index: np.ndarray) -> "FeatureCache":
+    return FeatureCache(self.tokens, np.asarray(labels_by_index)[self.index].astype(np.int32),
+                        self.index)
+
+
+def extract_features(token_fn: Callable, encoder_params, batches, placer: Placer,
+                     cache_dtype=np.float32) -> FeatureCache:
+  """Run ``token_fn`` (jitted) over ``batches`` once; keep the valid rows, one per source index."""
+  toks, labels, index = [], [], []
+  seen = set()
+  t0, count = time.time(), 0
+  for batch in batches:
+    t = placer.gather(token_fn(encoder_params, placer.batch(pixels_of(batch))))
+    valid = placer.gather_local(batch.get("valid", np.ones(len(batch["label"]), bool)))
+    lab = placer.gather_local(batch["label"])
+    idx = placer.gather_local(batch["index"])
+    for r in range(len(lab)):
+      if valid[r] and int(idx[r]) not in seen:
+        seen.add(int(idx[r]))
+        toks.append(t[r].astype(cache_dtype))
+        labels.append(lab[r])
+        index.append(idx[r])
+    count += len(lab)
+  if not toks:
+    raise ValueError("feature extraction produced no examples (empty source?)")
+  log.info("encoded %d examples (%d rows read) in %.1fs", len(toks), count, time.time() - t0)
+  order = np.argsort(index)
+  return FeatureCache(np.stack(toks)[order], np.asarray(labels, np.int32)[order],
+                      np.asarray(index, np.int64)[order])
+
+
+def cache_batches(cache: FeatureCache, batch_size: int, rng: Optional[np.random.Generator]):
+  """Fixed-size batches ``(tokens, labels, weights)`` over a cache: shuffled when ``rng`` is given;
+  the last batch is padded with weight-0 repeats, so every example counts exactly once and every
+  step has the same shape (one compilation)."""
+  n = len(cache)
+  order = rng.permutation(n) if rng is not None else np.arange(n)
+  steps = math.ceil(n / batch_size)
+  pad = steps * batch_size - n
+  order = np.concatenate([order, order[:pad] if pad <= n else np.resize(order, pad)])
+  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+  for s in range(steps):
+    rows = order[s * batch_size:(s + 1) * batch_size]
+    yield cache.tokens[rows], cache.labels[rows], weights[s * batch_size:(s + 1) * batch_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Probe training
+
+
+@dataclasses.dataclass
+class ProbeTask:
+  """Everything one probe run needs besides its seed and data."""
+  num_classes: int
+  embed_dim: int
+  encoder_heads: int
+  config: object  # the eval ConfigDict
+
+
+def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
+                       train_batches: Callable[[int], Iterator], val_batches: Callable[[], Iterator],
+                       steps_per_epoch: int, placer: Placer, token_fn=None, encoder_params=None,
+                       writer=None, name: str = "probe"):
+  """Train one probe; returns ``(params, record)`` with per-epoch history and final accuracy.
+
+  ``train_batches(epoch)`` yields ``steps_per_epoch`` host batches ``(x, labels, weights)``;
+  ``val_batches()`` one pass of the validation set. ``x`` is tokens (cached) or pixels (with
+  ``token_fn``: streaming).
+  """
+  c = task.config
+  probe = probe_lib.build_probe(task.num_classes, task.embed_dim, task.encoder_heads, c.probe)
+  params = probe_lib.init_probe_params(probe, task.embed_dim, seed)
+  total = c.epochs * steps_per_epoch
+  tx = probe_lib.make_optimizer(c.optim, total, steps_per_epoch)
+  state = placer.replicate(probe_lib.create_state(probe, params, tx))
+  train, evaluate = probe_lib.make_steps(c.view_aggregation, token_fn, encoder_params)
+  lr_fn = probe_lib.lr_schedule(c.optim, total, steps_per_epoch)
+  history, val = [], None
+  t_start = time.time()
+  for epoch in range(1, c.epochs + 1):
+    sums, t0 = [], time.time()
+    for i, (x, y, w) in enumerate(train_batches(epoch)):
+      if i >= steps_per_epoch:
+        break
+      state, m = train(state, placer.batch(x), placer.batch(y), placer.batch(w))
+      sums.append(m)
+      step = (epoch - 1) * steps_per_epoch + i + 1
+      if c.log_every and step % c.log_every == 0:
+        log.info("[%s] epoch %d step %d/%d loss %.4f", name, epoch, step, total,
+                 float(m["loss"]) / max(float(m["count"]), 1.0))
+    tr = probe_lib.summarize(jax.device_get(sums))
+    rec = dict(epoch=epoch, train_loss=tr["loss"], train_top1=tr["top1"],
+               lr=float(lr_fn(epoch * steps_per_epoch - 1)), seconds=time.time() - t0)
+    if epoch % max(1, c.eval_every) == 0 or epoch == c.epochs:
+      val = probe_lib.summarize(jax.device_get(
+          [evaluate(state, placer.batch(x), placer.batch(y), placer.batch(w))
+           for x, y, w in val_batches()]))
+      rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"],
+                 num_val=val["count"])
+      log.info("[%s] epoch %d/%d train loss %.4f top-1 %.2f | val top-1 %.2f top-5 %.2f (%d)",
+               name, epoch, c.epochs, tr["loss"], tr["top1"], val["top1"], val["top5"],
+               val["count"])
+    if writer is not None:
+      writer.write_scalars(epoch, {k if k.startswith(("val", "train")) else f"train_{k}": v
+                                   for k, v in rec.items() if k not in ("epoch", "num_val")})
+    history.append(rec)
+  record = dict(seed=seed, num_train=int(num_train), num_val=int(val["count"]),
+                top1=val["top1"], top5=val["top5"], val_loss=val["loss"],
+                seconds=time.time() - t_start, history=history)
+  return jax.device_get(state.params), record
+
+
+def save_probe(path: str, params) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(path), params, force=True)
+  ckptr.wait_until_finished()
+
+
+def make_writer(workdir: str, name: str):
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+  return metric_writers.create_default_writer(os.path.join(workdir, "tb", name),
+                                              just_logging=jax.process_index() > 0,
+                                              asynchronous=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def protocol(config) -> dict:
+  """The settings a result depends on, for results.json."""
+  return dict(
+      num_segments=config.num_segments, frames_per_clip=config.data.num_frames,
+      frame_step=config.data.frame_step, num_views=config.num_views,
+      resolution=config.data.crop_size, view_aggregation=config.view_aggregation,
+      epochs=config.epochs, batch_size=config.batch_size, optim=config.optim.to_dict(),
+      probe=config.probe.to_dict(), encoder_dtype=config.encoder_dtype,
+      feature_layer=config.feature_layer, cache_features=config.cache_features,
+      lowshot=dict(fractions=list(config.lowshot.fractions), seeds=list(config.lowshot.seeds)))
+
+
+def summarize_runs(runs: list[dict], fraction: float) -> dict:
+  top1 = lowshot.mean_std([r["top1"] for r in runs])
+  top5 = lowshot.mean_std([r["top5"] for r in runs])
+  return dict(fraction=fraction, num_train=int(np.mean([r["num_train"] for r in runs])),
+              top1=top1[0], top1_std=top1[1], top5=top5[0], top5_std=top5[1],
+              seeds=[r["seed"] for r in runs], runs=runs)
+
+
+def run_name(fraction: float, seed: int) -> str:
+  return f"frac{fraction:g}_seed{seed}"
+
+
+def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -> dict:
+  """The whole frozen evaluation (module docstring); returns and writes the results dict.
+
+  ``encoder_bundle`` = ``(encoder, params, info)`` skips loading (the demo comparison reuses one).
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  placer = Placer()
+  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
+  enc_params = placer.replicate(enc_params)
+  train_spec, val_spec = resolve_indexes(config)
+  train_labels = None
+  try:
+    train_labels = source_labels(train_spec, config.data.tfds_data_dir)
+  except Exception as e:  # noqa: BLE001 -- labels are optional unless needed below
+    log.warning("could not read the labels of %s up front (%s)", train_spec, e)
+  num_classes = config.num_classes
+  if num_classes is None:
+    if train_labels is None:
+      raise ValueError("set config.num_classes: the training labels could not be read up front")
+    num_classes = int(train_labels.max()) + 1
+  if train_labels is not None and train_labels.max() >= num_classes:
+    raise ValueError(f"the training index has label {int(train_labels.max())} but "
+                     f"config.num_classes is {num_classes}")
+  token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
+  task = ProbeTask(num_classes, encoder.embed_dim, encoder.num_heads, config)
+  fractions = [float(f) for f in config.lowshot.fractions]
+  seeds = [int(s) for s in config.lowshot.seeds]
+  if any(f < 1.0 for f in fractions) and train_labels is None:
+    raise ValueError(f"low-shot splits need the labels of {train_spec} (an index file)")
+
+  settings = []
+  if config.cache_features:
+    jit_tokens = jax.jit(token_fn)
+    if config.cache_dtype not in CACHE_DTYPES:
+      raise ValueError(f"config.cache_dtype must be one of {sorted(CACHE_DTYPES)}")
+    cache_dtype = CACHE_DTYPES[config.cache_dtype]
+    xb = config.extract_batch_size or config.batch_size
+    train_cache = extract_features(jit_tokens, enc_params, make_dataset(
+        config, train_spec, train=False, batch_size=xb, seed=config.seed, repeat=False,
+        num_views=1), placer, cache_dtype)
+    val_cache = extract_features(jit_tokens, enc_params, make_dataset(
+        config, val_spec, train=False, batch_size=xb, seed=config.seed, repeat=False,
+        num_views=config.num_views), placer, cache_dtype)
+    num_val = len(val_cache)
+    for fraction in fractions:
+      runs = []
+      for seed in seeds:
+        rows = lowshot.balanced_subset(train_cache.labels, fraction, seed)
+        runs.append(run_cached_probe(task, train_cache.subset(rows), val_cache, seed, fraction,
+                                    placer, workdir, write))
+      settings.append(summarize_runs(runs, fraction))
+  else:
+    num_val = None
+    for fraction in fractions:
+      runs = []
+      for seed in seeds:
+        spec, n = train_spec, None
+        if fraction < 1.0:
+          rows = lowshot.balanced_subset(train_labels, fraction, seed)
+          spec = lowshot.write_subset_index(
+              train_spec, rows, os.path.join(workdir, "lowshot", f"{run_name(fraction, seed)}.csv"))
+          n = len(rows)
+        runs.append(_run_streaming(task, spec, val_spec, n, seed, fraction, placer, workdir,
+                                   token_fn, enc_params, write))
+      settings.append(summarize_runs(runs, fraction))
+    num_val = settings[0]["runs"][0]["num_val"]
+
+  main = max(settings, key=lambda s: s["fraction"])
+  results = dict(
+      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      step=info["step"], model=info["model"], num_classes=num_classes,
+      train_index=train_spec, val_index=val_spec, protocol=protocol(config),
+      accuracy=dict(fraction=main["fraction"], top1=main["top1"], top1_std=main["top1_std"],
+                    top5=main["top5"], top5_std=main["top5_std"]),
+      num_train_examples=main["num_train"], num_val_examples=num_val,
+      settings=settings, seconds=time.time() - t_start)
+  if write and jax.process_index() == 0:
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
+             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+  return results
+
+
+def _finish_run(workdir, name, params, record, writer, write):
+  if writer is not None:
+    writer.flush()
+    writer.close()
+  if write:
+    save_probe(os.path.join(workdir, "probes", name), params)
+  return record | dict(name=name)
+
+
+def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
+                     placer, workdir, write):
+  """One probe trained and validated on cached tokens (all of ``train_cache``)."""
+  c = task.config
+  batch = min(c.batch_size, len(train_cache))
+  steps = math.ceil(len(train_cache) / batch)
+  if c.max_train_steps_per_epoch:
+    steps = min(steps, c.max_train_steps_per_epoch)
+  name = run_name(fraction, seed)
+  writer = make_writer(workdir, name) if write else None
+  params, record = train_and_evaluate(
+      task, seed=seed, num_train=len(train_cache),
+      train_batches=lambda epoch: cache_batches(train_cache, batch,
+                                                np.random.default_rng([seed, epoch])),
+      val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
+      steps_per_epoch=steps, placer=placer, writer=writer, name=name)
+  return _finish_run(workdir, name, params, record, writer, write)
+
+
+def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer, workdir,
+                   token_fn, enc_params, write):
+  c = task.config
+  if num_train is None:
+    num_train = len(sources_lib.load_source(train_spec, c.data.tfds_data_dir))
+  steps = max(1, math.ceil(num_train / c.batch_size))
+  if c.max_train_steps_per_epoch:
+    steps = min(steps, c.max_train_steps_per_epoch)
+  train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
+                                 repeat=True, num_views=1))
+
+  def train_batches(epoch):
+    del epoch  # the infinite iterator reshuffles every epoch by itself
+    for _ in range(steps):
+      b = next(train_iter)
+      yield pixels_of(b), b["label"], np.ones(len(b["label"]), np.float32)
+
+  def val_batches():
+    for b in make_dataset(c, val_spec, train=False, batch_size=c.batch_size, seed=c.seed,
+                          repeat=False, num_views=c.num_views):
+      yield pixels_of(b), b["label"], b["valid"].astype(np.float32)
+
+  name = run_name(fraction, seed)
+  writer = make_writer(workdir, name) if write else None
+  params, record = train_and_evaluate(
+      task, seed=seed, num_train=num_train, train_batches=train_batches, val_batches=val_batches,
+      steps_per_epoch=steps, placer=placer, token_fn=token_fn, encoder_params=enc_params,
+      writer=writer, name=name)
+  return _finish_run(workdir, name, params, record, writer, write)
