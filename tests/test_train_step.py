@@ -56,7 +56,7 @@ def test_targets_match_reference(golden, golden_setup):
 
 
 def test_loss_and_grads_match_reference(golden, golden_setup):
-  (loss, aux), grads = jax.value_and_grad(golden_loss_fn(golden_setup), has_aux=True)(
+  (loss, aux), grads = jax.jit(jax.value_and_grad(golden_loss_fn(golden_setup), has_aux=True))(
       golden_setup[2])
   assert abs(float(loss) - float(golden["out/loss"])) <= 1e-6 * float(golden["out/loss"])
   assert aux["loss_per_mask"].shape == (2,)
@@ -83,7 +83,7 @@ def test_one_step_matches_reference(golden, golden_setup):
   tx = optim.make_optimizer(cfg, lr=lr, wd=wd)
   params = golden_setup[2]
   state = TrainState.create(params=params, tx=tx)
-  grads = jax.grad(lambda p: golden_loss_fn(golden_setup)(p)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: golden_loss_fn(golden_setup)(p)[0]))(params)
   state = state.apply_gradients(grads=grads)
   target = optim.ema_update(params["encoder"], state.params["encoder"], m)
   for kind, tree in (("encoder", state.params["encoder"]), ("predictor", state.params["predictor"]),
@@ -210,7 +210,7 @@ def run_steps(config, num_steps, devices=None, video=None):
   exp = experiment.build(config, devices=devices)
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   rng = np.random.default_rng(0)
-  losses = []
+  losses, metrics = [], None
   for _ in range(num_steps):
     if video is None:
       batch = {"video": rng.integers(0, 256, (config.batch_size, 8, 64, 64, 3), dtype=np.uint8)}
@@ -249,7 +249,8 @@ def test_sharded_step_matches_single_device(single_device_run, mesh, num_devices
 
 
 def test_step_compiles_once(single_device_run):
-  exp, state, _, _ = run_steps(tiny_config(mesh=(1, 1)), 0, devices=jax.devices()[:1])
+  exp = single_device_run[0]
+  state = exp.init_state(jax.random.PRNGKey(1))
   rng = np.random.default_rng(1)
   for _ in range(4):
     batch = {"video": rng.integers(0, 256, (8, 8, 64, 64, 3), dtype=np.uint8)}
