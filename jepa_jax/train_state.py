@@ -51,7 +51,6 @@ def build_models(config, num_masks: Optional[int] = None):
 def init_params(encoder, predictor, rng, rescale_residual_init: bool = False):
   """Fresh ``{"encoder", "predictor"}`` parameters (reference initialisation)."""
   k_enc, k_pred = jax.random.split(rng)
-  t, h, w = encoder.grid
   clips = jnp.zeros((1, encoder.num_frames, encoder.img_size, encoder.img_size, encoder.in_chans))
   enc = encoder.init(k_enc, clips)["params"]
   ctx_idx = jnp.zeros((1, 1), jnp.int32)
