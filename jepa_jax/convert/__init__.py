@@ -1,6 +1,17 @@
-"""Weight conversion between the reference PyTorch checkpoints and jepa_jax parameter trees."""
+"""Weight conversion between the reference PyTorch checkpoints and jepa_jax parameter trees.
+
+``names``: the per-tensor name/layout mapping; ``infer``: what a state dict's shapes say about its
+model; ``reference``: whole checkpoints (released ``.pth.tar`` files <-> orbax); ``torch_io``: the
+only torch-importing module. CLI: ``python -m jepa_jax.convert --help``.
+"""
 from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
                                     to_torch, unstack_blocks)
+from jepa_jax.convert.reference import (convert_probe_state_dict, convert_state_dicts,
+                                        export_probe, export_torch, load_probe,
+                                        load_torch_checkpoint, load_torch_probe, save_converted,
+                                        save_probe, write_torch_checkpoint, write_torch_probe)
 
-__all__ = ["ConversionError", "from_torch", "stack_blocks", "strip_prefixes", "to_torch",
-           "unstack_blocks"]
+__all__ = ["ConversionError", "convert_probe_state_dict", "convert_state_dicts", "export_probe",
+           "export_torch", "from_torch", "load_probe", "load_torch_checkpoint", "load_torch_probe",
+           "save_converted", "save_probe", "stack_blocks", "strip_prefixes", "to_torch",
+           "unstack_blocks", "write_torch_checkpoint", "write_torch_probe"]

@@ -1,0 +1,103 @@
+"""Convert V-JEPA weights between the reference's PyTorch files and jepa_jax checkpoints.
+
+Reference -> jepa_jax (a params-only orbax checkpoint + config in DIR/checkpoints/0):
+
+  python -m jepa_jax.convert --from-torch vith16.pth.tar --out DIR [--model vit_huge]
+      [--img-size 224 --num-frames 16 --patch-size 16 --tubelet-size 2]
+      [--embed-dim D --depth L --num-heads H] [--encoder-only]
+  python -m jepa_jax.convert --from-torch k400-probe.pth.tar --kind probe --out DIR
+      [--num-heads H | --model vit_huge]
+
+Everything the shapes and the position table determine is inferred; flags given are checked
+against the file, and a file that does not fit is refused with the parameter, both shapes and the
+fix.
+
+jepa_jax -> reference (a .pth.tar in the released files' structure):
+
+  python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
+      [--which both|target|online] [--step N]
+  python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
+"""
+import argparse
+import logging
+import sys
+
+from jepa_jax.convert import reference
+from jepa_jax.convert.names import ConversionError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m jepa_jax.convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  direction = p.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from-torch", metavar="FILE.pth.tar",
+                         help="reference checkpoint to convert into a jepa_jax checkpoint")
+  direction.add_argument("--to-torch", action="store_true",
+                         help="write a jepa_jax checkpoint (--ckpt) as a reference .pth.tar")
+  p.add_argument("--out", required=True,
+                 help="output directory (--from-torch) or .pth.tar file (--to-torch)")
+  p.add_argument("--kind", choices=("model", "probe"), default="model",
+                 help="pretrained encoder/predictor/target (default) or attentive probe")
+  p.add_argument("--model", help="named size, e.g. vit_large, vit_huge (inferred if omitted)")
+  for flag, what in (("--img-size", "crop size in pixels"), ("--num-frames", "frames per clip"),
+                     ("--patch-size", "spatial patch"), ("--tubelet-size", "temporal patch"),
+                     ("--embed-dim", "override: width"), ("--depth", "override: blocks"),
+                     ("--num-heads", "override: attention heads")):
+    p.add_argument(flag, type=int, help=f"{what} (inferred/checked from the file if omitted)")
+  p.add_argument("--encoder-only", action="store_true", help="ignore the predictor")
+  p.add_argument("--ckpt", help="--to-torch: jepa_jax workdir or checkpoint directory")
+  p.add_argument("--which", choices=reference.WHICH, default="both",
+                 help="--to-torch: 'both' writes the online encoder as 'encoder' and the EMA "
+                      "target as 'target_encoder' (as the reference); 'target'/'online' writes "
+                      "that encoder under both keys")
+  p.add_argument("--step", type=int, help="--to-torch: checkpoint step (default: latest)")
+  args = p.parse_args(argv)
+  if args.to_torch and not args.ckpt:
+    p.error("--to-torch needs --ckpt WORKDIR_OR_DIR")
+  if args.from_torch and args.ckpt:
+    p.error("--ckpt is for --to-torch; --from-torch takes the file itself")
+  return args
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+  # orbax logs a warning for every read-only manager it opens; noise for a converter's user.
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  args = parse_args(argv)
+  try:
+    if args.from_torch and args.kind == "probe":
+      params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
+                                                        args.model)
+      path = reference.save_probe(args.out, params, probe_config)
+      print(f"wrote probe {probe_config} to {path}")
+    elif args.from_torch:
+      params, config = reference.load_torch_checkpoint(
+          args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
+          patch_size=args.patch_size, tubelet_size=args.tubelet_size, embed_dim=args.embed_dim,
+          depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only)
+      path = reference.save_converted(args.out, params, config)
+      m, d = config.model, config.data
+      print(f"wrote {sorted(params)} of vit_{m.name} (overrides {dict(m.overrides)}, patch "
+            f"{m.patch_size}, tubelet {m.tubelet_size}, uniform_power {m.uniform_power}, "
+            f"predictor {m.pred_embed_dim}x{m.pred_depth}) for {d.num_frames}x{d.crop_size}px "
+            f"clips to {path}")
+    elif args.kind == "probe":
+      reference.write_torch_probe(args.ckpt, args.out, args.step)
+      print(f"wrote {args.out}")
+    else:
+      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step)
+      print(f"wrote {sorted(states)} (+ epoch) to {args.out}")
+  except (ConversionError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except Exception as e:  # noqa: BLE001 - checkpoint errors carry their own actionable message
+    from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
+    if isinstance(e, CheckpointError):
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    raise
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,374 @@
+"""Whole-checkpoint conversion: the reference's ``.pth.tar`` files <-> jepa_jax orbax checkpoints.
+
+Pretrained models. The reference's ``app/vjepa/train.py`` saves ``{'encoder', 'predictor',
+'target_encoder', 'opt', 'scaler', 'epoch', ...}``; each model is wrapped in
+``DistributedDataParallel(MultiMaskWrapper(...))``, so its keys read ``module.backbone.<name>``.
+They convert to a params-only checkpoint ``{"encoder", "predictor", "target"}`` (see
+``jepa_jax.checkpoint``) plus the config that rebuilds the model; the rest (optimiser...) is
+ignored. The reverse writes the same structure back, with the fixed ``pos_embed`` /
+``predictor_pos_embed`` buffers the reference modules hold, so ``load_state_dict(strict=True)``
+accepts it, and an ``epoch`` entry, which the reference's eval reads.
+
+Attentive probes. The reference's frozen eval saves ``{'classifier': state_dict, 'opt', 'epoch',
+...}`` with a DDP ``module.`` prefix. They convert to ``<dir>/checkpoints/0/`` with items
+``probe`` (the ``AttentiveClassifier`` parameter tree) and ``config`` (``{"probe": {num_classes,
+num_heads, mlp_ratio, depth, num_queries, embed_dim}}``); ``load_probe`` reads it back.
+
+The functions taking state dicts need no torch (they work on numpy); only ``load_*`` / ``write_*``
+of ``.pth.tar`` files import it.
+"""
+import logging
+import os
+from typing import Mapping, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax.convert import infer
+from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
+                                    unstack_blocks)
+
+log = logging.getLogger(__name__)
+
+ENCODER_PREFIX = "module.backbone."   # DistributedDataParallel(MultiMaskWrapper(encoder))
+PROBE_PREFIX = "module."              # DistributedDataParallel(AttentiveClassifier)
+PROBE = "probe"
+WHICH = ("both", "target", "online")
+
+
+# --- reference -> jepa_jax: pretrained models ------------------------------------------------
+
+def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
+                        img_size: Optional[int] = None, num_frames: Optional[int] = None,
+                        patch_size: Optional[int] = None, tubelet_size: Optional[int] = None,
+                        embed_dim: Optional[int] = None, depth: Optional[int] = None,
+                        num_heads: Optional[int] = None, encoder_only: bool = False):
+  """A reference checkpoint dict (numpy state dicts) -> ``(params, config)``.
+
+  Args:
+    checkpoint: ``{'encoder', 'predictor', 'target_encoder', ...}`` as in the released files (any
+      of the three may be missing, at least one encoder must be there), or one bare encoder state
+      dict. Values are numpy arrays; wrapper prefixes are stripped.
+    model: named size (``vit_large``, ``huge``, ...); inferred from the shapes when omitted.
+    img_size, num_frames: the clip size; read from the ``pos_embed`` table when omitted.
+    patch_size, tubelet_size: read from ``patch_embed``; given values are checked.
+    embed_dim, depth, num_heads: explicit overrides of the named size.
+    encoder_only: ignore the predictor.
+
+  Returns:
+    ``params``: ``{"encoder", "target"[, "predictor"]}`` unscanned float32 numpy trees; a missing
+    online/target encoder is a copy of the other (the reference starts its target as a copy).
+    ``config``: ``jepa_jax.defaults.base_config()`` with the model and clip fields set.
+
+  Raises:
+    ConversionError: the checkpoint does not fit (the message names the parameter and the fix).
+  """
+  groups = _model_groups(checkpoint)
+  reference = groups.get("target_encoder", groups.get("encoder"))
+  spec = infer.encoder_spec(reference)
+  for flag, value, key in (("--patch-size", patch_size, "patch_size"),
+                           ("--tubelet-size", tubelet_size, "tubelet_size")):
+    if value is not None and value != spec[key]:
+      raise ConversionError(
+          f"{flag} {value} does not fit the checkpoint: encoder parameter patch_embed.proj.weight "
+          f"has shape {tuple(reference['patch_embed.proj.weight'].shape)} ([D, C, tubelet, patch, "
+          f"patch]), i.e. {key.replace('_', ' ')} {spec[key]}; drop the flag or pass {spec[key]}")
+  name, overrides = infer.resolve_size(
+      spec, model, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads))
+  img, frames, uniform_power = infer.infer_grid(
+      reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size, num_frames)
+
+  use_predictor = "predictor" in groups and not encoder_only
+  pspec = infer.predictor_spec(groups["predictor"]) if use_predictor else None
+  if pspec is not None and pspec["num_mask_tokens"] == 0:
+    raise ConversionError("the predictor has no mask_tokens (trained with use_mask_tokens=False); "
+                          "jepa_jax's predictor always uses them. Convert the encoders alone with "
+                          "--encoder-only")
+  config = _config(name, overrides, spec, img, frames, uniform_power, pspec)
+
+  from jepa_jax import train_state  # noqa: PLC0415 - heavy import, only needed here
+  num_masks = pspec["num_mask_tokens"] if pspec else 2
+  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  abstract = _abstract_params(encoder, predictor)
+  label = f"vit_{name}" + (f" with overrides {overrides}" if overrides else "")
+  hint = f" (the checkpoint is {infer.describe(spec)})"
+  enc_shapes = infer.torch_shapes(abstract["encoder"], "encoder")
+  ours = {"pos_embed": np.asarray(encoder.position_table())}
+  params = {}
+  for group, key in (("encoder", "encoder"), ("target_encoder", "target")):
+    if group in groups:
+      infer.check_state(groups[group], enc_shapes, group, label, hint)
+      drift = infer.check_table(groups[group].get("pos_embed"), ours["pos_embed"], "pos_embed",
+                                group)
+      if drift > 1e-6:
+        log.info("%s.pos_embed is %.1e from the exact sin-cos table (the reference's EMA rounds "
+                 "its frozen table); jepa_jax uses the exact table", group, drift)
+      params[key] = _float32(from_torch(groups[group], "encoder"))
+  if use_predictor:
+    pred_label = f"{label}'s predictor (width {pspec['pred_embed_dim']}, depth " \
+                 f"{pspec['pred_depth']}, {num_masks} mask tokens)"
+    infer.check_state(groups["predictor"], infer.torch_shapes(abstract["predictor"], "predictor"),
+                      "predictor", pred_label, hint)
+    infer.check_table(groups["predictor"].get("predictor_pos_embed"),
+                      np.asarray(predictor.position_table()), "predictor_pos_embed", "predictor")
+    params["predictor"] = _float32(from_torch(groups["predictor"], "predictor"))
+  for have, missing in (("encoder", "target"), ("target", "encoder")):
+    if missing not in params:
+      log.warning("the checkpoint has no %s; using a copy of the %s", missing, have)
+      params[missing] = jax.tree_util.tree_map(np.copy, params[have])
+  return params, config
+
+
+def _model_groups(checkpoint: Mapping) -> dict:
+  """The encoder/predictor/target state dicts of a checkpoint, prefixes stripped."""
+  if not isinstance(checkpoint, Mapping):
+    raise ConversionError(f"expected a dict of state dicts, got {type(checkpoint).__name__}")
+  if "classifier" in checkpoint:
+    raise ConversionError("this is an attentive-probe checkpoint ('classifier'); convert it with "
+                          "--kind probe")
+  keys = ("encoder", "predictor", "target_encoder")
+  if any(k in checkpoint for k in keys):
+    groups = {k: strip_prefixes(checkpoint[k]) for k in keys if k in checkpoint}
+  elif checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
+    groups = {"target_encoder": strip_prefixes(checkpoint)}  # a bare encoder state dict
+    if "predictor_embed.weight" in groups["target_encoder"]:
+      raise ConversionError("this is a bare predictor state dict; a predictor needs its encoder: "
+                            "convert the training checkpoint holding both")
+  else:
+    raise ConversionError(f"no encoder state dict in the checkpoint (top-level keys: "
+                          f"{sorted(checkpoint)}); expected the reference's 'encoder' / "
+                          "'target_encoder' / 'predictor' entries")
+  if "encoder" not in groups and "target_encoder" not in groups:
+    raise ConversionError("the checkpoint has a predictor but no encoder or target_encoder")
+  return groups
+
+
+def _config(name, overrides, spec, img, frames, uniform_power, pspec) -> ml_collections.ConfigDict:
+  from jepa_jax.defaults import base_config  # noqa: PLC0415
+  config = ml_collections.ConfigDict(plain(base_config()))
+  m = config.model
+  m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
+  m.uniform_power = bool(uniform_power)
+  m.overrides = dict(overrides)
+  if spec["in_chans"] != 3:
+    m.overrides["in_chans"] = spec["in_chans"]
+  if pspec is not None:
+    m.pred_embed_dim, m.pred_depth = pspec["pred_embed_dim"], pspec["pred_depth"]
+    if pspec["num_mask_tokens"] != len(config.masks):
+      log.warning("the predictor has %d mask tokens but config.masks has %d masks: give the "
+                  "trainer that many masks to fine-tune it", pspec["num_mask_tokens"],
+                  len(config.masks))
+  config.data.crop_size, config.data.num_frames = int(img), int(frames)
+  return config
+
+
+def plain(tree):
+  """A ConfigDict (with lists of ConfigDicts and tuples inside) as plain JSON-able containers."""
+  if hasattr(tree, "items"):
+    return {k: plain(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [plain(v) for v in tree]
+  return tree
+
+
+def _abstract_params(encoder, predictor) -> dict:
+  """Parameter shapes (unscanned names come from ``infer.torch_shapes`` either way). Traced with
+  scanned blocks: tracing one block instead of 40 makes this ~depth times faster."""
+  from jepa_jax import train_state  # noqa: PLC0415
+  # einsum attention: shapes do not depend on it, and a cudnn setting must not fail on CPU.
+  fast = dict(scan=True, attention="einsum", remat="none")
+  encoder, predictor = encoder.clone(**fast), predictor.clone(**fast)
+  return jax.eval_shape(lambda k: train_state.init_params(encoder, predictor, k),
+                        jax.random.PRNGKey(0))
+
+
+def _float32(tree):
+  # Keeps float32 arrays as they are (no copy), so abstract-shape tests stay allocation-free.
+  return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), tree)
+
+
+# --- jepa_jax -> reference: pretrained models ------------------------------------------------
+
+def export_torch(params: Mapping, config, which: str = "both") -> dict:
+  """``{"encoder", "predictor", "target"}`` params + their config -> reference state dicts.
+
+  Returns ``{"encoder", "target_encoder"[, "predictor"]}`` of numpy arrays under the released
+  files' names (``module.backbone.`` prefixes, ``pos_embed`` buffers included). ``which``: ``both``
+  writes the online encoder as ``encoder`` and the EMA target as ``target_encoder``, as the
+  reference does; ``target`` / ``online`` writes that one encoder under both keys, so a reference
+  tool reads it whatever its ``checkpoint_key``.
+  """
+  if which not in WHICH:
+    raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+  from jepa_jax import train_state  # noqa: PLC0415
+  config = ml_collections.ConfigDict(plain(config)) if not isinstance(
+      config, ml_collections.ConfigDict) else config
+  if not config.get("model") or not config.get("data"):
+    raise ConversionError("the checkpoint's config has no model/data section, so the model (and "
+                          "its position tables) cannot be rebuilt; convert a checkpoint written by "
+                          "jepa_jax's trainer or converter")
+  params = {k: unstack_blocks(v) for k, v in params.items()}
+  if "encoder" not in params and "target" not in params:
+    raise ConversionError(f"no encoder in the parameters (groups: {sorted(params)})")
+  online = params.get("encoder", params.get("target"))
+  target = params.get("target", online)
+  chosen = {"both": (online, target), "target": (target, target), "online": (online, online)}
+  num_masks = params["predictor"]["mask_tokens"].shape[0] if "predictor" in params else 2
+  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  abstract = _abstract_params(encoder, predictor)
+  label = f"the model of the checkpoint's config (vit_{config.model.name}, " \
+          f"overrides {dict(config.model.get('overrides', {}) or {})})"
+  out = {}
+  for group, tree in zip(("encoder", "target_encoder"), chosen[which]):
+    state = to_torch(tree, "encoder")
+    infer.check_state(state, infer.torch_shapes(abstract["encoder"], "encoder"), group, label)
+    state["pos_embed"] = np.asarray(encoder.position_table())[None]
+    out[group] = {ENCODER_PREFIX + k: v for k, v in state.items()}
+  if "predictor" in params:
+    state = to_torch(params["predictor"], "predictor")
+    infer.check_state(state, infer.torch_shapes(abstract["predictor"], "predictor"), "predictor",
+                      label)
+    state["predictor_pos_embed"] = np.asarray(predictor.position_table())[None]
+    out["predictor"] = {ENCODER_PREFIX + k: v for k, v in state.items()}
+  return out
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = None,
+                             model: Optional[str] = None):
+  """A reference probe checkpoint (``{'classifier': ...}`` or the bare state dict) ->
+  ``(params, probe_config)``. Heads (not in the shapes) come from ``num_heads``, else from the
+  named size ``model``, else from the named size of the probe's width (the reference's eval builds
+  the probe with its encoder's heads)."""
+  state = checkpoint.get("classifier", checkpoint) if isinstance(checkpoint, Mapping) else None
+  if not isinstance(state, Mapping) or not state or not all(
+      isinstance(v, np.ndarray) for v in state.values()):
+    keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+    raise ConversionError(f"no probe state dict found ({keys}); the reference's eval saves it "
+                          "under 'classifier'")
+  state = strip_prefixes(state)
+  spec = infer.probe_spec(state)
+  if num_heads is None and model is not None:
+    from jepa_jax.models import size_spec  # noqa: PLC0415
+    num_heads = size_spec(model)["num_heads"]
+  if num_heads is None:
+    num_heads = infer.heads_for_width(spec["embed_dim"])
+  if num_heads is None:
+    raise ConversionError(f"the probe's width {spec['embed_dim']} is no named size's, so its "
+                          "number of heads is unknown; pass --num-heads (the encoder's heads)")
+  probe_config = dict(spec, num_heads=int(num_heads))
+  expected = infer.torch_shapes(_abstract_probe(probe_config), "probe")
+  infer.check_state(state, expected, "probe", f"an attentive probe {probe_config}")
+  return _float32(from_torch(state, "probe")), probe_config
+
+
+def _build_probe(probe_config: Mapping):
+  from jepa_jax.models import AttentiveClassifier  # noqa: PLC0415
+  kw = {k: v for k, v in probe_config.items() if k != "embed_dim"}
+  return AttentiveClassifier(**kw)
+
+
+def _abstract_probe(probe_config: Mapping):
+  tokens = jax.ShapeDtypeStruct((1, 1, probe_config["embed_dim"]), np.float32)
+  return jax.eval_shape(_build_probe(probe_config).init, jax.random.PRNGKey(0), tokens)["params"]
+
+
+def export_probe(params: Mapping, probe_config: Mapping) -> dict:
+  """Probe params -> ``{'classifier': state dict}`` with the reference eval's ``module.`` names."""
+  state = to_torch(unstack_blocks(params), "probe")
+  infer.check_state(state, infer.torch_shapes(_abstract_probe(probe_config), "probe"), "probe",
+                    f"the probe of the checkpoint's config {dict(probe_config)}")
+  return {"classifier": {PROBE_PREFIX + k: v for k, v in state.items()}}
+
+
+def _probe_manager(directory: str, read_only: bool):
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      PROBE: ocp.StandardCheckpointHandler(), ckpt_lib.CONFIG: ocp.JsonCheckpointHandler()})
+
+
+def save_probe(directory: str, params: Mapping, probe_config: Mapping, step: int = 0) -> str:
+  """Write ``<directory>/checkpoints/<step>/{probe,config}``; returns the checkpoints directory."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  path = _fresh_checkpoints_dir(directory)
+  manager = _probe_manager(path, read_only=False)
+  manager.save(step, args=ocp.args.Composite(**{
+      PROBE: ocp.args.StandardSave(params),
+      ckpt_lib.CONFIG: ocp.args.JsonSave({PROBE: plain(probe_config)})}), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def load_probe(path: str, step: Optional[int] = None):
+  """``(params, probe_config)`` of a probe checkpoint written by ``save_probe``."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  directory = ckpt_lib.checkpoint_dir(path)
+  if not os.path.isdir(directory):
+    raise ConversionError(f"checkpoint directory {directory} does not exist")
+  manager = _probe_manager(directory, read_only=True)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise ConversionError(f"no complete checkpoint in {directory}")
+  names = set(os.listdir(os.path.join(directory, str(step))))
+  if PROBE not in names:
+    raise ConversionError(f"checkpoint {step} in {directory} holds no probe (items: "
+                          f"{sorted(n for n in names if not n.startswith('_'))})")
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      PROBE: ocp.args.StandardRestore(), ckpt_lib.CONFIG: ocp.args.JsonRestore()}))
+  manager.close()
+  params = jax.tree_util.tree_map(np.asarray, restored[PROBE])
+  return params, dict(restored[ckpt_lib.CONFIG][PROBE])
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def _fresh_checkpoints_dir(directory: str) -> str:
+  path = os.path.join(os.fspath(directory), "checkpoints")
+  if os.path.isdir(path) and os.listdir(path):
+    raise ConversionError(f"{path} already holds checkpoints; choose another --out or delete it")
+  return path
+
+
+def load_torch_checkpoint(path: str, model: Optional[str] = None, **kwargs):
+  """``(params, config)`` of a reference ``.pth.tar`` (see ``convert_state_dicts`` for kwargs)."""
+  from jepa_jax.convert import torch_io  # noqa: PLC0415
+  return convert_state_dicts(torch_io.load(path), model, **kwargs)
+
+
+def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional[str] = None):
+  """``(params, probe_config)`` of a reference probe ``.pth.tar``."""
+  from jepa_jax.convert import torch_io  # noqa: PLC0415
+  return convert_probe_state_dict(torch_io.load(path), num_heads=num_heads, model=model)
+
+
+def save_converted(directory: str, params: Mapping, config) -> str:
+  """Params-only orbax checkpoint (step 0) + config, loadable with ``checkpoint.load_params``."""
+  _fresh_checkpoints_dir(directory)
+  return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0)
+
+
+def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
+                           step: Optional[int] = None) -> dict:
+  """A jepa_jax checkpoint (trainer workdir or converted) -> a ``.pth.tar`` in the released
+  structure; returns the written dict's state-dict names -> shapes, for reporting."""
+  from jepa_jax.convert import torch_io  # noqa: PLC0415
+  params, step = ckpt_lib.load_params(ckpt, step)
+  config = ckpt_lib.read_config(ckpt, step)
+  state_dicts = export_torch(params, config, which)
+  # 'epoch' is read (for logging) by the reference eval's load_pretrained.
+  torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step)))
+  return state_dicts
+
+
+def write_torch_probe(ckpt: str, out: str, step: Optional[int] = None) -> dict:
+  from jepa_jax.convert import torch_io  # noqa: PLC0415
+  params, probe_config = load_probe(ckpt, step)
+  state_dicts = export_probe(params, probe_config)
+  torch_io.save(out, dict(state_dicts, epoch=0))
+  return state_dicts
