@@ -69,8 +69,20 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
 
 
 def _jsonable(config) -> dict:
-  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+  """Plain JSON of a (nested) ConfigDict, lists of ConfigDicts (``config.masks``) included."""
+
+  def plain(x):
+    if hasattr(x, "to_dict"):
+      x = x.to_dict()
+    if isinstance(x, dict):
+      return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [plain(v) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+      return x
+    return str(x)
+
+  return plain(config)
 
 
 def _item_names(manager, step) -> set:

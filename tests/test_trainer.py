@@ -271,3 +271,13 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(synthetic_dir, tmp_p
   restored, data_state = checkpoint.restore_train_state(
       reopened, 4, trainer._abstract_with_shardings(exp))
   assert data_state == {"next_index": 16} and int(restored.step) == 0
+
+
+def test_saved_config_is_plain_json(synthetic_dir):
+  c = tiny_config(synthetic_dir)
+  saved = checkpoint._jsonable(c)
+  assert saved["masks"][1]["num_blocks"] == 2 and saved["masks"][0]["spatial_scale"] == [0.15, 0.15]
+  assert saved["model"]["overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
+  import ml_collections
+  rebuilt = ml_collections.ConfigDict(saved)
+  assert experiment.masks_lib.configs_from(rebuilt)[1].num_blocks == 2
