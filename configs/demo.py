@@ -26,7 +26,11 @@ def get_config():
   c.data.frame_step = 4
   c.data.num_workers = 0
   c.data.num_threads = 2
-  c.optim.update(dict(epochs=15, ipe=20, warmup=2, start_lr=2e-4, lr=1e-3, final_lr=1e-6))
+  # The paper's peak LR; the EMA starts at 0.99 instead of 0.998 because 0.998 averages over ~500
+  # steps, longer than this whole run. Measured with both changes together (vs lr 1e-3, EMA 0.998):
+  # colour probe 91% vs 82% on the synthetic set; see README "Demo: what the probe shows".
+  c.optim.update(dict(epochs=15, ipe=20, warmup=2, start_lr=1e-4, lr=6.25e-4, final_lr=1e-6,
+                      ema=(0.99, 1.0)))
   c.log_every = 20
   c.checkpoint.every = 100
   c.checkpoint.keep = 2
