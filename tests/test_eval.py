@@ -304,3 +304,25 @@ def test_cli_demo_config_end_to_end(synthetic_dir, tmp_path):
   assert results["task"] == "synthetic_demo" and results["checkpoint"] == "random"
   assert results["protocol"]["cache_features"] is False
   assert "top-1" in proc.stdout
+
+
+def test_token_variance_split_is_exact():
+  from jepa_jax.eval.token_stats import variance_split
+  rng = np.random.default_rng(0)
+  clip = rng.normal(size=(6, 1, 8)) * np.ones((1, 5, 1))
+  position = rng.normal(size=(1, 5, 8)) * np.ones((6, 1, 1))
+  assert variance_split(clip)["clip"] == pytest.approx(1.0)
+  assert variance_split(position)["position"] == pytest.approx(1.0)
+  mixed = variance_split(clip + position + rng.normal(size=(6, 5, 8)))
+  assert sum(mixed.values()) == pytest.approx(1.0)
+  assert all(0 < v < 1 for v in mixed.values())
+
+
+def test_probe_positions_diagnostic_adds_the_grid_table():
+  from jepa_jax.eval import compare, run
+  from jepa_jax.models import pos_embed
+  tokens = np.zeros((3, 2, 2 * 8, 16), np.float32)  # 2 segments of a (2, 2, 2) grid
+  cache = run.FeatureCache(tokens, np.zeros(3, np.int32), np.arange(3))
+  out = compare.with_positions(cache, (2, 2, 2))
+  np.testing.assert_allclose(out.tokens[1, 1], pos_embed.sincos_3d(16, (4, 2, 2), True))
+  assert out.labels is cache.labels

@@ -49,7 +49,21 @@ def label_table(config, label: str, split: str) -> np.ndarray:
   return run_lib.source_labels(train if split == "train" else val)
 
 
-def compare(config, pretrained: str, labels, seeds, workdir: str) -> dict:
+def with_positions(cache: run_lib.FeatureCache, grid) -> run_lib.FeatureCache:
+  """Diagnostic: add the fixed sin-cos table of the (segment x time, height, width) token grid to
+  cached tokens. The reference probe has no positions, so it sees a bag of tokens; this tells
+  whether an encoder's features carry motion content that is only unreadable for lack of
+  positions (see README "Demo: what the probe shows")."""
+  from jepa_jax.models import pos_embed
+  t, h, w = grid
+  segments = cache.tokens.shape[2] // (t * h * w)
+  table = pos_embed.sincos_3d(cache.tokens.shape[3], (segments * t, h, w), True)
+  return run_lib.FeatureCache(cache.tokens + table.astype(cache.tokens.dtype)[None, None],
+                              cache.labels, cache.index)
+
+
+def compare(config, pretrained: str, labels, seeds, workdir: str,
+            probe_positions: bool = False) -> dict:
   t_start = time.time()
   placer = run_lib.Placer()
   config = config.copy_and_resolve_references()
@@ -75,8 +89,9 @@ def compare(config, pretrained: str, labels, seeds, workdir: str) -> dict:
 
   def caches(params):
     params = placer.replicate(params)
-    return (run_lib.extract_features(token_fn, params, train_batches, placer),
-            run_lib.extract_features(token_fn, params, val_batches, placer))
+    out = (run_lib.extract_features(token_fn, params, train_batches, placer),
+           run_lib.extract_features(token_fn, params, val_batches, placer))
+    return tuple(with_positions(c, encoder.grid) for c in out) if probe_positions else out
 
   encoders = {"pretrained": [(s, pre_params) for s in seeds],
               "random": [(s, None) for s in seeds]}
@@ -113,6 +128,7 @@ def compare(config, pretrained: str, labels, seeds, workdir: str) -> dict:
   return dict(
       pretrained=pretrained, checkpoint_key=config.checkpoint_key, step=info["step"],
       model=info["model"], seeds=list(seeds), num_train=len(train_c), num_val=len(val_c),
+      probe_positions=probe_positions,
       protocol=run_lib.protocol(config), table=table, runs=runs,
       seconds=time.time() - t_start)
 
@@ -141,6 +157,8 @@ def main(argv=None):
   p.add_argument("--synthetic_dir", default=None, help="default: the config's data.synthetic_dir")
   p.add_argument("--num_videos", type=int, default=None)
   p.add_argument("--workdir", default="/tmp/jepa_compare")
+  p.add_argument("--probe_positions", action="store_true",
+                 help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   config = load_config(args.config)
@@ -156,7 +174,7 @@ def main(argv=None):
     config.data.synthetic_num_videos = args.num_videos
   labels = [s for s in args.labels.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]
-  result = compare(config, args.pretrained, labels, seeds, args.workdir)
+  result = compare(config, args.pretrained, labels, seeds, args.workdir, args.probe_positions)
   result["command"] = "python -m jepa_jax.eval.compare " + " ".join(argv or [])
   with open(args.out, "w") as f:
     json.dump(result, f, indent=1)
