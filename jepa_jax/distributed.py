@@ -46,6 +46,8 @@ def initialize(kwargs) -> bool:
   if kwargs is None:
     return False
   import jax
+  # Cross-process collectives of the CPU client (tests, CPU clusters); no effect on TPU/GPU.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   log.info("jax.distributed: process %d of %d, %d local / %d global devices",
            jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -47,8 +47,9 @@ def config_flags(c) -> list[str]:
   o = c.model.overrides
   return [
       "--config=configs/demo.py", f"--config.seed={c.seed}", f"--config.batch_size={c.batch_size}",
-      f"--config.model.overrides=dict(embed_dim={o['embed_dim']},depth={o['depth']},"
-      f"num_heads={o['num_heads']})",
+      f"--config.model.overrides.embed_dim={o['embed_dim']}",
+      f"--config.model.overrides.depth={o['depth']}",
+      f"--config.model.overrides.num_heads={o['num_heads']}",
       f"--config.model.pred_embed_dim={c.model.pred_embed_dim}",
       f"--config.model.pred_depth={c.model.pred_depth}",
       f"--config.data.synthetic_dir={c.data.synthetic_dir}",
