@@ -1,0 +1,133 @@
+"""Train-step throughput: compile time, median step time, clips/s, tokens/s, TFLOP/s and MFU.
+
+    python bench/train_step.py --config=configs/demo.py [--steps 10] [--config.batch_size=8 ...]
+
+Builds the experiment of ``--config`` on all local devices (``config.mesh``), initialises the
+state, and feeds synthetic uint8 clips made once on the host (``data.datasets`` is emptied: no
+input pipeline is measured here, see ``bench/data_throughput.py``). The step is lowered and
+compiled ahead of time (``compile_s``); the first execution is reported apart (``first_step_s``),
+then ``--steps`` steps are timed one by one, each ending in ``block_until_ready`` on the metrics
+(the state is donated and threaded through, as in training). Model FLOPs per step come from
+``jepa_jax.flops.train_step_flops`` (its docstring has the formula); MFU divides the achieved
+FLOP/s by the dense bf16 peak of the device kind (``PEAK_TFLOPS``) times the device count, and is
+null where no peak is known (CPUs). Prints one line of JSON.
+
+Figures, with their commands and machines, are in BENCHMARKS.md.
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/*.py).",
+                                          lock_config=False)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the first (compile + warm-up).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic clips and of the init.")
+
+# Dense bf16 peak TFLOP/s per device (chip for TPUs; H100/H200 SXM without sparsity).
+PEAK_TFLOPS = {
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,  # v5e
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v5": 459.0,
+    "TPU v6 lite": 918.0,  # v6e (Trillium)
+    "TPU v6e": 918.0,
+    "NVIDIA H100": 989.0,
+    "NVIDIA H200": 989.0,
+}
+
+
+def peak_tflops(device_kind: str):
+  """The peak of ``device_kind`` (longest matching prefix), or None (e.g. CPUs)."""
+  best = None
+  for name, peak in PEAK_TFLOPS.items():
+    if device_kind.startswith(name) and (best is None or len(name) > len(best[0])):
+      best = (name, peak)
+  return None if best is None else best[1]
+
+
+def main(argv):
+  del argv
+  import jax
+  import numpy as np
+
+  from jepa_jax import experiment
+  from jepa_jax import flops as flops_lib
+
+  config = _CONFIG.value
+  config.data.datasets = []
+  exp = experiment.build(config)
+  d = config.data
+  shape = (exp.batch_size, d.num_frames, d.crop_size, d.crop_size, 3)
+  clips = np.random.default_rng(_SEED.value).integers(0, 256, shape, dtype=np.uint8)
+  batch = exp.shard_batch({"video": clips})
+  rng = jax.random.PRNGKey(_SEED.value + 1)
+  state = exp.init_state(jax.random.PRNGKey(_SEED.value))
+  jax.block_until_ready(state)
+
+  t0 = time.perf_counter()
+  compiled = exp.train_step.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  state, metrics = compiled(state, batch, rng)
+  jax.block_until_ready(metrics)
+  first_step_s = time.perf_counter() - t0
+
+  times = []
+  for _ in range(_STEPS.value):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times) if times else first_step_s
+
+  f = flops_lib.train_step_flops(config)
+  devices = exp.mesh.devices.size
+  kind = jax.devices()[0].device_kind
+  peak = peak_tflops(kind)
+  tflops = f["total"] / step_s / 1e12
+  out = {
+      "bench": "train_step",
+      "model": config.model.name,
+      "overrides": dict(config.model.get("overrides", {}) or {}),
+      "dtype": config.model.dtype,
+      "remat": config.model.remat,
+      "scan": bool(config.model.scan),
+      "attention": config.model.attention,
+      "batch_size": exp.batch_size,
+      "crop_size": d.crop_size,
+      "num_frames": d.num_frames,
+      "grid": list(exp.encoder.grid),
+      "platform": jax.devices()[0].platform,
+      "device_kind": kind,
+      "devices": devices,
+      "mesh": dict(exp.mesh.shape),
+      "compile_s": round(compile_s, 3),
+      "first_step_s": round(first_step_s, 4),
+      "steps": len(times),
+      "step_s": round(step_s, 4),
+      "min_step_s": round(min(times), 4) if times else None,
+      "clips_per_s": round(exp.batch_size / step_s, 3),
+      "tokens_per_s": round(exp.batch_size * f["tokens"] / step_s, 1),
+      "model_flops_per_step": f["total"],
+      "tflops_per_s": round(tflops, 4),
+      "peak_tflops_per_device": peak,
+      "mfu": None if peak is None else round(tflops / (peak * devices), 4),
+      "loss": float(metrics["loss"]),
+      "jax": jax.__version__,
+  }
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

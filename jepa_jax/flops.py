@@ -1,0 +1,79 @@
+"""Model FLOPs of one V-JEPA train step (what MFU is measured against).
+
+FLOPs = 2 x multiply-accumulates of the matmuls and convolutions; element-wise work (LayerNorm,
+GELU, softmax, the loss, AdamW, the EMA) and the mask sampling are not counted, as usual for MFU.
+
+Per transformer block on L tokens of width d with MLP hidden h = mlp_ratio * d::
+
+    block(L, d, h) = 2 L (4 d^2 + 2 d h) + 4 L^2 d
+                     (qkv + proj: 4 d^2; fc1 + fc2: 2 d h; scores QK^T and weights x V: 2 L^2 d each)
+
+Patch embedding of the N = T' H' W' tokens of a clip (tubelet kt, patch p, C channels)::
+
+    embed = 2 N (kt p p C) d
+
+One step, batch B, masks m = 1..M with static sizes (K_ctx_m, K_tgt_m)
+(``jepa_jax.masks.static_sizes``), encoder depth D_e, predictor depth D_p and width d_p::
+
+    target   = embed + D_e block(N, d, h)                      # EMA encoder, full clip, forward only
+    context_m = D_e block(K_ctx_m, d, h)                       # online encoder on the context tokens
+    pred_m   = 2 K_ctx_m d d_p                                 # predictor_embed (d -> d_p)
+               + D_p block(K_ctx_m + K_tgt_m, d_p, h_p)        # predictor blocks, h_p = mlp_ratio d_p
+               + 2 K_tgt_m d_p d                               # predictor_proj (d_p -> d)
+    step = B [ target + sum_m ( 3 (context_m + pred_m) + 2 embed ) ]
+
+x3 = forward + backward (the backward of a matmul is two matmuls of the same size). The online
+encoder embeds the full clip before gathering the context tokens, so each mask pays ``embed`` on
+all N tokens; its backward needs only the kernel gradient (the pixels need none), hence x2.
+The predictor uses the encoder's heads and MLP ratio (``jepa_jax.models.build_predictor``).
+"""
+from __future__ import annotations
+
+from jepa_jax import masks as masks_lib
+from jepa_jax import train_state
+
+
+def block_flops(tokens: int, width: int, hidden: int) -> int:
+  """One pre-norm transformer block on ``tokens`` tokens: 2 L (4 d^2 + 2 d h) + 4 L^2 d."""
+  L, d, h = int(tokens), int(width), int(hidden)
+  return 2 * L * (4 * d * d + 2 * d * h) + 4 * L * L * d
+
+
+def train_step_flops(config) -> dict:
+  """Model FLOPs of one train step of ``config`` (global batch), with the parts that make it up.
+
+  Returns a dict of ints: ``total`` (the whole step, all ``config.batch_size`` clips),
+  ``per_clip``, ``target_forward``, ``context_encoder`` and ``predictor`` (per clip, backward
+  included for the last two, summed over masks), ``patch_embed`` (per clip, target + online),
+  and ``tokens`` (N per clip).
+  """
+  encoder, predictor = train_state.build_models(config)
+  grid = encoder.grid
+  n = encoder.num_tokens
+  d = encoder.embed_dim
+  h = int(d * encoder.mlp_ratio)
+  dp = predictor.predictor_embed_dim
+  hp = int(dp * predictor.mlp_ratio)
+  kt, p, c = encoder.tubelet_size, encoder.patch_size, encoder.in_chans
+
+  embed = 2 * n * (kt * p * p * c) * d
+  target = embed + encoder.depth * block_flops(n, d, h)
+  context = predictor_total = 0
+  for mc in masks_lib.configs_from(config):
+    k_ctx, k_tgt = masks_lib.static_sizes(grid, mc)
+    context += 3 * encoder.depth * block_flops(k_ctx, d, h)
+    pred = (2 * k_ctx * d * dp + predictor.depth * block_flops(k_ctx + k_tgt, dp, hp)
+            + 2 * k_tgt * dp * d)
+    predictor_total += 3 * pred
+  num_masks = len(masks_lib.configs_from(config))
+  online_embed = 2 * embed * num_masks
+  per_clip = target + context + predictor_total + online_embed
+  return {
+      "total": int(config.batch_size) * per_clip,
+      "per_clip": per_clip,
+      "target_forward": target,
+      "context_encoder": context,
+      "predictor": predictor_total,
+      "patch_embed": embed + online_embed,
+      "tokens": n,
+  }
