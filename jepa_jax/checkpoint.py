@@ -64,11 +64,11 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
   if data_state is not None:
     items[DATA] = ocp.args.JsonSave(data_state)
   if config is not None:
-    items[CONFIG] = ocp.args.JsonSave(_jsonable(config))
+    items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def _jsonable(config) -> dict:
+def config_to_json(config) -> dict:
   """Plain JSON of a (nested) ConfigDict, lists of ConfigDicts (``config.masks``) included."""
 
   def plain(x):
@@ -93,7 +93,7 @@ def _item_names(manager, step) -> set:
     return set()
 
 
-def _check_shapes(saved_meta, expected, where: str) -> None:
+def check_shapes(saved_meta, expected, where: str) -> None:
   """Raise CheckpointError naming the first parameter whose presence or shape differs."""
   saved = _flat_shapes(saved_meta)
   want = _flat_shapes(expected)
@@ -142,7 +142,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: {e}); delete it to resume "
                           "from the previous one") from e
   if meta is not None:
-    _check_shapes(_tree_of(meta), abstract_state, where)
+    check_shapes(_tree_of(meta), abstract_state, where)
   items = {STATE: ocp.args.PyTreeRestore(
       item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
   if DATA in names:

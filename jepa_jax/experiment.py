@@ -112,6 +112,13 @@ class Experiment:
   def state_shardings(self):
     return sharding.state_shardings(self.mesh, self.abstract_state, self.config.mesh.min_fsdp_size)
 
+  @functools.cached_property
+  def sharded_abstract_state(self):
+    """The state's shapes carrying their target shardings: what a restore or an AOT compile needs."""
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        self.abstract_state, self.state_shardings)
+
   def init_state(self, rng):
     """Initialise directly into the target shardings (never whole on one device)."""
     return jax.jit(self.init_fn(), out_shardings=self.state_shardings)(rng)
@@ -135,13 +142,10 @@ class Experiment:
 
   def memory(self) -> dict:
     """Per-device bytes of the compiled train step, from abstract shapes only."""
-    abstract_state = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        self.abstract_state, self.state_shardings)
     batch = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.batch_sharding(self.mesh)),
         self.abstract_batch())
-    return train_step_lib.compile_memory(self.train_step, abstract_state, batch)
+    return train_step_lib.compile_memory(self.train_step, self.sharded_abstract_state, batch)
 
 
 def build(config, mesh: jax.sharding.Mesh | None = None, devices=None) -> Experiment:

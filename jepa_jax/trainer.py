@@ -187,29 +187,24 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _abstract_with_shardings(exp):
-  return jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      exp.abstract_state, exp.state_shardings)
-
-
 def _init_or_restore(exp, manager, config):
   """(state, start step, data state) from the latest checkpoint, ``config.init_from``, or fresh."""
   step = manager.latest_step()
   if step is not None:
-    state, data_state = ckpt_lib.restore_train_state(manager, step, _abstract_with_shardings(exp))
+    state, data_state = ckpt_lib.restore_train_state(manager, step, exp.sharded_abstract_state)
     log.info("Resumed from checkpoint %d in %s", step, manager.directory)
     return state, step, data_state
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   if config.get("init_from"):
     params, from_step = ckpt_lib.load_params(config.init_from)
-    fresh = jax.tree_util.tree_map(np.asarray, {"encoder": state.params["encoder"],
-                                                 "predictor": state.params["predictor"],
-                                                 "target": state.target_params})
-    ckpt_lib._check_shapes(params, {k: fresh[k] for k in params}, f"config.init_from={config.init_from}")
+    shapes = exp.abstract_state
+    expected = {"encoder": shapes.params["encoder"], "predictor": shapes.params["predictor"],
+                "target": shapes.target_params}
+    ckpt_lib.check_shapes(params, {k: expected[k] for k in params},
+                          f"config.init_from={config.init_from}")
     sh = exp.state_shardings
-    online = {"encoder": params.get("encoder", fresh["encoder"]),
-              "predictor": params.get("predictor", fresh["predictor"])}
+    online = {k: params.get(k, state.params[k]) for k in ("encoder", "predictor")}
+    # A converted checkpoint without a target encoder starts the EMA from the online encoder.
     target = params.get("target", online["encoder"])
     state = state.replace(
         params=jax.tree_util.tree_map(jax.device_put, online, sh.params),

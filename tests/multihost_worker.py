@@ -27,7 +27,7 @@ def main():
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
   step = manager.latest_step()
   state, data_state = checkpoint.restore_train_state(
-      manager, step, trainer._abstract_with_shardings(exp))
+      manager, step, exp.sharded_abstract_state)
   local = lambda x: float(np.asarray(x.addressable_shards[0].data, np.float64).sum())
   report = {
       "process": jax.process_index(), "processes": jax.process_count(),

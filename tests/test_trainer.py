@@ -144,7 +144,7 @@ def test_restore_onto_other_meshes(synthetic_dir, tmp_path, num_devices):
     c2.mesh.data, c2.mesh.fsdp, c2.mesh.min_fsdp_size = *mesh, 64
     exp = experiment.build(c2, devices=devices)
     restored, data_state = checkpoint.restore_train_state(
-        manager, 1, trainer._abstract_with_shardings(exp))
+        manager, 1, exp.sharded_abstract_state)
     assert data_state == {"next_index": 3}
     for x, y in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -164,10 +164,10 @@ def test_checkpoint_of_another_model_is_named(synthetic_dir, tmp_path):
   other.model.overrides = {"embed_dim": 64, "depth": 1, "num_heads": 2}
   exp2 = experiment.build(other, devices=jax.devices()[:1])
   with pytest.raises(checkpoint.CheckpointError, match=r"params/encoder/.*shape \(32,\).*\(64,\)"):
-    checkpoint.restore_train_state(manager, 4, trainer._abstract_with_shardings(exp2))
+    checkpoint.restore_train_state(manager, 4, exp2.sharded_abstract_state)
   (tmp_path / "checkpoints" / "4" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
   with pytest.raises(checkpoint.CheckpointError, match="checkpoint 4"):
-    checkpoint.restore_train_state(manager, 4, trainer._abstract_with_shardings(exp))
+    checkpoint.restore_train_state(manager, 4, exp.sharded_abstract_state)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -270,15 +270,38 @@ def test_interrupted_save_leaves_previous_checkpoint_usable(synthetic_dir, tmp_p
   reopened = checkpoint.make_manager(str(directory), read_only=True)
   assert reopened.latest_step() == 4
   restored, data_state = checkpoint.restore_train_state(
-      reopened, 4, trainer._abstract_with_shardings(exp))
+      reopened, 4, exp.sharded_abstract_state)
   assert data_state == {"next_index": 16} and int(restored.step) == 0
 
 
 def test_saved_config_is_plain_json(synthetic_dir):
   c = tiny_config(synthetic_dir)
-  saved = checkpoint._jsonable(c)
+  saved = checkpoint.config_to_json(c)
   assert saved["masks"][1]["num_blocks"] == 2 and saved["masks"][0]["spatial_scale"] == [0.15, 0.15]
   assert saved["model"]["overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
   import ml_collections
   rebuilt = ml_collections.ConfigDict(saved)
   assert experiment.masks_lib.configs_from(rebuilt)[1].num_blocks == 2
+
+
+def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 1
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  source = exp.init_state(jax.random.PRNGKey(42))
+  params = jax.tree_util.tree_map(np.asarray, {"encoder": source.params["encoder"],
+                                                "predictor": source.params["predictor"],
+                                                "target": source.target_params})
+  checkpoint.save_params(str(tmp_path / "weights"), params, config=c, step=7)
+  c.init_from = str(tmp_path / "weights")
+  manager = checkpoint.make_manager(str(tmp_path / "fresh" / "checkpoints"))
+  state, start, data_state = trainer._init_or_restore(exp, manager, c)
+  assert start == 0 and data_state is None and int(state.step) == 0
+  for x, y in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(source.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  other = tiny_config(synthetic_dir)
+  other.mesh.data = 1
+  other.model.overrides = {"embed_dim": 64, "depth": 1, "num_heads": 2}
+  other.init_from = c.init_from
+  with pytest.raises(checkpoint.CheckpointError, match="config.init_from"):
+    trainer._init_or_restore(experiment.build(other, devices=jax.devices()[:1]), manager, other)

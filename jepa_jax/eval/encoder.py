@@ -103,7 +103,7 @@ def load_frozen_encoder(config, seed: Optional[int] = None):
         "use config.checkpoint_key='online' or 'target' accordingly")
   params = tree[group]
   where = f"{key} encoder of checkpoint {step} in {ckpt_lib.checkpoint_dir(path)}"
-  ckpt_lib._check_shapes(params, abstract_params(encoder), where)  # pylint: disable=protected-access
+  ckpt_lib.check_shapes(params, abstract_params(encoder), where)
   params = jax.tree_util.tree_map(jnp.asarray, params)
   log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", key, arch["name"],
            encoder.depth, step, path)
