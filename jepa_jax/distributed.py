@@ -6,6 +6,12 @@ Detection, in order: explicit flags (``--coordinator_address``, ``--num_processe
 with several workers (``TPU_WORKER_HOSTNAMES`` lists more than one host, or
 ``MEGASCALE_COORDINATOR_ADDRESS`` for multi-slice). In the last two cases JAX finds the coordinator
 itself (``jax.distributed.initialize()`` without arguments). A single process initialises nothing.
+
+Local devices. Under SLURM, JAX gives each process only the GPU numbered ``SLURM_LOCALID`` (it
+assumes one process per GPU), even when the coordinator is passed explicitly. A one-process-per-node
+launch (``launch/slurm_gpu.sh --procs=per-node``) would then use one GPU of eight. So the visible
+devices are passed explicitly when known: ``--local_device_ids`` / ``JAX_LOCAL_DEVICE_IDS`` (comma
+list), or, for a SLURM step with one task on this node, all ``SLURM_GPUS_ON_NODE`` GPUs.
 """
 import logging
 import os
@@ -19,11 +25,36 @@ def define_flags():
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
   flags.DEFINE_integer("num_processes", None, "Total number of processes.")
   flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+  flags.DEFINE_list("local_device_ids", None, "GPUs this process drives (default: all visible; "
+                    "under SLURM with one task per GPU, JAX picks SLURM_LOCALID).")
 
 
-def detect(coordinator_address=None, num_processes=None, process_id=None, environ=None):
+def _local_device_ids(local_device_ids, env):
+  ids = local_device_ids if local_device_ids is not None else env.get("JAX_LOCAL_DEVICE_IDS")
+  if isinstance(ids, str):
+    ids = [s for s in ids.split(",") if s.strip()]
+  if ids:
+    return [int(i) for i in ids]
+  tasks_here = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_STEP_TASKS_PER_NODE", "")
+  gpus = env.get("SLURM_GPUS_ON_NODE")
+  if "SLURM_NTASKS" in env and tasks_here.split("(")[0] == "1" and gpus and int(gpus) > 1:
+    return list(range(int(gpus)))
+  return None
+
+
+def detect(coordinator_address=None, num_processes=None, process_id=None, environ=None,
+           local_device_ids=None):
   """The ``jax.distributed.initialize`` kwargs for this process, or None for a single process."""
   env = os.environ if environ is None else environ
+  kwargs = _detect(coordinator_address, num_processes, process_id, env)
+  if kwargs is not None:
+    ids = _local_device_ids(local_device_ids, env)
+    if ids is not None:
+      kwargs["local_device_ids"] = ids
+  return kwargs
+
+
+def _detect(coordinator_address, num_processes, process_id, env):
   address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
   count = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
   pid = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
@@ -56,4 +87,5 @@ def initialize(kwargs) -> bool:
 
 def initialize_from_flags() -> bool:
   f = flags.FLAGS
-  return initialize(detect(f.coordinator_address, f.num_processes, f.process_id))
+  return initialize(detect(f.coordinator_address, f.num_processes, f.process_id,
+                           local_device_ids=f.local_device_ids))

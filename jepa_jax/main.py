@@ -4,6 +4,10 @@ Any config field can be overridden on the command line (``--config.batch_size=10
 the same command resumes from the latest checkpoint in ``DIR``. On several processes (Cloud TPU pod
 slices, SLURM, or explicit ``--coordinator_address/--num_processes/--process_id``)
 ``jax.distributed`` is initialised first; see ``launch/README.md``.
+
+Exit status: 0 when the run is complete; ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) when SIGTERM or a
+preemption notice stopped it after saving a checkpoint, so a launcher knows to requeue; 1 on a
+config error or a non-finite loss.
 """
 import logging
 import os
@@ -19,6 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and TensorBoard summaries.")
 distributed.define_flags()
 
+EXIT_PREEMPTED = 75
+
 
 def main(argv):
   del argv
@@ -33,9 +39,13 @@ def main(argv):
   if not workdir:
     sys.exit("Config error: --workdir is required (where checkpoints and logs go)")
   try:
-    trainer.train(config, os.path.expanduser(workdir))
+    metrics = trainer.train(config, os.path.expanduser(workdir))
   except trainer.NonFiniteLossError as e:
     sys.exit(f"Stopped: {e}")
+  if "preempted_at_step" in metrics:
+    logging.warning("Preempted at step %d; the checkpoint is saved: run the same command to "
+                    "resume", metrics["preempted_at_step"])
+    sys.exit(EXIT_PREEMPTED)
 
 
 class _QuietLibraries(logging.Filter):

@@ -214,7 +214,11 @@ def _init_or_restore(exp, manager, config):
 
 
 def train(config, workdir: str) -> dict:
-  """Run (or resume) pretraining; returns the last logged metrics."""
+  """Run (or resume) pretraining; returns the last logged metrics.
+
+  A run stopped by SIGTERM / a preemption notice saves, returns early, and says so with the key
+  ``preempted_at_step`` (``python -m jepa_jax.main`` then exits with ``EXIT_PREEMPTED``).
+  """
   primary = jax.process_index() == 0
   exp = experiment.build(config)
   if primary:
@@ -252,6 +256,7 @@ def train(config, workdir: str) -> dict:
   preemption = _Preemption()
   rng = jax.random.PRNGKey(config.seed + 1)
   collection, last_metrics = None, {}
+  preempted_at = None
   pending_flag: Optional[tuple[int, Any]] = None
   skipped = 0
   last_saved = start_step if start_step else None
@@ -310,6 +315,7 @@ def train(config, workdir: str) -> dict:
         if preemption.reached(step):
           log.warning("Preemption requested: saving step %d and exiting", step)
           save(step, force=True)
+          preempted_at = step
           break
         if step % ck.every == 0 or step == total:
           save(step, force=step == total)
@@ -320,5 +326,7 @@ def train(config, workdir: str) -> dict:
   if pending_flag is not None:
     check_finite(pending_flag)
   manager.close()
+  if preempted_at is not None:
+    last_metrics = {**last_metrics, "preempted_at_step": preempted_at}
   return last_metrics
 
