@@ -1,7 +1,8 @@
 """Per-device memory of the train step from XLA's memory analysis, on simulated devices.
 
     python bench/memory.py --config=configs/vith16.py --devices 8 --mesh=data:1,fsdp:8 \
-        [--per_device_batch 24 | --batch 192] [--remat none|full|dots|dots_no_batch] [--scan]
+        [--per_device_batch 24 | --batch 192] [--remat none|full|dots|dots_no_batch] [--scan] \
+        [--attention chunked]
 
 Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is imported, builds the
 experiment of ``--config`` on a ``data x fsdp`` mesh of those N CPU devices, then lowers and
@@ -52,6 +53,9 @@ _PER_DEVICE = flags.DEFINE_integer("per_device_batch", None, "Clips per device (
 _REMAT = flags.DEFINE_enum("remat", None, ["none", "full", "dots", "dots_no_batch"],
                            "Block rematerialisation (default: config.model.remat).")
 _SCAN = flags.DEFINE_bool("scan", None, "nn.scan over blocks (default: config.model.scan).")
+_ATTENTION = flags.DEFINE_string("attention", None, "Attention path (default: config.model."
+                                 "attention; on this CPU 'auto' is 'xla', which materialises the "
+                                 "logits: pass 'chunked' for what a TPU runs with 'auto').")
 
 GIB = 2.0 ** 30
 
@@ -85,6 +89,8 @@ def main(argv):
     config.model.remat = _REMAT.value
   if _SCAN.value is not None:
     config.model.scan = _SCAN.value
+  if _ATTENTION.value is not None:
+    config.model.attention = _ATTENTION.value
 
   exp = experiment.build(config)
   t0 = time.perf_counter()
@@ -96,6 +102,7 @@ def main(argv):
       "dtype": config.model.dtype,
       "remat": config.model.remat,
       "scan": bool(config.model.scan),
+      "attention": config.model.attention,
       "crop_size": config.data.crop_size,
       "num_frames": config.data.num_frames,
       "devices": n,

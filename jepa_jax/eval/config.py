@@ -34,7 +34,7 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.checkpoint_step = None      # None = latest
   c.model = model_config()
   c.encoder_dtype = "bfloat16"  # forward dtype of the frozen encoder (float32 | bfloat16)
-  c.attention = "xla"           # xla | cudnn | einsum
+  c.attention = "auto"          # auto | xla | cudnn | chunked | einsum (models/layers.py)
   c.feature_layer = None        # None = the final (layer-normed) output; k = LN(output of block k)
 
   # -- Data (config.data is the pipeline's schema; crop_size is the eval resolution).

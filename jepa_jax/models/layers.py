@@ -14,7 +14,10 @@ Dtype = Any
 LN_EPS = 1e-6  # the reference builds every LayerNorm with eps 1e-6 (``partial(nn.LayerNorm, eps=1e-6)``)
 INIT_STD = 0.02
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum", "chunked")
+# Queries per chunk of the ``chunked`` attention: 512 keeps the per-chunk logits of a 384 px clip
+# (4608 tokens, 16 heads) at 512 x 4608 x 16 x 4 B = 150 MB per clip.
+ATTENTION_CHUNK = 512
 
 
 def reference_trunc_normal(std: float = INIT_STD) -> Callable:
@@ -40,20 +43,71 @@ def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def _einsum_attention(q, k, v, kv_mask, scale):
+  logits = jnp.einsum("bnhd,bshd->bhns", q, k, preferred_element_type=jnp.float32) * scale
+  if kv_mask is not None:
+    logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhns,bshd->bnhd", weights, v)
+
+
+def chunked_attention(q, k, v, kv_mask=None, chunk_size: Optional[int] = None):
+  """Exact attention that never holds more than ``chunk_size`` queries' logits, forward or backward.
+
+  The queries are split into chunks, attended one chunk at a time (``lax.map``), and each chunk is
+  rematerialised in the backward pass, so the largest buffer is ``[B, H, chunk_size, S]`` instead
+  of ``[B, H, N, S]``: the memory-efficient attention of Rabe & Staats (2021) without the key
+  blocking. It is the portable choice where no fused kernel is (XLA:TPU and XLA:CPU materialise
+  the full logits through ``jax.nn.dot_product_attention``), at the cost of one more attention
+  forward in the backward pass. Same numerics as ``einsum`` (float32 logits and softmax).
+  """
+  b, n, h, d = q.shape
+  scale = d ** -0.5
+  c = min(chunk_size or ATTENTION_CHUNK, n)
+  pad = (-n) % c
+  if pad:  # padded queries attend like any other and are dropped; no gradient flows to them
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  chunks = q.reshape(b, (n + pad) // c, c, h, d).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def attend(q_chunk):
+    return _einsum_attention(q_chunk, k, v, kv_mask, scale)
+
+  out = jax.lax.map(attend, chunks).swapaxes(0, 1).reshape(b, n + pad, h, d)
+  return out[:, :n]
+
+
+def resolve_attention(implementation: str, backend: str, dtype) -> str:
+  """``auto`` -> the fastest exact path that bounds memory on ``backend``; others pass through.
+
+  GPU: cuDNN's fused flash kernel (it takes bfloat16/float16 only; float32 falls back to ``xla``).
+  TPU: ``chunked`` (XLA:TPU would materialise every [heads, N, N] logits buffer; a 384 px clip has
+  N = 4608). CPU: ``xla``.
+  """
+  if implementation != "auto":
+    return implementation
+  if backend in ("gpu", "cuda", "rocm"):
+    return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and backend != "rocm" else "xla"
+  if backend == "tpu":
+    return "chunked"
+  return "xla"
+
+
 def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implementation: str = "xla"):
   """Multi-head attention core. q ``[B, N, H, d]``, k/v ``[B, S, H, d]``, kv_mask ``[B, S]`` bool.
 
-  ``xla``/``cudnn`` go through ``jax.nn.dot_product_attention`` (fused kernels on GPU and TPU);
-  ``einsum`` is the explicit softmax path of the reference, kept as the ground truth the tests
-  compare against. Logits and softmax are float32 in every path, as under torch autocast.
+  ``auto`` picks one of the others for the backend (``resolve_attention``). ``xla``/``cudnn`` go through ``jax.nn.dot_product_attention`` (cuDNN's fused flash kernel on
+  GPU with ``cudnn``; ``xla`` materialises the logits); ``chunked`` bounds the logits' memory on
+  any backend (``chunked_attention``); ``einsum`` is the explicit softmax path of the reference,
+  kept as the ground truth the tests compare against. Logits and softmax are float32 in every
+  path, as under torch autocast.
   """
   scale = q.shape[-1] ** -0.5
+  implementation = resolve_attention(implementation, jax.default_backend(), q.dtype)
   if implementation == "einsum":
-    logits = jnp.einsum("bnhd,bshd->bhns", q, k, preferred_element_type=jnp.float32) * scale
-    if kv_mask is not None:
-      logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhns,bshd->bnhd", weights, v)
+    return _einsum_attention(q, k, v, kv_mask, scale)
+  if implementation == "chunked":
+    return chunked_attention(q, k, v, kv_mask)
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                      f"got {implementation!r}")

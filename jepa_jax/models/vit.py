@@ -58,7 +58,7 @@ class VisionTransformer(nn.Module):
     embed_dim, depth, num_heads, mlp_ratio: the transformer (see ``VIT_SIZES``).
     uniform_power: position table layout (True for every released V-JEPA model).
     dtype: compute dtype; parameters stay float32.
-    attention: ``xla`` | ``cudnn`` | ``einsum`` (see ``layers.dot_product_attention``).
+    attention: ``auto`` | ``xla`` | ``cudnn`` | ``chunked`` | ``einsum`` (``layers.dot_product_attention``).
     remat: ``none`` | ``full`` | ``dots`` | ``dots_no_batch`` block rematerialisation.
     scan: scan over blocks (``nn.scan``) to make compile time independent of depth.
   """
