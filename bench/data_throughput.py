@@ -105,6 +105,7 @@ def main(argv=None):
   cfg.datasets = [index]
   cfg.crop_size, cfg.num_frames, cfg.frame_step = args.crop_size, args.num_frames, args.frame_step
   result = dict(
+      bench="data_throughput",
       crop_size=args.crop_size, num_frames=args.num_frames, frame_step=args.frame_step,
       batch_size=args.batch_size, cpus=os.cpu_count(),
       stages=stage_times(cfg, index, args.samples),

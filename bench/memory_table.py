@@ -1,7 +1,7 @@
 """The per-device memory table of BENCHMARKS.md: ``bench/memory.py`` over models, pod sizes, remat.
 
     python bench/memory_table.py [--models vitl16,vith16,vith16_384] [--pod_sizes 64,128,256] \
-        [--remat none,dots,full] [--attention chunked,xla] [--fsdp 8] [--out memory.jsonl]
+        [--remat none,dots_no_batch,full] [--attention chunked,xla] [--fsdp 8] [--out memory.jsonl]
 
 For every (config, pod size, remat policy) it runs ``bench/memory.py`` in a subprocess (each needs
 its own simulated device count before JAX starts) on ``--fsdp`` simulated devices with the
@@ -54,7 +54,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--models", default="vitl16,vith16,vith16_384")
   p.add_argument("--pod_sizes", default="64,128,256")
-  p.add_argument("--remat", default="none,dots,full")
+  p.add_argument("--remat", default="none,dots_no_batch,full")
   p.add_argument("--fsdp", type=int, default=8, help="simulated devices = fsdp degree")
   p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--attention", default="chunked",

@@ -9,8 +9,8 @@ compiled ahead of time (``compile_s``); the first execution is reported apart (`
 then ``--steps`` steps are timed one by one, each ending in ``block_until_ready`` on the metrics
 (the state is donated and threaded through, as in training). Model FLOPs per step come from
 ``jepa_jax.flops.train_step_flops`` (its docstring has the formula); MFU divides the achieved
-FLOP/s by the dense bf16 peak of the device kind (``PEAK_TFLOPS``) times the device count, and is
-null where no peak is known (CPUs). Prints one line of JSON.
+FLOP/s by the dense bf16 peak of the device kind (``jepa_jax.flops.PEAK_TFLOPS``) times the
+device count, and is null where no peak is known (CPUs). Prints one line of JSON.
 
 Figures, with their commands and machines, are in BENCHMARKS.md.
 """
@@ -31,29 +31,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (co
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the first (compile + warm-up).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic clips and of the init.")
 
-# Dense bf16 peak TFLOP/s per device (chip for TPUs; H100/H200 SXM without sparsity).
-PEAK_TFLOPS = {
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,  # v5e
-    "TPU v5e": 197.0,
-    "TPU v5p": 459.0,
-    "TPU v5": 459.0,
-    "TPU v6 lite": 918.0,  # v6e (Trillium)
-    "TPU v6e": 918.0,
-    "NVIDIA H100": 989.0,
-    "NVIDIA H200": 989.0,
-}
-
-
-def peak_tflops(device_kind: str):
-  """The peak of ``device_kind`` (longest matching prefix), or None (e.g. CPUs)."""
-  best = None
-  for name, peak in PEAK_TFLOPS.items():
-    if device_kind.startswith(name) and (best is None or len(name) > len(best[0])):
-      best = (name, peak)
-  return None if best is None else best[1]
-
-
 def main(argv):
   del argv
   import jax
@@ -61,6 +38,8 @@ def main(argv):
 
   from jepa_jax import experiment
   from jepa_jax import flops as flops_lib
+  from jepa_jax import train_state
+  from jepa_jax.models import layers
 
   config = _CONFIG.value
   config.data.datasets = []
@@ -93,7 +72,7 @@ def main(argv):
   f = flops_lib.train_step_flops(config)
   devices = exp.mesh.devices.size
   kind = jax.devices()[0].device_kind
-  peak = peak_tflops(kind)
+  peak = flops_lib.peak_tflops(kind)
   tflops = f["total"] / step_s / 1e12
   out = {
       "bench": "train_step",
@@ -103,6 +82,8 @@ def main(argv):
       "remat": config.model.remat,
       "scan": bool(config.model.scan),
       "attention": config.model.attention,
+      "attention_resolved": layers.resolve_attention(config.model.attention, jax.default_backend(),
+                                                     train_state.DTYPES[config.model.dtype]),
       "batch_size": exp.batch_size,
       "crop_size": d.crop_size,
       "num_frames": d.num_frames,

@@ -15,4 +15,6 @@ def get_config():
                      "/path/to/howto100m_index.csv"]
   c.data.datasets_weights = None  # the reference samples each video uniformly over the mix
   c.data.num_workers = 12
+  # No remat, as the reference (24 clips per 80 GB GPU). On 16 GiB chips (v4, v5e) add
+  # --config.model.remat=full; launch/README.md has the per-chip memory table.
   return c

@@ -77,3 +77,26 @@ def train_step_flops(config) -> dict:
       "patch_embed": embed + online_embed,
       "tokens": n,
   }
+
+
+# Dense bf16 peak TFLOP/s per device (chip for TPUs; H100/H200 SXM without sparsity).
+PEAK_TFLOPS = {
+    "TPU v4": 275.0,
+    "TPU v5 lite": 197.0,  # v5e
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v5": 459.0,
+    "TPU v6 lite": 918.0,  # v6e (Trillium)
+    "TPU v6e": 918.0,
+    "NVIDIA H100": 989.0,
+    "NVIDIA H200": 989.0,
+}
+
+
+def peak_tflops(device_kind: str):
+  """The peak of ``device_kind`` (longest matching prefix), or None (e.g. CPUs)."""
+  best = None
+  for name, peak in PEAK_TFLOPS.items():
+    if device_kind.startswith(name) and (best is None or len(name) > len(best[0])):
+      best = (name, peak)
+  return None if best is None else best[1]

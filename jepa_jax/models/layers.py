@@ -164,6 +164,10 @@ class Block(nn.Module):
     return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
 
 
+# "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
+# attention, the logits of every chunk): measured on ViT-L/16 at 48 clips per device, 354 GiB of
+# temporaries against 188 GiB without remat. "dots_no_batch" keeps only the weight matmuls (no
+# batch dimensions) and recomputes attention: 67 GiB; "full" keeps block inputs only: 22 GiB.
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,

@@ -1,0 +1,121 @@
+"""bench/: the scripts run on tiny configs and print one well-formed JSON line; the FLOP count
+that MFU divides by agrees with XLA's own count. No test asserts a time."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jepa_jax import experiment, flops, models
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from configs import demo  # noqa: E402
+
+
+def bench(script, *args, devices=1):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *map(str, args)],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1, proc.stdout
+  return json.loads(lines[0]), proc
+
+
+def small_config(embed_dim=256):
+  c = demo.get_config()
+  c.data.datasets = []
+  c.batch_size = 4
+  c.mesh.data = 1
+  c.model.overrides = {"embed_dim": embed_dim, "depth": 2, "num_heads": 4}
+  c.model.pred_embed_dim = embed_dim // 2
+  c.model.attention = "einsum"
+  return c
+
+
+def test_block_and_encoder_flops_match_xla_cost_analysis():
+  enc = models.build_encoder("tiny", img_size=64, num_frames=8, embed_dim=256, depth=2,
+                             num_heads=4, attention="einsum")
+  clip = jnp.zeros((2, 8, 64, 64, 3))
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  xla = jax.jit(enc.apply).lower(params, clip).compile().cost_analysis()
+  xla = xla[0] if isinstance(xla, list) else xla
+  n, d = enc.num_tokens, enc.embed_dim
+  ours = 2 * (2 * n * (2 * 16 * 16 * 3) * d + enc.depth * flops.block_flops(n, d, 4 * d))
+  # XLA also counts element-wise ops (LayerNorm, GELU, softmax): measured +3.8%.
+  assert 1.0 <= xla["flops"] / ours < 1.08
+
+
+def test_train_step_flops_match_xla_cost_analysis():
+  """The whole step (two masks, target forward, forward + backward, AdamW, EMA): XLA agrees."""
+  c = small_config()
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  compiled = exp.train_step.lower(exp.abstract_state, exp.abstract_batch(),
+                                  jax.random.PRNGKey(0)).compile()
+  xla = compiled.cost_analysis()
+  xla = xla[0] if isinstance(xla, list) else xla
+  ours = flops.train_step_flops(c)
+  assert ours["total"] == c.batch_size * ours["per_clip"]
+  assert 0.98 < xla["flops"] / ours["total"] < 1.06  # measured 1.0096
+
+
+def test_train_step_bench_prints_json():
+  out, _ = bench("train_step.py", "--config=configs/demo.py", "--steps=2",
+                 "--config.batch_size=4", "--config.mesh.data=1")
+  assert out["bench"] == "train_step" and out["platform"] == "cpu"
+  assert out["attention"] == "auto" and out["attention_resolved"] == "xla"
+  assert out["steps"] == 2 and out["step_s"] > 0 and out["compile_s"] > 0
+  assert out["clips_per_s"] == pytest.approx(4 / out["step_s"], rel=1e-2)
+  c = demo.get_config()
+  c.batch_size = 4
+  assert out["model_flops_per_step"] == flops.train_step_flops(c)["total"]
+  assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
+  assert out["loss"] > 0
+
+
+def test_peak_table_matches_device_kinds():
+  assert flops.peak_tflops("TPU v5 lite") == 197.0
+  assert flops.peak_tflops("TPU v5p") == 459.0
+  assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert flops.peak_tflops("cpu") is None
+
+
+def test_memory_bench_prints_json_and_remat_saves_memory():
+  runs = {}
+  for remat in ("none", "full"):
+    runs[remat], _ = bench("memory.py", "--config=configs/demo.py", "--devices=4",
+                           "--mesh=data:2,fsdp:2", "--per_device_batch=2", f"--remat={remat}",
+                           "--scan", "--attention=chunked", devices=4)
+  none, full = runs["none"], runs["full"]
+  assert none["bench"] == "memory" and none["mesh"] == {"data": 2, "fsdp": 2}
+  assert none["batch_size"] == 8 and none["attention"] == "chunked"
+  assert 0 < full["temp_gib"] < none["temp_gib"]
+  assert none["peak_estimate_gib"] == pytest.approx(
+      none["argument_gib"] + none["output_gib"] + none["temp_gib"] - none["alias_gib"], abs=2e-3)
+
+
+def test_memory_table_marks_what_fits():
+  sys.path.insert(0, str(REPO / "bench"))
+  import memory_table
+  rows = [dict(config="vitl16", pod_size=128, per_device_batch=24, attention="chunked",
+               remat=remat, argument_gib=0.66, temp_gib=t, peak_estimate_gib=t + 0.7)
+          for remat, t in (("full", 11.0), ("none", 90.0))]
+  lines = memory_table.table(rows).splitlines()
+  assert lines[2].endswith("| yes | yes | yes |")
+  assert lines[3].endswith("| no | no | yes |")
+
+
+def test_data_throughput_bench_prints_json(tmp_path):
+  out, _ = bench("data_throughput.py", f"--synthetic-dir={tmp_path / 'videos'}",
+                 "--num-videos=4", "--crop-size=32", "--num-frames=4", "--frame-step=2",
+                 "--batch-size=2", "--batches=2", "--warmup=1", "--samples=2", "--workers=",
+                 "--threads=1")
+  assert out["bench"] == "data_throughput" and out["crop_size"] == 32
+  assert 0 < out["stages"]["decode_share"] < 1
+  assert out["pipeline"] == [] and out["in_process"][0]["clips_per_s"] > 0
