@@ -116,7 +116,11 @@ in_job() {
   if [ "$DRY_RUN" -eq 1 ] && [ -z "${SLURM_JOB_NODELIST:-}" ]; then
     first_node="NODE0"; port="${PORT:-12000}"
   else
-    first_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+    # Not `| head -n 1`: under pipefail, scontrol dying of SIGPIPE on a long node list would
+    # end the script.
+    local hosts
+    hosts="$(scontrol show hostnames "$SLURM_JOB_NODELIST")"
+    first_node="${hosts%%$'\n'*}"
     port="${PORT:-$((12000 + SLURM_JOB_ID % 20000))}"
   fi
   local cmd=(srun --kill-on-bad-exit=1 --nodes="$NODES" --ntasks-per-node="$TASKS_PER_NODE"

@@ -160,13 +160,13 @@ def test_slurm_job_requeues_only_after_a_preemption_save(tmp_path, srun_status, 
   bin_dir.mkdir()
   log = tmp_path / "calls.log"
   stub(bin_dir, "scontrol", f"""echo "scontrol $*" >> {log}
-if [ "$1 $2" = "show hostnames" ]; then printf 'gpu-a\\ngpu-b\\n'; fi
+if [ "$1 $2" = "show hostnames" ]; then for i in $(seq 1 5000); do echo "gpu-$i"; done; fi
 """)
   stub(bin_dir, "srun", f'echo "srun $*" >> {log}; exit {srun_status}\n')
   env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
-         "SLURM_JOB_NODELIST": "gpu-[a-b]"}
+         "SLURM_JOB_NODELIST": "gpu-[1-5000]"}  # long: no SIGPIPE
   proc = run([SLURM, "--workdir", str(tmp_path / "run")], env=env, check=False)
   assert proc.returncode == status, proc.stderr
   calls = log.read_text()
-  assert "JAX_COORDINATOR_ADDRESS=gpu-a:" + str(12000 + 4242 % 20000) in calls
+  assert "JAX_COORDINATOR_ADDRESS=gpu-1:" + str(12000 + 4242 % 20000) in calls
   assert ("scontrol requeue 4242" in calls) == requeued
