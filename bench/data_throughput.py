@@ -11,19 +11,7 @@ Measures, and prints as one line of JSON:
 - ``in_process``: the same with ``num_workers=0`` and 1 or 2 loading threads (``--threads``):
   PyAV and Pillow release the GIL, so threads scale too, without worker start-up or IPC.
 
-Measured (2-core CPU dev machine, 64 synthetic videos of 96-160 px, batch 8;
-``python bench/data_throughput.py``)::
-
-    {"crop_size": 224, "num_frames": 16, "frame_step": 4, "batch_size": 8, "cpus": 2,
-     "stages": {"decode_s_per_clip": 0.0517, "transform_s_per_clip": 0.0351, "decode_share": 0.595},
-     "pipeline": [{"workers": 1, "threads": 1, "clips_per_s": 13.9, "clips_per_s_per_worker": 13.9},
-                  {"workers": 2, "threads": 1, "clips_per_s": 25.4, "clips_per_s_per_worker": 12.7}],
-     "in_process": [{"workers": 0, "threads": 1, "clips_per_s": 14.0},
-                    {"workers": 0, "threads": 2, "clips_per_s": 20.3}]}
-
-    An earlier run on the same machine: decode share 0.54, 1 worker 11.7 clips/s, 2 workers
-    21.9 (11.0 per worker). The machine is shared, so expect +-20% between runs; the scaling
-    from 1 to 2 workers was 1.8-1.9x on 2 cores (the main process also copies batches).
+Figures, with the command, machine and date: BENCHMARKS.md ("Input pipeline").
 
 The synthetic videos are small (96-160 px), so at 224 px the crop is an upscale and decoding is
 cheap; real 256-340 px footage decodes several times slower per frame.

@@ -5,7 +5,7 @@
 
 For every (config, pod size, remat policy) it runs ``bench/memory.py`` in a subprocess (each needs
 its own simulated device count before JAX starts) on ``--fsdp`` simulated devices with the
-per-device batch the paper's global batch gives on that pod (``ceil(batch / pod_size)``; see
+per-device batch the config's global batch gives on that pod (``ceil(batch / pod_size)``; see
 ``bench/memory.py`` for why fsdp devices stand for the pod). Appends each JSON line to ``--out``
 and prints a Markdown table with a column per memory budget (16 GiB: TPU v4 / v5e; 80 GiB: H100;
 95 GiB: TPU v5p), marking which fit.
@@ -16,19 +16,29 @@ import argparse
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 BUDGETS_GIB = {"v4/v5e 16": 16.0, "H100 80": 80.0, "v5p 95": 95.0}
-GLOBAL_BATCH = {"vitl16": 3072, "vith16": 3072, "vith16_384": 2400}
+
+
+def config_path(config: str) -> str:
+  return os.path.join(ROOT, "configs", config + ".py")
+
+
+def global_batch(config: str) -> int:
+  """The config's own ``batch_size``: the paper's global batch for the paper configs."""
+  return int(runpy.run_path(config_path(config))["get_config"]().batch_size)
 
 
 def run_one(config: str, devices: int, per_device_batch: int, remat: str, scan: bool,
             attention: str, extra=()) -> dict:
   cmd = [sys.executable, os.path.join(HERE, "memory.py"),
-         f"--config={os.path.join(ROOT, 'configs', config + '.py')}", f"--devices={devices}",
+         f"--config={config_path(config)}", f"--devices={devices}",
          f"--mesh=data:1,fsdp:{devices}", f"--per_device_batch={per_device_batch}",
          f"--remat={remat}", "--scan" if scan else "--noscan", f"--attention={attention}", *extra]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -65,7 +75,7 @@ def main(argv=None):
   rows = []
   for config in args.models.split(","):
     for pod in (int(s) for s in args.pod_sizes.split(",")):
-      per_device = math.ceil(GLOBAL_BATCH.get(config, 3072) / pod)
+      per_device = math.ceil(global_batch(config) / pod)
       for attention in args.attention.split(","):
         for remat in args.remat.split(","):
           r = run_one(config, args.fsdp, per_device, remat, args.scan, attention)

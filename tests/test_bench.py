@@ -106,6 +106,7 @@ def test_memory_table_marks_what_fits():
   rows = [dict(config="vitl16", pod_size=128, per_device_batch=24, attention="chunked",
                remat=remat, argument_gib=0.66, temp_gib=t, peak_estimate_gib=t + 0.7)
           for remat, t in (("full", 11.0), ("none", 90.0))]
+  assert memory_table.global_batch("vith16_384") == 2400  # read from the config itself
   lines = memory_table.table(rows).splitlines()
   assert lines[2].endswith("| yes | yes | yes |")
   assert lines[3].endswith("| no | no | yes |")

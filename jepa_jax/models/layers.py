@@ -86,8 +86,8 @@ def resolve_attention(implementation: str, backend: str, dtype) -> str:
   """
   if implementation != "auto":
     return implementation
-  if backend in ("gpu", "cuda", "rocm"):
-    return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and backend != "rocm" else "xla"
+  if backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
   if backend == "tpu":
     return "chunked"
   return "xla"
