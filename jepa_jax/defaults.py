@@ -27,13 +27,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 3072            # global: 24 clips per GPU x 128 GPUs
 
   c.model = ml_collections.ConfigDict(dict(
-      name="large",              # tiny | small | base | large | huge | giant
+      name="large",              # tiny | small | base | large | huge | giant | giant_xformers ...
       patch_size=16,
       tubelet_size=2,
       uniform_power=True,
       pred_depth=12,
       pred_embed_dim=384,
+      pred_num_heads=None,       # None = the encoder's heads (V-JEPA); V-JEPA 2 uses 12
+      use_rope=False,            # V-JEPA 2: 3D RoPE in encoder and predictor, no position table
       zero_init_mask_tokens=True,
+      num_mask_tokens=None,      # None = len(masks) * len(data.dataset_fpcs or [1])
+      mask_token_per="mask",     # mask (V-JEPA: mask i -> token i) | clip_length (V-JEPA 2)
       # The reference's training entry point re-draws every Linear after construction, undoing
       # the per-block rescale: released models trained without it (see jepa_jax.models).
       rescale_residual_init=False,

@@ -132,7 +132,8 @@ class Experiment:
   @functools.cached_property
   def train_step(self):
     step = train_step_lib.make_train_step(self.encoder, self.predictor, self.mask_cfgs,
-                                          self.optim_cfg, self.tx, self.batch_size, self.mesh)
+                                          self.optim_cfg, self.tx, self.batch_size, self.mesh,
+                                          train_state.mask_token_ids(self.config))
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
                                          self.abstract_batch())
 

@@ -56,8 +56,12 @@ def compute_targets(apply_encoder: Callable, target_params: Any, clips: jax.Arra
 
 
 def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
-               target_params: Any, clips: jax.Array, masks: Sequence[Any]):
+               target_params: Any, clips: jax.Array, masks: Sequence[Any],
+               mask_token_ids: Optional[Sequence[int]] = None):
   """The V-JEPA loss and its diagnostics.
+
+  ``mask_token_ids``: the predictor mask token of each mask (default: mask i uses token i, as
+  V-JEPA; V-JEPA 2's training passes one token per clip-length group instead).
 
   Returns:
     ``(loss, aux)`` with ``aux = {"loss_per_mask": [M], "context_tokens": [M],
@@ -68,7 +72,8 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
   for i, m in enumerate(masks):
     context = apply_encoder(params["encoder"], clips, token_idx=m.context,
                             token_valid=m.context_valid)
-    pred = apply_predictor(params["predictor"], context, m.context, m.target, i,
+    token = i if mask_token_ids is None else mask_token_ids[i]
+    pred = apply_predictor(params["predictor"], context, m.context, m.target, token,
                            m.context_valid, m.target_valid)
     losses.append(l1_feature_loss(pred, gather_targets(targets, m.target), m.target_valid))
     ctx_counts.append(_mean_count(m.context, m.context_valid))

@@ -35,9 +35,11 @@ def normalize_clips(video: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig],
                     optim_cfg: optim.OptimConfig, tx: optax.GradientTransformation,
-                    batch_size: int, mesh: Optional[jax.sharding.Mesh] = None):
+                    batch_size: int, mesh: Optional[jax.sharding.Mesh] = None,
+                    mask_token_ids: Optional[Sequence[int]] = None):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
-  to the batch sharding, so each device draws only its own examples' masks."""
+  to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
+  the predictor mask token of each mask (``train_state.mask_token_ids``; None = mask i, token i)."""
   apply_encoder, apply_predictor = loss_lib.model_apply_fns(encoder, predictor)
   grid = encoder.grid
   mask_cfgs = tuple(mask_cfgs)
@@ -51,7 +53,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
 
     def loss_fn(params):
       return loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
-                                 clips, masks)
+                                 clips, masks, mask_token_ids)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norms = {k: optim.global_norm(v) for k, v in grads.items()}

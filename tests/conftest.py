@@ -25,5 +25,12 @@ def golden():
 
 
 @pytest.fixture(scope="session")
+def golden_v2():
+  """The V-JEPA 2 reference run of a tiny 3D-RoPE model (see tests/fixtures/README.md)."""
+  with np.load(FIXTURES / "vjepa2_rope_tiny_v1.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
 def num_devices():
   return jax.device_count()

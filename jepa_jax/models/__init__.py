@@ -8,6 +8,7 @@ applies it when asked (``config.model.rescale_residual_init``); the pretraining 
 to match the released training, the attentive probe (whose rescale the reference keeps) uses it.
 """
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +29,18 @@ __all__ = [
 
 def build_predictor(encoder: VisionTransformer, embed_dim: int = 384, depth: int = 12,
                     num_mask_tokens: int = 2, zero_init_mask_tokens: bool = True,
-                    **overrides) -> Predictor:
-  """The predictor matching ``encoder`` (same grid, heads, MLP ratio, dtype and kernels)."""
+                    num_heads: Optional[int] = None, **overrides) -> Predictor:
+  """The predictor matching ``encoder`` (same grid, positions, dtype and kernels).
+
+  ``num_heads``: the predictor's own head count (V-JEPA 2's ``pred_num_heads``); None = the
+  encoder's, as in V-JEPA. The MLP ratio is 4 whatever the encoder's: the reference's
+  ``vit_predictor`` fixes it (a ViT-g's predictor has hidden 4 x 384, not 48/11 x 384)."""
   kwargs = dict(img_size=encoder.img_size, num_frames=encoder.num_frames,
                 patch_size=encoder.patch_size, tubelet_size=encoder.tubelet_size,
                 embed_dim=encoder.embed_dim, predictor_embed_dim=embed_dim, depth=depth,
-                num_heads=encoder.num_heads, mlp_ratio=encoder.mlp_ratio,
-                uniform_power=encoder.uniform_power, num_mask_tokens=num_mask_tokens,
+                num_heads=encoder.num_heads if num_heads is None else num_heads,
+                mlp_ratio=4.0, uniform_power=encoder.uniform_power,
+                use_rope=encoder.use_rope, num_mask_tokens=num_mask_tokens,
                 zero_init_mask_tokens=zero_init_mask_tokens, dtype=encoder.dtype,
                 attention=encoder.attention, remat=encoder.remat, scan=encoder.scan)
   kwargs.update(overrides)

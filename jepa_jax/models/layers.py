@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jepa_jax.models import rope as rope_lib
+
 Dtype = Any
 LN_EPS = 1e-6  # the reference builds every LayerNorm with eps 1e-6 (``partial(nn.LayerNorm, eps=1e-6)``)
 INIT_STD = 0.02
@@ -139,13 +141,17 @@ class SelfAttention(nn.Module):
   implementation: str = "xla"
 
   @nn.compact
-  def __call__(self, x, kv_mask=None):
+  def __call__(self, x, kv_mask=None, rope=None):
+    """``rope``: optional ``(cos, sin)`` tables (``models.rope.rope_tables``); q and k are rotated
+    before the attention kernel, so every implementation sees already-positioned q/k."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
     qkv = dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], kv_mask,
-                                self.implementation)
+    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    if rope is not None:
+      q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
+    out = dot_product_attention(q, k, qkv[:, :, 2], kv_mask, self.implementation)
     return dense(d, "proj", self.dtype)(out.reshape(b, n, d))
 
 
@@ -157,9 +163,9 @@ class Block(nn.Module):
   attention: str = "xla"
 
   @nn.compact
-  def __call__(self, x, kv_mask=None):
+  def __call__(self, x, kv_mask=None, rope=None):
     x = x + SelfAttention(self.num_heads, self.dtype, self.attention, name="attn")(
-        layer_norm("norm1", self.dtype)(x), kv_mask)
+        layer_norm("norm1", self.dtype)(x), kv_mask, rope)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
 
@@ -185,8 +191,9 @@ class _ScanBlock(nn.Module):
   collect: bool
 
   @nn.compact
-  def __call__(self, x, kv_mask):
-    x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, name="block")(x, kv_mask)
+  def __call__(self, x, kv_mask, rope):
+    x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, name="block")(
+        x, kv_mask, rope)
     return x, (x if self.collect else None)
 
 
@@ -209,7 +216,7 @@ class BlockStack(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, x, kv_mask=None, collect: tuple[int, ...] = ()):
+  def __call__(self, x, kv_mask=None, collect: tuple[int, ...] = (), rope=None):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
     policy = REMAT_POLICIES[self.remat]
@@ -220,13 +227,13 @@ class BlockStack(nn.Module):
       stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth)
       x, ys = stack(self.num_heads, self.mlp_ratio, self.dtype, self.attention, bool(collect),
-                    name="blocks")(x, kv_mask)
+                    name="blocks")(x, kv_mask, rope)
       return x, [ys[i] for i in collect]
     cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)
     outs = []
     for i in range(self.depth):
       x = cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}")(
-          x, kv_mask)
+          x, kv_mask, rope)
       if i in collect:
         outs.append(x)
     return x, outs

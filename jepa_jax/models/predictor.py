@@ -4,6 +4,15 @@ Context features are projected to the predictor width and given the predictor's 
 positions; each target position gets the mask token of its mask type plus its position. The blocks
 run on ``[context tokens, target tokens]`` (no re-sorting, as the reference) and the outputs at the
 target positions are projected back to the encoder width.
+
+V-JEPA 2 (``use_rope``): no position table; every block rotates q/k by each token's grid
+coordinates (``models.rope``), read from ``context_idx`` / ``target_idx``. The V-JEPA 2 reference
+also sorts the [context, target] sequence by token index before its blocks and unsorts after. With
+positions carried by each token (RoPE, or nothing at all) every block is permutation-equivariant:
+per-token LayerNorms and MLPs, and attention whose logits depend only on the pair of tokens. So the
+sort changes nothing but the order of the softmax and value sums, i.e. float rounding; this module
+does not sort (two gathers fewer per block stack) and the golden tests (vjepa2_rope_tiny_v1.npz)
+show the outputs, loss and gradients equal to the sorting reference within the V-JEPA 1 tolerances.
 """
 from typing import Any, Optional
 
@@ -13,11 +22,13 @@ import jax.numpy as jnp
 
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
+from jepa_jax.models import rope as rope_lib
 from jepa_jax.models.vit import gather_tokens, token_grid
 
 
 class Predictor(nn.Module):
-  """Attributes mirror the reference's ``vit_predictor``; ``num_heads`` is the encoder's."""
+  """Attributes mirror the reference's ``vit_predictor``; ``num_heads`` is the encoder's in
+  V-JEPA and its own ``pred_num_heads`` (12) in V-JEPA 2."""
   img_size: int = 224
   num_frames: int = 16
   patch_size: int = 16
@@ -28,6 +39,7 @@ class Predictor(nn.Module):
   num_heads: int = 12
   mlp_ratio: float = 4.0
   uniform_power: bool = True
+  use_rope: bool = False
   num_mask_tokens: int = 2
   zero_init_mask_tokens: bool = True
   dtype: Any = jnp.float32
@@ -40,6 +52,11 @@ class Predictor(nn.Module):
     return token_grid(self.img_size, self.num_frames, self.patch_size, self.tubelet_size)
 
   def position_table(self) -> jax.Array:
+    if self.use_rope:
+      raise ValueError("a RoPE predictor has no position table (positions rotate q/k per block)")
+    _, h, w = self.grid
+    if h != w:
+      raise ValueError(f"non-square grids ({h}x{w} patches) need use_rope=True")
     return jnp.asarray(pos_embed.sincos_3d(self.predictor_embed_dim, self.grid, self.uniform_power))
 
   @nn.compact
@@ -58,17 +75,24 @@ class Predictor(nn.Module):
     Returns:
       ``[B, Kt, embed_dim]`` predictions.
     """
-    pos = self.position_table().astype(self.dtype)[None]
     b = context.shape[0]
     x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.dtype)(context)
-    x = x + gather_tokens(jnp.broadcast_to(pos, (b,) + pos.shape[1:]), context_idx)
-
     token_init = (nn.initializers.zeros if self.zero_init_mask_tokens
                   else layers.reference_trunc_normal())
     mask_tokens = self.param("mask_tokens", token_init,
                              (self.num_mask_tokens, self.predictor_embed_dim), jnp.float32)
     token = mask_tokens[mask_index % self.num_mask_tokens].astype(self.dtype)
-    targets = token + gather_tokens(jnp.broadcast_to(pos, (b,) + pos.shape[1:]), target_idx)
+    rope = None
+    if self.use_rope:
+      targets = jnp.broadcast_to(token, (b, target_idx.shape[1], self.predictor_embed_dim))
+      rope = rope_lib.rope_tables(jnp.concatenate([context_idx, target_idx], axis=1), self.grid,
+                                  self.predictor_embed_dim // self.num_heads, self.dtype)
+    else:
+      pos = jnp.broadcast_to(self.position_table().astype(self.dtype)[None],
+                             (b, self.grid[0] * self.grid[1] * self.grid[2],
+                              self.predictor_embed_dim))
+      x = x + gather_tokens(pos, context_idx)
+      targets = token + gather_tokens(pos, target_idx)
 
     num_context = x.shape[1]
     x = jnp.concatenate([x, targets], axis=1)
@@ -78,6 +102,7 @@ class Predictor(nn.Module):
       tv = target_valid if target_valid is not None else jnp.ones(target_idx.shape, bool)
       kv_mask = jnp.concatenate([cv, tv], axis=1)
     x, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                             self.attention, self.remat, self.scan, name="stack")(x, kv_mask)
+                             self.attention, self.remat, self.scan, name="stack")(
+                                 x, kv_mask, rope=rope)
     x = layers.layer_norm("predictor_norm", self.dtype)(x)[:, num_context:]
     return layers.dense(self.embed_dim, "predictor_proj", self.dtype)(x)

@@ -1,10 +1,11 @@
 """The V-JEPA video ViT encoder (context and target encoder share this module).
 
 Clips are ``[B, T, H, W, C]`` (JAX layout). A Conv3d with kernel = stride = (tubelet, patch, patch)
-makes ``T' x H' x W'`` tokens in (t, h, w) order, fixed 3D sin-cos positions are added, and, when
-token indices are given, only those tokens go through the blocks (the context encoder's masking).
-There is no cls token. The final LayerNorm is applied to the output and to every requested
-intermediate layer, as the reference does for its ``out_layers``.
+makes ``T' x H' x W'`` tokens in (t, h, w) order, fixed 3D sin-cos positions are added (V-JEPA) or
+queries and keys are rotated by each token's grid coordinates in every block (V-JEPA 2,
+``use_rope``; ``models.rope``), and, when token indices are given, only those tokens go through the
+blocks (the context encoder's masking). There is no cls token. The final LayerNorm is applied to
+the output and to every requested intermediate layer, as the reference does for its ``out_layers``.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
@@ -15,8 +16,16 @@ import jax.numpy as jnp
 
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
+from jepa_jax.models import rope as rope_lib
 
-# Reference sizes (src/models/vision_transformer.py). ViT-g uses MLP ratio 48/11 (hidden 6144).
+# Reference sizes (src/models/vision_transformer.py of facebookresearch/jepa and /vjepa2).
+# ViT-g uses MLP ratio 48/11 (hidden 6144). Two ViT-g exist: V-JEPA's ``vit_giant`` (16 heads of
+# 88) and V-JEPA 2's ``vit_giant_xformers`` (22 heads of 64), the one its released ViT-g weights
+# use; their parameters have the same shapes. ViT-G (``vit_gigantic[_xformers]``, 1664 wide, 48
+# deep): the reference passes its MLP ratio 64/13 as ``mpl_ratio=``, a misspelt keyword its
+# ``**kwargs`` swallows, so the modules it builds have the default ratio 4 (hidden 6656); these
+# entries follow what the reference builds (``overrides={"mlp_ratio": 64 / 13}`` gives the
+# intended hidden 8192).
 VIT_SIZES = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
     "small": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
@@ -24,25 +33,45 @@ VIT_SIZES = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
     "huge": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),
     "giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
+    "giant_xformers": dict(embed_dim=1408, depth=40, num_heads=22, mlp_ratio=48 / 11),
+    "gigantic": dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.0),
+    "gigantic_xformers": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=4.0),
 }
+ROPE_SUFFIX = "_rope"  # the reference's ``vit_large_rope`` etc.: the size with use_rope=True
 
 
 def size_spec(name: str) -> dict:
-  """Width/depth/heads/MLP ratio of a named size; accepts ``large`` or the reference's ``vit_large``."""
+  """Width/depth/heads/MLP ratio of a named size; accepts ``large`` or the reference's
+  ``vit_large``; a ``_rope`` suffix (``vit_giant_xformers_rope``) adds ``use_rope=True``."""
   key = name[4:] if name.startswith("vit_") else name
+  extra = {}
+  if key.endswith(ROPE_SUFFIX) and key[:-len(ROPE_SUFFIX)] in VIT_SIZES:
+    key, extra = key[:-len(ROPE_SUFFIX)], {"use_rope": True}
   if key not in VIT_SIZES:
     raise ValueError(f"unknown model size {name!r}; choose one of {sorted(VIT_SIZES)} "
                      "(or set embed_dim/depth/num_heads explicitly)")
-  return dict(VIT_SIZES[key])
+  return dict(VIT_SIZES[key], **extra)
 
 
-def token_grid(img_size: int, num_frames: int, patch_size: int, tubelet_size: int):
-  """(T', H', W') token grid, with a message that names the field to fix."""
-  if img_size % patch_size:
-    raise ValueError(f"crop/img size {img_size} is not divisible by patch_size {patch_size}")
+def image_hw(img_size) -> tuple[int, int]:
+  """``img_size`` as ``(height, width)``: an int is a square."""
+  if isinstance(img_size, (tuple, list)):
+    if len(img_size) != 2:
+      raise ValueError(f"img_size must be an int or (height, width), got {img_size!r}")
+    return int(img_size[0]), int(img_size[1])
+  return int(img_size), int(img_size)
+
+
+def token_grid(img_size, num_frames: int, patch_size: int, tubelet_size: int):
+  """(T', H', W') token grid of an int or (height, width) ``img_size``, with a message that names
+  the field to fix."""
+  height, width = image_hw(img_size)
+  for side in (height, width):
+    if side % patch_size:
+      raise ValueError(f"crop/img size {side} is not divisible by patch_size {patch_size}")
   if num_frames % tubelet_size:
     raise ValueError(f"num_frames {num_frames} is not divisible by tubelet_size {tubelet_size}")
-  return num_frames // tubelet_size, img_size // patch_size, img_size // patch_size
+  return num_frames // tubelet_size, height // patch_size, width // patch_size
 
 
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -54,15 +83,18 @@ class VisionTransformer(nn.Module):
   """Video ViT encoder.
 
   Attributes:
-    img_size, num_frames, patch_size, tubelet_size: the input the position table is built for.
+    img_size, num_frames, patch_size, tubelet_size: the input the positions are built for;
+      ``img_size`` is an int (square) or ``(height, width)`` (non-square needs ``use_rope``: the
+      reference's sin-cos table assumes a square grid, its RoPE takes rows and columns apart).
     embed_dim, depth, num_heads, mlp_ratio: the transformer (see ``VIT_SIZES``).
     uniform_power: position table layout (True for every released V-JEPA model).
+    use_rope: V-JEPA 2's 3D rotary positions in every block instead of the sin-cos table.
     dtype: compute dtype; parameters stay float32.
     attention: ``auto`` | ``xla`` | ``cudnn`` | ``chunked`` | ``einsum`` (``layers.dot_product_attention``).
     remat: ``none`` | ``full`` | ``dots`` | ``dots_no_batch`` block rematerialisation.
     scan: scan over blocks (``nn.scan``) to make compile time independent of depth.
   """
-  img_size: int = 224
+  img_size: Any = 224
   num_frames: int = 16
   patch_size: int = 16
   tubelet_size: int = 2
@@ -72,6 +104,7 @@ class VisionTransformer(nn.Module):
   num_heads: int = 12
   mlp_ratio: float = 4.0
   uniform_power: bool = True
+  use_rope: bool = False
   dtype: Any = jnp.float32
   attention: str = "xla"
   remat: str = "none"
@@ -86,8 +119,24 @@ class VisionTransformer(nn.Module):
     t, h, w = self.grid
     return t * h * w
 
+  def clip_shape(self, batch: int = 1) -> tuple:
+    """``(B, T, H, W, C)`` of the clips this encoder takes."""
+    height, width = image_hw(self.img_size)
+    return (batch, self.num_frames, height, width, self.in_chans)
+
   def position_table(self) -> jax.Array:
+    if self.use_rope:
+      raise ValueError("a RoPE encoder has no position table (positions rotate q/k in each block)")
+    _, h, w = self.grid
+    if h != w:
+      raise ValueError(f"non-square inputs ({h}x{w} patches) need use_rope=True: the reference's "
+                       "sin-cos table is built for square grids only")
     return jnp.asarray(pos_embed.sincos_3d(self.embed_dim, self.grid, self.uniform_power))
+
+  def rope_tables(self, token_idx: Optional[jax.Array] = None):
+    """RoPE ``(cos, sin)`` for tokens at ``token_idx`` ([B, K]; None = the whole grid)."""
+    return rope_lib.rope_tables(token_idx, self.grid, self.embed_dim // self.num_heads,
+                                self.dtype)
 
   def setup(self):
     kernel = (self.tubelet_size, self.patch_size, self.patch_size)
@@ -99,17 +148,31 @@ class VisionTransformer(nn.Module):
     self.norm = layers.layer_norm("norm", self.dtype)
 
   def embed(self, clips):
-    """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` position-embedded tokens, (t, h, w) order."""
+    """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` tokens, (t, h, w) order, with the sin-cos
+    positions added (RoPE encoders: no positions here, they are applied in the blocks)."""
     b, t, h, w, _ = clips.shape
-    if (t, h, w) != (self.num_frames, self.img_size, self.img_size):
-      raise ValueError(f"encoder built for {self.num_frames}x{self.img_size}x{self.img_size} "
-                       f"clips, got {t}x{h}x{w}; build the model with matching num_frames/img_size")
+    _, want_t, want_h, want_w, _ = self.clip_shape()
+    if (t, h, w) != (want_t, want_h, want_w):
+      raise ValueError(f"encoder built for {want_t}x{want_h}x{want_w} clips, got {t}x{h}x{w}; "
+                       "build the model with matching num_frames/img_size")
     x = self.patch_embed(clips.astype(self.dtype)).reshape(b, -1, self.embed_dim)
+    if self.use_rope:
+      return x
     return x + self.position_table().astype(self.dtype)
 
-  def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = ()):
-    """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens."""
-    x, intermediate = self.stack(x, token_valid, collect=tuple(out_layers))
+  def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = (),
+                    token_idx: Optional[jax.Array] = None):
+    """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens.
+
+    ``token_idx``: the tokens' indices in the full grid (RoPE encoders rotate by them; None means
+    ``x`` holds every token in order)."""
+    rope = None
+    if self.use_rope:
+      if token_idx is None and x.shape[1] != self.num_tokens:
+        raise ValueError(f"{x.shape[1]} gathered tokens without their token_idx: a RoPE encoder "
+                         "needs each token's grid index")
+      rope = self.rope_tables(token_idx)
+    x, intermediate = self.stack(x, token_valid, collect=tuple(out_layers), rope=rope)
     if out_layers:
       return [self.norm(y) for y in intermediate]
     return self.norm(x)
@@ -130,7 +193,7 @@ class VisionTransformer(nn.Module):
     x = self.embed(clips)
     if token_idx is not None:
       x = gather_tokens(x, token_idx)
-    return self.encode_tokens(x, token_valid, out_layers)
+    return self.encode_tokens(x, token_valid, out_layers, token_idx)
 
 
 def build_encoder(model: str = "base", **overrides) -> VisionTransformer:

@@ -1,0 +1,118 @@
+"""V-JEPA 2's 3D rotary position embedding (src/models/utils/modules.py: RoPEAttention).
+
+Each token carries its (frame, row, column) in the full token grid; queries and keys of every head
+are rotated in three slices of ``axis_width(head_dim) = 2 * ((head_dim // 3) // 2)`` dims, in
+[t, h, w] order, each by its own coordinate; the ``head_dim - 3 * axis_width`` last dims are left
+as they are. The coordinates come from the token's index in the full grid, so gathered context
+tokens, padded tokens and the predictor's [context, target] sequence are all rotated by where the
+token sits in the clip, not by where it sits in the sequence.
+
+Reproduced exactly, including the layout the reference's own comment calls a bug kept for
+compatibility with the released weights: the ``D / 2`` frequencies of a slice are tiled
+(``[f_0 .. f_{D/2-1}, f_0 .. f_{D/2-1}]``), while the rotation pairs neighbouring dims
+``(x_{2i}, x_{2i+1}) -> (-x_{2i+1}, x_{2i})``. Dim ``j`` is therefore rotated by frequency
+``f_{j mod D/2}``, and the two dims of a pair by different angles.
+
+Angles. The reference computes ``omega``, ``pos * omega``, ``sin`` and ``cos`` in the dtype of q/k,
+which under its mixed-precision autocast is bfloat16 (pretraining) or float16 (frozen eval): the
+released models were trained with bfloat16-rounded angles (up to ~0.06 rad off at the far end of a
+64-frame clip). The tables here repeat those roundings for the compute dtype (``angle_tables``), so
+a bfloat16 forward rotates as the reference's bfloat16 forward does and a float32 forward as its
+float32 one. Coordinates are small integers, so every table is a static numpy array per grid axis;
+a forward pass only gathers rows of it.
+
+No position table is added to the tokens when RoPE is on (the reference's ``pos_embed`` is None).
+"""
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+THETA = 10000.0
+
+
+def axis_width(head_dim: int) -> int:
+  """Dims of a head rotated per grid axis (the remainder of ``head_dim - 3 * width`` is not)."""
+  return 2 * ((head_dim // 3) // 2)
+
+
+def _rounder(dtype):
+  """Rounds float32 values through ``dtype`` (the reference's op-by-op rounding in that dtype)."""
+  name = jnp.dtype(dtype).name
+  if name == "float32" or name == "float64":
+    return lambda x: np.asarray(x, np.float32)
+  target = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}.get(name)
+  if target is None:
+    raise ValueError(f"RoPE angles for compute dtype {name} are not defined; use float32, "
+                     "bfloat16 or float16")
+  return lambda x: np.asarray(x, np.float32).astype(target).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def angle_tables(length: int, width: int, dtype_name: str = "float32"):
+  """``(cos, sin)`` float32 ``[length, width]`` for coordinates ``0 .. length-1`` of one axis.
+
+  Frequencies ``omega_i = 1 / 10000^(i / (width / 2))``, ``i < width / 2``, tiled twice along the
+  last axis (the released layout). Each step is rounded to ``dtype_name`` as the reference computes
+  it in the q/k dtype: ``omega``, ``10000^omega``, its reciprocal, ``pos * omega``, sin and cos.
+  """
+  if width % 2:
+    raise ValueError(f"RoPE axis width must be even, got {width}")
+  r = _rounder(dtype_name)
+  half = width // 2
+  omega = r(r(np.arange(half, dtype=np.float32)) / np.float32(half))
+  omega = r(np.float32(1.0) / r(np.power(np.float32(THETA), omega)))
+  pos = r(np.arange(length, dtype=np.float32))
+  freq = r(pos[:, None] * omega[None, :])
+  cos, sin = r(np.cos(freq)), r(np.sin(freq))
+  return np.concatenate([cos, cos], axis=1), np.concatenate([sin, sin], axis=1)
+
+
+def token_coords(token_idx: jax.Array, grid: Sequence[int]):
+  """Flat token indices (``t*H*W + h*W + w``) -> ``(t, h, w)`` coordinates of the same shape."""
+  _, h_size, w_size = grid
+  t = token_idx // (h_size * w_size)
+  rest = token_idx - t * (h_size * w_size)
+  h = rest // w_size
+  return t, h, rest - h * w_size
+
+
+def rope_tables(token_idx: Optional[jax.Array], grid: Sequence[int], head_dim: int,
+                dtype=jnp.float32, num_tokens: Optional[int] = None):
+  """``(cos, sin)`` ``[B or 1, N, 1, 3 * axis_width]`` in ``dtype`` for tokens at ``token_idx``.
+
+  ``token_idx`` ``[B, N]`` int (None: every token of the grid in order, ``num_tokens`` of them).
+  The head axis is 1 so the tables broadcast over heads of q/k ``[B, N, H, head_dim]``.
+  """
+  width = axis_width(head_dim)
+  if width == 0:
+    raise ValueError(f"head_dim {head_dim} is too small for 3D RoPE (needs at least 6)")
+  if token_idx is None:
+    n = int(np.prod(grid)) if num_tokens is None else num_tokens
+    token_idx = jnp.arange(n, dtype=jnp.int32)[None]
+  dtype_name = jnp.dtype(dtype).name
+  cos_parts, sin_parts = [], []
+  for coord, length in zip(token_coords(token_idx, grid), grid):
+    cos, sin = angle_tables(int(length), width, dtype_name)
+    cos_parts.append(jnp.take(jnp.asarray(cos, dtype), coord, axis=0))
+    sin_parts.append(jnp.take(jnp.asarray(sin, dtype), coord, axis=0))
+  cos = jnp.concatenate(cos_parts, axis=-1)[:, :, None, :]
+  sin = jnp.concatenate(sin_parts, axis=-1)[:, :, None, :]
+  return cos, sin
+
+
+def apply_rope(x: jax.Array, tables) -> jax.Array:
+  """Rotate q or k ``[B, N, H, head_dim]`` by ``rope_tables`` output (first ``3 * width`` dims)."""
+  cos, sin = tables
+  r = cos.shape[-1]
+  rotated, rest = x[..., :r], x[..., r:]
+  pairs = rotated.reshape(rotated.shape[:-1] + (r // 2, 2))
+  # (x_{2i}, x_{2i+1}) -> (-x_{2i+1}, x_{2i}): the reference's neighbouring-pair rotation.
+  swapped = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(rotated.shape)
+  out = rotated * cos.astype(x.dtype) + swapped * sin.astype(x.dtype)
+  if rest.shape[-1] == 0:
+    return out
+  return jnp.concatenate([out, rest], axis=-1)
