@@ -306,3 +306,89 @@ def test_non_square_encoder_uses_rows_and_columns():
         [full_cos[0][t], full_cos[1][h], full_cos[2][col]]))
   with pytest.raises(ValueError, match="use_rope"):
     models.build_encoder("tiny", img_size=(32, 64), num_frames=4).position_table()
+
+
+def test_model_sizes_at_vjepa2_resolutions():
+  """ViT-L at 256 px x 16 frames and ViT-g (22 heads) at 384 px x 64 frames (18432 tokens)."""
+  for size, img, frames in (("vit_large", 256, 16), ("vit_giant_xformers", 384, 64)):
+    enc = models.build_encoder(size, img_size=img, num_frames=frames, use_rope=True, scan=True)
+    clips = jax.ShapeDtypeStruct(enc.clip_shape(1), jnp.float32)
+    params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clips)
+    n = (frames // 2) * (img // 16) ** 2
+    assert jax.eval_shape(enc.apply, params, clips).shape == (1, n, enc.embed_dim)
+  assert models.size_spec("vit_giant_xformers")["num_heads"] == 22
+  assert models.size_spec("vit_giant")["num_heads"] == 16  # V-JEPA's ViT-g keeps its 16 heads
+  assert models.size_spec("vit_giant_xformers_rope") == dict(
+      models.size_spec("giant_xformers"), use_rope=True)
+  g = models.VIT_SIZES["giant_xformers"]
+  assert 1.0e9 < models.analytic_encoder_params(g["embed_dim"], g["depth"], g["mlp_ratio"]) < 1.02e9
+
+
+# --- the reference modules themselves (skipped unless JEPA_JAX_VJEPA2_SRC is set) --------------
+
+def test_param_counts_equal_reference_modules(monkeypatch):
+  import reference_vjepa2
+  ref = reference_vjepa2.reference()
+  torch = ref.torch
+  linspace = torch.linspace  # the reference calls .item() on it: keep it off the meta device
+  monkeypatch.setattr(torch, "linspace", lambda *a, **k: linspace(*a, **dict(k, device="cpu")))
+  for size in ("vit_large", "vit_huge", "vit_giant_xformers", "vit_gigantic_xformers"):
+    with torch.device("meta"):
+      enc_t = ref.vit.__dict__[size](img_size=256, num_frames=16, use_rope=True)
+      pred_t = ref.predictor.vit_predictor(
+          img_size=256, num_frames=16, embed_dim=enc_t.embed_dim, predictor_embed_dim=384,
+          depth=12, num_heads=12, use_mask_tokens=True, num_mask_tokens=10, use_rope=True)
+    enc = models.build_encoder(size, img_size=256, num_frames=16, use_rope=True, scan=True)
+    pred = models.build_predictor(enc, num_heads=12, num_mask_tokens=10)
+    clips = jax.ShapeDtypeStruct(enc.clip_shape(1), jnp.float32)
+    idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    ctx = jax.ShapeDtypeStruct((1, 1, enc.embed_dim), jnp.float32)
+    assert models.count_params(jax.eval_shape(enc.init, jax.random.PRNGKey(0), clips)) == sum(
+        p.numel() for p in enc_t.parameters()), size
+    assert models.count_params(jax.eval_shape(pred.init, jax.random.PRNGKey(0), ctx, idx, idx)
+                               ) == sum(p.numel() for p in pred_t.parameters()), size
+    assert enc.num_heads == enc_t.num_heads
+
+
+def test_matches_reference_modules_non_square_and_sorted_predictor():
+  """Random weights through the reference's own modules: a non-square RoPE encoder (full clip and
+  gathered tokens) and a predictor whose reference sorts [context, target] before its blocks."""
+  from functools import partial
+  import reference_vjepa2
+  ref = reference_vjepa2.reference()
+  torch = ref.torch
+  torch.manual_seed(0)
+  norm = partial(torch.nn.LayerNorm, eps=1e-6)
+  enc_t = ref.vit.VisionTransformer(img_size=(32, 64), patch_size=16, num_frames=4, embed_dim=48,
+                                    depth=2, num_heads=2, use_rope=True, use_sdpa=False,
+                                    norm_layer=norm).eval()
+  enc = models.build_encoder("tiny", img_size=(32, 64), num_frames=4, embed_dim=48, depth=2,
+                             num_heads=2, use_rope=True, attention="einsum")
+  ep = {"params": convert.from_torch(reference_vjepa2.numpy_state(enc_t), "encoder")}
+  clip = np.random.default_rng(0).normal(size=(2, 3, 4, 32, 64)).astype(np.float32)
+  idx = np.stack([np.sort(np.random.default_rng(s).permutation(16)[:7]) for s in (1, 2)])
+  with torch.no_grad():
+    full_t = enc_t(torch.from_numpy(clip)).numpy()
+    ctx_t = enc_t(torch.from_numpy(clip), masks=torch.from_numpy(idx)).numpy()
+  clip_j = jnp.asarray(clip.transpose(0, 2, 3, 4, 1))
+  np.testing.assert_allclose(np.asarray(enc.apply(ep, clip_j)), full_t, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(enc.apply(ep, clip_j, token_idx=jnp.asarray(idx))), ctx_t,
+                             atol=2e-5)
+
+  pred_t = ref.predictor.vit_predictor(
+      img_size=64, patch_size=16, num_frames=4, embed_dim=48, predictor_embed_dim=64, depth=2,
+      num_heads=4, use_mask_tokens=True, num_mask_tokens=3, zero_init_mask_tokens=False,
+      use_rope=True, use_sdpa=False).eval()
+  sq = models.build_encoder("tiny", img_size=64, num_frames=4, embed_dim=48, depth=1,
+                            num_heads=2, use_rope=True)
+  pred = models.build_predictor(sq, embed_dim=64, depth=2, num_heads=4, num_mask_tokens=3)
+  pp = {"params": convert.from_torch(reference_vjepa2.numpy_state(pred_t), "predictor")}
+  rng = np.random.default_rng(3)
+  perm = np.stack([rng.permutation(32) for _ in range(2)])
+  ctx_idx, tgt_idx = np.sort(perm[:, :12], 1), np.sort(perm[:, 12:], 1)
+  ctx = rng.normal(size=(2, 12, 48)).astype(np.float32)
+  with torch.no_grad():
+    out_t = pred_t(torch.from_numpy(ctx), torch.from_numpy(ctx_idx), torch.from_numpy(tgt_idx),
+                   mask_index=2).numpy()
+  out = pred.apply(pp, jnp.asarray(ctx), jnp.asarray(ctx_idx), jnp.asarray(tgt_idx), 2)
+  np.testing.assert_allclose(np.asarray(out), out_t, atol=2e-5)
