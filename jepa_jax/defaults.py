@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=300, ipe=300, ipe_scale=1.25, warmup=40,
       start_lr=2e-4, lr=6.25e-4, final_lr=1e-6,
       weight_decay=0.04, final_weight_decay=0.4,
-      ema=(0.998, 1.0), clip_grad=10.0, b1=0.9, b2=0.999, eps=1e-8))
+      ema=(0.998, 1.0), clip_grad=10.0, b1=0.9, b2=0.999, eps=1e-8,
+      lr_schedule="warmup_cosine",  # | linear_decay (V-JEPA 2 cooldown) | wsd; see jepa_jax.optim
+      anneal=0))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
@@ -64,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.prefetch = 2                 # batches placed on the devices ahead of the step
   c.profile = False              # a jax profiler trace of 5 steps into the workdir
   c.init_from = None             # params of another run or converted weights to start from
+  # With init_from a trainer workdir: also take its optimiser state (AdamW moments and step
+  # count), restarting step and schedules at 0 -- V-JEPA 2's cooldown (is_anneal) start.
+  c.init_from_optimizer = False
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=1000,                # steps between (async) saves; always at the end
       keep=3,                    # the last K checkpoints ...

@@ -65,6 +65,13 @@ def validate(config, num_devices: int | None = None) -> None:
     if not os.path.exists(path):
       raise ConfigError(f"config.data.datasets: index file {path!r} does not exist; fix the path "
                         "or leave datasets empty to use the built-in synthetic set")
+  try:
+    train_state.mask_token_ids(config)
+    from jepa_jax.data.pipeline import dataset_frames  # noqa: PLC0415 - grain only when validating
+    for k in range(len(d.get("dataset_fpcs") or [])):
+      dataset_frames(d, k)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
 

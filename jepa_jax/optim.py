@@ -19,6 +19,19 @@ Every schedule is a pure function of the 0-based update index ``k`` and reproduc
   clipped to norm ``clip_grad`` separately, with torch's ``max_norm / (norm + 1e-6)`` coefficient.
 * Weight decay applies to tensors with ndim != 1 whose name is not a bias (mask tokens included),
   as the reference's parameter groups. For scanned blocks the leading depth axis is not counted.
+
+V-JEPA 2 (facebookresearch/vjepa2: app/vjepa/utils.py ``init_opt``, src/utils/schedulers.py) keeps
+the stepping and the ``ipe_scale`` stretch and changes the shapes (``lr_schedule``):
+
+* pretraining, ``warmup_cosine`` with ``lr == final_lr``: linear warm-up, then constant -- the
+  "warmup-stable" part (its cosine from ``lr`` to ``lr`` is flat);
+* cooldown, ``linear_decay`` (``LinearDecaySchedule``, used when ``is_anneal``): ``lr + s / T (final
+  - lr)`` with ``T = int(ipe_scale * epochs * ipe)``, from the first update, no warm-up, no clamp
+  (the run stops at ``epochs * ipe``, 80% of the way down with ``ipe_scale`` 1.25);
+* ``wsd`` (``WSDSchedule``, in the reference's schedulers but not used by its train.py): warm-up,
+  constant, then linear to ``final_lr`` over the last ``anneal`` epochs of ``T``, in one run;
+* constant EMA (``ema = (m, m)``) and weight decay (``weight_decay == final_weight_decay``) come
+  out of the same formulas; ``clip_grad = None``: V-JEPA 2's train step does not clip.
 """
 import dataclasses
 import math
@@ -42,6 +55,8 @@ class OptimConfig:
   final_weight_decay: float = 0.4
   ema: tuple[float, float] = (0.998, 1.0)
   clip_grad: float | None = 10.0
+  lr_schedule: str = "warmup_cosine"  # warmup_cosine | linear_decay | wsd (see module docstring)
+  anneal: float = 0                   # wsd: epochs of the final linear decay
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
@@ -72,10 +87,23 @@ class OptimConfig:
     return int((math.floor(self.warmup) + 1) * self.ipe)
 
 
+LR_SCHEDULES = ("warmup_cosine", "linear_decay", "wsd")
+
+
 def learning_rate(cfg: OptimConfig, k):
   """LR used by update ``k`` (0-based)."""
+  if cfg.lr_schedule not in LR_SCHEDULES:
+    raise ValueError(f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
   s = jnp.asarray(k, jnp.float32) + 1.0
+  if cfg.lr_schedule == "linear_decay":
+    return cfg.lr + s / max(1, cfg.schedule_steps) * (cfg.final_lr - cfg.lr)
   w = cfg.warmup_steps
+  if cfg.lr_schedule == "wsd":
+    anneal = int(cfg.anneal * cfg.ipe)
+    stable_end = cfg.schedule_steps - anneal  # = warmup + the reference's T_max
+    warm = cfg.start_lr + s / max(1, w) * (cfg.lr - cfg.start_lr)
+    decay = cfg.lr + (s - stable_end) / max(1, anneal) * (cfg.final_lr - cfg.lr)
+    return jnp.where(s < w, warm, jnp.where(s < stable_end, cfg.lr, decay))
   warm = cfg.start_lr + s / max(1, w) * (cfg.lr - cfg.start_lr)
   progress = (s - w) / max(1, cfg.schedule_steps - w)
   cosine = cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -167,6 +195,19 @@ def applied_hyperparams(opt_state) -> dict[str, Any]:
   """{'learning_rate', 'weight_decay'} used by the most recent update."""
   hp = opt_state[1].hyperparams
   return {"learning_rate": hp["learning_rate"], "weight_decay": hp["weight_decay"]}
+
+
+def restart_schedules(opt_state):
+  """An optimiser state whose schedules start again at update 0 while Adam's moments and step
+  count carry on: V-JEPA 2's cooldown loads the pretraining optimiser (``opt.load_state_dict``)
+  and builds fresh LR/WD schedulers. Works on ``make_optimizer``'s chain."""
+  clip_state, adamw_state = opt_state
+  # inject_hyperparams keeps one step counter of its own and one per scheduled hyperparameter.
+  schedules = {k: v._replace(count=jnp.zeros_like(v.count)) if hasattr(v, "count") else v
+               for k, v in adamw_state.hyperparams_states.items()}
+  return (ClipState(jnp.zeros_like(clip_state.count)),
+          adamw_state._replace(count=jnp.zeros_like(adamw_state.count),
+                               hyperparams_states=schedules))
 
 
 def ema_update(target, online, momentum):

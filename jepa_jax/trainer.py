@@ -33,6 +33,7 @@ import flax
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import experiment
+from jepa_jax import optim
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ def _init_or_restore(exp, manager, config):
     state, data_state = ckpt_lib.restore_train_state(manager, step, exp.sharded_abstract_state)
     log.info("Resumed from checkpoint %d in %s", step, manager.directory)
     return state, step, data_state
+  if config.get("init_from") and config.get("init_from_optimizer"):
+    return _continue_from(exp, config), 0, None
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   if config.get("init_from"):
     params, from_step = ckpt_lib.load_params(config.init_from)
@@ -211,6 +214,30 @@ def _init_or_restore(exp, manager, config):
         target_params=jax.tree_util.tree_map(jax.device_put, target, sh.target_params))
     log.info("Initialised from %s (step %d); optimiser state fresh", config.init_from, from_step)
   return state, 0, None
+
+
+def _continue_from(exp, config):
+  """V-JEPA 2's cooldown start (``is_anneal``): encoder, predictor, target encoder AND optimiser
+  state of another run's latest checkpoint, with the step and the schedules back at 0."""
+  directory = ckpt_lib.checkpoint_dir(config.init_from)
+  source = ckpt_lib.make_manager(directory, read_only=True, async_save=False)
+  step = source.latest_step()
+  if step is None:
+    raise ckpt_lib.CheckpointError(f"config.init_from={config.init_from}: no checkpoint in "
+                                   f"{directory}")
+  try:
+    state, _ = ckpt_lib.restore_train_state(source, step, exp.sharded_abstract_state)
+  except ckpt_lib.CheckpointError as e:
+    raise ckpt_lib.CheckpointError(
+        f"config.init_from_optimizer: {e} (converted weights carry no optimiser state: set "
+        "config.init_from_optimizer=False to start AdamW afresh)") from None
+  finally:
+    source.close()
+  state = state.replace(step=jnp.zeros_like(state.step),
+                        opt_state=optim.restart_schedules(state.opt_state))
+  log.info("Continuing from %s (step %d): parameters, target and optimiser state; schedules "
+           "restart at 0", config.init_from, step)
+  return state
 
 
 def train(config, workdir: str) -> dict:

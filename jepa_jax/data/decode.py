@@ -18,6 +18,11 @@ Clip sampling follows the reference (``src/datasets/video_dataset.py``):
   video that holds at least one full clip but whose segments are shorter places its clips at evenly
   spaced starts over the whole video instead of padding.
 
+V-JEPA 2 samples at a fixed frame rate instead of a fixed step (``config.data.fps``): each video's
+step is ``ceil(video_fps) // fps`` (``VideoDataset.loadvideo_decord``; 30 fps at 4 fps -> 7, 25 ->
+6), then the clip is sampled as above with that step (``fps_frame_step``). The reference asserts
+the step is positive; a video slower than ``fps`` gets step 1 here instead of stopping the run.
+
 Decoding is by time, not by frame count: frame index ``i`` means time ``start_time + i / fps``
 (``fps`` = the stream's average rate), and the frame shown at that time (the last one whose
 ``pts`` is not after it) is taken. For constant frame rate this is exactly frame ``i``; for
@@ -28,6 +33,7 @@ frames are converted.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import av
@@ -92,6 +98,14 @@ def clip_frame_indices(
       idx = np.clip(idx, 0, max(seg_len - 1, 0)).astype(np.int64)
     clips.append(idx + offset)
   return np.clip(np.stack(clips), 0, n - 1)
+
+
+def fps_frame_step(video_fps: float, fps: float) -> int:
+  """Frame step that samples a ``video_fps`` video at ``fps``: the reference's
+  ``ceil(video_fps) // fps``, at least 1."""
+  if video_fps <= 0:
+    raise VideoReadError("no_frame_rate", "sampling at a fixed fps needs the video's frame rate")
+  return max(1, int(math.ceil(video_fps) // fps))
 
 
 def _span(start: int, clip_len: int, num_frames: int) -> np.ndarray:
@@ -173,8 +187,12 @@ def read_video_clips(
     short_policy: str = "pad",
     allow_segment_overlap: bool = False,
     threads: int = 1,
+    target_fps: float | None = None,
 ) -> np.ndarray:
   """Decodes ``num_clips`` clips of a video file as uint8 [num_clips, num_frames, H, W, 3].
+
+  ``target_fps``: sample at this frame rate (V-JEPA 2): ``frame_step`` becomes
+  ``fps_frame_step(video fps, target_fps)``.
 
   Raises VideoReadError with a reason (``missing``, ``empty_file``, ``open_error``,
   ``no_video_stream``, ``no_frames``, ``too_short``, ``decode_error``) for anything unusable.
@@ -189,6 +207,8 @@ def read_video_clips(
     raise VideoReadError("open_error", f"{type(e).__name__}: {e}") from None
   try:
     stream, n, fps, start = probe(container)
+    if target_fps:
+      frame_step = fps_frame_step(fps, target_fps)
     if threads != 1:
       stream.thread_type = "AUTO"
       stream.thread_count = threads
@@ -222,8 +242,12 @@ def clips_from_array(
     rng: np.random.Generator | None = None,
     short_policy: str = "pad",
     allow_segment_overlap: bool = False,
+    target_fps: float | None = None,
 ) -> np.ndarray:
   """The same sampling on frames already in memory (e.g. a TFDS ``video`` feature)."""
+  if target_fps:  # arrays carry no frame rate to derive the step from
+    raise VideoReadError("no_frame_rate", "fps sampling of in-memory videos (TFDS) is not "
+                         "possible; set config.data.fps=None and use frame_step")
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[0] == 0:
     raise VideoReadError("no_frames", f"video array of shape {frames.shape}")

@@ -59,6 +59,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   # Clips (reference: 16 frames at stride 4, 224 px).
   c.num_frames = 16
   c.frame_step = 4
+  # V-JEPA 2: sample at a fixed rate instead (frame step ceil(video fps) // fps per video), and
+  # the frames per clip of each dataset (all equal to num_frames: one static clip shape).
+  c.fps = None
+  c.dataset_fpcs = None
   c.crop_size = 224
   c.short_video_policy = "pad"  # 'pad' (repeat the last frame, as the reference) or 'skip'
   c.eval_allow_segment_overlap = True  # the reference eval's allow_segment_overlap
@@ -168,7 +172,7 @@ class _Loader:
                crop_size: int, num_clips: int = 1, num_views: int = 1, scale=(0.3, 1.0),
                ratio=(0.75, 1.35), flip: bool = True, short_policy: str = "pad",
                allow_overlap: bool = False, decode_threads: int = 1, offset: int = 0,
-               tracker: FailureTracker, max_retries: int = 50):
+               tracker: FailureTracker, max_retries: int = 50, fps: float | None = None):
     self.source = source
     self.mode = mode  # "pretrain" (video [T,H,W,C]), "eval" ([S,V,T,H,W,C]) or "image"
     self.train = train
@@ -182,6 +186,7 @@ class _Loader:
     self.offset = offset
     self.tracker = tracker
     self.max_retries = max_retries
+    self.fps = fps  # None: fixed frame_step; else per-video step for this rate (decode.py)
 
   def __call__(self, item, rng: np.random.Generator) -> dict:
     index, valid = item if isinstance(item, tuple) else (item, True)
@@ -209,7 +214,8 @@ class _Loader:
     clip_args = (self.num_frames, self.frame_step, self.num_clips, rng_or_none, self.short_policy,
                  self.allow_overlap)
     if src.kind == "video_file":
-      clips = decode.read_video_clips(src.path(j), *clip_args, threads=self.decode_threads)
+      clips = decode.read_video_clips(src.path(j), *clip_args, threads=self.decode_threads,
+                                      target_fps=self.fps)
       label = src.label(j)
     else:
       try:
@@ -217,7 +223,7 @@ class _Loader:
       except Exception as e:  # noqa: BLE001 -- any reader error is a bad sample
         raise decode.VideoReadError("read_error", f"{type(e).__name__}: {e}") from None
       if src.kind == "video_array":
-        clips = decode.clips_from_array(array, *clip_args)
+        clips = decode.clips_from_array(array, *clip_args, target_fps=self.fps)
       else:
         clips = np.asarray(array)
     try:
@@ -244,6 +250,19 @@ class _Loader:
   def augment(self, clip, rng):
     return transforms.train_transform(clip, rng, self.crop_size, self.scale, self.ratio,
                                       self.flip)
+
+
+def dataset_frames(cfg, k: int) -> int:
+  """Frames per clip of dataset ``k``: ``dataset_fpcs[k]`` (V-JEPA 2), else ``num_frames``. Batches
+  have one static clip shape, so every dataset must give ``num_frames`` frames."""
+  fpcs = cfg.get("dataset_fpcs")
+  if not fpcs:
+    return cfg.num_frames
+  if any(int(f) != cfg.num_frames for f in fpcs):
+    raise ValueError(f"config.data.dataset_fpcs={list(fpcs)} differ from num_frames="
+                     f"{cfg.num_frames}: jepa_jax batches have one clip length; give every "
+                     "dataset num_frames frames (the released V-JEPA 2 recipes do)")
+  return int(fpcs[k])
 
 
 def _resolve_sources(cfg) -> list[str]:
@@ -287,6 +306,9 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   weights = cfg.datasets_weights
   if weights is not None and len(weights) != len(specs):
     raise ValueError(f"{len(specs)} datasets but {len(weights)} datasets_weights")
+  fpcs = cfg.get("dataset_fpcs")
+  if fpcs and len(fpcs) != len(specs):
+    raise ValueError(f"{len(specs)} datasets but {len(fpcs)} dataset_fpcs")
   parts, offset = [], 0
   for k, spec in enumerate(specs):
     src = sources_lib.load_source(spec, cfg.tfds_data_dir)
@@ -296,7 +318,8 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
     if len(ds) == 0:
       raise ValueError(f"{spec} has {len(src)} samples: none for shard {shard_index}/{shard_count}")
     loader = _Loader(
-        src, mode="pretrain", train=True, num_frames=cfg.num_frames, frame_step=cfg.frame_step,
+        src, mode="pretrain", train=True, num_frames=dataset_frames(cfg, k),
+        frame_step=cfg.frame_step, fps=cfg.get("fps"),
         crop_size=cfg.crop_size, scale=cfg.random_resize_scale,
         ratio=cfg.random_resize_aspect_ratio, flip=cfg.horizontal_flip,
         short_policy=cfg.short_video_policy, decode_threads=cfg.decode_threads, offset=offset,

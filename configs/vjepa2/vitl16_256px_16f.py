@@ -1,0 +1,12 @@
+"""V-JEPA 2 ViT-L/16 pretraining, 256 px x 16 frames at 4 fps
+(configs/train/vitl16/pretrain-256px-16f.yaml of facebookresearch/vjepa2; common.py lists the
+recipe).
+
+python -m jepa_jax.main --config=configs/vjepa2/vitl16_256px_16f.py --workdir=gs://BUCKET/vjepa2-vitl16_256px_16f \
+    --config.data.datasets='("/data/k710.csv","/data/ssv2.csv","/data/howto100m.csv")'
+"""
+from configs.vjepa2 import common
+
+
+def get_config():
+  return common.pretrain_config("large", epochs=10)
