@@ -73,7 +73,11 @@ def test_specs_from_shapes(golden):
                                          patch_size=16, tubelet_size=2)
   assert infer.predictor_spec(golden_state(golden, "param/predictor/")) == dict(
       pred_embed_dim=48, embed_dim=96, pred_depth=2, num_mask_tokens=2)
-  assert infer.named_sizes(dict(embed_dim=1408, depth=40, mlp_hidden=6144)) == ["giant"]
+  # Two ViT-g share the shapes: V-JEPA's (16 heads) first, V-JEPA 2's (22 heads) for RoPE files.
+  giant = dict(embed_dim=1408, depth=40, mlp_hidden=6144)
+  assert infer.named_sizes(giant) == ["giant", "giant_xformers"]
+  assert infer.resolve_size(giant) == ("giant", {})
+  assert infer.resolve_size(giant, use_rope=True) == ("giant_xformers", {})
   assert infer.resolve_size(dict(embed_dim=1280, depth=32, mlp_hidden=5120)) == ("huge", {})
   assert infer.resolve_size(infer.encoder_spec(enc), "vit_tiny", TINY_FLAGS) == ("tiny", TINY_FLAGS)
   # No named size and no heads: refused, asking for them.
@@ -108,9 +112,12 @@ def test_grid_read_from_position_table(uniform_power):
 
 @pytest.mark.parametrize("size", sorted(models.VIT_SIZES))
 def test_round_trip_every_size_on_abstract_shapes(size):
-  """JAX -> reference layout -> JAX keeps every name and shape (zero-stride views: no memory)."""
+  """JAX -> reference layout -> JAX keeps every name and shape (zero-stride views: no memory).
+  V-JEPA 2's sizes (``*_xformers``) as RoPE models: no position tables in the files."""
+  rope = size.endswith("_xformers")
   config = reference._config(size, {}, dict(patch_size=16, tubelet_size=2, in_chans=3), 224, 16,
-                             True, dict(pred_embed_dim=384, pred_depth=12, num_mask_tokens=2))
+                             True, dict(pred_embed_dim=384, pred_depth=12, num_mask_tokens=2),
+                             use_rope=rope, pred_num_heads=12 if rope else None)
   from jepa_jax import train_state
   encoder, predictor = train_state.build_models(config, num_masks=2)
   abstract = reference._abstract_params(encoder, predictor)
@@ -120,10 +127,16 @@ def test_round_trip_every_size_on_abstract_shapes(size):
   states = convert.export_torch(params, config)
   spec = models.VIT_SIZES[size]
   enc = states["target_encoder"]
-  assert enc[PREFIX + "pos_embed"].shape == (1, 1568, spec["embed_dim"])
+  if rope:
+    assert PREFIX + "pos_embed" not in enc
+    assert PREFIX + "predictor_pos_embed" not in states["predictor"]
+  else:
+    assert enc[PREFIX + "pos_embed"].shape == (1, 1568, spec["embed_dim"])
+    assert states["predictor"][PREFIX + "predictor_pos_embed"].shape == (1, 1568, 384)
   assert sum(k.startswith(PREFIX + "blocks.") for k in enc) == 12 * spec["depth"]
-  assert states["predictor"][PREFIX + "predictor_pos_embed"].shape == (1, 1568, 384)
-  back, back_config = convert.convert_state_dicts(states, f"vit_{size}")
+  clip = dict(img_size=224, num_frames=16) if rope else {}  # a RoPE file holds no grid
+  back, back_config = convert.convert_state_dicts(states, f"vit_{size}", **clip)
+  assert back_config.model.use_rope == rope
   assert back_config.model.name == size and not back_config.model.overrides
   assert (back_config.data.crop_size, back_config.data.num_frames) == (224, 16)
   assert (back_config.model.pred_embed_dim, back_config.model.pred_depth) == (384, 12)
@@ -189,9 +202,10 @@ def test_mismatches_refused(golden):
     convert.convert_state_dicts({"classifier": {}})
 
 
-def _probe(depth=2):
+def _probe(depth=2, blocks_on="query"):
   """Random probe parameters of width 32 (from the abstract tree: no init to compile)."""
-  cfg = dict(num_classes=7, num_heads=4, depth=depth, mlp_ratio=4.0, num_queries=1, embed_dim=32)
+  cfg = dict(num_classes=7, num_heads=4, depth=depth, mlp_ratio=4.0, num_queries=1, embed_dim=32,
+             blocks_on=blocks_on)
   rng = np.random.default_rng(depth)
   params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32),
                                   reference._abstract_probe(cfg))

@@ -5,8 +5,10 @@ Reference -> jepa_jax (a params-only orbax checkpoint + config in DIR/checkpoint
   python -m jepa_jax.convert --from-torch vith16.pth.tar --out DIR [--model vit_huge]
       [--img-size 224 --num-frames 16 --patch-size 16 --tubelet-size 2]
       [--embed-dim D --depth L --num-heads H] [--encoder-only]
+  python -m jepa_jax.convert --from-torch vitg.pt --out DIR        (V-JEPA 2: RoPE inferred)
+      [--rope | --no-rope] [--pred-num-heads 12]
   python -m jepa_jax.convert --from-torch k400-probe.pth.tar --kind probe --out DIR
-      [--num-heads H | --model vit_huge]
+      [--num-heads H | --model vit_huge] [--probe-index 0]
 
 Everything the shapes and the position table determine is inferred; flags given are checked
 against the file, and a file that does not fit is refused with the parameter, both shapes and the
@@ -45,6 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                      ("--num-heads", "override: attention heads")):
     p.add_argument(flag, type=int, help=f"{what} (inferred/checked from the file if omitted)")
   p.add_argument("--encoder-only", action="store_true", help="ignore the predictor")
+  p.add_argument("--rope", action=argparse.BooleanOptionalAction, default=None,
+                 help="V-JEPA 2 3D-RoPE model (default: inferred from the file)")
+  p.add_argument("--pred-num-heads", type=int,
+                 help="predictor heads (default: 12 for RoPE models, else the encoder's)")
+  p.add_argument("--probe-index", type=int, default=0,
+                 help="--kind probe: which of a V-JEPA 2 file's probes (one per LR/WD setting)")
   p.add_argument("--ckpt", help="--to-torch: jepa_jax workdir or checkpoint directory")
   p.add_argument("--which", choices=reference.WHICH, default="both",
                  help="--to-torch: 'both' writes the online encoder as 'encoder' and the EMA "
@@ -67,20 +75,23 @@ def main(argv=None) -> int:
   try:
     if args.from_torch and args.kind == "probe":
       params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
-                                                        args.model)
+                                                        args.model, args.probe_index)
       path = reference.save_probe(args.out, params, probe_config)
       print(f"wrote probe {probe_config} to {path}")
     elif args.from_torch:
       params, config = reference.load_torch_checkpoint(
           args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
           patch_size=args.patch_size, tubelet_size=args.tubelet_size, embed_dim=args.embed_dim,
-          depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only)
+          depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only,
+          use_rope=args.rope, pred_num_heads=args.pred_num_heads)
       path = reference.save_converted(args.out, params, config)
       m, d = config.model, config.data
+      positions = "3D RoPE" if m.use_rope else f"sin-cos uniform_power {m.uniform_power}"
+      heads = f", {m.pred_num_heads} heads" if m.pred_num_heads else ""
       print(f"wrote {sorted(params)} of vit_{m.name} (overrides {dict(m.overrides)}, patch "
-            f"{m.patch_size}, tubelet {m.tubelet_size}, uniform_power {m.uniform_power}, "
-            f"predictor {m.pred_embed_dim}x{m.pred_depth}) for {d.num_frames}x{d.crop_size}px "
-            f"clips to {path}")
+            f"{m.patch_size}, tubelet {m.tubelet_size}, {positions}, "
+            f"predictor {m.pred_embed_dim}x{m.pred_depth}{heads}) for "
+            f"{d.num_frames}x{d.crop_size}px clips to {path}")
     elif args.kind == "probe":
       reference.write_torch_probe(args.ckpt, args.out, args.step)
       print(f"wrote {args.out}")

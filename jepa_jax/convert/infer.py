@@ -12,7 +12,15 @@ What the shapes determine:
   * ``predictor_embed.weight [P, D]``, ``predictor_blocks.{i}``, ``mask_tokens.{i}``: the
     predictor's width, depth and number of mask tokens.
 What they do not: the number of attention heads (``qkv`` is ``[3D, D]`` whatever the heads). It
-comes from the named size whose width/depth/MLP match, or from an explicit override.
+comes from the named size whose width/depth/MLP match, or from an explicit override. Two named
+sizes share the ViT-g shapes: V-JEPA's ``giant`` (16 heads) and V-JEPA 2's ``giant_xformers`` (22
+heads); RoPE checkpoints (V-JEPA 2) take the latter (``resolve_size(..., use_rope=True)``).
+
+RoPE (V-JEPA 2) is read from the file (``infer_rope``): its encoders have no position table
+(``pos_embed``), so a checkpoint without one is RoPE. The released V-JEPA 2 files do carry
+``pos_embed`` entries, which the reference's hub loader ignores (``strict=False``); they are told
+apart by their predictor, which has one mask token per (mask, dataset) pair -- 10 in the released
+files -- where every V-JEPA predictor has 2. Anything else: pass ``--rope`` / ``--no-rope``.
 """
 import math
 import re
@@ -85,22 +93,41 @@ def predictor_spec(state: Mapping) -> dict:
               pred_depth=num_blocks(state, "predictor_blocks"), num_mask_tokens=len(tokens))
 
 
+PROBE_PROJ = "pooler.cross_attention_block.xattn.proj.weight"
+
+
 def probe_spec(state: Mapping) -> dict:
-  """Width, queries, depth, MLP hidden size and classes of an attentive-probe state dict."""
+  """Width, queries, depth, MLP hidden size, classes and layout of an attentive-probe state dict.
+
+  ``blocks_on``: V-JEPA's ``CrossAttention`` has an (unused) ``proj``, V-JEPA 2's has none, and
+  the two place their extra blocks differently (``models.probe``)."""
   q = _require(state, "pooler.query_tokens", "probe")
   d = int(q.shape[-1])
   hidden = _require(state, "pooler.cross_attention_block.mlp.fc1.weight", "probe").shape[0]
   return dict(embed_dim=d, num_queries=int(q.shape[1]),
               depth=1 + num_blocks(state, "pooler.blocks"),
               mlp_ratio=mlp_ratio_for(d, int(hidden)),
-              num_classes=int(_require(state, "linear.weight", "probe").shape[0]))
+              num_classes=int(_require(state, "linear.weight", "probe").shape[0]),
+              blocks_on="query" if PROBE_PROJ in state else "tokens")
 
 
-def named_sizes(spec: dict) -> list:
-  """Named sizes (``VIT_SIZES``) whose width, depth and MLP match an encoder spec."""
-  return [n for n, s in VIT_SIZES.items()
-          if s["embed_dim"] == spec["embed_dim"] and s["depth"] == spec["depth"]
-          and _hidden(s["embed_dim"], s["mlp_ratio"]) == spec["mlp_hidden"]]
+def infer_rope(encoder_state: Mapping, pspec: Optional[dict]) -> tuple[bool, str]:
+  """``(use_rope, why)`` from an encoder state dict and its predictor's spec (module docstring)."""
+  if "pos_embed" not in encoder_state:
+    return True, "the encoder has no pos_embed (RoPE encoders have none)"
+  if pspec is not None and pspec["num_mask_tokens"] > 2:
+    return True, (f"the predictor has {pspec['num_mask_tokens']} mask tokens (V-JEPA 2: one per "
+                  "mask and dataset; V-JEPA: 2)")
+  return False, "the encoder has a pos_embed table and no V-JEPA 2 predictor"
+
+
+def named_sizes(spec: dict, use_rope: bool = False) -> list:
+  """Named sizes (``VIT_SIZES``) whose width, depth and MLP match an encoder spec, the family's
+  own first: V-JEPA 2's ``*_xformers`` sizes for RoPE checkpoints, the others otherwise."""
+  names = [n for n, s in VIT_SIZES.items()
+           if s["embed_dim"] == spec["embed_dim"] and s["depth"] == spec["depth"]
+           and _hidden(s["embed_dim"], s["mlp_ratio"]) == spec["mlp_hidden"]]
+  return sorted(names, key=lambda n: n.endswith("_xformers") != use_rope)
 
 
 def describe(spec: dict) -> str:
@@ -112,13 +139,14 @@ def describe(spec: dict) -> str:
 
 
 def heads_for_width(embed_dim: int) -> Optional[int]:
-  """Heads of the named sizes of this width, if they agree (the probe uses the encoder's heads)."""
-  heads = {s["num_heads"] for s in VIT_SIZES.values() if s["embed_dim"] == embed_dim}
+  """Heads of V-JEPA's named sizes of this width, if they agree (its probe uses the encoder's)."""
+  heads = {s["num_heads"] for n, s in VIT_SIZES.items()
+           if s["embed_dim"] == embed_dim and not n.endswith("_xformers")}
   return heads.pop() if len(heads) == 1 else None
 
 
 def resolve_size(spec: dict, model: Optional[str] = None,
-                 overrides: Optional[dict] = None) -> tuple[str, dict]:
+                 overrides: Optional[dict] = None, use_rope: bool = False) -> tuple[str, dict]:
   """``(size name, overrides)`` for ``config.model`` that fit an encoder spec, or a ConversionError.
 
   ``model`` is a named size (``vit_huge`` or ``huge``); ``overrides`` explicit ``embed_dim``,
@@ -127,7 +155,7 @@ def resolve_size(spec: dict, model: Optional[str] = None,
   """
   overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
   if model is None:
-    matches = named_sizes(spec)
+    matches = named_sizes(spec, use_rope)
     if matches:
       model = matches[0]
     elif "num_heads" in overrides:
@@ -200,6 +228,29 @@ def _table_rows(embed_dim: int, grid: tuple, uniform_power: bool, rows: np.ndarr
   table = np.concatenate([pos_embed.sincos_1d(dt, t), pos_embed.sincos_1d(dh, h),
                           pos_embed.sincos_1d(dw, w)], axis=1)
   return table[:, :embed_dim].astype(np.float32)
+
+
+# A RoPE model's weights do not depend on the clip size; without a table to read it from, the
+# converted config gets V-JEPA 2's pretraining clip (the eval/training config sets its own).
+ROPE_DEFAULT_CLIP = (256, 16)
+
+
+def infer_rope_grid(table: Optional[np.ndarray], patch_size: int, tubelet_size: int,
+                    img_size: Optional[int] = None, num_frames: Optional[int] = None):
+  """``(img_size, num_frames, uniform_power, how)`` for a RoPE checkpoint: its ``pos_embed`` (the
+  released V-JEPA 2 files carry one, unused) is read if it is one of our sin-cos tables, else
+  ignored; sizes given win, the rest defaults to ``ROPE_DEFAULT_CLIP``."""
+  if table is not None:
+    try:
+      img, frames, up = infer_grid(table, patch_size, tubelet_size, img_size, num_frames)
+      return img, frames, up, "read from its (unused) pos_embed table"
+    except ConversionError:
+      pass
+  img = ROPE_DEFAULT_CLIP[0] if img_size is None else img_size
+  frames = ROPE_DEFAULT_CLIP[1] if num_frames is None else num_frames
+  how = "given" if img_size is not None and num_frames is not None else \
+      f"default {ROPE_DEFAULT_CLIP[0]} px x {ROPE_DEFAULT_CLIP[1]} frames where not given"
+  return img, frames, True, how
 
 
 def infer_grid(table: Optional[np.ndarray], patch_size: int, tubelet_size: int,

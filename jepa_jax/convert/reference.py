@@ -33,6 +33,8 @@ from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes,
 log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "module.backbone."   # DistributedDataParallel(MultiMaskWrapper(encoder))
+ROPE_PRED_HEADS = 12                  # V-JEPA 2's predictor heads (hub backbones.py, configs)
+VJEPA2_PROBE_HEADS = 16               # classifier.num_heads of every V-JEPA 2 eval config
 PROBE_PREFIX = "module."              # DistributedDataParallel(AttentiveClassifier)
 PROBE = "probe"
 WHICH = ("both", "target", "online")
@@ -44,7 +46,8 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
                         img_size: Optional[int] = None, num_frames: Optional[int] = None,
                         patch_size: Optional[int] = None, tubelet_size: Optional[int] = None,
                         embed_dim: Optional[int] = None, depth: Optional[int] = None,
-                        num_heads: Optional[int] = None, encoder_only: bool = False):
+                        num_heads: Optional[int] = None, encoder_only: bool = False,
+                        use_rope: Optional[bool] = None, pred_num_heads: Optional[int] = None):
   """A reference checkpoint dict (numpy state dicts) -> ``(params, config)``.
 
   Args:
@@ -56,6 +59,11 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
     patch_size, tubelet_size: read from ``patch_embed``; given values are checked.
     embed_dim, depth, num_heads: explicit overrides of the named size.
     encoder_only: ignore the predictor.
+    use_rope: V-JEPA 2's 3D RoPE model; inferred when None (``infer.infer_rope``). RoPE models
+      ignore the file's ``pos_embed`` entries (as the reference's hub loader does) and read the
+      clip size from them only if they are a sin-cos table.
+    pred_num_heads: the predictor's heads (None: 12 for RoPE models -- V-JEPA 2's -- else the
+      encoder's).
 
   Returns:
     ``params``: ``{"encoder", "target"[, "predictor"]}`` unscanned float32 numpy trees; a missing
@@ -75,44 +83,63 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
           f"{flag} {value} does not fit the checkpoint: encoder parameter patch_embed.proj.weight "
           f"has shape {tuple(reference['patch_embed.proj.weight'].shape)} ([D, C, tubelet, patch, "
           f"patch]), i.e. {key.replace('_', ' ')} {spec[key]}; drop the flag or pass {spec[key]}")
-  name, overrides = infer.resolve_size(
-      spec, model, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads))
-  img, frames, uniform_power = infer.infer_grid(
-      reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size, num_frames)
-
   use_predictor = "predictor" in groups and not encoder_only
   pspec = infer.predictor_spec(groups["predictor"]) if use_predictor else None
   if pspec is not None and pspec["num_mask_tokens"] == 0:
     raise ConversionError("the predictor has no mask_tokens (trained with use_mask_tokens=False); "
                           "jepa_jax's predictor always uses them. Convert the encoders alone with "
                           "--encoder-only")
-  config = _config(name, overrides, spec, img, frames, uniform_power, pspec)
+  if use_rope is None:
+    use_rope, why = infer.infer_rope(reference, pspec)
+    log.info("%s model: %s (override with --rope / --no-rope)",
+             "V-JEPA 2 RoPE" if use_rope else "V-JEPA sin-cos", why)
+  name, overrides = infer.resolve_size(
+      spec, model, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads), use_rope=use_rope)
+  if use_rope:
+    img, frames, uniform_power, how = infer.infer_rope_grid(
+        reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size,
+        num_frames)
+    log.info("clip size %d px x %d frames: %s", img, frames, how)
+    if pred_num_heads is None:
+      pred_num_heads = ROPE_PRED_HEADS
+  else:
+    img, frames, uniform_power = infer.infer_grid(
+        reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size,
+        num_frames)
+  config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
+                   pred_num_heads=pred_num_heads)
 
   from jepa_jax import train_state  # noqa: PLC0415 - heavy import, only needed here
   num_masks = pspec["num_mask_tokens"] if pspec else 2
   encoder, predictor = train_state.build_models(config, num_masks=num_masks)
   abstract = _abstract_params(encoder, predictor)
-  label = f"vit_{name}" + (f" with overrides {overrides}" if overrides else "")
+  label = f"vit_{name}" + (f" with overrides {overrides}" if overrides else "") + \
+      (" (RoPE)" if use_rope else "")
   hint = f" (the checkpoint is {infer.describe(spec)})"
   enc_shapes = infer.torch_shapes(abstract["encoder"], "encoder")
-  ours = {"pos_embed": np.asarray(encoder.position_table())}
   params = {}
   for group, key in (("encoder", "encoder"), ("target_encoder", "target")):
     if group in groups:
       infer.check_state(groups[group], enc_shapes, group, label, hint)
-      drift = infer.check_table(groups[group].get("pos_embed"), ours["pos_embed"], "pos_embed",
-                                group)
-      if drift > 1e-6:
-        log.info("%s.pos_embed is %.1e from the exact sin-cos table (the reference's EMA rounds "
-                 "its frozen table); jepa_jax uses the exact table", group, drift)
+      if use_rope:
+        if "pos_embed" in groups[group]:
+          log.info("%s.pos_embed ignored: a RoPE encoder has no position table (the reference's "
+                   "hub loader skips it too, loading with strict=False)", group)
+      else:
+        drift = infer.check_table(groups[group].get("pos_embed"),
+                                  np.asarray(encoder.position_table()), "pos_embed", group)
+        if drift > 1e-6:
+          log.info("%s.pos_embed is %.1e from the exact sin-cos table (the reference's EMA rounds "
+                   "its frozen table); jepa_jax uses the exact table", group, drift)
       params[key] = _float32(from_torch(groups[group], "encoder"))
   if use_predictor:
     pred_label = f"{label}'s predictor (width {pspec['pred_embed_dim']}, depth " \
                  f"{pspec['pred_depth']}, {num_masks} mask tokens)"
     infer.check_state(groups["predictor"], infer.torch_shapes(abstract["predictor"], "predictor"),
                       "predictor", pred_label, hint)
-    infer.check_table(groups["predictor"].get("predictor_pos_embed"),
-                      np.asarray(predictor.position_table()), "predictor_pos_embed", "predictor")
+    if not use_rope:
+      infer.check_table(groups["predictor"].get("predictor_pos_embed"),
+                        np.asarray(predictor.position_table()), "predictor_pos_embed", "predictor")
     params["predictor"] = _float32(from_torch(groups["predictor"], "predictor"))
   for have, missing in (("encoder", "target"), ("target", "encoder")):
     if missing not in params:
@@ -145,18 +172,24 @@ def _model_groups(checkpoint: Mapping) -> dict:
   return groups
 
 
-def _config(name, overrides, spec, img, frames, uniform_power, pspec) -> ml_collections.ConfigDict:
+def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: bool = False,
+            pred_num_heads: Optional[int] = None) -> ml_collections.ConfigDict:
   from jepa_jax.defaults import base_config  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(base_config()))
   m = config.model
   m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
   m.uniform_power = bool(uniform_power)
+  m.use_rope = bool(use_rope)
+  m.pred_num_heads = pred_num_heads
   m.overrides = dict(overrides)
   if spec["in_chans"] != 3:
     m.overrides["in_chans"] = spec["in_chans"]
   if pspec is not None:
     m.pred_embed_dim, m.pred_depth = pspec["pred_embed_dim"], pspec["pred_depth"]
-    if pspec["num_mask_tokens"] != len(config.masks):
+    if use_rope:  # V-JEPA 2: one token per (mask, dataset); a group's masks share its token
+      m.num_mask_tokens = pspec["num_mask_tokens"]
+      m.mask_token_per = "clip_length"
+    elif pspec["num_mask_tokens"] != len(config.masks):
       log.warning("the predictor has %d mask tokens but config.masks has %d masks: give the "
                   "trainer that many masks to fine-tune it", pspec["num_mask_tokens"],
                   len(config.masks))
@@ -224,13 +257,15 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   for group, tree in zip(("encoder", "target_encoder"), chosen[which]):
     state = to_torch(tree, "encoder")
     infer.check_state(state, infer.torch_shapes(abstract["encoder"], "encoder"), group, label)
-    state["pos_embed"] = np.asarray(encoder.position_table())[None]
+    if not encoder.use_rope:  # RoPE modules hold no table: strict=True loads would refuse one
+      state["pos_embed"] = np.asarray(encoder.position_table())[None]
     out[group] = {ENCODER_PREFIX + k: v for k, v in state.items()}
   if "predictor" in params:
     state = to_torch(params["predictor"], "predictor")
     infer.check_state(state, infer.torch_shapes(abstract["predictor"], "predictor"), "predictor",
                       label)
-    state["predictor_pos_embed"] = np.asarray(predictor.position_table())[None]
+    if not predictor.use_rope:
+      state["predictor_pos_embed"] = np.asarray(predictor.position_table())[None]
     out["predictor"] = {ENCODER_PREFIX + k: v for k, v in state.items()}
   return out
 
@@ -238,11 +273,21 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
 # --- probes ----------------------------------------------------------------------------------
 
 def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = None,
-                             model: Optional[str] = None):
-  """A reference probe checkpoint (``{'classifier': ...}`` or the bare state dict) ->
-  ``(params, probe_config)``. Heads (not in the shapes) come from ``num_heads``, else from the
-  named size ``model``, else from the named size of the probe's width (the reference's eval builds
-  the probe with its encoder's heads)."""
+                             model: Optional[str] = None, probe_index: int = 0):
+  """A reference probe checkpoint -> ``(params, probe_config)``.
+
+  V-JEPA saves ``{'classifier': state_dict}``; V-JEPA 2 ``{'classifiers': [state_dict, ...]}``
+  (one per LR/WD setting its eval trains in parallel; ``probe_index`` picks one, 0 as the
+  reference's inference does); a bare state dict is taken as is. The layout (``blocks_on``) is read
+  from the names (``infer.probe_spec``). Heads (not in the shapes) come from ``num_heads``, else
+  V-JEPA 2 probes use 16 (every released V-JEPA 2 eval config), V-JEPA ones the encoder's: from
+  the named size ``model``, else from the named size of the probe's width."""
+  if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("classifiers"), (list, tuple)):
+    probes = checkpoint["classifiers"]
+    if not 0 <= probe_index < len(probes):
+      raise ConversionError(f"--probe-index {probe_index}: the file holds {len(probes)} probes "
+                            f"(0 .. {len(probes) - 1})")
+    checkpoint = {"classifier": probes[probe_index]}
   state = checkpoint.get("classifier", checkpoint) if isinstance(checkpoint, Mapping) else None
   if not isinstance(state, Mapping) or not state or not all(
       isinstance(v, np.ndarray) for v in state.values()):
@@ -251,6 +296,8 @@ def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = Non
                           "under 'classifier'")
   state = strip_prefixes(state)
   spec = infer.probe_spec(state)
+  if num_heads is None and spec["blocks_on"] == "tokens":
+    num_heads = VJEPA2_PROBE_HEADS
   if num_heads is None and model is not None:
     from jepa_jax.models import size_spec  # noqa: PLC0415
     num_heads = size_spec(model)["num_heads"]
@@ -260,7 +307,8 @@ def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = Non
     raise ConversionError(f"the probe's width {spec['embed_dim']} is no named size's, so its "
                           "number of heads is unknown; pass --num-heads (the encoder's heads)")
   probe_config = dict(spec, num_heads=int(num_heads))
-  expected = infer.torch_shapes(_abstract_probe(probe_config), "probe")
+  expected = _probe_layout(infer.torch_shapes(_abstract_probe(probe_config), "probe"),
+                           probe_config)
   infer.check_state(state, expected, "probe", f"an attentive probe {probe_config}")
   return _float32(from_torch(state, "probe")), probe_config
 
@@ -271,6 +319,14 @@ def _build_probe(probe_config: Mapping):
   return AttentiveClassifier(**kw)
 
 
+def _probe_layout(state: dict, probe_config: Mapping) -> dict:
+  """V-JEPA 2's cross-attention has no (unused) ``proj``: drop the one ``to_torch`` writes."""
+  if probe_config.get("blocks_on", "query") == "tokens":
+    return {k: v for k, v in state.items() if not k.startswith(
+        "pooler.cross_attention_block.xattn.proj.")}
+  return state
+
+
 def _abstract_probe(probe_config: Mapping):
   tokens = jax.ShapeDtypeStruct((1, 1, probe_config["embed_dim"]), np.float32)
   return jax.eval_shape(_build_probe(probe_config).init, jax.random.PRNGKey(0), tokens)["params"]
@@ -278,10 +334,15 @@ def _abstract_probe(probe_config: Mapping):
 
 def export_probe(params: Mapping, probe_config: Mapping) -> dict:
   """Probe params -> ``{'classifier': state dict}`` with the reference eval's ``module.`` names."""
-  state = to_torch(unstack_blocks(params), "probe")
-  infer.check_state(state, infer.torch_shapes(_abstract_probe(probe_config), "probe"), "probe",
+  state = _probe_layout(to_torch(unstack_blocks(params), "probe"), probe_config)
+  expected = _probe_layout(infer.torch_shapes(_abstract_probe(probe_config), "probe"),
+                           probe_config)
+  infer.check_state(state, expected, "probe",
                     f"the probe of the checkpoint's config {dict(probe_config)}")
-  return {"classifier": {PROBE_PREFIX + k: v for k, v in state.items()}}
+  state = {PROBE_PREFIX + k: v for k, v in state.items()}
+  if probe_config.get("blocks_on", "query") == "tokens":  # V-JEPA 2's eval saves a list
+    return {"classifiers": [state]}
+  return {"classifier": state}
 
 
 def _probe_manager(directory: str, read_only: bool):
@@ -341,10 +402,12 @@ def load_torch_checkpoint(path: str, model: Optional[str] = None, **kwargs):
   return convert_state_dicts(torch_io.load(path), model, **kwargs)
 
 
-def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional[str] = None):
-  """``(params, probe_config)`` of a reference probe ``.pth.tar``."""
+def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional[str] = None,
+                     probe_index: int = 0):
+  """``(params, probe_config)`` of a reference probe ``.pth.tar`` / ``.pt``."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  return convert_probe_state_dict(torch_io.load(path), num_heads=num_heads, model=model)
+  return convert_probe_state_dict(torch_io.load(path), num_heads=num_heads, model=model,
+                                  probe_index=probe_index)
 
 
 def save_converted(directory: str, params: Mapping, config) -> str:

@@ -62,8 +62,11 @@ def load(path: str) -> dict:
     raise ConversionError(f"{path} holds a {type(obj).__name__}, not a dict of state dicts")
   if obj and all(_is_tensor(v) for v in obj.values()):
     return _to_numpy(obj)
-  return {k: (_to_numpy(v) if k in STATE_DICT_KEYS and isinstance(v, Mapping) else v)
-          for k, v in obj.items()}
+  out = {k: (_to_numpy(v) if k in STATE_DICT_KEYS and isinstance(v, Mapping) else v)
+         for k, v in obj.items()}
+  if isinstance(obj.get("classifiers"), (list, tuple)):  # V-JEPA 2's eval: one per LR/WD head
+    out["classifiers"] = [_to_numpy(v) for v in obj["classifiers"]]
+  return out
 
 
 def _is_tensor(x) -> bool:
@@ -89,6 +92,8 @@ def save(path: str, obj: Mapping[str, Any]) -> None:
   def convert(x):
     if isinstance(x, Mapping):
       return {k: convert(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [convert(v) for v in x]
     if isinstance(x, np.ndarray):
       # Copies only views that are transposed or read-only (torch wants writable memory).
       return torch.from_numpy(np.require(x, requirements=["C", "W"]))

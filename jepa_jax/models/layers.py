@@ -40,9 +40,9 @@ def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.D
                   kernel_init=reference_trunc_normal(), bias_init=nn.initializers.zeros, name=name)
 
 
-def layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+def layer_norm(name: str, dtype: Dtype, eps: float = LN_EPS) -> nn.LayerNorm:
   # Flax computes LayerNorm statistics in at least float32 even when ``dtype`` is bfloat16.
-  return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def _einsum_attention(q, k, v, kv_mask, scale):
@@ -161,13 +161,15 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   attention: str = "xla"
+  ln_eps: float = LN_EPS  # the probes' blocks use torch's default 1e-5
 
   @nn.compact
   def __call__(self, x, kv_mask=None, rope=None):
     x = x + SelfAttention(self.num_heads, self.dtype, self.attention, name="attn")(
-        layer_norm("norm1", self.dtype)(x), kv_mask, rope)
+        layer_norm("norm1", self.dtype, self.ln_eps)(x), kv_mask, rope)
     hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + Mlp(hidden, self.dtype, name="mlp")(layer_norm("norm2", self.dtype)(x))
+    return x + Mlp(hidden, self.dtype, name="mlp")(
+        layer_norm("norm2", self.dtype, self.ln_eps)(x))
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
@@ -189,11 +191,12 @@ class _ScanBlock(nn.Module):
   dtype: Dtype
   attention: str
   collect: bool
+  ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, kv_mask, rope):
-    x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, name="block")(
-        x, kv_mask, rope)
+    x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
+              name="block")(x, kv_mask, rope)
     return x, (x if self.collect else None)
 
 
@@ -214,6 +217,7 @@ class BlockStack(nn.Module):
   attention: str = "xla"
   remat: str = "none"
   scan: bool = False
+  ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, kv_mask=None, collect: tuple[int, ...] = (), rope=None):
@@ -227,13 +231,13 @@ class BlockStack(nn.Module):
       stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth)
       x, ys = stack(self.num_heads, self.mlp_ratio, self.dtype, self.attention, bool(collect),
-                    name="blocks")(x, kv_mask, rope)
+                    self.ln_eps, name="blocks")(x, kv_mask, rope)
       return x, [ys[i] for i in collect]
     cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)
     outs = []
     for i in range(self.depth):
-      x = cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}")(
-          x, kv_mask, rope)
+      x = cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
+              name=f"blocks_{i}")(x, kv_mask, rope)
       if i in collect:
         outs.append(x)
     return x, outs

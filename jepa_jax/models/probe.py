@@ -1,13 +1,21 @@
 """The attentive probe of V-JEPA's frozen evaluation (src/models/attentive_pooler.py).
 
 One learnable query cross-attends to the (frozen) encoder tokens: q + XAttn(q, LN(tokens)), then
-q + MLP(LN(q)), optional extra self-attention blocks (``depth > 1``: the paper's two-layer probe),
-then a linear classifier.
+q + MLP(LN(q)), optional extra self-attention blocks (``depth > 1``), then a linear classifier.
+Where the extra blocks go differs between the two references (``blocks_on``):
 
-Reference quirk kept on purpose: the reference's ``CrossAttention`` creates an output projection
-(``xattn.proj``) but never applies it, so released probe checkpoints carry an unused ``proj``.
-This module has no such parameter; ``jepa_jax.convert`` drops it on import and writes zeros on
-export, which changes nothing in either forward pass.
+* ``"query"`` (V-JEPA, facebookresearch/jepa): after the cross-attention, on the query (the
+  paper's two-layer probe);
+* ``"tokens"`` (V-JEPA 2, facebookresearch/vjepa2): before it, on the encoder tokens -- its
+  4-block probe runs 3 self-attention blocks over every token, then pools them with the query.
+
+Reference quirk kept on purpose: V-JEPA's ``CrossAttention`` creates an output projection
+(``xattn.proj``) but never applies it, so its released probe checkpoints carry an unused ``proj``
+(V-JEPA 2's has none). This module has no such parameter; ``jepa_jax.convert`` drops it on import
+and writes zeros on export of a V-JEPA layout, which changes nothing in either forward pass.
+
+LayerNorms: both references build their probes with ``nn.LayerNorm``'s default eps 1e-5 (the
+encoders pass 1e-6), and so does this module (``PROBE_LN_EPS``).
 """
 from typing import Any, Optional
 
@@ -16,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jepa_jax.models import layers
+
+PROBE_LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which the reference probes use
 
 
 class CrossAttention(nn.Module):
@@ -42,22 +52,29 @@ class AttentiveClassifier(nn.Module):
   num_queries: int = 1
   dtype: Any = jnp.float32
   attention: str = "xla"
+  blocks_on: str = "query"   # query (V-JEPA) | tokens (V-JEPA 2); see the module docstring
 
   @nn.compact
   def __call__(self, tokens, token_valid: Optional[jax.Array] = None):
     """tokens ``[B, N, D]`` -> logits ``[B, num_classes]`` (float32)."""
+    if self.blocks_on not in ("query", "tokens"):
+      raise ValueError(f"blocks_on must be 'query' or 'tokens', got {self.blocks_on!r}")
     b, _, d = tokens.shape
     tokens = tokens.astype(self.dtype)
+    if self.depth > 1 and self.blocks_on == "tokens":
+      tokens, _ = layers.BlockStack(self.depth - 1, self.num_heads, self.mlp_ratio, self.dtype,
+                                    self.attention, ln_eps=PROBE_LN_EPS, name="stack")(
+                                        tokens, token_valid)
     query = self.param("query_tokens", layers.reference_trunc_normal(),
                        (1, self.num_queries, d), jnp.float32)
     q = jnp.broadcast_to(query.astype(self.dtype), (b, self.num_queries, d))
     q = q + CrossAttention(self.num_heads, self.dtype, self.attention, name="xattn")(
-        q, layers.layer_norm("norm1", self.dtype)(tokens), token_valid)
+        q, layers.layer_norm("norm1", self.dtype, PROBE_LN_EPS)(tokens), token_valid)
     q = q + layers.Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-        layers.layer_norm("norm2", self.dtype)(q))
-    if self.depth > 1:
+        layers.layer_norm("norm2", self.dtype, PROBE_LN_EPS)(q))
+    if self.depth > 1 and self.blocks_on == "query":
       q, _ = layers.BlockStack(self.depth - 1, self.num_heads, self.mlp_ratio, self.dtype,
-                               self.attention, name="stack")(q)
+                               self.attention, ln_eps=PROBE_LN_EPS, name="stack")(q)
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                       kernel_init=layers.reference_trunc_normal(), name="linear")(q[:, 0])
     return logits
