@@ -13,10 +13,11 @@ def model_config() -> ml_collections.ConfigDict:
   """Encoder architecture. ``None`` fields are taken from the config saved with the checkpoint;
   a field set here wins (and a checkpoint that does not fit it fails with a named parameter)."""
   return ml_collections.ConfigDict(dict(
-      name=None,            # tiny | small | base | large | huge | giant
+      name=None,            # tiny | small | base | large | huge | giant | giant_xformers ...
       patch_size=None,
       tubelet_size=None,
       uniform_power=None,
+      use_rope=None,        # V-JEPA 2 encoders (set by their checkpoints' configs)
       scan=None,
       overrides=None,       # e.g. {"embed_dim": 96, "depth": 4, "num_heads": 4}
   ), type_safe=False)
@@ -33,9 +34,10 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.checkpoint_key = "target"   # target (EMA encoder, the reference's default) | online
   c.checkpoint_step = None      # None = latest
   c.model = model_config()
-  c.encoder_dtype = "bfloat16"  # forward dtype of the frozen encoder (float32 | bfloat16)
+  c.encoder_dtype = "bfloat16"  # forward dtype of the frozen encoder (float32|bfloat16|float16)
   c.attention = "auto"          # auto | xla | cudnn | chunked | einsum (models/layers.py)
-  c.feature_layer = None        # None = the final (layer-normed) output; k = LN(output of block k)
+  c.feature_layer = None        # None = the final (layer-normed) output; k = LN(output of block k);
+                                # a list: the tokens of all those blocks (V-JEPA 2 "multilevel")
 
   # -- Data (config.data is the pipeline's schema; crop_size is the eval resolution).
   c.data = default_data_config()
@@ -54,10 +56,11 @@ def base_eval_config() -> ml_collections.ConfigDict:
 
   # -- Attentive probe (src/models/attentive_pooler.py).
   c.probe = ml_collections.ConfigDict(dict(
-      depth=1,                  # 2 = the paper's two-layer probe (IN1K 77.9)
-      num_heads=None,           # None = the encoder's head count (the reference)
+      depth=1,                  # 2 = the paper's two-layer probe (IN1K 77.9); V-JEPA 2: 4
+      num_heads=None,           # None = the encoder's head count (the reference); V-JEPA 2: 16
       mlp_ratio=4.0,
       dtype="bfloat16",         # compute dtype; parameters are float32
+      blocks_on="query",        # extra blocks after pooling (V-JEPA) | "tokens" before (V-JEPA 2)
   ))
 
   # -- Probe optimisation (init_opt of the reference eval).
@@ -67,9 +70,16 @@ def base_eval_config() -> ml_collections.ConfigDict:
       lr=1e-3, start_lr=1e-3, final_lr=0.0, warmup=0.0,   # warmup in epochs
       # The reference decays WD by cosine to CosineWDSchedule's default final value 1e-6.
       weight_decay=0.01, final_weight_decay=1e-6,
-      clip_grad=1.0,            # the reference clips the probe's gradient norm at 1.0
+      clip_grad=1.0,            # the reference clips the probe's gradient norm at 1.0 (V-JEPA 2:
+                                # no clipping, None)
+      weight_decay_on="weights",  # weights: ndim != 1, no biases (V-JEPA) | all (V-JEPA 2)
       b1=0.9, b2=0.999, eps=1e-8,
   ))
+  # V-JEPA 2's sweep: one probe per entry (each a dict of optim overrides: lr, start_lr,
+  # final_lr, weight_decay, final_weight_decay, warmup), all on the same batches; each run reports
+  # its best probe (the reference trains them side by side and reports the maximum). None: one
+  # probe with config.optim.
+  c.probe_grid = None
 
   # -- Feature caching: run the encoder once per example (centre crops, no augmentation) and
   # train the probe on the stored tokens for many epochs. Essential on CPU and for small sets;
@@ -111,4 +121,52 @@ def image_task_config(task: str, num_classes: int, train: str, val: str) -> ml_c
   c.epochs = 20
   c.batch_size = 1024
   c.optim.weight_decay = 0.001
+  return c
+
+
+# V-JEPA 2's probe sweep (configs/eval/vitl/{ssv2,k400}.yaml, vitg-384/...): 5 LRs x 4 WDs, each
+# constant-start cosine to 0 with no warm-up and a constant WD.
+VJEPA2_VIDEO_GRID = tuple(
+    dict(lr=lr, start_lr=lr, final_lr=0.0, warmup=0.0, weight_decay=wd, final_weight_decay=wd)
+    for wd in (0.01, 0.1, 0.4, 0.8) for lr in (0.005, 0.003, 0.001, 0.0003, 0.0001))
+
+
+def vjepa2_eval_config(task: str, num_classes: int, *, frames: int, frame_step: int,
+                       segments: int, views: int, resolution: int, clips_per_gpu: int,
+                       gpus: int = 64, epochs: int = 20, grid=VJEPA2_VIDEO_GRID):
+  """The V-JEPA 2 frozen-evaluation protocol (evals/video_classification_frozen of
+  facebookresearch/vjepa2) where it differs from V-JEPA's:
+
+  * a 4-block probe whose 3 self-attention blocks run over the encoder's tokens before the
+    query pools them, with 16 heads whatever the encoder's (``classifier: num_heads 16,
+    num_probe_blocks 4``), LayerNorm eps 1e-5;
+  * 256 px (ViT-L/H/g) or 384 px (ViT-g/16_384) clips; the encoder is the RoPE one, so any clip
+    length works (16, 32 or 64 frames);
+  * one probe per LR/WD setting of ``grid`` (``multihead_kwargs``), the best reported; AdamW with
+    weight decay on every parameter, no gradient clipping; the target encoder (``checkpoint_key:
+    target_encoder``).
+
+  The reference trains with RandAugment and random erasing (``auto_augment: true, reprob: 0.25``),
+  which jepa_jax does not implement (random resized crop 0.08-1, aspect 3/4-4/3, no flip), and
+  runs its frozen encoder under float16 autocast (``--config.encoder_dtype=float16`` reproduces
+  that rounding; bfloat16 is the default here).
+  """
+  c = base_eval_config()
+  c.task = task
+  c.checkpoint = "/path/to/vjepa2/converted"   # python -m jepa_jax.convert --from-torch vitl.pt
+  c.checkpoint_key = "target"
+  c.num_classes = num_classes
+  c.num_segments = segments
+  c.num_views = views
+  c.data.num_frames = frames
+  c.data.frame_step = frame_step
+  c.data.crop_size = resolution
+  c.data.num_workers = 8
+  c.epochs = epochs
+  c.batch_size = clips_per_gpu * gpus
+  c.probe.update(dict(depth=4, num_heads=16, blocks_on="tokens"))
+  c.optim.update(dict(grid[0]))
+  c.optim.clip_grad = None
+  c.optim.weight_decay_on = "all"
+  c.probe_grid = [dict(g) for g in grid] if len(grid) > 1 else None
   return c

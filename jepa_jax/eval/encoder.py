@@ -23,9 +23,11 @@ from jepa_jax.data import normalize as normalize_lib
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float16: the V-JEPA 2 eval's autocast dtype (its RoPE angles are then rounded in float16 too).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHECKPOINT_KEYS = {"target": "target", "online": "encoder", "encoder": "encoder"}
-_MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, scan=False, overrides={})
+_MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, use_rope=False, scan=False,
+                       overrides={})
 
 
 def resolve_model(config, saved_config: Optional[dict]) -> dict:
@@ -55,7 +57,8 @@ def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
   return models.build_encoder(
       arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
       patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
-      uniform_power=arch["uniform_power"], dtype=DTYPES[config.encoder_dtype],
+      uniform_power=arch["uniform_power"], use_rope=bool(arch["use_rope"]),
+      dtype=DTYPES[config.encoder_dtype],
       attention=config.attention, scan=arch["scan"], **arch["overrides"])
 
 
@@ -110,16 +113,28 @@ def load_frozen_encoder(config, seed: Optional[int] = None):
   return encoder, params, dict(checkpoint=path, checkpoint_key=key, step=int(step), model=arch)
 
 
+def feature_layers(encoder: models.VisionTransformer, feature_layer) -> tuple:
+  """``config.feature_layer`` as 0-based block indices: None (the final output) -> (), an int k ->
+  (k,), a list -> every one of them (V-JEPA 2's "multilevel" probe: the LN'd tokens of several
+  blocks, e.g. ViT-L's [17, 19, 21, 23], concatenated into one token sequence)."""
+  if feature_layer is None:
+    return ()
+  listed = feature_layer if isinstance(feature_layer, (list, tuple)) else [feature_layer]
+  return tuple(int(k) % encoder.depth for k in listed)
+
+
 def make_token_fn(encoder: models.VisionTransformer, feature_layer=None) -> Callable:
   """``(params, pixels) -> tokens [B, V, S*N, D]`` for uint8 videos ``[B, S, V, T, H, W, C]`` or
   images ``[B, H, W, C]``; frozen (``stop_gradient``), in the encoder's dtype. Jit it (or call it
   inside a jitted step): the parameters are an argument, never baked-in constants."""
-  out_layers = () if feature_layer is None else (int(feature_layer) % encoder.depth,)
+  out_layers = feature_layers(encoder, feature_layer)
 
   def token_fn(params, pixels):
     def encode(clips):
       out = encoder.apply({"params": params}, clips, out_layers=out_layers)
-      return jax.lax.stop_gradient(out[0] if out_layers else out)
+      if out_layers:  # one sequence of every layer's tokens (the probe is order-invariant)
+        out = out[0] if len(out) == 1 else jnp.concatenate(out, axis=1)
+      return jax.lax.stop_gradient(out)
 
     clips = as_clips(pixels, encoder.num_frames)
     return clips_to_tokens(encode, clips, encoder.dtype)

@@ -15,6 +15,13 @@ reference's ``init_opt`` (evals/video_classification_frozen/eval.py):
 
 The reference initialises the probe with trunc_normal(0.02) and divides the cross-attention
 block's ``mlp.fc2`` by sqrt(2) and extra block ``i`` (from 2) by sqrt(2 i); done here too.
+
+V-JEPA 2 (evals/video_classification_frozen/eval.py of facebookresearch/vjepa2) changes: the
+extra blocks run on the tokens before pooling (``probe.blocks_on="tokens"``), and its
+``_rescale_blocks`` divides them by sqrt(2 i) from i = 1 and the cross-attention ``mlp.fc2`` by
+sqrt(2 (depth - 1)) (sqrt(2) for depth 1); AdamW decays every parameter (one parameter group:
+``optim.weight_decay_on="all"``); no gradient clipping; several probes per run
+(``config.probe_grid``, run.py).
 """
 import functools
 import math
@@ -44,25 +51,32 @@ def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg)
   if probe_cfg.dtype not in DTYPES:
     raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {probe_cfg.dtype!r}")
   return _probe(int(num_classes), int(heads), float(probe_cfg.mlp_ratio), int(probe_cfg.depth),
-                probe_cfg.dtype)
+                probe_cfg.dtype, probe_cfg.get("blocks_on", "query"))
 
 
 @functools.lru_cache(maxsize=32)
-def _probe(num_classes, num_heads, mlp_ratio, depth, dtype):
+def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
   # One module object per setting: its ``apply`` is a static part of the train state, so repeated
   # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
   return models.AttentiveClassifier(num_classes=num_classes, num_heads=num_heads,
-                                    mlp_ratio=mlp_ratio, depth=depth, dtype=DTYPES[dtype])
+                                    mlp_ratio=mlp_ratio, depth=depth, dtype=DTYPES[dtype],
+                                    blocks_on=blocks_on)
 
 
 def init_probe_params(probe, embed_dim: int, seed: int):
   tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)
   params = flax.core.unfreeze(jax.jit(probe.init)(jax.random.PRNGKey(seed), tokens)["params"])
-  # The reference's _rescale_blocks: the cross-attention block is layer 1, extra blocks 2, 3, ...
   fc2 = params["mlp"]["fc2"]
-  params["mlp"]["fc2"] = dict(fc2, kernel=fc2["kernel"] / math.sqrt(2.0))
+  if probe.blocks_on == "tokens":
+    # V-JEPA 2's _rescale_blocks: extra blocks 1, 2, ...; the cross-attention fc2 by the last one.
+    fc2_layer, first_block = max(1, probe.depth - 1), 1
+  else:
+    # V-JEPA's: the cross-attention block is layer 1, extra blocks 2, 3, ...
+    fc2_layer, first_block = 1, 2
+  params["mlp"]["fc2"] = dict(fc2, kernel=fc2["kernel"] / math.sqrt(2.0 * fc2_layer))
   if "stack" in params:
-    params["stack"] = models.rescale_residual_projections(params["stack"], first_layer=2)
+    params["stack"] = models.rescale_residual_projections(params["stack"],
+                                                          first_layer=first_block)
   return params
 
 
@@ -107,8 +121,12 @@ def decay_mask(params):
 @functools.lru_cache(maxsize=32)
 def _optimizer(optim_items: tuple, total_steps: int, steps_per_epoch: int):
   cfg = ml_collections.ConfigDict(dict(optim_items))
+  decay_on = cfg.get("weight_decay_on", "weights")
+  if decay_on not in ("weights", "all"):
+    raise ValueError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
   adamw = optax.adamw(lr_schedule(cfg, total_steps, steps_per_epoch), b1=cfg.b1, b2=cfg.b2,
-                      eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps), mask=decay_mask)
+                      eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps),
+                      mask=decay_mask if decay_on == "weights" else None)
   if cfg.clip_grad:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_grad), adamw)
   return adamw

@@ -16,11 +16,18 @@ to ``<workdir>/results.json``:
    ``<workdir>/tb/<run>``.
 4. Mean and std over seeds per fraction; ``results.json``.
 
+``config.probe_grid`` (V-JEPA 2's protocol): every (fraction, seed) run trains one probe per grid
+entry (optim overrides), each on the same batches in the same order, and reports the best probe's
+accuracy, with every probe's under ``heads``. The reference trains its probes side by side over
+one pass of the data; here they train one after another -- the same numbers, and with cached
+features the encoder still runs once, while streaming re-encodes the clips for each probe.
+
 Data parallelism: one 1-D mesh over all devices; batches are split along their leading axis
 (``jax.make_array_from_process_local_data``, so several processes work too), parameters are
 replicated. With a batch the device count does not divide (single process only) the batch is
 replicated instead, which is correct, only slower.
 """
+import copy
 import dataclasses
 import json
 import logging
@@ -296,6 +303,7 @@ def protocol(config) -> dict:
       epochs=config.epochs, batch_size=config.batch_size, optim=config.optim.to_dict(),
       probe=config.probe.to_dict(), encoder_dtype=config.encoder_dtype,
       feature_layer=config.feature_layer, cache_features=config.cache_features,
+      probe_grid=[dict(g) for g in (config.get("probe_grid") or [])] or None,
       lowshot=dict(fractions=list(config.lowshot.fractions), seeds=list(config.lowshot.seeds)))
 
 
@@ -399,6 +407,33 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   return results
 
 
+def grid_tasks(task: ProbeTask) -> list[tuple[str, ProbeTask]]:
+  """``(name suffix, task)`` per probe: one per ``config.probe_grid`` entry, or the task itself."""
+  grid = task.config.get("probe_grid")
+  if not grid:
+    return [("", task)]
+  out = []
+  for i, overrides in enumerate(grid):
+    unknown = set(dict(overrides)) - set(task.config.optim)
+    if unknown:
+      raise ValueError(f"config.probe_grid[{i}] sets {sorted(unknown)}, which config.optim does "
+                       "not have")
+    c = copy.deepcopy(task.config)
+    c.optim.update(dict(overrides))
+    out.append((f"_head{i}", dataclasses.replace(task, config=c)))
+  return out
+
+
+def best_head(records: list[dict], grid) -> dict:
+  """The run's record: its best probe's (by final top-1), with every probe's accuracy."""
+  if len(records) == 1 and not grid:
+    return records[0]
+  best = max(range(len(records)), key=lambda i: records[i]["top1"])
+  heads = [dict(optim=dict(g), top1=r["top1"], top5=r["top5"], name=r["name"])
+           for g, r in zip(grid, records)]
+  return records[best] | dict(best_head=best, heads=heads)
+
+
 def _finish_run(workdir, name, params, record, writer, write):
   if writer is not None:
     writer.flush()
@@ -416,15 +451,18 @@ def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, s
   steps = math.ceil(len(train_cache) / batch)
   if c.max_train_steps_per_epoch:
     steps = min(steps, c.max_train_steps_per_epoch)
-  name = run_name(fraction, seed)
-  writer = make_writer(workdir, name) if write else None
-  params, record = train_and_evaluate(
-      task, seed=seed, num_train=len(train_cache),
-      train_batches=lambda epoch: cache_batches(train_cache, batch,
-                                                np.random.default_rng([seed, epoch])),
-      val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
-      steps_per_epoch=steps, placer=placer, writer=writer, name=name)
-  return _finish_run(workdir, name, params, record, writer, write)
+  records = []
+  for suffix, head_task in grid_tasks(task):
+    name = run_name(fraction, seed) + suffix
+    writer = make_writer(workdir, name) if write else None
+    params, record = train_and_evaluate(
+        head_task, seed=seed, num_train=len(train_cache),
+        train_batches=lambda epoch: cache_batches(train_cache, batch,
+                                                  np.random.default_rng([seed, epoch])),
+        val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
+        steps_per_epoch=steps, placer=placer, writer=writer, name=name)
+    records.append(_finish_run(workdir, name, params, record, writer, write))
+  return best_head(records, c.get("probe_grid"))
 
 
 def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer, workdir,
@@ -435,8 +473,7 @@ def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer
   steps = max(1, math.ceil(num_train / c.batch_size))
   if c.max_train_steps_per_epoch:
     steps = min(steps, c.max_train_steps_per_epoch)
-  train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
-                                 repeat=True, num_views=1))
+  train_iter = None
 
   def train_batches(epoch):
     del epoch  # the infinite iterator reshuffles every epoch by itself
@@ -449,10 +486,16 @@ def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer
                           repeat=False, num_views=c.num_views):
       yield pixels_of(b), b["label"], b["valid"].astype(np.float32)
 
-  name = run_name(fraction, seed)
-  writer = make_writer(workdir, name) if write else None
-  params, record = train_and_evaluate(
-      task, seed=seed, num_train=num_train, train_batches=train_batches, val_batches=val_batches,
-      steps_per_epoch=steps, placer=placer, token_fn=token_fn, encoder_params=enc_params,
-      writer=writer, name=name)
-  return _finish_run(workdir, name, params, record, writer, write)
+  records = []
+  for suffix, head_task in grid_tasks(task):
+    # Every probe of a grid sees the same batches in the same order (the same seed).
+    train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
+                                   repeat=True, num_views=1))
+    name = run_name(fraction, seed) + suffix
+    writer = make_writer(workdir, name) if write else None
+    params, record = train_and_evaluate(
+        head_task, seed=seed, num_train=num_train, train_batches=train_batches,
+        val_batches=val_batches, steps_per_epoch=steps, placer=placer, token_fn=token_fn,
+        encoder_params=enc_params, writer=writer, name=name)
+    records.append(_finish_run(workdir, name, params, record, writer, write))
+  return best_head(records, c.get("probe_grid"))
