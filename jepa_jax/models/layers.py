@@ -208,7 +208,8 @@ class BlockStack(nn.Module):
   ``jepa_jax.convert`` maps both layouts to the reference names.
 
   Returns the final activations and, when ``collect`` is given, the activations after each block
-  in ``collect`` (0-based layer indices).
+  in ``collect`` (0-based layer indices). ``rope``: the ``(cos, sin)`` tables of
+  ``models.rope.rope_tables``, shared by every block (V-JEPA 2).
   """
   depth: int
   num_heads: int
