@@ -139,6 +139,7 @@ def test_probe_grid_reports_the_best_probe():
     run_lib.grid_tasks(run_lib.ProbeTask(3, 16, 2, bad))
 
 
+@pytest.mark.slow
 def test_rope_encoder_end_to_end(tmp_path):
   """A converted-style V-JEPA 2 checkpoint (RoPE, its config saying so) through the evaluation:
   the encoder is rebuilt as RoPE at the eval resolution, probes sweep, results.json."""
