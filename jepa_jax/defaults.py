@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
+  # With 'skip': stop after this many skipped updates in a row. A skipped update leaves the state
+  # as it was, so a long run of them means the state is broken rather than a few batches.
+  c.max_consecutive_skips = 20
 
   c.log_every = 50               # steps between metric fetches (the only host syncs)
   c.prefetch = 2                 # batches placed on the devices ahead of the step
