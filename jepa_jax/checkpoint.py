@@ -244,7 +244,8 @@ def read_config(path: str, step: Optional[int] = None) -> dict:
   manager = make_manager(directory, read_only=True, async_save=False)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise CheckpointError(f"no checkpoint found in {directory}")
+    raise CheckpointError(f"no checkpoint found in {directory}; give a trainer workdir or a "
+                          "converted-weights directory")
   if CONFIG not in _item_names(manager, step):
     return {}
   return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]

@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jepa_jax import cli
+from jepa_jax import defaults
 from jepa_jax import distributed
 from jepa_jax import paths
 
@@ -29,27 +30,13 @@ distributed.define_flags()
 EXIT_PREEMPTED = 75
 
 
-def resolve_config_paths(config) -> None:
-  """Make the config's local paths absolute (see ``jepa_jax.paths``), in place."""
-  if config.get("workdir"):
-    config.workdir = paths.resolve(config.workdir)
-  if config.get("init_from"):
-    config.init_from = paths.resolve(str(config.init_from))
-  d = config.data
-  if d.get("datasets"):
-    d.datasets = [paths.resolve_source(str(s)) for s in d.datasets]
-  for name in ("synthetic_dir", "tfds_data_dir"):
-    if d.get(name):
-      d[name] = paths.resolve(str(d[name]))
-
-
 def main(argv):
   del argv
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
   from jepa_jax import experiment, trainer  # noqa: PLC0415
   config = _CONFIG.value
-  resolve_config_paths(config)
+  defaults.resolve_paths(config)
   try:
     experiment.validate(config)
   except experiment.ConfigError as e:

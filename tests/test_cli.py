@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from jepa_jax import checkpoint, cli, paths
-from jepa_jax.main import resolve_config_paths
+from jepa_jax import checkpoint, cli, defaults, paths
+from jepa_jax.eval import config as eval_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 from test_readme import readme_commands
@@ -56,11 +56,27 @@ def test_config_paths_resolved_at_the_boundary(tmp_path, monkeypatch):
   config = cli.load_config(str(REPO / "configs" / "demo.py"), [
       "--config.init_from=weights/vith16",
       "--config.data.datasets=(\"a.csv\",\"tfds:ucf101@train\",\"gs://b/c.csv\")"])
-  resolve_config_paths(config)
+  defaults.resolve_paths(config)
   assert config.init_from == str(tmp_path / "weights" / "vith16")
   assert list(config.data.datasets) == [str(tmp_path / "a.csv"), "tfds:ucf101@train",
                                         "gs://b/c.csv"]
   assert config.data.synthetic_dir == str(tmp_path / "data" / "synthetic")
+
+
+def test_eval_and_convert_resolve_their_paths(tmp_path, monkeypatch):
+  from jepa_jax.convert.__main__ import parse_args
+  monkeypatch.chdir(tmp_path)
+  config = cli.load_config(str(REPO / "configs" / "eval" / "demo.py"),
+                           ["--config.checkpoint=runs/pretrain"])
+  eval_config.resolve_paths(config)
+  assert config.checkpoint == str(tmp_path / "runs" / "pretrain")
+  random = cli.load_config(str(REPO / "configs" / "eval" / "demo.py"), ["--config.checkpoint=random"])
+  eval_config.resolve_paths(random)
+  assert random.checkpoint == "random"  # a keyword, not a path
+  args = parse_args(["--to-torch", "--ckpt", "workdir/demo", "--out", "demo.pth.tar"])
+  assert (args.ckpt, args.out) == (str(tmp_path / "workdir" / "demo"), str(tmp_path / "demo.pth.tar"))
+  args = parse_args(["--from-torch", "gs://b/vith16.pth.tar", "--out", "weights/vith16"])
+  assert (args.from_torch, args.out) == ("gs://b/vith16.pth.tar", str(tmp_path / "weights" / "vith16"))
 
 
 # --- overrides --------------------------------------------------------------------------------

@@ -15,23 +15,12 @@ from ml_collections import config_flags
 from jepa_jax import cli
 from jepa_jax import distributed
 from jepa_jax import paths
+from jepa_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json, probes and summaries go.")
 distributed.define_flags()
-
-
-def resolve_config_paths(config) -> None:
-  """Make the eval config's local paths absolute (see ``jepa_jax.paths``), in place."""
-  if config.checkpoint and config.checkpoint != "random":
-    config.checkpoint = paths.resolve(str(config.checkpoint))
-  for name in ("train_index", "val_index"):
-    if config[name]:
-      config[name] = paths.resolve_source(str(config[name]))
-  for name in ("synthetic_dir", "tfds_data_dir"):
-    if config.data.get(name):
-      config.data[name] = paths.resolve(str(config.data[name]))
 
 
 def main(argv):
@@ -41,7 +30,7 @@ def main(argv):
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.eval import run  # noqa: PLC0415
   config = _CONFIG.value
-  resolve_config_paths(config)
+  eval_config.resolve_paths(config)
   workdir = paths.resolve(_WORKDIR.value)
   if not workdir:
     cli.fail("Config error: --workdir is required (where results.json and the probes go)")

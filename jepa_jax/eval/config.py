@@ -6,6 +6,7 @@ change what differs. Any field can be overridden on the command line (``--config
 """
 import ml_collections
 
+from jepa_jax import paths
 from jepa_jax.data import default_data_config
 
 
@@ -112,3 +113,16 @@ def image_task_config(task: str, num_classes: int, train: str, val: str) -> ml_c
   c.batch_size = 1024
   c.optim.weight_decay = 0.001
   return c
+
+
+def resolve_paths(config) -> None:
+  """Make an eval config's local paths absolute (``jepa_jax.paths``), in place; the entry point
+  calls it. ``checkpoint="random"`` is a keyword, not a path."""
+  if config.checkpoint and config.checkpoint != "random":
+    config.checkpoint = paths.resolve(str(config.checkpoint))
+  for name in ("train_index", "val_index"):
+    if config[name]:
+      config[name] = paths.resolve_source(str(config[name]))
+  for name in ("synthetic_dir", "tfds_data_dir"):
+    if config.data.get(name):
+      config.data[name] = paths.resolve(str(config.data[name]))
