@@ -7,7 +7,8 @@ Overrides
 list entries by index (``--config.masks[0].num_context=96``). The value is read according to the
 field's current type:
 
-* numbers, strings, booleans: as written (``--config.batch_size=1024``, ``--config.model.remat=full``);
+* numbers, strings, booleans: as written (``--config.batch_size=1024``,
+  ``--config.model.remat=full``);
 * lists and tuples: a Python literal (``--config.data.datasets='("/data/a.csv","/data/b.csv")'``);
   a single unquoted item is a one-element list (``--config.data.datasets=/data/a.csv``);
 * fields that default to ``None``: a Python literal when the value is one (``5000``,
@@ -301,12 +302,14 @@ _DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 def explain(error: BaseException, workdir: Optional[str] = None) -> Optional[str]:
   """The one-line message for an error the user can act on; ``None`` for anything else (a bug)."""
-  from jepa_jax import checkpoint  # noqa: PLC0415 - heavy imports, only once something failed
+  from jepa_jax import checkpoint, experiment  # noqa: PLC0415 - heavy, only once something failed
   from jepa_jax.data import pipeline  # noqa: PLC0415
   chain = _chain(error)
   for e in chain:
     if isinstance(e, WorkdirError):
       return f"Workdir error: {e}"
+    if isinstance(e, experiment.ConfigError):
+      return f"Config error: {e}"
     if isinstance(e, pipeline.DataPipelineError):
       return f"Data error: {_last_line(e)}"
     if isinstance(e, checkpoint.CheckpointError):

@@ -91,7 +91,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 class DataPipelineError(RuntimeError):
-  """Too many samples failed, or one sample could not be replaced."""
+  """The data cannot feed the run: too many samples failed, one could not be replaced, or a
+  source is empty or of the wrong kind. The message names the source and the fix."""
 
 
 _HINTS = {
@@ -276,7 +277,8 @@ def _resolve_sources(cfg) -> list[str]:
   specs = list(cfg.datasets or [])
   if not specs:
     if not cfg.synthetic_dir:
-      raise ValueError("config.data.datasets is empty and config.data.synthetic_dir is not set")
+      raise DataPipelineError("config.data.datasets is empty and config.data.synthetic_dir is "
+                              "not set; give index files or a directory for the synthetic set")
     index = synthetic.ensure_synthetic(cfg.synthetic_dir, cfg.synthetic_num_videos,
                                        cfg.synthetic_seed)
     specs = [index.replace("index.csv", cfg.synthetic_index)]
@@ -319,7 +321,8 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   for k, spec in enumerate(specs):
     src = sources_lib.load_source(spec, cfg.tfds_data_dir)
     if src.kind == "image":
-      raise ValueError(f"{spec} is an image dataset; pretraining reads videos")
+      raise DataPipelineError(f"{spec} is an image dataset; pretraining reads videos: remove it "
+                              "from config.data.datasets")
     if len(src) == 0:
       raise DataPipelineError(f"{spec} holds no samples (no video listed, or none found); add "
                               "videos or remove it from config.data.datasets")
@@ -360,9 +363,9 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   """Batches for frozen evaluation / probe training from one source spec.
 
   Videos: ``{"video": uint8 [B, S, V, T, H, W, C], "label": int32 [B], "index": int64 [B],
-  "valid": bool [B], "bad_reads": int32 [B]}`` with S = ``num_segments`` clips (one per equal segment; random position
-  and a random resized crop per segment when ``train``, else centred and ``num_views`` spatial
-  views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
+  "valid": bool [B], "bad_reads": int32 [B]}`` with S = ``num_segments`` clips (one per equal
+  segment; random position and a random resized crop per segment when ``train``, else centred
+  and ``num_views`` spatial views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
   instead of ``"video"``.
 
   ``repeat=False``: one pass, shuffled if ``train``. Every host gets the same number of batches:
