@@ -274,6 +274,7 @@ def _assert_traceback_in_log(workdir):
   assert "Traceback (most recent call last)" in log
 
 
+@pytest.mark.slow
 def test_data_errors_in_one_line(synthetic_dir, tmp_path):
   empty = tmp_path / "empty.csv"
   empty.write_text("")
@@ -289,6 +290,7 @@ def test_data_errors_in_one_line(synthetic_dir, tmp_path):
   _assert_traceback_in_log(tmp_path / "run_missing")
 
 
+@pytest.mark.slow
 def test_a_run_of_skipped_updates_stops_in_one_line(synthetic_dir, tmp_path):
   proc = _run_main([*_tiny_run_flags(synthetic_dir), "--config.optim.start_lr=1e38",
                     "--config.optim.lr=1e38", "--config.optim.final_lr=1e38",
@@ -297,6 +299,7 @@ def test_a_run_of_skipped_updates_stops_in_one_line(synthetic_dir, tmp_path):
   _assert_one_line(proc, "Stopped: 2 updates in a row had a non-finite loss or gradient")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs mount namespaces (unshare -r -m)")
 def test_full_disk_in_one_line(synthetic_dir, tmp_path):
   """A real full disk: a 600 KB tmpfs fills up at the first checkpoint."""
