@@ -1,6 +1,6 @@
 """The CPU demo: a tiny ViT pretrained on the built-in synthetic video set in a few minutes.
 
-python -m jepa_jax.main --config=configs/demo.py --workdir=/tmp/jepa_demo
+python -m jepa_jax.main --config=configs/demo.py --workdir=workdir/demo
 
 Everything is the paper's recipe (two multi-block masks, EMA target, L1 on layer-normed targets,
 AdamW with warm-up + cosine, rising weight decay, schedules over 1.25x the run) at a scale a 2-core
@@ -32,7 +32,7 @@ def get_config():
   c.optim.update(dict(epochs=15, ipe=20, warmup=2, start_lr=1e-4, lr=6.25e-4, final_lr=1e-6,
                       ema=(0.99, 1.0)))
   c.log_every = 20
-  c.checkpoint.every = 100
+  c.checkpoint.every = 50           # the first checkpoint ~20 s into training
   c.checkpoint.keep = 2
   c.checkpoint.keep_period = None
   return c

@@ -16,14 +16,29 @@ Saves are atomic (orbax writes to a temporary directory and renames it when comp
 killed mid-save leaves the previous checkpoint intact; ``latest_step`` only ever sees complete
 ones. Restores check shapes against the expected tree first, so a checkpoint of another model
 fails with the name of the first mismatched parameter instead of an error from deep in orbax.
+
+A complete checkpoint can still be damaged afterwards (a truncated or deleted file, lost
+metadata). ``restore_latest_train_state`` then falls back to the newest readable checkpoint, logs
+which one it skipped and why, and moves the damaged one aside to ``<step>.corrupt-<UTC time>``
+in the same directory (orbax ignores it; nothing is deleted). A checkpoint that reads well but
+does not fit the model is an error, never a reason to fall back.
+
+Paths may be relative (``jepa_jax.paths.resolve`` makes them absolute, as orbax requires) or
+remote (``gs://...``).
 """
-import json
+import logging
 import os
+import time
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from jepa_jax import paths
+
+log = logging.getLogger(__name__)
 
 STATE, PARAMS, DATA, CONFIG = "state", "params", "data", "config"
 PARAM_KEYS = ("encoder", "predictor", "target")
@@ -33,10 +48,14 @@ class CheckpointError(RuntimeError):
   """A checkpoint that cannot be used; the message names the checkpoint and what to do."""
 
 
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read (truncated or deleted files, lost metadata)."""
+
+
 def checkpoint_dir(path: str) -> str:
   """Accept a workdir, its ``checkpoints`` directory, or an explicit step directory's parent."""
-  path = os.fspath(path)
-  if path.startswith("gs://"):
+  path = paths.resolve(path)
+  if paths.is_remote(path):
     return path.rstrip("/") + ("" if path.rstrip("/").endswith("checkpoints") else "/checkpoints")
   candidate = os.path.join(path, "checkpoints")
   return candidate if os.path.isdir(candidate) else path
@@ -45,6 +64,7 @@ def checkpoint_dir(path: str) -> str:
 def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3,
                  keep_period: Optional[int] = None, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
+  directory = paths.resolve(directory)
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
   options = ocp.CheckpointManagerOptions(
@@ -130,17 +150,22 @@ def _key(p) -> str:
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Restore ``(train state, data state or None)``; the state lands on the shardings carried by
   ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with ``sharding``), so a checkpoint saved on
-  one mesh restores onto any other."""
+  one mesh restores onto any other.
+
+  Raises ``CorruptCheckpointError`` when the checkpoint's files cannot be read and
+  ``CheckpointError`` when it is not a train state or does not fit ``abstract_state``.
+  """
   where = f"checkpoint {step} in {manager.directory}"
   names = _item_names(manager, step)
   if STATE not in names:
-    raise CheckpointError(f"{where} has no train state (items: {sorted(names)}); to start from "
-                          "converted weights use config.init_from instead of resuming")
+    if PARAMS in names:
+      raise CheckpointError(f"{where} has no train state (items: {sorted(names)}); to start from "
+                            "converted weights use config.init_from instead of resuming")
+    raise CorruptCheckpointError(f"{where} has no train state (items: {sorted(names)})")
   try:
     meta = manager.item_metadata(step)[STATE]
   except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
-    raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: {e}); delete it to resume "
-                          "from the previous one") from e
+    raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
   if meta is not None:
     check_shapes(_tree_of(meta), abstract_state, where)
   items = {STATE: ocp.args.PyTreeRestore(
@@ -149,12 +174,62 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     items[DATA] = ocp.args.JsonRestore()
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except CheckpointError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{where} could not be restored ({type(e).__name__}: {e}); delete it "
-                          "to resume from the previous one, or check that it fits config.model")
+  except Exception as e:  # noqa: BLE001 - the shapes fit, so the files are what is wrong
+    raise CorruptCheckpointError(f"{where} could not be read ({_short(e)})") from e
   return restored[STATE], (restored[DATA] if DATA in names else None)
+
+
+def restore_latest_train_state(manager: ocp.CheckpointManager, abstract_state):
+  """``(state, data state, step)`` from the newest readable checkpoint, or ``None`` if there is
+  no checkpoint.
+
+  Unreadable newer checkpoints are skipped with one warning each and moved aside (module
+  docstring) once an older one has been read; if none can be read, nothing is moved and
+  ``CheckpointError`` lists them. A checkpoint of another model raises ``CheckpointError``.
+  """
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data_state = restore_train_state(manager, step, abstract_state)
+    except CorruptCheckpointError as e:
+      skipped.append((step, e))
+      continue
+    for bad, error in skipped:
+      moved = _move_aside(manager, bad)
+      log.warning("Skipped checkpoint %d: %s; moved it to %s and resumed from checkpoint %d",
+                  bad, error, moved, step)
+    if skipped:
+      manager.reload()
+    return state, data_state, step
+  if skipped:
+    listed = "; ".join(str(e) for _, e in skipped)
+    raise CheckpointError(f"no checkpoint in {manager.directory} can be read: {listed}. Move that "
+                          "directory away to start afresh")
+  return None
+
+
+def _move_aside(manager, step: int) -> str:
+  """Rename step ``step``'s directory to ``<step>.corrupt-<UTC time>`` (process 0 only)."""
+  src = epath.Path(manager.directory) / str(step)
+  dst = src.parent / f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+  if jax.process_index() == 0:
+    try:
+      src.rename(dst)
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint {step} in {manager.directory} cannot be read and could "
+                            f"not be moved aside ({_short(e)}); move or delete it to resume from "
+                            "the previous one") from e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(f"jepa_jax_move_aside_{step}")
+  return os.fspath(dst)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+  """``Type: first line of the message``, at most ``limit`` characters."""
+  lines = str(e).strip().splitlines()
+  text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _tree_of(meta):
@@ -169,7 +244,8 @@ def read_config(path: str, step: Optional[int] = None) -> dict:
   manager = make_manager(directory, read_only=True, async_save=False)
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise CheckpointError(f"no checkpoint found in {directory}")
+    raise CheckpointError(f"no checkpoint found in {directory}; give a trainer workdir or a "
+                          "converted-weights directory")
   if CONFIG not in _item_names(manager, step):
     return {}
   return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
@@ -181,7 +257,7 @@ def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
   Reads only the parameter arrays of a trainer checkpoint (not the optimiser moments).
   """
   directory = checkpoint_dir(path)
-  if not os.path.exists(directory) and not directory.startswith("gs://"):
+  if not paths.is_remote(directory) and not os.path.exists(directory):
     raise CheckpointError(f"checkpoint directory {directory} does not exist")
   manager = make_manager(directory, read_only=True, async_save=False)
   step = manager.latest_step() if step is None else step
@@ -218,6 +294,7 @@ def save_params(directory: str, params: dict, config: Any = None, step: int = 0)
   missing = [k for k in params if k not in PARAM_KEYS]
   if missing:
     raise ValueError(f"unexpected parameter groups {missing}; expected a subset of {PARAM_KEYS}")
+  directory = paths.resolve(directory)
   directory = checkpoint_dir(directory) if os.path.isdir(os.path.join(directory, "checkpoints")) \
       else os.path.join(directory, "checkpoints")
   manager = make_manager(directory, async_save=False, keep=None)

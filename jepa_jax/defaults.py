@@ -3,6 +3,8 @@ of the reference). Experiment files in ``configs/`` start from it and change wha
 """
 import ml_collections
 
+from jepa_jax import paths
+
 
 def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -61,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
+  # With 'skip': stop after this many skipped updates in a row. A skipped update leaves the state
+  # as it was, so a long run of them means the state is broken rather than a few batches.
+  c.max_consecutive_skips = 20
 
   c.log_every = 50               # steps between metric fetches (the only host syncs)
   c.prefetch = 2                 # batches placed on the devices ahead of the step
@@ -75,3 +80,18 @@ def base_config() -> ml_collections.ConfigDict:
       keep_period=10000,         # ... plus every M-th step for good
       async_save=True))
   return c
+
+
+def resolve_paths(config) -> None:
+  """Make a pretraining config's local paths absolute (``jepa_jax.paths``), in place; the entry
+  point calls it, so the printed and saved config name the files actually used."""
+  if config.get("workdir"):
+    config.workdir = paths.resolve(config.workdir)
+  if config.get("init_from"):
+    config.init_from = paths.resolve(str(config.init_from))
+  d = config.data
+  if d.get("datasets"):
+    d.datasets = [paths.resolve_source(str(s)) for s in d.datasets]
+  for name in ("synthetic_dir", "tfds_data_dir"):
+    if d.get(name):
+      d[name] = paths.resolve(str(d[name]))

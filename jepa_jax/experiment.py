@@ -27,9 +27,17 @@ class ConfigError(ValueError):
   """An impossible config value; the message names the field and the fix."""
 
 
+# A multi-block mask may leave no context in at most this fraction of clips (after the redraws;
+# see _check_masks). The paper's masks: 0% at 224 px, 0.2% on the demo's 4x4x4 grid.
+MAX_NO_CONTEXT_FRACTION = 0.05
+
+
 def validate(config, num_devices: int | None = None) -> None:
   """Refuse impossible settings before any compilation, one line naming the field and the fix."""
   m, d = config.model, config.data
+  if not isinstance(config.batch_size, int) or config.batch_size <= 0:
+    raise ConfigError(f"config.batch_size={config.batch_size!r} must be a positive number of clips "
+                      "(the global batch)")
   try:
     encoder, _ = train_state.build_models(config)
   except ValueError as e:
@@ -56,15 +64,8 @@ def validate(config, num_devices: int | None = None) -> None:
     mask_cfgs = masks_lib.configs_from(config)
   except ValueError as e:
     raise ConfigError(f"config.masks: {e}") from None
-  grid = masks_lib.grid_from_config(config)
-  for i, mc in enumerate(mask_cfgs):
-    if _mask_never_leaves_context(grid, mc):
-      raise ConfigError(f"config.masks[{i}] leaves no context token (blocks cover the whole "
-                        f"{grid} grid); lower spatial_scale/temporal_scale or num_blocks")
-  for path in list(d.get("datasets", []) or []):
-    if not os.path.exists(path):
-      raise ConfigError(f"config.data.datasets: index file {path!r} does not exist; fix the path "
-                        "or leave datasets empty to use the built-in synthetic set")
+  _check_masks(masks_lib.grid_from_config(config), mask_cfgs)
+  _check_datasets(d)
   try:
     train_state.mask_token_ids(config)
     from jepa_jax.data.pipeline import dataset_frames  # noqa: PLC0415 - grain only when validating
@@ -74,19 +75,61 @@ def validate(config, num_devices: int | None = None) -> None:
     raise ConfigError(str(e)) from None
   if config.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+  max_skips = config.get("max_consecutive_skips", 1)
+  if not isinstance(max_skips, int) or max_skips < 1:
+    raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
 
 
-def _mask_never_leaves_context(grid, mc: masks_lib.MaskConfig) -> bool:
-  """True when even the smallest block of a multi-block config covers the whole grid."""
-  if mc.kind != "multiblock" or mc.max_temporal_keep < 1:
-    return mc.kind == "random_tube" and int(grid[1] * grid[2] * (1 - mc.ratio)) < 1
-  t, h, w = grid
-  t_min = max(1, int(t * mc.temporal_scale[0]))
-  keep = int(h * w * mc.spatial_scale[0])
-  a_lo, a_hi = mc.aspect_ratio
-  # The block is smallest-in-area at the aspect extremes; all of them must fill the grid.
-  sizes = [(min(h, round((keep * a) ** 0.5)), min(w, round((keep / a) ** 0.5))) for a in (a_lo, a_hi)]
-  return t_min >= t and all(bh >= h and bw >= w for bh, bw in sizes)
+def _check_masks(grid, mask_cfgs) -> None:
+  """Refuse a mask that leaves no context too often.
+
+  The rule: a multi-block mask's blocks may cover the whole token grid, leaving no context, in
+  at most ``MAX_NO_CONTEXT_FRACTION`` of clips after the sampler's redraws (first draw plus
+  ``masks.NUM_RETRIES``), measured by the deterministic Monte Carlo that also sizes the static
+  masks. Those clips get one context token (the reference redraws until some context is left,
+  for ever when one block covers the grid). It is a fraction, not "always": the block size is
+  drawn per batch, and several blocks smaller than the grid can almost always cover it together
+  (8 blocks of spatial_scale 1 on a 4x4 grid: 98% of clips), while rare full covers are harmless
+  (the paper's long-range mask on the demo's 4x4x4 grid: 0.2%). A random-tube mask needs one
+  unmasked position per frame.
+  """
+  for i, mc in enumerate(mask_cfgs):
+    if mc.kind == "random_tube":
+      if int(grid[1] * grid[2] * (1 - mc.ratio)) < 1:
+        raise ConfigError(f"config.masks[{i}] leaves no context token (ratio={mc.ratio} masks "
+                          f"every position of the {grid[1]}x{grid[2]} grid); lower ratio")
+      continue
+    empty = masks_lib.no_context_fraction(grid, mc)
+    if empty > MAX_NO_CONTEXT_FRACTION:
+      raise ConfigError(
+          f"config.masks[{i}] leaves no context in {100 * empty:.0f}% of clips: its "
+          f"{mc.num_blocks} blocks (spatial_scale {mc.spatial_scale}, temporal_scale "
+          f"{mc.temporal_scale}) cover the whole {grid} token grid even after "
+          f"{masks_lib.NUM_RETRIES} redraws (at most {100 * MAX_NO_CONTEXT_FRACTION:.0f}% "
+          "allowed); lower spatial_scale/temporal_scale or num_blocks")
+
+
+def _check_datasets(d) -> None:
+  specs = d.get("datasets", []) or []
+  if isinstance(specs, str):
+    raise ConfigError(f"config.data.datasets={specs!r} must be a list of index files; write "
+                      f"--config.data.datasets='(\"{specs}\",)'")
+  for spec in specs:
+    if not isinstance(spec, str):
+      raise ConfigError(f"config.data.datasets: {spec!r} is not a path or tfds: spec")
+    if not spec.startswith("tfds:") and not os.path.exists(spec):
+      raise ConfigError(f"config.data.datasets: index file {spec!r} does not exist; fix the path "
+                        "or leave datasets empty to use the built-in synthetic set")
+  weights = d.get("datasets_weights")
+  if weights is not None:
+    if (not isinstance(weights, (list, tuple)) or
+        not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+      raise ConfigError(f"config.data.datasets_weights={weights!r} must be a list of positive "
+                        "numbers, one per dataset, e.g. '(0.5, 0.3, 0.2)'")
+    if len(weights) != max(len(specs), 1):
+      sources = f"{len(specs)} datasets" if specs else "the synthetic set (one source)"
+      raise ConfigError(f"config.data.datasets_weights has {len(weights)} weights for {sources}; "
+                        "give one weight per dataset")
 
 
 @dataclasses.dataclass

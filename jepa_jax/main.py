@@ -1,22 +1,26 @@
 """Pretrain V-JEPA: ``python -m jepa_jax.main --config=configs/vith16.py --workdir=DIR``.
 
-Any config field can be overridden on the command line (``--config.batch_size=1024``). Restarting
-the same command resumes from the latest checkpoint in ``DIR``. On several processes (Cloud TPU pod
-slices, SLURM, or explicit ``--coordinator_address/--num_processes/--process_id``)
+Any config field can be overridden on the command line (``--config.batch_size=1024``; lists,
+``None`` fields and mask entries as described in ``jepa_jax.cli``). Restarting the same command
+resumes from the latest readable checkpoint in ``DIR``. Relative paths (``--workdir``,
+``config.init_from``, index files) are taken from the working directory. On several processes
+(Cloud TPU pod slices, SLURM, or explicit ``--coordinator_address/--num_processes/--process_id``)
 ``jax.distributed`` is initialised first; see ``launch/README.md``.
 
 Exit status: 0 when the run is complete; ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) when SIGTERM or a
-preemption notice stopped it after saving a checkpoint, so a launcher knows to requeue; 1 on a
-config error or a non-finite loss.
+preemption notice stopped it after saving a checkpoint, so a launcher knows to requeue; 1 on an
+error the user can fix (config, workdir, data, checkpoint, full disk, non-finite loss), reported
+in one line on stderr with the traceback in ``DIR/log.txt``.
 """
 import logging
-import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from jepa_jax import cli
+from jepa_jax import defaults
 from jepa_jax import distributed
+from jepa_jax import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)
@@ -29,38 +33,41 @@ EXIT_PREEMPTED = 75
 def main(argv):
   del argv
   distributed.initialize_from_flags()
-  from jepa_jax import experiment, trainer  # after jax.distributed: they touch the backend
+  import jax  # noqa: PLC0415 - after jax.distributed
+  from jepa_jax import experiment, trainer  # noqa: PLC0415
   config = _CONFIG.value
+  defaults.resolve_paths(config)
   try:
     experiment.validate(config)
   except experiment.ConfigError as e:
-    sys.exit(f"Config error: {e}")
-  workdir = _WORKDIR.value or config.get("workdir")
+    cli.fail(f"Config error: {e}")
+  workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
   if not workdir:
-    sys.exit("Config error: --workdir is required (where checkpoints and logs go)")
+    cli.fail("Config error: --workdir is required (where checkpoints and logs go)")
   try:
-    metrics = trainer.train(config, os.path.expanduser(workdir))
+    log_path = cli.prepare_workdir(workdir, jax.process_index())
+  except cli.WorkdirError as e:
+    cli.fail(f"Workdir error: {e}", e)
+  logging.info("Logging to %s", log_path)
+  try:
+    metrics = trainer.train(config, workdir)
   except trainer.NonFiniteLossError as e:
-    sys.exit(f"Stopped: {e}")
+    cli.fail(f"Stopped: {e}", e)
+  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
+    message = cli.explain(e, workdir)
+    if message is None:
+      raise
+    cli.fail(message, e)
   if "preempted_at_step" in metrics:
     logging.warning("Preempted at step %d; the checkpoint is saved: run the same command to "
                     "resume", metrics["preempted_at_step"])
-    sys.exit(EXIT_PREEMPTED)
-
-
-class _QuietLibraries(logging.Filter):
-  """Drop orbax's per-save INFO chatter so progress lines stay readable (warnings still pass)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+    raise SystemExit(EXIT_PREEMPTED)
 
 
 def run():
-  from absl import logging as absl_logging
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-  logging.getLogger("absl").setLevel(logging.INFO)
+  cli.setup_console_logging()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ class MaskConfig:
     for name in ("spatial_scale", "temporal_scale", "aspect_ratio"):
       value = getattr(self, name)
       pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+      pair = pair * 2 if len(pair) == 1 else pair  # --config.masks[0].spatial_scale=0.2
       if len(pair) != 2 or not pair[0] <= pair[1]:
         raise ValueError(f"MaskConfig.{name} must be a (min, max) pair with min <= max, got {value!r}")
       object.__setattr__(self, name, (float(pair[0]), float(pair[1])))
@@ -405,11 +406,14 @@ def sample_masks(key, batch_size: int, grid: Grid, cfgs: Sequence[MaskConfig]) -
 
 
 def count_distribution(grid: Grid, cfg: MaskConfig, num_block_sizes: int = _MC_BLOCK_SIZES,
-                       clips_per_size: int = _MC_CLIPS_PER_SIZE, seed: int = _MC_SEED) -> np.ndarray:
+                       clips_per_size: int = _MC_CLIPS_PER_SIZE, seed: int = _MC_SEED,
+                       fallback: bool = True) -> np.ndarray:
   """Per-clip context counts of ``cfg`` from a deterministic numpy run of the same sampler.
 
   ``num_block_sizes`` block sizes (one per simulated batch) x ``clips_per_size`` clips; empty
-  contexts are redrawn like in :func:`target_grids`. Returns int ``[num_block_sizes * clips]``.
+  contexts are redrawn like in :func:`target_grids`. Returns int ``[num_block_sizes * clips]``;
+  a clip still empty after the redraws counts the fallback's one token, or 0 with
+  ``fallback=False``.
   """
   grid = tuple(int(g) for g in grid)
   T, H, W = grid
@@ -437,13 +441,31 @@ def count_distribution(grid: Grid, cfg: MaskConfig, num_block_sizes: int = _MC_B
       break
     redrawn = context_counts([s[rows] for s in sizes])  # [len(rows), C]: keep one per row
     counts[counts == 0] = redrawn[:, 0]
-  return np.maximum(counts, 1).ravel()  # the fallback's single context token
+  if fallback:
+    counts = np.maximum(counts, 1)  # the fallback's single context token
+  return counts.ravel()
+
+
+@functools.lru_cache(maxsize=None)
+def _monte_carlo_counts(grid: Grid, cfg: MaskConfig) -> np.ndarray:
+  return count_distribution(grid, cfg, fallback=False)
+
+
+def no_context_fraction(grid: Grid, cfg: MaskConfig) -> float:
+  """The fraction of clips whose blocks cover the whole grid in the first draw and in all
+  ``NUM_RETRIES`` redraws, i.e. that get the fallback's single context token (Monte Carlo of
+  :func:`count_distribution`, deterministic). The reference would redraw them for as long as it
+  takes, or for ever when every placement covers the grid."""
+  if cfg.kind != "multiblock":
+    return 0.0
+  geometry = dataclasses.replace(cfg, num_context=None, num_target=None, subset="random")
+  return float(np.mean(_monte_carlo_counts(tuple(int(g) for g in grid), geometry) == 0))
 
 
 @functools.lru_cache(maxsize=None)
 def _default_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
   num_tokens = math.prod(grid)
-  ctx = count_distribution(grid, cfg)
+  ctx = np.maximum(_monte_carlo_counts(grid, cfg), 1)
   if cfg.kind == "random_tube":
     return int(ctx[0]), num_tokens - int(ctx[0])
 

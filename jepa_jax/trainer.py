@@ -5,13 +5,20 @@ Guarantees:
   same parameters, the same masks (drawn from ``fold_in(rng, state.step)``) and the next unseen
   batch (the data state saved is the one recorded *before* the next batch to be consumed, not the
   read-ahead position of the prefetcher). On CPU a killed-and-resumed run is bitwise identical to
-  an uninterrupted one.
+  an uninterrupted one. A damaged latest checkpoint is skipped and moved aside, and the run
+  resumes from the newest readable one (``checkpoint.restore_latest_train_state``).
+  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once.
 * Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and exits
   cleanly.
 * Non-finite loss: the step never applies a non-finite update (see ``train_step``); with
   ``config.nonfinite='stop'`` the run stops with the step and the last good checkpoint named and
-  saves nothing; with ``'skip'`` the batch is skipped and counted. The flag is read one step late,
-  so no step waits for the host.
+  saves nothing; with ``'skip'`` the batch is skipped and counted, and after
+  ``config.max_consecutive_skips`` skipped updates in a row the run stops (the parameters or the
+  optimiser state are then broken, not one batch). The flag is read one step late, so no step
+  waits for the host; steps are named as logged (1-based: step k is the k-th update).
+* Bad data: samples replaced by the pipeline (``jepa_jax.data.pipeline``) are counted per logging
+  window (``data/bad_reads``, with the run's total in ``data/bad_reads_total``) and summed up at
+  the end.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
 """
@@ -34,12 +41,18 @@ from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import experiment
 from jepa_jax import optim
+from jepa_jax import paths
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
   pass
+
+
+# A run of this many skipped updates means the state is broken, not one batch: a skipped update
+# changes nothing, so the next batches keep failing. 20 rides out a short run of bad batches.
+DEFAULT_MAX_CONSECUTIVE_SKIPS = 20
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -52,10 +65,31 @@ def metrics_collection(names):
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends one JSON object per written step to ``path`` (easy to read back in scripts)."""
+  """Appends one JSON object per written step to ``path`` (easy to read back in scripts).
 
-  def __init__(self, path: str):
+  ``resume_step``: the step the run (re)starts from; rows of later steps, written before an
+  interruption and about to be replayed, are dropped first (so is a torn last line).
+  """
+
+  def __init__(self, path: str, resume_step: Optional[int] = None):
     self._path = path
+    if resume_step is not None and os.path.exists(path):
+      self._truncate_after(resume_step)
+
+  def _truncate_after(self, step: int):
+    kept = []
+    with open(self._path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = self._path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self._path)
 
   def write_scalars(self, step, scalars):
     with open(self._path, "a") as f:
@@ -89,13 +123,14 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     pass
 
 
-def make_writer(workdir: str):
+def make_writer(workdir: str, resume_step: int = 0):
   primary = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not primary,
                                                 asynchronous=True)
   if not primary:
     return writer
-  return metric_writers.MultiWriter([writer, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+  return metric_writers.MultiWriter([writer, jsonl])
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -104,7 +139,7 @@ class Prefetcher:
   """Reads host batches in a background thread and puts them on the devices ahead of the step.
 
   Each item carries the iterator state recorded *before* its batch, which is what a checkpoint
-  taken before consuming that batch must store.
+  taken before consuming that batch must store, and the batch's failed reads (``bad_reads``).
   """
 
   def __init__(self, iterator, place, size: int = 2):
@@ -120,10 +155,12 @@ class Prefetcher:
     try:
       while not self._stop.is_set():
         state = self._it.get_state()
-        batch = self._place(next(self._it))
+        host = next(self._it)
+        bad_reads = int(np.sum(host["bad_reads"])) if "bad_reads" in host else 0
+        batch = self._place(host)
         while not self._stop.is_set():
           try:
-            self._queue.put((state, batch), timeout=0.1)
+            self._queue.put((state, batch, bad_reads), timeout=0.1)
             break
           except queue.Full:
             continue
@@ -139,7 +176,7 @@ class Prefetcher:
     return item
 
   def next(self):
-    """``(data state before the batch, device batch)``."""
+    """``(data state before the batch, device batch, failed reads of the batch)``."""
     item, self._held = (self._held, None) if self._held is not None else (self._get(), None)
     return item
 
@@ -189,10 +226,11 @@ class _Preemption:
 
 
 def _init_or_restore(exp, manager, config):
-  """(state, start step, data state) from the latest checkpoint, ``config.init_from``, or fresh."""
-  step = manager.latest_step()
-  if step is not None:
-    state, data_state = ckpt_lib.restore_train_state(manager, step, exp.sharded_abstract_state)
+  """(state, start step, data state) from the latest readable checkpoint, ``config.init_from``,
+  or fresh."""
+  restored = ckpt_lib.restore_latest_train_state(manager, exp.sharded_abstract_state)
+  if restored is not None:
+    state, data_state, step = restored
     log.info("Resumed from checkpoint %d in %s", step, manager.directory)
     return state, step, data_state
   if config.get("init_from") and config.get("init_from_optimizer"):
@@ -246,6 +284,7 @@ def train(config, workdir: str) -> dict:
   A run stopped by SIGTERM / a preemption notice saves, returns early, and says so with the key
   ``preempted_at_step`` (``python -m jepa_jax.main`` then exits with ``EXIT_PREEMPTED``).
   """
+  workdir = paths.resolve(workdir)
   primary = jax.process_index() == 0
   exp = experiment.build(config)
   if primary:
@@ -263,15 +302,18 @@ def train(config, workdir: str) -> dict:
   state, start_step, data_state = _init_or_restore(exp, manager, config)
 
   per_process_batch = exp.batch_size // jax.process_count()
+  # Filled in this process only without worker processes; the counts also travel in the batches.
+  tracker = data_lib.FailureTracker(config.data.max_failure_fraction,
+                                    config.data.min_failure_check_attempts)
   dataset = data_lib.make_pretrain_dataset(
       config.data, batch_size=per_process_batch, seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      shard_index=jax.process_index(), shard_count=jax.process_count(), failure_tracker=tracker)
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
   prefetcher = Prefetcher(iterator, exp.shard_batch, size=config.prefetch)
 
-  writer = make_writer(workdir)
+  writer = make_writer(workdir, start_step)
   total = exp.total_steps
   hooks = []
   if primary:
@@ -284,23 +326,36 @@ def train(config, workdir: str) -> dict:
   rng = jax.random.PRNGKey(config.seed + 1)
   collection, last_metrics = None, {}
   preempted_at = None
+  # (logged step, device flag) of the last step: read one step late, exactly once.
   pending_flag: Optional[tuple[int, Any]] = None
-  skipped = 0
+  skipped = consecutive_skips = 0
+  max_consecutive_skips = config.get("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS)
   last_saved = start_step if start_step else None
   window_start, window_wait = time.perf_counter(), 0.0
+  window_bad_reads = total_bad_reads = 0
 
-  def check_finite(step_and_flag):
-    nonlocal skipped
-    bad_step, flag = step_and_flag
-    if int(flag) == 0:
+  def check_finite():
+    nonlocal pending_flag, skipped, consecutive_skips
+    if pending_flag is None:
       return
-    if config.nonfinite == "skip":
-      skipped += 1
-      log.warning("Non-finite loss or gradient at step %d: update skipped (%d so far)",
-                  bad_step, skipped)
+    (bad_step, flag), pending_flag = pending_flag, None
+    if int(flag) == 0:
+      consecutive_skips = 0
       return
     where = (f"the last good checkpoint is step {last_saved} in {manager.directory}"
              if last_saved is not None else "no checkpoint was saved yet")
+    if config.nonfinite == "skip":
+      skipped += 1
+      consecutive_skips += 1
+      log.warning("Non-finite loss or gradient at step %d: update skipped (%d so far, %d in a row)",
+                  bad_step, skipped, consecutive_skips)
+      if consecutive_skips >= max_consecutive_skips:
+        raise NonFiniteLossError(
+            f"{consecutive_skips} updates in a row had a non-finite loss or gradient (steps "
+            f"{bad_step - consecutive_skips + 1}-{bad_step}), so it is not one bad batch; {where}. "
+            "Lower config.optim.lr or check the data, then resume; "
+            f"config.max_consecutive_skips={max_consecutive_skips} sets this limit.")
+      return
     raise NonFiniteLossError(
         f"Non-finite loss or gradient at step {bad_step}; the update was not applied and nothing "
         f"was saved after it; {where}. Lower config.optim.lr, check the data, or set "
@@ -308,8 +363,7 @@ def train(config, workdir: str) -> dict:
 
   def save(step, force=False):
     nonlocal last_saved
-    if pending_flag is not None:
-      check_finite(pending_flag)
+    check_finite()
     if ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
                      config=config, force=force):
       last_saved = step
@@ -319,13 +373,14 @@ def train(config, workdir: str) -> dict:
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total:
-        _, batch = prefetcher.next()
+        _, batch, bad_reads = prefetcher.next()
+        window_bad_reads += bad_reads
+        total_bad_reads += bad_reads
         state, metrics = exp.train_step(state, batch, rng)
         # Read the previous step's flag now: it has finished (or nearly), the new one is queued.
-        if pending_flag is not None:
-          check_finite(pending_flag)
-        pending_flag = (step, metrics["nonfinite"])
+        check_finite()
         step += 1
+        pending_flag = (step, metrics["nonfinite"])
         collection_cls = collection_cls or metrics_collection(tuple(metrics))
         update = collection_cls.single_from_model_output(**metrics)
         collection = update if collection is None else collection.merge(update)
@@ -336,7 +391,10 @@ def train(config, workdir: str) -> dict:
           elapsed = time.perf_counter() - window_start
           scalars["data_wait_fraction"] = (prefetcher.wait_seconds - window_wait) / max(elapsed, 1e-9)
           scalars["skipped_steps"] = skipped
+          scalars["data/bad_reads"] = window_bad_reads
+          scalars["data/bad_reads_total"] = total_bad_reads
           window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
+          window_bad_reads = 0
           writer.write_scalars(step, scalars)
           last_metrics, collection = scalars, None
         if preemption.reached(step):
@@ -350,10 +408,20 @@ def train(config, workdir: str) -> dict:
     prefetcher.close()
     manager.wait_until_finished()
     preemption.restore()
-  if pending_flag is not None:
-    check_finite(pending_flag)
+  check_finite()
   manager.close()
+  _log_bad_reads(total_bad_reads, tracker, start_step, step)
   if preempted_at is not None:
     last_metrics = {**last_metrics, "preempted_at_step": preempted_at}
   return last_metrics
 
+
+def _log_bad_reads(total: int, tracker, first_step: int, last_step: int) -> None:
+  """The run's summary of replaced samples (reasons known only without worker processes)."""
+  if not total:
+    log.info("Data: no unreadable samples in steps %d-%d", first_step + 1, last_step)
+    return
+  reasons = f" ({', '.join(map(repr, sorted(tracker.failures)))})" if tracker.failures else ""
+  log.warning("Data: %d failed reads were replaced by other samples in steps %d-%d%s (each "
+              "failing file is named once in the warnings above)", total, first_step + 1,
+              last_step, reasons)

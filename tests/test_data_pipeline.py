@@ -175,11 +175,14 @@ def test_bad_files_are_counted_and_replaced(synthetic_index, tmp_path, caplog):
     assert bad[kind] not in loaded
   reasons = tracker.failures
   assert set(reasons) == {"open_error", "empty_file", "too_short", "missing"}
-  assert reasons["open_error"] >= 3 and tracker.attempts > tracker.num_failures
+  assert reasons["open_error"] >= 3 and tracker.requests > tracker.replaced > 0
   # Logged once per path even though each bad path failed in several epochs.
   logged = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
   assert len(logged) == len(set(logged)) == 6
   assert sum(reasons.values()) > 6
+  # Each example says how many failed reads it took; the reader runs ahead of what was taken.
+  bad_reads = sum(int(b["bad_reads"].sum()) for b in batches)
+  assert 0 < bad_reads <= tracker.num_failures
 
 
 def test_all_bad_index_fails_with_clear_message(tmp_path):
@@ -190,21 +193,86 @@ def test_all_bad_index_fails_with_clear_message(tmp_path):
     take(data.make_pretrain_dataset(cfg, batch_size=2, seed=0), 1)
   msg = str(e.value)
   assert "'missing'" in msg and "/no/such/mount/video_" in msg and "wrong path prefix" in msg
-  assert "max_failure_fraction=0.1" in msg
+  assert "after trying 51 entries in a row" in msg
 
 
-def test_failure_fraction_threshold():
+def test_empty_index_is_a_data_error(tmp_path):
+  index = tmp_path / "empty.csv"
+  index.write_text("# path label\n\n")
+  with pytest.raises(data.DataPipelineError, match="empty.csv holds no samples"):
+    data.make_pretrain_dataset(small_cfg(datasets=[str(index)]), batch_size=2, seed=0)
+
+
+def test_failure_fraction_counts_requested_samples():
   t = pipeline.FailureTracker(max_failure_fraction=0.2, min_attempts=10)
   err = data.pipeline.decode.VideoReadError("open_error", "bad")
-  for i in range(5):
-    t.failure(f"p{i}", err)
+  for i in range(5):  # five samples, each walking through three bad entries
+    for k in range(3):
+      t.read_failed(f"p{i}{k}", err)
+    t.sample_done(bad_reads=3)
     t.check()  # below min_attempts: no decision yet
   for _ in range(20):
-    t.success()
-  t.check()  # 5 / 25 = 0.2: not above
-  t.failure("p9", err)
+    t.sample_done(bad_reads=0)
+  t.check()  # 5 of 25 samples replaced = 0.2: not above, though 15 reads failed
+  assert (t.requests, t.replaced, t.num_failures) == (25, 5, 15)
+  t.sample_done(bad_reads=1)
   with pytest.raises(data.DataPipelineError, match="open_error"):
     t.check()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_adjacent_bad_entries_below_the_limit_never_stop(synthetic_index, tmp_path, seed):
+  """Issue 19: 61 good and 5 adjacent bad entries (7.6% < max_failure_fraction=0.1) stopped every
+  run, because walking index+1 through the bad run counted each of them."""
+  good = data.pipeline.sources_lib.read_index(synthetic_index).paths[0]
+  rows = [(good, 0)] * 30 + [(str(tmp_path / f"gone{i}.mp4"), 0) for i in range(5)] + [(good, 0)] * 31
+  index = _write_index(tmp_path / "mostly_good.csv", rows)
+  cfg = small_cfg(datasets=[index], num_frames=2, frame_step=1, crop_size=16)
+  assert (cfg.max_failure_fraction, cfg.min_failure_check_attempts) == (0.1, 50)  # the defaults
+  tracker = pipeline.FailureTracker(cfg.max_failure_fraction, cfg.min_failure_check_attempts)
+  batches = take(data.make_pretrain_dataset(cfg, batch_size=11, seed=seed,
+                                            failure_tracker=tracker), 18)  # 3 epochs
+  index_seen = np.concatenate([b["index"] for b in batches])
+  assert not np.isin(index_seen, range(30, 35)).any()
+  assert tracker.replaced >= 15 and tracker.requests >= 198
+
+
+class _FakeSource:
+  """n entries of tiny videos; the ``bad`` ones fail to read."""
+  kind = "video_array"
+  name = "fake"
+
+  def __init__(self, n, bad):
+    self.n, self.bad = n, set(bad)
+
+  def __len__(self):
+    return self.n
+
+  def get(self, i):
+    if i in self.bad:
+      raise OSError("unreadable")
+    return np.full((4, 16, 16, 3), i, np.uint8), -1
+
+  def describe(self, i):
+    return f"fake[{i}]"
+
+
+def test_replacement_is_uniform_over_the_other_entries_and_deterministic():
+  n, bad = 20, range(5, 10)
+  loader = pipeline._Loader(_FakeSource(n, bad), mode="pretrain", train=True, num_frames=4,
+                            frame_step=1, crop_size=16, flip=False,
+                            tracker=pipeline.FailureTracker(1.0, 10**9))
+  draws = 3000
+  got = np.array([int(loader(int(bad[k % 5]), np.random.default_rng(k))["index"])
+                  for k in range(draws)])
+  counts = np.bincount(got, minlength=n)
+  good = [i for i in range(n) if i not in bad]
+  assert counts[list(bad)].sum() == 0
+  expected = draws / len(good)
+  chi2 = (((counts[good] - expected) ** 2) / expected).sum()
+  assert chi2 < 36.1, (chi2, counts)  # 14 degrees of freedom: p = 0.001
+  same_rng = [int(loader(7, np.random.default_rng(123))["index"]) for _ in range(3)]
+  assert len(set(same_rng)) == 1  # a function of the sample's rng: resumable
 
 
 # ---------------------------------------------------------------- worker processes

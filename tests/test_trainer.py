@@ -1,7 +1,9 @@
 """The trainer: resume after SIGKILL, SIGTERM, mesh changes, bad configs, non-finite losses."""
 import json
+import logging
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +176,10 @@ def test_checkpoint_of_another_model_is_named(synthetic_dir, tmp_path):
     ("data.crop_size", 60, "crop_size=60 is not divisible by config.model.patch_size"),
     ("data.num_frames", 7, "num_frames=7 is not divisible by config.model.tubelet_size"),
     ("batch_size", 3, "batch_size=3 is not divisible"),
+    ("batch_size", 0, "batch_size=0 must be a positive number"),
+    ("batch_size", -8, "batch_size=-8 must be a positive number"),
+    ("data.datasets_weights", (0.5, 0.5), "2 weights for the synthetic set"),
+    ("max_consecutive_skips", 0, "config.max_consecutive_skips=0 must be a positive integer"),
     ("model.overrides", {"embed_dim": 30, "depth": 1, "num_heads": 4}, "not divisible by num_heads"),
     ("data.datasets", ["/nonexistent/index.csv"], "index file '/nonexistent/index.csv' does not exist"),
     ("nonfinite", "ignore", "config.nonfinite"),
@@ -195,6 +201,20 @@ def test_mask_leaving_no_context_refused(synthetic_dir):
     experiment.validate(c, num_devices=1)
 
 
+def test_mask_whose_union_of_blocks_covers_the_grid_refused():
+  """Issue 19: 8 blocks of spatial_scale 1.0 passed (no single block covers the 4x4 grid at the
+  aspect extremes) and trained on one context token: their union covers it in 98% of clips."""
+  from jepa_jax import cli
+  c = cli.load_config(str(REPO / "configs" / "demo.py"), [])
+  experiment.validate(c, num_devices=1)  # the paper's masks: 0% and 0.2% of clips
+  c.masks[0].spatial_scale = (1.0, 1.0)
+  with pytest.raises(experiment.ConfigError,
+                     match=r"config.masks\[0\] leaves no context in 98% of clips: its 8 blocks"):
+    experiment.validate(c, num_devices=1)
+  c.masks[0].spatial_scale = (0.5, 0.5)  # 8 blocks of half the grid: 1% of clips, allowed
+  experiment.validate(c, num_devices=1)
+
+
 def test_cli_reports_config_errors_in_one_line(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jepa_jax.main", "--config=configs/demo.py",
                          "--config.data.crop_size=60", f"--workdir={tmp_path}"], cwd=REPO,
@@ -204,25 +224,50 @@ def test_cli_reports_config_errors_in_one_line(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("policy", ["stop", "skip"])
-def test_nonfinite_loss(synthetic_dir, tmp_path, policy):
+def _nonfinite_config(synthetic_dir, **changes):
   c = tiny_config(synthetic_dir, steps=8)
   c.mesh.data = 1
-  c.nonfinite = policy
   c.optim.update(dict(start_lr=1e38, lr=1e38, final_lr=1e38))
   c.checkpoint.every = 1000
+  c.update(changes)
+  return c
+
+
+def _rows(workdir):
+  return [json.loads(x) for x in pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nonfinite_stop_names_the_step_as_logged(synthetic_dir, tmp_path):
+  c = _nonfinite_config(synthetic_dir, nonfinite="stop")
   workdir = str(tmp_path / "run")
-  with jax.default_device(jax.devices()[0]):
-    if policy == "stop":
-      with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite loss or gradient at step \d"):
-        _train_single_device(c, workdir)
-      assert checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                     read_only=True).latest_step() is None
-    else:
-      metrics = _train_single_device(c, workdir)
-      assert metrics["skipped_steps"] >= 1
-      params, _ = checkpoint.load_params(workdir)
-      assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params["target"]))
+  with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite loss or gradient at step \d") as e:
+    _train_single_device(c, workdir)
+  assert checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                 read_only=True).latest_step() is None
+  named = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+  first_bad = min(r["step"] for r in _rows(workdir) if r.get("nonfinite", 0) > 0)
+  assert named == first_bad  # 1-based, as in metrics.jsonl and the progress lines
+
+
+def test_nonfinite_skip_counts_each_step_once_and_stops_after_a_run_of_skips(
+    synthetic_dir, tmp_path, caplog):
+  """A save used to re-check the pending flag, counting the step before each save twice; a run
+  of skips never stopped."""
+  c = _nonfinite_config(synthetic_dir, nonfinite="skip", max_consecutive_skips=4)
+  c.checkpoint.every = 2
+  workdir = str(tmp_path / "run")
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.trainer"):
+    with pytest.raises(trainer.NonFiniteLossError, match="4 updates in a row") as e:
+      _train_single_device(c, workdir)
+  warned = [int(m.group(1)) for r in caplog.records
+            for m in [re.search(r"at step (\d+): update skipped", r.getMessage())] if m]
+  bad_steps = [r["step"] for r in _rows(workdir) if r.get("nonfinite", 0) > 0]
+  assert warned == bad_steps[:4] and len(set(warned)) == 4, (warned, bad_steps)
+  assert f"(steps {warned[0]}-{warned[-1]})" in str(e.value)
+  assert "config.max_consecutive_skips=4" in str(e.value)
+  # The skipped updates left the saved parameters finite.
+  params, _ = checkpoint.load_params(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params["target"]))
 
 
 def _train_single_device(c, workdir):
@@ -305,3 +350,121 @@ def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):
   other.init_from = c.init_from
   with pytest.raises(checkpoint.CheckpointError, match="config.init_from"):
     trainer._init_or_restore(experiment.build(other, devices=jax.devices()[:1]), manager, other)
+
+
+def _damage(step_dir: pathlib.Path, kind: str):
+  data_files = sorted((step_dir / "state").glob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+  if kind == "truncated_file":
+    big = data_files[-1]
+    big.write_bytes(big.read_bytes()[:big.stat().st_size // 2])
+  elif kind == "deleted_file":
+    data_files[-1].unlink()
+  elif kind == "deleted_state_metadata":
+    (step_dir / "state" / "_METADATA").unlink()
+  elif kind == "deleted_checkpoint_metadata":
+    (step_dir / "_CHECKPOINT_METADATA").unlink()
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(synthetic_dir, tmp_path_factory):
+  """A trainer-layout checkpoints directory with steps 4 and 8 (different parameters)."""
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 1
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  directory = tmp_path_factory.mktemp("two") / "checkpoints"
+  manager = checkpoint.make_manager(str(directory), async_save=False)
+  for step, seed in ((4, 4), (8, 8)):
+    checkpoint.save(manager, step, state=exp.init_state(jax.random.PRNGKey(seed)),
+                    data_state={"next": step}, config=c, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return exp, directory
+
+
+@pytest.mark.parametrize("kind,resumed", [
+    ("truncated_file", 4), ("deleted_file", 4), ("deleted_state_metadata", 4),
+    ("deleted_checkpoint_metadata", 8),  # orbax reads the step without it: nothing to skip
+])
+def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(two_checkpoints, tmp_path, kind,
+                                                                resumed, caplog):
+  import shutil
+  exp, original = two_checkpoints
+  directory = tmp_path / "checkpoints"
+  shutil.copytree(original, directory)
+  _damage(directory / "8", kind)
+  manager = checkpoint.make_manager(str(directory))
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.checkpoint"):
+    state, data_state, step = checkpoint.restore_latest_train_state(
+        manager, exp.sharded_abstract_state)
+  assert (step, data_state) == (resumed, {"next": resumed})
+  expected = exp.init_state(jax.random.PRNGKey(resumed))
+  for x, y in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  aside = list(directory.glob("8.corrupt-*"))
+  if resumed == 4:
+    assert len(aside) == 1 and not (directory / "8").exists() and manager.all_steps() == [4]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.checkpoint"]
+    assert len(warnings) == 1 and warnings[0].startswith("Skipped checkpoint 8: checkpoint 8 in ")
+    assert f"moved it to {aside[0]}" in warnings[0] and "\n" not in warnings[0]
+  else:
+    assert not aside and manager.all_steps() == [4, 8]
+  manager.close()
+
+
+def test_no_readable_checkpoint_or_another_model_is_an_error_and_moves_nothing(
+    two_checkpoints, synthetic_dir, tmp_path):
+  import shutil
+  exp, original = two_checkpoints
+  directory = tmp_path / "checkpoints"
+  shutil.copytree(original, directory)
+  other = tiny_config(synthetic_dir)
+  other.mesh.data = 1
+  other.model.overrides = {"embed_dim": 64, "depth": 1, "num_heads": 2}
+  exp_other = experiment.build(other, devices=jax.devices()[:1])
+  manager = checkpoint.make_manager(str(directory))
+  with pytest.raises(checkpoint.CheckpointError, match="shape") as e:
+    checkpoint.restore_latest_train_state(manager, exp_other.sharded_abstract_state)
+  assert not isinstance(e.value, checkpoint.CorruptCheckpointError)
+  for step in (4, 8):
+    _damage(directory / str(step), "deleted_file")
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in .* can be read"):
+    checkpoint.restore_latest_train_state(manager, exp.sharded_abstract_state)
+  assert sorted(p.name for p in directory.iterdir()) == ["4", "8"]
+  manager.close()
+
+
+@pytest.mark.slow
+def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_reads(
+    synthetic_dir, tmp_path, caplog):
+  """End to end: a run over an index with unreadable entries, its newest checkpoint damaged,
+  then the same run again: it resumes from the previous checkpoint, replays the same steps
+  (same losses), metrics.jsonl has every step once, and the failed reads are reported per
+  logging window and at the end."""
+  good = sorted(pathlib.Path(synthetic_dir, "videos").glob("*.mp4"))[:10]
+  index = tmp_path / "index.csv"
+  index.write_text("".join(f"{p} 0\n" for p in good) +
+                   "".join(f"{tmp_path}/missing{i}.mp4 0\n" for i in range(2)))
+  c = tiny_config(synthetic_dir, steps=8)
+  c.mesh.data = 1
+  c.data.datasets = [str(index)]
+  workdir = tmp_path / "run"
+  with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
+    _train_single_device(c, str(workdir))
+  first = losses(workdir)
+  rows = [r for r in _rows(workdir) if "data/bad_reads" in r]
+  assert [r["step"] for r in rows] == list(range(1, 9))  # every logging window
+  assert sum(r["data/bad_reads"] for r in rows) == rows[-1]["data/bad_reads_total"] > 0
+  assert any("failed reads were replaced by other samples in steps 1-8" in r.getMessage() and
+             "'missing'" in r.getMessage() for r in caplog.records)
+  _damage(workdir / "checkpoints" / "8", "truncated_file")
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    _train_single_device(c, str(workdir))
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("Skipped checkpoint 8:") for m in messages)
+  assert any(m.startswith("Resumed from checkpoint 4") for m in messages)
+  steps = [r["step"] for r in _rows(workdir) if "loss" in r]
+  assert steps == list(range(1, 9))  # steps 5-8 replayed, each written once
+  assert losses(workdir) == first
+  assert len(list((workdir / "checkpoints").glob("8.corrupt-*"))) == 1
+  assert checkpoint.load_params(str(workdir))[1] == 8

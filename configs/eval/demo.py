@@ -1,8 +1,8 @@
 """Frozen evaluation of the CPU demo encoder (configs/demo.py) on the built-in synthetic set.
 
-python -m jepa_jax.main --config=configs/demo.py --workdir=/tmp/jepa_demo      # pretrain
-python -m jepa_jax.eval --config=configs/eval/demo.py --workdir=/tmp/jepa_demo_eval \
-    --config.checkpoint=/tmp/jepa_demo --config.synthetic_label=direction
+python -m jepa_jax.main --config=configs/demo.py --workdir=workdir/demo      # pretrain
+python -m jepa_jax.eval --config=configs/eval/demo.py --config.checkpoint=workdir/demo \
+    --workdir=workdir/demo_eval --config.synthetic_label=direction
 
 A demo-sized 8x2x3 protocol (2 segments of one 8-frame clip at stride 4, 3 views, 64 px) with the
 features cached (no augmentation), so the probe trains for many epochs in seconds. Labels that
@@ -15,7 +15,7 @@ from jepa_jax.eval.config import base_eval_config
 def get_config():
   c = base_eval_config()
   c.task = "synthetic_demo"
-  c.checkpoint = "/tmp/jepa_demo"
+  c.checkpoint = "workdir/demo"  # the README's demo run, relative to the working directory
   # The demo encoder's architecture (configs/demo.py), used for checkpoint="random"; a checkpoint
   # that does not fit it fails with the name of the first mismatched parameter.
   c.model.name = "tiny"

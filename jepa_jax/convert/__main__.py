@@ -24,6 +24,7 @@ import argparse
 import logging
 import sys
 
+from jepa_jax import paths
 from jepa_jax.convert import reference
 from jepa_jax.convert.names import ConversionError
 
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error("--to-torch needs --ckpt WORKDIR_OR_DIR")
   if args.from_torch and args.ckpt:
     p.error("--ckpt is for --to-torch; --from-torch takes the file itself")
+  # Relative paths are taken from the working directory (orbax needs them absolute).
+  for name in ("from_torch", "ckpt", "out"):
+    setattr(args, name, paths.resolve(getattr(args, name)))
   return args
 
 

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import paths
 from jepa_jax.convert import infer
 from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
                                     unstack_blocks)
@@ -349,7 +350,7 @@ def _probe_manager(directory: str, read_only: bool):
   import orbax.checkpoint as ocp  # noqa: PLC0415
   options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory, options=options, item_handlers={
+  return ocp.CheckpointManager(paths.resolve(directory), options=options, item_handlers={
       PROBE: ocp.StandardCheckpointHandler(), ckpt_lib.CONFIG: ocp.JsonCheckpointHandler()})
 
 

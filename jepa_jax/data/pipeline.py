@@ -16,13 +16,18 @@ Pretraining (``make_pretrain_dataset``)::
   Composite).
 
 Bad samples never stop a run by themselves: ``_Loader`` catches every failure to read or transform
-a sample, counts it by reason in a ``FailureTracker``, logs it once per path, and deterministically
-tries the next index of the same source (``index + 1``, ``index + 2``, ... with the same rng).
-Once at least ``min_failure_check_attempts`` reads have been made, a failure fraction above
-``max_failure_fraction`` raises ``DataPipelineError`` naming the most common reason, an example
-path and a likely cause. Counts are per process: with ``num_workers > 0`` each worker keeps its
-own tracker (and raises on its own; grain re-raises the error in the main process); a tracker
-passed as ``failure_tracker`` is filled only when ``num_workers == 0``.
+a sample, counts it by reason in a ``FailureTracker``, logs it once per path, and replaces it by
+another entry of the same source drawn uniformly at random (never the failed entry itself) from
+the sample's own rng, so the replacement is deterministic and resumable and no entry is favoured
+(an ``index + 1`` rule would draw the entry after a run of bad ones once per bad entry). Each
+example records the failed reads it needed in ``bad_reads``, which the trainer sums per logging
+window. The stop rule counts requested samples, not failed reads: once
+``min_failure_check_attempts`` samples have been requested, more than ``max_failure_fraction`` of
+them needing a replacement raises ``DataPipelineError`` naming the most common reason, an example
+path and a likely cause (with 61 good and 5 bad entries, 7.6% of samples need one: no stop).
+Counts are per process: with ``num_workers > 0`` each worker keeps its own tracker (and raises on
+its own; grain re-raises the error in the main process); a tracker passed as ``failure_tracker``
+is filled only when ``num_workers == 0``.
 """
 from __future__ import annotations
 
@@ -90,7 +95,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 class DataPipelineError(RuntimeError):
-  """Too many samples failed, or one sample could not be replaced."""
+  """The data cannot feed the run: too many samples failed, one could not be replaced, or a
+  source is empty or of the wrong kind. The message names the source and the fix."""
 
 
 _HINTS = {
@@ -108,13 +114,15 @@ _HINTS = {
 
 
 class FailureTracker:
-  """Counts sample reads and failures by reason; logs each failing path once. Thread-safe."""
+  """Counts requested samples, the ones that needed a replacement, and failed reads by reason;
+  logs each failing path once. Thread-safe."""
 
   def __init__(self, max_failure_fraction: float = 0.1, min_attempts: int = 50):
     self.max_failure_fraction = max_failure_fraction
     self.min_attempts = min_attempts
-    self.attempts = 0
-    self.failures = collections.Counter()
+    self.requests = 0  # samples asked of the loader
+    self.replaced = 0  # ... whose first read failed
+    self.failures = collections.Counter()  # failed reads by reason (every bad entry tried)
     self.examples = {}  # reason -> (description, detail) of the first failure
     self._logged = set()
     self._lock = threading.Lock()
@@ -130,15 +138,12 @@ class FailureTracker:
 
   @property
   def num_failures(self) -> int:
+    """Failed reads (a sample replaced twice counts two)."""
     return sum(self.failures.values())
 
-  def success(self):
+  def read_failed(self, desc: str, err: decode.VideoReadError):
+    """One failed read of the entry ``desc``."""
     with self._lock:
-      self.attempts += 1
-
-  def failure(self, desc: str, err: decode.VideoReadError):
-    with self._lock:
-      self.attempts += 1
       self.failures[err.reason] += 1
       self.examples.setdefault(err.reason, (desc, err.detail))
       first = desc not in self._logged
@@ -146,23 +151,38 @@ class FailureTracker:
     if first:
       log.warning("skipping sample %s: %s", desc, err)
 
+  def sample_done(self, bad_reads: int):
+    """One requested sample, delivered (or given up) after ``bad_reads`` failed reads."""
+    with self._lock:
+      self.requests += 1
+      self.replaced += bad_reads > 0
+
   def summary(self) -> dict:
-    return dict(attempts=self.attempts, failures=dict(self.failures))
+    return dict(requests=self.requests, replaced=self.replaced, failed_reads=dict(self.failures))
 
   def message(self) -> str:
     reason, count = self.failures.most_common(1)[0]
     desc, detail = self.examples[reason]
-    return (f"{self.num_failures} of {self.attempts} sample reads failed. Most common reason: "
-            f"'{reason}' ({count}x), e.g. {desc} ({detail}) -- {_HINTS.get(reason, '?')}. "
-            f"All reasons: {dict(self.failures)}.")
+    return (f"{self.replaced} of {self.requests} requested samples needed a replacement "
+            f"({self.num_failures} failed reads). Most common reason: '{reason}' ({count}x), e.g. "
+            f"{desc} ({detail}) -- {_HINTS.get(reason, '?')}. All reasons: {dict(self.failures)}.")
 
   def check(self):
-    """Raises DataPipelineError if the failure fraction is above the limit."""
-    if (self.attempts >= self.min_attempts and
-        self.num_failures > self.max_failure_fraction * self.attempts):
+    """Raises DataPipelineError if the fraction of samples needing a replacement is too high."""
+    with self._lock:
+      too_many = (self.requests >= self.min_attempts and
+                  self.replaced > self.max_failure_fraction * self.requests)
+    if too_many:
       raise DataPipelineError(
           f"more than max_failure_fraction={self.max_failure_fraction} of samples failed: "
-          + self.message())
+          + self.message() + " Fix or remove these files, or raise "
+          "config.data.max_failure_fraction.")
+
+
+def replacement_index(rng: np.random.Generator, failed: int, n: int) -> int:
+  """An entry other than ``failed`` of a source of ``n``, uniformly at random from ``rng``."""
+  j = int(rng.integers(n - 1))
+  return j + (j >= failed)
 
 
 class _Loader:
@@ -191,21 +211,28 @@ class _Loader:
   def __call__(self, item, rng: np.random.Generator) -> dict:
     index, valid = item if isinstance(item, tuple) else (item, True)
     n = len(self.source)
-    for k in range(self.max_retries + 1):
-      j = (int(index) + k) % n
+    j = int(index)
+    for bad_reads in range(self.max_retries + 1):
       try:
         data, label = self.load(j, rng)
       except decode.VideoReadError as e:
-        self.tracker.failure(self.source.describe(j), e)
-        self.tracker.check()
+        self.tracker.read_failed(self.source.describe(j), e)
+        if n < 2:
+          break
+        j = replacement_index(rng, j, n)
         continue
-      self.tracker.success()
+      self.tracker.sample_done(bad_reads)
+      self.tracker.check()
       key = "image" if self.mode == "image" else "video"
       return {key: data, "label": np.int32(label), "index": np.int64(self.offset + j),
+              "bad_reads": np.int32(bad_reads),
               **({} if self.mode == "pretrain" else {"valid": np.bool_(valid)})}
+    self.tracker.sample_done(1)
+    self.tracker.check()
+    tried = "its only entry" if n < 2 else f"{self.max_retries + 1} entries in a row"
     raise DataPipelineError(
-        f"{self.max_retries + 1} consecutive samples failed from {self.source.describe(index)} "
-        "on: " + self.tracker.message())
+        f"no readable sample in {getattr(self.source, 'name', '') or 'a source'} after trying "
+        f"{tried} (from {self.source.describe(int(index))}): " + self.tracker.message())
 
   def load(self, j: int, rng: np.random.Generator):
     """(uint8 array, label) for source index ``j``; any failure as a VideoReadError."""
@@ -269,7 +296,8 @@ def _resolve_sources(cfg) -> list[str]:
   specs = list(cfg.datasets or [])
   if not specs:
     if not cfg.synthetic_dir:
-      raise ValueError("config.data.datasets is empty and config.data.synthetic_dir is not set")
+      raise DataPipelineError("config.data.datasets is empty and config.data.synthetic_dir is "
+                              "not set; give index files or a directory for the synthetic set")
     index = synthetic.ensure_synthetic(cfg.synthetic_dir, cfg.synthetic_num_videos,
                                        cfg.synthetic_seed)
     specs = [index.replace("index.csv", cfg.synthetic_index)]
@@ -293,10 +321,12 @@ def _to_batches(ds: grain.MapDataset, cfg, batch_size: int) -> grain.IterDataset
 def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
                           shard_index: int = 0, shard_count: int = 1,
                           failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
-  """Infinite per-host batches ``{"video": uint8 [B,T,H,W,C], "label": int32 [B], "index": int64 [B]}``.
+  """Infinite per-host batches ``{"video": uint8 [B,T,H,W,C], "label": int32 [B], "index": int64 [B],
+  "bad_reads": int32 [B]}``.
 
   ``index`` numbers samples across all sources (source k's indices are offset by the sizes of
-  sources 0..k-1); ``label`` is -1 for unlabelled indexes. See the module docstring.
+  sources 0..k-1); ``label`` is -1 for unlabelled indexes; ``bad_reads`` counts the failed reads
+  each sample needed before its (replacement) entry read well. See the module docstring.
   """
   cfg = data_cfg
   seed = cfg.seed if seed is None else seed
@@ -313,10 +343,15 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   for k, spec in enumerate(specs):
     src = sources_lib.load_source(spec, cfg.tfds_data_dir)
     if src.kind == "image":
-      raise ValueError(f"{spec} is an image dataset; pretraining reads videos")
+      raise DataPipelineError(f"{spec} is an image dataset; pretraining reads videos: remove it "
+                              "from config.data.datasets")
+    if len(src) == 0:
+      raise DataPipelineError(f"{spec} holds no samples (no video listed, or none found); add "
+                              "videos or remove it from config.data.datasets")
     ds = grain.MapDataset.range(len(src))[shard_index::shard_count]
     if len(ds) == 0:
-      raise ValueError(f"{spec} has {len(src)} samples: none for shard {shard_index}/{shard_count}")
+      raise DataPipelineError(f"{spec} has {len(src)} samples: none for process {shard_index} of "
+                              f"{shard_count}; use a larger index or fewer processes")
     loader = _Loader(
         src, mode="pretrain", train=True, num_frames=dataset_frames(cfg, k),
         frame_step=cfg.frame_step, fps=cfg.get("fps"),
@@ -351,9 +386,9 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   """Batches for frozen evaluation / probe training from one source spec.
 
   Videos: ``{"video": uint8 [B, S, V, T, H, W, C], "label": int32 [B], "index": int64 [B],
-  "valid": bool [B]}`` with S = ``num_segments`` clips (one per equal segment; random position
-  and a random resized crop per segment when ``train``, else centred and ``num_views`` spatial
-  views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
+  "valid": bool [B], "bad_reads": int32 [B]}`` with S = ``num_segments`` clips (one per equal
+  segment; random position and a random resized crop per segment when ``train``, else centred
+  and ``num_views`` spatial views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
   instead of ``"video"``.
 
   ``repeat=False``: one pass, shuffled if ``train``. Every host gets the same number of batches:

@@ -1,18 +1,21 @@
 """Frozen evaluation: ``python -m jepa_jax.eval --config=configs/eval/k400.py --workdir=DIR``.
 
 Any config field can be overridden on the command line, e.g.
-``--config.checkpoint=/runs/vitl16 --config.checkpoint_key=online --config.epochs=5``.
+``--config.checkpoint=workdir/demo --config.checkpoint_key=online --config.epochs=5`` (lists and
+``None`` fields as described in ``jepa_jax.cli``; relative paths are taken from the working
+directory).
 Writes ``DIR/results.json``, TensorBoard summaries under ``DIR/tb/`` and the trained probes under
 ``DIR/probes/``. Several processes: as for pretraining (``jepa_jax.distributed`` flags).
 """
-import logging
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from jepa_jax import cli
 from jepa_jax import distributed
+from jepa_jax import paths
+from jepa_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval/*.py).",
                                           lock_config=True)
@@ -23,16 +26,27 @@ distributed.define_flags()
 def main(argv):
   del argv
   distributed.initialize_from_flags()
-  from jepa_jax import checkpoint as ckpt_lib  # after jax.distributed: they touch the backend
-  from jepa_jax.eval import run
+  import jax  # noqa: PLC0415 - after jax.distributed
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax.eval import run  # noqa: PLC0415
   config = _CONFIG.value
-  workdir = _WORKDIR.value
+  eval_config.resolve_paths(config)
+  workdir = paths.resolve(_WORKDIR.value)
   if not workdir:
-    sys.exit("Config error: --workdir is required (where results.json and the probes go)")
+    cli.fail("Config error: --workdir is required (where results.json and the probes go)")
   try:
-    results = run.evaluate(config, os.path.expanduser(workdir))
+    cli.prepare_workdir(workdir, jax.process_index())
+  except cli.WorkdirError as e:
+    cli.fail(f"Workdir error: {e}", e)
+  try:
+    results = run.evaluate(config, workdir)
   except (ValueError, ckpt_lib.CheckpointError, FileNotFoundError) as e:
-    sys.exit(f"Error: {e}")
+    cli.fail(cli.explain(e, workdir) or f"Error: {e}", e)
+  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
+    message = cli.explain(e, workdir)
+    if message is None:
+      raise
+    cli.fail(message, e)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f} +- {acc['top1_std']:.2f}  "
         f"top-5 {acc['top5']:.2f}  ({results['num_val_examples']} val examples; "
@@ -40,6 +54,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  logging.getLogger("absl").setLevel(logging.INFO)
+  cli.setup_console_logging()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,7 +1,7 @@
 """The demo's claim, measured: a pretrained encoder vs a random one of the same size, probed on
 motion labels and appearance labels of the synthetic set, each over several seeds.
 
-    python -m jepa_jax.eval.compare --pretrained /tmp/jepa_demo --out results_compare.json
+    python -m jepa_jax.eval.compare --pretrained workdir/demo --out results_compare.json
 
 For each label (default: direction, rotation -- motion; shape, colour -- appearance) and each
 seed, a fresh attentive probe is trained on cached tokens (configs/eval/demo.py's protocol) of

@@ -6,6 +6,7 @@ change what differs. Any field can be overridden on the command line (``--config
 """
 import ml_collections
 
+from jepa_jax import paths
 from jepa_jax.data import default_data_config
 
 
@@ -170,3 +171,16 @@ def vjepa2_eval_config(task: str, num_classes: int, *, frames: int, frame_step: 
   c.optim.weight_decay_on = "all"
   c.probe_grid = [dict(g) for g in grid] if len(grid) > 1 else None
   return c
+
+
+def resolve_paths(config) -> None:
+  """Make an eval config's local paths absolute (``jepa_jax.paths``), in place; the entry point
+  calls it. ``checkpoint="random"`` is a keyword, not a path."""
+  if config.checkpoint and config.checkpoint != "random":
+    config.checkpoint = paths.resolve(str(config.checkpoint))
+  for name in ("train_index", "val_index"):
+    if config[name]:
+      config[name] = paths.resolve_source(str(config[name]))
+  for name in ("synthetic_dir", "tfds_data_dir"):
+    if config.data.get(name):
+      config.data[name] = paths.resolve(str(config.data[name]))

@@ -10,7 +10,6 @@ Images (evals/image_classification_frozen): the image is repeated along time to 
 ``[B, H, W, C] -> [B, 1, 1, T, H, W, C]``, so the same video encoder and probe apply.
 """
 import logging
-import os
 from typing import Callable, Optional
 
 import jax
@@ -19,6 +18,7 @@ import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
+from jepa_jax import paths
 from jepa_jax.data import normalize as normalize_lib
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def load_frozen_encoder(config, seed: Optional[int] = None):
     params = random_params(encoder, s)
     return encoder, params, dict(checkpoint="random", checkpoint_key=None, step=0, init_seed=s,
                                  model=arch)
-  path = os.path.expanduser(path)
+  path = paths.resolve(path)
   saved_config = ckpt_lib.read_config(path, config.checkpoint_step)
   arch = resolve_model(config, saved_config)
   encoder = build_eval_encoder(arch, config)

@@ -43,6 +43,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import data as data_lib
+from jepa_jax import paths
 from jepa_jax.data import sources as sources_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
@@ -279,7 +280,7 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
 def save_probe(path: str, params) -> None:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.abspath(path), params, force=True)
+  ckptr.save(paths.resolve(path), params, force=True)
   ckptr.wait_until_finished()
 
 
@@ -324,7 +325,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
 
   ``encoder_bundle`` = ``(encoder, params, info)`` skips loading (the demo comparison reuses one).
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
   placer = Placer()

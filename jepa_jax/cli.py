@@ -1,0 +1,382 @@
+"""The command line shared by ``jepa_jax.main`` and ``jepa_jax.eval``: config overrides, the
+workdir and its log file, and errors in one line.
+
+Overrides
+---------
+``--config.FIELD=VALUE`` sets any field of the config file, nested ones by their dotted path and
+list entries by index (``--config.masks[0].num_context=96``). The value is read according to the
+field's current type:
+
+* numbers, strings, booleans: as written (``--config.batch_size=1024``,
+  ``--config.model.remat=full``);
+* lists and tuples: a Python literal (``--config.data.datasets='("/data/a.csv","/data/b.csv")'``);
+  a single unquoted item is a one-element list (``--config.data.datasets=/data/a.csv``);
+* fields that default to ``None``: a Python literal when the value is one (``5000``,
+  ``(0.7, 0.3)``, ``None``), otherwise the text itself (``--config.init_from=weights/vith16``).
+
+ml_collections alone refuses lists and ``None`` fields; ``register_override_parsers`` (run on
+import) teaches it the last two rules. An unknown field is refused in one line that names the
+closest existing fields.
+
+Errors
+------
+Errors the user can act on (a bad config, a bad workdir, bad data, a corrupt checkpoint, a full
+disk, a non-finite loss) end the process with ``fail``: one line on stderr naming the thing and
+the fix, exit status 1, and the traceback only in the workdir's log file (``WORKDIR/log.txt``, at
+debug level). Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import errno
+import logging
+import os
+import re
+import sys
+import tempfile
+from typing import NoReturn, Optional
+
+from absl import flags
+from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags import tuple_parser
+
+from jepa_jax import paths
+
+LOG_FILE = "log.txt"
+# Tracebacks of the errors reported in one line: to the log file only (see ``fail``).
+_TRACEBACKS = logging.getLogger("jepa_jax.traceback")
+_TRACEBACKS.propagate = False
+_TRACEBACKS.setLevel(logging.DEBUG)
+_log_path: Optional[str] = None
+_unraisable_reported = False
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+class LiteralOrTextParser(flags.ArgumentParser):
+  """For fields that default to None: a Python literal if the value is one, else the text."""
+
+  def parse(self, argument):
+    if not isinstance(argument, str):
+      return argument
+    try:
+      return ast.literal_eval(argument)
+    except (ValueError, SyntaxError):
+      return argument
+
+  def flag_type(self):
+    return "literal or text"
+
+
+class ListParser(flags.ArgumentParser):
+  """For list fields: as ml_collections reads tuples (a literal, or one unquoted item)."""
+
+  def parse(self, argument):
+    return list(tuple_parser.TupleParser().parse(argument))
+
+  def flag_type(self):
+    return "list"
+
+
+def register_override_parsers() -> None:
+  config_flags.register_flag_parser_for_type(type(None), LiteralOrTextParser())
+  config_flags.register_flag_parser_for_type(list, ListParser())
+
+
+register_override_parsers()
+
+
+def load_config(config_file: str, overrides=()):
+  """The config of ``--config=config_file`` plus ``overrides`` (``["--config.x=1", ...]``),
+  parsed exactly as the entry points parse them (for tests, notebooks and scripts)."""
+  argv = ["jepa_jax", f"--config={config_file}", *overrides]
+  flag_values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=flag_values,
+                                           lock_config=True, sys_argv=argv)
+  try:
+    flag_values(argv)
+  except Exception as e:  # noqa: BLE001 - the same one-line explanation as the command line
+    raise ValueError(flag_error_message(argv, e)) from e
+  return holder.value
+
+
+def parse_flags(argv):
+  """absl's flags parser for ``app.run``, with bad flags and unknown config fields in one line."""
+  try:
+    rest = flags.FLAGS(argv)
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+      flags.FLAGS.config.keys()  # a config file that failed to load raises on first access
+    return rest
+  except Exception as e:  # noqa: BLE001 - any parsing failure is the user's to fix
+    _TRACEBACKS.debug("flag parsing failed", exc_info=e)
+    print(f"Config error: {flag_error_message(argv, e)}", file=sys.stderr)
+    sys.exit(1)
+
+
+def flag_error_message(argv, error: BaseException) -> str:
+  """One line for a failed flag parse: the unknown config field and its closest matches, the
+  config file that cannot be loaded, or the parser's own message."""
+  config_file, overrides = _config_args(argv)
+  if config_file is not None:
+    try:
+      config = config_flags_lib.ConfigFileFlagParser("config").parse(config_file)
+      config.keys()  # an unloadable file gives an object that raises on any access
+    except Exception as e:  # noqa: BLE001
+      return (f"cannot load --config={config_file} ({_last_line(e)}); give the path of a config "
+              "file, relative to the working directory (e.g. configs/demo.py)")
+    for path in overrides:
+      unknown = unknown_field_message(config, path)
+      if unknown:
+        return unknown
+  return _last_line(error)
+
+
+def unknown_field_message(config, path: str) -> Optional[str]:
+  """``None`` if ``config.<path>`` exists, else one line naming it and the closest fields."""
+  try:
+    parts = config_path.split(path)
+  except ValueError:
+    return f"cannot read the field path --config.{path}"
+  node, where = config, "config"
+  for part in parts:
+    keys = _keys(node)
+    if isinstance(part, int) and isinstance(node, (list, tuple)):
+      if not -len(node) <= part < len(node):
+        return f"{where} has {len(node)} entries; --config.{path} indexes entry {part}"
+      node, where = node[part], f"{where}[{part}]"
+      continue
+    if keys is None or part not in keys:
+      close = difflib.get_close_matches(str(part), [str(k) for k in keys or ()], n=3, cutoff=0.6)
+      hint = (f"; did you mean {' or '.join(f'{where}.{c}' for c in close)}?" if close else
+              f"; {where} has: {', '.join(sorted(map(str, keys)))}" if keys else "")
+      origin = "" if f"config.{path}" == f"{where}.{part}" else f" (in --config.{path})"
+      return f"unknown config field {where}.{part}{origin}{hint}"
+    node, where = node[part], f"{where}.{part}"
+  return None
+
+
+def _keys(node):
+  if hasattr(node, "keys"):
+    return list(node.keys())
+  return None
+
+
+def _config_args(argv) -> tuple[Optional[str], list[str]]:
+  """(the --config file, the override paths) of a command line."""
+  config_file, overrides = None, []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    m = re.match(r"^--?config(=(.*))?$", arg)
+    if m:
+      config_file = m.group(2) if m.group(1) else (args[i + 1] if i + 1 < len(args) else None)
+      continue
+    m = re.match(r"^--?config\.([^=]+)", arg)
+    if m:
+      overrides.append(m.group(1))
+  return config_file, overrides
+
+
+def _last_line(error: BaseException) -> str:
+  """A one-line form of an error message (the last line of an embedded traceback)."""
+  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+  if not lines:
+    return type(error).__name__
+  if any(ln.startswith("Traceback") for ln in lines):
+    return lines[-1]
+  return " ".join(lines)
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+class _QuietLibraries(logging.Filter):
+  """Drop orbax's per-save INFO chatter so progress lines stay readable (warnings still pass)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def setup_console_logging() -> None:
+  """INFO progress on stderr through absl's handler, without orbax's per-save chatter; once the
+  log file is open, library tracebacks go there only (the console keeps their first line)."""
+  from absl import logging as absl_logging  # noqa: PLC0415
+
+  class ConsoleFormatter(absl_logging.PythonFormatter):
+
+    def format(self, record):
+      if not (record.exc_info and _log_path):
+        return super().format(record)
+      # The record is shared with the log file's handler, which runs after this one in the same
+      # thread: hide the traceback only while formatting this line.
+      saved = record.exc_info, record.exc_text
+      record.exc_info, record.exc_text = None, None
+      try:
+        return f"{super().format(record)} [traceback in {_log_path}]"
+      finally:
+        record.exc_info, record.exc_text = saved
+
+  handler = absl_logging.get_absl_handler()
+  handler.addFilter(_QuietLibraries())
+  handler.setFormatter(ConsoleFormatter())
+  logging.getLogger("absl").setLevel(logging.INFO)
+  sys.unraisablehook = _unraisablehook
+
+
+def _unraisablehook(unraisable, _default=sys.unraisablehook):
+  """Errors Python ignores (raised in callbacks nobody waits for) go to the log file once it is
+  open: when an orbax write fails, tensorstore's callbacks report "Event loop is closed" dozens
+  of times. The console gets one line the first time."""
+  global _unraisable_reported
+  if _log_path is None:
+    return _default(unraisable)
+  _TRACEBACKS.debug("ignored error%s", f" in {unraisable.object!r}" if unraisable.object else "",
+                    exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+  if not _unraisable_reported:
+    _unraisable_reported = True
+    print(f"Ignored errors in library callbacks (first: {unraisable.exc_type.__name__}: "
+          f"{unraisable.exc_value}) [tracebacks in {_log_path}]", file=sys.stderr)
+
+
+# --- the workdir and its log file -------------------------------------------------------------
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be created or written."""
+
+
+def prepare_workdir(workdir: str, process_index: int = 0) -> str:
+  """Create ``workdir`` (absolute or remote) and start the log file; returns the log's path.
+
+  The log holds everything printed plus the tracebacks of one-line errors. Process k > 0 writes
+  ``log.process<k>.txt``. A remote workdir keeps its log in the local temporary directory.
+  """
+  name = LOG_FILE if process_index == 0 else f"log.process{process_index}.txt"
+  if paths.is_remote(workdir):
+    log_path = os.path.join(tempfile.gettempdir(), f"jepa_jax-{os.getpid()}-{name}")
+  else:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except FileExistsError:
+      raise WorkdirError(f"--workdir={workdir} is a file, not a directory; choose another "
+                         "--workdir") from None
+    except OSError as e:
+      raise WorkdirError(f"cannot create --workdir={workdir} ({_os_reason(e)}); choose a "
+                         "writable location for --workdir") from e
+    if not os.path.isdir(workdir):
+      raise WorkdirError(f"--workdir={workdir} is not a directory; choose another --workdir")
+    log_path = os.path.join(workdir, name)
+  try:
+    add_log_file(log_path)
+  except OSError as e:
+    raise WorkdirError(f"cannot write to --workdir={workdir} ({_os_reason(e)}); choose a "
+                       "writable location for --workdir") from e
+  return log_path
+
+
+class _LogFile(logging.FileHandler):
+  """A log file that drops what it cannot write (a full disk) instead of printing tracebacks."""
+
+  def handleError(self, record):
+    del record
+
+
+def add_log_file(path: str) -> None:
+  """Append every log record (INFO and up) and the one-line errors' tracebacks to ``path``."""
+  global _log_path
+  handler = _LogFile(path, encoding="utf-8")
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  logging.getLogger().addHandler(handler)
+  _TRACEBACKS.addHandler(handler)
+  _log_path = path
+
+
+def _os_reason(e: OSError) -> str:
+  return e.strerror or str(e)
+
+
+# --- errors in one line -----------------------------------------------------------------------
+
+_DISK_FULL = ("No space left on device", "Disk quota exceeded")
+
+
+def explain(error: BaseException, workdir: Optional[str] = None) -> Optional[str]:
+  """The one-line message for an error the user can act on; ``None`` for anything else (a bug)."""
+  from jepa_jax import checkpoint, experiment  # noqa: PLC0415 - heavy, only once something failed
+  from jepa_jax.data import pipeline  # noqa: PLC0415
+  chain = _chain(error)
+  for e in chain:
+    if isinstance(e, WorkdirError):
+      return f"Workdir error: {e}"
+    if isinstance(e, experiment.ConfigError):
+      return f"Config error: {e}"
+    if isinstance(e, pipeline.DataPipelineError):
+      return f"Data error: {_last_line(e)}"
+    if isinstance(e, checkpoint.CheckpointError):
+      return f"Checkpoint error: {_last_line(e)}"
+  for e in chain:
+    full = _disk_full(e)
+    if full:
+      where = full if full != "?" else (workdir or "the output directory")
+      return (f"Disk full: no space left on the device holding {where}; free some space (or "
+              "choose another --workdir) and run the same command again: it resumes from the "
+              "last complete checkpoint")
+  for e in chain:
+    if (isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        and workdir and str(e.filename or "").startswith(workdir)):
+      return (f"Workdir error: cannot write {e.filename} ({_os_reason(e)}); choose a writable "
+              "--workdir")
+  return None
+
+
+def _chain(error: BaseException) -> list:
+  seen, out = set(), []
+  e = error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    out.append(e)
+    e = e.__cause__ or e.__context__
+  return out
+
+
+def _disk_full(e: BaseException) -> Optional[str]:
+  """The path that could not be written for lack of space ('?' if unknown), or None."""
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return e.filename or "?"
+  text = str(e)
+  if any(marker in text for marker in _DISK_FULL):
+    # tensorstore (orbax) names the file in quotes: Failed writing: "/path/...": No space left
+    m = re.search(r'"(/[^"]+)"', text)
+    return m.group(1) if m else "?"
+  return None
+
+
+def fail(message: str, error: Optional[BaseException] = None) -> NoReturn:
+  """End the process: ``message`` as the last line on stderr, exit status 1; the traceback of
+  ``error`` goes to the log file only.
+
+  Library threads (orbax's asynchronous writes, the summary writer) may still print while the
+  interpreter shuts down; that output is sent to the log file too, so the message stays last.
+  """
+  if error is not None:
+    _TRACEBACKS.debug("%s", message, exc_info=error)
+  for handler in logging.getLogger().handlers + _TRACEBACKS.handlers:
+    try:
+      handler.flush()
+    except Exception:  # noqa: BLE001 - a full disk must not hide the message
+      pass
+  try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+  except Exception:  # noqa: BLE001
+    pass
+  original = os.dup(2)
+  try:
+    sink = os.open(_log_path or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+  except OSError:
+    sink = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(sink, 2)
+  os.close(sink)
+  os.write(original, (" ".join(message.split()) + "\n").encode())
+  os.close(original)
+  sys.exit(1)
