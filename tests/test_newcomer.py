@@ -43,6 +43,9 @@ SKIP = {
     "k400-probe.pth.tar": "a released probe (downloaded)",
     "runs/my_pretrain": "a real pretraining run",
     "weights/vith16_k400_probe": "a converted released probe",
+    "vitg.pt": "released V-JEPA 2 weights (downloaded)",
+    "ssv2-vitl-16x2x3.pt": "a released V-JEPA 2 probe (downloaded)",
+    "weights/vjepa2-vitl": "converted released V-JEPA 2 weights",
 }
 
 
