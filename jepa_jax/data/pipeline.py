@@ -304,10 +304,18 @@ def _resolve_sources(cfg) -> list[str]:
   return specs
 
 
-def _to_batches(ds: grain.MapDataset, cfg, batch_size: int) -> grain.IterDataset:
+def _to_batches(ds: grain.MapDataset, cfg, batch_size: int, finite: bool = False) -> grain.IterDataset:
+  """Threads read samples; worker processes (``num_workers``) prefetch; batches of ``batch_size``.
+
+  Each worker process reads every ``num_workers``-th sample. On an infinite stream the workers
+  batch (less to send between processes); on a finite one (one eval pass) the main process
+  batches, or every worker would drop its own partial last batch and lose examples.
+  """
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.num_threads,
                                             prefetch_buffer_size=cfg.prefetch_buffer_size))
-  it = it.batch(batch_size, drop_remainder=True)
+  batch_in_workers = not (finite and cfg.num_workers > 0)
+  if batch_in_workers:
+    it = it.batch(batch_size, drop_remainder=True)
   if cfg.num_workers > 0:
     # grain's worker processes read absl flags; outside absl.app.run (tests, notebooks, scripts)
     # they are unparsed and grain would raise UnparsedFlagAccessError. Accept the defaults.
@@ -315,6 +323,8 @@ def _to_batches(ds: grain.MapDataset, cfg, batch_size: int) -> grain.IterDataset
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+  if not batch_in_workers:
+    it = it.batch(batch_size, drop_remainder=True)
   return it
 
 
@@ -423,4 +433,4 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
       flip=cfg.probe_horizontal_flip, short_policy=cfg.short_video_policy,
       allow_overlap=cfg.eval_allow_segment_overlap, decode_threads=cfg.decode_threads,
       tracker=tracker, max_retries=cfg.max_retries_per_sample)
-  return _to_batches(ds.random_map(loader), cfg, batch_size)
+  return _to_batches(ds.random_map(loader), cfg, batch_size, finite=not repeat)
