@@ -4,6 +4,13 @@ Context features are projected to the predictor width and given the predictor's 
 positions; each target position gets the mask token of its mask type plus its position. The blocks
 run on ``[context tokens, target tokens]`` (no re-sorting, as the reference) and the outputs at the
 target positions are projected back to the encoder width.
+
+Padding. With validity masks, each clip's sequence is permuted to ``[valid context, valid
+targets, padding]`` before the blocks (a stable sort on validity) and the target outputs are read
+back at their permuted positions, so the blocks see padding as a per-clip length, the form fused
+attention kernels take (``layers.dot_product_attention``). Positions are added before the
+permutation and every block is permutation-equivariant, so the outputs are those of the unpermuted
+sequence with padded keys masked.
 """
 from typing import Any, Optional
 
@@ -53,31 +60,37 @@ class Predictor(nn.Module):
       context_idx: ``[B, Kc]`` token indices of the context.
       target_idx: ``[B, Kt]`` token indices to predict.
       mask_index: which mask token to use (static int; taken modulo ``num_mask_tokens``).
-      context_valid / target_valid: optional ``[B, K]`` bool; padding is never attended to.
+      context_valid / target_valid: optional ``[B, K]`` bool, any pattern; padding is never
+        attended to.
 
     Returns:
       ``[B, Kt, embed_dim]`` predictions.
     """
-    pos = self.position_table().astype(self.dtype)[None]
-    b = context.shape[0]
+    pos = self.position_table().astype(self.dtype)
     x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.dtype)(context)
-    x = x + gather_tokens(jnp.broadcast_to(pos, (b,) + pos.shape[1:]), context_idx)
+    x = x + jnp.take(pos, context_idx, axis=0)
 
     token_init = (nn.initializers.zeros if self.zero_init_mask_tokens
                   else layers.reference_trunc_normal())
     mask_tokens = self.param("mask_tokens", token_init,
                              (self.num_mask_tokens, self.predictor_embed_dim), jnp.float32)
     token = mask_tokens[mask_index % self.num_mask_tokens].astype(self.dtype)
-    targets = token + gather_tokens(jnp.broadcast_to(pos, (b,) + pos.shape[1:]), target_idx)
+    targets = token + jnp.take(pos, target_idx, axis=0)
 
     num_context = x.shape[1]
     x = jnp.concatenate([x, targets], axis=1)
-    kv_mask = None
+    lengths = target_rows = None
     if context_valid is not None or target_valid is not None:
       cv = context_valid if context_valid is not None else jnp.ones(context_idx.shape, bool)
       tv = target_valid if target_valid is not None else jnp.ones(target_idx.shape, bool)
-      kv_mask = jnp.concatenate([cv, tv], axis=1)
+      valid = jnp.concatenate([cv, tv], axis=1)
+      order = jnp.argsort(~valid, axis=1, stable=True)  # valid first, each part in its order
+      x = gather_tokens(x, order)
+      lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
+      # Where each target ended up: the inverse permutation at the target slots.
+      target_rows = jnp.argsort(order, axis=1)[:, num_context:]
     x, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                             self.attention, self.remat, self.scan, name="stack")(x, kv_mask)
-    x = layers.layer_norm("predictor_norm", self.dtype)(x)[:, num_context:]
+                             self.attention, self.remat, self.scan, name="stack")(x, lengths)
+    x = x[:, num_context:] if target_rows is None else gather_tokens(x, target_rows)
+    x = layers.layer_norm("predictor_norm", self.dtype)(x)
     return layers.dense(self.embed_dim, "predictor_proj", self.dtype)(x)

@@ -1,17 +1,22 @@
 """The V-JEPA video ViT encoder (context and target encoder share this module).
 
-Clips are ``[B, T, H, W, C]`` (JAX layout). A Conv3d with kernel = stride = (tubelet, patch, patch)
-makes ``T' x H' x W'`` tokens in (t, h, w) order, fixed 3D sin-cos positions are added, and, when
-token indices are given, only those tokens go through the blocks (the context encoder's masking).
-There is no cls token. The final LayerNorm is applied to the output and to every requested
-intermediate layer, as the reference does for its ``out_layers``.
+Clips are ``[B, T, H, W, C]`` (JAX layout). The reference's Conv3d with kernel = stride =
+(tubelet, patch, patch) makes ``T' x H' x W'`` tokens in (t, h, w) order; here it is computed as
+what it is, a reshape of the clip into tubelets and one matmul (``PatchEmbed``; GPUs run a 3D
+convolution in a slow implicit-GEMM kernel), with the Conv's parameter names and shapes. Fixed 3D
+sin-cos positions are added, and, when token indices are given, only those tokens are embedded
+and go through the blocks (the context encoder's masking). There is no cls token. The final
+LayerNorm is applied to the output and to every requested intermediate layer, as the reference
+does for its ``out_layers``.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
@@ -48,6 +53,54 @@ def token_grid(img_size: int, num_frames: int, patch_size: int, tubelet_size: in
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
   """x ``[B, N, ...]``, idx ``[B, K]`` -> ``[B, K, ...]`` (the reference's ``apply_masks``)."""
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def valid_lengths(token_valid: Optional[jax.Array]) -> Optional[jax.Array]:
+  """``[B, K]`` validity with valid entries FIRST -> ``[B]`` int32 counts (None passes through).
+
+  The blocks take padding as lengths (``layers.dot_product_attention``), so a row's valid tokens
+  must precede its padding, as ``jepa_jax.masks`` guarantees (its row contract). A concrete
+  (non-traced) mask is checked; under jit the contract is the caller's.
+  """
+  if token_valid is None:
+    return None
+  lengths = jnp.sum(token_valid, axis=1, dtype=jnp.int32)
+  if not isinstance(token_valid, jax.core.Tracer):
+    valid = np.asarray(token_valid)
+    prefix = np.arange(valid.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    if not np.array_equal(valid, prefix):
+      raise ValueError("token_valid must put each row's valid tokens first and its padding last "
+                       "(the row contract of jepa_jax.masks); reorder the indices")
+  return lengths
+
+
+class PatchEmbed(nn.Module):
+  """Tubelet embedding: ``[B, T, H, W, C]`` -> ``[B, N, D]`` as a reshape and one matmul.
+
+  Parameters are those of ``nn.Conv`` with kernel = stride = (tubelet, patch, patch) (``kernel``
+  ``[kt, p, p, C, D]``, ``bias`` ``[D]``), so checkpoints and ``jepa_jax.convert`` are unchanged;
+  the matmul computes the same sums as the strided convolution. ``token_idx`` selects tokens
+  before the matmul: only the kept tokens are embedded, and the backward needs no scatter.
+  """
+  embed_dim: int
+  tubelet_size: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, clips, token_idx: Optional[jax.Array] = None):
+    kt, p = self.tubelet_size, self.patch_size
+    c = clips.shape[-1]
+    kernel = self.param("kernel", layers.reference_trunc_normal(), (kt, p, p, c, self.embed_dim),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.embed_dim,), jnp.float32)
+    patches = einops.rearrange(clips.astype(self.dtype),
+                               "b (t kt) (h ph) (w pw) c -> b (t h w) (kt ph pw c)",
+                               kt=kt, ph=p, pw=p)
+    if token_idx is not None:
+      patches = gather_tokens(patches, token_idx)
+    w = kernel.reshape(-1, self.embed_dim).astype(self.dtype)
+    return jnp.dot(patches, w) + bias.astype(self.dtype)
 
 
 class VisionTransformer(nn.Module):
@@ -90,26 +143,27 @@ class VisionTransformer(nn.Module):
     return jnp.asarray(pos_embed.sincos_3d(self.embed_dim, self.grid, self.uniform_power))
 
   def setup(self):
-    kernel = (self.tubelet_size, self.patch_size, self.patch_size)
-    self.patch_embed = nn.Conv(self.embed_dim, kernel_size=kernel, strides=kernel, padding="VALID",
-                               dtype=self.dtype, param_dtype=jnp.float32,
-                               kernel_init=layers.reference_trunc_normal())
+    self.patch_embed = PatchEmbed(self.embed_dim, self.tubelet_size, self.patch_size, self.dtype)
     self.stack = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                                    self.attention, self.remat, self.scan)
     self.norm = layers.layer_norm("norm", self.dtype)
 
-  def embed(self, clips):
-    """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` position-embedded tokens, (t, h, w) order."""
+  def embed(self, clips, token_idx: Optional[jax.Array] = None):
+    """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` position-embedded tokens, (t, h, w) order;
+    with ``token_idx`` ``[B, K]`` only those tokens, ``[B, K, D]``."""
     b, t, h, w, _ = clips.shape
     if (t, h, w) != (self.num_frames, self.img_size, self.img_size):
       raise ValueError(f"encoder built for {self.num_frames}x{self.img_size}x{self.img_size} "
                        f"clips, got {t}x{h}x{w}; build the model with matching num_frames/img_size")
-    x = self.patch_embed(clips.astype(self.dtype)).reshape(b, -1, self.embed_dim)
-    return x + self.position_table().astype(self.dtype)
+    x = self.patch_embed(clips, token_idx)
+    pos = self.position_table().astype(self.dtype)
+    return x + (pos[None] if token_idx is None else jnp.take(pos, token_idx, axis=0))
 
   def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = ()):
-    """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens."""
-    x, intermediate = self.stack(x, token_valid, collect=tuple(out_layers))
+    """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens.
+
+    ``token_valid`` ``[B, K]``: valid tokens first, padding last (``valid_lengths``)."""
+    x, intermediate = self.stack(x, valid_lengths(token_valid), collect=tuple(out_layers))
     if out_layers:
       return [self.norm(y) for y in intermediate]
     return self.norm(x)
@@ -120,17 +174,15 @@ class VisionTransformer(nn.Module):
 
     Args:
       clips: ``[B, T, H, W, C]`` normalised pixels.
-      token_idx: optional ``[B, K]`` int token indices to keep (gathered after adding positions).
-      token_valid: optional ``[B, K]`` bool; invalid (padding) tokens are never attended to.
+      token_idx: optional ``[B, K]`` int token indices to keep (only these are embedded).
+      token_valid: optional ``[B, K]`` bool, each row's valid tokens first (the row contract of
+        ``jepa_jax.masks``); invalid (padding) tokens are never attended to.
       out_layers: if given, return ``[LN(x_l) for l in out_layers]`` (0-based) instead of LN(x_out).
 
     Returns:
       ``[B, K or N, embed_dim]`` in the compute dtype, or a list of them.
     """
-    x = self.embed(clips)
-    if token_idx is not None:
-      x = gather_tokens(x, token_idx)
-    return self.encode_tokens(x, token_valid, out_layers)
+    return self.encode_tokens(self.embed(clips, token_idx), token_valid, out_layers)
 
 
 def build_encoder(model: str = "base", **overrides) -> VisionTransformer:
