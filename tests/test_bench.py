@@ -62,7 +62,8 @@ def test_train_step_flops_match_xla_cost_analysis():
   xla = xla[0] if isinstance(xla, list) else xla
   ours = flops.train_step_flops(c)
   assert ours["total"] == c.batch_size * ours["per_clip"]
-  assert 0.98 < xla["flops"] / ours["total"] < 1.06  # measured 1.0096
+  # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW, EMA): measured 1.050.
+  assert 0.98 < xla["flops"] / ours["total"] < 1.07
 
 
 def test_train_step_bench_prints_json():

@@ -64,14 +64,13 @@ def valid_lengths(token_valid: Optional[jax.Array]) -> Optional[jax.Array]:
   """
   if token_valid is None:
     return None
-  lengths = jnp.sum(token_valid, axis=1, dtype=jnp.int32)
   if not isinstance(token_valid, jax.core.Tracer):
     valid = np.asarray(token_valid)
-    prefix = np.arange(valid.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    prefix = np.arange(valid.shape[1])[None, :] < valid.sum(axis=1)[:, None]
     if not np.array_equal(valid, prefix):
       raise ValueError("token_valid must put each row's valid tokens first and its padding last "
                        "(the row contract of jepa_jax.masks); reorder the indices")
-  return lengths
+  return jnp.sum(token_valid, axis=1, dtype=jnp.int32)
 
 
 class PatchEmbed(nn.Module):
