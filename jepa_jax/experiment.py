@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_jax import compilation_cache
 from jepa_jax import masks as masks_lib
 from jepa_jax import optim
 from jepa_jax import sharding
@@ -155,6 +156,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None, devices=None) -> Experi
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   else:
     validate(config, mesh.devices.size)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   encoder, predictor = train_state.build_models(config)
   optim_cfg = optim.OptimConfig.from_config(config.optim)
   tx = optim.make_optimizer(optim_cfg)
