@@ -2,7 +2,7 @@
 
 A compiled train step is written to ``dir`` keyed by the program, the devices and the versions;
 a later run of the same config (a restart after preemption, a requeued SLURM job, the next
-benchmark) loads it instead of compiling again. ``config.compilation_cache_dir`` (None: off,
+benchmark) loads it instead of compiling again. ``config.compilation_cache_dir`` ("": off,
 unless JAX's own ``JAX_COMPILATION_CACHE_DIR`` environment variable is set) may be a local path
 or, on TPU pods, a ``gs://`` bucket path shared by all hosts. Measured figures: BENCHMARKS.md.
 """
@@ -16,7 +16,7 @@ MIN_COMPILE_SECONDS = 1.0
 
 
 def enable(cache_dir) -> str | None:
-  """Point JAX's persistent cache at ``cache_dir`` (no-op for None / ""); returns the directory in
+  """Point JAX's persistent cache at ``cache_dir`` (no-op for "" / None); returns the directory in
   use (``JAX_COMPILATION_CACHE_DIR`` when ``cache_dir`` is empty)."""
   if not cache_dir:
     return os.environ.get("JAX_COMPILATION_CACHE_DIR") or None

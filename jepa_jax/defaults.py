@@ -60,9 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.prefetch = 2                 # batches placed on the devices ahead of the step
   c.profile = False              # a jax profiler trace of 5 steps into the workdir
   # JAX's persistent compilation cache (jepa_jax/compilation_cache.py): a restart or the next run
-  # of the same config loads the compiled step instead of compiling it again. None: off, unless
+  # of the same config loads the compiled step instead of compiling it again. "": off, unless
   # the JAX_COMPILATION_CACHE_DIR environment variable is set.
-  c.compilation_cache_dir = None
+  c.compilation_cache_dir = ""
   c.init_from = None             # params of another run or converted weights to start from
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=1000,                # steps between (async) saves; always at the end

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import av
 import jax
 import jax.numpy as jnp
 import pytest
@@ -117,7 +118,22 @@ def test_data_throughput_bench_prints_json(tmp_path):
   out, _ = bench("data_throughput.py", f"--synthetic-dir={tmp_path / 'videos'}",
                  "--num-videos=4", "--crop-size=32", "--num-frames=4", "--frame-step=2",
                  "--batch-size=2", "--batches=2", "--warmup=1", "--samples=2", "--workers=",
-                 "--threads=1")
+                 "--threads=1", "--decode-threads=1,0", "--compare-plain")
   assert out["bench"] == "data_throughput" and out["crop_size"] == 32
-  assert 0 < out["stages"]["decode_share"] < 1
+  assert [(s["decode_threads"], s["skip_unneeded"]) for s in out["stages"]] == [
+      (1, True), (0, True), (1, False), (0, False)]
+  for s in out["stages"]:
+    assert 0 < s["decode_share"] < 1 and s["clips_per_s_per_core"] > 0
   assert out["pipeline"] == [] and out["in_process"][0]["clips_per_s"] > 0
+
+
+def test_data_throughput_takes_any_index_and_writes_footage(tmp_path):
+  sys.path.insert(0, str(REPO / "bench"))
+  import data_throughput
+  indexes = data_throughput.make_footage(str(tmp_path), ["footage_640x360_gop60"], num_frames=20)
+  with av.open(str(tmp_path / "footage_640x360_gop60.mp4")) as c:
+    stream = c.streams.video[0]
+    assert (stream.width, stream.height, stream.frames) == (640, 360, 20)
+  out, _ = bench("data_throughput.py", f"--index={indexes['all']}", "--crop-size=32",
+                 "--num-frames=4", "--frame-step=2", "--samples=2", "--workers=", "--threads=")
+  assert out["index"] == indexes["all"] and out["stages"][0]["decode_s_per_clip"] > 0
