@@ -102,6 +102,21 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
       none["argument_gib"] + none["output_gib"] + none["temp_gib"] - none["alias_gib"], abs=2e-3)
 
 
+@pytest.mark.slow
+def test_memory_bench_on_device_reports_its_own_figures_and_the_cpu_estimate():
+  """On this CPU "the device" is the CPU: its compile's analysis, no runtime counters (the CPU
+  keeps none), and the CPU estimate of the same config from a subprocess, which must agree."""
+  out, _ = bench("memory.py", "--config=configs/demo.py", "--on_device", "--mesh=data:1,fsdp:1",
+                 "--per_device_batch=2", "--run_steps=1", "--config.model.overrides.depth=1",
+                 "--config.model.pred_depth=1", "--attention=chunked")
+  dev = out["device"]
+  assert dev["run_steps"] == 1 and "error" not in dev and dev["runtime"] is None
+  assert dev["compiled"]["peak_estimate_gib"] == out["peak_estimate_gib"]
+  est = out["cpu_estimate"]
+  assert est["attention"] == "chunked"
+  assert est["peak_estimate_gib"] == pytest.approx(out["peak_estimate_gib"], abs=2e-3)
+
+
 def test_memory_table_marks_what_fits():
   sys.path.insert(0, str(REPO / "bench"))
   import memory_table
