@@ -69,13 +69,17 @@ def test_train_step_flops_match_xla_cost_analysis():
 
 def test_train_step_bench_prints_json():
   out, _ = bench("train_step.py", "--config=configs/demo.py", "--steps=2",
-                 "--config.batch_size=4", "--config.mesh.data=1")
+                 "--config.batch_size=4", "--config.mesh.data=1", "--num_context=13,9",
+                 "--num_target=40,50")
+  assert out["mask_sizes"] == [[13, 40], [9, 50]] and out["compile_cpu_s"] > 0
   assert out["bench"] == "train_step" and out["platform"] == "cpu"
   assert out["attention"] == "auto" and out["attention_resolved"] == "xla"
   assert out["steps"] == 2 and out["step_s"] > 0 and out["compile_s"] > 0
   assert out["clips_per_s"] == pytest.approx(4 / out["step_s"], rel=1e-2)
   c = demo.get_config()
   c.batch_size = 4
+  for m, (k_ctx, k_tgt) in zip(c.masks, out["mask_sizes"]):
+    m.num_context, m.num_target = k_ctx, k_tgt
   assert out["model_flops_per_step"] == flops.train_step_flops(c)["total"]
   assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
   assert out["loss"] > 0
