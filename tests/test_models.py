@@ -337,6 +337,27 @@ def test_scan_layout_equals_unrolled(tiny):
     np.testing.assert_array_equal(a, b)
 
 
+def test_scanned_blocks_keep_no_float32_or_gelu_copies_for_the_backward():
+  """Under nn.scan, what the backward needs is stacked per layer; LayerNorm and GELU are
+  recomputed (layers.py), so no float32 [depth, B, N, D] copy of the activations and at most two
+  [depth, B, N, hidden] MLP hiddens (fc1's output and GELU's, the matmuls' inputs) are kept."""
+  import re
+  enc = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=64, depth=3,
+                             num_heads=4, dtype=jnp.bfloat16, scan=True, attention="einsum")
+  clip = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  loss = lambda p, x: jnp.mean(enc.apply(p, x).astype(jnp.float32) ** 2)
+  text = jax.jit(jax.grad(loss)).lower(params, clip).as_text(dialect="hlo")
+  n = enc.num_tokens
+  stacked = []
+  for tuple_types in re.findall(r"= \((.*?)\) while\(", text):
+    stacked += re.findall(rf"(\w+)\[3,2,{n},(\d+)\]", tuple_types)
+  assert stacked, "no per-layer stacks found: the test no longer sees the scan"
+  assert not [s for s in stacked if s[0] == "f32"], stacked
+  # Each stack appears in the forward loop's and the backward loop's tuple.
+  assert sum(1 for s in stacked if s == ("bf16", "256")) <= 2 * 2, stacked
+
+
 def test_intermediate_layers(tiny):
   enc, _, ep, _, clip = tiny
   outs = enc.apply(ep, clip, out_layers=(0, 1))
