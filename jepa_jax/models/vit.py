@@ -64,8 +64,11 @@ def valid_lengths(token_valid: Optional[jax.Array]) -> Optional[jax.Array]:
   """
   if token_valid is None:
     return None
-  if not isinstance(token_valid, jax.core.Tracer):
+  try:
     valid = np.asarray(token_valid)
+  except jax.errors.TracerArrayConversionError:  # traced under jit: nothing to check here
+    valid = None
+  if valid is not None:
     prefix = np.arange(valid.shape[1])[None, :] < valid.sum(axis=1)[:, None]
     if not np.array_equal(valid, prefix):
       raise ValueError("token_valid must put each row's valid tokens first and its padding last "
