@@ -1,11 +1,14 @@
 """Train-step throughput: compile time, median step time, clips/s, tokens/s, TFLOP/s and MFU.
 
     python bench/train_step.py --config=configs/demo.py [--steps 10] [--config.batch_size=8 ...]
+        [--num_context=360,99 --num_target=744,1104]     # static mask sizes per mask
 
 Builds the experiment of ``--config`` on all local devices (``config.mesh``), initialises the
 state, and feeds synthetic uint8 clips made once on the host (``data.datasets`` is emptied: no
 input pipeline is measured here, see ``bench/data_throughput.py``). The step is lowered and
-compiled ahead of time (``compile_s``); the first execution is reported apart (``first_step_s``),
+compiled ahead of time (``compile_s`` wall time; ``compile_cpu_s`` this process's CPU time, which
+other jobs on the machine do not inflate; with ``--config.compilation_cache_dir=DIR`` a second
+run loads the step from JAX's persistent cache instead); the first execution is reported apart (``first_step_s``),
 then ``--steps`` steps are timed one by one, each ending in ``block_until_ready`` on the metrics
 (the state is donated and threaded through, as in training). Model FLOPs per step come from
 ``jepa_jax.flops.train_step_flops`` (its docstring has the formula); MFU divides the achieved
@@ -30,19 +33,39 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (co
                                           lock_config=False)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the first (compile + warm-up).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic clips and of the init.")
+_NUM_CONTEXT = flags.DEFINE_list("num_context", None, "Static context tokens per mask, e.g. "
+                                 "360,99 (the reference's batch-24 trimmed lengths); default: "
+                                 "the config's (jepa_jax.masks.static_sizes).")
+_NUM_TARGET = flags.DEFINE_list("num_target", None, "Static target tokens per mask, e.g. 744,1104.")
+
+
+def set_mask_sizes(config, num_context, num_target):
+  """``config.masks[i].num_context/num_target`` from per-mask lists (None: keep)."""
+  for name, values in (("num_context", num_context), ("num_target", num_target)):
+    if values is None:
+      continue
+    if len(values) != len(config.masks):
+      raise app.UsageError(f"--{name} needs one value per mask ({len(config.masks)}), "
+                           f"got {values}")
+    for mask, value in zip(config.masks, values):
+      mask[name] = int(value)
+
 
 def main(argv):
   del argv
   import jax
   import numpy as np
 
+  from jepa_jax import compilation_cache
   from jepa_jax import experiment
   from jepa_jax import flops as flops_lib
+  from jepa_jax import masks as masks_lib
   from jepa_jax import train_state
   from jepa_jax.models import layers
 
   config = _CONFIG.value
   config.data.datasets = []
+  set_mask_sizes(config, _NUM_CONTEXT.value, _NUM_TARGET.value)
   exp = experiment.build(config)
   d = config.data
   shape = (exp.batch_size, d.num_frames, d.crop_size, d.crop_size, 3)
@@ -52,9 +75,9 @@ def main(argv):
   state = exp.init_state(jax.random.PRNGKey(_SEED.value))
   jax.block_until_ready(state)
 
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   compiled = exp.train_step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - t0
+  compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
 
   t0 = time.perf_counter()
   state, metrics = compiled(state, batch, rng)
@@ -88,11 +111,14 @@ def main(argv):
       "crop_size": d.crop_size,
       "num_frames": d.num_frames,
       "grid": list(exp.encoder.grid),
+      "mask_sizes": [list(masks_lib.static_sizes(exp.encoder.grid, m)) for m in exp.mask_cfgs],
       "platform": jax.devices()[0].platform,
       "device_kind": kind,
       "devices": devices,
       "mesh": dict(exp.mesh.shape),
       "compile_s": round(compile_s, 3),
+      "compile_cpu_s": round(compile_cpu_s, 3),
+      "compilation_cache_dir": compilation_cache.enable(config.get("compilation_cache_dir")),
       "first_step_s": round(first_step_s, 4),
       "steps": len(times),
       "step_s": round(step_s, 4),

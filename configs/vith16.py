@@ -15,8 +15,8 @@ def get_config():
   c.data.num_workers = 12
   # ViT-H: shard parameters and optimiser state over 8 devices per data-parallel group and keep
   # only the blocks' weight matmuls for the backward ("dots_no_batch"; "dots" would also keep the
-  # attention logits). At 24 clips per chip that is ~47 GiB (80/95 GiB chips); 16 GiB chips
-  # (v4, v5e) need --config.model.remat=full (~15 GiB). BENCHMARKS.md has the table.
+  # attention logits). At 24 clips per chip that is ~46 GiB (80/95 GiB chips); 16 GiB chips
+  # (v4, v5e) need --config.model.remat=full (~13 GiB). BENCHMARKS.md has the table (CPU estimates).
   c.mesh.fsdp = 8
   c.model.remat = "dots_no_batch"
   c.model.scan = True

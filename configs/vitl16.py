@@ -17,4 +17,6 @@ def get_config():
   c.data.num_workers = 12
   # No remat, as the reference (24 clips per 80 GB GPU). On 16 GiB chips (v4, v5e) add
   # --config.model.remat=full; launch/README.md has the per-chip memory table.
+  # Scan over blocks: one block compiled per stack instead of 24 (compile time, BENCHMARKS.md).
+  c.model.scan = True
   return c

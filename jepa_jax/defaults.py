@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50               # steps between metric fetches (the only host syncs)
   c.prefetch = 2                 # batches placed on the devices ahead of the step
   c.profile = False              # a jax profiler trace of 5 steps into the workdir
+  # JAX's persistent compilation cache (jepa_jax/compilation_cache.py): a restart or the next run
+  # of the same config loads the compiled step instead of compiling it again. "": off, unless
+  # the JAX_COMPILATION_CACHE_DIR environment variable is set.
+  c.compilation_cache_dir = ""
   c.init_from = None             # params of another run or converted weights to start from
   # With init_from a trainer workdir: also take its optimiser state (AdamW moments and step
   # count), restarting step and schedules at 0 -- V-JEPA 2's cooldown (is_anneal) start.

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_jax import compilation_cache
 from jepa_jax import masks as masks_lib
 from jepa_jax import optim
 from jepa_jax import sharding
@@ -191,12 +192,17 @@ class Experiment:
     """Host-local numpy batch -> global arrays split over the batch axis (only model inputs)."""
     return sharding.shard_batch({"video": batch["video"]}, self.mesh)
 
-  def memory(self) -> dict:
-    """Per-device bytes of the compiled train step, from abstract shapes only."""
+  def compile_train_step(self):
+    """The train step lowered and compiled ahead of time on abstract shapes (nothing allocated)."""
     batch = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.batch_sharding(self.mesh)),
         self.abstract_batch())
-    return train_step_lib.compile_memory(self.train_step, self.sharded_abstract_state, batch)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return self.train_step.lower(self.sharded_abstract_state, batch, rng).compile()
+
+  def memory(self) -> dict:
+    """Per-device bytes of the compiled train step, from abstract shapes only."""
+    return train_step_lib.memory_analysis(self.compile_train_step())
 
 
 def build(config, mesh: jax.sharding.Mesh | None = None, devices=None) -> Experiment:
@@ -206,6 +212,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None, devices=None) -> Experi
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   else:
     validate(config, mesh.devices.size)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   encoder, predictor = train_state.build_models(config)
   optim_cfg = optim.OptimConfig.from_config(config.optim)
   tx = optim.make_optimizer(optim_cfg)

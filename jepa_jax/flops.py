@@ -8,23 +8,23 @@ Per transformer block on L tokens of width d with MLP hidden h = mlp_ratio * d::
     block(L, d, h) = 2 L (4 d^2 + 2 d h) + 4 L^2 d
                      (qkv + proj: 4 d^2; fc1 + fc2: 2 d h; scores QK^T and weights x V: 2 L^2 d each)
 
-Patch embedding of the N = T' H' W' tokens of a clip (tubelet kt, patch p, C channels)::
+Patch embedding of L tokens (tubelet kt, patch p, C channels; N = T' H' W' tokens per clip)::
 
-    embed = 2 N (kt p p C) d
+    embed(L) = 2 L (kt p p C) d
 
 One step, batch B, masks m = 1..M with static sizes (K_ctx_m, K_tgt_m)
 (``jepa_jax.masks.static_sizes``), encoder depth D_e, predictor depth D_p and width d_p::
 
-    target   = embed + D_e block(N, d, h)                      # EMA encoder, full clip, forward only
+    target   = embed(N) + D_e block(N, d, h)                   # EMA encoder, full clip, forward only
     context_m = D_e block(K_ctx_m, d, h)                       # online encoder on the context tokens
     pred_m   = 2 K_ctx_m d d_p                                 # predictor_embed (d -> d_p)
                + D_p block(K_ctx_m + K_tgt_m, d_p, h_p)        # predictor blocks, h_p = mlp_ratio d_p
                + 2 K_tgt_m d_p d                               # predictor_proj (d_p -> d)
-    step = B [ target + sum_m ( 3 (context_m + pred_m) + 2 embed ) ]
+    step = B [ target + sum_m ( 3 (context_m + pred_m) + 2 embed(K_ctx_m) ) ]
 
 x3 = forward + backward (the backward of a matmul is two matmuls of the same size). The online
-encoder embeds the full clip before gathering the context tokens, so each mask pays ``embed`` on
-all N tokens; its backward needs only the kernel gradient (the pixels need none), hence x2.
+encoder embeds only the context tokens (``models.vit.PatchEmbed`` gathers before its matmul); its
+backward needs only the kernel gradient (the pixels need none), hence x2.
 The predictor uses the encoder's heads and MLP ratio (``jepa_jax.models.build_predictor``).
 """
 from __future__ import annotations
@@ -56,17 +56,18 @@ def train_step_flops(config) -> dict:
   hp = int(dp * predictor.mlp_ratio)
   kt, p, c = encoder.tubelet_size, encoder.patch_size, encoder.in_chans
 
-  embed = 2 * n * (kt * p * p * c) * d
-  target = embed + encoder.depth * block_flops(n, d, h)
-  context = predictor_total = 0
+  def embed(tokens):
+    return 2 * tokens * (kt * p * p * c) * d
+
+  target = embed(n) + encoder.depth * block_flops(n, d, h)
+  context = predictor_total = online_embed = 0
   for mc in masks_lib.configs_from(config):
     k_ctx, k_tgt = masks_lib.static_sizes(grid, mc)
     context += 3 * encoder.depth * block_flops(k_ctx, d, h)
+    online_embed += 2 * embed(k_ctx)
     pred = (2 * k_ctx * d * dp + predictor.depth * block_flops(k_ctx + k_tgt, dp, hp)
             + 2 * k_tgt * dp * d)
     predictor_total += 3 * pred
-  num_masks = len(masks_lib.configs_from(config))
-  online_embed = 2 * embed * num_masks
   per_clip = target + context + predictor_total + online_embed
   return {
       "total": int(config.batch_size) * per_clip,
@@ -74,7 +75,7 @@ def train_step_flops(config) -> dict:
       "target_forward": target,
       "context_encoder": context,
       "predictor": predictor_total,
-      "patch_embed": embed + online_embed,
+      "patch_embed": embed(n) + online_embed,
       "tokens": n,
   }
 

@@ -97,7 +97,12 @@ def jit_train_step(train_step, mesh, state_shardings, batch_example):
 def compile_memory(train_step_jit, abstract_state, abstract_batch, rng=None) -> dict:
   """Lower and compile on abstract shapes only; report XLA's per-device memory analysis (bytes)."""
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32) if rng is None else rng
-  compiled = train_step_jit.lower(abstract_state, abstract_batch, rng).compile()
+  return memory_analysis(train_step_jit.lower(abstract_state, abstract_batch, rng).compile())
+
+
+def memory_analysis(compiled) -> dict:
+  """XLA's per-device memory analysis of a compiled executable, in bytes, and the peak it implies
+  (arguments + outputs + temporaries - aliased)."""
   ma = compiled.memory_analysis()
   out = {name: int(getattr(ma, name, 0) or 0) for name in (
       "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",

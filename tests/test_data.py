@@ -142,6 +142,104 @@ def test_decode_odd_sizes_and_pixel_formats(tmp_path):
   assert [testing.read_code(f) for f in short] == [2] * 8
 
 
+def _full_decode_at(path, num_frames, frame_step, num_clips, seed):
+  """The ground truth: decode every frame from the start (no seek, no skipping) and take, for
+  each clip time, the frame on screen (the last one whose time is not after it)."""
+  with av.open(path) as c:
+    stream, n, fps, start = decode.probe(c)
+    eps = min(0.25 / fps, 2 * float(stream.time_base) + 1e-6)
+    decoded = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(stream)]
+  times = np.array([t for t, _ in decoded])
+  rng = None if seed is None else np.random.default_rng(seed)
+  idx = decode.clip_frame_indices(n, num_frames, frame_step, num_clips, rng)
+  pick = np.maximum(np.searchsorted(times, start + idx / fps + eps, side="right") - 1, 0)
+  return np.stack([[decoded[i][1] for i in clip] for clip in pick])
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+  """Camera-like H.264 with B-frames (3, pyramid), in several container/timestamp flavours."""
+  d = tmp_path_factory.mktemp("footage")
+  files = {
+      "gop30_b3": testing.write_footage(str(d / "gop30.mp4"), 96, 64, 160, keyint=30,
+                                        preset="veryfast"),
+      "gop250_b3": testing.write_footage(str(d / "gop250.mp4"), 96, 64, 200, keyint=250,
+                                         preset="veryfast", seed=1),
+      "short": testing.write_footage(str(d / "short.mp4"), 96, 64, 40, keyint=12,
+                                     preset="veryfast", seed=2),
+  }
+  # Irregular timestamps with B-frames: the same footage muxed with jittered millisecond times.
+  rng = np.random.default_rng(0)
+  pts = np.concatenate([[0], np.cumsum(rng.integers(20, 50, 119))])
+  frames = np.stack([f.to_ndarray(format="rgb24") for f in av.open(files["gop30_b3"]).decode(video=0)])
+  files["vfr_b3"] = testing.write_frames(str(d / "vfr.mp4"), frames[:120], pts_ms=pts)
+  files["mkv_ms"] = str(d / "ms.mkv")  # 1/1000 s time base: pts rounded to the millisecond
+  with av.open(files["gop30_b3"]) as src, av.open(files["mkv_ms"], "w") as dst:
+    out = dst.add_stream_from_template(src.streams.video[0])
+    for pkt in src.demux(video=0):
+      if pkt.dts is not None:
+        pkt.stream = out
+        dst.mux(pkt)
+  return files
+
+
+@pytest.mark.parametrize("name,threads", [("gop30_b3", 1), ("gop250_b3", 1), ("gop250_b3", 0),
+                                          ("short", 1), ("vfr_b3", 1), ("mkv_ms", 1)])
+def test_seeked_decode_equals_full_decode(footage, name, threads):
+  """Seeking to the keyframe before each clip and not decoding unneeded non-reference frames
+  returns, pixel for pixel, the frames a full decode from the start shows: random clips (some
+  near the end), eval clips (several segments per video), a video shorter than a clip; also
+  with libavcodec's frame threads."""
+  path = footage[name]
+  for seed in range(6):
+    for frames, step, clips in ((16, 4, 1), (8, 2, 1), (16, 2, 1)):
+      got = decode.read_video_clips(path, frames, step, clips, np.random.default_rng(seed),
+                                    threads=threads)
+      np.testing.assert_array_equal(got, _full_decode_at(path, frames, step, clips, seed),
+                                    err_msg=f"{name} seed {seed} {frames}x{step}")
+  for clips in (1, 3):
+    got = decode.read_video_clips(path, 16, 4, clips, threads=threads)
+    np.testing.assert_array_equal(got, _full_decode_at(path, 16, 4, clips, None))
+
+
+def test_seeked_decode_skips_work_and_falls_back_when_unsafe(footage, monkeypatch):
+  """Non-reference frames are really skipped (fewer frames come out of the decoder than a plain
+  decode), and a skipped frame that would have been on screen triggers a plain decode."""
+  path = footage["gop250_b3"]
+  calls = []
+  real = decode._decode_span
+
+  def spy(*args, skip_unneeded):
+    calls.append(skip_unneeded)
+    return real(*args, skip_unneeded=skip_unneeded)
+
+  monkeypatch.setattr(decode, "_decode_span", spy)
+  decoded_counts = {}
+  for skip in (True, False):
+    with av.open(path) as c:
+      stream, n, fps, start = decode.probe(c)
+      times = start + decode.clip_frame_indices(n, 16, 4, 1, np.random.default_rng(5))[0] / fps
+      count = [0]
+      original = stream.codec_context.decode
+
+      def counting(packet=None, _orig=original):
+        frames = _orig(packet)
+        count[0] += len(frames)
+        return frames
+
+      monkeypatch.setattr(type(stream.codec_context), "decode",
+                          lambda self, packet=None: counting(packet), raising=False)
+      real(c, stream, times, fps, first_clip=True, skip_unneeded=skip)
+      monkeypatch.undo()
+      monkeypatch.setattr(decode, "_decode_span", spy)
+      decoded_counts[skip] = count[0]
+  assert decoded_counts[True] < 0.8 * decoded_counts[False], decoded_counts
+  # A dropped packet between the chosen frame and its time must be caught.
+  with pytest.raises(decode._InexactSkip):
+    decode._check_nothing_needed_was_dropped([1.02], [1.0], np.array([1.05]), 0.001, 0.001)
+  decode._check_nothing_needed_was_dropped([0.9, 1.2], [1.0], np.array([1.05]), 0.001, 0.001)
+
+
 @pytest.mark.parametrize("kind,reason", [
     ("truncated", "open_error"), ("random_bytes", "open_error"), ("text", "open_error"),
     ("empty", "empty_file"), ("missing", "missing")])

@@ -110,6 +110,74 @@ def test_chunked_attention_is_exact_with_gradients(chunk_size):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def _qkv(n=23, s=19, d=8, dtype=jnp.float32, seed=0):
+  kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(seed), 4)
+  q = jax.random.normal(kq, (2, n, 3, d), dtype)
+  k = jax.random.normal(kk, (2, s, 3, d), dtype)
+  v = jax.random.normal(kv, (2, s, 3, d), dtype)
+  return q, k, v, jax.random.normal(kg, q.shape, dtype)
+
+
+@pytest.mark.parametrize("implementation", ["einsum", "xla", "chunked"])
+def test_key_lengths_equal_a_prefix_mask_with_gradients(implementation):
+  """Padding given as lengths (valid keys first) = the same padding as a mask, on every path."""
+  from jepa_jax.models import layers
+  q, k, v, cot = _qkv()
+  lengths = jnp.asarray([19, 7], jnp.int32)
+  mask = layers.lengths_to_mask(lengths, 19)
+
+  def loss(fn, q, k, v):
+    return jnp.sum(fn(q, k, v) * cot)
+
+  exact = lambda q, k, v: layers._einsum_attention(q, k, v, mask, 8 ** -0.5)
+  ours = lambda q, k, v: layers.dot_product_attention(q, k, v, implementation=implementation,
+                                                      kv_lengths=lengths)
+  np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(exact)(q, k, v), atol=1e-6)
+  g_exact = jax.jit(jax.grad(lambda *a: loss(exact, *a), argnums=(0, 1, 2)))(q, k, v)
+  g_ours = jax.jit(jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(g_ours, g_exact):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  with pytest.raises(ValueError, match="not both"):
+    layers.dot_product_attention(q, k, v, mask, kv_lengths=lengths)
+
+
+@pytest.mark.parametrize("n,s,lengths", [(23, 19, [19, 7]), (99, 99, None), (16, 8, [8, 3])])
+def test_cudnn_wrapper_pads_lengths_and_slices(monkeypatch, n, s, lengths):
+  """The cuDNN wrapper's own logic (padding Q/KV to a multiple of 8, lengths, slicing back), run
+  with jax's XLA attention standing in for the kernel (no GPU here; tests/test_lowering.py lowers
+  the real kernel). The kernel must see even lengths and only valid keys."""
+  from jepa_jax.models import layers
+  seen = []
+  real = jax.nn.dot_product_attention
+
+  def fake(q, k, v, *, implementation, **kw):
+    assert implementation == "cudnn" and kw.get("bias") is None
+    seen.append((q.shape[1], k.shape[1]))
+    return real(q, k, v, implementation="xla", **kw)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", fake)
+  q, k, v, _ = _qkv(n, s, dtype=jnp.bfloat16)
+  kv_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+  out = jax.jit(lambda q, k, v: layers.dot_product_attention(
+      q, k, v, implementation="cudnn", kv_lengths=kv_lengths))(q, k, v)
+  mask = None if lengths is None else layers.lengths_to_mask(kv_lengths, s)
+  ref = jax.jit(lambda q, k, v: layers._einsum_attention(q, k, v, mask, 8 ** -0.5))(q, k, v)
+  assert out.shape == q.shape and seen[0][0] % 8 == 0 and seen[0][1] % 8 == 0
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=2e-2)
+
+
+def test_auto_attention_resolves_for_the_target_platform():
+  from jepa_jax.models import layers
+  assert layers.current_platform() == "cpu"
+  with layers.target_platform("cuda"):
+    assert layers.current_platform() == "cuda"
+    assert layers.resolve_attention("auto", layers.current_platform(), jnp.bfloat16) == "cudnn"
+  assert layers.current_platform() == "cpu"
+  # Head dims cuDNN refuses fall back to XLA.
+  assert layers.resolve_attention("auto", "gpu", jnp.bfloat16, head_dim=12) == "xla"
+  assert layers.resolve_attention("auto", "gpu", jnp.bfloat16, head_dim=256) == "xla"
+
+
 def test_auto_attention_picks_a_memory_bounded_path_per_backend():
   from jepa_jax.models import layers
   assert layers.resolve_attention("auto", "gpu", jnp.bfloat16) == "cudnn"
@@ -155,13 +223,28 @@ def test_chunked_encoder_and_predictor_match_einsum(golden, tiny, monkeypatch):
 # --- token selection and padding -------------------------------------------------------------
 
 def test_token_indices_equal_blocks_on_gathered_tokens(golden, tiny):
+  """Embedding only the kept tokens equals embedding all and gathering (to float rounding: the
+  matmul runs on fewer rows)."""
   enc, _, ep, _, clip = tiny
   idx = jnp.asarray(golden["mask_enc_0"])
   direct = enc.apply(ep, clip, token_idx=idx)
   tokens = enc.apply(ep, clip, method=enc.embed)
   gathered = jnp.take_along_axis(tokens, idx[..., None], axis=1)
+  np.testing.assert_allclose(np.asarray(enc.apply(ep, clip, idx, method=enc.embed)),
+                             np.asarray(gathered), atol=1e-5)
   manual = enc.apply(ep, gathered, method=enc.encode_tokens)
-  np.testing.assert_array_equal(np.asarray(direct), np.asarray(manual))
+  np.testing.assert_allclose(np.asarray(direct), np.asarray(manual), atol=1e-5)
+
+
+def test_patch_embedding_equals_the_reference_conv(golden, tiny):
+  """The reshape + matmul tubelet embedding computes the strided Conv3d of the reference, with
+  the same parameters (Flax's nn.Conv as the independent implementation)."""
+  import flax.linen as nn
+  enc, _, ep, _, clip = tiny
+  conv = nn.Conv(enc.embed_dim, kernel_size=(2, 16, 16), strides=(2, 16, 16), padding="VALID")
+  conv_out = conv.apply({"params": ep["params"]["patch_embed"]}, clip)
+  ours = enc.apply(ep, clip, method=lambda m, x: m.patch_embed(x))
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(conv_out).reshape(ours.shape), atol=1e-5)
 
 
 def test_padding_is_invisible(golden, tiny):
@@ -179,6 +262,33 @@ def test_padding_is_invisible(golden, tiny):
                                tgt_padded.shape)
   p = pred.apply(pp, out, padded, tgt_padded, 0, valid, tgt_valid)
   np.testing.assert_allclose(np.asarray(p[:, :tgt_idx.shape[1]]), golden["out/pred_0"], atol=2e-5)
+
+
+def test_predictor_padding_anywhere_equals_each_clip_alone(golden, tiny):
+  """Per-clip validity in any pattern (the predictor sorts valid tokens first): each clip's valid
+  target predictions equal a run of that clip alone on its valid tokens only, no padding."""
+  enc, pred, ep, pp, clip = tiny
+  ctx_idx, tgt_idx = jnp.asarray(golden["mask_enc_0"]), jnp.asarray(golden["mask_pred_0"])
+  ctx = enc.apply(ep, clip, token_idx=ctx_idx)
+  rng = np.random.default_rng(0)
+  cv = rng.random(ctx_idx.shape) < 0.7
+  tv = rng.random(tgt_idx.shape) < 0.6
+  cv[:, 0] = tv[:, -1] = True
+  apply = jax.jit(pred.apply, static_argnums=4)
+  out = np.asarray(apply(pp, ctx, ctx_idx, tgt_idx, 1, jnp.asarray(cv), jnp.asarray(tv)))
+  assert np.isfinite(out).all()
+  for b in range(ctx.shape[0]):
+    alone = apply(pp, ctx[b:b + 1, cv[b]], ctx_idx[b:b + 1, cv[b]], tgt_idx[b:b + 1, tv[b]], 1)
+    np.testing.assert_allclose(out[b, tv[b]], np.asarray(alone[0]), atol=2e-5)
+
+
+def test_encoder_refuses_padding_before_valid_tokens(golden, tiny):
+  enc, _, ep, _, clip = tiny
+  idx = jnp.asarray(golden["mask_enc_0"])
+  valid = np.ones(idx.shape, bool)
+  valid[:, 0] = False
+  with pytest.raises(ValueError, match="valid tokens first"):
+    enc.apply(ep, clip, token_idx=idx, token_valid=jnp.asarray(valid))
 
 
 # --- precision, remat, scan ------------------------------------------------------------------
@@ -225,6 +335,27 @@ def test_scan_layout_equals_unrolled(tiny):
   back = convert.unstack_blocks(sp["params"])
   for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(ep["params"])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_scanned_blocks_keep_no_float32_or_gelu_copies_for_the_backward():
+  """Under nn.scan, what the backward needs is stacked per layer; LayerNorm and GELU are
+  recomputed (layers.py), so no float32 [depth, B, N, D] copy of the activations and at most two
+  [depth, B, N, hidden] MLP hiddens (fc1's output and GELU's, the matmuls' inputs) are kept."""
+  import re
+  enc = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=64, depth=3,
+                             num_heads=4, dtype=jnp.bfloat16, scan=True, attention="einsum")
+  clip = jax.ShapeDtypeStruct((2, 4, 32, 32, 3), jnp.float32)
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  loss = lambda p, x: jnp.mean(enc.apply(p, x).astype(jnp.float32) ** 2)
+  text = jax.jit(jax.grad(loss)).lower(params, clip).as_text(dialect="hlo")
+  n = enc.num_tokens
+  stacked = []
+  for tuple_types in re.findall(r"= \((.*?)\) while\(", text):
+    stacked += re.findall(rf"(\w+)\[3,2,{n},(\d+)\]", tuple_types)
+  assert stacked, "no per-layer stacks found: the test no longer sees the scan"
+  assert not [s for s in stacked if s[0] == "f32"], stacked
+  # Each stack appears in the forward loop's and the backward loop's tuple.
+  assert sum(1 for s in stacked if s == ("bf16", "256")) <= 2 * 2, stacked
 
 
 def test_intermediate_layers(tiny):

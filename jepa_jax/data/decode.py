@@ -28,8 +28,11 @@ Decoding is by time, not by frame count: frame index ``i`` means time ``start_ti
 ``pts`` is not after it) is taken. For constant frame rate this is exactly frame ``i``; for
 variable frame rate it resamples the video at its average rate, which keeps the temporal stride
 a fixed duration. Each clip seeks to the keyframe before its first frame and stops decoding after
-its last frame. Frames are converted to rgb24 from any pixel format by libswscale; only the kept
-frames are converted.
+its last frame; frames no clip time can show and no other frame references (B-frames before the
+clip and between its strided frames) are not decoded (``skip_frame=NONREF``), with a check that
+falls back to a plain decode where irregular timestamps make that unsafe (``_decode_span``).
+Frames are converted to rgb24 from any pixel format by libswscale; only the kept frames are
+converted.
 """
 from __future__ import annotations
 
@@ -141,8 +144,37 @@ def _decode_all(container, stream) -> list:
   return frames
 
 
-def _decode_clip(container, stream, times, fps, first_clip) -> np.ndarray:
-  """Decodes the frames shown at ``times`` (seconds, ascending); pads with the last frame."""
+class _InexactSkip(Exception):
+  """A frame skipped as unneeded turned out to be the one shown at a clip time: decode again."""
+
+
+def _decode_clip(container, stream, times, fps, first_clip, skip_unneeded: bool = True):
+  """Decodes the frames shown at ``times`` (seconds, ascending); pads with the last frame.
+
+  Exact in any case: the result is the frames a full decode from the start would show at
+  ``times``. See ``_decode_span`` for what is skipped and how that is checked.
+  """
+  if skip_unneeded:
+    try:
+      return _decode_span(container, stream, times, fps, first_clip, skip_unneeded=True)
+    except _InexactSkip:
+      first_clip = False  # the container has moved on: seek back
+  return _decode_span(container, stream, times, fps, first_clip, skip_unneeded=False)
+
+
+def _decode_span(container, stream, times, fps, first_clip, skip_unneeded):
+  """Seek to the keyframe before ``times[0]``, decode forward to the frame shown at ``times[-1]``.
+
+  With ``skip_unneeded``, packets whose frames cannot be shown at any of ``times`` (more than two
+  frame durations before a clip time, or after it) are decoded with libavcodec's
+  ``skip_frame=NONREF``: the decoder drops them if no other frame references them (B-frames
+  between the keyframe and the clip, and between the clip's strided frames), which is most of
+  the work in long GOPs. No later frame depends on a dropped one, so every other frame decodes
+  exactly as in a full decode. A frame is on screen at time t when it is the last one with
+  ``pts <= t``; if a dropped packet's pts lies between the frame taken for some t and t itself
+  (possible with irregular timestamps), ``_InexactSkip`` is raised and the caller decodes the
+  clip again without skipping.
+  """
   tb = float(stream.time_base)
   # A fresh container already sits at the start; otherwise seek to the keyframe before.
   if not (first_clip and times[0] < 1.0):
@@ -150,32 +182,70 @@ def _decode_clip(container, stream, times, fps, first_clip) -> np.ndarray:
   # Tolerance for pts rounded to the time base (e.g. 1/1000 s in mkv): a frame up to 2 ticks
   # after the target still counts as shown at it; never more than a quarter frame.
   eps = min(0.25 / fps, 2 * tb + 1e-6)
+  margin = 2.0 / fps
+  codec = stream.codec_context
+  skipped = []  # pts (s) of packets decoded with NONREF: their frames may have been dropped
+  chosen = []   # pts of the frame taken for each time
   out = []
   prev = prev_rgb = None
-  for count, frame in enumerate(container.decode(stream)):
-    t = frame.time if frame.time is not None else count / fps
-    cur_rgb = None
-    while len(out) < len(times) and t > times[len(out)] + eps:
-      # times[k] lies before this frame: the frame on screen then is the previous one (or this
-      # one, if the seek landed after the target).
-      if prev is None:
-        if cur_rgb is None:
-          cur_rgb = frame.to_ndarray(format="rgb24")
-        out.append(cur_rgb)
-      else:
-        if prev_rgb is None:
-          prev_rgb = prev.to_ndarray(format="rgb24")
-        out.append(prev_rgb)
-    if len(out) == len(times):
-      break  # stop after the last needed frame
-    prev, prev_rgb = frame, cur_rgb
+  count = 0
+
+  def needed(t):
+    k = np.searchsorted(times, t - eps)  # the first clip time at or after t (within eps)
+    return k < len(times) and times[k] - t < margin
+
+  try:
+    for packet in container.demux(stream):
+      if skip_unneeded:
+        pts = None if packet.pts is None else packet.pts * tb
+        skip = pts is not None and packet.size > 0 and not needed(pts)
+        codec.skip_frame = "NONREF" if skip else "DEFAULT"
+        if skip:
+          skipped.append(pts)
+      for frame in codec.decode(packet):
+        t = frame.time if frame.time is not None else count / fps
+        count += 1
+        cur_rgb = None
+        while len(out) < len(times) and t > times[len(out)] + eps:
+          # times[k] lies before this frame: the frame on screen then is the previous one (or
+          # this one, if the seek landed after the target).
+          if prev is None:
+            if cur_rgb is None:
+              cur_rgb = frame.to_ndarray(format="rgb24")
+            out.append(cur_rgb)
+            chosen.append(None)
+          else:
+            if prev_rgb is None:
+              prev_rgb = prev.to_ndarray(format="rgb24")
+            out.append(prev_rgb)
+            chosen.append(prev_t)
+        if len(out) == len(times):
+          break
+        prev, prev_t, prev_rgb = frame, t, cur_rgb
+      if len(out) == len(times):
+        break  # stop after the last needed frame
+  finally:
+    codec.skip_frame = "DEFAULT"
   if len(out) < len(times):
     # End of stream before the last target time: pad with the last frame, like the reference.
     if prev is None:
       raise VideoReadError("no_frames", "no decodable frames")
     last = prev_rgb if prev_rgb is not None else prev.to_ndarray(format="rgb24")
+    chosen.extend([prev_t] * (len(times) - len(out)))
     out.extend([last] * (len(times) - len(out)))
+  if skipped:
+    _check_nothing_needed_was_dropped(skipped, chosen, times, eps, tb)
   return np.stack(out)
+
+
+def _check_nothing_needed_was_dropped(skipped, chosen, times, eps, tb):
+  """Raise ``_InexactSkip`` if a skipped packet could be the frame on screen at some time."""
+  skipped = np.sort(np.asarray(skipped))
+  for c, t in zip(chosen, times):
+    lo = -np.inf if c is None else c + 0.5 * tb  # strictly after the chosen frame
+    i = np.searchsorted(skipped, lo)
+    if i < len(skipped) and skipped[i] <= t + eps:
+      raise _InexactSkip()
 
 
 def read_video_clips(
@@ -188,11 +258,15 @@ def read_video_clips(
     allow_segment_overlap: bool = False,
     threads: int = 1,
     target_fps: float | None = None,
+    skip_unneeded: bool = True,
 ) -> np.ndarray:
   """Decodes ``num_clips`` clips of a video file as uint8 [num_clips, num_frames, H, W, 3].
 
   ``target_fps``: sample at this frame rate (V-JEPA 2): ``frame_step`` becomes
   ``fps_frame_step(video fps, target_fps)``.
+  ``threads``: libavcodec decoding threads (1: none; 0: as many as it likes, ``thread_type``
+  AUTO). ``skip_unneeded``: leave unneeded non-reference frames undecoded (``_decode_span``;
+  the frames returned are the same either way).
 
   Raises VideoReadError with a reason (``missing``, ``empty_file``, ``open_error``,
   ``no_video_stream``, ``no_frames``, ``too_short``, ``decode_error``) for anything unusable.
@@ -224,7 +298,8 @@ def read_video_clips(
       clips = []
       for c, clip in enumerate(idx):
         times = start + clip / fps
-        clips.append(_decode_clip(container, stream, times, fps, first_clip=(c == 0)))
+        clips.append(_decode_clip(container, stream, times, fps, first_clip=(c == 0),
+                                  skip_unneeded=skip_unneeded))
       return np.stack(clips)
     except VideoReadError:
       raise

@@ -4,6 +4,9 @@ Parameter names mirror the reference PyTorch modules (``norm1``, ``attn/qkv``, `
 ``norm2``, ``mlp/fc1``, ``mlp/fc2``) so that weight conversion is a mechanical transpose.
 Parameters are float32; ``dtype`` is the compute dtype (bfloat16 for mixed precision).
 """
+import contextlib
+import contextvars
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -40,9 +43,28 @@ def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.D
                   kernel_init=reference_trunc_normal(), bias_init=nn.initializers.zeros, name=name)
 
 
-def layer_norm(name: str, dtype: Dtype, eps: float = LN_EPS) -> nn.LayerNorm:
+# LayerNorm and GELU are recomputed in the backward pass from their inputs instead of keeping
+# their intermediates: Flax's LayerNorm keeps ~3 float32 copies of its input ([B, N, D] each, for
+# statistics in float32) and the exact GELU ~2 more copies of the MLP hidden. Under ``nn.scan``
+# every kept intermediate is written to a per-layer stack in the forward and read back in the
+# backward (an unrolled stack lets XLA fuse them away; a scanned one cannot): the scanned
+# forward loops of ViT-L/16 at 24 clips kept 47 arrays per block, 31 with these two recomputed
+# (the loops' carried tuples in the CUDA lowering), and XLA:CPU's estimate of the whole step
+# (``bench/memory.py``, 24 clips per device, no remat) fell from 94.1 to 56.8 GiB. The
+# recomputation is element-wise work XLA fuses into the backward's kernels; numerics are
+# unchanged (the same ops run again on the same inputs).
+_RecomputedLayerNorm = nn.remat(nn.LayerNorm, prevent_cse=False)
+
+
+def layer_norm(name: str, dtype: Dtype, eps: float = LN_EPS) -> nn.Module:
   # Flax computes LayerNorm statistics in at least float32 even when ``dtype`` is bfloat16.
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return _RecomputedLayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+@functools.partial(jax.checkpoint, prevent_cse=False)
+def gelu(x):
+  """torch.nn.GELU(): the exact erf form, recomputed in the backward (see above)."""
+  return nn.gelu(x, approximate=False)
 
 
 def _einsum_attention(q, k, v, kv_mask, scale):
@@ -51,6 +73,11 @@ def _einsum_attention(q, k, v, kv_mask, scale):
     logits = jnp.where(kv_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhns,bshd->bnhd", weights, v)
+
+
+def lengths_to_mask(lengths: jax.Array, size: int) -> jax.Array:
+  """``[B]`` valid counts -> ``[B, size]`` bool, True on the first ``lengths[b]`` positions."""
+  return jnp.arange(size)[None, :] < lengths[:, None]
 
 
 def chunked_attention(q, k, v, kv_mask=None, chunk_size: Optional[int] = None):
@@ -79,48 +106,130 @@ def chunked_attention(q, k, v, kv_mask=None, chunk_size: Optional[int] = None):
   return out[:, :n]
 
 
-def resolve_attention(implementation: str, backend: str, dtype) -> str:
+# The platform ``auto`` resolves for. None: the backend JAX runs on (``jax.default_backend()``).
+# Set it (``target_platform``) to trace for another platform, e.g. to lower a step for "cuda" on
+# a CPU machine (tests/test_lowering.py) or to compile ahead of time for another accelerator.
+_TARGET_PLATFORM: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "jepa_jax_attention_platform", default=None)
+
+
+@contextlib.contextmanager
+def target_platform(platform: Optional[str]):
+  """Within this context ``auto`` attention resolves for ``platform`` ("cuda", "tpu", "cpu")."""
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
+def current_platform() -> str:
+  return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
+def cudnn_supports(head_dim: int, dtype) -> bool:
+  """What cuDNN's fused flash kernel takes (jax ``check_is_flash_attention``, pre-Hopper limit):
+  16-bit inputs and a head dimension that is a multiple of 8, at most 128."""
+  return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def resolve_attention(implementation: str, backend: str, dtype, head_dim: int = 64) -> str:
   """``auto`` -> the fastest exact path that bounds memory on ``backend``; others pass through.
 
-  GPU: cuDNN's fused flash kernel (it takes bfloat16/float16 only; float32 falls back to ``xla``).
-  TPU: ``chunked`` (XLA:TPU would materialise every [heads, N, N] logits buffer; a 384 px clip has
-  N = 4608). CPU: ``xla``.
+  GPU: cuDNN's fused flash kernel where it takes the inputs (bfloat16/float16, head dimension a
+  multiple of 8 up to 128; otherwise ``xla``). TPU: ``chunked`` (XLA:TPU would materialise every
+  [heads, N, N] logits buffer; a 384 px clip has N = 4608). CPU: ``xla``.
   """
   if implementation != "auto":
     return implementation
-  if backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+  if backend in ("gpu", "cuda") and cudnn_supports(head_dim, dtype):
     return "cudnn"
   if backend == "tpu":
     return "chunked"
   return "xla"
 
 
-def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implementation: str = "xla"):
-  """Multi-head attention core. q ``[B, N, H, d]``, k/v ``[B, S, H, d]``, kv_mask ``[B, S]`` bool.
+# cuDNN sequence lengths are padded to a multiple of this. jax refuses odd lengths in training
+# (``check_is_flash_attention``: "Unsupported sequence length Q 99, KV 99"), and multiples of 8
+# keep the kernel's tiles aligned; at most 7 extra tokens, excluded by the sequence lengths.
+CUDNN_SEQ_MULTIPLE = 8
 
-  ``auto`` picks one of the others for the backend (``resolve_attention``). ``xla``/``cudnn`` go through ``jax.nn.dot_product_attention`` (cuDNN's fused flash kernel on
-  GPU with ``cudnn``; ``xla`` materialises the logits); ``chunked`` bounds the logits' memory on
-  any backend (``chunked_attention``); ``einsum`` is the explicit softmax path of the reference,
-  kept as the ground truth the tests compare against. Logits and softmax are float32 in every
-  path, as under torch autocast.
+
+def _pad_to(x, length: int):
+  pad = length - x.shape[1]
+  return x if pad == 0 else jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+
+
+def _cudnn_attention(q, k, v, kv_lengths, kv_mask, scale):
+  """cuDNN flash attention; key padding as lengths (valid keys first) or, slower, as a mask.
+
+  Every query is computed (as in the other paths, so padded queries' outputs stay finite and
+  equal to theirs). With ``kv_lengths`` the keys at positions >= length are excluded by the
+  kernel's own padding mask: no bias is built and nothing is differentiated for it (a bias costs
+  a ``dbias`` kernel in the backward). An arbitrary ``kv_mask`` becomes an additive bias of a
+  shape the kernel takes, ``[B, 1, N, S]`` (it refuses the broadcast ``[B, 1, 1, S]``).
+  Sequence lengths that are not a multiple of ``CUDNN_SEQ_MULTIPLE`` are padded here (the extra
+  keys excluded, the extra queries sliced off).
   """
+  b, n, _, _ = q.shape
+  s = k.shape[1]
+  n_pad = -(-n // CUDNN_SEQ_MULTIPLE) * CUDNN_SEQ_MULTIPLE
+  s_pad = -(-s // CUDNN_SEQ_MULTIPLE) * CUDNN_SEQ_MULTIPLE
+  q, k, v = _pad_to(q, n_pad), _pad_to(k, s_pad), _pad_to(v, s_pad)
+  bias = q_lengths = None
+  if kv_mask is not None:
+    kv_mask = jnp.pad(kv_mask, ((0, 0), (0, s_pad - s)))
+    bias = jnp.broadcast_to(jnp.where(kv_mask, 0.0, -1e9).astype(q.dtype)[:, None, None, :],
+                            (b, 1, n_pad, s_pad))
+  else:
+    if kv_lengths is None and s_pad != s:
+      kv_lengths = jnp.full((b,), s, jnp.int32)
+    if kv_lengths is not None:
+      kv_lengths = kv_lengths.astype(jnp.int32)
+      q_lengths = jnp.full((b,), n_pad, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
+                                      query_seq_lengths=q_lengths,
+                                      key_value_seq_lengths=kv_lengths, implementation="cudnn")
+  return out[:, :n]
+
+
+def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implementation: str = "xla",
+                          kv_lengths: Optional[jax.Array] = None):
+  """Multi-head attention core. q ``[B, N, H, d]``, k/v ``[B, S, H, d]``.
+
+  Key padding, at most one of: ``kv_lengths`` ``[B]`` int, the number of valid keys of each row,
+  which come FIRST (positions >= length are padding: the layout the fused kernels take, and the
+  one the encoder and predictor use); or ``kv_mask`` ``[B, S]`` bool, any pattern (the probe's
+  ``token_valid``; on cuDNN it becomes a ``[B, 1, N, S]`` additive bias, so prefer lengths).
+
+  ``auto`` picks one of the others for the platform (``resolve_attention``, ``target_platform``).
+  ``xla``/``cudnn`` go through ``jax.nn.dot_product_attention`` (cuDNN's fused flash kernel on GPU
+  with ``cudnn``; ``xla`` materialises the logits); ``chunked`` bounds the logits' memory on any
+  backend (``chunked_attention``); ``einsum`` is the explicit softmax path of the reference, kept
+  as the ground truth the tests compare against. Logits and softmax are float32 in every path, as
+  under torch autocast.
+  """
+  if kv_mask is not None and kv_lengths is not None:
+    raise ValueError("give key padding as kv_mask or as kv_lengths, not both")
   scale = q.shape[-1] ** -0.5
-  implementation = resolve_attention(implementation, jax.default_backend(), q.dtype)
+  implementation = resolve_attention(implementation, current_platform(), q.dtype, q.shape[-1])
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                     f"got {implementation!r}")
+  if implementation == "cudnn":
+    return _cudnn_attention(q, k, v, kv_lengths, kv_mask, scale)
+  if kv_lengths is not None and implementation == "xla":
+    return jax.nn.dot_product_attention(q, k, v, scale=scale,
+                                        key_value_seq_lengths=kv_lengths.astype(jnp.int32),
+                                        implementation="xla")
+  if kv_lengths is not None:
+    kv_mask = lengths_to_mask(kv_lengths, k.shape[1])
   if implementation == "einsum":
     return _einsum_attention(q, k, v, kv_mask, scale)
   if implementation == "chunked":
     return chunked_attention(q, k, v, kv_mask)
-  if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
-                     f"got {implementation!r}")
   mask = None if kv_mask is None else kv_mask[:, None, None, :]
-  bias = None
-  if implementation == "cudnn" and mask is not None:
-    # cuDNN's fused kernel takes an additive bias rather than a boolean mask.
-    bias = jnp.where(mask, 0.0, -1e9).astype(q.dtype)
-    mask = None
-  return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
 
 
 class Mlp(nn.Module):
@@ -131,7 +240,7 @@ class Mlp(nn.Module):
   def __call__(self, x):
     out_dim = x.shape[-1]
     x = dense(self.hidden_dim, "fc1", self.dtype)(x)
-    x = nn.gelu(x, approximate=False)  # torch.nn.GELU() is the exact erf form
+    x = gelu(x)
     return dense(out_dim, "fc2", self.dtype)(x)
 
 
@@ -141,9 +250,12 @@ class SelfAttention(nn.Module):
   implementation: str = "xla"
 
   @nn.compact
-  def __call__(self, x, kv_mask=None, rope=None):
-    """``rope``: optional ``(cos, sin)`` tables (``models.rope.rope_tables``); q and k are rotated
-    before the attention kernel, so every implementation sees already-positioned q/k."""
+  def __call__(self, x, key_padding=None, rope=None):
+    """``key_padding``: None; ``[B]`` int valid-token counts with valid tokens first (the form
+    fused kernels take: the encoder and predictor use it); or a ``[B, S]`` bool mask of any
+    pattern (the probe's ``token_valid``). ``rope``: optional ``(cos, sin)`` tables
+    (``models.rope.rope_tables``); q and k are rotated before the attention kernel, so every
+    implementation sees already-positioned q/k."""
     b, n, d = x.shape
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
@@ -151,12 +263,18 @@ class SelfAttention(nn.Module):
     q, k = qkv[:, :, 0], qkv[:, :, 1]
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
-    out = dot_product_attention(q, k, qkv[:, :, 2], kv_mask, self.implementation)
+    as_lengths = key_padding is not None and key_padding.ndim == 1
+    out = dot_product_attention(q, k, qkv[:, :, 2], None if as_lengths else key_padding,
+                                self.implementation, key_padding if as_lengths else None)
     return dense(d, "proj", self.dtype)(out.reshape(b, n, d))
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x))."""
+  """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)).
+
+  ``key_padding`` ``[B]`` int: only the first ``key_padding[b]`` tokens of row b are attended to
+  (the rest is padding, which still gets outputs); ``[B, S]`` bool: the True keys; None: all.
+  """
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
@@ -164,9 +282,9 @@ class Block(nn.Module):
   ln_eps: float = LN_EPS  # the probes' blocks use torch's default 1e-5
 
   @nn.compact
-  def __call__(self, x, kv_mask=None, rope=None):
+  def __call__(self, x, key_padding=None, rope=None):
     x = x + SelfAttention(self.num_heads, self.dtype, self.attention, name="attn")(
-        layer_norm("norm1", self.dtype, self.ln_eps)(x), kv_mask, rope)
+        layer_norm("norm1", self.dtype, self.ln_eps)(x), key_padding, rope)
     hidden = int(x.shape[-1] * self.mlp_ratio)
     return x + Mlp(hidden, self.dtype, name="mlp")(
         layer_norm("norm2", self.dtype, self.ln_eps)(x))
@@ -194,9 +312,9 @@ class _ScanBlock(nn.Module):
   ln_eps: float = LN_EPS
 
   @nn.compact
-  def __call__(self, x, kv_mask, rope):
+  def __call__(self, x, key_padding, rope):
     x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
-              name="block")(x, kv_mask, rope)
+              name="block")(x, key_padding, rope)
     return x, (x if self.collect else None)
 
 
@@ -221,7 +339,7 @@ class BlockStack(nn.Module):
   ln_eps: float = LN_EPS
 
   @nn.compact
-  def __call__(self, x, kv_mask=None, collect: tuple[int, ...] = (), rope=None):
+  def __call__(self, x, key_padding=None, collect: tuple[int, ...] = (), rope=None):
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
     policy = REMAT_POLICIES[self.remat]
@@ -232,13 +350,13 @@ class BlockStack(nn.Module):
       stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth)
       x, ys = stack(self.num_heads, self.mlp_ratio, self.dtype, self.attention, bool(collect),
-                    self.ln_eps, name="blocks")(x, kv_mask, rope)
+                    self.ln_eps, name="blocks")(x, key_padding, rope)
       return x, [ys[i] for i in collect]
     cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)
     outs = []
     for i in range(self.depth):
       x = cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
-              name=f"blocks_{i}")(x, kv_mask, rope)
+              name=f"blocks_{i}")(x, key_padding, rope)
       if i in collect:
         outs.append(x)
     return x, outs

@@ -13,6 +13,13 @@ per-token LayerNorms and MLPs, and attention whose logits depend only on the pai
 sort changes nothing but the order of the softmax and value sums, i.e. float rounding; this module
 does not sort (two gathers fewer per block stack) and the golden tests (vjepa2_rope_tiny_v1.npz)
 show the outputs, loss and gradients equal to the sorting reference within the V-JEPA 1 tolerances.
+
+Padding. With validity masks, each clip's sequence is permuted to ``[valid context, valid
+targets, padding]`` before the blocks (a stable sort on validity) and the target outputs are read
+back at their permuted positions, so the blocks see padding as a per-clip length, the form fused
+attention kernels take (``layers.dot_product_attention``). Positions are added (sin-cos) or their
+grid indices permuted along (RoPE) before the blocks, and every block is permutation-equivariant,
+so the outputs are those of the unpermuted sequence with padded keys masked.
 """
 from typing import Any, Optional
 
@@ -70,39 +77,46 @@ class Predictor(nn.Module):
       context_idx: ``[B, Kc]`` token indices of the context.
       target_idx: ``[B, Kt]`` token indices to predict.
       mask_index: which mask token to use (static int; taken modulo ``num_mask_tokens``).
-      context_valid / target_valid: optional ``[B, K]`` bool; padding is never attended to.
+      context_valid / target_valid: optional ``[B, K]`` bool, any pattern; padding is never
+        attended to.
 
     Returns:
       ``[B, Kt, embed_dim]`` predictions.
     """
-    b = context.shape[0]
     x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.dtype)(context)
     token_init = (nn.initializers.zeros if self.zero_init_mask_tokens
                   else layers.reference_trunc_normal())
     mask_tokens = self.param("mask_tokens", token_init,
                              (self.num_mask_tokens, self.predictor_embed_dim), jnp.float32)
     token = mask_tokens[mask_index % self.num_mask_tokens].astype(self.dtype)
-    rope = None
     if self.use_rope:
-      targets = jnp.broadcast_to(token, (b, target_idx.shape[1], self.predictor_embed_dim))
-      rope = rope_lib.rope_tables(jnp.concatenate([context_idx, target_idx], axis=1), self.grid,
-                                  self.predictor_embed_dim // self.num_heads, self.dtype)
+      targets = jnp.broadcast_to(token, target_idx.shape + (self.predictor_embed_dim,))
     else:
-      pos = jnp.broadcast_to(self.position_table().astype(self.dtype)[None],
-                             (b, self.grid[0] * self.grid[1] * self.grid[2],
-                              self.predictor_embed_dim))
-      x = x + gather_tokens(pos, context_idx)
-      targets = token + gather_tokens(pos, target_idx)
+      pos = self.position_table().astype(self.dtype)
+      x = x + jnp.take(pos, context_idx, axis=0)
+      targets = token + jnp.take(pos, target_idx, axis=0)
 
     num_context = x.shape[1]
     x = jnp.concatenate([x, targets], axis=1)
-    kv_mask = None
+    seq_idx = jnp.concatenate([context_idx, target_idx], axis=1)  # each token's grid index
+    lengths = target_rows = None
     if context_valid is not None or target_valid is not None:
       cv = context_valid if context_valid is not None else jnp.ones(context_idx.shape, bool)
       tv = target_valid if target_valid is not None else jnp.ones(target_idx.shape, bool)
-      kv_mask = jnp.concatenate([cv, tv], axis=1)
+      valid = jnp.concatenate([cv, tv], axis=1)
+      order = jnp.argsort(~valid, axis=1, stable=True)  # valid first, each part in its order
+      x = gather_tokens(x, order)
+      lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
+      # Where each target ended up: the inverse permutation at the target slots.
+      target_rows = jnp.argsort(order, axis=1)[:, num_context:]
+      seq_idx = gather_tokens(seq_idx, order)
+    rope = None
+    if self.use_rope:
+      rope = rope_lib.rope_tables(seq_idx, self.grid, self.predictor_embed_dim // self.num_heads,
+                                  self.dtype)
     x, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                              self.attention, self.remat, self.scan, name="stack")(
-                                 x, kv_mask, rope=rope)
-    x = layers.layer_norm("predictor_norm", self.dtype)(x)[:, num_context:]
+                                 x, lengths, rope=rope)
+    x = x[:, num_context:] if target_rows is None else gather_tokens(x, target_rows)
+    x = layers.layer_norm("predictor_norm", self.dtype)(x)
     return layers.dense(self.embed_dim, "predictor_proj", self.dtype)(x)

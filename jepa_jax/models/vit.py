@@ -1,18 +1,23 @@
 """The V-JEPA video ViT encoder (context and target encoder share this module).
 
-Clips are ``[B, T, H, W, C]`` (JAX layout). A Conv3d with kernel = stride = (tubelet, patch, patch)
-makes ``T' x H' x W'`` tokens in (t, h, w) order, fixed 3D sin-cos positions are added (V-JEPA) or
-queries and keys are rotated by each token's grid coordinates in every block (V-JEPA 2,
-``use_rope``; ``models.rope``), and, when token indices are given, only those tokens go through the
-blocks (the context encoder's masking). There is no cls token. The final LayerNorm is applied to
-the output and to every requested intermediate layer, as the reference does for its ``out_layers``.
+Clips are ``[B, T, H, W, C]`` (JAX layout). The reference's Conv3d with kernel = stride =
+(tubelet, patch, patch) makes ``T' x H' x W'`` tokens in (t, h, w) order; here it is computed as
+what it is, a reshape of the clip into tubelets and one matmul (``PatchEmbed``; GPUs run a 3D
+convolution in a slow implicit-GEMM kernel), with the Conv's parameter names and shapes. Fixed 3D
+sin-cos positions are added (V-JEPA), or queries and keys are rotated by each token's grid
+coordinates in every block (V-JEPA 2, ``use_rope``; ``models.rope``). When token indices are
+given, only those tokens are embedded and go through the blocks (the context encoder's masking).
+There is no cls token. The final LayerNorm is applied to the output and to every requested
+intermediate layer, as the reference does for its ``out_layers``.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
@@ -79,6 +84,56 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def valid_lengths(token_valid: Optional[jax.Array]) -> Optional[jax.Array]:
+  """``[B, K]`` validity with valid entries FIRST -> ``[B]`` int32 counts (None passes through).
+
+  The blocks take padding as lengths (``layers.dot_product_attention``), so a row's valid tokens
+  must precede its padding, as ``jepa_jax.masks`` guarantees (its row contract). A concrete
+  (non-traced) mask is checked; under jit the contract is the caller's.
+  """
+  if token_valid is None:
+    return None
+  try:
+    valid = np.asarray(token_valid)
+  except jax.errors.TracerArrayConversionError:  # traced under jit: nothing to check here
+    valid = None
+  if valid is not None:
+    prefix = np.arange(valid.shape[1])[None, :] < valid.sum(axis=1)[:, None]
+    if not np.array_equal(valid, prefix):
+      raise ValueError("token_valid must put each row's valid tokens first and its padding last "
+                       "(the row contract of jepa_jax.masks); reorder the indices")
+  return jnp.sum(token_valid, axis=1, dtype=jnp.int32)
+
+
+class PatchEmbed(nn.Module):
+  """Tubelet embedding: ``[B, T, H, W, C]`` -> ``[B, N, D]`` as a reshape and one matmul.
+
+  Parameters are those of ``nn.Conv`` with kernel = stride = (tubelet, patch, patch) (``kernel``
+  ``[kt, p, p, C, D]``, ``bias`` ``[D]``), so checkpoints and ``jepa_jax.convert`` are unchanged;
+  the matmul computes the same sums as the strided convolution. ``token_idx`` selects tokens
+  before the matmul: only the kept tokens are embedded, and the backward needs no scatter.
+  """
+  embed_dim: int
+  tubelet_size: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, clips, token_idx: Optional[jax.Array] = None):
+    kt, p = self.tubelet_size, self.patch_size
+    c = clips.shape[-1]
+    kernel = self.param("kernel", layers.reference_trunc_normal(), (kt, p, p, c, self.embed_dim),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.embed_dim,), jnp.float32)
+    patches = einops.rearrange(clips.astype(self.dtype),
+                               "b (t kt) (h ph) (w pw) c -> b (t h w) (kt ph pw c)",
+                               kt=kt, ph=p, pw=p)
+    if token_idx is not None:
+      patches = gather_tokens(patches, token_idx)
+    w = kernel.reshape(-1, self.embed_dim).astype(self.dtype)
+    return jnp.dot(patches, w) + bias.astype(self.dtype)
+
+
 class VisionTransformer(nn.Module):
   """Video ViT encoder.
 
@@ -139,31 +194,31 @@ class VisionTransformer(nn.Module):
                                 self.dtype)
 
   def setup(self):
-    kernel = (self.tubelet_size, self.patch_size, self.patch_size)
-    self.patch_embed = nn.Conv(self.embed_dim, kernel_size=kernel, strides=kernel, padding="VALID",
-                               dtype=self.dtype, param_dtype=jnp.float32,
-                               kernel_init=layers.reference_trunc_normal())
+    self.patch_embed = PatchEmbed(self.embed_dim, self.tubelet_size, self.patch_size, self.dtype)
     self.stack = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                                    self.attention, self.remat, self.scan)
     self.norm = layers.layer_norm("norm", self.dtype)
 
-  def embed(self, clips):
+  def embed(self, clips, token_idx: Optional[jax.Array] = None):
     """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` tokens, (t, h, w) order, with the sin-cos
-    positions added (RoPE encoders: no positions here, they are applied in the blocks)."""
-    b, t, h, w, _ = clips.shape
+    positions added (RoPE encoders: no positions here, they are applied in the blocks); with
+    ``token_idx`` ``[B, K]`` only those tokens, ``[B, K, D]``."""
+    _, t, h, w, _ = clips.shape
     _, want_t, want_h, want_w, _ = self.clip_shape()
     if (t, h, w) != (want_t, want_h, want_w):
       raise ValueError(f"encoder built for {want_t}x{want_h}x{want_w} clips, got {t}x{h}x{w}; "
                        "build the model with matching num_frames/img_size")
-    x = self.patch_embed(clips.astype(self.dtype)).reshape(b, -1, self.embed_dim)
+    x = self.patch_embed(clips, token_idx)
     if self.use_rope:
       return x
-    return x + self.position_table().astype(self.dtype)
+    pos = self.position_table().astype(self.dtype)
+    return x + (pos[None] if token_idx is None else jnp.take(pos, token_idx, axis=0))
 
   def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = (),
                     token_idx: Optional[jax.Array] = None):
     """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens.
 
+    ``token_valid`` ``[B, K]``: valid tokens first, padding last (``valid_lengths``).
     ``token_idx``: the tokens' indices in the full grid (RoPE encoders rotate by them; None means
     ``x`` holds every token in order)."""
     rope = None
@@ -172,7 +227,8 @@ class VisionTransformer(nn.Module):
         raise ValueError(f"{x.shape[1]} gathered tokens without their token_idx: a RoPE encoder "
                          "needs each token's grid index")
       rope = self.rope_tables(token_idx)
-    x, intermediate = self.stack(x, token_valid, collect=tuple(out_layers), rope=rope)
+    x, intermediate = self.stack(x, valid_lengths(token_valid), collect=tuple(out_layers),
+                                 rope=rope)
     if out_layers:
       return [self.norm(y) for y in intermediate]
     return self.norm(x)
@@ -183,17 +239,15 @@ class VisionTransformer(nn.Module):
 
     Args:
       clips: ``[B, T, H, W, C]`` normalised pixels.
-      token_idx: optional ``[B, K]`` int token indices to keep (gathered after adding positions).
-      token_valid: optional ``[B, K]`` bool; invalid (padding) tokens are never attended to.
+      token_idx: optional ``[B, K]`` int token indices to keep (only these are embedded).
+      token_valid: optional ``[B, K]`` bool, each row's valid tokens first (the row contract of
+        ``jepa_jax.masks``); invalid (padding) tokens are never attended to.
       out_layers: if given, return ``[LN(x_l) for l in out_layers]`` (0-based) instead of LN(x_out).
 
     Returns:
       ``[B, K or N, embed_dim]`` in the compute dtype, or a list of them.
     """
-    x = self.embed(clips)
-    if token_idx is not None:
-      x = gather_tokens(x, token_idx)
-    return self.encode_tokens(x, token_valid, out_layers, token_idx)
+    return self.encode_tokens(self.embed(clips, token_idx), token_valid, out_layers, token_idx)
 
 
 def build_encoder(model: str = "base", **overrides) -> VisionTransformer:
