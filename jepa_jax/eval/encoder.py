@@ -14,7 +14,6 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
@@ -166,7 +165,3 @@ def clips_to_tokens(encode: Callable, clips, dtype=jnp.float32):
   n, d = tokens.shape[1:]
   # (b, s, v) flattening order -> [B, S, V, N, D] -> views first -> concatenate segments.
   return tokens.reshape(b, s, v, n, d).transpose(0, 2, 1, 3, 4).reshape(b, v, s * n, d)
-
-
-def param_count(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

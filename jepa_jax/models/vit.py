@@ -10,7 +10,6 @@ given, only those tokens are embedded and go through the blocks (the context enc
 There is no cls token. The final LayerNorm is applied to the output and to every requested
 intermediate layer, as the reference does for its ``out_layers``.
 """
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import einops
@@ -255,15 +254,6 @@ def build_encoder(model: str = "base", **overrides) -> VisionTransformer:
   spec = size_spec(model)
   spec.update(overrides)
   return VisionTransformer(**spec)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamCount:
-  encoder: int
-  predictor: int
-
-  def __str__(self):
-    return f"encoder {self.encoder / 1e6:.1f} M, predictor {self.predictor / 1e6:.1f} M"
 
 
 def analytic_encoder_params(embed_dim, depth, mlp_ratio=4.0, patch_size=16, tubelet_size=2,
