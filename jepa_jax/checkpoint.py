@@ -136,15 +136,8 @@ def _flat_shapes(tree) -> dict:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if leaf is None or not hasattr(leaf, "shape"):
       continue
-    out["/".join(_key(p) for p in path)] = tuple(leaf.shape)
+    out[jax.tree_util.keystr(path, simple=True, separator="/")] = tuple(leaf.shape)
   return out
-
-
-def _key(p) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(p, attr):
-      return str(getattr(p, attr))
-  return str(p)
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):

@@ -112,8 +112,8 @@ def decay_mask(params):
   """True where weight decay applies: ndim != 1 and not a bias (the reference's param groups)."""
 
   def rule(path, leaf):
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    return leaf.ndim != 1 and "bias" not in name
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+    return leaf.ndim != 1 and "bias" not in names
 
   return jax.tree_util.tree_map_with_path(rule, params)
 

@@ -318,6 +318,14 @@ class _ScanBlock(nn.Module):
     return x, (x if self.collect else None)
 
 
+def is_scanned(path) -> bool:
+  """Whether the parameter at ``path`` (a ``jax.tree_util`` key path) lives in a scanned
+  ``BlockStack``, i.e. carries a leading depth axis: its path has ``blocks/block`` (the names
+  ``BlockStack`` gives ``nn.scan`` and the scanned block)."""
+  names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+  return any(a == "blocks" and b == "block" for a, b in zip(names, names[1:]))
+
+
 class BlockStack(nn.Module):
   """``depth`` Blocks, optionally rematerialised and/or scanned.
 
