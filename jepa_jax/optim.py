@@ -209,5 +209,6 @@ def restart_schedules(opt_state):
 
 
 def ema_update(target, online, momentum):
-  """target = m * target + (1 - m) * online, leaf by leaf (float32 arithmetic)."""
-  return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+  """target = m * target + (1 - m) * online, leaf by leaf (float32 arithmetic): optax's Polyak
+  average with step size ``1 - m``."""
+  return optax.incremental_update(online, target, 1.0 - momentum)
