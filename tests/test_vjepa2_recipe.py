@@ -67,8 +67,8 @@ def test_configs_hold_the_reference_numbers(name):
   else:
     assert o.lr_schedule == "warmup_cosine" and not c.init_from
   encoder, predictor = train_state.build_models(c)
-  assert encoder.use_rope and predictor.use_rope and predictor.num_heads == 12
-  assert encoder.num_heads == {"large": 16, "huge": 16, "giant_xformers": 22}[model]
+  assert encoder.use_rope and predictor.use_rope and predictor.block.num_heads == 12
+  assert encoder.block.num_heads == {"large": 16, "huge": 16, "giant_xformers": 22}[model]
   assert predictor.num_mask_tokens == 6  # len(masks) x len(dataset_fpcs), as init_video_model
   assert train_state.mask_token_ids(c) == (0, 0)
 

@@ -136,7 +136,7 @@ def make_token_fn(encoder: models.VisionTransformer, feature_layer=None) -> Call
       return jax.lax.stop_gradient(out)
 
     clips = as_clips(pixels, encoder.num_frames)
-    return clips_to_tokens(encode, clips, encoder.dtype)
+    return clips_to_tokens(encode, clips, encoder.block.dtype)
 
   return token_fn
 

@@ -58,9 +58,8 @@ def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg)
 def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
   # One module object per setting: its ``apply`` is a static part of the train state, so repeated
   # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
-  return models.AttentiveClassifier(num_classes=num_classes, num_heads=num_heads,
-                                    mlp_ratio=mlp_ratio, depth=depth, dtype=DTYPES[dtype],
-                                    blocks_on=blocks_on)
+  return models.build_probe(num_classes, num_heads, mlp_ratio=mlp_ratio, depth=depth,
+                            dtype=DTYPES[dtype], blocks_on=blocks_on)
 
 
 def init_probe_params(probe, embed_dim: int, seed: int):
