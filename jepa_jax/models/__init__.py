@@ -37,11 +37,10 @@ def build_predictor(encoder: VisionTransformer, embed_dim: int = 384, depth: int
   ``vit_predictor`` fixes it (a ViT-g's predictor has hidden 4 x 384, not 48/11 x 384)."""
   block = encoder.block.replace(num_heads=encoder.block.num_heads if num_heads is None
                                 else num_heads, mlp_ratio=4.0)
-  return Predictor(img_size=encoder.img_size, num_frames=encoder.num_frames,
-                   patch_size=encoder.patch_size, tubelet_size=encoder.tubelet_size,
-                   embed_dim=encoder.embed_dim, predictor_embed_dim=embed_dim, depth=depth,
-                   block=block, uniform_power=encoder.uniform_power, use_rope=encoder.use_rope,
-                   num_mask_tokens=num_mask_tokens, zero_init_mask_tokens=zero_init_mask_tokens)
+  return Predictor(grid=encoder.grid, embed_dim=encoder.embed_dim, predictor_embed_dim=embed_dim,
+                   depth=depth, block=block, uniform_power=encoder.uniform_power,
+                   use_rope=encoder.use_rope, num_mask_tokens=num_mask_tokens,
+                   zero_init_mask_tokens=zero_init_mask_tokens)
 
 
 def count_params(params) -> int:

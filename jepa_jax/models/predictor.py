@@ -30,17 +30,15 @@ import jax.numpy as jnp
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
 from jepa_jax.models import rope as rope_lib
-from jepa_jax.models.vit import gather_tokens, token_grid
+from jepa_jax.models.vit import gather_tokens
 
 
 class Predictor(nn.Module):
   """Attributes mirror the reference's ``vit_predictor``. ``block``: the encoder's block settings
   with the predictor's heads (the encoder's in V-JEPA, its own ``pred_num_heads`` (12) in V-JEPA
-  2) and MLP ratio 4 (``models.build_predictor`` derives it from the encoder)."""
-  img_size: int = 224
-  num_frames: int = 16
-  patch_size: int = 16
-  tubelet_size: int = 2
+  2) and MLP ratio 4 (``models.build_predictor`` derives it from the encoder). ``grid``: the
+  encoder's ``(T', H', W')`` token grid, which token indices number row-major."""
+  grid: tuple[int, int, int] = (8, 14, 14)
   embed_dim: int = 768
   predictor_embed_dim: int = 384
   depth: int = 12
@@ -49,10 +47,6 @@ class Predictor(nn.Module):
   use_rope: bool = False
   num_mask_tokens: int = 2
   zero_init_mask_tokens: bool = True
-
-  @property
-  def grid(self):
-    return token_grid(self.img_size, self.num_frames, self.patch_size, self.tubelet_size)
 
   def position_table(self) -> jax.Array:
     if self.use_rope:
