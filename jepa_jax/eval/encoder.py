@@ -12,6 +12,7 @@ Images (evals/image_classification_frozen): the image is repeated along time to 
 import logging
 from typing import Callable, Optional
 
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -160,8 +161,5 @@ def clips_to_tokens(encode: Callable, clips, dtype=jnp.float32):
   encoded in one call, so the work is one big batch on the accelerator.
   """
   b, s, v = clips.shape[:3]
-  x = normalize_lib.normalize(clips.reshape((b * s * v,) + clips.shape[3:]), dtype)
-  tokens = encode(x)
-  n, d = tokens.shape[1:]
-  # (b, s, v) flattening order -> [B, S, V, N, D] -> views first -> concatenate segments.
-  return tokens.reshape(b, s, v, n, d).transpose(0, 2, 1, 3, 4).reshape(b, v, s * n, d)
+  x = normalize_lib.normalize(einops.rearrange(clips, "b s v t h w c -> (b s v) t h w c"), dtype)
+  return einops.rearrange(encode(x), "(b s v) n d -> b v (s n) d", b=b, s=s, v=v)

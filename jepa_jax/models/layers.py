@@ -11,6 +11,7 @@ import functools
 import math
 from typing import Any, Callable, Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -258,17 +259,18 @@ class SelfAttention(nn.Module):
     pattern (the probe's ``token_valid``). ``rope``: optional ``(cos, sin)`` tables
     (``models.rope.rope_tables``); q and k are rotated before the attention kernel, so every
     implementation sees already-positioned q/k."""
-    b, n, d = x.shape
+    d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
-    qkv = dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    # The reference's qkv layout: [q | k | v], each head-major.
+    q, k, v = einops.rearrange(dense(3 * d, "qkv", self.dtype)(x), "b n (qkv h d) -> qkv b n h d",
+                               qkv=3, h=self.num_heads)
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     as_lengths = key_padding is not None and key_padding.ndim == 1
-    out = dot_product_attention(q, k, qkv[:, :, 2], None if as_lengths else key_padding,
+    out = dot_product_attention(q, k, v, None if as_lengths else key_padding,
                                 self.implementation, key_padding if as_lengths else None)
-    return dense(d, "proj", self.dtype)(out.reshape(b, n, d))
+    return dense(d, "proj", self.dtype)(einops.rearrange(out, "b n h d -> b n (h d)"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ encoders pass 1e-6), and so does this module (``PROBE_LN_EPS``).
 """
 from typing import Any, Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,13 +36,13 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, q, x, kv_mask=None):
-    b, n, d = q.shape
-    s = x.shape[1]
-    hd = d // self.num_heads
-    q = layers.dense(d, "q", self.dtype)(q).reshape(b, n, self.num_heads, hd)
-    kv = layers.dense(2 * d, "kv", self.dtype)(x).reshape(b, s, 2, self.num_heads, hd)
-    out = layers.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], kv_mask, self.attention)
-    return out.reshape(b, n, d)
+    d = q.shape[-1]
+    h = self.num_heads
+    q = einops.rearrange(layers.dense(d, "q", self.dtype)(q), "b n (h d) -> b n h d", h=h)
+    k, v = einops.rearrange(layers.dense(2 * d, "kv", self.dtype)(x),
+                            "b s (kv h d) -> kv b s h d", kv=2, h=h)
+    out = layers.dot_product_attention(q, k, v, kv_mask, self.attention)
+    return einops.rearrange(out, "b n h d -> b n (h d)")
 
 
 class AttentiveClassifier(nn.Module):
