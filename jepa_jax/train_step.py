@@ -45,7 +45,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
   mask_cfgs = tuple(mask_cfgs)
 
   def train_step(state, batch, rng):
-    clips = normalize_clips(batch["video"], encoder.dtype)
+    clips = normalize_clips(batch["video"], encoder.block.dtype)
     masks = masks_lib.sample_masks(jax.random.fold_in(rng, state.step), batch_size, grid,
                                    mask_cfgs)
     if mesh is not None:
