@@ -1,0 +1,47 @@
+"""Fine-tune the CPU demo encoder (configs/demo.py) end to end on the built-in synthetic set.
+
+python -m jepa_jax.main --config=configs/demo.py --workdir=workdir/demo          # pretrain
+python -m jepa_jax.finetune --config=configs/finetune/demo.py --workdir=workdir/demo_ft
+
+The demo's scale (64 px, 8 frames at stride 4, width 96, depth 4) with VideoMAE's recipe
+(configs/finetune/vitl16_k400.py) kept where it makes sense on 128 short clips; what differs is
+said next to it. ``--config.freeze_encoder=True`` trains the head alone on the same batches (the
+frozen-probe baseline); ``--config.checkpoint=random`` starts from a random encoder.
+"""
+from jepa_jax.finetune.config import base_finetune_config
+
+
+def get_config():
+  c = base_finetune_config()
+  c.task = "synthetic_demo"
+  c.checkpoint = "workdir/demo"
+  # The demo encoder's architecture (for checkpoint="random"; a checkpoint must fit it).
+  c.model.name = "tiny"
+  c.model.patch_size = 16
+  c.model.tubelet_size = 2
+  c.model.overrides = {"embed_dim": 96, "depth": 4, "num_heads": 4}
+  c.encoder_dtype = "float32"     # bfloat16 is slower than float32 on most CPUs
+  c.head.kind = "attentive"       # the frozen eval's probe, so freeze_encoder=True is that probe
+  c.train_index = ""
+  c.val_index = ""
+  c.data.synthetic_dir = "data/synthetic"
+  c.data.synthetic_num_videos = 128
+  c.data.synthetic_seed = 0
+  c.synthetic_label = "direction"
+  c.num_classes = None
+  c.data.num_frames = 8
+  c.data.frame_step = 4
+  c.data.crop_size = 64
+  c.data.num_workers = 0
+  c.data.num_threads = 2
+  c.data.probe_horizontal_flip = False   # a flip would change the direction of travel
+  c.test_segments = 2
+  c.test_views = 3
+  c.batch_size = 16
+  c.epochs = 30
+  c.optim.warmup_epochs = 3
+  c.drop_path = 0.1
+  c.save.every = 60
+  c.log_every = 20
+  c.eval_every = 10
+  return c

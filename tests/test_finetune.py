@@ -1,0 +1,172 @@
+"""End-to-end fine-tuning: layer-wise LR decay, drop path, label smoothing, mixup/cutmix, exact
+resume, and fine-tuning beating the frozen probe on the synthetic set."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jepa_jax import models
+from jepa_jax.data import synthetic
+from jepa_jax.finetune import augment
+from jepa_jax.finetune import config as config_lib
+from jepa_jax.finetune import model as model_lib
+from jepa_jax.finetune import run as run_lib
+from jepa_jax.models import layers
+
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+SYNTHETIC_VIDEOS = 16
+
+
+def tiny_encoder(**overrides):
+  spec = dict(TINY, img_size=32, num_frames=4, patch_size=16, tubelet_size=2)
+  spec.update(overrides)
+  return models.build_encoder("tiny", **spec)
+
+
+def init_params(enc, seed=0):
+  return enc.init(jax.random.PRNGKey(seed), jnp.zeros(enc.clip_shape(2)))["params"]
+
+
+# --------------------------------------------------------------------------- layer-wise decay
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_factors_follow_block_index(scan):
+  """patch embed = layer 0, block i = layer i + 1, final norm and head = top: factor
+  decay ** (depth + 1 - layer); frozen encoder -> 0 on every encoder leaf, 1 on the head."""
+  depth, decay = 3, 0.5
+  enc = tiny_encoder(depth=depth, scan=scan)
+  params = {"encoder": init_params(enc), "head": {"w": jnp.zeros((4, 2))}}
+  scales = model_lib.layer_scales(params, depth, decay)
+  flat = {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(s)
+          for p, s in jax.tree_util.tree_flatten_with_path(scales)[0]}
+  assert flat["encoder/patch_embed/kernel"].squeeze() == pytest.approx(decay ** 4)
+  assert flat["encoder/norm/scale"].squeeze() == pytest.approx(1.0)
+  assert flat["head/w"].squeeze() == pytest.approx(1.0)
+  if scan:
+    got = flat["encoder/stack/blocks/block/attn/qkv/kernel"].reshape(-1)
+    np.testing.assert_allclose(got, [decay ** 3, decay ** 2, decay ** 1], rtol=1e-6)
+  else:
+    for i in range(depth):
+      assert flat[f"encoder/stack/blocks_{i}/mlp/fc1/kernel"].squeeze() == pytest.approx(
+          decay ** (depth - i))
+  # Every factor broadcasts against its parameter.
+  jax.tree_util.tree_map(lambda s, p: np.broadcast_shapes(s.shape, p.shape) == p.shape,
+                         scales, params)
+  frozen = model_lib.layer_scales(params, depth, decay, freeze_encoder=True)
+  assert all(float(jnp.max(x)) == 0 for x in jax.tree_util.tree_leaves(frozen["encoder"]))
+  assert float(frozen["head"]["w"].squeeze()) == 1.0
+
+
+def test_layer_decay_scales_each_update():
+  """The optimiser's update of a decayed layer is the top layer's update times its factor
+  (same gradient, same Adam statistics)."""
+  c = config_lib.base_finetune_config()
+  c.epochs, c.batch_size, c.optim.warmup_epochs, c.layer_decay = 1, 256, 0, 0.5
+  g = jnp.ones((3, 3))
+  params = {"encoder": {"patch_embed": {"kernel": g}, "stack": {"blocks_0": {"w": g}},
+                        "norm": {"w": g}}, "head": {"w": g}}
+  tx = model_lib.make_optimizer(c, params, depth=1, steps_per_epoch=10)
+  updates, _ = tx.update(params, tx.init(params), params)
+  top = updates["head"]["w"]
+  np.testing.assert_allclose(updates["encoder"]["norm"]["w"], top, rtol=1e-6)
+  np.testing.assert_allclose(updates["encoder"]["stack"]["blocks_0"]["w"], 0.5 * top, rtol=1e-6)
+  np.testing.assert_allclose(updates["encoder"]["patch_embed"]["kernel"], 0.25 * top, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- drop path
+
+
+def test_drop_path_keep_probability_and_expectation():
+  x = jnp.ones((20000, 3, 2))
+  y = layers.drop_path(x, 0.3, jax.random.PRNGKey(0))
+  kept = np.asarray(y[:, 0, 0]) > 0
+  assert abs(kept.mean() - 0.7) < 0.015               # each example kept with prob 1 - rate
+  np.testing.assert_allclose(np.asarray(y[kept]), 1 / 0.7, rtol=1e-6)  # scaled by 1 / keep
+  assert np.all(np.asarray(y) == np.asarray(y[:, :1, :1]))  # the whole branch of an example
+  assert abs(float(y.mean()) - 1.0) < 0.03            # expectation unchanged
+  np.testing.assert_array_equal(layers.drop_path(x, 0.0, jax.random.PRNGKey(1)), x)
+
+
+def test_drop_path_rates_are_linear_over_depth():
+  assert layers.drop_path_rates(0.2, 3) == pytest.approx([0.0, 0.1, 0.2])
+  assert layers.drop_path_rates(0.2, 1) == [0.2]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_drop_path_identity_at_rate_zero_and_in_eval(scan):
+  """Rate 0 with a dropout key, and rate > 0 without one (inference), give the plain encoder's
+  output bit for bit; rate > 0 with a key changes it, differently per key."""
+  plain = tiny_encoder(scan=scan)
+  params = init_params(plain)
+  x = jax.random.normal(jax.random.PRNGKey(3), plain.clip_shape(4))
+  ref = plain.apply({"params": params}, x)
+  key = {"dropout": jax.random.PRNGKey(5)}
+  zero = plain.apply({"params": params}, x, rngs=key)
+  np.testing.assert_array_equal(np.asarray(zero), np.asarray(ref))
+  dp = plain.clone(block=plain.block.replace(drop_path=0.5))
+  np.testing.assert_array_equal(np.asarray(dp.apply({"params": params}, x)), np.asarray(ref))
+  a = dp.apply({"params": params}, x, rngs=key)
+  b = dp.apply({"params": params}, x, rngs={"dropout": jax.random.PRNGKey(6)})
+  assert not np.allclose(a, ref) and not np.allclose(a, b)
+
+
+# --------------------------------------------------------------------------- targets and mixing
+
+
+def test_label_smoothing_targets():
+  t = augment.smooth_targets(jnp.array([2, 0]), 4, 0.1)
+  np.testing.assert_allclose(t[0], [0.025, 0.025, 0.925, 0.025], rtol=1e-6)
+  np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(augment.smooth_targets(jnp.array([1]), 3, 0.0), [[0, 1, 0]])
+
+
+def _two_clip_batch(b=4):
+  # Clip i is constant i + 1, so every pixel says which clip it came from.
+  clips = jnp.broadcast_to(jnp.arange(1.0, b + 1)[:, None, None, None, None], (b, 2, 8, 12, 1))
+  targets = jax.nn.one_hot(jnp.arange(b), b)
+  return clips, targets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cutmix_label_weight_equals_pasted_area(seed):
+  clips, targets = _two_clip_batch()
+  out, mixed, lam = augment.mix(jax.random.PRNGKey(seed), clips, targets, mixup_alpha=0.0,
+                                cutmix_alpha=1.0)
+  own = np.asarray(out[0] == clips[0])                 # pixels still from clip 0
+  pasted = np.asarray(out[0] == clips[-1])             # pixels from the mirrored clip
+  assert np.all(own | pasted)
+  assert np.all(own == own[:1])                        # the same box in every frame
+  np.testing.assert_allclose(float(lam), own.mean(), rtol=1e-6)
+  np.testing.assert_allclose(mixed[0, 0], own.mean(), rtol=1e-6)
+  np.testing.assert_allclose(mixed[0, -1], pasted.mean(), rtol=1e-6)
+
+
+def test_mixup_blends_clips_and_targets_with_one_weight():
+  clips, targets = _two_clip_batch()
+  out, mixed, lam = augment.mix(jax.random.PRNGKey(0), clips, targets, mixup_alpha=0.8,
+                                cutmix_alpha=0.0)
+  lam = float(lam)
+  assert 0 < lam < 1
+  np.testing.assert_allclose(out[0], lam * 1.0 + (1 - lam) * 4.0, rtol=1e-5)
+  np.testing.assert_allclose(mixed[0], [lam, 0, 0, 1 - lam], rtol=1e-5, atol=1e-7)
+
+
+def test_mix_switches_between_mixup_and_cutmix():
+  clips, targets = _two_clip_batch()
+  kinds = set()
+  for seed in range(20):
+    out, _, _ = augment.mix(jax.random.PRNGKey(seed), clips, targets, mixup_alpha=0.8,
+                            cutmix_alpha=1.0)
+    values = set(np.unique(np.asarray(out[0])).tolist())
+    kinds.add("cutmix" if values <= {1.0, 4.0} else "mixup")
+  assert kinds == {"mixup", "cutmix"}
+  out, mixed, lam = augment.mix(jax.random.PRNGKey(0), clips, targets, mixup_alpha=0.8,
+                                cutmix_alpha=1.0, prob=0.0)
+  np.testing.assert_array_equal(out, clips)
+  np.testing.assert_array_equal(mixed, targets)
