@@ -31,6 +31,7 @@ from flax.training import train_state
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
+from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import trainer
 from jepa_jax.data import normalize as normalize_lib
@@ -81,7 +82,7 @@ class Finetuner:
     hp = model_lib.applied_hyperparams(state.opt_state)
     top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     return state, dict(loss=loss, train_top1=100.0 * top1, mix_lam=lam,
-                       lr=hp["learning_rate"], grad_norm=optax.global_norm(grads))
+                       lr=hp["learning_rate"], grad_norm=optim.global_norm(grads))
 
   def _eval_step(self, params, video, labels, weights):
     """Summed top-1/top-5 hits of the S x V averaged scores, ``video`` ``[B, S, V, T, H, W, C]``."""
