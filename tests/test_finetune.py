@@ -245,3 +245,18 @@ def test_frozen_encoder_is_not_updated(synthetic_dir, tmp_path):
   enc, params, _ = run_lib.load_encoder(c)
   saved, _ = _saved_params(str(tmp_path), 3)
   jax.tree_util.tree_map(np.testing.assert_array_equal, saved["encoder"], jax.device_get(params))
+
+
+@pytest.mark.parametrize("name", ["demo", "vitl16_k400"])
+def test_configs_load_with_every_field_the_loop_reads(name):
+  from jepa_jax import cli  # noqa: PLC0415
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  c = cli.load_config(os.path.join(root, "configs", "finetune", f"{name}.py"),
+                      ["--config.freeze_encoder=True"])
+  base = config_lib.base_finetune_config()
+  assert set(c.keys()) == set(base.keys()) and c.freeze_encoder
+  if name == "vitl16_k400":
+    o = model_lib.optim_config(c, steps_per_epoch=100)
+    assert o.lr == pytest.approx(1e-3)           # VideoMAE's 2e-3 x 128 / 256
+    assert (o.warmup_steps, o.total_steps) == (500, 3500)
+    assert (c.test_segments, c.test_views, c.layer_decay) == (5, 3, 0.75)
