@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from jepa_jax import models
@@ -294,3 +293,13 @@ def test_finetuning_beats_the_frozen_probe(synthetic_dir_64, tmp_path):
   late = lambda name: np.mean([v for k, v in _losses(str(tmp_path / name)).items() if k > 45])
   assert late("tuned") < late("frozen") - 0.05, (late("tuned"), late("frozen"))
   assert tuned["accuracy"]["top1"] >= frozen["accuracy"]["top1"], (tuned, frozen)
+
+
+def test_sigterm_saves_and_stops(synthetic_dir, tmp_path, monkeypatch):
+  """A preemption request saves the current step and returns, as pretraining does; the run then
+  resumes from that checkpoint."""
+  from jepa_jax import trainer  # noqa: PLC0415
+  monkeypatch.setattr(trainer._Preemption, "reached", lambda self, step: step == 2)
+  c = tiny_config(synthetic_dir, eval_every=0, epochs=1)
+  assert run_lib.finetune(c, str(tmp_path)) == {"preempted_at_step": 2}
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

@@ -16,7 +16,6 @@ on segments x views.
 """
 import json
 import logging
-import math
 import os
 import time
 from typing import Optional
@@ -201,6 +200,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
     ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(), config=config,
                   force=force)
 
+  preemption = trainer._Preemption()  # pylint: disable=protected-access  (SIGTERM: save, stop)
+  preempted_at = None
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
@@ -232,12 +233,20 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
           writer.write_scalars(step, {"val/top1": acc["top1"], "val/top5": acc["top5"]})
           history.append(dict(step=step, epoch=step // ipe, **acc))
           log.info("epoch %d: val top-1 %.2f, top-5 %.2f", step // ipe, acc["top1"], acc["top5"])
+        if preemption.reached(step):
+          log.warning("Preemption requested: saving step %d and exiting", step)
+          save(step, force=True)
+          preempted_at = step
+          break
         if step % config.save.every == 0 or step == end:
           save(step, force=step == end)
   finally:
     prefetcher.close()
     manager.wait_until_finished()
+    preemption.restore()
   manager.close()
+  if preempted_at is not None:
+    return dict(preempted_at_step=preempted_at)
   if step < total:  # stopped early on request: no final test
     return dict(stopped_at_step=step)
 
