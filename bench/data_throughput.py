@@ -20,7 +20,7 @@ Measures, and prints as one line of JSON:
 - ``in_process``: the same with ``num_workers=0`` and ``--threads`` loading threads (PyAV and
   Pillow release the GIL, so threads scale too, without worker start-up or IPC).
 
-``--make-footage DIR`` first writes the camera-like H.264 set of ``jepa_jax.data.testing.
+``--make-footage DIR`` first writes the camera-like H.264 set of ``tests/video_files.py:
 write_footage`` into DIR (``FOOTAGE``: 640x360 with keyframes every 250 and every 60 frames,
 1280x720 every 250; 300 frames at 30 fps each; x264 ``medium``, CRF 23, 3 B-frames) with an
 index per file and one for all, and measures that set. Figures, commands and machine:
@@ -38,13 +38,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# The footage writer lives with the tests' other video-file builders.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 from jepa_jax.data import decode  # noqa: E402
 from jepa_jax.data import pipeline  # noqa: E402
 from jepa_jax.data import sources  # noqa: E402
 from jepa_jax.data import synthetic  # noqa: E402
-from jepa_jax.data import testing  # noqa: E402
 from jepa_jax.data import transforms  # noqa: E402
+import video_files  # noqa: E402
 
 # name: (width, height, keyframe interval); 300 frames at 30 fps each.
 FOOTAGE = {"footage_640x360_gop250": (640, 360, 250),
@@ -61,7 +63,7 @@ def make_footage(directory: str, names=None, num_frames: int = FOOTAGE_FRAMES) -
     width, height, keyint = FOOTAGE[name]
     path = os.path.join(directory, name + ".mp4")
     if not os.path.exists(path):
-      testing.write_footage(path + ".part.mp4", width, height, num_frames, keyint=keyint, seed=i)
+      video_files.write_footage(path + ".part.mp4", width, height, num_frames, keyint=keyint, seed=i)
       os.replace(path + ".part.mp4", path)
     indexes[name] = os.path.join(directory, name + ".csv")
     with open(indexes[name], "w") as f:

@@ -136,15 +136,8 @@ def _flat_shapes(tree) -> dict:
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     if leaf is None or not hasattr(leaf, "shape"):
       continue
-    out["/".join(_key(p) for p in path)] = tuple(leaf.shape)
+    out[jax.tree_util.keystr(path, simple=True, separator="/")] = tuple(leaf.shape)
   return out
-
-
-def _key(p) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(p, attr):
-      return str(getattr(p, attr))
-  return str(p)
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
@@ -167,7 +160,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
   except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
     raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
   if meta is not None:
-    check_shapes(_tree_of(meta), abstract_state, where)
+    check_shapes(meta, abstract_state, where)
   items = {STATE: ocp.args.PyTreeRestore(
       item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
   if DATA in names:
@@ -232,12 +225,6 @@ def _short(e: BaseException, limit: int = 300) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _tree_of(meta):
-  """Orbax metadata -> plain nested containers of objects with ``.shape``."""
-  tree = getattr(meta, "tree", meta)
-  return tree
-
-
 def read_config(path: str, step: Optional[int] = None) -> dict:
   """The JSON config saved with a checkpoint (``{}`` if none)."""
   directory = checkpoint_dir(path)
@@ -271,7 +258,7 @@ def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
           **{PARAMS: ocp.args.StandardRestore()}))[PARAMS]
       params = {k: tree[k] for k in PARAM_KEYS if k in tree}
     elif STATE in names:
-      meta = _tree_of(manager.item_metadata(step)[STATE])
+      meta = manager.item_metadata(step)[STATE]
       wanted = {"params": meta["params"], "target_params": meta["target_params"]}
       tree = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
           item=wanted, restore_args=jax.tree_util.tree_map(

@@ -43,9 +43,9 @@ def validate(config, num_devices: int | None = None) -> None:
     encoder, _ = train_state.build_models(config)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
-  if encoder.embed_dim % encoder.num_heads:
+  if encoder.embed_dim % encoder.block.num_heads:
     raise ConfigError(f"config.model: width {encoder.embed_dim} is not divisible by num_heads "
-                      f"{encoder.num_heads}; change model.overrides.num_heads or embed_dim")
+                      f"{encoder.block.num_heads}; change model.overrides.num_heads or embed_dim")
   if d.crop_size % m.patch_size:
     raise ConfigError(f"config.data.crop_size={d.crop_size} is not divisible by "
                       f"config.model.patch_size={m.patch_size}; use a multiple of the patch size")

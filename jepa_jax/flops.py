@@ -51,9 +51,9 @@ def train_step_flops(config) -> dict:
   grid = encoder.grid
   n = encoder.num_tokens
   d = encoder.embed_dim
-  h = int(d * encoder.mlp_ratio)
+  h = int(d * encoder.block.mlp_ratio)
   dp = predictor.predictor_embed_dim
-  hp = int(dp * predictor.mlp_ratio)
+  hp = int(dp * predictor.block.mlp_ratio)
   kt, p, c = encoder.tubelet_size, encoder.patch_size, encoder.in_chans
 
   def embed(tokens):

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jepa_jax.models import layers
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -131,15 +133,11 @@ def decay_mask(params):
   """True where weight decay applies: ndim != 1 (depth axis of scanned blocks excluded), no bias."""
 
   def rule(path, leaf):
-    names = [getattr(p, "key", getattr(p, "name", "")) for p in path]
-    ndim = leaf.ndim - (1 if _is_scanned(names) else 0)
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+    ndim = leaf.ndim - (1 if layers.is_scanned(path) else 0)
     return ndim != 1 and "bias" not in names
 
   return jax.tree_util.tree_map_with_path(rule, params)
-
-
-def _is_scanned(names) -> bool:
-  return any(a == "blocks" and b == "block" for a, b in zip(names, names[1:]))
 
 
 def global_norm(tree) -> jax.Array:
@@ -211,5 +209,6 @@ def restart_schedules(opt_state):
 
 
 def ema_update(target, online, momentum):
-  """target = m * target + (1 - m) * online, leaf by leaf (float32 arithmetic)."""
-  return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
+  """target = m * target + (1 - m) * online, leaf by leaf (float32 arithmetic): optax's Polyak
+  average with step size ``1 - m``."""
+  return optax.incremental_update(online, target, 1.0 - momentum)

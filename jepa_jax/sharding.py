@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jepa_jax.models import layers
+
 BATCH_AXES = ("data", "fsdp")
 
 jax.config.update("jax_threefry_partitionable", True)
@@ -58,15 +60,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _names(path):
-  return [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", "")))) for p in path]
-
-
 def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
   if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_fsdp_size:
     return P()
-  names = _names(path)
-  scanned = any(a == "blocks" and b == "block" for a, b in zip(names, names[1:]))
+  scanned = layers.is_scanned(path)
   candidates = [(dim, i) for i, dim in enumerate(shape)
                 if dim % fsdp_size == 0 and not (scanned and i == 0)]
   if not candidates:

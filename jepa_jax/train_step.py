@@ -58,7 +58,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       masks = jax.lax.with_sharding_constraint(masks, sharding.batch_sharding(mesh))
 
     def loss_fn(params, video, masks):
-      clips = normalize_clips(video, encoder.dtype)  # accumulating: one micro-batch at a time
+      clips = normalize_clips(video, encoder.block.dtype)  # accumulating: one micro-batch at a time
       return loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
                                  clips, masks, mask_token_ids)
 

@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, metrics as clu_metrics, periodic_actions
-import flax
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
@@ -58,10 +57,10 @@ DEFAULT_MAX_CONSECUTIVE_SKIPS = 20
 # --- metrics ----------------------------------------------------------------------------------
 
 def metrics_collection(names):
-  """A clu Collection averaging each named scalar over the logging window."""
-  fields = {n.replace("/", "__"): clu_metrics.Average.from_output(n) for n in names}
-  return flax.struct.dataclass(type("TrainMetrics", (clu_metrics.Collection,),
-                                    {"__annotations__": fields}))
+  """A clu Collection averaging each named scalar over the logging window (field names cannot
+  hold "/": ``loss/mask0`` is the field ``loss__mask0``)."""
+  return clu_metrics.Collection.create(
+      **{n.replace("/", "__"): clu_metrics.Average.from_output(n) for n in names})
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):

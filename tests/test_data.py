@@ -11,8 +11,9 @@ from jepa_jax.data import decode
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.data import sources
 from jepa_jax.data import synthetic
-from jepa_jax.data import testing
 from jepa_jax.data import transforms
+
+import video_files
 
 SYNTHETIC_VIDEOS = 12
 
@@ -104,42 +105,42 @@ def test_segments_one_clip_each():
 
 def test_decode_returns_exact_frames(tmp_path):
   n = 300
-  path = testing.write_frames(str(tmp_path / "coded.mp4"), testing.coded_frames(n))
+  path = video_files.write_frames(str(tmp_path / "coded.mp4"), video_files.coded_frames(n))
   for seed in range(8):  # random starts: most need a seek past several keyframes
     clips = decode.read_video_clips(path, 16, 4, num_clips=2, rng=np.random.default_rng(seed))
     expected = decode.clip_frame_indices(n, 16, 4, 2, np.random.default_rng(seed))
-    got = np.array([[testing.read_code(f) for f in clip] for clip in clips])
+    got = np.array([[video_files.read_code(f) for f in clip] for clip in clips])
     np.testing.assert_array_equal(got, expected)
   eval_clips = decode.read_video_clips(path, 8, 4, num_clips=3)
   assert eval_clips.shape == (3, 8, 48, 48, 3) and eval_clips.dtype == np.uint8
-  got = [[testing.read_code(f) for f in clip] for clip in eval_clips]
+  got = [[video_files.read_code(f) for f in clip] for clip in eval_clips]
   np.testing.assert_array_equal(got, decode.clip_frame_indices(n, 8, 4, 3))
 
 
 def test_decode_variable_frame_rate_by_timestamp(tmp_path):
-  files = testing.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
+  files = video_files.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
   with av.open(files["vfr"]) as c:
     stream = c.streams.video[0]
     fps = float(stream.average_rate)
-    shown = [(f.time, testing.read_code(f.to_ndarray(format="rgb24"))) for f in c.decode(stream)]
+    shown = [(f.time, video_files.read_code(f.to_ndarray(format="rgb24"))) for f in c.decode(stream)]
   times = np.array([t for t, _ in shown])
   assert np.ptp(np.diff(times)) > 0.02  # really variable
   clip = decode.read_video_clips(files["vfr"], 8, 4, rng=np.random.default_rng(3))[0]
   idx = decode.clip_frame_indices(len(shown), 8, 4, rng=np.random.default_rng(3))[0]
   for frame, i in zip(clip, idx):  # the frame on screen at time i / fps
     on_screen = np.searchsorted(times, times[0] + i / fps + 1e-6, side="right") - 1
-    assert testing.read_code(frame) == shown[on_screen][1]
+    assert video_files.read_code(frame) == shown[on_screen][1]
 
 
 def test_decode_odd_sizes_and_pixel_formats(tmp_path):
-  files = testing.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
+  files = video_files.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
   clip = decode.read_video_clips(files["yuv444p_odd"], 8, 2)
   assert clip.shape == (1, 8, 51, 75, 3) and clip.dtype == np.uint8
   gray = decode.read_video_clips(files["gray"], 8, 4)[0]  # mkv without a frame count
   assert gray.shape == (8, 48, 48, 3)
-  assert [testing.read_code(f) for f in gray] == decode.clip_frame_indices(80, 8, 4)[0].tolist()
+  assert [video_files.read_code(f) for f in gray] == decode.clip_frame_indices(80, 8, 4)[0].tolist()
   short = decode.read_video_clips(files["three_frames"], 8, 4)[0]  # padded with the last frame
-  assert [testing.read_code(f) for f in short] == [2] * 8
+  assert [video_files.read_code(f) for f in short] == [2] * 8
 
 
 def _full_decode_at(path, num_frames, frame_step, num_clips, seed):
@@ -161,18 +162,18 @@ def footage(tmp_path_factory):
   """Camera-like H.264 with B-frames (3, pyramid), in several container/timestamp flavours."""
   d = tmp_path_factory.mktemp("footage")
   files = {
-      "gop30_b3": testing.write_footage(str(d / "gop30.mp4"), 96, 64, 160, keyint=30,
+      "gop30_b3": video_files.write_footage(str(d / "gop30.mp4"), 96, 64, 160, keyint=30,
                                         preset="veryfast"),
-      "gop250_b3": testing.write_footage(str(d / "gop250.mp4"), 96, 64, 200, keyint=250,
+      "gop250_b3": video_files.write_footage(str(d / "gop250.mp4"), 96, 64, 200, keyint=250,
                                          preset="veryfast", seed=1),
-      "short": testing.write_footage(str(d / "short.mp4"), 96, 64, 40, keyint=12,
+      "short": video_files.write_footage(str(d / "short.mp4"), 96, 64, 40, keyint=12,
                                      preset="veryfast", seed=2),
   }
   # Irregular timestamps with B-frames: the same footage muxed with jittered millisecond times.
   rng = np.random.default_rng(0)
   pts = np.concatenate([[0], np.cumsum(rng.integers(20, 50, 119))])
   frames = np.stack([f.to_ndarray(format="rgb24") for f in av.open(files["gop30_b3"]).decode(video=0)])
-  files["vfr_b3"] = testing.write_frames(str(d / "vfr.mp4"), frames[:120], pts_ms=pts)
+  files["vfr_b3"] = video_files.write_frames(str(d / "vfr.mp4"), frames[:120], pts_ms=pts)
   files["mkv_ms"] = str(d / "ms.mkv")  # 1/1000 s time base: pts rounded to the millisecond
   with av.open(files["gop30_b3"]) as src, av.open(files["mkv_ms"], "w") as dst:
     out = dst.add_stream_from_template(src.streams.video[0])
@@ -244,14 +245,14 @@ def test_seeked_decode_skips_work_and_falls_back_when_unsafe(footage, monkeypatc
     ("truncated", "open_error"), ("random_bytes", "open_error"), ("text", "open_error"),
     ("empty", "empty_file"), ("missing", "missing")])
 def test_decode_bad_files_raise_with_reason(tmp_path, kind, reason):
-  files = testing.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
+  files = video_files.make_bad_files(str(tmp_path), _tiny_mp4(tmp_path))
   with pytest.raises(decode.VideoReadError) as e:
     decode.read_video_clips(files[kind], 8, 4)
   assert e.value.reason == reason
 
 
 def _tiny_mp4(tmp_path):
-  return testing.write_frames(str(tmp_path / "tiny.mp4"), testing.coded_frames(60, 32, 32))
+  return video_files.write_frames(str(tmp_path / "tiny.mp4"), video_files.coded_frames(60, 32, 32))
 
 
 # ---------------------------------------------------------------- transforms

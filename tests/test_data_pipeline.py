@@ -10,7 +10,8 @@ import pytest
 from jepa_jax import data
 from jepa_jax.data import pipeline
 from jepa_jax.data import synthetic
-from jepa_jax.data import testing
+
+import video_files
 
 SYNTHETIC_VIDEOS = 12  # same set (and directory) as tests/test_data.py
 
@@ -159,7 +160,7 @@ def test_eval_train_mode_repeats_with_random_crops(synthetic_index):
 
 def test_bad_files_are_counted_and_replaced(synthetic_index, tmp_path, caplog):
   good = data.pipeline.sources_lib.read_index(synthetic_index).paths[:4]
-  bad = testing.make_bad_files(str(tmp_path / "bad"), good[0])
+  bad = video_files.make_bad_files(str(tmp_path / "bad"), good[0])
   rows = [(p, 0) for p in good] + [(p, 1) for p in bad.values()]
   index = _write_index(tmp_path / "mixed.csv", rows)
   tracker = pipeline.FailureTracker(max_failure_fraction=0.9, min_attempts=10)
@@ -322,7 +323,7 @@ def tfds_dir(tmp_path_factory):
 
     def _generate_examples(self, n):
       for i in range(n):
-        yield i, {"video": testing.coded_frames(20 + 5 * i, 24, 32), "label": i % 3}
+        yield i, {"video": video_files.coded_frames(20 + 5 * i, 24, 32), "label": i % 3}
 
   class TinyImages(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")

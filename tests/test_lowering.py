@@ -187,7 +187,7 @@ def test_eval_forward_and_probe_steps_lower(cudnn, platform, attention):
   if platform == "cuda":
     assert_cudnn_without_bias(text, forward=1, backward=0)
   tokens = jax.eval_shape(token_fn, params, pixels)
-  probe = probe_lib.build_probe(400, encoder.embed_dim, encoder.num_heads,
+  probe = probe_lib.build_probe(400, encoder.embed_dim, encoder.block.num_heads,
                                 ml_collections.ConfigDict(config.probe.to_dict()))
   state = jax.eval_shape(lambda p: probe_lib.create_state(
       probe, p, probe_lib.make_optimizer(config.optim, 100, 10)),

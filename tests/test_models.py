@@ -379,7 +379,7 @@ def test_named_sizes_shapes_and_counts(size):
   assert models.count_params(params) == models.analytic_encoder_params(
       spec["embed_dim"], spec["depth"], spec["mlp_ratio"])
   # V-JEPA 2's 22/26-head encoders pair with a 12-head predictor (pred_num_heads).
-  pred = models.build_predictor(enc, num_heads=None if 384 % enc.num_heads == 0 else 12)
+  pred = models.build_predictor(enc, num_heads=None if 384 % enc.block.num_heads == 0 else 12)
   idx = jax.ShapeDtypeStruct((2, 100), jnp.int32)
   tgt = jax.ShapeDtypeStruct((2, 200), jnp.int32)
   ctx = jax.ShapeDtypeStruct((2, 100, enc.embed_dim), jnp.float32)
@@ -431,7 +431,7 @@ def test_init_statistics_and_rescale():
 # --- probe -----------------------------------------------------------------------------------
 
 def test_probe_shapes_and_masking():
-  probe = models.AttentiveClassifier(num_classes=5, num_heads=4, attention="einsum")
+  probe = models.build_probe(num_classes=5, num_heads=4, attention="einsum")
   tokens = jax.random.normal(jax.random.PRNGKey(1), (3, 10, 32))
   params = probe.init(jax.random.PRNGKey(0), tokens)
   assert probe.apply(params, tokens).shape == (3, 5)
@@ -439,7 +439,7 @@ def test_probe_shapes_and_masking():
   noisy = tokens.at[:, 6:].set(100.0)
   np.testing.assert_allclose(np.asarray(probe.apply(params, noisy, valid)),
                              np.asarray(probe.apply(params, tokens[:, :6])), atol=1e-5)
-  two_layer = models.AttentiveClassifier(num_classes=5, num_heads=4, depth=2)
+  two_layer = models.build_probe(num_classes=5, num_heads=4, depth=2)
   assert two_layer.apply(two_layer.init(jax.random.PRNGKey(0), tokens), tokens).shape == (3, 5)
 
 

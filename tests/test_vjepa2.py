@@ -347,7 +347,7 @@ def test_param_counts_equal_reference_modules(monkeypatch):
         p.numel() for p in enc_t.parameters()), size
     assert models.count_params(jax.eval_shape(pred.init, jax.random.PRNGKey(0), ctx, idx, idx)
                                ) == sum(p.numel() for p in pred_t.parameters()), size
-    assert enc.num_heads == enc_t.num_heads
+    assert enc.block.num_heads == enc_t.num_heads
 
 
 def test_matches_reference_modules_non_square_and_sorted_predictor():

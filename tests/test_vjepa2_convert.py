@@ -43,13 +43,13 @@ def assert_golden_outputs(golden, params, config):
   config = __import__("ml_collections").ConfigDict(config)
   config.model.attention = "einsum"
   enc, pred = train_state.build_models(config, num_masks=params["predictor"]["mask_tokens"].shape[0])
+  enc, pred = (m.clone(block=m.block.replace(dtype=jnp.float32)) for m in (enc, pred))
   clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))
-  np.testing.assert_allclose(np.asarray(enc.clone(dtype=jnp.float32).apply(
+  np.testing.assert_allclose(np.asarray(enc.apply(
       {"params": params["encoder"]}, clip)), golden["out/encoder_full"], atol=2e-5)
   ctx_idx, tgt_idx = jnp.asarray(golden["mask_enc_1"]), jnp.asarray(golden["mask_pred_1"])
-  ctx = enc.clone(dtype=jnp.float32).apply({"params": params["encoder"]}, clip, token_idx=ctx_idx)
-  out = pred.clone(dtype=jnp.float32).apply({"params": params["predictor"]}, ctx, ctx_idx, tgt_idx,
-                                            1)
+  ctx = enc.apply({"params": params["encoder"]}, clip, token_idx=ctx_idx)
+  out = pred.apply({"params": params["predictor"]}, ctx, ctx_idx, tgt_idx, 1)
   np.testing.assert_allclose(np.asarray(out), golden["out/pred_1"], atol=2e-5)
 
 
@@ -202,16 +202,16 @@ def test_vjepa2_probe_layout_round_trip(tmp_path):
 def test_vjepa2_probe_blocks_run_on_tokens_before_pooling():
   """depth-d V-JEPA 2 probe == its d-1 blocks over the tokens, then a depth-1 probe."""
   kw = dict(num_classes=5, num_heads=4, attention="einsum")
-  deep = models.AttentiveClassifier(depth=3, blocks_on="tokens", **kw)
-  shallow = models.AttentiveClassifier(depth=1, **kw)
+  deep = models.build_probe(depth=3, blocks_on="tokens", **kw)
+  shallow = models.build_probe(depth=1, **kw)
   tokens = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 32))
   params = deep.init(jax.random.PRNGKey(1), tokens)["params"]
-  stack = models.layers.BlockStack(2, 4, attention="einsum", ln_eps=1e-5)
+  stack = models.layers.BlockStack(2, models.BlockConfig(4, attention="einsum"), ln_eps=1e-5)
   mixed, _ = stack.apply({"params": params["stack"]}, tokens)
   rest = {k: v for k, v in params.items() if k != "stack"}
   np.testing.assert_allclose(np.asarray(deep.apply({"params": params}, tokens)),
                              np.asarray(shallow.apply({"params": rest}, mixed)), atol=1e-5)
-  query_side = models.AttentiveClassifier(depth=3, blocks_on="query", **kw)
+  query_side = models.build_probe(depth=3, blocks_on="query", **kw)
   assert not np.allclose(np.asarray(query_side.apply({"params": params}, tokens)),
                          np.asarray(deep.apply({"params": params}, tokens)), atol=1e-3)
 
@@ -230,6 +230,6 @@ def test_vjepa2_probe_matches_reference_module():
   tokens = np.random.default_rng(0).normal(size=(3, 20, 64)).astype(np.float32)
   with torch.no_grad():
     want = probe_t(torch.from_numpy(tokens)).numpy()
-  got = models.AttentiveClassifier(num_classes=5, num_heads=16, depth=4, blocks_on="tokens",
-                                   attention="einsum").apply({"params": params}, tokens)
+  got = models.build_probe(num_classes=5, num_heads=16, depth=4, blocks_on="tokens",
+                           attention="einsum").apply({"params": params}, tokens)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from jepa_jax import checkpoint, defaults, experiment, optim, train_state, trainer
-from jepa_jax.data import decode, pipeline, synthetic, testing
+from jepa_jax.data import decode, pipeline, synthetic
+
+import video_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -65,8 +67,8 @@ def test_configs_hold_the_reference_numbers(name):
   else:
     assert o.lr_schedule == "warmup_cosine" and not c.init_from
   encoder, predictor = train_state.build_models(c)
-  assert encoder.use_rope and predictor.use_rope and predictor.num_heads == 12
-  assert encoder.num_heads == {"large": 16, "huge": 16, "giant_xformers": 22}[model]
+  assert encoder.use_rope and predictor.use_rope and predictor.block.num_heads == 12
+  assert encoder.block.num_heads == {"large": 16, "huge": 16, "giant_xformers": 22}[model]
   assert predictor.num_mask_tokens == 6  # len(masks) x len(dataset_fpcs), as init_video_model
   assert train_state.mask_token_ids(c) == (0, 0)
 
@@ -191,13 +193,13 @@ def test_fps_slower_than_target_and_unknown_rate():
 def test_decoding_at_fixed_fps(tmp_path, video_fps):
   """Frames read back from a coded video are those of the reference's step at 4 fps."""
   n = 260
-  path = testing.write_frames(str(tmp_path / f"v{video_fps}.mp4"), testing.coded_frames(n),
+  path = video_files.write_frames(str(tmp_path / f"v{video_fps}.mp4"), video_files.coded_frames(n),
                               fps=video_fps)
   step = reference_frame_step(video_fps, 4)
   for seed in range(3):
     clips = decode.read_video_clips(path, 8, frame_step=99, rng=np.random.default_rng(seed),
                                     target_fps=4)
-    got = [testing.read_code(f) for f in clips[0]]
+    got = [video_files.read_code(f) for f in clips[0]]
     expected = decode.clip_frame_indices(n, 8, step, rng=np.random.default_rng(seed))[0]
     np.testing.assert_array_equal(got, expected)
     assert got[-1] - got[0] == 8 * step - 1

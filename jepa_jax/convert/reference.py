@@ -213,7 +213,8 @@ def _abstract_params(encoder, predictor) -> dict:
   from jepa_jax import train_state  # noqa: PLC0415
   # einsum attention: shapes do not depend on it, and a cudnn setting must not fail on CPU.
   fast = dict(scan=True, attention="einsum", remat="none")
-  encoder, predictor = encoder.clone(**fast), predictor.clone(**fast)
+  encoder = encoder.clone(block=encoder.block.replace(**fast))
+  predictor = predictor.clone(block=predictor.block.replace(**fast))
   return jax.eval_shape(lambda k: train_state.init_params(encoder, predictor, k),
                         jax.random.PRNGKey(0))
 
@@ -315,9 +316,8 @@ def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = Non
 
 
 def _build_probe(probe_config: Mapping):
-  from jepa_jax.models import AttentiveClassifier  # noqa: PLC0415
-  kw = {k: v for k, v in probe_config.items() if k != "embed_dim"}
-  return AttentiveClassifier(**kw)
+  from jepa_jax.models import build_probe  # noqa: PLC0415
+  return build_probe(**{k: v for k, v in probe_config.items() if k != "embed_dim"})
 
 
 def _probe_layout(state: dict, probe_config: Mapping) -> dict:

@@ -157,9 +157,6 @@ class FailureTracker:
       self.requests += 1
       self.replaced += bad_reads > 0
 
-  def summary(self) -> dict:
-    return dict(requests=self.requests, replaced=self.replaced, failed_reads=dict(self.failures))
-
   def message(self) -> str:
     reason, count = self.failures.most_common(1)[0]
     desc, detail = self.examples[reason]

@@ -108,7 +108,7 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
         tr_labels, va_labels = tables[lab]
         tr, va = train_c.relabel(tr_labels), val_c.relabel(va_labels)
         num_classes = int(max(tr_labels.max(), va_labels.max())) + 1
-        task = run_lib.ProbeTask(num_classes, encoder.embed_dim, encoder.num_heads, config)
+        task = run_lib.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config)
         rec = run_lib.run_cached_probe(task, tr, va, seed, 1.0, placer, workdir, write=False)
         log.info("%s seed %d %s: top-1 %.2f", name, seed, lab, rec["top1"])
         runs[name][lab].append(dict(seed=seed, top1=rec["top1"], top5=rec["top5"],

@@ -12,9 +12,9 @@ Images (evals/image_classification_frozen): the image is repeated along time to 
 import logging
 from typing import Callable, Optional
 
+import einops
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
@@ -137,7 +137,7 @@ def make_token_fn(encoder: models.VisionTransformer, feature_layer=None) -> Call
       return jax.lax.stop_gradient(out)
 
     clips = as_clips(pixels, encoder.num_frames)
-    return clips_to_tokens(encode, clips, encoder.dtype)
+    return clips_to_tokens(encode, clips, encoder.block.dtype)
 
   return token_fn
 
@@ -161,12 +161,5 @@ def clips_to_tokens(encode: Callable, clips, dtype=jnp.float32):
   encoded in one call, so the work is one big batch on the accelerator.
   """
   b, s, v = clips.shape[:3]
-  x = normalize_lib.normalize(clips.reshape((b * s * v,) + clips.shape[3:]), dtype)
-  tokens = encode(x)
-  n, d = tokens.shape[1:]
-  # (b, s, v) flattening order -> [B, S, V, N, D] -> views first -> concatenate segments.
-  return tokens.reshape(b, s, v, n, d).transpose(0, 2, 1, 3, 4).reshape(b, v, s * n, d)
-
-
-def param_count(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+  x = normalize_lib.normalize(einops.rearrange(clips, "b s v t h w c -> (b s v) t h w c"), dtype)
+  return einops.rearrange(encode(x), "(b s v) n d -> b v (s n) d", b=b, s=s, v=v)

@@ -58,9 +58,8 @@ def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg)
 def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
   # One module object per setting: its ``apply`` is a static part of the train state, so repeated
   # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
-  return models.AttentiveClassifier(num_classes=num_classes, num_heads=num_heads,
-                                    mlp_ratio=mlp_ratio, depth=depth, dtype=DTYPES[dtype],
-                                    blocks_on=blocks_on)
+  return models.build_probe(num_classes, num_heads, mlp_ratio=mlp_ratio, depth=depth,
+                            dtype=DTYPES[dtype], blocks_on=blocks_on)
 
 
 def init_probe_params(probe, embed_dim: int, seed: int):
@@ -112,8 +111,8 @@ def decay_mask(params):
   """True where weight decay applies: ndim != 1 and not a bias (the reference's param groups)."""
 
   def rule(path, leaf):
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    return leaf.ndim != 1 and "bias" not in name
+    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+    return leaf.ndim != 1 and "bias" not in names
 
   return jax.tree_util.tree_map_with_path(rule, params)
 

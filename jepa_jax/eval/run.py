@@ -346,7 +346,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
     raise ValueError(f"the training index has label {int(train_labels.max())} but "
                      f"config.num_classes is {num_classes}")
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
-  task = ProbeTask(num_classes, encoder.embed_dim, encoder.num_heads, config)
+  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config)
   fractions = [float(f) for f in config.lowshot.fractions]
   seeds = [int(s) for s in config.lowshot.seeds]
   if any(f < 1.0 for f in fractions) and train_labels is None:

@@ -20,7 +20,8 @@ def param_table(img_size: int = 224, num_frames: int = 16, pred_embed_dim: int =
   for size in models.VIT_SIZES:
     # scan: one block is traced instead of depth of them; the parameter count is the same.
     enc = models.build_encoder(size, img_size=img_size, num_frames=num_frames, scan=True)
-    pred_heads = enc.num_heads if pred_embed_dim % enc.num_heads == 0 else 12
+    heads = enc.block.num_heads
+    pred_heads = heads if pred_embed_dim % heads == 0 else 12
     pred = models.build_predictor(enc, embed_dim=pred_embed_dim, depth=pred_depth,
                                   num_heads=pred_heads, num_mask_tokens=num_mask_tokens)
     clips = jax.ShapeDtypeStruct((1, num_frames, img_size, img_size, 3), jnp.float32)
@@ -29,7 +30,7 @@ def param_table(img_size: int = 224, num_frames: int = 16, pred_embed_dim: int =
     ctx = jax.ShapeDtypeStruct((1, 1, enc.embed_dim), jnp.float32)
     pred_params = jax.eval_shape(pred.init, jax.random.PRNGKey(0), ctx, idx, idx)
     spec = models.size_spec(size)
-    rows.append(dict(size=size, heads=enc.num_heads, mlp_hidden=int(enc.embed_dim * enc.mlp_ratio),
+    rows.append(dict(size=size, heads=heads, mlp_hidden=int(enc.embed_dim * enc.block.mlp_ratio),
                      encoder=models.count_params(enc_params),
                      analytic=models.analytic_encoder_params(spec["embed_dim"], spec["depth"],
                                                              spec["mlp_ratio"]),

@@ -6,9 +6,12 @@ Parameters are float32; ``dtype`` is the compute dtype (bfloat16 for mixed preci
 """
 import contextlib
 import contextvars
+import dataclasses
 import functools
+import math
 from typing import Any, Callable, Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -256,17 +259,46 @@ class SelfAttention(nn.Module):
     pattern (the probe's ``token_valid``). ``rope``: optional ``(cos, sin)`` tables
     (``models.rope.rope_tables``); q and k are rotated before the attention kernel, so every
     implementation sees already-positioned q/k."""
-    b, n, d = x.shape
+    d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
-    qkv = dense(3 * d, "qkv", self.dtype)(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    q, k = qkv[:, :, 0], qkv[:, :, 1]
+    # The reference's qkv layout: [q | k | v], each head-major.
+    q, k, v = einops.rearrange(dense(3 * d, "qkv", self.dtype)(x), "b n (qkv h d) -> qkv b n h d",
+                               qkv=3, h=self.num_heads)
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     as_lengths = key_padding is not None and key_padding.ndim == 1
-    out = dot_product_attention(q, k, qkv[:, :, 2], None if as_lengths else key_padding,
+    out = dot_product_attention(q, k, v, None if as_lengths else key_padding,
                                 self.implementation, key_padding if as_lengths else None)
-    return dense(d, "proj", self.dtype)(out.reshape(b, n, d))
+    return dense(d, "proj", self.dtype)(einops.rearrange(out, "b n h d -> b n (h d)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """The settings every block of a stack shares; the encoder, the predictor and the probe each
+  hold one and pass it down to their ``BlockStack``.
+
+  ``dtype`` is the compute dtype (parameters stay float32); ``attention`` one of
+  ``ATTENTION_IMPLEMENTATIONS`` (``dot_product_attention``); ``remat`` one of ``REMAT_POLICIES``;
+  ``scan``: ``nn.scan`` over the blocks (compile time independent of depth).
+  """
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+  attention: str = "xla"
+  remat: str = "none"
+  scan: bool = False
+
+  def replace(self, **changes) -> "BlockConfig":
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def split(cls, kwargs: dict) -> tuple["BlockConfig", dict]:
+    """``(BlockConfig of the block fields in kwargs, the other kwargs)``: what the flat-keyword
+    factories (``build_encoder``, ``build_probe``) use."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    block = cls(**{k: v for k, v in kwargs.items() if k in names})
+    return block, {k: v for k, v in kwargs.items() if k not in names}
 
 
 class Block(nn.Module):
@@ -275,19 +307,16 @@ class Block(nn.Module):
   ``key_padding`` ``[B]`` int: only the first ``key_padding[b]`` tokens of row b are attended to
   (the rest is padding, which still gets outputs); ``[B, S]`` bool: the True keys; None: all.
   """
-  num_heads: int
-  mlp_ratio: float = 4.0
-  dtype: Dtype = jnp.float32
-  attention: str = "xla"
+  config: BlockConfig
   ln_eps: float = LN_EPS  # the probes' blocks use torch's default 1e-5
 
   @nn.compact
   def __call__(self, x, key_padding=None, rope=None):
-    x = x + SelfAttention(self.num_heads, self.dtype, self.attention, name="attn")(
-        layer_norm("norm1", self.dtype, self.ln_eps)(x), key_padding, rope)
-    hidden = int(x.shape[-1] * self.mlp_ratio)
-    return x + Mlp(hidden, self.dtype, name="mlp")(
-        layer_norm("norm2", self.dtype, self.ln_eps)(x))
+    c = self.config
+    x = x + SelfAttention(c.num_heads, c.dtype, c.attention, name="attn")(
+        layer_norm("norm1", c.dtype, self.ln_eps)(x), key_padding, rope)
+    hidden = int(x.shape[-1] * c.mlp_ratio)
+    return x + Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x))
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
@@ -304,18 +333,22 @@ REMAT_POLICIES = {
 
 class _ScanBlock(nn.Module):
   """Adapter giving Block the (carry, x) -> (carry, y) signature of ``nn.scan``."""
-  num_heads: int
-  mlp_ratio: float
-  dtype: Dtype
-  attention: str
+  config: BlockConfig
   collect: bool
   ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, key_padding, rope):
-    x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
-              name="block")(x, key_padding, rope)
+    x = Block(self.config, self.ln_eps, name="block")(x, key_padding, rope)
     return x, (x if self.collect else None)
+
+
+def is_scanned(path) -> bool:
+  """Whether the parameter at ``path`` (a ``jax.tree_util`` key path) lives in a scanned
+  ``BlockStack``, i.e. carries a leading depth axis: its path has ``blocks/block`` (the names
+  ``BlockStack`` gives ``nn.scan`` and the scanned block)."""
+  names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+  return any(a == "blocks" and b == "block" for a, b in zip(names, names[1:]))
 
 
 class BlockStack(nn.Module):
@@ -330,33 +363,70 @@ class BlockStack(nn.Module):
   ``models.rope.rope_tables``, shared by every block (V-JEPA 2).
   """
   depth: int
-  num_heads: int
-  mlp_ratio: float = 4.0
-  dtype: Dtype = jnp.float32
-  attention: str = "xla"
-  remat: str = "none"
-  scan: bool = False
+  block: BlockConfig
   ln_eps: float = LN_EPS
 
   @nn.compact
   def __call__(self, x, key_padding=None, collect: tuple[int, ...] = (), rope=None):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
-    policy = REMAT_POLICIES[self.remat]
-    if self.scan:
+    remat = self.block.remat
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {remat!r}")
+    policy = REMAT_POLICIES[remat]
+    if self.block.scan:
       cls = _ScanBlock
-      if self.remat != "none":
+      if remat != "none":
         cls = nn.remat(cls, policy=policy, prevent_cse=False)
       stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=self.depth)
-      x, ys = stack(self.num_heads, self.mlp_ratio, self.dtype, self.attention, bool(collect),
-                    self.ln_eps, name="blocks")(x, key_padding, rope)
+      x, ys = stack(self.block, bool(collect), self.ln_eps, name="blocks")(x, key_padding, rope)
       return x, [ys[i] for i in collect]
-    cls = Block if self.remat == "none" else nn.remat(Block, policy=policy)
+    cls = Block if remat == "none" else nn.remat(Block, policy=policy)
     outs = []
     for i in range(self.depth):
-      x = cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention, self.ln_eps,
-              name=f"blocks_{i}")(x, key_padding, rope)
+      x = cls(self.block, self.ln_eps, name=f"blocks_{i}")(x, key_padding, rope)
       if i in collect:
         outs.append(x)
     return x, outs
+
+
+def rescale_residual_projections(params, first_layer: int = 1):
+  """Divide each block's ``attn/proj`` and ``mlp/fc2`` kernels by sqrt(2 * layer), layer 1-based.
+
+  Works on any tree holding ``BlockStack`` parameters, unscanned (``blocks_i``) or scanned
+  (``blocks/block`` with a leading depth axis). ``first_layer`` is the 1-based id of the first
+  block (the probe's extra blocks start at 2, after its cross-attention block).
+  """
+
+  def visit(tree):
+    if not isinstance(tree, dict):
+      return tree
+    out = {}
+    for name, sub in tree.items():
+      if name.startswith("blocks_") and name[7:].isdigit():
+        out[name] = _scale_block(sub, 1.0 / math.sqrt(2.0 * (int(name[7:]) + first_layer)))
+      elif name == "blocks" and isinstance(sub, dict) and "block" in sub:
+        depth = jax.tree_util.tree_leaves(sub)[0].shape[0]
+        ids = jnp.arange(first_layer, first_layer + depth, dtype=jnp.float32)
+        out[name] = {"block": _scale_block(sub["block"], 1.0 / jnp.sqrt(2.0 * ids))}
+      else:
+        out[name] = visit(sub)
+    return out
+
+  return visit(_to_dict(params))
+
+
+def _scale_block(block, factor):
+  block = _to_dict(block)
+  for path in (("attn", "proj"), ("mlp", "fc2")):
+    leaf = block[path[0]][path[1]]
+    f = jnp.asarray(factor, leaf["kernel"].dtype)
+    f = f.reshape(f.shape + (1,) * (leaf["kernel"].ndim - f.ndim))
+    block[path[0]][path[1]] = dict(leaf, kernel=leaf["kernel"] * f)
+  return block
+
+
+def _to_dict(tree):
+  """A mutable nested-dict copy (works for FrozenDict and dict)."""
+  if hasattr(tree, "items"):
+    return {k: _to_dict(v) for k, v in tree.items()}
+  return tree

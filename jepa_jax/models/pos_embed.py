@@ -35,10 +35,3 @@ def sincos_3d(embed_dim: int, grid: tuple[int, int, int], uniform_power: bool) -
   dt, dh, dw = axis_dims(embed_dim, uniform_power)
   table = np.concatenate([sincos_1d(dt, t), sincos_1d(dh, h), sincos_1d(dw, w)], axis=1)
   return table[:, :embed_dim].astype(np.float32)
-
-
-def sincos_2d(embed_dim: int, grid: tuple[int, int]) -> np.ndarray:
-  """Image position table ``[H*W, embed_dim]``: [h, w] halves, as the reference's 2D table."""
-  h, w = np.meshgrid(np.arange(grid[0]), np.arange(grid[1]), indexing="ij")
-  table = np.concatenate([sincos_1d(embed_dim // 2, h), sincos_1d(embed_dim // 2, w)], axis=1)
-  return table.astype(np.float32)

@@ -21,7 +21,7 @@ attention kernels take (``layers.dot_product_attention``). Positions are added (
 grid indices permuted along (RoPE) before the blocks, and every block is permutation-equivariant,
 so the outputs are those of the unpermuted sequence with padded keys masked.
 """
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -30,33 +30,23 @@ import jax.numpy as jnp
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
 from jepa_jax.models import rope as rope_lib
-from jepa_jax.models.vit import gather_tokens, token_grid
+from jepa_jax.models.vit import gather_tokens
 
 
 class Predictor(nn.Module):
-  """Attributes mirror the reference's ``vit_predictor``; ``num_heads`` is the encoder's in
-  V-JEPA and its own ``pred_num_heads`` (12) in V-JEPA 2."""
-  img_size: int = 224
-  num_frames: int = 16
-  patch_size: int = 16
-  tubelet_size: int = 2
+  """Attributes mirror the reference's ``vit_predictor``. ``block``: the encoder's block settings
+  with the predictor's heads (the encoder's in V-JEPA, its own ``pred_num_heads`` (12) in V-JEPA
+  2) and MLP ratio 4 (``models.build_predictor`` derives it from the encoder). ``grid``: the
+  encoder's ``(T', H', W')`` token grid, which token indices number row-major."""
+  grid: tuple[int, int, int] = (8, 14, 14)
   embed_dim: int = 768
   predictor_embed_dim: int = 384
   depth: int = 12
-  num_heads: int = 12
-  mlp_ratio: float = 4.0
+  block: layers.BlockConfig = layers.BlockConfig(num_heads=12)
   uniform_power: bool = True
   use_rope: bool = False
   num_mask_tokens: int = 2
   zero_init_mask_tokens: bool = True
-  dtype: Any = jnp.float32
-  attention: str = "xla"
-  remat: str = "none"
-  scan: bool = False
-
-  @property
-  def grid(self):
-    return token_grid(self.img_size, self.num_frames, self.patch_size, self.tubelet_size)
 
   def position_table(self) -> jax.Array:
     if self.use_rope:
@@ -83,16 +73,16 @@ class Predictor(nn.Module):
     Returns:
       ``[B, Kt, embed_dim]`` predictions.
     """
-    x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.dtype)(context)
+    x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.block.dtype)(context)
     token_init = (nn.initializers.zeros if self.zero_init_mask_tokens
                   else layers.reference_trunc_normal())
     mask_tokens = self.param("mask_tokens", token_init,
                              (self.num_mask_tokens, self.predictor_embed_dim), jnp.float32)
-    token = mask_tokens[mask_index % self.num_mask_tokens].astype(self.dtype)
+    token = mask_tokens[mask_index % self.num_mask_tokens].astype(self.block.dtype)
     if self.use_rope:
       targets = jnp.broadcast_to(token, target_idx.shape + (self.predictor_embed_dim,))
     else:
-      pos = self.position_table().astype(self.dtype)
+      pos = self.position_table().astype(self.block.dtype)
       x = x + jnp.take(pos, context_idx, axis=0)
       targets = token + jnp.take(pos, target_idx, axis=0)
 
@@ -112,11 +102,10 @@ class Predictor(nn.Module):
       seq_idx = gather_tokens(seq_idx, order)
     rope = None
     if self.use_rope:
-      rope = rope_lib.rope_tables(seq_idx, self.grid, self.predictor_embed_dim // self.num_heads,
-                                  self.dtype)
-    x, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                             self.attention, self.remat, self.scan, name="stack")(
-                                 x, lengths, rope=rope)
+      rope = rope_lib.rope_tables(seq_idx, self.grid,
+                                  self.predictor_embed_dim // self.block.num_heads,
+                                  self.block.dtype)
+    x, _ = layers.BlockStack(self.depth, self.block, name="stack")(x, lengths, rope=rope)
     x = x[:, num_context:] if target_rows is None else gather_tokens(x, target_rows)
-    x = layers.layer_norm("predictor_norm", self.dtype)(x)
-    return layers.dense(self.embed_dim, "predictor_proj", self.dtype)(x)
+    x = layers.layer_norm("predictor_norm", self.block.dtype)(x)
+    return layers.dense(self.embed_dim, "predictor_proj", self.block.dtype)(x)

@@ -19,6 +19,7 @@ encoders pass 1e-6), and so does this module (``PROBE_LN_EPS``).
 """
 from typing import Any, Optional
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,23 +36,22 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, q, x, kv_mask=None):
-    b, n, d = q.shape
-    s = x.shape[1]
-    hd = d // self.num_heads
-    q = layers.dense(d, "q", self.dtype)(q).reshape(b, n, self.num_heads, hd)
-    kv = layers.dense(2 * d, "kv", self.dtype)(x).reshape(b, s, 2, self.num_heads, hd)
-    out = layers.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], kv_mask, self.attention)
-    return out.reshape(b, n, d)
+    d = q.shape[-1]
+    h = self.num_heads
+    q = einops.rearrange(layers.dense(d, "q", self.dtype)(q), "b n (h d) -> b n h d", h=h)
+    k, v = einops.rearrange(layers.dense(2 * d, "kv", self.dtype)(x),
+                            "b s (kv h d) -> kv b s h d", kv=2, h=h)
+    out = layers.dot_product_attention(q, k, v, kv_mask, self.attention)
+    return einops.rearrange(out, "b n h d -> b n (h d)")
 
 
 class AttentiveClassifier(nn.Module):
+  """``block``: heads, MLP ratio, compute dtype and attention kernel of the cross-attention
+  block and of the extra blocks (``build_probe`` takes them as flat keywords)."""
   num_classes: int
-  num_heads: int
-  mlp_ratio: float = 4.0
+  block: layers.BlockConfig
   depth: int = 1
   num_queries: int = 1
-  dtype: Any = jnp.float32
-  attention: str = "xla"
   blocks_on: str = "query"   # query (V-JEPA) | tokens (V-JEPA 2); see the module docstring
 
   @nn.compact
@@ -60,21 +60,27 @@ class AttentiveClassifier(nn.Module):
     if self.blocks_on not in ("query", "tokens"):
       raise ValueError(f"blocks_on must be 'query' or 'tokens', got {self.blocks_on!r}")
     b, _, d = tokens.shape
-    tokens = tokens.astype(self.dtype)
+    c = self.block
+    tokens = tokens.astype(c.dtype)
     if self.depth > 1 and self.blocks_on == "tokens":
-      tokens, _ = layers.BlockStack(self.depth - 1, self.num_heads, self.mlp_ratio, self.dtype,
-                                    self.attention, ln_eps=PROBE_LN_EPS, name="stack")(
-                                        tokens, token_valid)
+      tokens, _ = layers.BlockStack(self.depth - 1, c, ln_eps=PROBE_LN_EPS, name="stack")(
+          tokens, token_valid)
     query = self.param("query_tokens", layers.reference_trunc_normal(),
                        (1, self.num_queries, d), jnp.float32)
-    q = jnp.broadcast_to(query.astype(self.dtype), (b, self.num_queries, d))
-    q = q + CrossAttention(self.num_heads, self.dtype, self.attention, name="xattn")(
-        q, layers.layer_norm("norm1", self.dtype, PROBE_LN_EPS)(tokens), token_valid)
-    q = q + layers.Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-        layers.layer_norm("norm2", self.dtype, PROBE_LN_EPS)(q))
+    q = jnp.broadcast_to(query.astype(c.dtype), (b, self.num_queries, d))
+    q = q + CrossAttention(c.num_heads, c.dtype, c.attention, name="xattn")(
+        q, layers.layer_norm("norm1", c.dtype, PROBE_LN_EPS)(tokens), token_valid)
+    q = q + layers.Mlp(int(d * c.mlp_ratio), c.dtype, name="mlp")(
+        layers.layer_norm("norm2", c.dtype, PROBE_LN_EPS)(q))
     if self.depth > 1 and self.blocks_on == "query":
-      q, _ = layers.BlockStack(self.depth - 1, self.num_heads, self.mlp_ratio, self.dtype,
-                               self.attention, ln_eps=PROBE_LN_EPS, name="stack")(q)
+      q, _ = layers.BlockStack(self.depth - 1, c, ln_eps=PROBE_LN_EPS, name="stack")(q)
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                       kernel_init=layers.reference_trunc_normal(), name="linear")(q[:, 0])
     return logits
+
+
+def build_probe(num_classes: int, num_heads: int, **kwargs) -> AttentiveClassifier:
+  """``build_probe(400, num_heads=16, depth=4, blocks_on="tokens", dtype=jnp.bfloat16)``: the
+  probe with block settings (``layers.BlockConfig``'s fields) given as flat keywords."""
+  block, rest = layers.BlockConfig.split(dict(kwargs, num_heads=num_heads))
+  return AttentiveClassifier(num_classes=num_classes, block=block, **rest)

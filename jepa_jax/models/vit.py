@@ -10,7 +10,6 @@ given, only those tokens are embedded and go through the blocks (the context enc
 There is no cls token. The final LayerNorm is applied to the output and to every requested
 intermediate layer, as the reference does for its ``out_layers``.
 """
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import einops
@@ -141,13 +140,14 @@ class VisionTransformer(nn.Module):
     img_size, num_frames, patch_size, tubelet_size: the input the positions are built for;
       ``img_size`` is an int (square) or ``(height, width)`` (non-square needs ``use_rope``: the
       reference's sin-cos table assumes a square grid, its RoPE takes rows and columns apart).
-    embed_dim, depth, num_heads, mlp_ratio: the transformer (see ``VIT_SIZES``).
+    embed_dim, depth: width and number of blocks (see ``VIT_SIZES``).
+    block: heads, MLP ratio, compute dtype (parameters stay float32; the patch embedding and
+      the final LayerNorm compute in it too), attention kernel, remat and scan of the blocks
+      (``layers.BlockConfig``).
     uniform_power: position table layout (True for every released V-JEPA model).
     use_rope: V-JEPA 2's 3D rotary positions in every block instead of the sin-cos table.
-    dtype: compute dtype; parameters stay float32.
-    attention: ``auto`` | ``xla`` | ``cudnn`` | ``chunked`` | ``einsum`` (``layers.dot_product_attention``).
-    remat: ``none`` | ``full`` | ``dots`` | ``dots_no_batch`` block rematerialisation.
-    scan: scan over blocks (``nn.scan``) to make compile time independent of depth.
+
+  ``build_encoder`` takes all of these as flat keywords (``num_heads=16, dtype=jnp.bfloat16``).
   """
   img_size: Any = 224
   num_frames: int = 16
@@ -156,14 +156,9 @@ class VisionTransformer(nn.Module):
   in_chans: int = 3
   embed_dim: int = 768
   depth: int = 12
-  num_heads: int = 12
-  mlp_ratio: float = 4.0
+  block: layers.BlockConfig = layers.BlockConfig(num_heads=12)
   uniform_power: bool = True
   use_rope: bool = False
-  dtype: Any = jnp.float32
-  attention: str = "xla"
-  remat: str = "none"
-  scan: bool = False
 
   @property
   def grid(self):
@@ -190,14 +185,14 @@ class VisionTransformer(nn.Module):
 
   def rope_tables(self, token_idx: Optional[jax.Array] = None):
     """RoPE ``(cos, sin)`` for tokens at ``token_idx`` ([B, K]; None = the whole grid)."""
-    return rope_lib.rope_tables(token_idx, self.grid, self.embed_dim // self.num_heads,
-                                self.dtype)
+    return rope_lib.rope_tables(token_idx, self.grid, self.embed_dim // self.block.num_heads,
+                                self.block.dtype)
 
   def setup(self):
-    self.patch_embed = PatchEmbed(self.embed_dim, self.tubelet_size, self.patch_size, self.dtype)
-    self.stack = layers.BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                                   self.attention, self.remat, self.scan)
-    self.norm = layers.layer_norm("norm", self.dtype)
+    self.patch_embed = PatchEmbed(self.embed_dim, self.tubelet_size, self.patch_size,
+                                  self.block.dtype)
+    self.stack = layers.BlockStack(self.depth, self.block)
+    self.norm = layers.layer_norm("norm", self.block.dtype)
 
   def embed(self, clips, token_idx: Optional[jax.Array] = None):
     """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` tokens, (t, h, w) order, with the sin-cos
@@ -211,7 +206,7 @@ class VisionTransformer(nn.Module):
     x = self.patch_embed(clips, token_idx)
     if self.use_rope:
       return x
-    pos = self.position_table().astype(self.dtype)
+    pos = self.position_table().astype(self.block.dtype)
     return x + (pos[None] if token_idx is None else jnp.take(pos, token_idx, axis=0))
 
   def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = (),
@@ -251,19 +246,10 @@ class VisionTransformer(nn.Module):
 
 
 def build_encoder(model: str = "base", **overrides) -> VisionTransformer:
-  """``build_encoder("large", img_size=224, num_frames=16, dtype=jnp.bfloat16)``."""
-  spec = size_spec(model)
-  spec.update(overrides)
-  return VisionTransformer(**spec)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamCount:
-  encoder: int
-  predictor: int
-
-  def __str__(self):
-    return f"encoder {self.encoder / 1e6:.1f} M, predictor {self.predictor / 1e6:.1f} M"
+  """``build_encoder("large", img_size=224, num_frames=16, dtype=jnp.bfloat16)``: the named size
+  with ``overrides`` on top, block settings (``layers.BlockConfig``'s fields) included."""
+  block, rest = layers.BlockConfig.split(dict(size_spec(model), **overrides))
+  return VisionTransformer(block=block, **rest)
 
 
 def analytic_encoder_params(embed_dim, depth, mlp_ratio=4.0, patch_size=16, tubelet_size=2,

@@ -1,4 +1,4 @@
-"""Helpers that build awkward video files, for the data tests (and anyone debugging a reader).
+"""Helpers that build awkward video files, for the data tests and ``bench/data_throughput.py``.
 
 ``coded_frames`` draws each frame's index as a 3x3 grid of black/white blocks (9 bits) that
 survives lossy coding, so a test can check exactly which source frames a decoder returned.
