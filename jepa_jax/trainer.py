@@ -14,6 +14,8 @@ Guarantees:
   so no step waits for the host.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
+* Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
+  the log warns once when they say the representation collapsed.
 """
 import json
 import logging
@@ -33,6 +35,7 @@ import flax
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import experiment
+from jepa_jax import monitor
 from jepa_jax import optim
 
 log = logging.getLogger(__name__)
@@ -315,6 +318,7 @@ def train(config, workdir: str) -> dict:
       last_saved = step
 
   collection_cls = None
+  collapse = monitor.CollapseDetector()
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
@@ -338,6 +342,9 @@ def train(config, workdir: str) -> dict:
           scalars["skipped_steps"] = skipped
           window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
           writer.write_scalars(step, scalars)
+          warning = collapse.check(step, scalars)
+          if warning and primary:
+            log.warning(warning)
           last_metrics, collection = scalars, None
         if preemption.reached(step):
           log.warning("Preemption requested: saving step %d and exiting", step)
