@@ -13,7 +13,8 @@
      ``metrics["nonfinite"]`` is 1: a poisoned update never reaches the parameters, and the trainer
      decides whether to stop or skip.
 
-Metrics are device arrays; the trainer fetches them only when it logs (no host sync per step).
+Metrics, the collapse statistics of ``jepa_jax.monitor`` (``monitor/*``) included, are device
+arrays; the trainer fetches them only when it logs (no host sync per step).
 """
 from typing import Callable, Optional, Sequence
 
@@ -23,6 +24,7 @@ import optax
 
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
+from jepa_jax import monitor
 from jepa_jax import optim
 from jepa_jax import sharding
 
@@ -93,6 +95,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       metrics[f"loss/mask{i}"] = aux["loss_per_mask"][i]
       metrics[f"tokens/context{i}"] = aux["context_tokens"][i]
       metrics[f"tokens/target{i}"] = aux["target_tokens"][i]
+    metrics.update(monitor.step_statistics(aux["targets"], aux["predictions"], masks))
     return new_state, metrics
 
   return train_step
