@@ -29,6 +29,10 @@ already has (no extra forward pass, no host sync), show it:
   is slow on CPU and would gather the batch. A loss close to this number means the predictor
   explains nothing beyond the average target; as the targets collapse both go to 0.
 
+With ``grad_accum_steps=k`` the step computes these per micro-batch (``B/k`` clips; RankMe is
+then at most ``B/k``) and logs their mean over the k micro-batches: the targets of the whole batch
+are never held at once.
+
 The rule (``CollapseDetector``, checked by the trainer on the averaged scalars it logs) warns once
 when any of these holds:
 

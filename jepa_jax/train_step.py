@@ -61,8 +61,12 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
 
     def loss_fn(params, video, masks):
       clips = normalize_clips(video, encoder.block.dtype)  # accumulating: one micro-batch at a time
-      return loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
-                                 clips, masks, mask_token_ids)
+      loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
+                                      clips, masks, mask_token_ids)
+      # Summarised where they are made: the step carries scalars, not the [B, N, D] targets (with
+      # accumulation, the statistics are averages over micro-batches of B/k clips).
+      targets, preds = jax.lax.stop_gradient((aux.pop("targets"), aux.pop("predictions")))
+      return loss, {**aux, "monitor": monitor.step_statistics(targets, preds, masks)}
 
     if grad_accum_steps == 1:
       (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch["video"],
@@ -95,7 +99,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       metrics[f"loss/mask{i}"] = aux["loss_per_mask"][i]
       metrics[f"tokens/context{i}"] = aux["context_tokens"][i]
       metrics[f"tokens/target{i}"] = aux["target_tokens"][i]
-    metrics.update(monitor.step_statistics(aux["targets"], aux["predictions"], masks))
+    metrics.update(aux["monitor"])
     return new_state, metrics
 
   return train_step
