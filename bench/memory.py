@@ -6,6 +6,8 @@ the accelerator itself.
         [--attention chunked]
     python bench/memory.py --config=configs/vitl16.py --on_device --mesh=data:1,fsdp:1 \
         --per_device_batch 24                       # on a GPU / TPU host: the device's figures
+    python bench/memory.py --config=configs/vitl16.py --devices 8 --mesh=data:1,fsdp:8 \
+        --per_device_batch 384 --config.grad_accum_steps=16   # 3072 clips on 8 devices, 16 x 24
 
 With ``--on_device`` the step is compiled for the machine's own accelerators (all local devices
 on the ``--mesh``), and the JSON gains ``device``: XLA's memory analysis of that compile (the
@@ -135,6 +137,8 @@ def main(argv):
       "mesh": dict(exp.mesh.shape),
       "batch_size": exp.batch_size,
       "per_device_batch": exp.batch_size // n,
+      "grad_accum_steps": experiment.grad_accum_steps(config),
+      "per_device_micro_batch": exp.batch_size // n // experiment.grad_accum_steps(config),
       "compile_s": round(compile_s, 1),
       "compile_cpu_s": round(compile_cpu_s, 1),
       "bytes": mem,

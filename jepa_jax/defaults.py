@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 234
   c.batch_size = 3072            # global: 24 clips per GPU x 128 GPUs
+  # Micro-batches per update: the global batch is processed k slices at a time inside the step
+  # (gradients summed, one optimiser + EMA update), so 8 GPUs can keep the 3072-clip batch at 24
+  # clips per GPU per micro-step with k=16 (launch/README.md). batch_size % (k * devices) == 0.
+  c.grad_accum_steps = 1
 
   c.model = ml_collections.ConfigDict(dict(
       name="large",              # tiny | small | base | large | huge | giant | giant_xformers ...

@@ -61,6 +61,14 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.batch_size % devices or config.batch_size % processes:
     raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
                       f"{devices} devices ({processes} processes); use a multiple of {devices}")
+  accum = grad_accum_steps(config)
+  if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+    raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
+                      "per update; 1 = no accumulation)")
+  if config.batch_size % (accum * devices):
+    raise ConfigError(f"config.batch_size={config.batch_size} does not split into "
+                      f"config.grad_accum_steps={accum} micro-batches over {devices} devices; use "
+                      f"a batch that is a multiple of {accum * devices} or another grad_accum_steps")
   try:
     mask_cfgs = masks_lib.configs_from(config)
   except ValueError as e:
@@ -79,6 +87,11 @@ def validate(config, num_devices: int | None = None) -> None:
   max_skips = config.get("max_consecutive_skips", 1)
   if not isinstance(max_skips, int) or max_skips < 1:
     raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
+
+
+def grad_accum_steps(config) -> int:
+  """Micro-batches per update (configs saved before the field existed have none: 1)."""
+  return config.get("grad_accum_steps", 1)
 
 
 def _check_masks(grid, mask_cfgs) -> None:
@@ -184,7 +197,9 @@ class Experiment:
   def train_step(self):
     step = train_step_lib.make_train_step(self.encoder, self.predictor, self.mask_cfgs,
                                           self.optim_cfg, self.tx, self.batch_size, self.mesh,
-                                          train_state.mask_token_ids(self.config))
+                                          train_state.mask_token_ids(self.config),
+                                          grad_accum_steps(self.config),
+                                          self.state_shardings.params)
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
                                          self.abstract_batch())
 

@@ -106,6 +106,19 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
       none["argument_gib"] + none["output_gib"] + none["temp_gib"] - none["alias_gib"], abs=2e-3)
 
 
+def test_memory_bench_temporaries_fall_with_the_micro_batch():
+  """The same 8 clips per device as 1 or 4 micro-batches: the activations of one micro-batch
+  live at a time, so the temporaries shrink (the batch argument stays whole)."""
+  runs = {}
+  for k in (1, 4):
+    runs[k], _ = bench("memory.py", "--config=configs/demo.py", "--devices=2",
+                       "--mesh=data:2,fsdp:1", "--per_device_batch=8",
+                       f"--config.grad_accum_steps={k}", devices=2)
+  assert runs[4]["grad_accum_steps"] == 4 and runs[4]["per_device_micro_batch"] == 2
+  assert runs[1]["argument_gib"] == pytest.approx(runs[4]["argument_gib"], rel=0.05)
+  assert runs[4]["temp_gib"] < 0.5 * runs[1]["temp_gib"]
+
+
 @pytest.mark.slow
 def test_memory_bench_on_device_reports_its_own_figures_and_the_cpu_estimate():
   """On this CPU "the device" is the CPU: its compile's analysis, no runtime counters (the CPU
