@@ -326,3 +326,51 @@ def test_probe_positions_diagnostic_adds_the_grid_table():
   out = compare.with_positions(cache, (2, 2, 2))
   np.testing.assert_allclose(out.tokens[1, 1], pos_embed.sincos_3d(16, (4, 2, 2), True))
   assert out.labels is cache.labels
+
+
+# ------------------------------------------------------- saved probes: one format, inference
+
+
+@pytest.fixture(scope="module")
+def trained_probe(synthetic_dir, tiny_checkpoint, tmp_path_factory):
+  """An eval run (cached tokens) whose probe is saved under ``probes/frac1_seed0``."""
+  path, _, _ = tiny_checkpoint
+  c = tiny_eval_config(checkpoint=path)
+  c.data.synthetic_dir, c.data.synthetic_num_videos = synthetic_dir, SYNTHETIC_VIDEOS
+  c.train_index = c.val_index = ""
+  c.synthetic_label = "colour"
+  workdir = tmp_path_factory.mktemp("trained_probe")
+  results = run_lib.evaluate(c, str(workdir))
+  return c, str(workdir / "probes" / "frac1_seed0"), results
+
+
+def test_eval_trained_probe_uses_the_one_probe_format(trained_probe):
+  c, probe_dir, results = trained_probe
+  params, saved = ckpt_lib.load_probe(probe_dir)
+  assert saved == dict(num_classes=results["num_classes"], num_heads=2, mlp_ratio=4.0, depth=1,
+                       num_queries=1, embed_dim=32, blocks_on="query")
+  info = ckpt_lib.read_probe_config(probe_dir)["eval"]
+  assert info["checkpoint"] == c.checkpoint and info["checkpoint_key"] == "target"
+  assert info["protocol"]["num_segments"] == 2 and info["protocol"]["frames_per_clip"] == 4
+  assert info["model"]["overrides"] == TINY
+  # The converter's loader reads it too (one layout).
+  from jepa_jax import convert
+  again, again_cfg = convert.load_probe(probe_dir)
+  assert again_cfg == saved
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
+
+
+def test_eval_trained_probe_round_trips_through_the_reference_format(trained_probe, tmp_path):
+  torch = pytest.importorskip("torch")
+  from jepa_jax.convert.__main__ import main as convert_main
+  _, probe_dir, _ = trained_probe
+  params, saved = ckpt_lib.load_probe(probe_dir)
+  out = tmp_path / "probe.pth.tar"
+  assert convert_main(["--to-torch", "--kind", "probe", "--ckpt", probe_dir, "--out", str(out)]) == 0
+  state = torch.load(out, map_location="cpu", weights_only=True)
+  assert "module.pooler.query_tokens" in state["classifier"]
+  assert convert_main(["--from-torch", str(out), "--kind", "probe", "--num-heads", "2",
+                       "--out", str(tmp_path / "back")]) == 0
+  back, back_cfg = ckpt_lib.load_probe(str(tmp_path / "back"))
+  assert back_cfg == saved
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)

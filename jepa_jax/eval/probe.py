@@ -44,14 +44,29 @@ class ProbeState(train_state.TrainState):
   """The probe's parameters and AdamW state (``apply_fn`` is the probe's ``apply``)."""
 
 
-def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
+def probe_config(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg) -> dict:
+  """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it."""
   heads = probe_cfg.num_heads or encoder_heads
   if embed_dim % heads:
     raise ValueError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
-  if probe_cfg.dtype not in DTYPES:
-    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {probe_cfg.dtype!r}")
-  return _probe(int(num_classes), int(heads), float(probe_cfg.mlp_ratio), int(probe_cfg.depth),
-                probe_cfg.dtype, probe_cfg.get("blocks_on", "query"))
+  return dict(num_classes=int(num_classes), num_heads=int(heads),
+              mlp_ratio=float(probe_cfg.mlp_ratio), depth=int(probe_cfg.depth), num_queries=1,
+              embed_dim=int(embed_dim), blocks_on=probe_cfg.get("blocks_on", "query"))
+
+
+def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
+  return probe_from_config(probe_config(num_classes, embed_dim, encoder_heads, probe_cfg),
+                           probe_cfg.dtype)
+
+
+def probe_from_config(saved: dict, dtype: str = "float32"):
+  """The probe module of a saved probe config (``probe_config``, or a converted probe's)."""
+  if dtype not in DTYPES:
+    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if int(saved.get("num_queries", 1)) != 1:
+    raise ValueError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
+  return _probe(int(saved["num_classes"]), int(saved["num_heads"]), float(saved["mlp_ratio"]),
+                int(saved["depth"]), dtype, saved.get("blocks_on", "query"))
 
 
 @functools.lru_cache(maxsize=32)

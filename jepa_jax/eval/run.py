@@ -42,6 +42,7 @@ import ml_dtypes
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import paths
 from jepa_jax.data import sources as sources_lib
@@ -222,6 +223,7 @@ class ProbeTask:
   embed_dim: int
   encoder_heads: int
   config: object  # the eval ConfigDict
+  encoder_info: dict = dataclasses.field(default_factory=dict)  # load_frozen_encoder's info
 
 
 def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
@@ -237,6 +239,8 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   c = task.config
   probe = probe_lib.build_probe(task.num_classes, task.embed_dim, task.encoder_heads, c.probe)
   params = probe_lib.init_probe_params(probe, task.embed_dim, seed)
+  saved_config = probe_lib.probe_config(task.num_classes, task.embed_dim, task.encoder_heads,
+                                        c.probe)
   total = c.epochs * steps_per_epoch
   tx = probe_lib.make_optimizer(c.optim, total, steps_per_epoch)
   state = placer.replicate(probe_lib.create_state(probe, params, tx))
@@ -274,14 +278,15 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   record = dict(seed=seed, num_train=int(num_train), num_val=int(val["count"]),
                 top1=val["top1"], top5=val["top5"], val_loss=val["loss"],
                 seconds=time.time() - t_start, history=history)
-  return jax.device_get(state.params), record
+  return jax.device_get(state.params), record | dict(probe_config=saved_config)
 
 
-def save_probe(path: str, params) -> None:
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(paths.resolve(path), params, force=True)
-  ckptr.wait_until_finished()
+def probe_eval_info(config, encoder_info: dict) -> dict:
+  """What a saved probe was trained on (checkpoint ``config["eval"]``): the encoder and the
+  protocol, so inference can rebuild the same tokens."""
+  return dict(task=config.task, checkpoint=encoder_info["checkpoint"],
+              checkpoint_key=encoder_info["checkpoint_key"], step=encoder_info["step"],
+              model=encoder_info["model"], protocol=protocol(config))
 
 
 def make_writer(workdir: str, name: str):
@@ -346,7 +351,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
     raise ValueError(f"the training index has label {int(train_labels.max())} but "
                      f"config.num_classes is {num_classes}")
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
-  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config)
+  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config, info)
   fractions = [float(f) for f in config.lowshot.fractions]
   seeds = [int(s) for s in config.lowshot.seeds]
   if any(f < 1.0 for f in fractions) and train_labels is None:
@@ -435,12 +440,14 @@ def best_head(records: list[dict], grid) -> dict:
   return records[best] | dict(best_head=best, heads=heads)
 
 
-def _finish_run(workdir, name, params, record, writer, write):
+def _finish_run(task, workdir, name, params, record, writer, write):
   if writer is not None:
     writer.flush()
     writer.close()
+  saved_config = record.pop("probe_config")
   if write:
-    save_probe(os.path.join(workdir, "probes", name), params)
+    ckpt_lib.save_probe(os.path.join(workdir, "probes", name), params, saved_config,
+                        eval_info=probe_eval_info(task.config, task.encoder_info), overwrite=True)
   return record | dict(name=name)
 
 
@@ -462,7 +469,7 @@ def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, s
                                                   np.random.default_rng([seed, epoch])),
         val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
         steps_per_epoch=steps, placer=placer, writer=writer, name=name)
-    records.append(_finish_run(workdir, name, params, record, writer, write))
+    records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
   return best_head(records, c.get("probe_grid"))
 
 
@@ -498,5 +505,5 @@ def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer
         head_task, seed=seed, num_train=num_train, train_batches=train_batches,
         val_batches=val_batches, steps_per_epoch=steps, placer=placer, token_fn=token_fn,
         encoder_params=enc_params, writer=writer, name=name)
-    records.append(_finish_run(workdir, name, params, record, writer, write))
+    records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
   return best_head(records, c.get("probe_grid"))
