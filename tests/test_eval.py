@@ -374,3 +374,36 @@ def test_eval_trained_probe_round_trips_through_the_reference_format(trained_pro
   back, back_cfg = ckpt_lib.load_probe(str(tmp_path / "back"))
   assert back_cfg == saved
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+
+
+def test_saved_probe_evaluated_without_training_reproduces_its_accuracy(trained_probe, tmp_path):
+  """train=False re-encodes the validation clips (streaming, S x V views) and applies the saved
+  probe: the accuracy the training run measured on cached tokens of the same clips."""
+  c, probe_dir, trained = trained_probe
+  c = c.copy_and_resolve_references()
+  c.train, c.probe_checkpoint, c.cache_features = False, probe_dir, False
+  c.epochs = 10**6  # never read: nothing is trained
+  results = run_lib.evaluate(c, str(tmp_path))
+  assert json.load(open(tmp_path / "results.json")) == json.loads(json.dumps(results))
+  assert results["trained"] is False and results["probe_checkpoint"] == probe_dir
+  assert results["num_val_examples"] == trained["num_val_examples"]
+  assert results["accuracy"]["top1"] == pytest.approx(trained["accuracy"]["top1"])
+  assert results["accuracy"]["top5"] == pytest.approx(trained["accuracy"]["top5"])
+  run = trained["settings"][0]["runs"][0]
+  assert results["settings"][0]["runs"][0]["val_loss"] == pytest.approx(run["val_loss"], rel=1e-4)
+  assert not os.path.exists(tmp_path / "probes")
+
+
+def test_saved_probe_that_does_not_fit_is_refused(trained_probe, tmp_path):
+  c, probe_dir, _ = trained_probe
+  c = c.copy_and_resolve_references()
+  c.train, c.probe_checkpoint = False, probe_dir
+  c.num_classes = 400
+  with pytest.raises(ValueError, match="has .* classes"):
+    run_lib.evaluate(c, str(tmp_path))
+  c.num_classes, c.probe_checkpoint = None, str(tmp_path / "nothing")
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
+    run_lib.evaluate(c, str(tmp_path))
+  c.train, c.probe_checkpoint = True, probe_dir
+  with pytest.raises(ValueError, match="config.train=False"):
+    run_lib.evaluate(c, str(tmp_path))

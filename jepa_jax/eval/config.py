@@ -28,6 +28,11 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "k400"
   c.seed = 0
+  # -- Train a probe (True), or evaluate a saved one without training (False): config.probe_checkpoint
+  # is a probe directory (an eval run's probes/<run>, or python -m jepa_jax.convert --kind probe);
+  # only the validation index is read, with the full segments x views protocol.
+  c.train = True
+  c.probe_checkpoint = ""
 
   # -- Encoder: a trainer workdir (its checkpoints/), a converted-weights directory, or "random"
   # (a randomly initialised encoder of config.model's architecture: the baseline of the demo).
@@ -178,6 +183,8 @@ def resolve_paths(config) -> None:
   calls it. ``checkpoint="random"`` is a keyword, not a path."""
   if config.checkpoint and config.checkpoint != "random":
     config.checkpoint = paths.resolve(str(config.checkpoint))
+  if config.get("probe_checkpoint"):
+    config.probe_checkpoint = paths.resolve(str(config.probe_checkpoint))
   for name in ("train_index", "val_index"):
     if config[name]:
       config[name] = paths.resolve_source(str(config[name]))

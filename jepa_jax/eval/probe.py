@@ -77,6 +77,12 @@ def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
                             dtype=DTYPES[dtype], blocks_on=blocks_on)
 
 
+def abstract_params(probe, embed_dim: int):
+  """The probe's parameter shapes for ``embed_dim``-wide tokens (no computation)."""
+  tokens = jax.ShapeDtypeStruct((1, 4, embed_dim), jnp.float32)
+  return jax.eval_shape(probe.init, jax.random.PRNGKey(0), tokens)["params"]
+
+
 def init_probe_params(probe, embed_dim: int, seed: int):
   tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)
   params = flax.core.unfreeze(jax.jit(probe.init)(jax.random.PRNGKey(seed), tokens)["params"])

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import checkpoint as ckpt_lib
@@ -330,6 +331,12 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
 
   ``encoder_bundle`` = ``(encoder, params, info)`` skips loading (the demo comparison reuses one).
   """
+  if not config.get("train", True):
+    return evaluate_saved_probe(config, workdir, encoder_bundle=encoder_bundle, write=write)
+  if config.get("probe_checkpoint"):
+    raise ValueError("config.probe_checkpoint is set but config.train is True: set "
+                     "config.train=False to evaluate that probe, or drop probe_checkpoint to "
+                     "train a new one")
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
@@ -403,13 +410,115 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
                     top5=main["top5"], top5_std=main["top5_std"]),
       num_train_examples=main["num_train"], num_val_examples=num_val,
       settings=settings, seconds=time.time() - t_start)
-  if write and jax.process_index() == 0:
-    path = os.path.join(workdir, "results.json")
+  if write:
+    path = write_results(results, workdir)
+    log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
+             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+  return results
+
+
+def write_results(results: dict, workdir: str) -> str:
+  path = os.path.join(workdir, "results.json")
+  if jax.process_index() == 0:
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
-             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+  return path
+
+
+# ---------------------------------------------------------------------------------------------
+# A saved probe, no training
+
+
+def resolve_val_index(config) -> str:
+  """The validation source alone (``config.val_index``, else the synthetic set's)."""
+  if config.val_index:
+    return config.val_index
+  c = copy.deepcopy(config)
+  c.train_index = ""
+  return resolve_indexes(c)[1]
+
+
+def load_saved_probe(path: str, embed_dim: int, dtype: str):
+  """``(probe module, params, probe_config, eval info or None)`` of a probe checkpoint, checked
+  against the encoder's width."""
+  if not path:
+    raise ValueError("config.train=False needs config.probe_checkpoint: a probe directory (an eval "
+                     "run's probes/<run>, or python -m jepa_jax.convert --kind probe --out DIR)")
+  params, saved = ckpt_lib.load_probe(path)
+  if int(saved["embed_dim"]) != embed_dim:
+    raise ckpt_lib.CheckpointError(
+        f"probe {path} reads {saved['embed_dim']}-wide tokens but the encoder makes {embed_dim}-wide "
+        "ones; give the encoder the probe was trained on (config.checkpoint)")
+  probe = probe_lib.probe_from_config(saved, dtype)
+  ckpt_lib.check_shapes(params, probe_lib.abstract_params(probe, embed_dim), f"probe {path}")
+  eval_info = ckpt_lib.read_probe_config(path).get("eval")
+  return probe, params, saved, eval_info
+
+
+PROTOCOL_KEYS = ("num_segments", "frames_per_clip", "frame_step", "num_views", "resolution",
+                 "feature_layer")
+
+
+def protocol_differences(trained: Optional[dict], now: dict) -> list[str]:
+  """The protocol settings a saved probe was trained with that differ from ``now``."""
+  if not trained:
+    return []
+  return [f"{k} {trained[k]} (trained) vs {now[k]} (now)" for k in PROTOCOL_KEYS
+          if k in trained and trained[k] != now[k]]
+
+
+def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bool = True) -> dict:
+  """Validate a saved probe (``config.probe_checkpoint``) on ``config``'s validation set with the
+  full segments x views protocol; no training. Returns and writes results.json (the training
+  run's keys; std 0, one run)."""
+  workdir = paths.resolve(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  placer = Placer()
+  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
+  probe, probe_params, saved, eval_info = load_saved_probe(
+      config.probe_checkpoint, encoder.embed_dim, config.probe.dtype)
+  num_classes = int(saved["num_classes"])
+  if config.num_classes is not None and int(config.num_classes) != num_classes:
+    raise ValueError(f"config.num_classes is {config.num_classes} but the probe "
+                     f"{config.probe_checkpoint} has {num_classes} classes; set "
+                     f"--config.num_classes={num_classes} (or None)")
+  for diff in protocol_differences((eval_info or {}).get("protocol"), protocol(config)):
+    log.warning("the probe was trained with another protocol: %s", diff)
+  val_spec = resolve_val_index(config)
+  try:
+    val_labels = source_labels(val_spec, config.data.tfds_data_dir)
+  except Exception as e:  # noqa: BLE001 -- checked batch by batch otherwise
+    log.warning("could not read the labels of %s up front (%s)", val_spec, e)
+    val_labels = None
+  if val_labels is not None and len(val_labels) and val_labels.max() >= num_classes:
+    raise ValueError(f"the validation index has label {int(val_labels.max())} but the probe has "
+                     f"{num_classes} classes: the index and the probe number classes differently")
+  token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
+  state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
+  _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
+                                          placer.replicate(enc_params))
+  sums = []
+  for b in make_dataset(config, val_spec, train=False, batch_size=config.batch_size,
+                        seed=config.seed, repeat=False, num_views=config.num_views):
+    sums.append(evaluate_step(state, placer.batch(pixels_of(b)), placer.batch(b["label"]),
+                              placer.batch(b["valid"].astype(np.float32))))
+  val = probe_lib.summarize(jax.device_get(sums))
+  acc = dict(fraction=None, top1=val["top1"], top1_std=0.0, top5=val["top5"], top5_std=0.0)
+  run = dict(name="saved_probe", num_train=0, num_val=val["count"], top1=val["top1"],
+             top5=val["top5"], val_loss=val["loss"], seconds=time.time() - t_start)
+  results = dict(
+      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      step=info["step"], model=info["model"], num_classes=num_classes, train_index=None,
+      val_index=val_spec, protocol=protocol(config), trained=False,
+      probe_checkpoint=config.probe_checkpoint, probe=saved, probe_trained_with=eval_info,
+      accuracy=acc, num_train_examples=0, num_val_examples=val["count"],
+      settings=[dict(acc, num_train=0, seeds=[], runs=[run])], seconds=time.time() - t_start)
+  if write:
+    path = write_results(results, workdir)
+    log.info("wrote %s: top-1 %.2f, top-5 %.2f (saved probe %s on %s)", path, val["top1"],
+             val["top5"], config.probe_checkpoint, val_spec)
   return results
 
 
