@@ -407,3 +407,40 @@ def test_saved_probe_that_does_not_fit_is_refused(trained_probe, tmp_path):
   c.train, c.probe_checkpoint = True, probe_dir
   with pytest.raises(ValueError, match="config.train=False"):
     run_lib.evaluate(c, str(tmp_path))
+
+
+def test_predict_ranks_like_the_eval_and_names_classes(trained_probe, synthetic_dir, tmp_path,
+                                                       capsys):
+  """predict's top-1 over the validation videos gives the eval's top-1; names come from the label
+  file by line; an unreadable video is reported, skipped and counted."""
+  from jepa_jax import predict
+  from jepa_jax.data import sources
+  c, probe_dir, trained = trained_probe
+  val = sources.read_index(os.path.join(synthetic_dir, "val_colour.csv"))
+  videos = [val.path(i) for i in range(len(val))]
+  bad = tmp_path / "broken.mp4"
+  bad.write_bytes(b"not a video")
+  num_classes = trained["num_classes"]
+  labels = tmp_path / "classes.txt"
+  labels.write_text("".join(f"colour_{i}\n" for i in range(num_classes)))
+  out = tmp_path / "pred.json"
+  rc = predict.main(["--checkpoint", c.checkpoint, "--probe", probe_dir, "--labels", str(labels),
+                     "--batch-size", "4", "--json", str(out), *videos[:2], str(bad), *videos[2:]])
+  assert rc == 1  # one video failed
+  captured = capsys.readouterr()
+  assert "1 of" in captured.err
+  result = json.load(open(out))
+  assert [f["video"] for f in result["failures"]] == [str(bad)]
+  preds = result["predictions"]
+  assert [p["video"] for p in preds] == videos
+  for p in preds:
+    probs = [t["prob"] for t in p["top"]]
+    assert len(probs) == min(5, num_classes) and probs == sorted(probs, reverse=True)
+    assert all(t["name"] == f"colour_{t['class']}" for t in p["top"])
+  top1 = 100.0 * np.mean([p["top"][0]["class"] == val.label(i) for i, p in enumerate(preds)])
+  assert top1 == pytest.approx(trained["accuracy"]["top1"])
+  assert f"1. class" in captured.out and "colour_" in captured.out
+  labels.write_text("just_one\n")
+  assert predict.main(["--checkpoint", c.checkpoint, "--probe", probe_dir, "--labels",
+                       str(labels), videos[0]]) == 1
+  assert "the probe has" in capsys.readouterr().err
