@@ -25,7 +25,9 @@ import jax
 import numpy as np
 
 from jepa_jax.eval import encoder as enc_lib
+from jepa_jax.eval import features
 from jepa_jax.eval import lowshot
+from jepa_jax.eval import placement
 from jepa_jax.eval import run as run_lib
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def label_table(config, label: str, split: str) -> np.ndarray:
   return run_lib.source_labels(train if split == "train" else val)
 
 
-def with_positions(cache: run_lib.FeatureCache, grid) -> run_lib.FeatureCache:
+def with_positions(cache: features.FeatureCache, grid) -> features.FeatureCache:
   """Diagnostic: add the fixed sin-cos table of the (segment x time, height, width) token grid to
   cached tokens. The reference probe has no positions, so it sees a bag of tokens; this tells
   whether an encoder's features carry motion content that is only unreadable for lack of
@@ -58,14 +60,14 @@ def with_positions(cache: run_lib.FeatureCache, grid) -> run_lib.FeatureCache:
   t, h, w = grid
   segments = cache.tokens.shape[2] // (t * h * w)
   table = pos_embed.sincos_3d(cache.tokens.shape[3], (segments * t, h, w), True)
-  return run_lib.FeatureCache(cache.tokens + table.astype(cache.tokens.dtype)[None, None],
+  return features.FeatureCache(cache.tokens + table.astype(cache.tokens.dtype)[None, None],
                               cache.labels, cache.index)
 
 
 def compare(config, pretrained: str, labels, seeds, workdir: str,
             probe_positions: bool = False) -> dict:
   t_start = time.time()
-  placer = run_lib.Placer()
+  placer = placement.Placer()
   config = config.copy_and_resolve_references()
   config.checkpoint = pretrained
   encoder, pre_params, info = enc_lib.load_frozen_encoder(config)

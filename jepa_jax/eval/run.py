@@ -22,10 +22,8 @@ accuracy, with every probe's under ``heads``. The reference trains its probes si
 one pass of the data; here they train one after another -- the same numbers, and with cached
 features the encoder still runs once, while streaming re-encodes the clips for each probe.
 
-Data parallelism: one 1-D mesh over all devices; batches are split along their leading axis
-(``jax.make_array_from_process_local_data``, so several processes work too), parameters are
-replicated. With a batch the device count does not divide (single process only) the batch is
-replicated instead, which is correct, only slower.
+Data parallelism: ``placement.Placer`` (the data mesh of ``jepa_jax.sharding``); batches are split
+over all devices, parameters replicated. The feature cache lives in ``features``.
 """
 import copy
 import dataclasses
@@ -41,7 +39,6 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
@@ -50,6 +47,8 @@ from jepa_jax.data import sources as sources_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval.features import FeatureCache, cache_batches, extract_features, pixels_of
+from jepa_jax.eval.placement import Placer
 
 log = logging.getLogger(__name__)
 
@@ -101,116 +100,6 @@ def make_dataset(config, spec: str, *, train: bool, batch_size: int, seed: int, 
       frames_per_clip=config.data.num_frames, frame_step=config.data.frame_step,
       num_views=num_views, train=train, seed=seed, shard_index=jax.process_index(),
       shard_count=nproc, repeat=repeat)
-
-
-def pixels_of(batch: dict) -> np.ndarray:
-  return batch["video"] if "video" in batch else batch["image"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices
-
-
-class Placer:
-  """Puts process-local host batches on the 1-D data mesh; replicates parameters."""
-
-  def __init__(self):
-    self.num_devices = jax.device_count()
-    self.mesh = jax.make_mesh((self.num_devices,), ("data",),
-                              axis_types=(jax.sharding.AxisType.Auto,))
-    self.split = NamedSharding(self.mesh, P("data"))
-    self.replicated = NamedSharding(self.mesh, P())
-
-  def batch(self, x):
-    x = np.asarray(x)
-    global_b = x.shape[0] * jax.process_count()
-    if global_b % self.num_devices == 0:
-      return jax.make_array_from_process_local_data(self.split, x)
-    if jax.process_count() > 1:
-      raise ValueError(f"global batch {global_b} is not divisible by the {self.num_devices} "
-                       "devices; choose config.batch_size accordingly")
-    return jax.device_put(x, self.replicated)
-
-  def replicate(self, tree):
-    return jax.device_put(tree, self.replicated)
-
-  def gather(self, x) -> np.ndarray:
-    """A batch-sharded global array as one host numpy array on every process."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-  def gather_local(self, x) -> np.ndarray:
-    """Process-local host rows -> all processes' rows (in process order)."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
-    return np.asarray(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature cache
-
-
-@dataclasses.dataclass
-class FeatureCache:
-  """Encoder tokens of a split: ``tokens [n, V, L, D]``, ``labels [n]``, ``index [n]`` (the
-  position in the source, so other label files of the same videos can be joined)."""
-  tokens: np.ndarray
-  labels: np.ndarray
-  index: np.ndarray
-
-  def __len__(self):
-    return len(self.labels)
-
-  def subset(self, rows) -> "FeatureCache":
-    return FeatureCache(self.tokens[rows], self.labels[rows], self.index[rows])
-
-  def relabel(self, labels_by_index: np.ndarray) -> "FeatureCache":
-    return FeatureCache(self.tokens, np.asarray(labels_by_index)[self.index].astype(np.int32),
-                        self.index)
-
-
-def extract_features(token_fn: Callable, encoder_params, batches, placer: Placer,
-                     cache_dtype=np.float32) -> FeatureCache:
-  """Run ``token_fn`` (jitted) over ``batches`` once; keep the valid rows, one per source index."""
-  toks, labels, index = [], [], []
-  seen = set()
-  t0, count = time.time(), 0
-  for batch in batches:
-    t = placer.gather(token_fn(encoder_params, placer.batch(pixels_of(batch))))
-    valid = placer.gather_local(batch.get("valid", np.ones(len(batch["label"]), bool)))
-    lab = placer.gather_local(batch["label"])
-    idx = placer.gather_local(batch["index"])
-    for r in range(len(lab)):
-      if valid[r] and int(idx[r]) not in seen:
-        seen.add(int(idx[r]))
-        toks.append(t[r].astype(cache_dtype))
-        labels.append(lab[r])
-        index.append(idx[r])
-    count += len(lab)
-  if not toks:
-    raise ValueError("feature extraction produced no examples (empty source?)")
-  log.info("encoded %d examples (%d rows read) in %.1fs", len(toks), count, time.time() - t0)
-  order = np.argsort(index)
-  return FeatureCache(np.stack(toks)[order], np.asarray(labels, np.int32)[order],
-                      np.asarray(index, np.int64)[order])
-
-
-def cache_batches(cache: FeatureCache, batch_size: int, rng: Optional[np.random.Generator]):
-  """Fixed-size batches ``(tokens, labels, weights)`` over a cache: shuffled when ``rng`` is given;
-  the last batch is padded with weight-0 repeats, so every example counts exactly once and every
-  step has the same shape (one compilation)."""
-  n = len(cache)
-  order = rng.permutation(n) if rng is not None else np.arange(n)
-  steps = math.ceil(n / batch_size)
-  pad = steps * batch_size - n
-  order = np.concatenate([order, order[:pad] if pad <= n else np.resize(order, pad)])
-  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  for s in range(steps):
-    rows = order[s * batch_size:(s + 1) * batch_size]
-    yield cache.tokens[rows], cache.labels[rows], weights[s * batch_size:(s + 1) * batch_size]
 
 
 # ---------------------------------------------------------------------------------------------
