@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from jepa_jax import paths
+from jepa_jax.extract import int_list
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--segments", type=int, help="clips per video (equal segments)")
   p.add_argument("--views", type=int, help="spatial views per clip")
   p.add_argument("--resolution", type=int, help="crop size in pixels")
-  p.add_argument("--feature-layer", type=int, nargs="+",
-                 help="0-based encoder blocks whose tokens the probe reads (default: the output)")
+  p.add_argument("--feature-layer", type=int_list,
+                 help="0-based encoder blocks whose tokens the probe reads, comma-separated "
+                      "(default: the probe's, else the encoder's output)")
   p.add_argument("--encoder-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
   p.add_argument("--batch-size", type=int, default=8, help="videos per encoder pass")
   p.add_argument("--json", help="also write the predictions to this JSON file")
