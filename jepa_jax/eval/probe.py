@@ -36,6 +36,7 @@ import optax
 from flax.training import train_state
 
 from jepa_jax import models
+from jepa_jax import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -100,42 +101,31 @@ def init_probe_params(probe, embed_dim: int, seed: int):
   return params
 
 
+def schedule_config(optim_cfg, total_steps: int, steps_per_epoch: int) -> optim.OptimConfig:
+  """The probe's schedules as ``optim``'s, counted in steps: warm-up over ``warmup`` epochs of
+  ``steps_per_epoch`` updates, cosine LR and WD over ``total_steps`` (no ``ipe_scale`` stretch,
+  so they reach their final values on the last update)."""
+  return optim.OptimConfig(
+      epochs=int(total_steps), ipe=1, ipe_scale=1.0, warmup=optim_cfg.warmup * steps_per_epoch,
+      start_lr=optim_cfg.start_lr, lr=optim_cfg.lr, final_lr=optim_cfg.final_lr,
+      weight_decay=optim_cfg.weight_decay, final_weight_decay=optim_cfg.final_weight_decay,
+      clip_grad=None, lr_schedule="warmup_cosine")
+
+
 def lr_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> Callable:
-  """``WarmupCosineSchedule`` read at ``k + 1`` for 0-based update ``k``."""
-  warmup = int(optim_cfg.warmup * steps_per_epoch)
-  t_max = max(1, total_steps - warmup)
-  start, ref, final = optim_cfg.start_lr, optim_cfg.lr, optim_cfg.final_lr
-
-  def schedule(k):
-    s = jnp.asarray(k, jnp.float32) + 1.0
-    warm = start + s / max(1, warmup) * (ref - start)
-    progress = (s - warmup) / t_max
-    cos = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.where(s < warmup, warm, jnp.maximum(final, cos))
-
-  return schedule
+  """``WarmupCosineSchedule`` read at ``k + 1`` for 0-based update ``k`` (``optim.learning_rate``)."""
+  cfg = schedule_config(optim_cfg, total_steps, steps_per_epoch)
+  return lambda k: optim.learning_rate(cfg, k)
 
 
 def wd_schedule(optim_cfg, total_steps: int) -> Callable:
-  """``CosineWDSchedule`` read at ``k + 1``, clamped at the final value."""
-  ref, final = optim_cfg.weight_decay, optim_cfg.final_weight_decay
-
-  def schedule(k):
-    progress = (jnp.asarray(k, jnp.float32) + 1.0) / max(1, total_steps)
-    wd = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.maximum(final, wd) if final <= ref else jnp.minimum(final, wd)
-
-  return schedule
+  """``CosineWDSchedule`` read at ``k + 1``, clamped at the final value (``optim.weight_decay``)."""
+  cfg = schedule_config(optim_cfg, total_steps, 1)
+  return lambda k: optim.weight_decay(cfg, k)
 
 
-def decay_mask(params):
-  """True where weight decay applies: ndim != 1 and not a bias (the reference's param groups)."""
-
-  def rule(path, leaf):
-    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
-    return leaf.ndim != 1 and "bias" not in names
-
-  return jax.tree_util.tree_map_with_path(rule, params)
+# Weight decay on tensors with ndim != 1 that are not biases: the same rule as pretraining's.
+decay_mask = optim.decay_mask
 
 
 @functools.lru_cache(maxsize=32)
