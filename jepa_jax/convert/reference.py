@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax import paths
 from jepa_jax.convert import infer
 from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
                                     unstack_blocks)

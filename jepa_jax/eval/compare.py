@@ -18,12 +18,12 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import time
 
 import jax
 import numpy as np
 
+from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import features
 from jepa_jax.eval import lowshot
@@ -33,7 +33,6 @@ from jepa_jax.eval import run as run_lib
 log = logging.getLogger(__name__)
 
 MOTION_LABELS = ("direction", "rotation", "speed", "motion")
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eval", "demo.py")
 
 
 def load_config(path: str):
@@ -150,7 +149,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--pretrained", required=True, help="the pretraining workdir (or checkpoint dir)")
   p.add_argument("--out", default="results_compare.json")
-  p.add_argument("--config", default=DEFAULT_CONFIG, help="eval config (default configs/eval/demo.py)")
+  p.add_argument("--config", default=None,
+                 help="eval config file (default: the demo's, eval.config.demo_eval_config)")
   p.add_argument("--labels", default="direction,rotation,shape,colour")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--epochs", type=int, default=None, help="probe epochs (default: the config's)")
@@ -163,7 +163,7 @@ def main(argv=None):
                  help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  config = load_config(args.config)
+  config = load_config(args.config) if args.config else config_lib.demo_eval_config()
   if args.epochs:
     config.epochs = args.epochs
   if args.checkpoint_key:

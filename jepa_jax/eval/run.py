@@ -35,7 +35,6 @@ import time
 from typing import Callable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import optax
@@ -285,8 +284,8 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
           spec = lowshot.write_subset_index(
               train_spec, rows, os.path.join(workdir, "lowshot", f"{run_name(fraction, seed)}.csv"))
           n = len(rows)
-        runs.append(_run_streaming(task, spec, val_spec, n, seed, fraction, placer, workdir,
-                                   token_fn, enc_params, write))
+        source = streaming_source(task, spec, val_spec, n, seed, token_fn, enc_params)
+        runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
     num_val = settings[0]["runs"][0]["num_val"]
 
@@ -449,59 +448,82 @@ def _finish_run(task, workdir, name, params, record, writer, write):
   return record | dict(name=name)
 
 
-def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
-                     placer, workdir, write):
-  """One probe trained and validated on cached tokens (all of ``train_cache``)."""
+@dataclasses.dataclass
+class BatchSource:
+  """Where one probe run's batches come from: cached tokens, or clips decoded per step (then
+  ``token_fn`` runs the frozen encoder inside the probe's jitted steps)."""
+  num_train: int
+  steps_per_epoch: int
+  # A fresh ``train_batches(epoch)`` per probe: every probe of a grid sees the same batches in the
+  # same order.
+  new_train_batches: Callable[[], Callable[[int], Iterator]]
+  val_batches: Callable[[], Iterator]
+  token_fn: Optional[Callable] = None
+  encoder_params: object = None
+
+
+def _steps_per_epoch(c, num_train: int, batch: int) -> int:
+  steps = max(1, math.ceil(num_train / batch))
+  return min(steps, c.max_train_steps_per_epoch) if c.max_train_steps_per_epoch else steps
+
+
+def cached_source(task, train_cache: FeatureCache, val_cache: FeatureCache, seed) -> BatchSource:
   c = task.config
   batch = min(c.batch_size, len(train_cache))
-  steps = math.ceil(len(train_cache) / batch)
-  if c.max_train_steps_per_epoch:
-    steps = min(steps, c.max_train_steps_per_epoch)
-  records = []
-  for suffix, head_task in grid_tasks(task):
-    name = run_name(fraction, seed) + suffix
-    writer = make_writer(workdir, name) if write else None
-    params, record = train_and_evaluate(
-        head_task, seed=seed, num_train=len(train_cache),
-        train_batches=lambda epoch: cache_batches(train_cache, batch,
-                                                  np.random.default_rng([seed, epoch])),
-        val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
-        steps_per_epoch=steps, placer=placer, writer=writer, name=name)
-    records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
-  return best_head(records, c.get("probe_grid"))
+  return BatchSource(
+      num_train=len(train_cache), steps_per_epoch=_steps_per_epoch(c, len(train_cache), batch),
+      new_train_batches=lambda: lambda epoch: cache_batches(
+          train_cache, batch, np.random.default_rng([seed, epoch])),
+      val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None))
 
 
-def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer, workdir,
-                   token_fn, enc_params, write):
+def streaming_source(task, train_spec, val_spec, num_train, seed, token_fn,
+                     enc_params) -> BatchSource:
   c = task.config
   if num_train is None:
     num_train = len(sources_lib.load_source(train_spec, c.data.tfds_data_dir))
-  steps = max(1, math.ceil(num_train / c.batch_size))
-  if c.max_train_steps_per_epoch:
-    steps = min(steps, c.max_train_steps_per_epoch)
-  train_iter = None
+  steps = _steps_per_epoch(c, num_train, c.batch_size)
 
-  def train_batches(epoch):
-    del epoch  # the infinite iterator reshuffles every epoch by itself
-    for _ in range(steps):
-      b = next(train_iter)
-      yield pixels_of(b), b["label"], np.ones(len(b["label"]), np.float32)
+  def new_train_batches():
+    train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
+                                   repeat=True, num_views=1))
+
+    def train_batches(epoch):
+      del epoch  # the infinite iterator reshuffles every epoch by itself
+      for _ in range(steps):
+        b = next(train_iter)
+        yield pixels_of(b), b["label"], np.ones(len(b["label"]), np.float32)
+
+    return train_batches
 
   def val_batches():
     for b in make_dataset(c, val_spec, train=False, batch_size=c.batch_size, seed=c.seed,
                           repeat=False, num_views=c.num_views):
       yield pixels_of(b), b["label"], b["valid"].astype(np.float32)
 
+  return BatchSource(num_train=num_train, steps_per_epoch=steps,
+                     new_train_batches=new_train_batches, val_batches=val_batches,
+                     token_fn=token_fn, encoder_params=enc_params)
+
+
+def run_probes(task, source: BatchSource, seed, fraction, placer, workdir, write) -> dict:
+  """One run: a probe per ``config.probe_grid`` entry (or one), trained on ``source``; the
+  record of the best."""
   records = []
   for suffix, head_task in grid_tasks(task):
-    # Every probe of a grid sees the same batches in the same order (the same seed).
-    train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
-                                   repeat=True, num_views=1))
     name = run_name(fraction, seed) + suffix
     writer = make_writer(workdir, name) if write else None
     params, record = train_and_evaluate(
-        head_task, seed=seed, num_train=num_train, train_batches=train_batches,
-        val_batches=val_batches, steps_per_epoch=steps, placer=placer, token_fn=token_fn,
-        encoder_params=enc_params, writer=writer, name=name)
+        head_task, seed=seed, num_train=source.num_train,
+        train_batches=source.new_train_batches(), val_batches=source.val_batches,
+        steps_per_epoch=source.steps_per_epoch, placer=placer, token_fn=source.token_fn,
+        encoder_params=source.encoder_params, writer=writer, name=name)
     records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
-  return best_head(records, c.get("probe_grid"))
+  return best_head(records, task.config.get("probe_grid"))
+
+
+def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
+                     placer, workdir, write):
+  """One probe run trained and validated on cached tokens (all of ``train_cache``)."""
+  return run_probes(task, cached_source(task, train_cache, val_cache, seed), seed, fraction,
+                    placer, workdir, write)
