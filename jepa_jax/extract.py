@@ -30,7 +30,8 @@ What is written, per window (float32 unless ``--dtype float16``):
   the grid in meta.json); with several ``--layers``, ``[L, N, D]``;
 * ``--pool mean``: the tokens' mean, ``[D]`` (``[L, D]`` with several layers);
 * ``--pool probe --probe DIR``: the pooled query of a saved attentive probe (its classifier's
-  input), ``[D]``; the probe reads the layers it was trained on (or ``--layers``).
+  input), ``[D]``, over one window's tokens (a probe trained on S segments saw S clips' tokens
+  at once); the probe reads the layers it was trained on (or ``--layers``).
 
 ``--layers``: 0-based encoder blocks; each block's output goes through the encoder's final
 LayerNorm, as the eval's ``feature_layer`` does. Default: the encoder's output.
@@ -42,10 +43,11 @@ Output layout of OUT (readable with numpy alone):
 * ``features/<position>_<name>.npy``: one array per video, ``[num_windows, *per-window shape]``
   (``num_windows`` = 1 without ``--window``);
 * ``index.jsonl``: one JSON line per finished video: ``position`` (in the source list),
-  ``video``, ``label``, ``file``, ``shape``, ``dtype``, ``num_frames`` (decoded) and ``windows``:
-  per window ``start``/``end`` (the source frames it covers, end exclusive, clipped to the video),
-  ``frames`` (the source frames its clip shows) and ``padded`` (how many of them repeat the last
-  frame);
+  ``video``, ``label``, ``file``, ``shape``, ``dtype``, ``num_frames`` (frames decoded; -1 for a
+  file without ``--window``, which is not decoded whole) and ``windows`` (null without
+  ``--window``): per window ``start``/``end`` (the source frames it covers, end exclusive, clipped
+  to the video), ``frames`` (the source frames its clip shows) and ``padded`` (how many of them
+  repeat the last frame);
 * ``failures.jsonl``: one line per unreadable video (``video``, ``error``), skipped and counted.
 
 Resumable: a video counts as done once its line is in index.jsonl (written after its array, which

@@ -88,6 +88,13 @@ def test_read_windows_returns_the_planned_source_frames(tiny):
   assert windows == extract.window_plan(34, 4, 8, 5, "pad")
   got = [[video_files.read_code(f) for f in clip] for clip in clips]
   assert got == [list(w.frames) for w in windows]
+  # In-memory videos (a TFDS source) follow the same plan.
+  array = sources.ArraySource([{"video": video_files.coded_frames(30, 96, 96), "label": 2}],
+                              "video")
+  clips, windows, n = extract.read_windows(array, 0, settings)
+  assert n == 30 and windows == extract.window_plan(30, 4, 8, 5, "pad")
+  got = [[video_files.read_code(f) for f in clip] for clip in clips]
+  assert got == [list(w.frames) for w in windows]
 
 
 # ----------------------------------------------------------------------------- features
