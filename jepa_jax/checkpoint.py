@@ -324,6 +324,9 @@ def save_probe(directory: str, params, probe_config: dict, *, eval_info: Optiona
                             "delete it")
     if jax.process_index() == 0:
       path.rmtree()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"jepa_jax_save_probe_{path}")
   config = {PROBE: {k: probe_config[k] for k in PROBE_CONFIG_KEYS}}
   if eval_info is not None:
     config["eval"] = eval_info

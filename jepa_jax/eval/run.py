@@ -173,9 +173,9 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
 def probe_eval_info(config, encoder_info: dict) -> dict:
   """What a saved probe was trained on (checkpoint ``config["eval"]``): the encoder and the
   protocol, so inference can rebuild the same tokens."""
-  return dict(task=config.task, checkpoint=encoder_info["checkpoint"],
-              checkpoint_key=encoder_info["checkpoint_key"], step=encoder_info["step"],
-              model=encoder_info["model"], protocol=protocol(config))
+  return dict(task=config.task, checkpoint=encoder_info.get("checkpoint"),
+              checkpoint_key=encoder_info.get("checkpoint_key"), step=encoder_info.get("step"),
+              model=encoder_info.get("model"), protocol=protocol(config))
 
 
 def make_writer(workdir: str, name: str):
