@@ -178,26 +178,6 @@ def pretrain_configs() -> tuple[MaskConfig, MaskConfig]:
           MaskConfig(num_blocks=2, spatial_scale=(0.7, 0.7)))
 
 
-def grid_from_config(config) -> Grid:
-  """(T', H', W') from ``config.data.{crop_size,num_frames}`` and ``config.model.{patch,tubelet}_size``."""
-  crop = config.data.crop_size
-  crop_h, crop_w = (crop, crop) if isinstance(crop, int) else tuple(crop)
-  frames, patch, tubelet = config.data.num_frames, config.model.patch_size, config.model.tubelet_size
-  if crop_h % patch or crop_w % patch:
-    raise ValueError(f"data.crop_size {crop} is not divisible by model.patch_size {patch}")
-  if frames % tubelet:
-    raise ValueError(f"data.num_frames {frames} is not divisible by model.tubelet_size {tubelet}")
-  return frames // tubelet, crop_h // patch, crop_w // patch
-
-
-def configs_from(config) -> tuple[MaskConfig, ...]:
-  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts)."""
-  if "masks" not in config or not config.masks:
-    raise ValueError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
-                     "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
-  return tuple(MaskConfig.from_dict(m) for m in config.masks)
-
-
 # ------------------------------------------------------------------------------------------------
 # Geometry shared by the JAX sampler and the numpy Monte Carlo (``xp`` is jnp or np).
 
@@ -462,6 +442,40 @@ def no_context_fraction(grid: Grid, cfg: MaskConfig) -> float:
   return float(np.mean(_monte_carlo_counts(tuple(int(g) for g in grid), geometry) == 0))
 
 
+# A multi-block mask may leave no context in at most this fraction of clips (after the redraws).
+# The paper's masks: 0% at 224 px, 0.2% on the demo's 4x4x4 grid.
+MAX_NO_CONTEXT_FRACTION = 0.05
+
+
+def check_context(grid: Grid, cfgs: Sequence[MaskConfig]) -> None:
+  """Refuse a mask that leaves no context too often (ValueError naming ``masks[i]``).
+
+  The rule: a multi-block mask's blocks may cover the whole token grid, leaving no context, in
+  at most ``MAX_NO_CONTEXT_FRACTION`` of clips after the sampler's redraws (first draw plus
+  ``NUM_RETRIES``), measured by the deterministic Monte Carlo that also sizes the static masks.
+  Those clips get one context token (the reference redraws until some context is left, for ever
+  when one block covers the grid). It is a fraction, not "always": the block size is drawn per
+  batch, and several blocks smaller than the grid can almost always cover it together (8 blocks
+  of spatial_scale 1 on a 4x4 grid: 98% of clips), while rare full covers are harmless (the
+  paper's long-range mask on the demo's 4x4x4 grid: 0.2%). A random-tube mask needs one unmasked
+  position per frame.
+  """
+  for i, mc in enumerate(cfgs):
+    if mc.kind == "random_tube":
+      if int(grid[1] * grid[2] * (1 - mc.ratio)) < 1:
+        raise ValueError(f"masks[{i}] leaves no context token (ratio={mc.ratio} masks every "
+                         f"position of the {grid[1]}x{grid[2]} grid); lower ratio")
+      continue
+    empty = no_context_fraction(grid, mc)
+    if empty > MAX_NO_CONTEXT_FRACTION:
+      raise ValueError(
+          f"masks[{i}] leaves no context in {100 * empty:.0f}% of clips: its "
+          f"{mc.num_blocks} blocks (spatial_scale {mc.spatial_scale}, temporal_scale "
+          f"{mc.temporal_scale}) cover the whole {tuple(grid)} token grid even after "
+          f"{NUM_RETRIES} redraws (at most {100 * MAX_NO_CONTEXT_FRACTION:.0f}% "
+          "allowed); lower spatial_scale/temporal_scale or num_blocks")
+
+
 @functools.lru_cache(maxsize=None)
 def _default_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
   num_tokens = math.prod(grid)
@@ -555,7 +569,8 @@ def _main(argv):
   del argv
   FLAGS = flags.FLAGS
   if FLAGS.config is not None:
-    grid, cfgs = grid_from_config(FLAGS.config), configs_from(FLAGS.config)
+    from jepa_jax import config as config_lib
+    grid, cfgs = config_lib.token_grid(FLAGS.config), config_lib.mask_configs(FLAGS.config)
   else:
     grid, cfgs = tuple(int(g) for g in FLAGS.grid.split(",")), pretrain_configs()
   plot_masks(jax.random.key(FLAGS.seed), grid, cfgs, FLAGS.num, FLAGS.out)

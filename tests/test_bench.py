@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jepa_jax import config as config_lib
 from jepa_jax import experiment, flops, models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_train_step_flops_match_xla_cost_analysis():
                                   jax.random.PRNGKey(0)).compile()
   xla = compiled.cost_analysis()
   xla = xla[0] if isinstance(xla, list) else xla
-  ours = flops.train_step_flops(c)
+  ours = flops.train_step_flops(config_lib.read(c))
   assert ours["total"] == c.batch_size * ours["per_clip"]
   # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW, EMA): measured 1.050.
   assert 0.98 < xla["flops"] / ours["total"] < 1.07
@@ -80,7 +81,7 @@ def test_train_step_bench_prints_json():
   c.batch_size = 4
   for m, (k_ctx, k_tgt) in zip(c.masks, out["mask_sizes"]):
     m.num_context, m.num_target = k_ctx, k_tgt
-  assert out["model_flops_per_step"] == flops.train_step_flops(c)["total"]
+  assert out["model_flops_per_step"] == flops.train_step_flops(config_lib.read(c))["total"]
   assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
   assert out["loss"] > 0
 

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jepa_jax import config as config_lib
 from jepa_jax import masks as M
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -235,8 +236,8 @@ def _config_dict():
 
 def test_config_helpers():
   config = _config_dict()
-  assert M.grid_from_config(config) == (4, 4, 4)
-  cfgs = M.configs_from(config)
+  assert config_lib.token_grid(config) == (4, 4, 4)
+  cfgs = config_lib.mask_configs(config)
   assert cfgs[0] == SHORT
   assert cfgs[1] == M.MaskConfig(num_blocks=2, spatial_scale=(0.7, 0.7), num_context=8)
   hash(cfgs)  # static jit argument
@@ -245,7 +246,7 @@ def test_config_helpers():
   with pytest.raises(ValueError):
     M.MaskConfig(kind="tubes")
   with pytest.raises(ValueError):
-    M.configs_from(ml_collections.ConfigDict(dict(masks=[])))
+    config_lib.mask_configs(ml_collections.ConfigDict(dict(masks=[])))
 
 
 CONFIG_FILE = '''
