@@ -274,7 +274,7 @@ def test_cli(tmp_path):
   runs = {tmp_path / "a.png": [f"--config={tmp_path / 'cfg.py'}", "--num", "2"],
           tmp_path / "b.png": ["--grid=8,14,14", "--num", "1", "--seed", "3"]}
   # Both at once: each run is mostly import and XLA compile time.
-  procs = {out: subprocess.Popen([sys.executable, "-m", "jepa_jax.masks", *args, f"--out={out}"],
+  procs = {out: subprocess.Popen([sys.executable, "-m", "jepa_jax.masks_plot", *args, f"--out={out}"],
                                  cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
            for out, args in runs.items()}
