@@ -97,8 +97,9 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
   runs = {}
   for remat in ("none", "full"):
     runs[remat], _ = bench("memory.py", "--config=configs/demo.py", "--devices=4",
-                           "--mesh=data:2,fsdp:2", "--per_device_batch=2", f"--remat={remat}",
-                           "--scan", "--attention=chunked", devices=4)
+                           "--mesh=data:2,fsdp:2", "--per_device_batch=2",
+                           f"--config.model.remat={remat}", "--config.model.scan=True",
+                           "--config.model.attention=chunked", devices=4)
   none, full = runs["none"], runs["full"]
   assert none["bench"] == "memory" and none["mesh"] == {"data": 2, "fsdp": 2}
   assert none["batch_size"] == 8 and none["attention"] == "chunked"
@@ -113,7 +114,7 @@ def test_memory_bench_on_device_reports_its_own_figures_and_the_cpu_estimate():
   keeps none), and the CPU estimate of the same config from a subprocess, which must agree."""
   out, _ = bench("memory.py", "--config=configs/demo.py", "--on_device", "--mesh=data:1,fsdp:1",
                  "--per_device_batch=2", "--run_steps=1", "--config.model.overrides.depth=1",
-                 "--config.model.pred_depth=1", "--attention=chunked")
+                 "--config.model.pred_depth=1", "--config.model.attention=chunked")
   dev = out["device"]
   assert dev["run_steps"] == 1 and "error" not in dev and dev["runtime"] is None
   assert dev["compiled"]["peak_estimate_gib"] == out["peak_estimate_gib"]

@@ -13,7 +13,7 @@ import numpy as np
 from jepa_jax.models.layers import (ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, BlockConfig,
                                     rescale_residual_projections)
 from jepa_jax.models.predictor import Predictor
-from jepa_jax.models.probe import AttentiveClassifier, build_probe
+from jepa_jax.models.attentive_probe import AttentiveClassifier, build_probe
 from jepa_jax.models.spec import (DTYPES, ModelSpec, PredictorSpec, build_predictor, dtype_of,
                                   encoder_from_spec, from_spec)
 from jepa_jax.models.vit import (VIT_SIZES, VisionTransformer, analytic_encoder_params,
