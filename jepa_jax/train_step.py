@@ -44,7 +44,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
                     param_shardings=None):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
   to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
-  the predictor mask token of each mask (``train_state.mask_token_ids``; None = mask i, token i).
+  the predictor mask token of each mask (``config.mask_token_ids``; None = mask i, token i).
   ``grad_accum_steps``: micro-batches per update (``batch_size`` must be divisible by it times
   the devices; ``experiment.validate`` checks)."""
   apply_encoder, apply_predictor = loss_lib.model_apply_fns(encoder, predictor)

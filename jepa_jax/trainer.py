@@ -280,15 +280,18 @@ def _continue_from(exp, config):
   return state
 
 
-def train(config, workdir: str) -> dict:
-  """Run (or resume) pretraining; returns the last logged metrics.
+def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> dict:
+  """Run (or resume) pretraining; returns the last logged metrics. ``exp``: ``config``'s
+  experiment when the caller has built it already (``main`` does, to report config errors before
+  touching the workdir); built here otherwise.
 
   A run stopped by SIGTERM / a preemption notice saves, returns early, and says so with the key
   ``preempted_at_step`` (``python -m jepa_jax.main`` then exits with ``EXIT_PREEMPTED``).
   """
   workdir = paths.resolve(workdir)
   primary = jax.process_index() == 0
-  exp = experiment.build(config)
+  if exp is None:
+    exp = experiment.build(config)
   if primary:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from jepa_jax import convert, experiment, loss as loss_lib, models, optim, sharding
-from jepa_jax import defaults, masks as masks_lib, monitor, train_state
+from jepa_jax import defaults, masks as masks_lib, monitor
 from jepa_jax import train_step as train_step_lib
 from jepa_jax.train_state import TrainState
 
@@ -406,7 +406,7 @@ def test_accumulated_monitor_statistics_average_micro_batches():
     clips = train_step_lib.normalize_clips(video[j::k], exp.encoder.block.dtype)
     _, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, state.params,
                                  state.target_params, clips, micro,
-                                 train_state.mask_token_ids(config))
+                                 exp.settings.mask_token_ids)
     expected.append(monitor.step_statistics(aux["targets"], aux["predictions"], micro))
   _, metrics = exp.train_step(state, exp.shard_batch({"video": video}), rng)
   assert any(k.startswith("monitor/") for k in metrics)

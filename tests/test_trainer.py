@@ -329,7 +329,7 @@ def test_saved_config_is_plain_json(synthetic_dir):
   assert saved["model"]["overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
   import ml_collections
   rebuilt = ml_collections.ConfigDict(saved)
-  assert experiment.masks_lib.configs_from(rebuilt)[1].num_blocks == 2
+  assert experiment.config_lib.mask_configs(rebuilt)[1].num_blocks == 2
 
 
 def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):

@@ -111,9 +111,9 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
   config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
                    pred_num_heads=pred_num_heads)
 
-  from jepa_jax import train_state  # noqa: PLC0415 - heavy import, only needed here
+  from jepa_jax import config as config_lib, models  # noqa: PLC0415 - heavy, only needed here
   num_masks = pspec["num_mask_tokens"] if pspec else 2
-  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   abstract = _abstract_params(encoder, predictor)
   label = f"vit_{name}" + (f" with overrides {overrides}" if overrides else "") + \
       (" (RoPE)" if use_rope else "")
@@ -238,7 +238,7 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   """
   if which not in WHICH:
     raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-  from jepa_jax import train_state  # noqa: PLC0415
+  from jepa_jax import config as config_lib, models  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(config)) if not isinstance(
       config, ml_collections.ConfigDict) else config
   if not config.get("model") or not config.get("data"):
@@ -252,7 +252,7 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   target = params.get("target", online)
   chosen = {"both": (online, target), "target": (target, target), "online": (online, online)}
   num_masks = params["predictor"]["mask_tokens"].shape[0] if "predictor" in params else 2
-  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   abstract = _abstract_params(encoder, predictor)
   label = f"the model of the checkpoint's config (vit_{config.model.name}, " \
           f"overrides {dict(config.model.get('overrides', {}) or {})})"
