@@ -2,10 +2,12 @@
 the accelerator itself.
 
     python bench/memory.py --config=configs/vith16.py --devices 8 --mesh=data:1,fsdp:8 \
-        [--per_device_batch 24 | --batch 192] [--remat none|full|dots|dots_no_batch] [--scan] \
-        [--attention chunked]
+        [--per_device_batch 24 | --config.batch_size=192] [--config.model.remat=full] \
+        [--config.model.scan=True] [--config.model.attention=chunked]
     python bench/memory.py --config=configs/vitl16.py --on_device --mesh=data:1,fsdp:1 \
         --per_device_batch 24                       # on a GPU / TPU host: the device's figures
+    python bench/memory.py --config=configs/vitl16.py --devices 8 --mesh=data:1,fsdp:8 \
+        --per_device_batch 384 --config.grad_accum_steps=16   # 3072 clips on 8 devices, 16 x 24
 
 With ``--on_device`` the step is compiled for the machine's own accelerators (all local devices
 on the ``--mesh``), and the JSON gains ``device``: XLA's memory analysis of that compile (the
@@ -15,6 +17,11 @@ per device, max over devices), next to ``cpu_estimate``: this script's CPU figur
 config, per-device batch and mesh (run in a subprocess on simulated CPU devices; ``--no
 cpu_estimate`` skips it). A step that does not fit reports the allocator's error in
 ``device.error`` instead of crashing.
+
+Model and batch settings are the config's own fields, overridden as in training
+(``--config.model.remat``, ``.scan``, ``.attention``, ``--config.batch_size``); on this CPU
+``attention='auto'`` is ``xla``, which materialises the logits: pass ``chunked`` for what a TPU
+runs with ``auto``. ``--per_device_batch`` sets the global batch to that many clips per device.
 
 Sets ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX is imported, builds the
 experiment of ``--config`` on a ``data x fsdp`` mesh of those N CPU devices, then lowers and
@@ -62,21 +69,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (co
                                           lock_config=False)
 _DEVICES = flags.DEFINE_integer("devices", 8, "Simulated CPU devices (read before jax starts).")
 _MESH = flags.DEFINE_string("mesh", None, "data:X,fsdp:Y (default: config.mesh).")
-_BATCH = flags.DEFINE_integer("batch", None, "Global batch on the simulated mesh.")
-_PER_DEVICE = flags.DEFINE_integer("per_device_batch", None, "Clips per device (batch = this x "
-                                   "devices); overrides --batch.")
-_REMAT = flags.DEFINE_enum("remat", None, ["none", "full", "dots", "dots_no_batch"],
-                           "Block rematerialisation (default: config.model.remat).")
-_SCAN = flags.DEFINE_bool("scan", None, "nn.scan over blocks (default: config.model.scan).")
+_PER_DEVICE = flags.DEFINE_integer("per_device_batch", None, "Clips per device: the global batch "
+                                   "is this x devices (default: config.batch_size).")
 _ON_DEVICE = flags.DEFINE_bool("on_device", False, "Compile (and run) on this machine's "
                                 "accelerators and report their own figures (read before jax starts).")
 _RUN_STEPS = flags.DEFINE_integer("run_steps", 2, "With --on_device: real steps to run before "
                                   "reading the runtime's peak (0: compile only).")
 _CPU_ESTIMATE = flags.DEFINE_bool("cpu_estimate", True, "With --on_device: also the CPU estimate "
                                   "of the same config (a subprocess on simulated CPU devices).")
-_ATTENTION = flags.DEFINE_string("attention", None, "Attention path (default: config.model."
-                                 "attention; on this CPU 'auto' is 'xla', which materialises the "
-                                 "logits: pass 'chunked' for what a TPU runs with 'auto').")
 
 GIB = 2.0 ** 30
 
@@ -104,14 +104,6 @@ def main(argv):
   n = jax.device_count()
   if _PER_DEVICE.value is not None:
     config.batch_size = _PER_DEVICE.value * n
-  elif _BATCH.value is not None:
-    config.batch_size = _BATCH.value
-  if _REMAT.value is not None:
-    config.model.remat = _REMAT.value
-  if _SCAN.value is not None:
-    config.model.scan = _SCAN.value
-  if _ATTENTION.value is not None:
-    config.model.attention = _ATTENTION.value
 
   from jepa_jax import train_step as train_step_lib
 
@@ -135,6 +127,8 @@ def main(argv):
       "mesh": dict(exp.mesh.shape),
       "batch_size": exp.batch_size,
       "per_device_batch": exp.batch_size // n,
+      "grad_accum_steps": exp.settings.grad_accum_steps,
+      "per_device_micro_batch": exp.batch_size // n // exp.settings.grad_accum_steps,
       "compile_s": round(compile_s, 1),
       "compile_cpu_s": round(compile_cpu_s, 1),
       "bytes": mem,
@@ -164,8 +158,7 @@ def device_figures(exp, compiled, compiled_mem: dict, run_steps: int) -> dict:
   if run_steps <= 0:
     return out
   try:
-    d = exp.config.data
-    shape = (exp.batch_size, d.num_frames, d.crop_size, d.crop_size, 3)
+    shape = exp.encoder.clip_shape(exp.batch_size)
     batch = exp.shard_batch({"video": np.random.default_rng(0).integers(0, 256, shape, np.uint8)})
     state = exp.init_state(jax.random.PRNGKey(0))
     rng = jax.device_put(jax.random.PRNGKey(1), sharding.replicated(exp.mesh))
@@ -194,11 +187,11 @@ def cpu_estimate(config, exp) -> dict:
   attention = config.model.attention
   attention = "chunked" if attention in ("auto", "cudnn") else attention
   overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  # After the user's overrides: the last value of a repeated flag wins.
   args = [sys.executable, os.path.abspath(__file__),
           f"--config={config_flags.get_config_filename(flags.FLAGS['config'])}", *overrides,
-          f"--devices={n}", f"--mesh={mesh}", f"--batch={exp.batch_size}",
-          f"--remat={config.model.remat}", f"--attention={attention}",
-          "--scan" if config.model.scan else "--noscan"]
+          f"--devices={n}", f"--mesh={mesh}", f"--config.batch_size={exp.batch_size}",
+          f"--config.model.attention={attention}"]
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run(args, capture_output=True, text=True, env=env)

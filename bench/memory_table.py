@@ -40,7 +40,8 @@ def run_one(config: str, devices: int, per_device_batch: int, remat: str, scan: 
   cmd = [sys.executable, os.path.join(HERE, "memory.py"),
          f"--config={config_path(config)}", f"--devices={devices}",
          f"--mesh=data:1,fsdp:{devices}", f"--per_device_batch={per_device_batch}",
-         f"--remat={remat}", "--scan" if scan else "--noscan", f"--attention={attention}", *extra]
+         f"--config.model.remat={remat}", f"--config.model.scan={scan}",
+         f"--config.model.attention={attention}", *extra]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
   result = json.loads(out.strip().splitlines()[-1])
   result["config"] = config

@@ -263,7 +263,7 @@ def build_step(ref, cfg: dict, args, device):
 def reference_flops(cfg: dict, lengths) -> tuple[int, int]:
   """Model FLOPs per step (mean over the steps' trimmed lengths) and the token count, by
   ``jepa_jax.flops`` (the count our MFU uses), for the reference's model and masks."""
-  from jepa_jax import defaults, flops
+  from jepa_jax import config as config_lib, defaults, flops
   data, model = cfg["data"], cfg["model"]
   c = defaults.base_config()
   c.batch_size = int(data["batch_size"])
@@ -278,7 +278,7 @@ def reference_flops(cfg: dict, lengths) -> tuple[int, int]:
     if key not in cache:
       for mc, (k_ctx, k_tgt) in zip(c.masks, per_mask):
         mc.num_context, mc.num_target = k_ctx, k_tgt
-      cache[key] = flops.train_step_flops(c)
+      cache[key] = flops.train_step_flops(config_lib.read(c))
     totals.append(cache[key]["total"])
   return int(statistics.mean(totals)), cache[key]["tokens"]
 

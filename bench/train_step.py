@@ -60,7 +60,6 @@ def main(argv):
   from jepa_jax import experiment
   from jepa_jax import flops as flops_lib
   from jepa_jax import masks as masks_lib
-  from jepa_jax import train_state
   from jepa_jax.models import layers
 
   config = _CONFIG.value
@@ -92,7 +91,7 @@ def main(argv):
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times) if times else first_step_s
 
-  f = flops_lib.train_step_flops(config)
+  f = flops_lib.train_step_flops(exp.settings)
   devices = exp.mesh.devices.size
   kind = jax.devices()[0].device_kind
   peak = flops_lib.peak_tflops(kind)
@@ -106,7 +105,7 @@ def main(argv):
       "scan": bool(config.model.scan),
       "attention": config.model.attention,
       "attention_resolved": layers.resolve_attention(config.model.attention, jax.default_backend(),
-                                                     train_state.DTYPES[config.model.dtype]),
+                                                     exp.encoder.block.dtype),
       "batch_size": exp.batch_size,
       "crop_size": d.crop_size,
       "num_frames": d.num_frames,

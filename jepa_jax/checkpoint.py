@@ -12,6 +12,14 @@
               than asking the iterator at save time. A resumed run sees the next unseen batch.
 * ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
 
+Attentive probes use the same layout with a ``probe`` item instead of ``state``/``params``:
+``<dir>/checkpoints/<step>/{probe, config}``, the config being ``{"probe": {num_classes, num_heads,
+mlp_ratio, depth, num_queries, embed_dim, blocks_on}}`` (what rebuilds the probe) and, for a probe
+trained by ``jepa_jax.eval``, ``"eval"``: the protocol and encoder it was trained on (clip size,
+segments, views, feature layer...), which ``predict`` and ``eval --config.train=False`` reuse.
+``save_probe`` / ``load_probe`` write and read it, for probes trained by ``jepa_jax.eval`` and
+probes converted from the reference's files (``jepa_jax.convert --kind probe``) alike.
+
 Saves are atomic (orbax writes to a temporary directory and renames it when complete), so a run
 killed mid-save leaves the previous checkpoint intact; ``latest_step`` only ever sees complete
 ones. Restores check shapes against the expected tree first, so a checkpoint of another model
@@ -40,7 +48,7 @@ from jepa_jax import paths
 
 log = logging.getLogger(__name__)
 
-STATE, PARAMS, DATA, CONFIG = "state", "params", "data", "config"
+STATE, PARAMS, DATA, CONFIG, PROBE = "state", "params", "data", "config", "probe"
 PARAM_KEYS = ("encoder", "predictor", "target")
 
 
@@ -66,6 +74,7 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
                  read_only: bool = False) -> ocp.CheckpointManager:
   directory = paths.resolve(directory)
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
+              PROBE: ocp.StandardCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
@@ -73,7 +82,7 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
+def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, probe=None,
          data_state=None, config=None, force: bool = False) -> bool:
   """Save whichever items are given; returns whether a save was started."""
   items = {}
@@ -81,6 +90,8 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None,
     items[STATE] = ocp.args.PyTreeSave(state)
   if params is not None:
     items[PARAMS] = ocp.args.StandardSave(params)
+  if probe is not None:
+    items[PROBE] = ocp.args.StandardSave(probe)
   if data_state is not None:
     items[DATA] = ocp.args.JsonSave(data_state)
   if config is not None:
@@ -289,3 +300,77 @@ def save_params(directory: str, params: dict, config: Any = None, step: int = 0)
   manager.wait_until_finished()
   manager.close()
   return directory
+
+
+# --- attentive probes (module docstring) -----------------------------------------------------
+
+PROBE_CONFIG_KEYS = ("num_classes", "num_heads", "mlp_ratio", "depth", "num_queries", "embed_dim",
+                     "blocks_on")
+
+
+def save_probe(directory: str, params, probe_config: dict, *, eval_info: Optional[dict] = None,
+               step: int = 0, overwrite: bool = False) -> str:
+  """Write ``<directory>/checkpoints/<step>/{probe, config}``; returns the checkpoints directory.
+
+  ``probe_config`` must hold exactly ``PROBE_CONFIG_KEYS``; ``eval_info`` (optional) is stored
+  beside it as ``config["eval"]``. An existing probe there is an error unless ``overwrite``.
+  """
+  if set(probe_config) != set(PROBE_CONFIG_KEYS):
+    raise ValueError(f"probe_config must have the keys {PROBE_CONFIG_KEYS}, got {sorted(probe_config)}")
+  path = epath.Path(paths.resolve(os.fspath(directory))) / "checkpoints"
+  if path.exists() and list(path.iterdir()):
+    if not overwrite:
+      raise CheckpointError(f"{path} already holds checkpoints; choose another directory or "
+                            "delete it")
+    if jax.process_index() == 0:
+      path.rmtree()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+      multihost_utils.sync_global_devices(f"jepa_jax_save_probe_{path}")
+  config = {PROBE: {k: probe_config[k] for k in PROBE_CONFIG_KEYS}}
+  if eval_info is not None:
+    config["eval"] = eval_info
+  manager = make_manager(os.fspath(path), async_save=False, keep=None)
+  save(manager, step, probe=jax.tree_util.tree_map(np.asarray, params), config=config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return os.fspath(path)
+
+
+def read_probe_config(path: str, step: Optional[int] = None) -> dict:
+  """The whole JSON config of a probe checkpoint: ``{"probe": ..., ["eval": ...]}``."""
+  manager, step = _probe_step(path, step)
+  config = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
+  manager.close()
+  return config
+
+
+def load_probe(path: str, step: Optional[int] = None) -> tuple[dict, dict]:
+  """``(params as numpy, probe_config)`` of a probe checkpoint (``save_probe``): one trained by
+  ``jepa_jax.eval`` (``<eval workdir>/probes/<run>``) or converted from the reference's files."""
+  manager, step = _probe_step(path, step)
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      PROBE: ocp.args.StandardRestore(), CONFIG: ocp.args.JsonRestore()}))
+  manager.close()
+  params = jax.tree_util.tree_map(np.asarray, restored[PROBE])
+  return params, dict(restored[CONFIG][PROBE])
+
+
+def _probe_step(path: str, step: Optional[int]):
+  directory = checkpoint_dir(path)
+  if not paths.is_remote(directory) and not os.path.isdir(directory):
+    raise CheckpointError(f"probe checkpoint directory {directory} does not exist; give the "
+                          "directory a probe was saved to (an eval run's probes/<run>, or "
+                          "python -m jepa_jax.convert --kind probe --out DIR)")
+  manager = make_manager(directory, read_only=True, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"no complete checkpoint in {directory}")
+  names = _item_names(manager, step)
+  if PROBE not in names:
+    raise CheckpointError(f"checkpoint {step} in {directory} holds no probe (items: "
+                          f"{sorted(names)}); give a probe directory, not an encoder's")
+  if CONFIG not in names:
+    raise CheckpointError(f"probe checkpoint {step} in {directory} has no config, so the probe "
+                          "cannot be rebuilt")
+  return manager, step

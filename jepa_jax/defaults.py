@@ -1,21 +1,24 @@
 """The base pretraining config: every number of the paper's ViT-L/16 run (configs/pretrain/vitl16.yaml
 of the reference). Experiment files in ``configs/`` start from it and change what differs.
 """
+import dataclasses
+
 import ml_collections
 
+from jepa_jax import masks
 from jepa_jax import paths
 
 
 def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      kind="multiblock", num_blocks=num_blocks, spatial_scale=(spatial_scale, spatial_scale),
-      temporal_scale=(1.0, 1.0), aspect_ratio=(0.75, 1.5), max_temporal_keep=1.0, ratio=0.9,
-      num_context=None, num_target=None, subset="random") | kwargs)
+  """A multi-block mask entry of ``config.masks``: ``masks.MaskConfig``'s defaults and checks,
+  as a ConfigDict so that the command line can override its fields."""
+  cfg = masks.MaskConfig(num_blocks=num_blocks, spatial_scale=spatial_scale, **kwargs)
+  return ml_collections.ConfigDict(dataclasses.asdict(cfg))
 
 
 def pretrain_masks() -> list:
   """Short-range (8 blocks x 0.15) and long-range (2 blocks x 0.7), blocks spanning all time."""
-  return [mask_config(8, 0.15), mask_config(2, 0.7)]
+  return [ml_collections.ConfigDict(dataclasses.asdict(m)) for m in masks.pretrain_configs()]
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -27,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 234
   c.batch_size = 3072            # global: 24 clips per GPU x 128 GPUs
+  # Micro-batches per update: the global batch is processed k slices at a time inside the step
+  # (gradients summed, one optimiser + EMA update), so 8 GPUs can keep the 3072-clip batch at 24
+  # clips per GPU per micro-step with k=16 (launch/README.md). batch_size % (k * devices) == 0.
+  c.grad_accum_steps = 1
 
   c.model = ml_collections.ConfigDict(dict(
       name="large",              # tiny | small | base | large | huge | giant | giant_xformers ...

@@ -30,7 +30,7 @@ The predictor uses the encoder's heads and MLP ratio (``jepa_jax.models.build_pr
 from __future__ import annotations
 
 from jepa_jax import masks as masks_lib
-from jepa_jax import train_state
+from jepa_jax import models
 
 
 def block_flops(tokens: int, width: int, hidden: int) -> int:
@@ -39,15 +39,16 @@ def block_flops(tokens: int, width: int, hidden: int) -> int:
   return 2 * L * (4 * d * d + 2 * d * h) + 4 * L * L * d
 
 
-def train_step_flops(config) -> dict:
-  """Model FLOPs of one train step of ``config`` (global batch), with the parts that make it up.
+def train_step_flops(settings) -> dict:
+  """Model FLOPs of one train step of a read config (``jepa_jax.config.read(config)``, global
+  batch), with the parts that make it up.
 
-  Returns a dict of ints: ``total`` (the whole step, all ``config.batch_size`` clips),
+  Returns a dict of ints: ``total`` (the whole step, all ``settings.batch_size`` clips),
   ``per_clip``, ``target_forward``, ``context_encoder`` and ``predictor`` (per clip, backward
   included for the last two, summed over masks), ``patch_embed`` (per clip, target + online),
   and ``tokens`` (N per clip).
   """
-  encoder, predictor = train_state.build_models(config)
+  encoder, predictor = models.from_spec(settings.model)
   grid = encoder.grid
   n = encoder.num_tokens
   d = encoder.embed_dim
@@ -61,7 +62,7 @@ def train_step_flops(config) -> dict:
 
   target = embed(n) + encoder.depth * block_flops(n, d, h)
   context = predictor_total = online_embed = 0
-  for mc in masks_lib.configs_from(config):
+  for mc in settings.masks:
     k_ctx, k_tgt = masks_lib.static_sizes(grid, mc)
     context += 3 * encoder.depth * block_flops(k_ctx, d, h)
     online_embed += 2 * embed(k_ctx)
@@ -70,7 +71,7 @@ def train_step_flops(config) -> dict:
     predictor_total += 3 * pred
   per_clip = target + context + predictor_total + online_embed
   return {
-      "total": int(config.batch_size) * per_clip,
+      "total": settings.batch_size * per_clip,
       "per_clip": per_clip,
       "target_forward": target,
       "context_encoder": context,

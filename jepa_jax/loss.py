@@ -65,10 +65,11 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
 
   Returns:
     ``(loss, aux)`` with ``aux = {"loss_per_mask": [M], "context_tokens": [M],
-    "target_tokens": [M]}`` (mean valid tokens per clip).
+    "target_tokens": [M], "targets": [B, N, D], "predictions": M x [B, K_tgt, D]}`` (mean valid
+    tokens per clip; the layer-normed targets and the predictions, for ``jepa_jax.monitor``).
   """
   targets = compute_targets(apply_encoder, target_params, clips)
-  losses, ctx_counts, tgt_counts = [], [], []
+  losses, ctx_counts, tgt_counts, preds = [], [], [], []
   for i, m in enumerate(masks):
     context = apply_encoder(params["encoder"], clips, token_idx=m.context,
                             token_valid=m.context_valid)
@@ -76,11 +77,12 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
     pred = apply_predictor(params["predictor"], context, m.context, m.target, token,
                            m.context_valid, m.target_valid)
     losses.append(l1_feature_loss(pred, gather_targets(targets, m.target), m.target_valid))
+    preds.append(pred)
     ctx_counts.append(_mean_count(m.context, m.context_valid))
     tgt_counts.append(_mean_count(m.target, m.target_valid))
   per_mask = jnp.stack(losses)
   aux = {"loss_per_mask": per_mask, "context_tokens": jnp.stack(ctx_counts),
-         "target_tokens": jnp.stack(tgt_counts)}
+         "target_tokens": jnp.stack(tgt_counts), "targets": targets, "predictions": tuple(preds)}
   return jnp.mean(per_mask), aux
 
 

@@ -38,7 +38,7 @@ def main(argv):
   config = _CONFIG.value
   defaults.resolve_paths(config)
   try:
-    experiment.validate(config)
+    exp = experiment.build(config)  # validates the config, once
   except experiment.ConfigError as e:
     cli.fail(f"Config error: {e}")
   workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
@@ -50,7 +50,7 @@ def main(argv):
     cli.fail(f"Workdir error: {e}", e)
   logging.info("Logging to %s", log_path)
   try:
-    metrics = trainer.train(config, workdir)
+    metrics = trainer.train(config, workdir, exp)
   except trainer.NonFiniteLossError as e:
     cli.fail(f"Stopped: {e}", e)
   except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback

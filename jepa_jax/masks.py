@@ -7,8 +7,8 @@ Tokens live on the (T', H', W') grid of the tubelet embedding and are numbered r
 ``index = t*H'*W' + h*W' + w``. For each mask config, ``sample_masks`` returns a :class:`Masks` of
 context indices ``[B, K_ctx]`` and target indices ``[B, K_tgt]`` (int32) with validity masks.
 
-Sampling (the reference's ``src/masks/multiblock3d.py``, ``random_tube.py``; SPEC.md)
--------------------------------------------------------------------------------------
+Sampling (the reference's ``src/masks/multiblock3d.py``, ``random_tube.py``)
+---------------------------------------------------------------------------
 multiblock
   Once per batch per config a block size is drawn from the key: ``t = max(1, int(T' * ts))``,
   ``keep = int(H'*W' * ss)``, aspect ``a ~ U(aspect_ratio)`` (linear), ``h = round(sqrt(keep*a))``,
@@ -61,26 +61,9 @@ Row contract, for every row: valid entries first, sorted ascending, then padding
 valid context and one valid target token; valid context and valid target are disjoint; without
 subsetting or padding their union is the whole grid.
 
-Measured at 224 px x 16 frames (grid 8x14x14 = 1568 tokens), 4800 clips in batches of 24 (the
-reference's protocol), against ``tests/fixtures/mask_stats_224x16.json``
-(``tests/test_masks.py::test_statistics_match_reference``):
-
-===========  ====================  ===========  ===========  =================  =================
-mask         per-clip target       reference    K_ctx/K_tgt  model sees here:   reference
-             before static step    per clip                  valid ctx / tgt    batch-24 ctx / tgt
-===========  ====================  ===========  ===========  =================  =================
-short 8x.15  982 +/- 120           983 +/- 120  592 / 984    541 / 935          360 / 746
-long  2x.70  1273 +/- 113          1271 +/- 114 296 / 1280   248 / 1229         99 / 1107
-===========  ====================  ===========  ===========  =================  =================
-
-("model sees" = mean of ``context_valid.sum(1)`` / ``target_valid.sum(1)``.) A random 8% (short) /
-16% (long) of the context tokens and 5% / 4% of the target tokens are dropped by the static step.
-The model therefore sees ~1.5x (short) and ~2.5x (long) the context tokens the released models
-saw, spread evenly over all frames, and predicts ~25% (short) / ~11% (long) more target tokens;
-the context encoder costs correspondingly more per step than the reference's.
-
-Command line: ``python -m jepa_jax.masks --config=configs/demo.py --out masks.png [--num 4]
-[--seed 0]`` or ``--grid=8,14,14`` (the two default pretraining masks) draws sampled masks.
+The measured effect at 224 px x 16 frames (tokens the model sees here and in the reference, per
+mask) is in BENCHMARKS.md, "Static mask sizes"; ``tests/test_masks.py`` checks the per-clip
+statistics against the reference's. Pictures: ``python -m jepa_jax.masks_plot``.
 """
 import dataclasses
 import functools
@@ -176,26 +159,6 @@ def pretrain_configs() -> tuple[MaskConfig, MaskConfig]:
   """The two V-JEPA pretraining masks: short-range (8 blocks x 0.15) and long-range (2 x 0.7)."""
   return (MaskConfig(num_blocks=8, spatial_scale=(0.15, 0.15)),
           MaskConfig(num_blocks=2, spatial_scale=(0.7, 0.7)))
-
-
-def grid_from_config(config) -> Grid:
-  """(T', H', W') from ``config.data.{crop_size,num_frames}`` and ``config.model.{patch,tubelet}_size``."""
-  crop = config.data.crop_size
-  crop_h, crop_w = (crop, crop) if isinstance(crop, int) else tuple(crop)
-  frames, patch, tubelet = config.data.num_frames, config.model.patch_size, config.model.tubelet_size
-  if crop_h % patch or crop_w % patch:
-    raise ValueError(f"data.crop_size {crop} is not divisible by model.patch_size {patch}")
-  if frames % tubelet:
-    raise ValueError(f"data.num_frames {frames} is not divisible by model.tubelet_size {tubelet}")
-  return frames // tubelet, crop_h // patch, crop_w // patch
-
-
-def configs_from(config) -> tuple[MaskConfig, ...]:
-  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts)."""
-  if "masks" not in config or not config.masks:
-    raise ValueError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
-                     "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
-  return tuple(MaskConfig.from_dict(m) for m in config.masks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,6 +425,40 @@ def no_context_fraction(grid: Grid, cfg: MaskConfig) -> float:
   return float(np.mean(_monte_carlo_counts(tuple(int(g) for g in grid), geometry) == 0))
 
 
+# A multi-block mask may leave no context in at most this fraction of clips (after the redraws).
+# The paper's masks: 0% at 224 px, 0.2% on the demo's 4x4x4 grid.
+MAX_NO_CONTEXT_FRACTION = 0.05
+
+
+def check_context(grid: Grid, cfgs: Sequence[MaskConfig]) -> None:
+  """Refuse a mask that leaves no context too often (ValueError naming ``masks[i]``).
+
+  The rule: a multi-block mask's blocks may cover the whole token grid, leaving no context, in
+  at most ``MAX_NO_CONTEXT_FRACTION`` of clips after the sampler's redraws (first draw plus
+  ``NUM_RETRIES``), measured by the deterministic Monte Carlo that also sizes the static masks.
+  Those clips get one context token (the reference redraws until some context is left, for ever
+  when one block covers the grid). It is a fraction, not "always": the block size is drawn per
+  batch, and several blocks smaller than the grid can almost always cover it together (8 blocks
+  of spatial_scale 1 on a 4x4 grid: 98% of clips), while rare full covers are harmless (the
+  paper's long-range mask on the demo's 4x4x4 grid: 0.2%). A random-tube mask needs one unmasked
+  position per frame.
+  """
+  for i, mc in enumerate(cfgs):
+    if mc.kind == "random_tube":
+      if int(grid[1] * grid[2] * (1 - mc.ratio)) < 1:
+        raise ValueError(f"masks[{i}] leaves no context token (ratio={mc.ratio} masks every "
+                         f"position of the {grid[1]}x{grid[2]} grid); lower ratio")
+      continue
+    empty = no_context_fraction(grid, mc)
+    if empty > MAX_NO_CONTEXT_FRACTION:
+      raise ValueError(
+          f"masks[{i}] leaves no context in {100 * empty:.0f}% of clips: its "
+          f"{mc.num_blocks} blocks (spatial_scale {mc.spatial_scale}, temporal_scale "
+          f"{mc.temporal_scale}) cover the whole {tuple(grid)} token grid even after "
+          f"{NUM_RETRIES} redraws (at most {100 * MAX_NO_CONTEXT_FRACTION:.0f}% "
+          "allowed); lower spatial_scale/temporal_scale or num_blocks")
+
+
 @functools.lru_cache(maxsize=None)
 def _default_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
   num_tokens = math.prod(grid)
@@ -489,92 +486,3 @@ def static_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
     if not 1 <= k <= num_tokens:
       raise ValueError(f"{name}={k} must be in [1, {num_tokens}] for grid {grid}")
   return int(k_ctx), int(k_tgt)
-
-
-# ------------------------------------------------------------------------------------------------
-# Visualisation.
-
-_COLOURS = ("#2b83ba", "#abd9e9", "#d7191c", "#fdae61")  # ctx kept, ctx dropped, tgt kept, tgt dropped
-_LABELS = ("context (seen)", "context dropped by K", "target (predicted)", "target dropped by K")
-
-
-def token_classes(masks: Masks, target: jax.Array) -> np.ndarray:
-  """Per token: 0 context kept, 1 context dropped by the static step, 2 target kept, 3 target dropped."""
-  target = np.asarray(target)
-  batch_size, shape = target.shape[0], target.shape[1:]
-  flat = target.reshape(batch_size, -1)
-  kept = np.zeros_like(flat)
-  rows = np.arange(batch_size)[:, None]
-  for idx, valid in ((masks.context, masks.context_valid), (masks.target, masks.target_valid)):
-    idx, valid = np.asarray(idx), np.asarray(valid)
-    kept[np.broadcast_to(rows, idx.shape)[valid], idx[valid]] = True
-  classes = np.where(flat, 2, 0) + np.where(kept, 0, 1)
-  return classes.reshape((batch_size,) + shape)
-
-
-def plot_masks(key, grid: Grid, cfgs: Sequence[MaskConfig], num: int, out: str) -> None:
-  """Draws ``num`` clips' masks, one row per example and config, one column per time step."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.colors import ListedColormap
-  from matplotlib.patches import Patch
-
-  T = grid[0]
-  drawn = jax.jit(sample_with_grids, static_argnums=(1, 2, 3))(key, num, tuple(grid), tuple(cfgs))
-  rows = [(i, j) for i in range(num) for j in range(len(cfgs))]
-  fig, axes = plt.subplots(len(rows), T, figsize=(1.3 * T + 2.5, 1.4 * len(rows) + 0.8), squeeze=False)
-  cmap = ListedColormap(_COLOURS)
-  for r, (i, j) in enumerate(rows):
-    masks, target = drawn[j]
-    classes = token_classes(masks, target)[i]
-    for t in range(T):
-      ax = axes[r, t]
-      ax.imshow(classes[t], cmap=cmap, vmin=-0.5, vmax=3.5, interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if r == 0:
-        ax.set_title(f"t={t}", fontsize=8)
-    cfg = cfgs[j]
-    name = (f"tube r={cfg.ratio}" if cfg.kind == "random_tube"
-            else f"{cfg.num_blocks}x{cfg.spatial_scale[1]:g}" + (f" causal {cfg.max_temporal_keep:g}"
-                                                                 if cfg.max_temporal_keep < 1 else ""))
-    n_ctx = int(masks.context_valid[i].sum())
-    n_tgt = int(masks.target_valid[i].sum())
-    axes[r, 0].set_ylabel(f"clip {i}, mask {j}\n{name}\nctx {n_ctx}/{masks.context.shape[1]}\n"
-                          f"tgt {n_tgt}/{masks.target.shape[1]}", fontsize=7)
-  fig.legend(handles=[Patch(color=c, label=l) for c, l in zip(_COLOURS, _LABELS)],
-             loc="lower center", ncol=4, fontsize=8)
-  fig.tight_layout(rect=(0, 0.05, 1, 1))
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
-
-
-def _main(argv):
-  from absl import flags
-  del argv
-  FLAGS = flags.FLAGS
-  if FLAGS.config is not None:
-    grid, cfgs = grid_from_config(FLAGS.config), configs_from(FLAGS.config)
-  else:
-    grid, cfgs = tuple(int(g) for g in FLAGS.grid.split(",")), pretrain_configs()
-  plot_masks(jax.random.key(FLAGS.seed), grid, cfgs, FLAGS.num, FLAGS.out)
-  print(f"wrote {FLAGS.out}: grid {grid}, {len(cfgs)} mask configs, sizes "
-        f"{[static_sizes(grid, c) for c in cfgs]}")
-
-
-def _cli():
-  # Flags are defined here, not at import, so importing this module never touches absl's global
-  # flag registry (the trainer defines its own --config).
-  from absl import app, flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "config file with data/model/masks fields")
-  flags.DEFINE_string("out", "masks.png", "output image")
-  flags.DEFINE_integer("num", 4, "clips to draw")
-  flags.DEFINE_integer("seed", 0, "PRNG seed")
-  flags.DEFINE_string("grid", "8,14,14", "T',H',W' token grid when no --config is given")
-  app.run(_main)
-
-
-if __name__ == "__main__":
-  _cli()

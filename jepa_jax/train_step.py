@@ -4,16 +4,19 @@
   1. normalise the uint8 clips on device (a quarter of float32's host->device bytes);
   2. draw every mask inside jit from ``fold_in(rng, state.step)`` (deterministic, resumable, no host
      work, static shapes);
-  3. loss and gradients of the online encoder + predictor (``jepa_jax.loss.vjepa_loss``);
+  3. loss and gradients of the online encoder + predictor (``jepa_jax.loss.vjepa_loss``), on the
+     whole batch or, with ``grad_accum_steps=k > 1``, summed over k micro-batches in a
+     ``lax.scan`` (see :func:`accumulate_loss_and_grads`);
   4. per-module clipping + AdamW (``jepa_jax.optim``), then the EMA of the target encoder with the
      momentum of this update;
   5. if the loss or a gradient is not finite, the state is returned unchanged (step included) and
      ``metrics["nonfinite"]`` is 1: a poisoned update never reaches the parameters, and the trainer
      decides whether to stop or skip.
 
-Metrics are device arrays; the trainer fetches them only when it logs (no host sync per step).
+Metrics, the collapse statistics of ``jepa_jax.monitor`` (``monitor/*``) included, are device
+arrays; the trainer fetches them only when it logs (no host sync per step).
 """
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ import optax
 
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
+from jepa_jax import monitor
 from jepa_jax import optim
 from jepa_jax import sharding
 
@@ -36,26 +40,40 @@ def normalize_clips(video: jax.Array, dtype=jnp.float32) -> jax.Array:
 def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig],
                     optim_cfg: optim.OptimConfig, tx: optax.GradientTransformation,
                     batch_size: int, mesh: Optional[jax.sharding.Mesh] = None,
-                    mask_token_ids: Optional[Sequence[int]] = None):
+                    mask_token_ids: Optional[Sequence[int]] = None, grad_accum_steps: int = 1,
+                    param_shardings=None):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
   to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
-  the predictor mask token of each mask (``train_state.mask_token_ids``; None = mask i, token i)."""
+  the predictor mask token of each mask (``config.mask_token_ids``; None = mask i, token i).
+  ``grad_accum_steps``: micro-batches per update (``batch_size`` must be divisible by it times
+  the devices; ``experiment.validate`` checks)."""
   apply_encoder, apply_predictor = loss_lib.model_apply_fns(encoder, predictor)
   grid = encoder.grid
   mask_cfgs = tuple(mask_cfgs)
 
   def train_step(state, batch, rng):
-    clips = normalize_clips(batch["video"], encoder.block.dtype)
+    # Masks are drawn for the whole global batch, whatever grad_accum_steps: every clip gets the
+    # mask it would get without accumulation.
     masks = masks_lib.sample_masks(jax.random.fold_in(rng, state.step), batch_size, grid,
                                    mask_cfgs)
     if mesh is not None:
       masks = jax.lax.with_sharding_constraint(masks, sharding.batch_sharding(mesh))
 
-    def loss_fn(params):
-      return loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
-                                 clips, masks, mask_token_ids)
+    def loss_fn(params, video, masks):
+      clips = normalize_clips(video, encoder.block.dtype)  # accumulating: one micro-batch at a time
+      loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
+                                      clips, masks, mask_token_ids)
+      # Summarised where they are made: the step carries scalars, not the [B, N, D] targets (with
+      # accumulation, the statistics are averages over micro-batches of B/k clips).
+      targets, preds = jax.lax.stop_gradient((aux.pop("targets"), aux.pop("predictions")))
+      return loss, {**aux, "monitor": monitor.step_statistics(targets, preds, masks)}
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if grad_accum_steps == 1:
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch["video"],
+                                                                     masks)
+    else:
+      loss, aux, grads = accumulate_loss_and_grads(loss_fn, state.params, batch["video"], masks,
+                                                   grad_accum_steps, mesh, param_shardings)
     grad_norms = {k: optim.global_norm(v) for k, v in grads.items()}
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -81,9 +99,78 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       metrics[f"loss/mask{i}"] = aux["loss_per_mask"][i]
       metrics[f"tokens/context{i}"] = aux["context_tokens"][i]
       metrics[f"tokens/target{i}"] = aux["target_tokens"][i]
+    metrics.update(aux["monitor"])
     return new_state, metrics
 
   return train_step
+
+
+def split_micro_batches(x: jax.Array, k: int, mesh: Optional[jax.sharding.Mesh] = None):
+  """``[B, ...] -> [k, B/k, ...]``; micro-batch j holds clips ``j, j+k, j+2k, ...``.
+
+  Why this layout: the batch axis is split over the devices in contiguous blocks of B/devices
+  clips, and ``B % (k * devices) == 0``, so reshaping to ``[B/k, k, ...]`` keeps every row on its
+  device, and moving the k axis in front is a local transpose: each micro-batch is spread over
+  all the devices, each holding B/(k * devices) of its own clips. Contiguous micro-batches
+  (``reshape(k, B/k)``) would put micro-batch j on a few devices only, and XLA would move
+  clips between devices to re-split it.
+  """
+  b = x.shape[0]
+  out = jnp.moveaxis(x.reshape((b // k, k) + x.shape[1:]), 1, 0)
+  if mesh is not None:
+    out = jax.lax.with_sharding_constraint(
+        out, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)))
+  return out
+
+
+def _valid_targets(m) -> jax.Array:
+  """Valid target tokens of a :class:`masks.Masks` (the l1 loss's denominator, over features)."""
+  if m.target_valid is None:
+    return jnp.asarray(m.target.size, jnp.float32)
+  return jnp.sum(m.target_valid.astype(jnp.float32))
+
+
+def accumulate_loss_and_grads(loss_fn: Callable, params, video: jax.Array, masks, k: int,
+                              mesh: Optional[jax.sharding.Mesh] = None, param_shardings=None):
+  """The whole-batch ``(loss, aux, grads)`` of ``loss_fn(params, video, masks) -> (loss, aux)``,
+  computed k micro-batches at a time in a ``lax.scan``: the activations of one micro-batch live
+  at a time, the gradients are summed in float32.
+
+  Each mask's loss is a mean over the batch's valid target tokens, and micro-batches hold
+  different numbers of them (static mask sizes pad some clips), so micro-batch j's loss of mask i
+  enters weighted by its share of mask i's valid target tokens: the weighted sum is exactly the
+  whole-batch loss, and its gradient the whole-batch gradient. The other aux entries are per-clip
+  means, averaged over the (equal-sized) micro-batches.
+  """
+  totals = [_valid_targets(m) for m in masks]
+  micro_video = split_micro_batches(video, k, mesh)
+  micro_masks = jax.tree_util.tree_map(lambda x: split_micro_batches(x, k, mesh), masks)
+
+  def weighted_loss(p, v, ms):
+    _, aux = loss_fn(p, v, ms)
+    share = jnp.stack([_valid_targets(m) / t for m, t in zip(ms, totals)])
+    per_mask = aux["loss_per_mask"] * share
+    return jnp.mean(per_mask), (per_mask, aux)
+
+  def body(acc, xs):
+    if mesh is not None:  # sharding propagation is weak inside loops: restate the batch split
+      xs = jax.lax.with_sharding_constraint(xs, sharding.batch_sharding(mesh))
+    p = params
+    if param_shardings is not None:
+      p = jax.lax.with_sharding_constraint(p, param_shardings)
+    (loss, (per_mask, aux)), grads = jax.value_and_grad(weighted_loss, has_aux=True)(p, *xs)
+    if param_shardings is not None:
+      grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    acc = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), acc, grads)
+    return acc, (loss, per_mask, aux)
+
+  zeros = jax.tree_util.tree_map(lambda p: jnp.zeros_like(p, jnp.float32), params)
+  if param_shardings is not None:
+    zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
+  grads, (losses, per_mask, aux) = jax.lax.scan(body, zeros, (micro_video, micro_masks))
+  aux = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), aux)
+  aux["loss_per_mask"] = jnp.sum(per_mask, axis=0)
+  return jnp.sum(losses), aux, grads
 
 
 def jit_train_step(train_step, mesh, state_shardings, batch_example):

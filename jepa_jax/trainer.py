@@ -21,6 +21,8 @@ Guarantees:
   the end.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
+* Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
+  the log warns once when they say the representation collapsed.
 """
 import json
 import logging
@@ -39,6 +41,7 @@ from clu import metric_writers, metrics as clu_metrics, periodic_actions
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import experiment
+from jepa_jax import monitor
 from jepa_jax import optim
 from jepa_jax import paths
 
@@ -277,15 +280,18 @@ def _continue_from(exp, config):
   return state
 
 
-def train(config, workdir: str) -> dict:
-  """Run (or resume) pretraining; returns the last logged metrics.
+def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> dict:
+  """Run (or resume) pretraining; returns the last logged metrics. ``exp``: ``config``'s
+  experiment when the caller has built it already (``main`` does, to report config errors before
+  touching the workdir); built here otherwise.
 
   A run stopped by SIGTERM / a preemption notice saves, returns early, and says so with the key
   ``preempted_at_step`` (``python -m jepa_jax.main`` then exits with ``EXIT_PREEMPTED``).
   """
   workdir = paths.resolve(workdir)
   primary = jax.process_index() == 0
-  exp = experiment.build(config)
+  if exp is None:
+    exp = experiment.build(config)
   if primary:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -368,6 +374,7 @@ def train(config, workdir: str) -> dict:
       last_saved = step
 
   collection_cls = None
+  collapse = monitor.CollapseDetector()
   step = start_step
   try:
     with metric_writers.ensure_flushes(writer):
@@ -395,6 +402,9 @@ def train(config, workdir: str) -> dict:
           window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
           window_bad_reads = 0
           writer.write_scalars(step, scalars)
+          warning = collapse.check(step, scalars)
+          if warning and primary:
+            log.warning(warning)
           last_metrics, collection = scalars, None
         if preemption.reached(step):
           log.warning("Preemption requested: saving step %d and exiting", step)

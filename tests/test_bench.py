@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jepa_jax import config as config_lib
 from jepa_jax import experiment, flops, models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_train_step_flops_match_xla_cost_analysis():
                                   jax.random.PRNGKey(0)).compile()
   xla = compiled.cost_analysis()
   xla = xla[0] if isinstance(xla, list) else xla
-  ours = flops.train_step_flops(c)
+  ours = flops.train_step_flops(config_lib.read(c))
   assert ours["total"] == c.batch_size * ours["per_clip"]
   # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW, EMA): measured 1.050.
   assert 0.98 < xla["flops"] / ours["total"] < 1.07
@@ -80,7 +81,7 @@ def test_train_step_bench_prints_json():
   c.batch_size = 4
   for m, (k_ctx, k_tgt) in zip(c.masks, out["mask_sizes"]):
     m.num_context, m.num_target = k_ctx, k_tgt
-  assert out["model_flops_per_step"] == flops.train_step_flops(c)["total"]
+  assert out["model_flops_per_step"] == flops.train_step_flops(config_lib.read(c))["total"]
   assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
   assert out["loss"] > 0
 
@@ -96,8 +97,9 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
   runs = {}
   for remat in ("none", "full"):
     runs[remat], _ = bench("memory.py", "--config=configs/demo.py", "--devices=4",
-                           "--mesh=data:2,fsdp:2", "--per_device_batch=2", f"--remat={remat}",
-                           "--scan", "--attention=chunked", devices=4)
+                           "--mesh=data:2,fsdp:2", "--per_device_batch=2",
+                           f"--config.model.remat={remat}", "--config.model.scan=True",
+                           "--config.model.attention=chunked", devices=4)
   none, full = runs["none"], runs["full"]
   assert none["bench"] == "memory" and none["mesh"] == {"data": 2, "fsdp": 2}
   assert none["batch_size"] == 8 and none["attention"] == "chunked"
@@ -106,13 +108,26 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
       none["argument_gib"] + none["output_gib"] + none["temp_gib"] - none["alias_gib"], abs=2e-3)
 
 
+def test_memory_bench_temporaries_fall_with_the_micro_batch():
+  """The same 8 clips per device as 1 or 4 micro-batches: the activations of one micro-batch
+  live at a time, so the temporaries shrink (the batch argument stays whole)."""
+  runs = {}
+  for k in (1, 4):
+    runs[k], _ = bench("memory.py", "--config=configs/demo.py", "--devices=2",
+                       "--mesh=data:2,fsdp:1", "--per_device_batch=8",
+                       f"--config.grad_accum_steps={k}", devices=2)
+  assert runs[4]["grad_accum_steps"] == 4 and runs[4]["per_device_micro_batch"] == 2
+  assert runs[1]["argument_gib"] == pytest.approx(runs[4]["argument_gib"], rel=0.05)
+  assert runs[4]["temp_gib"] < 0.5 * runs[1]["temp_gib"]
+
+
 @pytest.mark.slow
 def test_memory_bench_on_device_reports_its_own_figures_and_the_cpu_estimate():
   """On this CPU "the device" is the CPU: its compile's analysis, no runtime counters (the CPU
   keeps none), and the CPU estimate of the same config from a subprocess, which must agree."""
   out, _ = bench("memory.py", "--config=configs/demo.py", "--on_device", "--mesh=data:1,fsdp:1",
                  "--per_device_batch=2", "--run_steps=1", "--config.model.overrides.depth=1",
-                 "--config.model.pred_depth=1", "--attention=chunked")
+                 "--config.model.pred_depth=1", "--config.model.attention=chunked")
   dev = out["device"]
   assert dev["run_steps"] == 1 and "error" not in dev and dev["runtime"] is None
   assert dev["compiled"]["peak_estimate_gib"] == out["peak_estimate_gib"]

@@ -103,11 +103,11 @@ def test_list_and_none_fields_from_the_command_line(flag, field, value):
 
 
 def test_a_mask_entry_set_from_the_command_line_reaches_the_masks():
-  from jepa_jax import experiment, masks
+  from jepa_jax import config as config_lib, experiment
   config = cli.load_config(MAIN_CONFIG, ["--config.masks[0].num_context=24",
                                          "--config.masks[1].spatial_scale=0.6"])
   experiment.validate(config, num_devices=1)
-  cfgs = masks.configs_from(config)
+  cfgs = config_lib.mask_configs(config)
   assert cfgs[0].num_context == 24 and cfgs[1].spatial_scale == (0.6, 0.6)
 
 

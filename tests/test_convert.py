@@ -118,8 +118,8 @@ def test_round_trip_every_size_on_abstract_shapes(size):
   config = reference._config(size, {}, dict(patch_size=16, tubelet_size=2, in_chans=3), 224, 16,
                              True, dict(pred_embed_dim=384, pred_depth=12, num_mask_tokens=2),
                              use_rope=rope, pred_num_heads=12 if rope else None)
-  from jepa_jax import train_state
-  encoder, predictor = train_state.build_models(config, num_masks=2)
+  from jepa_jax import config as config_lib, models
+  encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=2))
   abstract = reference._abstract_params(encoder, predictor)
   views = infer.zero_views(abstract)
   params = {"encoder": views["encoder"], "predictor": views["predictor"],

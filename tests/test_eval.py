@@ -326,3 +326,121 @@ def test_probe_positions_diagnostic_adds_the_grid_table():
   out = compare.with_positions(cache, (2, 2, 2))
   np.testing.assert_allclose(out.tokens[1, 1], pos_embed.sincos_3d(16, (4, 2, 2), True))
   assert out.labels is cache.labels
+
+
+# ------------------------------------------------------- saved probes: one format, inference
+
+
+@pytest.fixture(scope="module")
+def trained_probe(synthetic_dir, tiny_checkpoint, tmp_path_factory):
+  """An eval run (cached tokens) whose probe is saved under ``probes/frac1_seed0``."""
+  path, _, _ = tiny_checkpoint
+  c = tiny_eval_config(checkpoint=path)
+  c.data.synthetic_dir, c.data.synthetic_num_videos = synthetic_dir, SYNTHETIC_VIDEOS
+  c.train_index = c.val_index = ""
+  c.synthetic_label = "colour"
+  workdir = tmp_path_factory.mktemp("trained_probe")
+  results = run_lib.evaluate(c, str(workdir))
+  return c, str(workdir / "probes" / "frac1_seed0"), results
+
+
+def test_eval_trained_probe_uses_the_one_probe_format(trained_probe):
+  c, probe_dir, results = trained_probe
+  params, saved = ckpt_lib.load_probe(probe_dir)
+  assert saved == dict(num_classes=results["num_classes"], num_heads=2, mlp_ratio=4.0, depth=1,
+                       num_queries=1, embed_dim=32, blocks_on="query")
+  info = ckpt_lib.read_probe_config(probe_dir)["eval"]
+  assert info["checkpoint"] == c.checkpoint and info["checkpoint_key"] == "target"
+  assert info["protocol"]["num_segments"] == 2 and info["protocol"]["frames_per_clip"] == 4
+  assert info["model"]["overrides"] == TINY
+  # The converter's loader reads it too (one layout).
+  from jepa_jax import convert
+  again, again_cfg = convert.load_probe(probe_dir)
+  assert again_cfg == saved
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
+
+
+def test_eval_trained_probe_round_trips_through_the_reference_format(trained_probe, tmp_path):
+  torch = pytest.importorskip("torch")
+  from jepa_jax.convert.__main__ import main as convert_main
+  _, probe_dir, _ = trained_probe
+  params, saved = ckpt_lib.load_probe(probe_dir)
+  out = tmp_path / "probe.pth.tar"
+  assert convert_main(["--to-torch", "--kind", "probe", "--ckpt", probe_dir, "--out", str(out)]) == 0
+  state = torch.load(out, map_location="cpu", weights_only=True)
+  assert "module.pooler.query_tokens" in state["classifier"]
+  assert convert_main(["--from-torch", str(out), "--kind", "probe", "--num-heads", "2",
+                       "--out", str(tmp_path / "back")]) == 0
+  back, back_cfg = ckpt_lib.load_probe(str(tmp_path / "back"))
+  assert back_cfg == saved
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+
+
+def test_saved_probe_evaluated_without_training_reproduces_its_accuracy(trained_probe, tmp_path):
+  """train=False re-encodes the validation clips (streaming, S x V views) and applies the saved
+  probe: the accuracy the training run measured on cached tokens of the same clips."""
+  c, probe_dir, trained = trained_probe
+  c = c.copy_and_resolve_references()
+  c.train, c.probe_checkpoint, c.cache_features = False, probe_dir, False
+  c.epochs = 10**6  # never read: nothing is trained
+  results = run_lib.evaluate(c, str(tmp_path))
+  assert json.load(open(tmp_path / "results.json")) == json.loads(json.dumps(results))
+  assert results["trained"] is False and results["probe_checkpoint"] == probe_dir
+  assert results["num_val_examples"] == trained["num_val_examples"]
+  assert results["accuracy"]["top1"] == pytest.approx(trained["accuracy"]["top1"])
+  assert results["accuracy"]["top5"] == pytest.approx(trained["accuracy"]["top5"])
+  run = trained["settings"][0]["runs"][0]
+  assert results["settings"][0]["runs"][0]["val_loss"] == pytest.approx(run["val_loss"], rel=1e-4)
+  assert not os.path.exists(tmp_path / "probes")
+
+
+def test_saved_probe_that_does_not_fit_is_refused(trained_probe, tmp_path):
+  c, probe_dir, _ = trained_probe
+  c = c.copy_and_resolve_references()
+  c.train, c.probe_checkpoint = False, probe_dir
+  c.num_classes = 400
+  with pytest.raises(ValueError, match="has .* classes"):
+    run_lib.evaluate(c, str(tmp_path))
+  c.num_classes, c.probe_checkpoint = None, str(tmp_path / "nothing")
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
+    run_lib.evaluate(c, str(tmp_path))
+  c.train, c.probe_checkpoint = True, probe_dir
+  with pytest.raises(ValueError, match="config.train=False"):
+    run_lib.evaluate(c, str(tmp_path))
+
+
+def test_predict_ranks_like_the_eval_and_names_classes(trained_probe, synthetic_dir, tmp_path,
+                                                       capsys):
+  """predict's top-1 over the validation videos gives the eval's top-1; names come from the label
+  file by line; an unreadable video is reported, skipped and counted."""
+  from jepa_jax import predict
+  from jepa_jax.data import sources
+  c, probe_dir, trained = trained_probe
+  val = sources.read_index(os.path.join(synthetic_dir, "val_colour.csv"))
+  videos = [val.path(i) for i in range(len(val))]
+  bad = tmp_path / "broken.mp4"
+  bad.write_bytes(b"not a video")
+  num_classes = trained["num_classes"]
+  labels = tmp_path / "classes.txt"
+  labels.write_text("".join(f"colour_{i}\n" for i in range(num_classes)))
+  out = tmp_path / "pred.json"
+  rc = predict.main(["--checkpoint", c.checkpoint, "--probe", probe_dir, "--labels", str(labels),
+                     "--batch-size", "4", "--json", str(out), *videos[:2], str(bad), *videos[2:]])
+  assert rc == 1  # one video failed
+  captured = capsys.readouterr()
+  assert "1 of" in captured.err
+  result = json.load(open(out))
+  assert [f["video"] for f in result["failures"]] == [str(bad)]
+  preds = result["predictions"]
+  assert [p["video"] for p in preds] == videos
+  for p in preds:
+    probs = [t["prob"] for t in p["top"]]
+    assert len(probs) == min(5, num_classes) and probs == sorted(probs, reverse=True)
+    assert all(t["name"] == f"colour_{t['class']}" for t in p["top"])
+  top1 = 100.0 * np.mean([p["top"][0]["class"] == val.label(i) for i, p in enumerate(preds)])
+  assert top1 == pytest.approx(trained["accuracy"]["top1"])
+  assert f"1. class" in captured.out and "colour_" in captured.out
+  labels.write_text("just_one\n")
+  assert predict.main(["--checkpoint", c.checkpoint, "--probe", probe_dir, "--labels",
+                       str(labels), videos[0]]) == 1
+  assert "the probe has" in capsys.readouterr().err

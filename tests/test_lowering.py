@@ -138,6 +138,26 @@ def test_paper_train_steps_lower_for_cuda(cudnn, module, name):
     assert_cudnn_without_bias(lower_train_step(c, "cuda"), forward=5, backward=4)
 
 
+@pytest.mark.parametrize("platform,attention", [("cuda", "cudnn"), ("tpu", "auto")])
+def test_accumulated_train_step_lowers(cudnn, platform, attention):
+  """grad_accum_steps=4: the micro-batch loop is one ``while`` whose body holds the kernels of
+  one micro-batch, as many as the whole-batch step has."""
+  c = tiny_config(attention, batch_size=8)
+  c.grad_accum_steps = 4
+  text = lower_train_step(c, platform)
+  assert "stablehlo.while" in text
+  if platform == "cuda":
+    assert_cudnn_without_bias(text, forward=4 + 2 * (4 + 2), backward=2 * (4 + 2))
+
+
+def test_paper_train_step_with_accumulation_lowers_for_cuda(cudnn):
+  """ViT-L/16 as launch/README.md runs it on few GPUs: micro-batches of 24 clips (here 2 of them
+  on one GPU; 16 on each of 8 GPUs keeps the paper's 3072)."""
+  c = paper_config(vitl16, "auto", batch_size=48)
+  c.grad_accum_steps = 2
+  assert_cudnn_without_bias(lower_train_step(c, "cuda"), forward=5, backward=4)
+
+
 def test_paper_train_step_lowers_for_tpu():
   text = lower_train_step(paper_config(vitl16, "auto"), "tpu")
   assert "cudnn" not in text

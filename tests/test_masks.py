@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jepa_jax import config as config_lib
 from jepa_jax import masks as M
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -235,8 +236,8 @@ def _config_dict():
 
 def test_config_helpers():
   config = _config_dict()
-  assert M.grid_from_config(config) == (4, 4, 4)
-  cfgs = M.configs_from(config)
+  assert config_lib.token_grid(config) == (4, 4, 4)
+  cfgs = config_lib.mask_configs(config)
   assert cfgs[0] == SHORT
   assert cfgs[1] == M.MaskConfig(num_blocks=2, spatial_scale=(0.7, 0.7), num_context=8)
   hash(cfgs)  # static jit argument
@@ -245,7 +246,7 @@ def test_config_helpers():
   with pytest.raises(ValueError):
     M.MaskConfig(kind="tubes")
   with pytest.raises(ValueError):
-    M.configs_from(ml_collections.ConfigDict(dict(masks=[])))
+    config_lib.mask_configs(ml_collections.ConfigDict(dict(masks=[])))
 
 
 CONFIG_FILE = '''
@@ -273,7 +274,7 @@ def test_cli(tmp_path):
   runs = {tmp_path / "a.png": [f"--config={tmp_path / 'cfg.py'}", "--num", "2"],
           tmp_path / "b.png": ["--grid=8,14,14", "--num", "1", "--seed", "3"]}
   # Both at once: each run is mostly import and XLA compile time.
-  procs = {out: subprocess.Popen([sys.executable, "-m", "jepa_jax.masks", *args, f"--out={out}"],
+  procs = {out: subprocess.Popen([sys.executable, "-m", "jepa_jax.masks_plot", *args, f"--out={out}"],
                                  cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
            for out, args in runs.items()}

@@ -54,10 +54,10 @@ def test_refuses_a_directory_that_is_not_the_reference(tmp_path):
 def test_reference_flops_use_our_count_for_its_model_and_lengths():
   """The reference's YAML fields map onto the jepa_jax config whose FLOPs MFU divides by."""
   from configs import vitl16
-  from jepa_jax import flops, masks
+  from jepa_jax import config as config_lib, flops, masks
   ours = vitl16.get_config()
   ours.batch_size = 24
-  grid = masks.grid_from_config(ours)
+  grid = config_lib.token_grid(ours)
   lengths = [masks.static_sizes(grid, masks.MaskConfig.from_dict(m)) for m in ours.masks]
   ref_cfg = {"data": dict(batch_size=24, patch_size=16, tubelet_size=2, crop_size=224,
                           num_frames=16),
@@ -65,7 +65,7 @@ def test_reference_flops_use_our_count_for_its_model_and_lengths():
              "mask": [dict(num_blocks=8, spatial_scale=[0.15, 0.15]),
                       dict(num_blocks=2, spatial_scale=[0.7, 0.7])]}
   total, tokens = reference_step.reference_flops(ref_cfg, [lengths, lengths])
-  assert total == flops.train_step_flops(ours)["total"] and tokens == 1568
+  assert total == flops.train_step_flops(config_lib.read(ours))["total"] and tokens == 1568
   shorter, _ = reference_step.reference_flops(ref_cfg, [[(360, 744), (99, 1104)]])
   assert shorter < total
 

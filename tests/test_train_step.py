@@ -1,5 +1,8 @@
-"""The pure loss, the optimiser and schedules, the EMA, and the sharded train step."""
+"""The pure loss, the optimiser and schedules, the EMA, the sharded train step and gradient
+accumulation."""
+import collections
 import math
+import re
 from typing import NamedTuple
 
 import jax
@@ -10,7 +13,8 @@ import optax
 import pytest
 
 from jepa_jax import convert, experiment, loss as loss_lib, models, optim, sharding
-from jepa_jax import defaults
+from jepa_jax import defaults, masks as masks_lib, monitor
+from jepa_jax import train_step as train_step_lib
 from jepa_jax.train_state import TrainState
 
 
@@ -206,17 +210,22 @@ def tiny_config(batch_size=8, mesh=(-1, 1)):
   return c
 
 
-def run_steps(config, num_steps, devices=None, video=None):
+def run_steps(config, num_steps, devices=None, video=None, make_step=None):
+  """``make_step(exp)``: the step function to run (default ``exp.train_step``)."""
   exp = experiment.build(config, devices=devices)
+  step = exp.train_step if make_step is None else make_step(exp)
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   rng = np.random.default_rng(0)
+  mask_rng = jax.random.PRNGKey(7)
+  if make_step is not None:  # an ahead-of-time compiled step takes only its own input shardings
+    mask_rng = jax.device_put(mask_rng, sharding.replicated(exp.mesh))
   losses, metrics = [], None
   for _ in range(num_steps):
     if video is None:
       batch = {"video": rng.integers(0, 256, (config.batch_size, 8, 64, 64, 3), dtype=np.uint8)}
     else:
       batch = {"video": video}
-    state, metrics = exp.train_step(state, exp.shard_batch(batch), jax.random.PRNGKey(7))
+    state, metrics = step(state, exp.shard_batch(batch), mask_rng)
     losses.append(float(metrics["loss"]))
   return exp, state, losses, metrics
 
@@ -291,3 +300,116 @@ def test_compile_memory_on_abstract_shapes():
   exp = experiment.build(config)
   mem = exp.memory()
   assert mem["argument_size_in_bytes"] > 0 and mem["peak_estimate_bytes"] > 0
+
+
+# --- gradient accumulation ----------------------------------------------------------------------
+
+def accum_config(k, batch_size=8, mesh=(1, 1)):
+  c = tiny_config(batch_size=batch_size, mesh=mesh)
+  c.grad_accum_steps = k
+  return c
+
+
+def assert_same_updates(run, reference):
+  """Two updates from the same init, batches and masks: same losses, metrics and state (float32
+  summation order apart). The second update also checks that the step counter, and so the masks
+  and schedules, advanced by one per global batch."""
+  _, state, losses, metrics = run
+  _, ref_state, ref_losses, ref_metrics = reference
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  assert int(state.step) == int(ref_state.step) == 2
+  assert sorted(metrics) == sorted(ref_metrics)
+  for key in ref_metrics:
+    if key.startswith("monitor/"):  # per micro-batch: test_accumulated_monitor_statistics
+      continue
+    np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-5,
+                               err_msg=key)
+  for name in ("params", "target_params"):
+    for a, b in zip(jax.tree_util.tree_leaves(getattr(state, name)),
+                    jax.tree_util.tree_leaves(getattr(ref_state, name))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=name)
+  for a, b in zip(jax.tree_util.tree_leaves(state.opt_state),
+                  jax.tree_util.tree_leaves(ref_state.opt_state)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def accumulated_run():
+  return run_steps(accum_config(4), 2, devices=jax.devices()[:1])
+
+
+def test_accumulated_update_equals_whole_batch(single_device_run, accumulated_run):
+  """8 clips as 4 micro-batches of 2: the static masks pad clips to different numbers of valid
+  target tokens (tokens/target0 is not a whole number), so equal weights per micro-batch would
+  not give the whole-batch loss; the token-weighted sum does."""
+  assert float(single_device_run[3]["tokens/target0"]) % 1 != 0
+  assert_same_updates(accumulated_run, single_device_run)
+
+
+def test_accumulated_step_compiles_once(accumulated_run):
+  assert accumulated_run[0].train_step._cache_size() == 1  # two steps were run
+
+
+@pytest.fixture(scope="module")
+def whole_batch_16():
+  return run_steps(accum_config(1, batch_size=16), 2, devices=jax.devices()[:1])
+
+
+def collectives(hlo_text: str) -> dict:
+  return collections.Counter(re.findall(
+      r"\b(all-to-all|collective-permute|all-gather|all-reduce|reduce-scatter)(?:-start)?\(",
+      hlo_text))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh", [(8, 1), (2, 4)], ids=["data8", "data2xfsdp4"])
+def test_sharded_accumulated_update_equals_whole_batch(whole_batch_16, mesh, num_devices):
+  """16 clips as 2 micro-batches on 8 devices equal the whole batch on one, and no clip changes
+  device to form a micro-batch: the compiled step has no more collective-permutes than the
+  whole-batch step on the same mesh, nor, on the data-parallel mesh, all-to-alls (the whole-batch
+  step has some of its own, in the collapse statistics). Contiguous micro-batches
+  (``reshape(k, B/k)``) add 9 collective-permutes on both meshes."""
+  if num_devices < 8:
+    pytest.skip("needs 8 (simulated) devices")
+  compiled = []
+
+  def compile_ahead(exp):  # the same step compiled ahead of time, so that its HLO can be read
+    compiled.append(exp.compile_train_step())
+    return compiled[0]
+
+  run = run_steps(accum_config(2, batch_size=16, mesh=mesh), 2, make_step=compile_ahead)
+  assert_same_updates(run, whole_batch_16)
+  ops = collectives(compiled[0].as_text())
+  whole = collectives(
+      experiment.build(accum_config(1, batch_size=16, mesh=mesh)).compile_train_step().as_text())
+  assert ops["all-reduce"] > 0, ops  # the gradients are summed over the data axis
+  assert ops["collective-permute"] <= whole["collective-permute"], (ops, whole)
+  if mesh[1] == 1:  # with fsdp the loop body re-splits weight gradients (all-to-all on fsdp only)
+    assert ops["all-to-all"] <= whole["all-to-all"], (ops, whole)
+
+
+def test_accumulated_monitor_statistics_average_micro_batches():
+  """With k micro-batches the collapse statistics are the mean of each micro-batch's (the step
+  keeps scalars, not the whole batch's targets): recomputed here from the loss on clips j::k."""
+  k, batch_size = 2, 8
+  config = accum_config(k, batch_size)
+  exp = experiment.build(config, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.PRNGKey(config.seed))
+  video = np.random.default_rng(3).integers(0, 256, (batch_size, 8, 64, 64, 3), dtype=np.uint8)
+  rng = jax.random.PRNGKey(7)
+  masks = masks_lib.sample_masks(jax.random.fold_in(rng, state.step), batch_size,
+                                 exp.encoder.grid, exp.mask_cfgs)
+  apply_encoder, apply_predictor = loss_lib.model_apply_fns(exp.encoder, exp.predictor)
+  expected = []
+  for j in range(k):
+    micro = jax.tree_util.tree_map(lambda x: x[j::k], masks)
+    clips = train_step_lib.normalize_clips(video[j::k], exp.encoder.block.dtype)
+    _, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, state.params,
+                                 state.target_params, clips, micro,
+                                 exp.settings.mask_token_ids)
+    expected.append(monitor.step_statistics(aux["targets"], aux["predictions"], micro))
+  _, metrics = exp.train_step(state, exp.shard_batch({"video": video}), rng)
+  assert any(k.startswith("monitor/") for k in metrics)
+  for key in expected[0]:
+    np.testing.assert_allclose(float(metrics[key]), np.mean([float(e[key]) for e in expected]),
+                               rtol=1e-4, err_msg=key)

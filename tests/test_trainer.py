@@ -180,6 +180,9 @@ def test_checkpoint_of_another_model_is_named(synthetic_dir, tmp_path):
     ("batch_size", -8, "batch_size=-8 must be a positive number"),
     ("data.datasets_weights", (0.5, 0.5), "2 weights for the synthetic set"),
     ("max_consecutive_skips", 0, "config.max_consecutive_skips=0 must be a positive integer"),
+    ("grad_accum_steps", 4, "batch_size=4 does not split into config.grad_accum_steps=4 "
+     "micro-batches over 2 devices; use a batch that is a multiple of 8"),
+    ("grad_accum_steps", 0, "config.grad_accum_steps=0 must be a positive integer"),
     ("model.overrides", {"embed_dim": 30, "depth": 1, "num_heads": 4}, "not divisible by num_heads"),
     ("data.datasets", ["/nonexistent/index.csv"], "index file '/nonexistent/index.csv' does not exist"),
     ("nonfinite", "ignore", "config.nonfinite"),
@@ -326,7 +329,7 @@ def test_saved_config_is_plain_json(synthetic_dir):
   assert saved["model"]["overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
   import ml_collections
   rebuilt = ml_collections.ConfigDict(saved)
-  assert experiment.masks_lib.configs_from(rebuilt)[1].num_blocks == 2
+  assert experiment.config_lib.mask_configs(rebuilt)[1].num_blocks == 2
 
 
 def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):

@@ -39,10 +39,11 @@ def released_v2(golden, like_hub_files=True) -> dict:
 
 
 def assert_golden_outputs(golden, params, config):
-  from jepa_jax import train_state
+  from jepa_jax import config as config_lib
   config = __import__("ml_collections").ConfigDict(config)
   config.model.attention = "einsum"
-  enc, pred = train_state.build_models(config, num_masks=params["predictor"]["mask_tokens"].shape[0])
+  enc, pred = models.from_spec(config_lib.model_spec(
+      config, num_masks=params["predictor"]["mask_tokens"].shape[0]))
   enc, pred = (m.clone(block=m.block.replace(dtype=jnp.float32)) for m in (enc, pred))
   clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))
   np.testing.assert_allclose(np.asarray(enc.apply(
@@ -84,14 +85,14 @@ def test_rope_inference_rules(golden_v2):
 def test_vitg_files_resolve_to_the_22_head_giant():
   """A RoPE ViT-g file is V-JEPA 2's vit_giant_xformers (22 heads), a sin-cos one V-JEPA's
   vit_giant (16 heads): same shapes, told apart by the positions."""
-  from jepa_jax import train_state
+  from jepa_jax import config as config_lib
   for rope, name in ((True, "giant_xformers"), (False, "giant")):
     tokens = 10 if rope else 2  # V-JEPA 2's released predictors have 10, V-JEPA's 2
     config = reference._config(name, {}, dict(patch_size=16, tubelet_size=2, in_chans=3), 256, 16,
                                True, dict(pred_embed_dim=384, pred_depth=12,
                                           num_mask_tokens=tokens),
                                use_rope=rope, pred_num_heads=12 if rope else None)
-    encoder, predictor = train_state.build_models(config, num_masks=tokens)
+    encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=tokens))
     views = infer.zero_views(reference._abstract_params(encoder, predictor))
     states = convert.export_torch(dict(encoder=views["encoder"], predictor=views["predictor"],
                                        target=views["encoder"]), config)

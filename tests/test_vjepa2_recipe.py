@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, defaults, experiment, optim, train_state, trainer
+from jepa_jax import checkpoint, defaults, experiment, models, optim, trainer
+from jepa_jax import config as config_lib
 from jepa_jax.data import decode, pipeline, synthetic
 
 import video_files
@@ -66,11 +67,11 @@ def test_configs_hold_the_reference_numbers(name):
     assert o.lr_schedule == "linear_decay" and c.init_from and c.init_from_optimizer
   else:
     assert o.lr_schedule == "warmup_cosine" and not c.init_from
-  encoder, predictor = train_state.build_models(c)
+  encoder, predictor = models.from_spec(config_lib.model_spec(c))
   assert encoder.use_rope and predictor.use_rope and predictor.block.num_heads == 12
   assert encoder.block.num_heads == {"large": 16, "huge": 16, "giant_xformers": 22}[model]
   assert predictor.num_mask_tokens == 6  # len(masks) x len(dataset_fpcs), as init_video_model
-  assert train_state.mask_token_ids(c) == (0, 0)
+  assert config_lib.mask_token_ids(c) == (0, 0)
 
 
 # --- schedules, restated from src/utils/schedulers.py and stepped as app/vjepa/train.py -------

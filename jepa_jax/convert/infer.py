@@ -100,7 +100,7 @@ def probe_spec(state: Mapping) -> dict:
   """Width, queries, depth, MLP hidden size, classes and layout of an attentive-probe state dict.
 
   ``blocks_on``: V-JEPA's ``CrossAttention`` has an (unused) ``proj``, V-JEPA 2's has none, and
-  the two place their extra blocks differently (``models.probe``)."""
+  the two place their extra blocks differently (``models.attentive_probe``)."""
   q = _require(state, "pooler.query_tokens", "probe")
   d = int(q.shape[-1])
   hidden = _require(state, "pooler.cross_attention_block.mlp.fc1.weight", "probe").shape[0]

@@ -12,7 +12,9 @@ accepts it, and an ``epoch`` entry, which the reference's eval reads.
 Attentive probes. The reference's frozen eval saves ``{'classifier': state_dict, 'opt', 'epoch',
 ...}`` with a DDP ``module.`` prefix. They convert to ``<dir>/checkpoints/0/`` with items
 ``probe`` (the ``AttentiveClassifier`` parameter tree) and ``config`` (``{"probe": {num_classes,
-num_heads, mlp_ratio, depth, num_queries, embed_dim}}``); ``load_probe`` reads it back.
+num_heads, mlp_ratio, depth, num_queries, embed_dim, blocks_on}}``): the one probe layout of
+``jepa_jax.checkpoint``, which probes trained by ``jepa_jax.eval`` use too, so both load with
+``load_probe`` and export with ``--to-torch --kind probe``.
 
 The functions taking state dicts need no torch (they work on numpy); only ``load_*`` / ``write_*``
 of ``.pth.tar`` files import it.
@@ -26,7 +28,6 @@ import ml_collections
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax import paths
 from jepa_jax.convert import infer
 from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
                                     unstack_blocks)
@@ -110,9 +111,9 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
   config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
                    pred_num_heads=pred_num_heads)
 
-  from jepa_jax import train_state  # noqa: PLC0415 - heavy import, only needed here
+  from jepa_jax import config as config_lib, models  # noqa: PLC0415 - heavy, only needed here
   num_masks = pspec["num_mask_tokens"] if pspec else 2
-  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   abstract = _abstract_params(encoder, predictor)
   label = f"vit_{name}" + (f" with overrides {overrides}" if overrides else "") + \
       (" (RoPE)" if use_rope else "")
@@ -237,7 +238,7 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   """
   if which not in WHICH:
     raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-  from jepa_jax import train_state  # noqa: PLC0415
+  from jepa_jax import config as config_lib, models  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(config)) if not isinstance(
       config, ml_collections.ConfigDict) else config
   if not config.get("model") or not config.get("data"):
@@ -251,7 +252,7 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   target = params.get("target", online)
   chosen = {"both": (online, target), "target": (target, target), "online": (online, online)}
   num_masks = params["predictor"]["mask_tokens"].shape[0] if "predictor" in params else 2
-  encoder, predictor = train_state.build_models(config, num_masks=num_masks)
+  encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   abstract = _abstract_params(encoder, predictor)
   label = f"the model of the checkpoint's config (vit_{config.model.name}, " \
           f"overrides {dict(config.model.get('overrides', {}) or {})})"
@@ -346,46 +347,17 @@ def export_probe(params: Mapping, probe_config: Mapping) -> dict:
   return {"classifier": state}
 
 
-def _probe_manager(directory: str, read_only: bool):
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-  options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(paths.resolve(directory), options=options, item_handlers={
-      PROBE: ocp.StandardCheckpointHandler(), ckpt_lib.CONFIG: ocp.JsonCheckpointHandler()})
-
-
 def save_probe(directory: str, params: Mapping, probe_config: Mapping, step: int = 0) -> str:
-  """Write ``<directory>/checkpoints/<step>/{probe,config}``; returns the checkpoints directory."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-  path = _fresh_checkpoints_dir(directory)
-  manager = _probe_manager(path, read_only=False)
-  manager.save(step, args=ocp.args.Composite(**{
-      PROBE: ocp.args.StandardSave(params),
-      ckpt_lib.CONFIG: ocp.args.JsonSave({PROBE: plain(probe_config)})}), force=True)
-  manager.wait_until_finished()
-  manager.close()
-  return path
+  """Write ``<directory>/checkpoints/<step>/{probe,config}`` (``checkpoint.save_probe``, the one
+  probe layout); returns the checkpoints directory."""
+  _fresh_checkpoints_dir(directory)
+  return ckpt_lib.save_probe(directory, params, plain(probe_config), step=step)
 
 
 def load_probe(path: str, step: Optional[int] = None):
-  """``(params, probe_config)`` of a probe checkpoint written by ``save_probe``."""
-  import orbax.checkpoint as ocp  # noqa: PLC0415
-  directory = ckpt_lib.checkpoint_dir(path)
-  if not os.path.isdir(directory):
-    raise ConversionError(f"checkpoint directory {directory} does not exist")
-  manager = _probe_manager(directory, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise ConversionError(f"no complete checkpoint in {directory}")
-  names = set(os.listdir(os.path.join(directory, str(step))))
-  if PROBE not in names:
-    raise ConversionError(f"checkpoint {step} in {directory} holds no probe (items: "
-                          f"{sorted(n for n in names if not n.startswith('_'))})")
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      PROBE: ocp.args.StandardRestore(), ckpt_lib.CONFIG: ocp.args.JsonRestore()}))
-  manager.close()
-  params = jax.tree_util.tree_map(np.asarray, restored[PROBE])
-  return params, dict(restored[ckpt_lib.CONFIG][PROBE])
+  """``(params, probe_config)`` of a probe checkpoint: converted, or trained by ``jepa_jax.eval``
+  (``checkpoint.load_probe``)."""
+  return ckpt_lib.load_probe(path, step)
 
 
 # --- files -----------------------------------------------------------------------------------

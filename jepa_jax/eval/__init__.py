@@ -5,6 +5,8 @@
 
 Modules: ``config`` (the schema), ``encoder`` (loading the frozen encoder; clips -> tokens with
 segments and views), ``probe`` (probe, optimiser, jitted steps, view averaging), ``lowshot``
-(per-class balanced splits), ``run`` (the driver: caching, training, results.json),
+(per-class balanced splits), ``features`` (the in-memory feature cache, shared with
+``jepa_jax.extract``), ``placement`` (devices), ``run`` (the driver: caching, training,
+results.json; ``config.train=False`` evaluates a saved probe),
 ``compare`` (the demo comparison).
 """

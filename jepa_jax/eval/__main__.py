@@ -5,7 +5,8 @@ Any config field can be overridden on the command line, e.g.
 ``None`` fields as described in ``jepa_jax.cli``; relative paths are taken from the working
 directory).
 Writes ``DIR/results.json``, TensorBoard summaries under ``DIR/tb/`` and the trained probes under
-``DIR/probes/``. Several processes: as for pretraining (``jepa_jax.distributed`` flags).
+``DIR/probes/<run>`` (``checkpoint.save_probe``'s layout). ``--config.train=False
+--config.probe_checkpoint=PROBE_DIR`` evaluates a saved probe instead, without training. Several processes: as for pretraining (``jepa_jax.distributed`` flags).
 """
 import os
 

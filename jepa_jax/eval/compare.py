@@ -18,20 +18,21 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import time
 
 import jax
 import numpy as np
 
+from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
+from jepa_jax.eval import features
 from jepa_jax.eval import lowshot
+from jepa_jax.eval import placement
 from jepa_jax.eval import run as run_lib
 
 log = logging.getLogger(__name__)
 
 MOTION_LABELS = ("direction", "rotation", "speed", "motion")
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "eval", "demo.py")
 
 
 def load_config(path: str):
@@ -49,7 +50,7 @@ def label_table(config, label: str, split: str) -> np.ndarray:
   return run_lib.source_labels(train if split == "train" else val)
 
 
-def with_positions(cache: run_lib.FeatureCache, grid) -> run_lib.FeatureCache:
+def with_positions(cache: features.FeatureCache, grid) -> features.FeatureCache:
   """Diagnostic: add the fixed sin-cos table of the (segment x time, height, width) token grid to
   cached tokens. The reference probe has no positions, so it sees a bag of tokens; this tells
   whether an encoder's features carry motion content that is only unreadable for lack of
@@ -58,14 +59,14 @@ def with_positions(cache: run_lib.FeatureCache, grid) -> run_lib.FeatureCache:
   t, h, w = grid
   segments = cache.tokens.shape[2] // (t * h * w)
   table = pos_embed.sincos_3d(cache.tokens.shape[3], (segments * t, h, w), True)
-  return run_lib.FeatureCache(cache.tokens + table.astype(cache.tokens.dtype)[None, None],
+  return features.FeatureCache(cache.tokens + table.astype(cache.tokens.dtype)[None, None],
                               cache.labels, cache.index)
 
 
 def compare(config, pretrained: str, labels, seeds, workdir: str,
             probe_positions: bool = False) -> dict:
   t_start = time.time()
-  placer = run_lib.Placer()
+  placer = placement.Placer()
   config = config.copy_and_resolve_references()
   config.checkpoint = pretrained
   encoder, pre_params, info = enc_lib.load_frozen_encoder(config)
@@ -148,7 +149,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--pretrained", required=True, help="the pretraining workdir (or checkpoint dir)")
   p.add_argument("--out", default="results_compare.json")
-  p.add_argument("--config", default=DEFAULT_CONFIG, help="eval config (default configs/eval/demo.py)")
+  p.add_argument("--config", default=None,
+                 help="eval config file (default: the demo's, eval.config.demo_eval_config)")
   p.add_argument("--labels", default="direction,rotation,shape,colour")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--epochs", type=int, default=None, help="probe epochs (default: the config's)")
@@ -161,7 +163,7 @@ def main(argv=None):
                  help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-  config = load_config(args.config)
+  config = load_config(args.config) if args.config else config_lib.demo_eval_config()
   if args.epochs:
     config.epochs = args.epochs
   if args.checkpoint_key:

@@ -28,6 +28,11 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "k400"
   c.seed = 0
+  # -- Train a probe (True), or evaluate a saved one without training (False): config.probe_checkpoint
+  # is a probe directory (an eval run's probes/<run>, or python -m jepa_jax.convert --kind probe);
+  # only the validation index is read, with the full segments x views protocol.
+  c.train = True
+  c.probe_checkpoint = ""
 
   # -- Encoder: a trainer workdir (its checkpoints/), a converted-weights directory, or "random"
   # (a randomly initialised encoder of config.model's architecture: the baseline of the demo).
@@ -173,11 +178,50 @@ def vjepa2_eval_config(task: str, num_classes: int, *, frames: int, frame_step: 
   return c
 
 
+def demo_eval_config() -> ml_collections.ConfigDict:
+  """The CPU demo's eval (configs/eval/demo.py): the demo encoder (configs/demo.py) probed on the
+  built-in synthetic set; in the package so that commands (``eval.compare``) need no configs/ tree."""
+  c = base_eval_config()
+  c.task = "synthetic_demo"
+  c.checkpoint = "workdir/demo"  # the README's demo run, relative to the working directory
+  # The demo encoder's architecture (configs/demo.py), used for checkpoint="random"; a checkpoint
+  # that does not fit it fails with the name of the first mismatched parameter.
+  c.model.name = "tiny"
+  c.model.patch_size = 16
+  c.model.tubelet_size = 2
+  c.model.overrides = {"embed_dim": 96, "depth": 4, "num_heads": 4}
+  c.encoder_dtype = "float32"     # bfloat16 is slower than float32 on most CPUs
+  c.probe.dtype = "float32"
+  c.train_index = ""              # the synthetic set's train_<label>.csv / val_<label>.csv
+  c.val_index = ""
+  c.data.synthetic_dir = "data/synthetic"
+  c.data.synthetic_num_videos = 128
+  c.data.synthetic_seed = 0
+  c.synthetic_label = "direction"
+  c.num_classes = None            # from the labels
+  c.num_segments = 2
+  c.num_views = 3
+  c.data.num_frames = 8
+  c.data.frame_step = 4
+  c.data.crop_size = 64
+  c.data.num_workers = 0
+  c.data.num_threads = 2
+  c.cache_features = True
+  c.extract_batch_size = 16
+  c.epochs = 40
+  c.batch_size = 16
+  c.log_every = 0
+  c.eval_every = 10
+  return c
+
+
 def resolve_paths(config) -> None:
   """Make an eval config's local paths absolute (``jepa_jax.paths``), in place; the entry point
   calls it. ``checkpoint="random"`` is a keyword, not a path."""
   if config.checkpoint and config.checkpoint != "random":
     config.checkpoint = paths.resolve(str(config.checkpoint))
+  if config.get("probe_checkpoint"):
+    config.probe_checkpoint = paths.resolve(str(config.probe_checkpoint))
   for name in ("train_index", "val_index"):
     if config[name]:
       config[name] = paths.resolve_source(str(config[name]))

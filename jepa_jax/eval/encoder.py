@@ -23,8 +23,6 @@ from jepa_jax.data import normalize as normalize_lib
 
 log = logging.getLogger(__name__)
 
-# float16: the V-JEPA 2 eval's autocast dtype (its RoPE angles are then rounded in float16 too).
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CHECKPOINT_KEYS = {"target": "target", "online": "encoder", "encoder": "encoder"}
 _MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, use_rope=False, scan=False,
                        overrides={})
@@ -51,15 +49,16 @@ def resolve_model(config, saved_config: Optional[dict]) -> dict:
 def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
   """The encoder at the eval resolution and clip length (positions are fixed sin-cos, so they
   follow the grid; every trained parameter keeps its shape)."""
-  if config.encoder_dtype not in DTYPES:
-    raise ValueError(f"config.encoder_dtype must be one of {sorted(DTYPES)}, "
+  if config.encoder_dtype not in models.DTYPES:
+    raise ValueError(f"config.encoder_dtype must be one of {sorted(models.DTYPES)}, "
                      f"got {config.encoder_dtype!r}")
-  return models.build_encoder(
-      arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
+  encoder, _ = models.from_spec(models.ModelSpec(
+      name=arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
       patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
       uniform_power=arch["uniform_power"], use_rope=bool(arch["use_rope"]),
-      dtype=DTYPES[config.encoder_dtype],
-      attention=config.attention, scan=arch["scan"], **arch["overrides"])
+      dtype=config.encoder_dtype, attention=config.attention, scan=arch["scan"],
+      overrides=arch["overrides"]))
+  return encoder
 
 
 def abstract_params(encoder: models.VisionTransformer):

@@ -36,6 +36,7 @@ import optax
 from flax.training import train_state
 
 from jepa_jax import models
+from jepa_jax import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -44,14 +45,29 @@ class ProbeState(train_state.TrainState):
   """The probe's parameters and AdamW state (``apply_fn`` is the probe's ``apply``)."""
 
 
-def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
+def probe_config(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg) -> dict:
+  """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it."""
   heads = probe_cfg.num_heads or encoder_heads
   if embed_dim % heads:
     raise ValueError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
-  if probe_cfg.dtype not in DTYPES:
-    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {probe_cfg.dtype!r}")
-  return _probe(int(num_classes), int(heads), float(probe_cfg.mlp_ratio), int(probe_cfg.depth),
-                probe_cfg.dtype, probe_cfg.get("blocks_on", "query"))
+  return dict(num_classes=int(num_classes), num_heads=int(heads),
+              mlp_ratio=float(probe_cfg.mlp_ratio), depth=int(probe_cfg.depth), num_queries=1,
+              embed_dim=int(embed_dim), blocks_on=probe_cfg.get("blocks_on", "query"))
+
+
+def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
+  return probe_from_config(probe_config(num_classes, embed_dim, encoder_heads, probe_cfg),
+                           probe_cfg.dtype)
+
+
+def probe_from_config(saved: dict, dtype: str = "float32"):
+  """The probe module of a saved probe config (``probe_config``, or a converted probe's)."""
+  if dtype not in DTYPES:
+    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if int(saved.get("num_queries", 1)) != 1:
+    raise ValueError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
+  return _probe(int(saved["num_classes"]), int(saved["num_heads"]), float(saved["mlp_ratio"]),
+                int(saved["depth"]), dtype, saved.get("blocks_on", "query"))
 
 
 @functools.lru_cache(maxsize=32)
@@ -60,6 +76,12 @@ def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
   # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
   return models.build_probe(num_classes, num_heads, mlp_ratio=mlp_ratio, depth=depth,
                             dtype=DTYPES[dtype], blocks_on=blocks_on)
+
+
+def abstract_params(probe, embed_dim: int):
+  """The probe's parameter shapes for ``embed_dim``-wide tokens (no computation)."""
+  tokens = jax.ShapeDtypeStruct((1, 4, embed_dim), jnp.float32)
+  return jax.eval_shape(probe.init, jax.random.PRNGKey(0), tokens)["params"]
 
 
 def init_probe_params(probe, embed_dim: int, seed: int):
@@ -79,42 +101,31 @@ def init_probe_params(probe, embed_dim: int, seed: int):
   return params
 
 
+def schedule_config(optim_cfg, total_steps: int, steps_per_epoch: int) -> optim.OptimConfig:
+  """The probe's schedules as ``optim``'s, counted in steps: warm-up over ``warmup`` epochs of
+  ``steps_per_epoch`` updates, cosine LR and WD over ``total_steps`` (no ``ipe_scale`` stretch,
+  so they reach their final values on the last update)."""
+  return optim.OptimConfig(
+      epochs=int(total_steps), ipe=1, ipe_scale=1.0, warmup=optim_cfg.warmup * steps_per_epoch,
+      start_lr=optim_cfg.start_lr, lr=optim_cfg.lr, final_lr=optim_cfg.final_lr,
+      weight_decay=optim_cfg.weight_decay, final_weight_decay=optim_cfg.final_weight_decay,
+      clip_grad=None, lr_schedule="warmup_cosine")
+
+
 def lr_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> Callable:
-  """``WarmupCosineSchedule`` read at ``k + 1`` for 0-based update ``k``."""
-  warmup = int(optim_cfg.warmup * steps_per_epoch)
-  t_max = max(1, total_steps - warmup)
-  start, ref, final = optim_cfg.start_lr, optim_cfg.lr, optim_cfg.final_lr
-
-  def schedule(k):
-    s = jnp.asarray(k, jnp.float32) + 1.0
-    warm = start + s / max(1, warmup) * (ref - start)
-    progress = (s - warmup) / t_max
-    cos = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.where(s < warmup, warm, jnp.maximum(final, cos))
-
-  return schedule
+  """``WarmupCosineSchedule`` read at ``k + 1`` for 0-based update ``k`` (``optim.learning_rate``)."""
+  cfg = schedule_config(optim_cfg, total_steps, steps_per_epoch)
+  return lambda k: optim.learning_rate(cfg, k)
 
 
 def wd_schedule(optim_cfg, total_steps: int) -> Callable:
-  """``CosineWDSchedule`` read at ``k + 1``, clamped at the final value."""
-  ref, final = optim_cfg.weight_decay, optim_cfg.final_weight_decay
-
-  def schedule(k):
-    progress = (jnp.asarray(k, jnp.float32) + 1.0) / max(1, total_steps)
-    wd = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-    return jnp.maximum(final, wd) if final <= ref else jnp.minimum(final, wd)
-
-  return schedule
+  """``CosineWDSchedule`` read at ``k + 1``, clamped at the final value (``optim.weight_decay``)."""
+  cfg = schedule_config(optim_cfg, total_steps, 1)
+  return lambda k: optim.weight_decay(cfg, k)
 
 
-def decay_mask(params):
-  """True where weight decay applies: ndim != 1 and not a bias (the reference's param groups)."""
-
-  def rule(path, leaf):
-    names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
-    return leaf.ndim != 1 and "bias" not in names
-
-  return jax.tree_util.tree_map_with_path(rule, params)
+# Weight decay on tensors with ndim != 1 that are not biases: the same rule as pretraining's.
+decay_mask = optim.decay_mask
 
 
 @functools.lru_cache(maxsize=32)

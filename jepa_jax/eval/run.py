@@ -22,10 +22,8 @@ accuracy, with every probe's under ``heads``. The reference trains its probes si
 one pass of the data; here they train one after another -- the same numbers, and with cached
 features the encoder still runs once, while streaming re-encodes the clips for each probe.
 
-Data parallelism: one 1-D mesh over all devices; batches are split along their leading axis
-(``jax.make_array_from_process_local_data``, so several processes work too), parameters are
-replicated. With a batch the device count does not divide (single process only) the batch is
-replicated instead, which is correct, only slower.
+Data parallelism: ``placement.Placer`` (the data mesh of ``jepa_jax.sharding``); batches are split
+over all devices, parameters replicated. The feature cache lives in ``features``.
 """
 import copy
 import dataclasses
@@ -37,17 +35,19 @@ import time
 from typing import Callable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
 
+from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import paths
 from jepa_jax.data import sources as sources_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval.features import FeatureCache, cache_batches, extract_features, pixels_of
+from jepa_jax.eval.placement import Placer
 
 log = logging.getLogger(__name__)
 
@@ -101,116 +101,6 @@ def make_dataset(config, spec: str, *, train: bool, batch_size: int, seed: int, 
       shard_count=nproc, repeat=repeat)
 
 
-def pixels_of(batch: dict) -> np.ndarray:
-  return batch["video"] if "video" in batch else batch["image"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices
-
-
-class Placer:
-  """Puts process-local host batches on the 1-D data mesh; replicates parameters."""
-
-  def __init__(self):
-    self.num_devices = jax.device_count()
-    self.mesh = jax.make_mesh((self.num_devices,), ("data",),
-                              axis_types=(jax.sharding.AxisType.Auto,))
-    self.split = NamedSharding(self.mesh, P("data"))
-    self.replicated = NamedSharding(self.mesh, P())
-
-  def batch(self, x):
-    x = np.asarray(x)
-    global_b = x.shape[0] * jax.process_count()
-    if global_b % self.num_devices == 0:
-      return jax.make_array_from_process_local_data(self.split, x)
-    if jax.process_count() > 1:
-      raise ValueError(f"global batch {global_b} is not divisible by the {self.num_devices} "
-                       "devices; choose config.batch_size accordingly")
-    return jax.device_put(x, self.replicated)
-
-  def replicate(self, tree):
-    return jax.device_put(tree, self.replicated)
-
-  def gather(self, x) -> np.ndarray:
-    """A batch-sharded global array as one host numpy array on every process."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-  def gather_local(self, x) -> np.ndarray:
-    """Process-local host rows -> all processes' rows (in process order)."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      return np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))
-    return np.asarray(x)
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature cache
-
-
-@dataclasses.dataclass
-class FeatureCache:
-  """Encoder tokens of a split: ``tokens [n, V, L, D]``, ``labels [n]``, ``index [n]`` (the
-  position in the source, so other label files of the same videos can be joined)."""
-  tokens: np.ndarray
-  labels: np.ndarray
-  index: np.ndarray
-
-  def __len__(self):
-    return len(self.labels)
-
-  def subset(self, rows) -> "FeatureCache":
-    return FeatureCache(self.tokens[rows], self.labels[rows], self.index[rows])
-
-  def relabel(self, labels_by_index: np.ndarray) -> "FeatureCache":
-    return FeatureCache(self.tokens, np.asarray(labels_by_index)[self.index].astype(np.int32),
-                        self.index)
-
-
-def extract_features(token_fn: Callable, encoder_params, batches, placer: Placer,
-                     cache_dtype=np.float32) -> FeatureCache:
-  """Run ``token_fn`` (jitted) over ``batches`` once; keep the valid rows, one per source index."""
-  toks, labels, index = [], [], []
-  seen = set()
-  t0, count = time.time(), 0
-  for batch in batches:
-    t = placer.gather(token_fn(encoder_params, placer.batch(pixels_of(batch))))
-    valid = placer.gather_local(batch.get("valid", np.ones(len(batch["label"]), bool)))
-    lab = placer.gather_local(batch["label"])
-    idx = placer.gather_local(batch["index"])
-    for r in range(len(lab)):
-      if valid[r] and int(idx[r]) not in seen:
-        seen.add(int(idx[r]))
-        toks.append(t[r].astype(cache_dtype))
-        labels.append(lab[r])
-        index.append(idx[r])
-    count += len(lab)
-  if not toks:
-    raise ValueError("feature extraction produced no examples (empty source?)")
-  log.info("encoded %d examples (%d rows read) in %.1fs", len(toks), count, time.time() - t0)
-  order = np.argsort(index)
-  return FeatureCache(np.stack(toks)[order], np.asarray(labels, np.int32)[order],
-                      np.asarray(index, np.int64)[order])
-
-
-def cache_batches(cache: FeatureCache, batch_size: int, rng: Optional[np.random.Generator]):
-  """Fixed-size batches ``(tokens, labels, weights)`` over a cache: shuffled when ``rng`` is given;
-  the last batch is padded with weight-0 repeats, so every example counts exactly once and every
-  step has the same shape (one compilation)."""
-  n = len(cache)
-  order = rng.permutation(n) if rng is not None else np.arange(n)
-  steps = math.ceil(n / batch_size)
-  pad = steps * batch_size - n
-  order = np.concatenate([order, order[:pad] if pad <= n else np.resize(order, pad)])
-  weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  for s in range(steps):
-    rows = order[s * batch_size:(s + 1) * batch_size]
-    yield cache.tokens[rows], cache.labels[rows], weights[s * batch_size:(s + 1) * batch_size]
-
-
 # ---------------------------------------------------------------------------------------------
 # Probe training
 
@@ -222,6 +112,7 @@ class ProbeTask:
   embed_dim: int
   encoder_heads: int
   config: object  # the eval ConfigDict
+  encoder_info: dict = dataclasses.field(default_factory=dict)  # load_frozen_encoder's info
 
 
 def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
@@ -237,6 +128,8 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   c = task.config
   probe = probe_lib.build_probe(task.num_classes, task.embed_dim, task.encoder_heads, c.probe)
   params = probe_lib.init_probe_params(probe, task.embed_dim, seed)
+  saved_config = probe_lib.probe_config(task.num_classes, task.embed_dim, task.encoder_heads,
+                                        c.probe)
   total = c.epochs * steps_per_epoch
   tx = probe_lib.make_optimizer(c.optim, total, steps_per_epoch)
   state = placer.replicate(probe_lib.create_state(probe, params, tx))
@@ -274,14 +167,15 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   record = dict(seed=seed, num_train=int(num_train), num_val=int(val["count"]),
                 top1=val["top1"], top5=val["top5"], val_loss=val["loss"],
                 seconds=time.time() - t_start, history=history)
-  return jax.device_get(state.params), record
+  return jax.device_get(state.params), record | dict(probe_config=saved_config)
 
 
-def save_probe(path: str, params) -> None:
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(paths.resolve(path), params, force=True)
-  ckptr.wait_until_finished()
+def probe_eval_info(config, encoder_info: dict) -> dict:
+  """What a saved probe was trained on (checkpoint ``config["eval"]``): the encoder and the
+  protocol, so inference can rebuild the same tokens."""
+  return dict(task=config.task, checkpoint=encoder_info.get("checkpoint"),
+              checkpoint_key=encoder_info.get("checkpoint_key"), step=encoder_info.get("step"),
+              model=encoder_info.get("model"), protocol=protocol(config))
 
 
 def make_writer(workdir: str, name: str):
@@ -325,6 +219,12 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
 
   ``encoder_bundle`` = ``(encoder, params, info)`` skips loading (the demo comparison reuses one).
   """
+  if not config.get("train", True):
+    return evaluate_saved_probe(config, workdir, encoder_bundle=encoder_bundle, write=write)
+  if config.get("probe_checkpoint"):
+    raise ValueError("config.probe_checkpoint is set but config.train is True: set "
+                     "config.train=False to evaluate that probe, or drop probe_checkpoint to "
+                     "train a new one")
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
@@ -346,7 +246,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
     raise ValueError(f"the training index has label {int(train_labels.max())} but "
                      f"config.num_classes is {num_classes}")
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
-  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config)
+  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config, info)
   fractions = [float(f) for f in config.lowshot.fractions]
   seeds = [int(s) for s in config.lowshot.seeds]
   if any(f < 1.0 for f in fractions) and train_labels is None:
@@ -384,8 +284,8 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
           spec = lowshot.write_subset_index(
               train_spec, rows, os.path.join(workdir, "lowshot", f"{run_name(fraction, seed)}.csv"))
           n = len(rows)
-        runs.append(_run_streaming(task, spec, val_spec, n, seed, fraction, placer, workdir,
-                                   token_fn, enc_params, write))
+        source = streaming_source(task, spec, val_spec, n, seed, token_fn, enc_params)
+        runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
     num_val = settings[0]["runs"][0]["num_val"]
 
@@ -398,13 +298,115 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
                     top5=main["top5"], top5_std=main["top5_std"]),
       num_train_examples=main["num_train"], num_val_examples=num_val,
       settings=settings, seconds=time.time() - t_start)
-  if write and jax.process_index() == 0:
-    path = os.path.join(workdir, "results.json")
+  if write:
+    path = write_results(results, workdir)
+    log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
+             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+  return results
+
+
+def write_results(results: dict, workdir: str) -> str:
+  path = os.path.join(workdir, "results.json")
+  if jax.process_index() == 0:
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
-             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+  return path
+
+
+# ---------------------------------------------------------------------------------------------
+# A saved probe, no training
+
+
+def resolve_val_index(config) -> str:
+  """The validation source alone (``config.val_index``, else the synthetic set's)."""
+  if config.val_index:
+    return config.val_index
+  c = copy.deepcopy(config)
+  c.train_index = ""
+  return resolve_indexes(c)[1]
+
+
+def load_saved_probe(path: str, embed_dim: int, dtype: str):
+  """``(probe module, params, probe_config, eval info or None)`` of a probe checkpoint, checked
+  against the encoder's width."""
+  if not path:
+    raise ValueError("config.train=False needs config.probe_checkpoint: a probe directory (an eval "
+                     "run's probes/<run>, or python -m jepa_jax.convert --kind probe --out DIR)")
+  params, saved = ckpt_lib.load_probe(path)
+  if int(saved["embed_dim"]) != embed_dim:
+    raise ckpt_lib.CheckpointError(
+        f"probe {path} reads {saved['embed_dim']}-wide tokens but the encoder makes {embed_dim}-wide "
+        "ones; give the encoder the probe was trained on (config.checkpoint)")
+  probe = probe_lib.probe_from_config(saved, dtype)
+  ckpt_lib.check_shapes(params, probe_lib.abstract_params(probe, embed_dim), f"probe {path}")
+  eval_info = ckpt_lib.read_probe_config(path).get("eval")
+  return probe, params, saved, eval_info
+
+
+PROTOCOL_KEYS = ("num_segments", "frames_per_clip", "frame_step", "num_views", "resolution",
+                 "feature_layer")
+
+
+def protocol_differences(trained: Optional[dict], now: dict) -> list[str]:
+  """The protocol settings a saved probe was trained with that differ from ``now``."""
+  if not trained:
+    return []
+  return [f"{k} {trained[k]} (trained) vs {now[k]} (now)" for k in PROTOCOL_KEYS
+          if k in trained and trained[k] != now[k]]
+
+
+def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bool = True) -> dict:
+  """Validate a saved probe (``config.probe_checkpoint``) on ``config``'s validation set with the
+  full segments x views protocol; no training. Returns and writes results.json (the training
+  run's keys; std 0, one run)."""
+  workdir = paths.resolve(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t_start = time.time()
+  placer = Placer()
+  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
+  probe, probe_params, saved, eval_info = load_saved_probe(
+      config.probe_checkpoint, encoder.embed_dim, config.probe.dtype)
+  num_classes = int(saved["num_classes"])
+  if config.num_classes is not None and int(config.num_classes) != num_classes:
+    raise ValueError(f"config.num_classes is {config.num_classes} but the probe "
+                     f"{config.probe_checkpoint} has {num_classes} classes; set "
+                     f"--config.num_classes={num_classes} (or None)")
+  for diff in protocol_differences((eval_info or {}).get("protocol"), protocol(config)):
+    log.warning("the probe was trained with another protocol: %s", diff)
+  val_spec = resolve_val_index(config)
+  try:
+    val_labels = source_labels(val_spec, config.data.tfds_data_dir)
+  except Exception as e:  # noqa: BLE001 -- checked batch by batch otherwise
+    log.warning("could not read the labels of %s up front (%s)", val_spec, e)
+    val_labels = None
+  if val_labels is not None and len(val_labels) and val_labels.max() >= num_classes:
+    raise ValueError(f"the validation index has label {int(val_labels.max())} but the probe has "
+                     f"{num_classes} classes: the index and the probe number classes differently")
+  token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
+  state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
+  _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
+                                          placer.replicate(enc_params))
+  sums = []
+  for b in make_dataset(config, val_spec, train=False, batch_size=config.batch_size,
+                        seed=config.seed, repeat=False, num_views=config.num_views):
+    sums.append(evaluate_step(state, placer.batch(pixels_of(b)), placer.batch(b["label"]),
+                              placer.batch(b["valid"].astype(np.float32))))
+  val = probe_lib.summarize(jax.device_get(sums))
+  acc = dict(fraction=None, top1=val["top1"], top1_std=0.0, top5=val["top5"], top5_std=0.0)
+  run = dict(name="saved_probe", num_train=0, num_val=val["count"], top1=val["top1"],
+             top5=val["top5"], val_loss=val["loss"], seconds=time.time() - t_start)
+  results = dict(
+      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      step=info["step"], model=info["model"], num_classes=num_classes, train_index=None,
+      val_index=val_spec, protocol=protocol(config), trained=False,
+      probe_checkpoint=config.probe_checkpoint, probe=saved, probe_trained_with=eval_info,
+      accuracy=acc, num_train_examples=0, num_val_examples=val["count"],
+      settings=[dict(acc, num_train=0, seeds=[], runs=[run])], seconds=time.time() - t_start)
+  if write:
+    path = write_results(results, workdir)
+    log.info("wrote %s: top-1 %.2f, top-5 %.2f (saved probe %s on %s)", path, val["top1"],
+             val["top5"], config.probe_checkpoint, val_spec)
   return results
 
 
@@ -435,68 +437,93 @@ def best_head(records: list[dict], grid) -> dict:
   return records[best] | dict(best_head=best, heads=heads)
 
 
-def _finish_run(workdir, name, params, record, writer, write):
+def _finish_run(task, workdir, name, params, record, writer, write):
   if writer is not None:
     writer.flush()
     writer.close()
+  saved_config = record.pop("probe_config")
   if write:
-    save_probe(os.path.join(workdir, "probes", name), params)
+    ckpt_lib.save_probe(os.path.join(workdir, "probes", name), params, saved_config,
+                        eval_info=probe_eval_info(task.config, task.encoder_info), overwrite=True)
   return record | dict(name=name)
 
 
-def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
-                     placer, workdir, write):
-  """One probe trained and validated on cached tokens (all of ``train_cache``)."""
+@dataclasses.dataclass
+class BatchSource:
+  """Where one probe run's batches come from: cached tokens, or clips decoded per step (then
+  ``token_fn`` runs the frozen encoder inside the probe's jitted steps)."""
+  num_train: int
+  steps_per_epoch: int
+  # A fresh ``train_batches(epoch)`` per probe: every probe of a grid sees the same batches in the
+  # same order.
+  new_train_batches: Callable[[], Callable[[int], Iterator]]
+  val_batches: Callable[[], Iterator]
+  token_fn: Optional[Callable] = None
+  encoder_params: object = None
+
+
+def _steps_per_epoch(c, num_train: int, batch: int) -> int:
+  steps = max(1, math.ceil(num_train / batch))
+  return min(steps, c.max_train_steps_per_epoch) if c.max_train_steps_per_epoch else steps
+
+
+def cached_source(task, train_cache: FeatureCache, val_cache: FeatureCache, seed) -> BatchSource:
   c = task.config
   batch = min(c.batch_size, len(train_cache))
-  steps = math.ceil(len(train_cache) / batch)
-  if c.max_train_steps_per_epoch:
-    steps = min(steps, c.max_train_steps_per_epoch)
-  records = []
-  for suffix, head_task in grid_tasks(task):
-    name = run_name(fraction, seed) + suffix
-    writer = make_writer(workdir, name) if write else None
-    params, record = train_and_evaluate(
-        head_task, seed=seed, num_train=len(train_cache),
-        train_batches=lambda epoch: cache_batches(train_cache, batch,
-                                                  np.random.default_rng([seed, epoch])),
-        val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None),
-        steps_per_epoch=steps, placer=placer, writer=writer, name=name)
-    records.append(_finish_run(workdir, name, params, record, writer, write))
-  return best_head(records, c.get("probe_grid"))
+  return BatchSource(
+      num_train=len(train_cache), steps_per_epoch=_steps_per_epoch(c, len(train_cache), batch),
+      new_train_batches=lambda: lambda epoch: cache_batches(
+          train_cache, batch, np.random.default_rng([seed, epoch])),
+      val_batches=lambda: cache_batches(val_cache, min(c.batch_size, len(val_cache)), None))
 
 
-def _run_streaming(task, train_spec, val_spec, num_train, seed, fraction, placer, workdir,
-                   token_fn, enc_params, write):
+def streaming_source(task, train_spec, val_spec, num_train, seed, token_fn,
+                     enc_params) -> BatchSource:
   c = task.config
   if num_train is None:
     num_train = len(sources_lib.load_source(train_spec, c.data.tfds_data_dir))
-  steps = max(1, math.ceil(num_train / c.batch_size))
-  if c.max_train_steps_per_epoch:
-    steps = min(steps, c.max_train_steps_per_epoch)
-  train_iter = None
+  steps = _steps_per_epoch(c, num_train, c.batch_size)
 
-  def train_batches(epoch):
-    del epoch  # the infinite iterator reshuffles every epoch by itself
-    for _ in range(steps):
-      b = next(train_iter)
-      yield pixels_of(b), b["label"], np.ones(len(b["label"]), np.float32)
+  def new_train_batches():
+    train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
+                                   repeat=True, num_views=1))
+
+    def train_batches(epoch):
+      del epoch  # the infinite iterator reshuffles every epoch by itself
+      for _ in range(steps):
+        b = next(train_iter)
+        yield pixels_of(b), b["label"], np.ones(len(b["label"]), np.float32)
+
+    return train_batches
 
   def val_batches():
     for b in make_dataset(c, val_spec, train=False, batch_size=c.batch_size, seed=c.seed,
                           repeat=False, num_views=c.num_views):
       yield pixels_of(b), b["label"], b["valid"].astype(np.float32)
 
+  return BatchSource(num_train=num_train, steps_per_epoch=steps,
+                     new_train_batches=new_train_batches, val_batches=val_batches,
+                     token_fn=token_fn, encoder_params=enc_params)
+
+
+def run_probes(task, source: BatchSource, seed, fraction, placer, workdir, write) -> dict:
+  """One run: a probe per ``config.probe_grid`` entry (or one), trained on ``source``; the
+  record of the best."""
   records = []
   for suffix, head_task in grid_tasks(task):
-    # Every probe of a grid sees the same batches in the same order (the same seed).
-    train_iter = iter(make_dataset(c, train_spec, train=True, batch_size=c.batch_size, seed=seed,
-                                   repeat=True, num_views=1))
     name = run_name(fraction, seed) + suffix
     writer = make_writer(workdir, name) if write else None
     params, record = train_and_evaluate(
-        head_task, seed=seed, num_train=num_train, train_batches=train_batches,
-        val_batches=val_batches, steps_per_epoch=steps, placer=placer, token_fn=token_fn,
-        encoder_params=enc_params, writer=writer, name=name)
-    records.append(_finish_run(workdir, name, params, record, writer, write))
-  return best_head(records, c.get("probe_grid"))
+        head_task, seed=seed, num_train=source.num_train,
+        train_batches=source.new_train_batches(), val_batches=source.val_batches,
+        steps_per_epoch=source.steps_per_epoch, placer=placer, token_fn=source.token_fn,
+        encoder_params=source.encoder_params, writer=writer, name=name)
+    records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
+  return best_head(records, task.config.get("probe_grid"))
+
+
+def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
+                     placer, workdir, write):
+  """One probe run trained and validated on cached tokens (all of ``train_cache``)."""
+  return run_probes(task, cached_source(task, train_cache, val_cache, seed), seed, fraction,
+                    placer, workdir, write)

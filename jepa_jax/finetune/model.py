@@ -2,7 +2,7 @@
 
 Parameters are one tree ``{"encoder": ..., "head": ...}``. Heads:
 
-* ``attentive``: the attentive probe of the frozen evaluation (``models.probe``), initialised as
+* ``attentive``: the attentive probe of the frozen evaluation (``models.attentive_probe``), initialised as
   there (``eval.probe.init_probe_params``);
 * ``linear``: VideoMAE's head -- mean over the tokens, LayerNorm (``fc_norm``), linear layer whose
   initial weights are scaled by ``init_scale`` (0.001).
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jepa_jax import optim
+from jepa_jax import models, optim
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.models import layers
 
@@ -55,7 +55,7 @@ def build_head(config, num_classes: int, embed_dim: int, encoder_heads: int):
   if kind == "attentive":
     return probe_lib.build_probe(num_classes, embed_dim, encoder_heads, config.head)
   return MeanPoolClassifier(num_classes, config.head.init_scale,
-                            probe_lib.DTYPES[config.head.dtype])
+                            models.DTYPES[config.head.dtype])
 
 
 def init_head(head, embed_dim: int, seed: int):

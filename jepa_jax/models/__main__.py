@@ -19,11 +19,12 @@ def param_table(img_size: int = 224, num_frames: int = 16, pred_embed_dim: int =
   rows = []
   for size in models.VIT_SIZES:
     # scan: one block is traced instead of depth of them; the parameter count is the same.
-    enc = models.build_encoder(size, img_size=img_size, num_frames=num_frames, scan=True)
-    heads = enc.block.num_heads
+    heads = models.size_spec(size)["num_heads"]
     pred_heads = heads if pred_embed_dim % heads == 0 else 12
-    pred = models.build_predictor(enc, embed_dim=pred_embed_dim, depth=pred_depth,
-                                  num_heads=pred_heads, num_mask_tokens=num_mask_tokens)
+    enc, pred = models.from_spec(models.ModelSpec(
+        size, img_size=img_size, num_frames=num_frames, scan=True,
+        predictor=models.PredictorSpec(depth=pred_depth, embed_dim=pred_embed_dim,
+                                       num_heads=pred_heads, num_mask_tokens=num_mask_tokens)))
     clips = jax.ShapeDtypeStruct((1, num_frames, img_size, img_size, 3), jnp.float32)
     enc_params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clips)
     idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)

@@ -66,15 +66,20 @@ def image_hw(img_size) -> tuple[int, int]:
   return int(img_size), int(img_size)
 
 
-def token_grid(img_size, num_frames: int, patch_size: int, tubelet_size: int):
-  """(T', H', W') token grid of an int or (height, width) ``img_size``, with a message that names
-  the field to fix."""
+def token_grid(img_size, num_frames: int, patch_size: int, tubelet_size: int,
+               names=("img_size", "num_frames", "patch_size", "tubelet_size")):
+  """(T', H', W') token grid of an int or (height, width) ``img_size``; the one check that patches
+  and tubelets tile the clip. ``names``: what the caller calls the four arguments (the config
+  layer passes ``config.data.crop_size`` etc.), so the message names the field to fix."""
   height, width = image_hw(img_size)
+  img_name, frames_name, patch_name, tubelet_name = names
   for side in (height, width):
     if side % patch_size:
-      raise ValueError(f"crop/img size {side} is not divisible by patch_size {patch_size}")
+      raise ValueError(f"{img_name}={side} is not divisible by {patch_name}={patch_size}; use "
+                       "a multiple of the patch size")
   if num_frames % tubelet_size:
-    raise ValueError(f"num_frames {num_frames} is not divisible by tubelet_size {tubelet_size}")
+    raise ValueError(f"{frames_name}={num_frames} is not divisible by {tubelet_name}="
+                     f"{tubelet_size}; use a multiple of the tubelet size")
   return num_frames // tubelet_size, height // patch_size, width // patch_size
 
 

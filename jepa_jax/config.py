@@ -1,0 +1,177 @@
+"""The one reader of a pretraining config: ConfigDict (``configs/*.py``, ``jepa_jax.defaults``) ->
+typed ``Settings`` (model spec, masks, optimiser, the data section), every check of the config made once (``read``).
+
+Everything below this module takes typed objects: ``models.ModelSpec`` for the networks,
+``masks.MaskConfig`` for the masks, ``optim.OptimConfig`` for the optimiser. The data pipeline
+keeps its own section of the config (``config.data``, whose fields and defaults the data package
+defines in ``data.default_data_config``), checked here as well. What depends on the machine (mesh,
+batch per device, index files present) is checked by ``experiment.validate``, which calls ``read``
+first.
+
+    settings = config.read(cfg)     # ConfigError naming the field and the fix
+    encoder, predictor = models.from_spec(settings.model)
+"""
+import dataclasses
+import os
+from typing import Any, Optional
+
+from jepa_jax import masks as masks_lib
+from jepa_jax import models
+from jepa_jax import optim
+
+# The names the model's grid check reports a pretraining config's fields under.
+_GRID_FIELDS = ("config.data.crop_size", "config.data.num_frames", "config.model.patch_size",
+                "config.model.tubelet_size")
+TRAIN_DTYPES = ("float32", "bfloat16")  # of models.DTYPES: float16 would need loss scaling
+
+
+class ConfigError(ValueError):
+  """An impossible config value; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """A pretraining config, read and checked."""
+  model: models.ModelSpec            # encoder + predictor
+  grid: tuple[int, int, int]         # (T', H', W') tokens
+  masks: tuple[masks_lib.MaskConfig, ...]
+  mask_token_ids: tuple[int, ...]    # the predictor mask token of each mask
+  optim: optim.OptimConfig
+  batch_size: int                    # global, in clips
+  grad_accum_steps: int              # micro-batches per update (1 = none)
+  rescale_residual_init: bool
+  data: Any                          # config.data: the data pipeline's own section
+
+
+def num_mask_tokens(config) -> int:
+  """The predictor's mask tokens: one per mask (V-JEPA), or ``len(masks) * len(dataset_fpcs)``
+  (V-JEPA 2's ``init_video_model``; ``config.model.num_mask_tokens`` overrides both)."""
+  m = config.model
+  if m.get("num_mask_tokens"):
+    return int(m.num_mask_tokens)
+  fpcs = config.data.get("dataset_fpcs")
+  return len(config.masks) * (len(fpcs) if fpcs else 1)
+
+
+def mask_token_ids(config) -> tuple:
+  """Which mask token each mask of ``config.masks`` uses.
+
+  ``config.model.mask_token_per``: ``"mask"`` (V-JEPA: mask i uses token i) or ``"clip_length"``
+  (V-JEPA 2: its predictor wrapper passes the index of the clip-length group, so every mask of a
+  batch whose clips share one frame count -- all of them here -- uses token 0).
+  """
+  per = config.model.get("mask_token_per") or "mask"
+  if per == "mask":
+    return tuple(range(len(config.masks)))
+  if per == "clip_length":
+    return (0,) * len(config.masks)
+  raise ValueError(f"config.model.mask_token_per must be 'mask' or 'clip_length', got {per!r}")
+
+
+def model_spec(config, num_masks: Optional[int] = None) -> models.ModelSpec:
+  """The encoder + predictor of ``config.model`` / ``config.data``; ``num_masks`` overrides the
+  predictor's mask-token count (the converter takes it from the weights)."""
+  m, d = config.model, config.data
+  predictor = models.PredictorSpec(
+      depth=m.pred_depth, embed_dim=m.pred_embed_dim, num_heads=m.get("pred_num_heads"),
+      num_mask_tokens=num_masks if num_masks is not None else num_mask_tokens(config),
+      zero_init_mask_tokens=m.zero_init_mask_tokens)
+  return models.ModelSpec(
+      name=m.name, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
+      tubelet_size=m.tubelet_size, uniform_power=m.uniform_power,
+      # configs older than V-JEPA 2 support have no use_rope field: the size name decides
+      use_rope=m.get("use_rope"), dtype=m.dtype, attention=m.attention, remat=m.remat,
+      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor)
+
+
+def token_grid(config) -> tuple[int, int, int]:
+  """(T', H', W') of ``config.data.{crop_size,num_frames}`` and ``config.model.{patch,tubelet}_size``
+  (the model's own check, ``models.token_grid``, reporting the config's field names)."""
+  d, m = config.data, config.model
+  return models.token_grid(d.crop_size, d.num_frames, m.patch_size, m.tubelet_size,
+                           names=_GRID_FIELDS)
+
+
+def mask_configs(config) -> tuple[masks_lib.MaskConfig, ...]:
+  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts)."""
+  if "masks" not in config or not config.masks:
+    raise ValueError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
+                     "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
+  return tuple(masks_lib.MaskConfig.from_dict(m) for m in config.masks)
+
+
+def read(config) -> Settings:
+  """``config`` as ``Settings``, refusing impossible values with one line naming the field and
+  the fix (before anything is compiled)."""
+  m, d = config.model, config.data
+  if not isinstance(config.batch_size, int) or config.batch_size <= 0:
+    raise ConfigError(f"config.batch_size={config.batch_size!r} must be a positive number of clips "
+                      "(the global batch)")
+  if m.dtype not in TRAIN_DTYPES:
+    raise ConfigError(f"config.model.dtype must be one of {sorted(TRAIN_DTYPES)}, got {m.dtype!r}")
+  try:
+    grid = token_grid(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  try:
+    spec = model_spec(config)
+    models.from_spec(spec)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  try:
+    mask_cfgs = mask_configs(config)
+    masks_lib.check_context(grid, mask_cfgs)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}" if str(e).startswith("masks[") else f"config.masks: {e}") \
+        from None
+  _check_datasets(d)
+  try:
+    token_ids = mask_token_ids(config)
+    from jepa_jax.data.pipeline import dataset_frames  # noqa: PLC0415 - grain only when reading
+    for k in range(len(d.get("dataset_fpcs") or [])):
+      dataset_frames(d, k)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.nonfinite not in ("stop", "skip"):
+    raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+  max_skips = config.get("max_consecutive_skips", 1)
+  if not isinstance(max_skips, int) or max_skips < 1:
+    raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
+  # Configs saved before the field existed have none: 1.
+  accum = config.get("grad_accum_steps", 1)
+  if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+    raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
+                      "per update; 1 = no accumulation)")
+  return Settings(model=spec, grid=grid, masks=mask_cfgs, mask_token_ids=token_ids,
+                  optim=optim.OptimConfig.from_config(config.optim),
+                  batch_size=int(config.batch_size), grad_accum_steps=accum,
+                  rescale_residual_init=bool(m.rescale_residual_init), data=d)
+
+
+def _check_datasets(d) -> None:
+  specs = d.get("datasets", []) or []
+  if isinstance(specs, str):
+    raise ConfigError(f"config.data.datasets={specs!r} must be a list of index files; write "
+                      f"--config.data.datasets='(\"{specs}\",)'")
+  for spec in specs:
+    if not isinstance(spec, str):
+      raise ConfigError(f"config.data.datasets: {spec!r} is not a path or tfds: spec")
+  weights = d.get("datasets_weights")
+  if weights is not None:
+    if (not isinstance(weights, (list, tuple)) or
+        not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
+      raise ConfigError(f"config.data.datasets_weights={weights!r} must be a list of positive "
+                        "numbers, one per dataset, e.g. '(0.5, 0.3, 0.2)'")
+    if len(weights) != max(len(specs), 1):
+      sources = f"{len(specs)} datasets" if specs else "the synthetic set (one source)"
+      raise ConfigError(f"config.data.datasets_weights has {len(weights)} weights for {sources}; "
+                        "give one weight per dataset")
+
+
+def check_dataset_files(config) -> None:
+  """The index files of ``config.data.datasets`` exist here (a check of this machine, not of the
+  config: ``experiment.validate`` makes it, ``read`` does not)."""
+  for spec in config.data.get("datasets", []) or []:
+    if not spec.startswith("tfds:") and not os.path.exists(spec):
+      raise ConfigError(f"config.data.datasets: index file {spec!r} does not exist; fix the path "
+                        "or leave datasets empty to use the built-in synthetic set")

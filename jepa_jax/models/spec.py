@@ -1,0 +1,107 @@
+"""A model described by value: ``ModelSpec`` -> ``from_spec`` -> (encoder, predictor).
+
+Pretraining, eval, the converter and the benchmarks all describe the network they want with a
+``ModelSpec`` (the config layer, ``jepa_jax.config``, makes one from a ConfigDict) and build it
+with ``from_spec``, so a model field is interpreted in one place.
+"""
+import dataclasses
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+
+from jepa_jax.models.predictor import Predictor
+from jepa_jax.models.vit import VisionTransformer, build_encoder
+
+# Compute dtypes by name. float16 is the V-JEPA 2 eval's autocast dtype (its RoPE angles are then
+# rounded in float16 too); pretraining refuses it (no loss scaling), see jepa_jax.config.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorSpec:
+  """The pretraining predictor. ``num_heads`` None = the encoder's (V-JEPA); V-JEPA 2 uses 12."""
+  depth: int = 12
+  embed_dim: int = 384
+  num_heads: Optional[int] = None
+  num_mask_tokens: int = 2
+  zero_init_mask_tokens: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The encoder (and optionally its predictor) by value.
+
+  ``name``: a size of ``VIT_SIZES`` (or the reference's ``vit_large[_rope]``); ``overrides``: any
+  encoder or block field on top of it (``{"embed_dim": 96, "depth": 2, "num_heads": 4}``).
+  ``use_rope`` None leaves it to the name (``_rope`` suffix) and the overrides. ``dtype``: a key
+  of ``DTYPES``.
+  """
+  name: str
+  img_size: Any = 224
+  num_frames: int = 16
+  patch_size: int = 16
+  tubelet_size: int = 2
+  uniform_power: bool = True
+  use_rope: Optional[bool] = None
+  dtype: str = "float32"
+  attention: str = "auto"
+  remat: str = "none"
+  scan: bool = False
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  predictor: Optional[PredictorSpec] = None
+
+  def replace(self, **changes) -> "ModelSpec":
+    return dataclasses.replace(self, **changes)
+
+
+def dtype_of(name: str):
+  """The jnp dtype called ``name``; a ValueError naming the choices otherwise."""
+  if name not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
+def encoder_from_spec(spec: ModelSpec) -> VisionTransformer:
+  overrides = dict(spec.overrides or {})
+  if spec.use_rope is not None:
+    overrides.setdefault("use_rope", bool(spec.use_rope))
+  return build_encoder(
+      spec.name, img_size=spec.img_size, num_frames=spec.num_frames, patch_size=spec.patch_size,
+      tubelet_size=spec.tubelet_size, uniform_power=spec.uniform_power,
+      dtype=dtype_of(spec.dtype), attention=spec.attention, remat=spec.remat, scan=spec.scan,
+      **overrides)
+
+
+def build_predictor(encoder: VisionTransformer, embed_dim: int = 384, depth: int = 12,
+                    num_mask_tokens: int = 2, zero_init_mask_tokens: bool = True,
+                    num_heads: Optional[int] = None) -> Predictor:
+  """The predictor matching ``encoder`` (same grid, positions, dtype and kernels).
+
+  ``num_heads``: the predictor's own head count (V-JEPA 2's ``pred_num_heads``); None = the
+  encoder's, as in V-JEPA. The MLP ratio is 4 whatever the encoder's: the reference's
+  ``vit_predictor`` fixes it (a ViT-g's predictor has hidden 4 x 384, not 48/11 x 384)."""
+  block = encoder.block.replace(num_heads=encoder.block.num_heads if num_heads is None
+                                else num_heads, mlp_ratio=4.0)
+  return Predictor(grid=encoder.grid, embed_dim=encoder.embed_dim, predictor_embed_dim=embed_dim,
+                   depth=depth, block=block, uniform_power=encoder.uniform_power,
+                   use_rope=encoder.use_rope, num_mask_tokens=num_mask_tokens,
+                   zero_init_mask_tokens=zero_init_mask_tokens)
+
+
+def from_spec(spec: ModelSpec) -> tuple[VisionTransformer, Optional[Predictor]]:
+  """``(encoder, predictor)``; the predictor is None when ``spec.predictor`` is.
+
+  Raises ValueError (unknown size or dtype, a width the heads do not divide, a clip the patches
+  do not tile) with a message that names the field."""
+  encoder = encoder_from_spec(spec)
+  if encoder.embed_dim % encoder.block.num_heads:
+    raise ValueError(f"width {encoder.embed_dim} is not divisible by num_heads "
+                     f"{encoder.block.num_heads}; change overrides.num_heads or embed_dim")
+  encoder.grid  # noqa: B018 - checks that patches and tubelets tile the clip (vit.token_grid)
+  p = spec.predictor
+  if p is None:
+    return encoder, None
+  return encoder, build_predictor(encoder, embed_dim=p.embed_dim, depth=p.depth,
+                                  num_mask_tokens=p.num_mask_tokens,
+                                  zero_init_mask_tokens=p.zero_init_mask_tokens,
+                                  num_heads=p.num_heads)
