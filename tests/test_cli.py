@@ -127,10 +127,12 @@ def test_unknown_fields_are_named_with_close_matches(flag, message):
 def _readme_overrides():
   """Every ``--config.X=V`` the README shows, in code blocks and in the text, with the config
   file it applies to: the command's own ``--config=``, else the section's (the frozen-evaluation
-  section's eval config, the pretraining config elsewhere)."""
+  section's eval config, the fine-tuning section's demo config, the pretraining config
+  elsewhere)."""
   found = set()
   for section in re.split(r"\n(?=## )", (REPO / "README.md").read_text()):
     default = ("configs/eval/k400.py" if section.startswith("## Frozen evaluation")
+               else "configs/finetune/demo.py" if section.startswith("## Fine-tuning")
                else "configs/vith16.py")
     spans = re.findall(r"```bash\n(.*?)\n```", section, re.S)
     spans += re.findall(r"`([^`\n]*--config\.[^`\n]*)`", re.sub(r"```.*?```", "", section, flags=re.S))

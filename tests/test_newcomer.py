@@ -88,7 +88,7 @@ def test_skipped_commands_parse():
     argv = shlex.split(command)
     assert argv[:2] == ["python", "-m"], command
     module, args = argv[2], argv[3:]
-    if module in ("jepa_jax.main", "jepa_jax.eval"):
+    if module in ("jepa_jax.main", "jepa_jax.eval", "jepa_jax.finetune"):
       config_file = next(a.split("=", 1)[1] for a in args if a.startswith("--config="))
       overrides = [a for a in args if a.startswith("--config.")]
       cli.load_config(str(REPO / config_file), overrides)

@@ -280,7 +280,11 @@ class BlockConfig:
 
   ``dtype`` is the compute dtype (parameters stay float32); ``attention`` one of
   ``ATTENTION_IMPLEMENTATIONS`` (``dot_product_attention``); ``remat`` one of ``REMAT_POLICIES``;
-  ``scan``: ``nn.scan`` over the blocks (compile time independent of depth).
+  ``scan``: ``nn.scan`` over the blocks (compile time independent of depth). ``drop_path``:
+  stochastic depth for fine-tuning, the rate of the LAST block of a stack (block ``i`` of ``n``
+  drops at ``drop_path * i / (n - 1)``, timm's linear rule); active only when the module is
+  applied with a ``"dropout"`` PRNG key (``rngs={"dropout": key}``), so inference and every
+  caller that passes no such key are deterministic. At 0 the blocks are exactly as without it.
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -288,6 +292,7 @@ class BlockConfig:
   attention: str = "xla"
   remat: str = "none"
   scan: bool = False
+  drop_path: float = 0.0
 
   def replace(self, **changes) -> "BlockConfig":
     return dataclasses.replace(self, **changes)
@@ -301,22 +306,47 @@ class BlockConfig:
     return block, {k: v for k, v in kwargs.items() if k not in names}
 
 
+def drop_path(x, rate, key):
+  """Stochastic depth on a residual branch ``x`` ``[B, ...]``: each example's branch is zeroed
+  with probability ``rate`` and the kept ones scaled by ``1 / (1 - rate)`` (timm's ``drop_path``
+  with ``scale_by_keep``), so its expectation is ``x``. ``rate`` may be traced (scanned blocks)."""
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  scale = jnp.where(kept, 1.0 / jnp.maximum(keep, 1e-12), 0.0)
+  return x * scale.astype(x.dtype)
+
+
+def drop_path_rates(rate: float, depth: int) -> list:
+  """Per-block stochastic-depth rates: linear from 0 (first block) to ``rate`` (last)."""
+  if depth <= 1:
+    return [float(rate)] * depth
+  return [float(rate) * i / (depth - 1) for i in range(depth)]
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)).
 
   ``key_padding`` ``[B]`` int: only the first ``key_padding[b]`` tokens of row b are attended to
   (the rest is padding, which still gets outputs); ``[B, S]`` bool: the True keys; None: all.
+  ``drop_rate``: this block's stochastic-depth rate (``BlockConfig.drop_path``); used only when
+  ``config.drop_path > 0`` and a ``"dropout"`` key was given to ``apply``.
   """
   config: BlockConfig
   ln_eps: float = LN_EPS  # the probes' blocks use torch's default 1e-5
 
   @nn.compact
-  def __call__(self, x, key_padding=None, rope=None):
+  def __call__(self, x, key_padding=None, rope=None, drop_rate=0.0):
     c = self.config
-    x = x + SelfAttention(c.num_heads, c.dtype, c.attention, name="attn")(
-        layer_norm("norm1", c.dtype, self.ln_eps)(x), key_padding, rope)
+    # Static: with drop_path 0 (pretraining, eval) the graph is the plain block's.
+    stochastic = c.drop_path > 0 and self.has_rng("dropout")
+
+    def branch(y):
+      return drop_path(y, drop_rate, self.make_rng("dropout")) if stochastic else y
+
+    x = x + branch(SelfAttention(c.num_heads, c.dtype, c.attention, name="attn")(
+        layer_norm("norm1", c.dtype, self.ln_eps)(x), key_padding, rope))
     hidden = int(x.shape[-1] * c.mlp_ratio)
-    return x + Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x))
+    return x + branch(Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x)))
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
@@ -338,8 +368,8 @@ class _ScanBlock(nn.Module):
   ln_eps: float = LN_EPS
 
   @nn.compact
-  def __call__(self, x, key_padding, rope):
-    x = Block(self.config, self.ln_eps, name="block")(x, key_padding, rope)
+  def __call__(self, x, key_padding, rope, drop_rate):
+    x = Block(self.config, self.ln_eps, name="block")(x, key_padding, rope, drop_rate)
     return x, (x if self.collect else None)
 
 
@@ -376,14 +406,23 @@ class BlockStack(nn.Module):
       cls = _ScanBlock
       if remat != "none":
         cls = nn.remat(cls, policy=policy, prevent_cse=False)
-      stack = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=nn.broadcast, length=self.depth)
-      x, ys = stack(self.block, bool(collect), self.ln_eps, name="blocks")(x, key_padding, rope)
+      # With drop path, the per-layer rates are scanned over and the dropout key is split per
+      # layer; without it, the scan is the one pretraining always had.
+      rates, rate_axis = 0.0, nn.broadcast
+      if self.block.drop_path > 0:
+        rates = jnp.asarray(drop_path_rates(self.block.drop_path, self.depth), jnp.float32)
+        rate_axis = 0
+      stack = nn.scan(cls, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, rate_axis), length=self.depth)
+      x, ys = stack(self.block, bool(collect), self.ln_eps, name="blocks")(
+          x, key_padding, rope, rates)
       return x, [ys[i] for i in collect]
     cls = Block if remat == "none" else nn.remat(Block, policy=policy)
+    rates = drop_path_rates(self.block.drop_path, self.depth)
     outs = []
     for i in range(self.depth):
-      x = cls(self.block, self.ln_eps, name=f"blocks_{i}")(x, key_padding, rope)
+      x = cls(self.block, self.ln_eps, name=f"blocks_{i}")(x, key_padding, rope, rates[i])
       if i in collect:
         outs.append(x)
     return x, outs

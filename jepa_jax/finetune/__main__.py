@@ -1,0 +1,67 @@
+"""Fine-tune end to end: ``python -m jepa_jax.finetune --config=configs/finetune/demo.py
+--workdir=DIR``.
+
+Any config field can be overridden on the command line (``--config.checkpoint=workdir/demo
+--config.epochs=5``). Restarting the same command resumes from the latest checkpoint in ``DIR``.
+Writes ``DIR/results.json``, ``DIR/metrics.jsonl``, TensorBoard summaries and checkpoints.
+SIGTERM saves a checkpoint and exits with status 75, as pretraining does.
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jepa_jax import cli
+from jepa_jax import distributed
+from jepa_jax import paths
+from jepa_jax.finetune import config as ft_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config (configs/finetune/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results.json.")
+# jepa_jax.main's exit status for "preempted, checkpoint saved: requeue" (EX_TEMPFAIL); not
+# imported from there, whose import would define its absl flags a second time.
+EXIT_PREEMPTED = 75
+distributed.define_flags()
+
+
+def main(argv):
+  del argv
+  distributed.initialize_from_flags()
+  import jax  # noqa: PLC0415 - after jax.distributed
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax import trainer  # noqa: PLC0415
+  from jepa_jax.finetune import run  # noqa: PLC0415
+  config = _CONFIG.value
+  ft_config.resolve_paths(config)
+  workdir = paths.resolve(_WORKDIR.value)
+  if not workdir:
+    cli.fail("Config error: --workdir is required (where checkpoints and results.json go)")
+  try:
+    cli.prepare_workdir(workdir, jax.process_index())
+  except cli.WorkdirError as e:
+    cli.fail(f"Workdir error: {e}", e)
+  try:
+    results = run.finetune(config, workdir)
+  except (ValueError, ckpt_lib.CheckpointError, FileNotFoundError,
+          trainer.NonFiniteLossError) as e:
+    cli.fail(cli.explain(e, workdir) or f"Error: {e}", e)
+  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
+    message = cli.explain(e, workdir)
+    if message is None:
+      raise
+    cli.fail(message, e)
+  if "preempted_at_step" in results:
+    print(f"Preempted at step {results['preempted_at_step']}; the checkpoint is saved: run the "
+          "same command to resume")
+    raise SystemExit(EXIT_PREEMPTED)
+  acc = results["accuracy"]
+  print(f"{results['task']}: top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}  "
+        f"({results['num_val_examples']} val videos, {results['test_segments']}x"
+        f"{results['test_views']} views; {os.path.join(workdir, 'results.json')})")
+
+
+if __name__ == "__main__":
+  cli.setup_console_logging()
+  flags.mark_flags_as_required(["config"])
+  app.run(main, flags_parser=cli.parse_flags)

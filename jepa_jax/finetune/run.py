@@ -1,0 +1,271 @@
+"""The fine-tuning loop: encoder + head trained end to end, checkpointed, resumed exactly, tested
+on segments x views.
+
+``finetune(config, workdir)``:
+
+1. Loads the encoder as the frozen evaluation does (``eval.encoder.load_frozen_encoder``), with
+   ``config.drop_path`` set on its blocks, and builds the head.
+2. Resumes from the latest readable checkpoint in ``<workdir>/checkpoints`` (train state + the
+   data iterator's position, as pretraining), or starts at step 0.
+3. Trains ``epochs x steps_per_epoch`` updates: one training clip per video (random resized crop),
+   label smoothing, mixup/cutmix, drop path, AdamW with warm-up + cosine and layer-wise LR decay.
+   Randomness is ``fold_in(PRNGKey(seed + 1), step)``, so a resumed run repeats the same updates.
+4. Validates every ``eval_every`` epochs and at the end: every test video as ``test_segments x
+   test_views`` clips, each classified on its own, the softmax scores averaged (VideoMAE's test).
+5. Writes ``metrics.jsonl`` + TensorBoard (loss, LR, steps/s, ETA) and ``results.json``.
+"""
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metric_writers, periodic_actions
+from flax.training import train_state
+
+from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import data as data_lib
+from jepa_jax import optim
+from jepa_jax import paths
+from jepa_jax import trainer
+from jepa_jax.data import normalize as normalize_lib
+from jepa_jax.eval import encoder as enc_lib
+from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval import run as eval_run
+from jepa_jax.finetune import augment
+from jepa_jax.finetune import model as model_lib
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneState(train_state.TrainState):
+  """``params = {"encoder", "head"}``; ``apply_fn`` unused (the steps close over the modules)."""
+
+
+class Finetuner:
+  """The modules and the jitted steps of one fine-tuning run."""
+
+  def __init__(self, config, encoder, head, num_classes: int):
+    self.config, self.encoder, self.head = config, encoder, head
+    self.num_classes = num_classes
+    self.train_step = jax.jit(self._train_step, donate_argnums=0)
+    self.eval_step = jax.jit(self._eval_step)
+
+  def logits(self, params, clips, dropout_key=None):
+    """normalised clips ``[B, T, H, W, C]`` -> logits ``[B, K]``; drop path iff a key is given."""
+    rngs = {} if dropout_key is None else {"dropout": dropout_key}
+    tokens = self.encoder.apply({"params": params["encoder"]}, clips, rngs=rngs)
+    if self.config.freeze_encoder:
+      tokens = jax.lax.stop_gradient(tokens)
+    return self.head.apply({"params": params["head"]}, tokens).astype(jnp.float32)
+
+  def _train_step(self, state, video, labels, rng):
+    c = self.config
+    k_mix, k_drop = jax.random.split(jax.random.fold_in(rng, state.step))
+    clips = normalize_lib.normalize(video[:, 0, 0], self.encoder.block.dtype)
+    targets = augment.smooth_targets(labels, self.num_classes, c.label_smoothing)
+    clips, targets, lam = augment.mix(k_mix, clips, targets, **c.mixup.to_dict())
+    dropout_key = None if c.freeze_encoder or c.drop_path <= 0 else k_drop
+
+    def loss_fn(params):
+      logits = self.logits(params, clips, dropout_key)
+      return jnp.mean(optax.softmax_cross_entropy(logits, targets)), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    hp = model_lib.applied_hyperparams(state.opt_state)
+    top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    return state, dict(loss=loss, train_top1=100.0 * top1, mix_lam=lam,
+                       lr=hp["learning_rate"], grad_norm=optim.global_norm(grads))
+
+  def _eval_step(self, params, video, labels, weights):
+    """Summed top-1/top-5 hits of the S x V averaged scores, ``video`` ``[B, S, V, T, H, W, C]``."""
+    b, s, v = video.shape[:3]
+    clips = normalize_lib.normalize(
+        einops.rearrange(video, "b s v t h w c -> (b s v) t h w c"), self.encoder.block.dtype)
+    logits = einops.rearrange(self.logits(params, clips), "(b sv) k -> b sv k", b=b, sv=s * v)
+    scores = probe_lib.aggregate_views(logits, self.config.view_aggregation)
+    return dict(top1=jnp.sum(probe_lib.topk_correct(scores, labels, 1) * weights),
+                top5=jnp.sum(probe_lib.topk_correct(scores, labels, 5) * weights),
+                count=jnp.sum(weights))
+
+
+def load_encoder(config):
+  """``(encoder with config.drop_path, params, info)`` as the eval loads it."""
+  encoder, params, info = enc_lib.load_frozen_encoder(config)
+  encoder = encoder.clone(block=encoder.block.replace(drop_path=float(config.drop_path)))
+  return encoder, params, info
+
+
+def steps_per_epoch(config, num_train: int) -> int:
+  if config.steps_per_epoch:
+    return int(config.steps_per_epoch)
+  steps = num_train // config.batch_size
+  if steps < 1:
+    raise ValueError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
+                     "training examples; lower it or set config.steps_per_epoch")
+  return steps
+
+
+def evaluate(ft: Finetuner, params, config, val_spec, placer) -> dict:
+  """Top-1/top-5 (percent) on every validation video, S x V clips each."""
+  nproc = jax.process_count()
+  batch = config.test_batch_size or config.batch_size
+  ds = data_lib.make_eval_dataset(
+      config.data, val_spec, batch_size=batch // nproc, num_segments=config.test_segments,
+      num_views=config.test_views, train=False, seed=config.seed,
+      shard_index=jax.process_index(), shard_count=nproc, repeat=False)
+  sums = []
+  for b in ds:
+    out = ft.eval_step(params, placer.batch(b["video"]), placer.batch(b["label"]),
+                       placer.batch(b["valid"].astype(np.float32)))
+    sums.append(jax.device_get(out))
+  tot = {k: float(np.sum([m[k] for m in sums])) for k in sums[0]}
+  n = max(tot["count"], 1.0)
+  return dict(top1=100.0 * tot["top1"] / n, top5=100.0 * tot["top5"] / n, count=int(n))
+
+
+def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dict:
+  """Run (or resume) fine-tuning; returns the results dict also written to results.json.
+
+  ``stop_at_step``: save and return after that many updates (tests of resumption); the
+  schedules still span the whole run.
+  """
+  t_start = time.time()
+  workdir = paths.resolve(workdir)
+  primary = jax.process_index() == 0
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  placer = eval_run.Placer()
+  train_spec, val_spec = eval_run.resolve_indexes(config)
+  train_labels = eval_run.source_labels(train_spec, config.data.tfds_data_dir)
+  num_classes = config.num_classes or int(train_labels.max()) + 1
+  if train_labels.max() >= num_classes:
+    raise ValueError(f"the training index has label {int(train_labels.max())} but "
+                     f"config.num_classes is {num_classes}")
+  ipe = steps_per_epoch(config, len(train_labels))
+  total = int(config.epochs * ipe)
+
+  encoder, enc_params, info = load_encoder(config)
+  head = model_lib.build_head(config, num_classes, encoder.embed_dim, encoder.block.num_heads)
+  params = {"encoder": jax.tree_util.tree_map(jnp.asarray, dict(enc_params)),
+            "head": model_lib.init_head(head, encoder.embed_dim, config.seed)}
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+  tx = model_lib.make_optimizer(config, params, encoder.depth, ipe)
+  state = placer.replicate(FinetuneState.create(apply_fn=None, params=params, tx=tx))
+  ft = Finetuner(config, encoder, head, num_classes)
+
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
+                                  save_every=config.save.every, keep=config.save.keep,
+                                  async_save=config.save.async_save)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = ckpt_lib.restore_latest_train_state(manager, abstract)
+  start_step, data_state = 0, None
+  if restored is not None:
+    state, data_state, start_step = restored
+    log.info("Resumed fine-tuning from checkpoint %d in %s", start_step, manager.directory)
+
+  nproc = jax.process_count()
+  if config.batch_size % nproc:
+    raise ValueError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
+  dataset = data_lib.make_eval_dataset(
+      config.data, train_spec, batch_size=config.batch_size // nproc, num_segments=1,
+      num_views=1, train=True, seed=config.seed, shard_index=jax.process_index(),
+      shard_count=nproc, repeat=True)
+  iterator = iter(dataset)
+  if data_state is not None:
+    iterator.set_state(data_state)
+  prefetcher = trainer.Prefetcher(
+      iterator, lambda b: (placer.batch(b["video"]), placer.batch(b["label"])),
+      size=config.prefetch)
+
+  writer = trainer.make_writer(workdir, start_step)
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                           every_steps=config.log_every)] \
+      if primary and config.log_every else []
+  rng = jax.random.PRNGKey(config.seed + 1)
+  end = total if stop_at_step is None else min(total, stop_at_step)
+  history, collection, collection_cls = [], None, None
+  window_start, window_step = time.perf_counter(), start_step
+
+  def save(step, force=False):
+    ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(), config=config,
+                  force=force)
+
+  preemption = trainer._Preemption()  # pylint: disable=protected-access  (SIGTERM: save, stop)
+  preempted_at = None
+  step = start_step
+  try:
+    with metric_writers.ensure_flushes(writer):
+      while step < end:
+        _, (video, labels), _ = prefetcher.next()
+        state, metrics = ft.train_step(state, video, labels, rng)
+        step += 1
+        collection_cls = collection_cls or trainer.metrics_collection(tuple(metrics))
+        update = collection_cls.single_from_model_output(**metrics)
+        collection = update if collection is None else collection.merge(update)
+        for hook in hooks:
+          hook(step)
+        if config.log_every and (step % config.log_every == 0 or step == end):
+          scalars = {k: float(v) for k, v in collection.compute().items()}
+          elapsed = time.perf_counter() - window_start
+          rate = (step - window_step) / max(elapsed, 1e-9)
+          scalars.update(steps_per_sec=rate, eta_seconds=(total - step) / max(rate, 1e-9))
+          if not np.isfinite(scalars["loss"]):
+            raise trainer.NonFiniteLossError(
+                f"non-finite fine-tuning loss at step {step}; lower config.optim.lr")
+          writer.write_scalars(step, scalars)
+          log.info("step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %.0f s", step, total,
+                   scalars["loss"], scalars["lr"], rate, scalars["eta_seconds"])
+          collection, window_start, window_step = None, time.perf_counter(), step
+        epoch_end = step % ipe == 0
+        if (config.eval_every and epoch_end and (step // ipe) % config.eval_every == 0
+            and step < total):
+          acc = evaluate(ft, state.params, config, val_spec, placer)
+          writer.write_scalars(step, {"val/top1": acc["top1"], "val/top5": acc["top5"]})
+          history.append(dict(step=step, epoch=step // ipe, **acc))
+          log.info("epoch %d: val top-1 %.2f, top-5 %.2f", step // ipe, acc["top1"], acc["top5"])
+        if preemption.reached(step):
+          log.warning("Preemption requested: saving step %d and exiting", step)
+          save(step, force=True)
+          preempted_at = step
+          break
+        if step % config.save.every == 0 or step == end:
+          save(step, force=step == end)
+  finally:
+    prefetcher.close()
+    manager.wait_until_finished()
+    preemption.restore()
+  manager.close()
+  if preempted_at is not None:
+    return dict(preempted_at_step=preempted_at)
+  if step < total:  # stopped early on request: no final test
+    return dict(stopped_at_step=step)
+
+  acc = evaluate(ft, state.params, config, val_spec, placer)
+  history.append(dict(step=step, epoch=step // ipe, **acc))
+  writer.write_scalars(step, {"val/top1": acc["top1"], "val/top5": acc["top5"]})
+  writer.flush()
+  results = dict(
+      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      encoder_step=info["step"], model=info["model"], freeze_encoder=bool(config.freeze_encoder),
+      head=config.head.kind, num_classes=num_classes, train_index=train_spec, val_index=val_spec,
+      accuracy=dict(top1=acc["top1"], top5=acc["top5"]), num_val_examples=acc["count"],
+      num_train_examples=int(len(train_labels)), steps=total, steps_per_epoch=ipe,
+      test_segments=config.test_segments, test_views=config.test_views, history=history,
+      seconds=time.time() - t_start)
+  if primary:
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    log.info("wrote %s: top-1 %.2f, top-5 %.2f", path, acc["top1"], acc["top5"])
+  return results
