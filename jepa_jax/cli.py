@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from absl import flags
 from ml_collections import config_flags
@@ -380,3 +380,29 @@ def fail(message: str, error: Optional[BaseException] = None) -> NoReturn:
   os.write(original, (" ".join(message.split()) + "\n").encode())
   os.close(original)
   sys.exit(1)
+
+
+def start_workdir(workdir: Optional[str], holds: str, process_index: int = 0) -> str:
+  """The entry points' workdir step: refuse a missing ``--workdir`` (saying what it ``holds``),
+  create it and start the log file (``prepare_workdir``); returns the log's path."""
+  if not workdir:
+    fail(f"Config error: --workdir is required (where {holds} go)")
+  try:
+    return prepare_workdir(workdir, process_index)
+  except WorkdirError as e:
+    fail(f"Workdir error: {e}", e)
+
+
+def run_or_fail(fn: Callable[[], Any], workdir: str, known: tuple = (), prefix: str = "Error: "):
+  """``fn()`` under the entry points' error policy: an error of a ``known`` type (one a user
+  can act on) and any error ``explain`` recognises (a full disk, a permission, ...) end the process
+  with one line (``fail``); any other error is a bug and keeps its traceback."""
+  try:
+    return fn()
+  except known as e:
+    fail(explain(e, workdir) or f"{prefix}{e}", e)
+  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
+    message = explain(e, workdir)
+    if message is None:
+      raise
+    fail(message, e)

@@ -42,22 +42,10 @@ def main(argv):
   except experiment.ConfigError as e:
     cli.fail(f"Config error: {e}")
   workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
-  if not workdir:
-    cli.fail("Config error: --workdir is required (where checkpoints and logs go)")
-  try:
-    log_path = cli.prepare_workdir(workdir, jax.process_index())
-  except cli.WorkdirError as e:
-    cli.fail(f"Workdir error: {e}", e)
+  log_path = cli.start_workdir(workdir, "checkpoints and logs", jax.process_index())
   logging.info("Logging to %s", log_path)
-  try:
-    metrics = trainer.train(config, workdir, exp)
-  except trainer.NonFiniteLossError as e:
-    cli.fail(f"Stopped: {e}", e)
-  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
-    message = cli.explain(e, workdir)
-    if message is None:
-      raise
-    cli.fail(message, e)
+  metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir,
+                            known=(trainer.NonFiniteLossError,), prefix="Stopped: ")
   if "preempted_at_step" in metrics:
     logging.warning("Preempted at step %d; the checkpoint is saved: run the same command to "
                     "resume", metrics["preempted_at_step"])

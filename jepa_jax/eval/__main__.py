@@ -33,21 +33,9 @@ def main(argv):
   config = _CONFIG.value
   eval_config.resolve_paths(config)
   workdir = paths.resolve(_WORKDIR.value)
-  if not workdir:
-    cli.fail("Config error: --workdir is required (where results.json and the probes go)")
-  try:
-    cli.prepare_workdir(workdir, jax.process_index())
-  except cli.WorkdirError as e:
-    cli.fail(f"Workdir error: {e}", e)
-  try:
-    results = run.evaluate(config, workdir)
-  except (ValueError, ckpt_lib.CheckpointError, FileNotFoundError) as e:
-    cli.fail(cli.explain(e, workdir) or f"Error: {e}", e)
-  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
-    message = cli.explain(e, workdir)
-    if message is None:
-      raise
-    cli.fail(message, e)
+  cli.start_workdir(workdir, "results.json and the probes", jax.process_index())
+  results = cli.run_or_fail(lambda: run.evaluate(config, workdir), workdir,
+                            known=(ValueError, ckpt_lib.CheckpointError, FileNotFoundError))
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f} +- {acc['top1_std']:.2f}  "
         f"top-5 {acc['top5']:.2f}  ({results['num_val_examples']} val examples; "

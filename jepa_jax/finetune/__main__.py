@@ -35,22 +35,10 @@ def main(argv):
   config = _CONFIG.value
   ft_config.resolve_paths(config)
   workdir = paths.resolve(_WORKDIR.value)
-  if not workdir:
-    cli.fail("Config error: --workdir is required (where checkpoints and results.json go)")
-  try:
-    cli.prepare_workdir(workdir, jax.process_index())
-  except cli.WorkdirError as e:
-    cli.fail(f"Workdir error: {e}", e)
-  try:
-    results = run.finetune(config, workdir)
-  except (ValueError, ckpt_lib.CheckpointError, FileNotFoundError,
-          trainer.NonFiniteLossError) as e:
-    cli.fail(cli.explain(e, workdir) or f"Error: {e}", e)
-  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
-    message = cli.explain(e, workdir)
-    if message is None:
-      raise
-    cli.fail(message, e)
+  cli.start_workdir(workdir, "checkpoints and results.json", jax.process_index())
+  results = cli.run_or_fail(lambda: run.finetune(config, workdir), workdir,
+                            known=(ValueError, ckpt_lib.CheckpointError, FileNotFoundError,
+                                   trainer.NonFiniteLossError))
   if "preempted_at_step" in results:
     print(f"Preempted at step {results['preempted_at_step']}; the checkpoint is saved: run the "
           "same command to resume")
