@@ -200,7 +200,7 @@ class Prefetcher:
 
 # --- the loop ---------------------------------------------------------------------------------
 
-class _Preemption:
+class Preemption:
   """SIGTERM -> save at the next step and exit; on several processes JAX's sync point decides."""
 
   def __init__(self):
@@ -327,7 +327,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
     if config.profile:
       hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
                                             first_profile=start_step + 10))
-  preemption = _Preemption()
+  preemption = Preemption()
   rng = jax.random.PRNGKey(config.seed + 1)
   collection, last_metrics = None, {}
   preempted_at = None

@@ -299,7 +299,7 @@ def test_sigterm_saves_and_stops(synthetic_dir, tmp_path, monkeypatch):
   """A preemption request saves the current step and returns, as pretraining does; the run then
   resumes from that checkpoint."""
   from jepa_jax import trainer  # noqa: PLC0415
-  monkeypatch.setattr(trainer._Preemption, "reached", lambda self, step: step == 2)
+  monkeypatch.setattr(trainer.Preemption, "reached", lambda self, step: step == 2)
   c = tiny_config(synthetic_dir, eval_every=0, epochs=1)
   assert run_lib.finetune(c, str(tmp_path)) == {"preempted_at_step": 2}
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

@@ -14,7 +14,6 @@ on segments x views.
    test_views`` clips, each classified on its own, the softmax scores averaged (VideoMAE's test).
 5. Writes ``metrics.jsonl`` + TensorBoard (loss, LR, steps/s, ETA) and ``results.json``.
 """
-import json
 import logging
 import os
 import time
@@ -200,7 +199,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
     ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(), config=config,
                   force=force)
 
-  preemption = trainer._Preemption()  # pylint: disable=protected-access  (SIGTERM: save, stop)
+  preemption = trainer.Preemption()  # SIGTERM: save, stop
   preempted_at = None
   step = start_step
   try:
@@ -262,10 +261,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
       num_train_examples=int(len(train_labels)), steps=total, steps_per_epoch=ipe,
       test_segments=config.test_segments, test_views=config.test_views, history=history,
       seconds=time.time() - t_start)
+  path = eval_run.write_results(results, workdir)  # process 0 writes
   if primary:
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
     log.info("wrote %s: top-1 %.2f, top-5 %.2f", path, acc["top1"], acc["top5"])
   return results
