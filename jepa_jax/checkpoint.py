@@ -94,6 +94,12 @@ class PerProcessJsonSave(ocp.args.CheckpointArgs):
   item: Any
 
 
+@ocp.args.register_with_handler(PerProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class PerProcessJsonRestore(ocp.args.CheckpointArgs):
+  pass
+
+
 def _process_file(index: int, count: int) -> str:
   return f"process_{index}-of-{count}.json"
 

@@ -66,7 +66,7 @@ def tail_probability(bad: int, tried: int, limit: float, population: int | None 
   if bad <= 0:
     return 1.0
   if population:
-    return float(stats.hypergeom.sf(bad - 1, population, math.floor(limit * population), tried))
+    return float(stats.hypergeom.sf(bad - 1, population, math.floor(limit * population + 1e-9), tried))
   return float(stats.binom.sf(bad - 1, tried, limit))
 
 
