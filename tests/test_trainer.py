@@ -520,3 +520,32 @@ def test_sigterm_and_resume_continue_the_data_failure_account(synthetic_dir, tmp
   totals = np.cumsum([r["data/bad_reads"] for r in rows])
   assert [r["data/bad_reads_total"] for r in rows] == totals.tolist()
   assert totals[-1] > saved["bad_reads"]  # the resumed run met them too, and kept counting
+
+
+def test_data_failure_account_is_per_process_and_merged_on_another_process_count(tmp_path):
+  """Each process restores its own account; after a restart on another number of processes,
+  the union of all (known-bad entries are facts about the index, whichever process met them)."""
+  cfg = defaults.base_config().data
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"), async_save=False)
+  mine = {"sources": [["i.csv", 10]], "tried": data_failures_tried({0, 2, 4}), "bad": [2],
+          "bad_reasons": ["missing"], "bad_reads": 3}
+  checkpoint.save(manager, 4, data_failures=mine, force=True)
+  manager.wait_until_finished()
+  restored = trainer._restored_data_failures(manager, 4, cfg)
+  assert (restored.tried, restored.bad, restored.bad_reads) == ({0, 2, 4}, {2: "missing"}, 3)
+  assert trainer._restored_data_failures(manager, 0, cfg).tried == set()  # a fresh run
+  item = tmp_path / "checkpoints" / "4" / checkpoint.DATA_FAILURES
+  (item / "process_0-of-1.json").rename(item / "process_0-of-2.json")
+  other = {**mine, "tried": data_failures_tried({1, 3}), "bad": [3], "bad_reasons": ["open_error"],
+           "bad_reads": 1}
+  (item / "process_1-of-2.json").write_text(json.dumps(other))
+  merged = trainer._restored_data_failures(manager, 4, cfg)
+  assert merged.tried == {0, 1, 2, 3, 4} and merged.bad == {2: "missing", 3: "open_error"}
+  manager.close()
+
+
+def data_failures_tried(entries):
+  from jepa_jax.data import failures
+  t = failures.FailureTracker()
+  t.tried = set(entries)
+  return t.state()["tried"]
