@@ -11,6 +11,8 @@
               trainer's prefetcher reads ahead, so it records the state with every batch rather
               than asking the iterator at save time. A resumed run sees the next unseen batch.
 * ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
+* ``data_failures`` - each process's account of unreadable data entries at that batch
+              (``jepa_jax.data.failures``), one file per process: ``process_<i>-of-<n>.json``.
 
 Attentive probes use the same layout with a ``probe`` item instead of ``state``/``params``:
 ``<dir>/checkpoints/<step>/{probe, config}``, the config being ``{"probe": {num_classes, num_heads,
@@ -34,6 +36,8 @@ does not fit the model is an error, never a reason to fall back.
 Paths may be relative (``jepa_jax.paths.resolve`` makes them absolute, as orbax requires) or
 remote (``gs://...``).
 """
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -49,6 +53,7 @@ from jepa_jax import paths
 log = logging.getLogger(__name__)
 
 STATE, PARAMS, DATA, CONFIG, PROBE = "state", "params", "data", "config", "probe"
+DATA_FAILURES = "data_failures"
 PARAM_KEYS = ("encoder", "predictor", "target")
 
 
@@ -69,13 +74,65 @@ def checkpoint_dir(path: str) -> str:
   return candidate if os.path.isdir(candidate) else path
 
 
+class PerProcessJsonHandler(ocp.CheckpointHandler):
+  """JSON that differs between processes: each writes ``process_<i>-of-<n>.json`` (orbax's JSON
+  handler writes process 0's only). Read back with ``read_per_process``."""
+
+  def save(self, directory: epath.Path, item=None, args=None):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / _process_file(jax.process_index(), jax.process_count())).write_text(
+        json.dumps(args.item if args is not None else item))
+
+  def restore(self, directory: epath.Path, item=None, args=None):
+    del item, args
+    return _read_process_files(directory)
+
+
+@ocp.args.register_with_handler(PerProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class PerProcessJsonSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(PerProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class PerProcessJsonRestore(ocp.args.CheckpointArgs):
+  pass
+
+
+def _process_file(index: int, count: int) -> str:
+  return f"process_{index}-of-{count}.json"
+
+
+def _read_process_files(directory: epath.Path) -> dict:
+  """{file name: JSON} of the per-process files in ``directory``."""
+  return {p.name: json.loads(p.read_text()) for p in directory.glob("process_*-of-*.json")}
+
+
+def read_per_process(manager, step: int, item: str):
+  """``(this process's JSON or None, every process's)`` of a ``PerProcessJsonHandler`` item of
+  checkpoint ``step``. This process's is the file of the same index and process count: after a
+  restart on another number of processes it is None and the caller combines the others. A
+  missing item reads as ``(None, [])``; unreadable files likewise, with a warning."""
+  directory = epath.Path(manager.directory) / str(step) / item
+  if not directory.exists():
+    return None, []
+  try:
+    files = _read_process_files(directory)
+  except (OSError, ValueError) as e:
+    log.warning("Ignored %s of checkpoint %d in %s: %s", item, step, manager.directory, _short(e))
+    return None, []
+  return files.get(_process_file(jax.process_index(), jax.process_count())), list(files.values())
+
+
 def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3,
                  keep_period: Optional[int] = None, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   directory = paths.resolve(directory)
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
               PROBE: ocp.StandardCheckpointHandler(),
-              CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
+              CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
+              DATA_FAILURES: PerProcessJsonHandler()}
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
@@ -83,7 +140,7 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, probe=None,
-         data_state=None, config=None, force: bool = False) -> bool:
+         data_state=None, config=None, data_failures=None, force: bool = False) -> bool:
   """Save whichever items are given; returns whether a save was started."""
   items = {}
   if state is not None:
@@ -96,6 +153,8 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, 
     items[DATA] = ocp.args.JsonSave(data_state)
   if config is not None:
     items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
+  if data_failures is not None:
+    items[DATA_FAILURES] = PerProcessJsonSave(data_failures)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 

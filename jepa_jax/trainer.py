@@ -18,7 +18,9 @@ Guarantees:
   waits for the host; steps are named as logged (1-based: step k is the k-th update).
 * Bad data: samples replaced by the pipeline (``jepa_jax.data.pipeline``) are counted per logging
   window (``data/bad_reads``, with the run's total in ``data/bad_reads_total``) and summed up at
-  the end.
+  the end. The account of unreadable entries met by the consumed batches (``data.failures``) is
+  checkpointed per process with the data state and restored on resume, so the stop rule and the
+  total continue where they were.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
 * Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
@@ -141,7 +143,8 @@ class Prefetcher:
   """Reads host batches in a background thread and puts them on the devices ahead of the step.
 
   Each item carries the iterator state recorded *before* its batch, which is what a checkpoint
-  taken before consuming that batch must store, and the batch's failed reads (``bad_reads``).
+  taken before consuming that batch must store, and the batch's bad entries
+  (``data.failures.batch_record``).
   """
 
   def __init__(self, iterator, place, size: int = 2):
@@ -158,11 +161,11 @@ class Prefetcher:
       while not self._stop.is_set():
         state = self._it.get_state()
         host = next(self._it)
-        bad_reads = int(np.sum(host["bad_reads"])) if "bad_reads" in host else 0
+        failed = data_lib.failures.batch_record(host)
         batch = self._place(host)
         while not self._stop.is_set():
           try:
-            self._queue.put((state, batch, bad_reads), timeout=0.1)
+            self._queue.put((state, batch, failed), timeout=0.1)
             break
           except queue.Full:
             continue
@@ -178,7 +181,7 @@ class Prefetcher:
     return item
 
   def next(self):
-    """``(data state before the batch, device batch, failed reads of the batch)``."""
+    """``(data state before the batch, device batch, its bad entries or None)``."""
     item, self._held = (self._held, None) if self._held is not None else (self._get(), None)
     return item
 
@@ -307,12 +310,14 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   state, start_step, data_state = _init_or_restore(exp, manager, config)
 
   per_process_batch = exp.batch_size // jax.process_count()
-  # Filled in this process only without worker processes; the counts also travel in the batches.
-  tracker = data_lib.FailureTracker(config.data.max_failure_fraction,
-                                    config.data.min_failure_check_attempts)
+  # The account of the consumed batches (checkpointed); the loader's copy decides when to stop
+  # (filled in this process only without worker processes; the entries also travel in the batches).
+  consumed = _restored_data_failures(manager, start_step, config.data)
+  tracker = consumed.copy()
   dataset = data_lib.make_pretrain_dataset(
       config.data, batch_size=per_process_batch, seed=config.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(), failure_tracker=tracker)
+  consumed.bind(tracker.sources)
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
@@ -370,7 +375,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
     nonlocal last_saved
     check_finite()
     if ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
-                     config=config, force=force):
+                     config=config, data_failures=consumed.state(), force=force):
       last_saved = step
 
   collection_cls = None
@@ -379,7 +384,8 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   try:
     with metric_writers.ensure_flushes(writer):
       while step < total:
-        _, batch, bad_reads = prefetcher.next()
+        _, batch, failed = prefetcher.next()
+        bad_reads = consumed.add_batch(failed)
         window_bad_reads += bad_reads
         total_bad_reads += bad_reads
         state, metrics = exp.train_step(state, batch, rng)
@@ -398,7 +404,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
           scalars["data_wait_fraction"] = (prefetcher.wait_seconds - window_wait) / max(elapsed, 1e-9)
           scalars["skipped_steps"] = skipped
           scalars["data/bad_reads"] = window_bad_reads
-          scalars["data/bad_reads_total"] = total_bad_reads
+          scalars["data/bad_reads_total"] = consumed.bad_reads
           window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
           window_bad_reads = 0
           writer.write_scalars(step, scalars)
@@ -423,6 +429,15 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   if preempted_at is not None:
     last_metrics = {**last_metrics, "preempted_at_step": preempted_at}
   return last_metrics
+
+
+def _restored_data_failures(manager, step: int, data_config):
+  """This process's data-failure account saved with checkpoint ``step`` (a fresh one at step 0;
+  the union of all processes' after a restart on another number of processes)."""
+  own, every = ckpt_lib.read_per_process(manager, step, ckpt_lib.DATA_FAILURES) if step else (None, [])
+  return data_lib.FailureTracker.from_state(
+      own if own is not None else data_lib.failures.merge_states(every),
+      data_config.max_failure_fraction, data_config.failure_confidence)
 
 
 def _log_bad_reads(total: int, tracker, first_step: int, last_step: int) -> None:

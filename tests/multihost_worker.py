@@ -32,6 +32,7 @@ def main():
   report = {
       "process": jax.process_index(), "processes": jax.process_count(),
       "devices": jax.device_count(), "step": step, "data_state": data_state,
+      "data_failures": checkpoint.read_per_process(manager, step, checkpoint.DATA_FAILURES)[0],
       "target_checksum": sum(local(x) for x in jax.tree_util.tree_leaves(state.target_params)),
       "online_checksum": sum(local(x) for x in jax.tree_util.tree_leaves(state.params)),
   }

@@ -1,17 +1,24 @@
 """grain pipelines: batches, determinism, resumable state, epochs, sharding, mixing, eval layout,
 bad input, worker processes and TFDS sources."""
 import gc
+import json
 import logging
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
 
 from jepa_jax import data
+from jepa_jax.data import failures
 from jepa_jax.data import pipeline
 from jepa_jax.data import synthetic
 
 import video_files
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import data_failure_rule  # noqa: E402
 
 SYNTHETIC_VIDEOS = 12  # same set (and directory) as tests/test_data.py
 
@@ -163,7 +170,7 @@ def test_bad_files_are_counted_and_replaced(synthetic_index, tmp_path, caplog):
   bad = video_files.make_bad_files(str(tmp_path / "bad"), good[0])
   rows = [(p, 0) for p in good] + [(p, 1) for p in bad.values()]
   index = _write_index(tmp_path / "mixed.csv", rows)
-  tracker = pipeline.FailureTracker(max_failure_fraction=0.9, min_attempts=10)
+  tracker = pipeline.FailureTracker(max_failure_fraction=0.9)
   cfg = small_cfg(datasets=[index], short_video_policy="skip", num_frames=8, frame_step=2)
   with caplog.at_level(logging.WARNING, logger="jepa_jax.data.pipeline"):
     ds = data.make_pretrain_dataset(cfg, batch_size=4, seed=0, failure_tracker=tracker)
@@ -177,13 +184,15 @@ def test_bad_files_are_counted_and_replaced(synthetic_index, tmp_path, caplog):
   reasons = tracker.failures
   assert set(reasons) == {"open_error", "empty_file", "too_short", "missing"}
   assert reasons["open_error"] >= 3 and tracker.requests > tracker.replaced > 0
-  # Logged once per path even though each bad path failed in several epochs.
+  # Logged and counted once per path even though each bad path came up in several epochs.
   logged = [r.getMessage() for r in caplog.records if "skipping sample" in r.getMessage()]
   assert len(logged) == len(set(logged)) == 6
-  assert sum(reasons.values()) > 6
-  # Each example says how many failed reads it took; the reader runs ahead of what was taken.
+  assert sum(reasons.values()) == tracker.num_failures == 6
+  # Each example says which bad entries it met; the reader runs ahead of what was taken.
   bad_reads = sum(int(b["bad_reads"].sum()) for b in batches)
-  assert 0 < bad_reads <= tracker.num_failures
+  assert 6 < bad_reads <= tracker.bad_reads
+  named = np.concatenate([b["bad_entries"].reshape(-1) for b in batches])
+  assert (named >= 0).sum() == bad_reads and set(named[named >= 0]) == set(tracker.bad)
 
 
 def test_all_bad_index_fails_with_clear_message(tmp_path):
@@ -204,21 +213,100 @@ def test_empty_index_is_a_data_error(tmp_path):
     data.make_pretrain_dataset(small_cfg(datasets=[str(index)]), batch_size=2, seed=0)
 
 
-def test_failure_fraction_counts_requested_samples():
-  t = pipeline.FailureTracker(max_failure_fraction=0.2, min_attempts=10)
+def test_stop_rule_counts_distinct_entries_once():
+  """Issue 27: the rule counts distinct entries, not reads: entries that fail again (another
+  epoch, another process's report) change nothing, and it stops only when the rate is
+  confidently above the limit."""
+  t = pipeline.FailureTracker(max_failure_fraction=0.1)
+  t.bind([("index", 1000)])
   err = data.pipeline.decode.VideoReadError("open_error", "bad")
-  for i in range(5):  # five samples, each walking through three bad entries
-    for k in range(3):
-      t.read_failed(f"p{i}{k}", err)
-    t.sample_done(bad_reads=3)
-    t.check()  # below min_attempts: no decision yet
-  for _ in range(20):
-    t.sample_done(bad_reads=0)
-  t.check()  # 5 of 25 samples replaced = 0.2: not above, though 15 reads failed
-  assert (t.requests, t.replaced, t.num_failures) == (25, 5, 15)
-  t.sample_done(bad_reads=1)
-  with pytest.raises(data.DataPipelineError, match="open_error"):
+  for e in range(100):  # 100 entries read, 12 of them bad: 12% is not confidently above 10%
+    t.read_failed(e, f"p{e}", err) if e % 8 == 0 else t.read_ok(e)
     t.check()
+  for _ in range(50):  # the same bad entries again: nothing new
+    for e in range(0, 100, 8):
+      t.read_failed(e, f"p{e}", err)
+    t.check()
+  assert (len(t.tried), t.num_failures, t.failures["open_error"]) == (100, 13, 13)
+  for e in range(100, 140):  # 40 more, 30 bad: 43 of 140
+    t.read_failed(e, f"p{e}", err) if e % 4 else t.read_ok(e)
+  with pytest.raises(data.DataPipelineError, match=r"43 of the 140 distinct entries.*open_error"):
+    t.check()
+
+
+def test_tail_probability_is_the_exact_test():
+  # Every entry read: the rate is known, so 8% of 1000 is below 10% (p = 1), 11% above (p = 0).
+  assert failures.tail_probability(80, 1000, 0.1, 1000) == 1.0
+  assert failures.tail_probability(110, 1000, 0.1, 1000) == 0.0
+  # Two bad of the first three read does not stop (p = 2.8%), as a 10% Wilson bound would.
+  assert failures.tail_probability(2, 3, 0.1, 1000) > 0.01
+  assert failures.tail_probability(2, 3, 0.1) == pytest.approx(3 * 0.1 ** 2 - 2 * 0.1 ** 3)
+
+
+def test_account_survives_state_round_trip_and_merges():
+  t = pipeline.FailureTracker()
+  t.bind([("a.csv", 50), ("b.csv", 30)])
+  t.add_examples(np.array([1, 7, 60]), np.array([[3, 40, -1], [-1, -1, -1], [79, -1, -1]]),
+                 np.array([[0, 1, -1], [-1] * 3, [3, -1, -1]], np.int8))
+  state = json.loads(json.dumps(t.state()))
+  u = pipeline.FailureTracker.from_state(state)
+  assert u.tried == {1, 3, 7, 40, 60, 79} and u.bad == {3: "missing", 40: "empty_file",
+                                                       79: "no_video_stream"}
+  assert (u.bad_reads, u.population) == (3, 80)
+  other = pipeline.FailureTracker()
+  other.bind([("a.csv", 50), ("b.csv", 30)])
+  other.add_examples(np.array([2]), np.array([[3, 5]]), np.array([[0, 0]], np.int8))
+  merged = pipeline.FailureTracker.from_state(failures.merge_states([state, other.state()]))
+  assert set(merged.bad) == {3, 5, 40, 79} and merged.bad_reads == 5
+  u.bind([("other.csv", 80)])  # another index: its entries mean other files
+  assert not u.tried and not u.bad and u.population == 80
+
+
+@pytest.mark.parametrize("fraction,stopped,within", [(0.08, 0, None), (0.25, 20, 300),
+                                                     (1.0, 20, 1)])
+def test_stop_rule_over_20_seeds(fraction, stopped, within):
+  """Issue 27 on the pipeline's own order and loader (bench/data_failure_rule.py), an index of
+  1000 entries: 8% bad never stops in 2,000 samples (the rule before it stopped 10 of these 20
+  seeds), 25% always within 300, 100% on the first sample."""
+  stops = [data_failure_rule.stop_sample(fraction, seed, samples=2000 if within is None else within)
+           for seed in range(20)]
+  assert sum(s is not None for s in stops) == stopped, stops
+
+
+def test_the_rule_before_issue_27_stopped_on_8_percent():
+  """What the previous test guards against: the old rule on the same seeds."""
+  stops = [data_failure_rule.stop_sample(0.08, seed, samples=200, rule="before-27")
+           for seed in range(8)]
+  assert any(s is not None for s in stops), stops
+
+
+def test_known_bad_entries_are_not_read_again_and_the_stream_does_not_change():
+  """A known-bad entry is replaced without a read, by the same replacement a failed read draws,
+  so the samples are the same whether the account is fresh or restored (or which thread met a
+  bad entry first)."""
+  n, bad = 30, {4, 9, 17}
+
+  class CountingSource(_FakeSource):
+    reads = 0
+
+    def get(self, i):
+      CountingSource.reads += 1
+      return super().get(i)
+
+  def run(tracker):
+    loader = pipeline._Loader(CountingSource(n, bad), mode="pretrain", train=True, num_frames=4,
+                              frame_step=1, crop_size=16, flip=False, tracker=tracker)
+    return [loader(k % n, np.random.default_rng(k)) for k in range(90)]
+
+  fresh = pipeline.FailureTracker(1.0)
+  first = run(fresh)
+  assert set(fresh.bad) == bad and fresh.bad_reads >= 9
+  assert CountingSource.reads == 90 + 3  # each bad entry read once, then skipped
+  CountingSource.reads = 0
+  again = run(pipeline.FailureTracker.from_state(fresh.state(), 1.0))
+  assert CountingSource.reads == 90  # none read again
+  for a, b in zip(first, again):
+    assert_same(a, b)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -229,13 +317,13 @@ def test_adjacent_bad_entries_below_the_limit_never_stop(synthetic_index, tmp_pa
   rows = [(good, 0)] * 30 + [(str(tmp_path / f"gone{i}.mp4"), 0) for i in range(5)] + [(good, 0)] * 31
   index = _write_index(tmp_path / "mostly_good.csv", rows)
   cfg = small_cfg(datasets=[index], num_frames=2, frame_step=1, crop_size=16)
-  assert (cfg.max_failure_fraction, cfg.min_failure_check_attempts) == (0.1, 50)  # the defaults
-  tracker = pipeline.FailureTracker(cfg.max_failure_fraction, cfg.min_failure_check_attempts)
+  assert (cfg.max_failure_fraction, cfg.failure_confidence) == (0.1, 0.999)  # the defaults
+  tracker = pipeline.FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
   batches = take(data.make_pretrain_dataset(cfg, batch_size=11, seed=seed,
                                             failure_tracker=tracker), 18)  # 3 epochs
   index_seen = np.concatenate([b["index"] for b in batches])
   assert not np.isin(index_seen, range(30, 35)).any()
-  assert tracker.replaced >= 15 and tracker.requests >= 198
+  assert tracker.replaced >= 15 and tracker.requests >= 198 and tracker.num_failures == 5
 
 
 class _FakeSource:
@@ -262,7 +350,7 @@ def test_replacement_is_uniform_over_the_other_entries_and_deterministic():
   n, bad = 20, range(5, 10)
   loader = pipeline._Loader(_FakeSource(n, bad), mode="pretrain", train=True, num_frames=4,
                             frame_step=1, crop_size=16, flip=False,
-                            tracker=pipeline.FailureTracker(1.0, 10**9))
+                            tracker=pipeline.FailureTracker(1.0))
   draws = 3000
   got = np.array([int(loader(int(bad[k % 5]), np.random.default_rng(k))["index"])
                   for k in range(draws)])
@@ -274,6 +362,34 @@ def test_replacement_is_uniform_over_the_other_entries_and_deterministic():
   assert chi2 < 36.1, (chi2, counts)  # 14 degrees of freedom: p = 0.001
   same_rng = [int(loader(7, np.random.default_rng(123))["index"]) for _ in range(3)]
   assert len(set(same_rng)) == 1  # a function of the sample's rng: resumable
+
+
+@pytest.mark.parametrize("num_bad,stops", [(3, False), (20, True)])
+def test_stop_rule_end_to_end_on_broken_files(synthetic_index, tmp_path, num_bad, stops):
+  """Real files through the whole path (index, PyAV, transforms, grain): 3 broken of 40 entries
+  (7.5%) read for 3 epochs without a stop, each broken file read once; 20 of 40 stop in one line
+  naming the reason."""
+  good = data.pipeline.sources_lib.read_index(synthetic_index).paths
+  broken = video_files.make_bad_files(str(tmp_path / "bad"), good[0])
+  kinds = ["truncated", "random_bytes", "text", "empty", "missing"]
+  bad_paths = [broken[kinds[k % 5]] if k < 5 else str(tmp_path / f"gone{k}.mp4")
+               for k in range(num_bad)]
+  rows = [(good[k % len(good)], 0) for k in range(40 - num_bad)] + [(p, 0) for p in bad_paths]
+  order = np.random.default_rng(num_bad).permutation(40)
+  index = _write_index(tmp_path / "index.csv", [rows[k] for k in order])
+  cfg = small_cfg(datasets=[index], num_frames=2, frame_step=1, crop_size=16)
+  tracker = pipeline.FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
+  ds = data.make_pretrain_dataset(cfg, batch_size=10, seed=0, failure_tracker=tracker)
+  if not stops:
+    batches = take(ds, 12)  # 3 epochs
+    assert tracker.num_failures == 3 and len(tracker.tried) == 40
+    assert sum(int(b["bad_reads"].sum()) for b in batches) >= 9
+    return
+  with pytest.raises(data.DataPipelineError) as e:
+    take(ds, 12)
+  msg = str(e.value)
+  assert msg.startswith("more than max_failure_fraction=0.1 of the entries are unreadable")
+  assert "'missing'" in msg and "\n" not in msg
 
 
 # ---------------------------------------------------------------- worker processes

@@ -61,8 +61,12 @@ def test_processes_agree_and_checkpoint_is_collective(two_process_run):
   # Replicated values are identical on both processes after a collective restore.
   assert reports[0]["target_checksum"] == reports[1]["target_checksum"]
   assert reports[0]["online_checksum"] == reports[1]["online_checksum"]
-  # Each process checkpoints its own data shard position.
+  # Each process checkpoints its own data shard position, and its own data-failure account.
   assert reports[0]["data_state"] is not None
+  ckpt = workdir / "checkpoints" / str(STEPS) / checkpoint.DATA_FAILURES
+  assert sorted(p.name for p in ckpt.glob("*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+  tried = [data.failures.FailureTracker.from_state(r["data_failures"]).tried for r in reports]
+  assert tried[0] and tried[1] and not tried[0] & tried[1]  # disjoint shards, none replaced
   # Only process 0 writes logs and summaries.
   assert len(losses(workdir)) == STEPS
   # The multi-process checkpoint restores in a single process.

@@ -450,6 +450,7 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   c = tiny_config(synthetic_dir, steps=8)
   c.mesh.data = 1
   c.data.datasets = [str(index)]
+  c.data.max_failure_fraction = 0.2  # 2 of 12 bad is above the default 0.1: the run would stop
   workdir = tmp_path / "run"
   with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
     _train_single_device(c, str(workdir))
@@ -471,3 +472,80 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   assert losses(workdir) == first
   assert len(list((workdir / "checkpoints").glob("8.corrupt-*"))) == 1
   assert checkpoint.load_params(str(workdir))[1] == 8
+
+
+@pytest.mark.slow
+def test_sigterm_and_resume_continue_the_data_failure_account(synthetic_dir, tmp_path):
+  """Issue 27: a run over an index with unreadable entries, SIGTERMed (exit 75) and resumed: the
+  known-bad entries and the failed-read total come back from the checkpoint, so nothing is read
+  again and ``data/bad_reads_total`` continues (both restarted from zero: the stop rule started
+  over after every restart)."""
+  good = sorted(pathlib.Path(synthetic_dir, "videos").glob("*.mp4"))[:10] * 2
+  index = tmp_path / "index.csv"  # 2 of 22 entries bad: 9%, below the limit
+  index.write_text("".join(f"{p} 0\n" for p in good) +
+                   "".join(f"{tmp_path}/missing{i}.mp4 0\n" for i in range(2)))
+  c = tiny_config(synthetic_dir, steps=400)
+  c.checkpoint.every = 1000
+  workdir = tmp_path / "run"
+  cmd = main_cmd(c, workdir) + [f"--config.data.datasets={index}"]
+
+  def run_until_preempted(rows: int) -> str:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=single_device_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= rows):
+      if proc.poll() is not None:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr.read()[-2000:]}")
+      assert time.time() < deadline, "training did not get there"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == main.EXIT_PREEMPTED, err[-2000:]
+    return err
+
+  first = run_until_preempted(6)  # 6 batches of 4: the 22 entries were all read
+  step = checkpoint.make_manager(str(workdir / "checkpoints"), read_only=True).latest_step()
+  saved = json.loads((workdir / "checkpoints" / str(step) / checkpoint.DATA_FAILURES /
+                      "process_0-of-1.json").read_text())
+  assert saved["bad"] == [20, 21] and saved["bad_reasons"] == ["missing", "missing"]
+  assert first.count("skipping sample") == 2
+  rows = [r for r in _rows(workdir) if "data/bad_reads" in r]
+  assert rows[-1]["step"] == step and rows[-1]["data/bad_reads_total"] == saved["bad_reads"] >= 2
+
+  second = run_until_preempted(step + 3)
+  assert "Resumed from checkpoint" in second
+  assert "skipping sample" not in second  # the known-bad entries were not read again
+  rows = [r for r in _rows(workdir) if "data/bad_reads" in r]
+  assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+  totals = np.cumsum([r["data/bad_reads"] for r in rows])
+  assert [r["data/bad_reads_total"] for r in rows] == totals.tolist()
+  assert totals[-1] > saved["bad_reads"]  # the resumed run met them too, and kept counting
+
+
+def test_data_failure_account_is_per_process_and_merged_on_another_process_count(tmp_path):
+  """Each process restores its own account; after a restart on another number of processes,
+  the union of all (known-bad entries are facts about the index, whichever process met them)."""
+  cfg = defaults.base_config().data
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"), async_save=False)
+  mine = {"sources": [["i.csv", 10]], "tried": data_failures_tried({0, 2, 4}), "bad": [2],
+          "bad_reasons": ["missing"], "bad_reads": 3}
+  checkpoint.save(manager, 4, data_failures=mine, force=True)
+  manager.wait_until_finished()
+  restored = trainer._restored_data_failures(manager, 4, cfg)
+  assert (restored.tried, restored.bad, restored.bad_reads) == ({0, 2, 4}, {2: "missing"}, 3)
+  assert trainer._restored_data_failures(manager, 0, cfg).tried == set()  # a fresh run
+  item = tmp_path / "checkpoints" / "4" / checkpoint.DATA_FAILURES
+  (item / "process_0-of-1.json").rename(item / "process_0-of-2.json")
+  other = {**mine, "tried": data_failures_tried({1, 3}), "bad": [3], "bad_reasons": ["open_error"],
+           "bad_reads": 1}
+  (item / "process_1-of-2.json").write_text(json.dumps(other))
+  merged = trainer._restored_data_failures(manager, 4, cfg)
+  assert merged.tried == {0, 1, 2, 3, 4} and merged.bad == {2: "missing", 3: "open_error"}
+  manager.close()
+
+
+def data_failures_tried(entries):
+  from jepa_jax.data import failures
+  t = failures.FailureTracker()
+  t.tried = set(entries)
+  return t.state()["tried"]

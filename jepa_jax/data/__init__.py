@@ -10,8 +10,10 @@ Public API::
     ensure_synthetic(out_dir, num_videos, seed)   -> path of the synthetic set's index.csv
 
 Modules: sources (index files, directories, TFDS), decode (clip sampling + PyAV), transforms
-(crops/resizes in numpy + Pillow), pipeline (grain), normalize, synthetic.
+(crops/resizes in numpy + Pillow), pipeline (grain), failures (unreadable entries: accounting and
+the stop rule), normalize, synthetic.
 """
+from jepa_jax.data import failures
 from jepa_jax.data.pipeline import DataPipelineError
 from jepa_jax.data.pipeline import FailureTracker
 from jepa_jax.data.pipeline import default_data_config
@@ -21,5 +23,5 @@ from jepa_jax.data.synthetic import ensure_synthetic
 
 __all__ = [
     "DataPipelineError", "FailureTracker", "default_data_config", "ensure_synthetic",
-    "make_eval_dataset", "make_pretrain_dataset",
+    "failures", "make_eval_dataset", "make_pretrain_dataset",
 ]

@@ -16,25 +16,24 @@ Pretraining (``make_pretrain_dataset``)::
   Composite).
 
 Bad samples never stop a run by themselves: ``_Loader`` catches every failure to read or transform
-a sample, counts it by reason in a ``FailureTracker``, logs it once per path, and replaces it by
-another entry of the same source drawn uniformly at random (never the failed entry itself) from
-the sample's own rng, so the replacement is deterministic and resumable and no entry is favoured
-(an ``index + 1`` rule would draw the entry after a run of bad ones once per bad entry). Each
-example records the failed reads it needed in ``bad_reads``, which the trainer sums per logging
-window. The stop rule counts requested samples, not failed reads: once
-``min_failure_check_attempts`` samples have been requested, more than ``max_failure_fraction`` of
-them needing a replacement raises ``DataPipelineError`` naming the most common reason, an example
-path and a likely cause (with 61 good and 5 bad entries, 7.6% of samples need one: no stop).
-Counts are per process: with ``num_workers > 0`` each worker keeps its own tracker (and raises on
-its own; grain re-raises the error in the main process); a tracker passed as ``failure_tracker``
-is filled only when ``num_workers == 0``.
+a sample, records the entry as bad in a ``failures.FailureTracker`` (logged once, counted once by
+reason, and never read again: a known-bad entry is replaced without a decode attempt), and
+replaces it by another entry of the same source drawn uniformly at random (never the failed entry
+itself) from the sample's own rng, so the replacement is deterministic and resumable and no entry
+is favoured (an ``index + 1`` rule would draw the entry after a run of bad ones once per bad
+entry). Each example records the bad entries it met in ``bad_reads`` (pretraining examples also
+name them: ``bad_entries``, ``bad_reasons``), which the trainer sums per logging window and
+checkpoints. The run stops with ``DataPipelineError`` (naming the most common reason, an example
+path and a likely cause) only when the fraction of distinct entries found bad is confidently above
+``max_failure_fraction`` (the rule: failures.py). Counts are per process: with ``num_workers > 0``
+each worker keeps its own copy of the tracker (and raises on its own; grain re-raises the error in
+the main process); a tracker passed as ``failure_tracker`` seeds them all (a resumed run's
+account), and is filled itself only when ``num_workers == 0``.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import threading
 
 from absl import flags
 import grain
@@ -42,11 +41,15 @@ import ml_collections
 import numpy as np
 
 from jepa_jax.data import decode
+from jepa_jax.data import failures
 from jepa_jax.data import sources as sources_lib
 from jepa_jax.data import synthetic
 from jepa_jax.data import transforms
 
 log = logging.getLogger(__name__)
+
+DataPipelineError = failures.DataPipelineError
+FailureTracker = failures.FailureTracker
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -87,93 +90,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.prefetch_buffer_size = 8  # samples read ahead per process
   c.worker_buffer_size = 2  # batches buffered per worker process
   # Bad input.
-  c.max_failure_fraction = 0.1
-  c.min_failure_check_attempts = 50
+  c.max_failure_fraction = 0.1  # stop when confidently more entries than this are unreadable
+  c.failure_confidence = 0.999  # ... at this one-sided confidence (failures.py)
   c.max_retries_per_sample = 50
   c.seed = 0  # used when a caller passes no seed
   return c
-
-
-class DataPipelineError(RuntimeError):
-  """The data cannot feed the run: too many samples failed, one could not be replaced, or a
-  source is empty or of the wrong kind. The message names the source and the fix."""
-
-
-_HINTS = {
-    "missing": "do the index's paths exist on this machine (wrong path prefix? unmounted disk?)",
-    "empty_file": "are the files complete (an interrupted copy?)",
-    "open_error": "are these video files (truncated, or another format named .mp4?)",
-    "no_video_stream": "are these video files (audio-only or another format?)",
-    "no_frames": "are the videos empty or corrupt?",
-    "decode_error": "are the videos corrupt?",
-    "too_short": ("videos are shorter than num_frames * frame_step with "
-                  "short_video_policy='skip': use 'pad' or shorter clips"),
-    "read_error": "is the dataset readable (TFDS data_dir, split)?",
-    "transform_error": "odd frame sizes or shapes?",
-}
-
-
-class FailureTracker:
-  """Counts requested samples, the ones that needed a replacement, and failed reads by reason;
-  logs each failing path once. Thread-safe."""
-
-  def __init__(self, max_failure_fraction: float = 0.1, min_attempts: int = 50):
-    self.max_failure_fraction = max_failure_fraction
-    self.min_attempts = min_attempts
-    self.requests = 0  # samples asked of the loader
-    self.replaced = 0  # ... whose first read failed
-    self.failures = collections.Counter()  # failed reads by reason (every bad entry tried)
-    self.examples = {}  # reason -> (description, detail) of the first failure
-    self._logged = set()
-    self._lock = threading.Lock()
-
-  def __getstate__(self):
-    state = self.__dict__.copy()
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
-
-  @property
-  def num_failures(self) -> int:
-    """Failed reads (a sample replaced twice counts two)."""
-    return sum(self.failures.values())
-
-  def read_failed(self, desc: str, err: decode.VideoReadError):
-    """One failed read of the entry ``desc``."""
-    with self._lock:
-      self.failures[err.reason] += 1
-      self.examples.setdefault(err.reason, (desc, err.detail))
-      first = desc not in self._logged
-      self._logged.add(desc)
-    if first:
-      log.warning("skipping sample %s: %s", desc, err)
-
-  def sample_done(self, bad_reads: int):
-    """One requested sample, delivered (or given up) after ``bad_reads`` failed reads."""
-    with self._lock:
-      self.requests += 1
-      self.replaced += bad_reads > 0
-
-  def message(self) -> str:
-    reason, count = self.failures.most_common(1)[0]
-    desc, detail = self.examples[reason]
-    return (f"{self.replaced} of {self.requests} requested samples needed a replacement "
-            f"({self.num_failures} failed reads). Most common reason: '{reason}' ({count}x), e.g. "
-            f"{desc} ({detail}) -- {_HINTS.get(reason, '?')}. All reasons: {dict(self.failures)}.")
-
-  def check(self):
-    """Raises DataPipelineError if the fraction of samples needing a replacement is too high."""
-    with self._lock:
-      too_many = (self.requests >= self.min_attempts and
-                  self.replaced > self.max_failure_fraction * self.requests)
-    if too_many:
-      raise DataPipelineError(
-          f"more than max_failure_fraction={self.max_failure_fraction} of samples failed: "
-          + self.message() + " Fix or remove these files, or raise "
-          "config.data.max_failure_fraction.")
 
 
 def replacement_index(rng: np.random.Generator, failed: int, n: int) -> int:
@@ -209,23 +130,34 @@ class _Loader:
     index, valid = item if isinstance(item, tuple) else (item, True)
     n = len(self.source)
     j = int(index)
-    for bad_reads in range(self.max_retries + 1):
-      try:
-        data, label = self.load(j, rng)
-      except decode.VideoReadError as e:
-        self.tracker.read_failed(self.source.describe(j), e)
-        if n < 2:
-          break
-        j = replacement_index(rng, j, n)
-        continue
-      self.tracker.sample_done(bad_reads)
-      self.tracker.check()
-      key = "image" if self.mode == "image" else "video"
-      return {key: data, "label": np.int32(label), "index": np.int64(self.offset + j),
-              "bad_reads": np.int32(bad_reads),
-              **({} if self.mode == "pretrain" else {"valid": np.bool_(valid)})}
-    self.tracker.sample_done(1)
-    self.tracker.check()
+    bad = []  # (entry, reason) of each bad entry met, known-bad ones included
+    for _ in range(self.max_retries + 1):
+      entry = self.offset + j
+      reason = self.tracker.known_bad(entry)
+      if reason is None:
+        before = rng.bit_generator.state
+        try:
+          data, label = self.load(j, rng)
+        except decode.VideoReadError as e:
+          self.tracker.read_failed(entry, self.source.describe(j), e)
+          # Rewind what the failed read drew, so that the replacement is the one a known-bad
+          # skip draws: the stream does not depend on which thread met the entry first.
+          rng.bit_generator.state = before
+          reason = e.reason
+        else:
+          self.tracker.read_ok(entry)
+          self.tracker.sample_done(len(bad))
+          self.tracker.check()
+          key = "image" if self.mode == "image" else "video"
+          return {key: data, "label": np.int32(label), "index": np.int64(entry),
+                  "bad_reads": np.int32(len(bad)),
+                  **(failures.sample_record(bad, self.max_retries + 1)
+                     if self.mode == "pretrain" else {"valid": np.bool_(valid)})}
+      bad.append((entry, reason))
+      if n < 2:
+        break
+      j = replacement_index(rng, j, n)
+    self.tracker.sample_done(len(bad))
     tried = "its only entry" if n < 2 else f"{self.max_retries + 1} entries in a row"
     raise DataPipelineError(
         f"no readable sample in {getattr(self.source, 'name', '') or 'a source'} after trying "
@@ -325,6 +257,15 @@ def _to_batches(ds: grain.MapDataset, cfg, batch_size: int, finite: bool = False
   return it
 
 
+def source_order(n: int, seed: int, shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+  """The infinite order in which a pretraining source of ``n`` entries is read by one process:
+  its slice of the entries (sliced before shuffling), reshuffled every epoch. Each source gets its
+  own ``seed`` (``make_pretrain_dataset``: seed + 7919 k) so two equal-sized sources are not
+  shuffled in lockstep."""
+  ds = grain.MapDataset.range(n)[shard_index::shard_count]
+  return ds.seed(seed % 2**32).shuffle().repeat() if len(ds) else ds
+
+
 def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
                           shard_index: int = 0, shard_count: int = 1,
                           failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
@@ -337,8 +278,7 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   """
   cfg = data_cfg
   seed = cfg.seed if seed is None else seed
-  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction,
-                                              cfg.min_failure_check_attempts)
+  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
   specs = _resolve_sources(cfg)
   weights = cfg.datasets_weights
   if weights is not None and len(weights) != len(specs):
@@ -346,16 +286,17 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   fpcs = cfg.get("dataset_fpcs")
   if fpcs and len(fpcs) != len(specs):
     raise ValueError(f"{len(specs)} datasets but {len(fpcs)} dataset_fpcs")
-  parts, offset = [], 0
+  parts, offset, counted = [], 0, []
   for k, spec in enumerate(specs):
     src = sources_lib.load_source(spec, cfg.tfds_data_dir)
+    counted.append((spec, len(src)))
     if src.kind == "image":
       raise DataPipelineError(f"{spec} is an image dataset; pretraining reads videos: remove it "
                               "from config.data.datasets")
     if len(src) == 0:
       raise DataPipelineError(f"{spec} holds no samples (no video listed, or none found); add "
                               "videos or remove it from config.data.datasets")
-    ds = grain.MapDataset.range(len(src))[shard_index::shard_count]
+    ds = source_order(len(src), seed + 7919 * k, shard_index, shard_count)
     if len(ds) == 0:
       raise DataPipelineError(f"{spec} has {len(src)} samples: none for process {shard_index} of "
                               f"{shard_count}; use a larger index or fewer processes")
@@ -366,10 +307,9 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
         ratio=cfg.random_resize_aspect_ratio, flip=cfg.horizontal_flip,
         short_policy=cfg.short_video_policy, decode_threads=cfg.decode_threads, offset=offset,
         tracker=tracker, max_retries=cfg.max_retries_per_sample)
-    # Distinct seeds per source so two equal-sized sources are not shuffled in lockstep.
-    ds = ds.seed((seed + 7919 * k) % 2**32).shuffle().repeat().random_map(loader)
-    parts.append(ds)
+    parts.append(ds.random_map(loader))
     offset += len(src)
+  tracker.bind(counted)
   ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
   return _to_batches(ds, cfg, batch_size)
 
@@ -405,10 +345,10 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   """
   cfg = data_cfg
   seed = cfg.seed if seed is None else seed
-  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction,
-                                              cfg.min_failure_check_attempts)
+  tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
   src = sources_lib.load_source(index_path, cfg.tfds_data_dir)
   n = len(src)
+  tracker.bind([(index_path, n)])
   if n == 0:
     raise ValueError(f"{index_path} holds no samples")
   if repeat:
