@@ -84,6 +84,7 @@ def test_train_step_bench_prints_json():
     m.num_context, m.num_target = k_ctx, k_tgt
   assert out["model_flops_per_step"] == flops.train_step_flops(config_lib.read(c))["total"]
   assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
+  assert out["peak_memory_gib"] is None  # the CPU runtime keeps no memory counters
   assert out["loss"] > 0
 
 
