@@ -17,6 +17,7 @@ it before installing the wheels, so the install counts). A case starts only if i
 minimum (``min_s``) fits in what is left, and runs under a timeout of what is left (or its own
 cap, so one hung compile cannot take the rest); later cases are recorded as skipped, with why.
 The JSON is rewritten after every case, so an outside kill still leaves what was measured.
+Where the env case finds no GPU for jax (or torch), our (the reference's) cases are skipped.
 
 Writes ``<out>/gpu_suite.json`` and appends every case's output to ``<out>/gpu_suite.log``; prints
 a table last. ``python bench/gpu_suite.py --env`` prints the environment record alone.
@@ -118,8 +119,25 @@ def find_ref_dir(explicit: str | None) -> str | None:
   return None
 
 
-def decide(case: Case, remaining_s: float, statuses: dict, ref_dir: str | None):
+def blocked_kinds(env_result: dict | None, dry_run: bool) -> dict:
+  """Kinds of case not worth starting on this machine: a ViT-L step that jax or torch would run on
+  the CPU takes the whole budget for a figure nobody wants. (An env case that failed blocks
+  nothing: its error is in the JSON and the cases say the rest.)"""
+  if dry_run or not env_result:
+    return {}
+  blocked = {}
+  if env_result.get("jax_platform") != "gpu":
+    blocked["ours"] = f"jax sees no GPU (platform {env_result.get('jax_platform')}; see env)"
+  if not env_result.get("torch_device"):
+    blocked["reference"] = "torch sees no GPU (see env)"
+  return blocked
+
+
+def decide(case: Case, remaining_s: float, statuses: dict, ref_dir: str | None,
+           blocked: dict | None = None):
   """(timeout_s, None) to run ``case`` now, or (None, (status, reason)) to record it unrun."""
+  if blocked and case.kind in blocked:
+    return None, ("skipped", blocked[case.kind])
   if case.only_if_failed and statuses.get(case.only_if_failed) != "failed":
     return None, ("not_needed", f"runs only if {case.only_if_failed} failed")
   if case.needs_ref and not ref_dir:
@@ -332,7 +350,8 @@ def main(argv=None):
   with open(os.path.join(args.out, "gpu_suite.log"), "a") as log:
     for case in cases:
       remaining = args.budget_s - (time.time() - t0) - RESERVE_S
-      timeout, unrun = decide(case, remaining, statuses, ref_dir)
+      timeout, unrun = decide(case, remaining, statuses, ref_dir,
+                              blocked_kinds(doc["env"], args.dry_run))
       entry = {"name": case.name, "kind": case.kind, "argv": list(case.argv)}
       if unrun:
         entry.update(status=unrun[0], reason=unrun[1], result=None)

@@ -203,7 +203,7 @@ def test_gpu_suite_guards_time_runs_the_fallback_and_writes_one_json(tmp_path, m
   ref = tmp_path / "jepa"
   (ref / "app" / "vjepa").mkdir(parents=True)
   cases = [
-      gpu_suite.Case("env", "env", fake("print(json.dumps({'jax_platform': 'gpu'}))"), 0, 60),
+      gpu_suite.Case("env", "env", fake("print(json.dumps({'jax_platform': 'gpu', 'torch_device': 'H'}))"), 0, 60),
       gpu_suite.Case("vitl16", "ours", fake("sys.exit('cuDNN refused the attention')"), 0, 60),
       gpu_suite.Case("vitl16_xla_attention", "ours",
                      fake("print('log line'); print(json.dumps({'clips_per_s': 10.0, "
@@ -228,7 +228,7 @@ def test_gpu_suite_guards_time_runs_the_fallback_and_writes_one_json(tmp_path, m
   assert "cuDNN refused" in by_name["vitl16"]["error"]
   assert by_name["vitl16_equal_work"]["wall_s"] < 30  # killed at its cap, not waited for
   assert by_name["vith16"]["reason"].startswith("time budget")
-  assert doc["stopped_by_budget"] and not doc["dry_run"] and doc["env"] == {"jax_platform": "gpu"}
+  assert doc["stopped_by_budget"] and not doc["dry_run"] and doc["env"]["jax_platform"] == "gpu"
   assert doc["ref_dir"] == str(ref)
   assert doc["summary"]["rows"]["vitl16_xla_attention"]["mfu"] == 0.4
   assert doc["summary"]["clips_per_s_ratios"] == {"vitl16_xla_attention/vitl16_reference": 2.0}
@@ -244,6 +244,19 @@ def test_gpu_suite_skips_the_reference_without_a_checkout_and_fallbacks_not_need
   assert gpu_suite.decide(fallback, 500, {"a": "ok"}, None)[1][0] == "not_needed"
   assert gpu_suite.decide(fallback, 500, {"a": "timed_out"}, None)[1][0] == "not_needed"
   assert gpu_suite.decide(fallback, 500, {"a": "failed"}, None) == (60, None)
+
+
+
+def test_gpu_suite_starts_no_step_that_would_run_on_the_cpu():
+  no_gpu = {"jax_platform": "cpu", "torch_device": None}
+  blocked = gpu_suite.blocked_kinds(no_gpu, dry_run=False)
+  assert set(blocked) == {"ours", "reference"} and "jax sees no GPU" in blocked["ours"]
+  ours = gpu_suite.Case("o", "ours", ("x",), 1, 60)
+  assert gpu_suite.decide(ours, 500, {}, "/ref", blocked)[1] == ("skipped", blocked["ours"])
+  assert gpu_suite.blocked_kinds(no_gpu, dry_run=True) == {}
+  assert gpu_suite.blocked_kinds(None, dry_run=False) == {}  # env failed: try the cases
+  assert gpu_suite.blocked_kinds({"jax_platform": "gpu", "torch_device": "NVIDIA H200"},
+                                 dry_run=False) == {}
 
 
 def test_gpu_suite_cases_are_the_issues_and_the_dry_run_has_the_same():
