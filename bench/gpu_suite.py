@@ -263,8 +263,9 @@ def env_report(ref_dir: str | None) -> dict:
     out["torch_cuda"] = torch.version.cuda
     out["torch_cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
     out["torch_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-  except ImportError:
+  except Exception as e:  # noqa: BLE001 - keep the jax half of the record if torch fails
     out["torch_cuda"] = out["torch_cudnn"] = out["torch_device"] = None
+    out["torch_error"] = f"{type(e).__name__}: {e}"[:500]
   smi = shutil.which("nvidia-smi")
   out["nvidia_smi"] = subprocess.run(
       [smi, "--query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit",
