@@ -10,7 +10,8 @@ Public API::
     ensure_synthetic(out_dir, num_videos, seed)   -> path of the synthetic set's index.csv
 
 Modules: sources (index files, directories, TFDS), decode (clip sampling + PyAV), transforms
-(crops/resizes in numpy + Pillow), pipeline (grain), normalize, synthetic.
+(crops/resizes in numpy + Pillow), pipeline (grain), normalize, synthetic, settings (the
+``config.data`` fields; neither grain nor PyAV).
 """
 import importlib
 
