@@ -143,12 +143,23 @@ def read_config(args) -> dict:
   return cfg
 
 
+REF_COMMIT_FILE = "REF_COMMIT"
+
+
 def _git_commit(path: str):
+  """The checkout's commit: its ``REF_COMMIT`` file (an exported copy, as bench/gpu_ref_checkout.sh
+  makes, has no .git), else git's HEAD where ``path`` is a repository's top level; None otherwise
+  (a copy inside another repository, e.g. ``.ref/jepa`` in this one, would report that one's)."""
+  marker = os.path.join(path, REF_COMMIT_FILE)
+  if os.path.isfile(marker):
+    with open(marker) as f:
+      return f.read().strip() or None
   try:
-    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
+    top, commit = subprocess.run(["git", "-C", path, "rev-parse", "--show-toplevel", "HEAD"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+  except (OSError, subprocess.CalledProcessError, ValueError):
     return None
+  return commit if os.path.realpath(top) == os.path.realpath(path) else None
 
 
 def _one_process_group(device):

@@ -13,7 +13,9 @@ then ``--steps`` steps are timed one by one, each ending in ``block_until_ready`
 (the state is donated and threaded through, as in training). Model FLOPs per step come from
 ``jepa_jax.flops.train_step_flops`` (its docstring has the formula); MFU divides the achieved
 FLOP/s by the dense bf16 peak of the device kind (``jepa_jax.flops.PEAK_TFLOPS``) times the
-device count, and is null where no peak is known (CPUs). Prints one line of JSON.
+device count, and is null where no peak is known (CPUs). ``peak_memory_gib`` is the runtime's
+``peak_bytes_in_use`` on the first device after the timed steps (init, compile and steps; null
+where the runtime keeps no counters, as on CPUs). Prints one line of JSON.
 
 Figures, with their commands and machines, are in BENCHMARKS.md.
 """
@@ -92,6 +94,7 @@ def main(argv):
   step_s = statistics.median(times) if times else first_step_s
 
   f = flops_lib.train_step_flops(exp.settings)
+  peak_bytes = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   devices = exp.mesh.devices.size
   kind = jax.devices()[0].device_kind
   peak = flops_lib.peak_tflops(kind)
@@ -128,6 +131,7 @@ def main(argv):
       "tflops_per_s": round(tflops, 4),
       "peak_tflops_per_device": peak,
       "mfu": None if peak is None else round(tflops / (peak * devices), 4),
+      "peak_memory_gib": None if peak_bytes is None else round(peak_bytes / 2**30, 2),
       "loss": float(metrics["loss"]),
       "jax": jax.__version__,
   }

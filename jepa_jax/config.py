@@ -18,6 +18,7 @@ from typing import Any, Optional
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import optim
+from jepa_jax.data.settings import dataset_frames
 
 # The names the model's grid check reports a pretraining config's fields under.
 _GRID_FIELDS = ("config.data.crop_size", "config.data.num_frames", "config.model.patch_size",
@@ -127,7 +128,6 @@ def read(config) -> Settings:
   _check_datasets(d)
   try:
     token_ids = mask_token_ids(config)
-    from jepa_jax.data.pipeline import dataset_frames  # noqa: PLC0415 - grain only when reading
     for k in range(len(d.get("dataset_fpcs") or [])):
       dataset_frames(d, k)
   except ValueError as e:

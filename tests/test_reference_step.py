@@ -87,3 +87,26 @@ def test_reference_step_runs_a_tiny_model_on_cpu():
   # Batch trimming: every clip keeps the batch minimum, at most the whole grid (2 x 4 x 4).
   assert all(0 < k < 32 for k in out["context_tokens"] + out["target_tokens"])
   assert out["ddp"] and out["loggers"] and out["sdpa"]
+
+
+def test_commit_of_an_exported_copy_is_its_ref_commit_file_never_the_enclosing_repository(tmp_path):
+  """bench/gpu_ref_checkout.sh exports the reference to .ref/jepa inside this repository: git there
+  would answer with this repository's HEAD. The copy's REF_COMMIT file names the commit."""
+  inside = REPO / ".pytest-ref-copy"
+  inside.mkdir(exist_ok=True)
+  try:
+    assert reference_step._git_commit(str(inside)) is None  # not HEAD of jepa_jax
+    (inside / reference_step.REF_COMMIT_FILE).write_text("51c59d5\n")
+    assert reference_step._git_commit(str(inside)) == "51c59d5"
+  finally:
+    for p in inside.iterdir():
+      p.unlink()
+    inside.rmdir()
+  assert reference_step._git_commit(str(tmp_path)) is None
+  repo = tmp_path / "jepa"
+  subprocess.run(["git", "init", "-q", str(repo)], check=True)
+  subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                  "-q", "--allow-empty", "-m", "x"], check=True)
+  head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+  assert reference_step._git_commit(str(repo)) == head

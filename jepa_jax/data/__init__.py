@@ -11,17 +11,36 @@ Public API::
 
 Modules: sources (index files, directories, TFDS), decode (clip sampling + PyAV), transforms
 (crops/resizes in numpy + Pillow), pipeline (grain), failures (unreadable entries: accounting and
-the stop rule), normalize, synthetic.
+the stop rule), normalize, synthetic, settings (the ``config.data`` fields; neither grain nor PyAV).
 """
-from jepa_jax.data import failures
-from jepa_jax.data.pipeline import DataPipelineError
-from jepa_jax.data.pipeline import FailureTracker
-from jepa_jax.data.pipeline import default_data_config
-from jepa_jax.data.pipeline import make_eval_dataset
-from jepa_jax.data.pipeline import make_pretrain_dataset
-from jepa_jax.data.synthetic import ensure_synthetic
+import importlib
 
-__all__ = [
-    "DataPipelineError", "FailureTracker", "default_data_config", "ensure_synthetic",
-    "failures", "make_eval_dataset", "make_pretrain_dataset",
-]
+# Exported lazily (PEP 562), so that ``jepa_jax.data.settings`` / ``normalize`` import without
+# grain and PyAV (the train step and bench/gpu_suite.sh need neither); the name's module loads on
+# first use.
+_EXPORTS = {
+    "DataPipelineError": "pipeline",
+    "FailureTracker": "pipeline",
+    "default_data_config": "settings",
+    "ensure_synthetic": "synthetic",
+    "make_eval_dataset": "pipeline",
+    "make_pretrain_dataset": "pipeline",
+}
+_SUBMODULES = ("decode", "failures", "normalize", "pipeline", "settings", "sources", "synthetic", "transforms")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+  elif name in _SUBMODULES:
+    value = importlib.import_module(f"{__name__}.{name}")
+  else:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  globals()[name] = value  # bound once, as an eager import would
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))
