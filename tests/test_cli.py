@@ -231,6 +231,17 @@ def test_batch_size_refused_before_anything_is_created(tmp_path):
   assert not workdir.exists()
 
 
+def test_a_mask_the_grid_cannot_hold_refused_before_anything_is_created(tmp_path):
+  """The README's override syntax with a size the demo's 64-token grid cannot hold: one line
+  naming the field and the range, before the workdir exists (it was a traceback from tracing)."""
+  workdir = tmp_path / "run"
+  proc = _run_main(["--config=configs/demo.py", "--config.masks[0].num_context=96",
+                    f"--workdir={workdir}"])
+  last = _assert_one_line(proc, "Config error: config.masks[0].num_context=96 must be in [1, 64]")
+  assert proc.stderr.strip() == last and "Traceback" not in proc.stderr
+  assert not workdir.exists()
+
+
 def test_unusable_workdirs_in_one_line(tmp_path):
   a_file = tmp_path / "a_file"
   a_file.write_text("x")
