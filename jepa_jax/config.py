@@ -194,3 +194,21 @@ def check_dataset_files(config) -> None:
     if not spec.startswith("tfds:") and not os.path.exists(spec):
       raise ConfigError(f"config.data.datasets: index file {spec!r} does not exist; fix the path "
                         "or leave datasets empty to use the built-in synthetic set")
+
+
+def check_init_from(config) -> None:
+  """``config.init_from`` (when set) exists here, so that ``main`` refuses a missing path before
+  it makes the workdir (not part of ``experiment.validate``: the cooldown configs carry a
+  placeholder path and are built elsewhere, e.g. for memory estimates)."""
+  source = config.get("init_from")
+  if not source:
+    return
+  from jepa_jax import paths  # noqa: PLC0415
+  if not isinstance(source, str):
+    raise ConfigError(f"config.init_from={source!r} must be a path: a trainer workdir or "
+                      "converted weights")
+  if not paths.is_remote(source) and not os.path.isdir(source):
+    what = "is not a directory" if os.path.exists(source) else "does not exist"
+    raise ConfigError(f"config.init_from={source} {what}; give a trainer workdir or a "
+                      "converted-weights directory (python -m jepa_jax.convert), or drop "
+                      "config.init_from to start from random weights")
