@@ -307,15 +307,16 @@ def test_outputs_of_a_run(synthetic_dir, tmp_path, caplog):
   assert {"steps_per_sec", "loss", "lr", "wd", "momentum", "grad_norm/encoder",
           "tokens/context0"} <= set().union(*rows)
   assert checkpoint.read_config(str(workdir))["batch_size"] == 4
-  # The same command again: the run is complete, so it says so and does nothing else.
+  # The same command again: the run is complete, so it says so and does nothing else (it said
+  # "no unreadable samples in steps 5-4").
+  written = (workdir / "metrics.jsonl").read_text()
   caplog.clear()
   with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
     assert _train_single_device(c, str(workdir)) == {}
   said = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.trainer"]
   assert said[-1].startswith("The run is already complete: checkpoint 4 in "), said
   assert not any("unreadable samples" in m or "Resumed" in m for m in said), said
-  assert [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()
-          ] == [1, 2, 3, 4]
+  assert (workdir / "metrics.jsonl").read_text() == written
 
 
 def test_the_logged_config_is_plain_json_one_line_per_field(synthetic_dir):
@@ -451,6 +452,26 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(two_checkpoints,
   else:
     assert not aside and manager.all_steps() == [4, 8]
   manager.close()
+
+
+def test_garbage_checkpoint_metadata_is_one_warning_line(two_checkpoints, tmp_path, caplog):
+  """orbax logged two multi-line ERRORs holding the garbage before restoring anyway."""
+  import shutil
+  exp, original = two_checkpoints
+  directory = tmp_path / "checkpoints"
+  shutil.copytree(original, directory)
+  garbage = directory / "8" / "_CHECKPOINT_METADATA"
+  garbage.write_text("garbage{\nmore garbage\n")
+  manager = checkpoint.make_manager(str(directory))
+  with caplog.at_level(logging.INFO):
+    _, _, step = checkpoint.restore_latest_train_state(manager, exp.sharded_abstract_state)
+  manager.close()
+  assert step == 8  # orbax reads the step without that file
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  said = [r.getMessage() for r in caplog.records if "_CHECKPOINT_METADATA" in r.getMessage()]
+  assert len(said) == 1 and said[0].startswith(f"Ignored checkpoint metadata file {garbage}: it "
+                                               "is not JSON"), said
+  assert "\n" not in said[0] and "garbage" not in said[0].replace(str(garbage), "")
 
 
 def test_no_readable_checkpoint_or_another_model_is_an_error_and_moves_nothing(
