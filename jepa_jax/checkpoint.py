@@ -28,8 +28,10 @@ fails with the name of the first mismatched parameter instead of an error from d
 A complete checkpoint can still be damaged afterwards (a truncated or deleted file, lost
 metadata). ``restore_latest_train_state`` then falls back to the newest readable checkpoint, logs
 which one it skipped and why, and moves the damaged one aside to ``<step>.corrupt-<UTC time>``
-in the same directory (orbax ignores it; nothing is deleted). A checkpoint that reads well but
-does not fit the model is an error, never a reason to fall back.
+in the same directory (orbax ignores it; nothing is deleted). Readers of parameters (eval,
+extract, predict: ``load_params`` without a step) skip it the same way, warning, but move
+nothing. A checkpoint that reads well but does not fit the model is an error, never a reason to
+fall back.
 
 Paths may be relative (``jepa_jax.paths.resolve`` makes them absolute, as orbax requires) or
 remote (``gs://...``).

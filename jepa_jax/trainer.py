@@ -7,7 +7,11 @@ Guarantees:
   read-ahead position of the prefetcher). On CPU a killed-and-resumed run is bitwise identical to
   an uninterrupted one. A damaged latest checkpoint is skipped and moved aside, and the run
   resumes from the newest readable one (``checkpoint.restore_latest_train_state``).
-  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once.
+  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once
+  (and holds strict JSON: a non-finite value is null). A finished run restarted says so and
+  does nothing.
+* Failed saves: an asynchronous checkpoint write that fails (a full disk) stops the run at the
+  first step after that save is over, not at the next save; the previous checkpoint is intact.
 * Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and exits
   cleanly.
 * Non-finite loss: the step never applies a non-finite update (see ``train_step``); with
