@@ -107,7 +107,8 @@ def _is_int(x) -> bool:
 def _range(name: str, value) -> tuple[float, float]:
   """A ``(min, max)`` field as two floats; a single number (or a one-element list, as
   ``--config.masks[0].spatial_scale=0.2`` gives) is a point range."""
-  pair = (value,) if _is_number(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
+  pair = ((value,) if _is_number(value) else
+          tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ())
   pair = pair * 2 if len(pair) == 1 else pair
   if len(pair) != 2 or not all(_is_number(v) and math.isfinite(v) for v in pair) \
       or not pair[0] <= pair[1]:
