@@ -30,18 +30,21 @@ fails with the name of the first mismatched parameter instead of an error from d
 A complete checkpoint can still be damaged afterwards (a truncated or deleted file, lost
 metadata). ``restore_latest_train_state`` then falls back to the newest readable checkpoint, logs
 which one it skipped and why, and moves the damaged one aside to ``<step>.corrupt-<UTC time>``
-in the same directory (orbax ignores it; nothing is deleted). A checkpoint that reads well but
-does not fit the model is an error, never a reason to fall back.
+in the same directory (orbax ignores it; nothing is deleted). Readers of parameters (eval,
+extract, predict: ``load_params`` without a step) skip it the same way, warning, but move
+nothing. A checkpoint that reads well but does not fit the model is an error, never a reason to
+fall back.
 
 Paths may be relative (``jepa_jax.paths.resolve`` makes them absolute, as orbax requires) or
 remote (``gs://...``).
 """
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -55,6 +58,57 @@ log = logging.getLogger(__name__)
 STATE, PARAMS, DATA, CONFIG, PROBE = "state", "params", "data", "config", "probe"
 DATA_FAILURES = "data_failures"
 PARAM_KEYS = ("encoder", "predictor", "target")
+
+
+class _UnreadableMetadataWarning(logging.Filter):
+  """orbax logs an ERROR holding the whole file (several lines of it) each time it meets a
+  checkpoint metadata file that is not JSON, then reads the checkpoint without it (twice for one
+  resume). Instead: one warning line per file, naming it."""
+
+  _MESSAGES = {"Failed to json parse Metadata file": "is not JSON",
+               "Failed to read Metadata file": "cannot be read"}
+
+  def __init__(self):
+    super().__init__()
+    self._seen = set()
+
+  def filter(self, record):
+    what = next((v for k, v in self._MESSAGES.items()
+                 if isinstance(record.msg, str) and record.msg.startswith(k)), None)
+    if what is None or "/orbax/" not in record.pathname.replace(os.sep, "/"):
+      return True
+    path = str(record.args[0]) if record.args else "?"
+    if path in self._seen:
+      return False
+    self._seen.add(path)
+    record.msg = "Ignored checkpoint metadata file %s: it %s (%s); the checkpoint is read without it"
+    record.args = (path, what, " ".join(str(record.args[-1]).split()) if record.args else "")
+    record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
+# orbax logs through absl's logger; a filter there applies to every handler (console, log file).
+logging.getLogger("absl").addFilter(_UnreadableMetadataWarning())
+
+
+class _MissingItemMetadataWarning(logging.Filter):
+  """orbax's warning for an item whose metadata file is missing ('Item "state" was found in the
+  checkpoint, but could not be restored. Please provide a CheckpointHandlerRegistry...'): it
+  advises a registry, while the checkpoint is damaged, which ``restore_train_state`` reports."""
+
+  def filter(self, record):
+    return not (isinstance(record.msg, str) and
+                record.msg.startswith('Item "%s" was found in the checkpoint, but could not'))
+
+
+@contextlib.contextmanager
+def _quiet_missing_item_metadata():
+  quiet = _MissingItemMetadataWarning()
+  logging.getLogger("absl").addFilter(quiet)
+  try:
+    yield
+  finally:
+    logging.getLogger("absl").removeFilter(quiet)
 
 
 class CheckpointError(RuntimeError):
@@ -226,7 +280,8 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
                             "converted weights use config.init_from instead of resuming")
     raise CorruptCheckpointError(f"{where} has no train state (items: {sorted(names)})")
   try:
-    meta = manager.item_metadata(step)[STATE]
+    with _quiet_missing_item_metadata():
+      meta = manager.item_metadata(step)[STATE]
   except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
     raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
   if meta is not None:
@@ -250,20 +305,31 @@ def restore_latest_train_state(manager: ocp.CheckpointManager, abstract_state):
   docstring) once an older one has been read; if none can be read, nothing is moved and
   ``CheckpointError`` lists them. A checkpoint of another model raises ``CheckpointError``.
   """
+  found = newest_readable(manager, lambda step: restore_train_state(manager, step, abstract_state))
+  if found is None:
+    return None
+  (state, data_state), step, skipped = found
+  for bad, error in skipped:
+    moved = _move_aside(manager, bad)
+    log.warning("Skipped checkpoint %d: %s; moved it to %s and resumed from checkpoint %d",
+                bad, error, moved, step)
+  if skipped:
+    manager.reload()
+  return state, data_state, step
+
+
+def newest_readable(manager: ocp.CheckpointManager, read: Callable[[int], Any]):
+  """``(read(step), step, [(skipped step, its error), ...])`` for the newest step that ``read``
+  reads without ``CorruptCheckpointError``; ``None`` if there is no checkpoint. If none can be
+  read, ``CheckpointError`` lists them; any other error of ``read`` is raised as it is."""
   skipped = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      state, data_state = restore_train_state(manager, step, abstract_state)
+      value = read(step)
     except CorruptCheckpointError as e:
       skipped.append((step, e))
       continue
-    for bad, error in skipped:
-      moved = _move_aside(manager, bad)
-      log.warning("Skipped checkpoint %d: %s; moved it to %s and resumed from checkpoint %d",
-                  bad, error, moved, step)
-    if skipped:
-      manager.reload()
-    return state, data_state, step
+    return value, step, skipped
   if skipped:
     listed = "; ".join(str(e) for _, e in skipped)
     raise CheckpointError(f"no checkpoint in {manager.directory} can be read: {listed}. Move that "
@@ -311,15 +377,26 @@ def read_config(path: str, step: Optional[int] = None) -> dict:
 def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
   """``({"encoder", "predictor", "target"}, step)`` from a trainer or converted checkpoint, as numpy.
 
-  Reads only the parameter arrays of a trainer checkpoint (not the optimiser moments).
+  Reads only the parameter arrays of a trainer checkpoint (not the optimiser moments). Without
+  ``step``, the newest readable checkpoint: a damaged newer one is skipped with a warning naming
+  it, as the trainer does (``newest_readable``), but left where it is (readers move nothing).
   """
   directory = checkpoint_dir(path)
   if not paths.is_remote(directory) and not os.path.exists(directory):
     raise CheckpointError(f"checkpoint directory {directory} does not exist")
   manager = make_manager(directory, read_only=True, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  if step is not None:
+    return _read_params(manager, step, directory), step
+  found = newest_readable(manager, lambda s: _read_params(manager, s, directory))
+  if found is None:
     raise CheckpointError(f"no complete checkpoint in {directory}")
+  params, step, skipped = found
+  for bad, error in skipped:
+    log.warning("Skipped checkpoint %d: %s; using checkpoint %d", bad, error, step)
+  return params, step
+
+
+def _read_params(manager, step: int, directory: str) -> dict:
   names = _item_names(manager, step)
   where = f"checkpoint {step} in {directory}"
   try:
@@ -336,14 +413,16 @@ def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
           partial_restore=True)}))[STATE]
       params = {"encoder": tree["params"]["encoder"], "predictor": tree["params"]["predictor"],
                 "target": tree["target_params"]}
+    elif not names:
+      raise CorruptCheckpointError(f"{where} holds no items")
     else:
       raise CheckpointError(f"{where} holds neither a train state nor parameters "
                             f"(items: {sorted(names)})")
   except CheckpointError:
     raise
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f"{where} is unreadable ({type(e).__name__}: {e})") from e
-  return jax.tree_util.tree_map(np.asarray, params), step
+  except Exception as e:  # noqa: BLE001 - the files are what is wrong
+    raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
+  return jax.tree_util.tree_map(np.asarray, params)
 
 
 def save_params(directory: str, params: dict, config: Any = None, step: int = 0) -> str:

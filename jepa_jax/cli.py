@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 from typing import Any, Callable, NoReturn, Optional
 
 from absl import flags
@@ -192,10 +193,15 @@ def _last_line(error: BaseException) -> str:
 # --- logging ----------------------------------------------------------------------------------
 
 class _QuietLibraries(logging.Filter):
-  """Drop orbax's per-save INFO chatter so progress lines stay readable (warnings still pass)."""
+  """Keep orbax's per-save INFO chatter off the console so progress lines stay readable, and,
+  once the log file is open, orbax's errors that carry a traceback: orbax logs those where an
+  exception passes through it (a failed asynchronous save logs four of them), and the exception
+  then reaches the entry point, which reports it in one line (``fail``). Warnings still pass."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    return record.levelno >= logging.WARNING and not (record.exc_info and _log_path)
 
 
 def setup_console_logging() -> None:
@@ -221,14 +227,41 @@ def setup_console_logging() -> None:
   handler.addFilter(_QuietLibraries())
   handler.setFormatter(ConsoleFormatter())
   logging.getLogger("absl").setLevel(logging.INFO)
+  install_unraisablehook()
+
+
+def install_unraisablehook() -> None:
+  """Route the errors Python ignores (``_unraisablehook``); the entry points that read or write
+  checkpoints call it (``setup_console_logging`` does)."""
   sys.unraisablehook = _unraisablehook
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  """Whether ``unraisable`` is a tensorstore callback into an event loop orbax has closed.
+
+  orbax runs each restore and save in a fresh asyncio loop (``asyncio_utils.run_sync``:
+  ``run_until_complete`` then ``close``). When one read or write fails (a damaged checkpoint, a
+  full disk), the gather ends at once and the loop is closed while tensorstore's other reads
+  and writes are still in flight; as each of them completes, its callback calls the closed
+  loop's ``call_soon_threadsafe``, which raises "Event loop is closed" in a tensorstore thread,
+  where Python can only ignore it. The failure itself has been raised and handled (a fallback
+  to an older checkpoint, or a one-line error); these echoes of it say nothing more.
+  """
+  if unraisable.exc_type is not RuntimeError or str(unraisable.exc_value) != "Event loop is closed":
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return any(f.name == "call_soon_threadsafe" for f in frames)
 
 
 def _unraisablehook(unraisable, _default=sys.unraisablehook):
   """Errors Python ignores (raised in callbacks nobody waits for) go to the log file once it is
-  open: when an orbax write fails, tensorstore's callbacks report "Event loop is closed" dozens
-  of times. The console gets one line the first time."""
+  open, and the console gets one line the first time; tensorstore's callbacks into a closed
+  loop (``_closed_loop_callback``) go to the log file only, or nowhere when there is none."""
   global _unraisable_reported
+  if _closed_loop_callback(unraisable):
+    _TRACEBACKS.debug("ignored tensorstore callback into a closed event loop", exc_info=(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+    return None
   if _log_path is None:
     return _default(unraisable)
   _TRACEBACKS.debug("ignored error%s", f" in {unraisable.object!r}" if unraisable.object else "",

@@ -93,12 +93,27 @@ def token_grid(config) -> tuple[int, int, int]:
                            names=_GRID_FIELDS)
 
 
-def mask_configs(config) -> tuple[masks_lib.MaskConfig, ...]:
-  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts)."""
+def mask_configs(config, grid: Optional[tuple[int, int, int]] = None
+                 ) -> tuple[masks_lib.MaskConfig, ...]:
+  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts); with ``grid``, the
+  static sizes (``num_context``/``num_target``) are checked against it too. Raises ``ConfigError``
+  naming the entry and field (``config.masks[0].num_context=96 must be in [1, 64]: ...``)."""
   if "masks" not in config or not config.masks:
-    raise ValueError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
-                     "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
-  return tuple(masks_lib.MaskConfig.from_dict(m) for m in config.masks)
+    raise ConfigError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
+                      "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
+  out = []
+  for i, entry in enumerate(config.masks):
+    try:
+      mc = masks_lib.MaskConfig.from_dict(entry)
+      if grid is not None:
+        masks_lib.static_sizes(grid, mc)
+    except masks_lib.MaskFieldError as e:
+      what = f"config.masks[{i}].{e}" if e.field else f"config.masks[{i}]={e}"
+      raise ConfigError(what) from None
+    except ValueError as e:
+      raise ConfigError(f"config.masks[{i}]: {e}") from None
+    out.append(mc)
+  return tuple(out)
 
 
 def read(config) -> Settings:
@@ -114,13 +129,17 @@ def read(config) -> Settings:
     grid = token_grid(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  tokens = m.get("num_mask_tokens")
+  if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0):
+    raise ConfigError(f"config.model.num_mask_tokens={tokens!r} must be a positive integer, or None "
+                      "(or 0) for one per mask (and clip length)")
   try:
     spec = model_spec(config)
     models.from_spec(spec)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
+  mask_cfgs = mask_configs(config, grid)
   try:
-    mask_cfgs = mask_configs(config)
     masks_lib.check_context(grid, mask_cfgs)
   except ValueError as e:
     raise ConfigError(f"config.{e}" if str(e).startswith("masks[") else f"config.masks: {e}") \
@@ -175,3 +194,21 @@ def check_dataset_files(config) -> None:
     if not spec.startswith("tfds:") and not os.path.exists(spec):
       raise ConfigError(f"config.data.datasets: index file {spec!r} does not exist; fix the path "
                         "or leave datasets empty to use the built-in synthetic set")
+
+
+def check_init_from(config) -> None:
+  """``config.init_from`` (when set) exists here, so that ``main`` refuses a missing path before
+  it makes the workdir (not part of ``experiment.validate``: the cooldown configs carry a
+  placeholder path and are built elsewhere, e.g. for memory estimates)."""
+  source = config.get("init_from")
+  if not source:
+    return
+  from jepa_jax import paths  # noqa: PLC0415
+  if not isinstance(source, str):
+    raise ConfigError(f"config.init_from={source!r} must be a path: a trainer workdir or "
+                      "converted weights")
+  if not paths.is_remote(source) and not os.path.isdir(source):
+    what = "is not a directory" if os.path.exists(source) else "does not exist"
+    raise ConfigError(f"config.init_from={source} {what}; give a trainer workdir or a "
+                      "converted-weights directory (python -m jepa_jax.convert), or drop "
+                      "config.init_from to start from random weights")

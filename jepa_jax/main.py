@@ -34,11 +34,12 @@ def main(argv):
   del argv
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import experiment, trainer  # noqa: PLC0415
+  from jepa_jax import config as config_lib, experiment, trainer  # noqa: PLC0415
   config = _CONFIG.value
   defaults.resolve_paths(config)
   try:
     exp = experiment.build(config)  # validates the config, once
+    config_lib.check_init_from(config)
   except experiment.ConfigError as e:
     cli.fail(f"Config error: {e}")
   workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))

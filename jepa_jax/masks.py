@@ -87,6 +87,35 @@ _MC_CLIPS_PER_SIZE = 8
 Grid = tuple[int, int, int]
 
 
+class MaskFieldError(ValueError):
+  """An impossible value of one ``MaskConfig`` field: ``field=value requirement``. The config
+  reader names the entry (``config.masks[0].num_blocks=0 must be an integer >= 1``)."""
+
+  def __init__(self, field: str, value: Any, requirement: str):
+    self.field, self.value, self.requirement = field, value, requirement
+    super().__init__(f"{field}={value!r} {requirement}" if field else f"{value!r} {requirement}")
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _range(name: str, value) -> tuple[float, float]:
+  """A ``(min, max)`` field as two floats; a single number (or a one-element list, as
+  ``--config.masks[0].spatial_scale=0.2`` gives) is a point range."""
+  pair = ((value,) if _is_number(value) else
+          tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else ())
+  pair = pair * 2 if len(pair) == 1 else pair
+  if len(pair) != 2 or not all(_is_number(v) and math.isfinite(v) for v in pair) \
+      or not pair[0] <= pair[1]:
+    raise MaskFieldError(name, value, "must be a (min, max) pair of numbers with min <= max")
+  return float(pair[0]), float(pair[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskConfig:
   """One mask type. Field names are the reference's config keys (``cfgs_mask`` entries)."""
@@ -105,28 +134,28 @@ class MaskConfig:
     # Lists (from YAML / ConfigDict) become tuples so that the config stays hashable, which jit
     # needs for a static argument; a single number means a point range.
     for name in ("spatial_scale", "temporal_scale", "aspect_ratio"):
-      value = getattr(self, name)
-      pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
-      pair = pair * 2 if len(pair) == 1 else pair  # --config.masks[0].spatial_scale=0.2
-      if len(pair) != 2 or not pair[0] <= pair[1]:
-        raise ValueError(f"MaskConfig.{name} must be a (min, max) pair with min <= max, got {value!r}")
-      object.__setattr__(self, name, (float(pair[0]), float(pair[1])))
+      object.__setattr__(self, name, _range(name, getattr(self, name)))
     if self.kind not in KINDS:
-      raise ValueError(f"MaskConfig.kind must be one of {KINDS}, got {self.kind!r}")
+      raise MaskFieldError("kind", self.kind, f"must be one of {', '.join(KINDS)}")
     if self.subset not in SUBSETS:
-      raise ValueError(f"MaskConfig.subset must be one of {SUBSETS}, got {self.subset!r}")
-    if self.num_blocks < 1:
-      raise ValueError(f"MaskConfig.num_blocks must be >= 1, got {self.num_blocks}")
-    if self.spatial_scale[0] < 0 or self.spatial_scale[1] > 1:
-      raise ValueError(f"MaskConfig.spatial_scale must lie in [0, 1], got {self.spatial_scale}")
-    if self.temporal_scale[0] < 0 or self.temporal_scale[1] > 1:
-      raise ValueError(f"MaskConfig.temporal_scale must lie in [0, 1], got {self.temporal_scale}")
+      raise MaskFieldError("subset", self.subset, f"must be one of {', '.join(SUBSETS)}")
+    if not _is_int(self.num_blocks) or self.num_blocks < 1:
+      raise MaskFieldError("num_blocks", self.num_blocks, "must be an integer >= 1")
+    for name in ("spatial_scale", "temporal_scale"):
+      lo, hi = getattr(self, name)
+      if lo < 0 or hi > 1:
+        raise MaskFieldError(name, getattr(self, name), "must lie in [0, 1]")
     if self.aspect_ratio[0] <= 0:
-      raise ValueError(f"MaskConfig.aspect_ratio must be positive, got {self.aspect_ratio}")
-    if not 0 < self.max_temporal_keep <= 1:
-      raise ValueError(f"MaskConfig.max_temporal_keep must be in (0, 1], got {self.max_temporal_keep}")
-    if not 0 <= self.ratio <= 1:
-      raise ValueError(f"MaskConfig.ratio must be in [0, 1], got {self.ratio}")
+      raise MaskFieldError("aspect_ratio", self.aspect_ratio, "must be positive")
+    if not _is_number(self.max_temporal_keep) or not 0 < self.max_temporal_keep <= 1:
+      raise MaskFieldError("max_temporal_keep", self.max_temporal_keep, "must be in (0, 1]")
+    if not _is_number(self.ratio) or not 0 <= self.ratio <= 1:
+      raise MaskFieldError("ratio", self.ratio, "must be in [0, 1]")
+    for name in ("num_context", "num_target"):
+      k = getattr(self, name)
+      if k is not None and (not _is_int(k) or k < 1):
+        raise MaskFieldError(name, k, "must be a positive integer (tokens), or None for the "
+                             "default size")
 
   @classmethod
   def from_dict(cls, d: Any) -> "MaskConfig":
@@ -135,11 +164,16 @@ class MaskConfig:
     The reference's ``max_keep: null`` and ``full_complement: false`` are accepted (they are its
     defaults and change nothing); any other unknown key is an error, so typos do not pass silently.
     """
+    if not hasattr(d, "keys"):
+      raise MaskFieldError("", d, "must be a dict of mask fields (see jepa_jax.masks.MaskConfig)")
     d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
-    if d.pop("max_keep", None) is not None:
-      raise ValueError("max_keep is not supported; use num_context to fix the context size")
-    if d.pop("full_complement", False):
-      raise ValueError("full_complement=True is not supported")
+    max_keep = d.pop("max_keep", None)
+    if max_keep is not None:
+      raise MaskFieldError("max_keep", max_keep, "is not supported; use num_context to fix the "
+                           "context size (or max_keep=None)")
+    full_complement = d.pop("full_complement", False)
+    if full_complement:
+      raise MaskFieldError("full_complement", full_complement, "is not supported; set it to False")
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
@@ -484,5 +518,6 @@ def static_sizes(grid: Grid, cfg: MaskConfig) -> tuple[int, int]:
     k_tgt = default_tgt if k_tgt is None else k_tgt
   for name, k in (("num_context", k_ctx), ("num_target", k_tgt)):
     if not 1 <= k <= num_tokens:
-      raise ValueError(f"{name}={k} must be in [1, {num_tokens}] for grid {grid}")
+      raise MaskFieldError(name, k, f"must be in [1, {num_tokens}]: the {'x'.join(map(str, grid))} "
+                           "token grid has that many tokens")
   return int(k_ctx), int(k_tgt)

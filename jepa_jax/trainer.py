@@ -7,7 +7,11 @@ Guarantees:
   read-ahead position of the prefetcher). On CPU a killed-and-resumed run is bitwise identical to
   an uninterrupted one. A damaged latest checkpoint is skipped and moved aside, and the run
   resumes from the newest readable one (``checkpoint.restore_latest_train_state``).
-  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once.
+  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once
+  (and holds strict JSON: a non-finite value is null). A finished run restarted says so and
+  does nothing.
+* Failed saves: an asynchronous checkpoint write that fails (a full disk) stops the run at the
+  first step after that save is over, not at the next save; the previous checkpoint is intact.
 * Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and exits
   cleanly.
 * Non-finite loss: the step never applies a non-finite update (see ``train_step``); with
@@ -96,8 +100,10 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     os.replace(tmp, self._path)
 
   def write_scalars(self, step, scalars):
+    # Strict JSON: a non-finite value (a NaN loss) is written as null, never as a bare NaN.
+    row = {"step": int(step), **{k: _finite_or_none(float(v)) for k, v in scalars.items()}}
     with open(self._path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+      f.write(json.dumps(row, allow_nan=False) + "\n")
 
   def write_summaries(self, step, values, metadata=None):
     pass
@@ -127,6 +133,10 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
     pass
 
 
+def _finite_or_none(x: float) -> Optional[float]:
+  return x if np.isfinite(x) else None
+
+
 def make_writer(workdir: str, resume_step: int = 0):
   primary = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not primary,
@@ -135,6 +145,19 @@ def make_writer(workdir: str, resume_step: int = 0):
     return writer
   jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
   return metric_writers.MultiWriter([writer, jsonl])
+
+
+def config_summary(config) -> str:
+  """The config for the log, one line per top-level field (sections and mask entries as compact
+  JSON objects): the values of ``config.json``, without ml_collections' YAML internals."""
+  plain = ckpt_lib.config_to_json(config)
+  lines = []
+  for key, value in plain.items():
+    if key == "masks" and isinstance(value, list):
+      lines += [f"  masks[{i}]: {json.dumps(m)}" for i, m in enumerate(value)]
+    else:
+      lines.append(f"  {key}: {json.dumps(value)}")
+  return "\n".join(lines)
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -236,7 +259,8 @@ def _init_or_restore(exp, manager, config):
   restored = ckpt_lib.restore_latest_train_state(manager, exp.sharded_abstract_state)
   if restored is not None:
     state, data_state, step = restored
-    log.info("Resumed from checkpoint %d in %s", step, manager.directory)
+    if step < exp.total_steps:  # else ``train`` says that the run is complete
+      log.info("Resumed from checkpoint %d in %s", step, manager.directory)
     return state, step, data_state
   if config.get("init_from") and config.get("init_from_optimizer"):
     return _continue_from(exp, config), 0, None
@@ -299,7 +323,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  log.info("Config:\n%s", config)
+  log.info("Config (saved as %s):\n%s", os.path.join(workdir, "config.json"), config_summary(config))
   log.info("Mesh %s over %d devices, %d processes; global batch %d",
            dict(exp.mesh.shape), jax.device_count(), jax.process_count(), exp.batch_size)
 
@@ -308,6 +332,11 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
                                   keep=ck.keep, keep_period=ck.keep_period,
                                   async_save=ck.async_save)
   state, start_step, data_state = _init_or_restore(exp, manager, config)
+  if start_step >= exp.total_steps:
+    manager.close()
+    log.info("The run is already complete: checkpoint %d in %s is its last step (%d steps); "
+             "nothing to do", start_step, manager.directory, exp.total_steps)
+    return {}
 
   per_process_batch = exp.batch_size // jax.process_count()
   # The account of the consumed batches (checkpointed); the loader's copy decides when to stop
@@ -341,6 +370,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   skipped = consecutive_skips = 0
   max_consecutive_skips = config.get("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS)
   last_saved = start_step if start_step else None
+  unconfirmed_save = False  # an asynchronous save was started and its outcome not yet checked
   window_start, window_wait = time.perf_counter(), 0.0
   window_bad_reads = total_bad_reads = 0
 
@@ -372,11 +402,20 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
         "config.nonfinite='skip'.")
 
   def save(step, force=False):
-    nonlocal last_saved
+    nonlocal last_saved, unconfirmed_save
     check_finite()
     if ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
                      config=config, data_failures=consumed.state(), force=force):
       last_saved = step
+      unconfirmed_save = True
+
+  def check_saved():
+    """Raise the error of an asynchronous save as soon as it has failed (a full disk), not at the
+    next save: a flag read per step, and one non-blocking wait once the save is over."""
+    nonlocal unconfirmed_save
+    if unconfirmed_save and not manager.is_saving_in_progress():
+      unconfirmed_save = False
+      manager.wait_until_finished()  # returns at once; raises what the save raised
 
   collection_cls = None
   collapse = monitor.CollapseDetector()
@@ -419,6 +458,8 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
           break
         if step % ck.every == 0 or step == total:
           save(step, force=step == total)
+        else:
+          check_saved()
   finally:
     prefetcher.close()
     manager.wait_until_finished()

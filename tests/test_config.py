@@ -52,3 +52,53 @@ def test_build_reads_the_config_once(monkeypatch):
   import jax
   exp = experiment.build(config, devices=jax.devices()[:1])
   assert len(calls) == 1 and exp.settings.batch_size == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("masks[0].num_context=96", "config.masks[0].num_context=96 must be in [1, 64]: the 4x4x4 "
+     "token grid"),
+    ("masks[1].num_target=65", "config.masks[1].num_target=65 must be in [1, 64]"),
+    ("masks[0].num_context=0", "config.masks[0].num_context=0 must be a positive integer"),
+    ("masks[0].num_target=2.5", "config.masks[0].num_target=2.5 must be a positive integer"),
+    ("masks[0].num_context=abc", "config.masks[0].num_context='abc' must be a positive integer"),
+    ("masks[0].num_blocks=0", "config.masks[0].num_blocks=0 must be an integer >= 1"),
+    ("masks[0].spatial_scale=(0.3,0.2)", "config.masks[0].spatial_scale=(0.3, 0.2) must be a "
+     "(min, max) pair of numbers with min <= max"),
+    ("masks[0].spatial_scale=(0.1,0.2,0.3)", "config.masks[0].spatial_scale=(0.1, 0.2, 0.3) must "
+     "be a (min, max) pair"),
+    ("masks[1].spatial_scale=1.5", "config.masks[1].spatial_scale=(1.5, 1.5) must lie in [0, 1]"),
+    ("masks[0].temporal_scale=(-0.1,0.5)", "config.masks[0].temporal_scale=(-0.1, 0.5) must lie "
+     "in [0, 1]"),
+    ("masks[0].aspect_ratio=(0,1)", "config.masks[0].aspect_ratio=(0.0, 1.0) must be positive"),
+    ("masks[0].max_temporal_keep=0", "config.masks[0].max_temporal_keep=0.0 must be in (0, 1]"),
+    ("masks[0].ratio=1.5", "config.masks[0].ratio=1.5 must be in [0, 1]"),
+    ("masks[0].kind=tube", "config.masks[0].kind='tube' must be one of multiblock, random_tube"),
+    ("masks[1].subset=last", "config.masks[1].subset='last' must be one of random, first"),
+    ("model.num_mask_tokens=-1", "config.model.num_mask_tokens=-1 must be a positive integer"),
+    ("model.mask_token_per=clip", "config.model.mask_token_per must be 'mask' or 'clip_length'"),
+])
+def test_every_mask_field_is_checked_with_the_config(override, message):
+  """Each of these used to pass the config reader and fail later, inside tracing (a traceback),
+  or not at all; now ``read`` refuses it in one line naming the field and the valid range."""
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.read(demo_config(f"--config.{override}"))
+  assert str(info.value).startswith(message), str(info.value)
+  assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"max_keep": 10}, "config.masks[0].max_keep=10 is not supported; use num_context"),
+    ({"full_complement": True}, "config.masks[0].full_complement=True is not supported"),
+    ({"num_blokcs": 2}, "config.masks[0]: unknown mask config keys ['num_blokcs']"),
+])
+def test_reference_mask_keys_are_checked_with_the_config(entry, message):
+  config = demo_config()
+  with config.unlocked():
+    config.masks = [entry, *config.masks[1:]]
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.read(config)
+  assert str(info.value).startswith(message), str(info.value)
+  # The reference's defaults are accepted.
+  with config.unlocked():
+    config.masks = [{"max_keep": None, "full_complement": False}, *config.masks[1:]]
+  assert config_lib.read(config).masks[0] == masks.MaskConfig()

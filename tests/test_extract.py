@@ -224,3 +224,41 @@ def test_bad_videos_are_skipped_and_counted_and_settings_are_checked(tiny, tmp_p
   assert "other settings" in capsys.readouterr().err
   assert extract.main(args + ["--pool", "probe", videos[0]]) == 1
   assert "--probe" in capsys.readouterr().err
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_as_the_trainer_does(tiny, tmp_path, caplog):
+  """eval and extract read the encoder through ``load_frozen_encoder``: with the newest
+  checkpoint damaged they use the previous readable one and warn naming the skipped one, as the
+  trainer does (they stopped with "checkpoint 2 ... is unreadable"); nothing is moved."""
+  import logging
+  import shutil
+  source, params, videos = tiny
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(source, ckpt)
+  other = jax.tree_util.tree_map(lambda x: x + 1, params)
+  cfg = ckpt_lib.read_config(str(ckpt))
+  ckpt_lib.save_params(str(ckpt), {"encoder": other, "target": other}, config=cfg, step=2)
+  data = sorted((ckpt / "checkpoints" / "2" / "params").glob("ocdbt.process_0/d/*"),
+                key=lambda p: p.stat().st_size)[-1]
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  out = tmp_path / "out"
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.checkpoint"):
+    assert extract.main(["--checkpoint", str(ckpt), "--out", str(out), *FLAGS, videos[0]]) == 0
+  warnings = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.checkpoint"]
+  assert len(warnings) == 1 and warnings[0].startswith("Skipped checkpoint 2: checkpoint 2 in "), \
+      warnings
+  assert warnings[0].endswith("; using checkpoint 1") and "\n" not in warnings[0]
+  assert json.load(open(out / "meta.json"))["checkpoint"] == str(ckpt)
+  _, loaded, info = enc_lib.load_frozen_encoder(_eval_config(str(ckpt)))
+  assert info["step"] == 1
+  for x, y in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert sorted(p.name for p in (ckpt / "checkpoints").iterdir()) == ["1", "2"]  # moved nothing
+
+
+def _eval_config(checkpoint):
+  from jepa_jax.eval import config as config_lib
+  c = config_lib.base_eval_config()
+  c.checkpoint = checkpoint
+  c.data.num_frames, c.data.crop_size = 4, 32
+  return c

@@ -236,8 +236,15 @@ def _nonfinite_config(synthetic_dir, **changes):
   return c
 
 
+def _strict_json(line):
+  """json.loads that refuses the non-JSON constants NaN, Infinity and -Infinity."""
+  def refuse(name):
+    raise ValueError(f"not JSON: {name}")
+  return json.loads(line, parse_constant=refuse)
+
+
 def _rows(workdir):
-  return [json.loads(x) for x in pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()]
+  return [_strict_json(x) for x in pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()]
 
 
 def test_nonfinite_stop_names_the_step_as_logged(synthetic_dir, tmp_path):
@@ -248,8 +255,10 @@ def test_nonfinite_stop_names_the_step_as_logged(synthetic_dir, tmp_path):
   assert checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                  read_only=True).latest_step() is None
   named = int(re.search(r"at step (\d+)", str(e.value)).group(1))
-  first_bad = min(r["step"] for r in _rows(workdir) if r.get("nonfinite", 0) > 0)
+  rows = _rows(workdir)  # strict JSON: a non-finite loss is null there, not a bare NaN
+  first_bad = min(r["step"] for r in rows if r.get("nonfinite", 0) > 0)
   assert named == first_bad  # 1-based, as in metrics.jsonl and the progress lines
+  assert [r["step"] for r in rows if "loss" in r and r["loss"] is None] == [first_bad]
 
 
 def test_nonfinite_skip_counts_each_step_once_and_stops_after_a_run_of_skips(
@@ -286,7 +295,7 @@ def _train_single_device(c, workdir):
     experiment.build = trainer.experiment.build = real_build
 
 
-def test_outputs_of_a_run(synthetic_dir, tmp_path):
+def test_outputs_of_a_run(synthetic_dir, tmp_path, caplog):
   c = tiny_config(synthetic_dir, steps=4)
   c.mesh.data = 1
   workdir = tmp_path / "run"
@@ -298,6 +307,37 @@ def test_outputs_of_a_run(synthetic_dir, tmp_path):
   assert {"steps_per_sec", "loss", "lr", "wd", "momentum", "grad_norm/encoder",
           "tokens/context0"} <= set().union(*rows)
   assert checkpoint.read_config(str(workdir))["batch_size"] == 4
+  # The same command again: the run is complete, so it says so and does nothing else (it said
+  # "no unreadable samples in steps 5-4").
+  written = (workdir / "metrics.jsonl").read_text()
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
+    assert _train_single_device(c, str(workdir)) == {}
+  said = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.trainer"]
+  assert said[-1].startswith("The run is already complete: checkpoint 4 in "), said
+  assert not any("unreadable samples" in m or "Resumed" in m for m in said), said
+  assert (workdir / "metrics.jsonl").read_text() == written
+
+
+def test_the_logged_config_is_plain_json_one_line_per_field(synthetic_dir):
+  """It was ml_collections' YAML: ~50 lines of !!python/object tags for the masks alone."""
+  c = tiny_config(synthetic_dir)
+  text = trainer.config_summary(c)
+  assert "!!python" not in text and "ml_collections" not in text
+  lines = text.splitlines()
+  assert len(lines) == len(c) - 1 + len(c.masks)  # masks: one line per entry
+  fields = dict(line.strip().split(": ", 1) for line in lines)
+  assert json.loads(fields["masks[1]"])["spatial_scale"] == [0.7, 0.7]
+  assert json.loads(fields["model"])["overrides"] == {"embed_dim": 32, "depth": 1, "num_heads": 2}
+  assert json.loads(fields["batch_size"]) == 4
+
+
+def test_metrics_jsonl_is_strict_json(tmp_path):
+  writer = trainer.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+  writer.write_scalars(1, {"loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
+  writer.write_scalars(2, {"loss": np.float32(0.5)})
+  assert _rows(tmp_path) == [{"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3},
+                             {"step": 2, "loss": 0.5}]
 
 
 def test_interrupted_save_leaves_previous_checkpoint_usable(synthetic_dir, tmp_path):
@@ -412,6 +452,26 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(two_checkpoints,
   else:
     assert not aside and manager.all_steps() == [4, 8]
   manager.close()
+
+
+def test_garbage_checkpoint_metadata_is_one_warning_line(two_checkpoints, tmp_path, caplog):
+  """orbax logged two multi-line ERRORs holding the garbage before restoring anyway."""
+  import shutil
+  exp, original = two_checkpoints
+  directory = tmp_path / "checkpoints"
+  shutil.copytree(original, directory)
+  garbage = directory / "8" / "_CHECKPOINT_METADATA"
+  garbage.write_text("garbage{\nmore garbage\n")
+  manager = checkpoint.make_manager(str(directory))
+  with caplog.at_level(logging.INFO):
+    _, _, step = checkpoint.restore_latest_train_state(manager, exp.sharded_abstract_state)
+  manager.close()
+  assert step == 8  # orbax reads the step without that file
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  said = [r.getMessage() for r in caplog.records if "_CHECKPOINT_METADATA" in r.getMessage()]
+  assert len(said) == 1 and said[0].startswith(f"Ignored checkpoint metadata file {garbage}: it "
+                                               "is not JSON"), said
+  assert "\n" not in said[0] and "garbage" not in said[0].replace(str(garbage), "")
 
 
 def test_no_readable_checkpoint_or_another_model_is_an_error_and_moves_nothing(

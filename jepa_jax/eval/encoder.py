@@ -94,10 +94,12 @@ def load_frozen_encoder(config, seed: Optional[int] = None):
     return encoder, params, dict(checkpoint="random", checkpoint_key=None, step=0, init_seed=s,
                                  model=arch)
   path = paths.resolve(path)
-  saved_config = ckpt_lib.read_config(path, config.checkpoint_step)
+  # The parameters first: without checkpoint_step, a damaged newest checkpoint is skipped (with a
+  # warning), and the config must be the one saved with the parameters read.
+  tree, step = ckpt_lib.load_params(path, config.checkpoint_step)
+  saved_config = ckpt_lib.read_config(path, step)
   arch = resolve_model(config, saved_config)
   encoder = build_eval_encoder(arch, config)
-  tree, step = ckpt_lib.load_params(path, config.checkpoint_step)
   group = CHECKPOINT_KEYS[key]
   if group not in tree:
     raise ckpt_lib.CheckpointError(
