@@ -158,6 +158,7 @@ def test_data_throughput_bench_prints_json(tmp_path):
       (1, True), (0, True), (1, False), (0, False)]
   for s in out["stages"]:
     assert 0 < s["decode_share"] < 1 and s["clips_per_s_per_core"] > 0
+    assert 0 <= s["decode_system_share"] <= 1 and s["decode_page_faults_per_clip"] >= 0
   assert out["pipeline"] == [] and out["in_process"][0]["clips_per_s"] > 0
 
 
