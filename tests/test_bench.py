@@ -76,6 +76,7 @@ def test_train_step_bench_prints_json():
   assert out["bench"] == "train_step" and out["platform"] == "cpu"
   assert out["attention"] == "auto" and out["attention_resolved"] == "xla"
   assert out["steps"] == 2 and out["step_s"] > 0 and out["compile_s"] > 0
+  assert out["step_cpu_s"] > 0
   assert out["clips_per_s"] == pytest.approx(4 / out["step_s"], rel=1e-2)
   c = demo.get_config()
   c.batch_size = 4
