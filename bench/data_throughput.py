@@ -20,9 +20,12 @@ Measures, and prints as one line of JSON:
 - ``in_process``: the same with ``num_workers=0`` and ``--threads`` loading threads (PyAV and
   Pillow release the GIL, so threads scale too, without worker start-up or IPC).
 
+``stages`` also gives decoding's share of system CPU time (``decode_system_share``) and its minor
+page faults per clip (memory touched for the first time).
+
 ``--make-footage DIR`` first writes the camera-like H.264 set of ``tests/video_files.py:
-write_footage`` into DIR (``FOOTAGE``: 640x360 with keyframes every 250 and every 60 frames,
-1280x720 every 250; 300 frames at 30 fps each; x264 ``medium``, CRF 23, 3 B-frames) with an
+write_footage`` into DIR (``FOOTAGE``: 568x320 (Kinetics' usual 320 px short side) and 640x360
+with keyframes every 250 frames, 640x360 every 60, 1280x720 every 250; 300 frames at 30 fps each; x264 ``medium``, CRF 23, 3 B-frames) with an
 index per file and one for all, and measures that set. Figures, commands and machine:
 BENCHMARKS.md ("Input pipeline").
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -49,10 +53,17 @@ from jepa_jax.data import transforms  # noqa: E402
 import video_files  # noqa: E402
 
 # name: (width, height, keyframe interval); 300 frames at 30 fps each.
-FOOTAGE = {"footage_640x360_gop250": (640, 360, 250),
+FOOTAGE = {"footage_568x320_gop250": (568, 320, 250),
+           "footage_640x360_gop250": (640, 360, 250),
            "footage_640x360_gop60": (640, 360, 60),
            "footage_1280x720_gop250": (1280, 720, 250)}
 FOOTAGE_FRAMES = 300
+
+
+def _usage() -> tuple:
+  """(user CPU s, system CPU s, minor page faults) of this process so far."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime, r.ru_stime, r.ru_minflt
 
 
 def make_footage(directory: str, names=None, num_frames: int = FOOTAGE_FRAMES) -> dict:
@@ -81,12 +92,13 @@ def stage_times(cfg, index, samples: int, threads: int = 1, skip_unneeded: bool 
   rng = np.random.default_rng(seed)
   wall = {"decode": 0.0, "transform": 0.0}
   cpu = {"decode": 0.0, "transform": 0.0}
+  sys_cpu = faults = 0.0  # of decoding: system time and minor page faults (fresh memory touched)
   for i in range(samples):
     path = src.path(i % len(src))
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0, c0, u0 = time.perf_counter(), time.process_time(), _usage()
     clip = decode.read_video_clips(path, cfg.num_frames, cfg.frame_step, 1, rng, threads=threads,
                                    skip_unneeded=skip_unneeded)[0]
-    w1, c1 = time.perf_counter(), time.process_time()
+    w1, c1, u1 = time.perf_counter(), time.process_time(), _usage()
     transforms.train_transform(clip, rng, cfg.crop_size, cfg.random_resize_scale,
                                cfg.random_resize_aspect_ratio, cfg.horizontal_flip)
     w2, c2 = time.perf_counter(), time.process_time()
@@ -94,12 +106,16 @@ def stage_times(cfg, index, samples: int, threads: int = 1, skip_unneeded: bool 
     wall["transform"] += w2 - w1
     cpu["decode"] += c1 - c0
     cpu["transform"] += c2 - c1
+    sys_cpu += u1[1] - u0[1]
+    faults += u1[2] - u0[2]
   per = lambda x: round(x / samples, 4)  # noqa: E731
   return dict(
       decode_threads=threads, skip_unneeded=skip_unneeded,
       decode_s_per_clip=per(wall["decode"]), transform_s_per_clip=per(wall["transform"]),
       decode_cpu_s_per_clip=per(cpu["decode"]), transform_cpu_s_per_clip=per(cpu["transform"]),
       decode_share=round(cpu["decode"] / (cpu["decode"] + cpu["transform"]), 3),
+      decode_system_share=round(sys_cpu / max(cpu["decode"], 1e-9), 3),
+      decode_page_faults_per_clip=round(faults / samples),
       clips_per_s_wall=round(samples / (wall["decode"] + wall["transform"]), 2),
       clips_per_s_per_core=round(samples / (cpu["decode"] + cpu["transform"]), 2))
 

@@ -86,13 +86,15 @@ def time_steps(step: Callable[[int], object], steps: int, warmup: int,
                sync: Callable[[], None] = lambda: None) -> dict:
   """Run ``step(i)`` ``warmup + steps`` times, ``sync()`` after each; time the last ``steps``.
 
-  Returns ``{"times": [...], "step_s": median, "min_step_s", "first_step_s"}`` (seconds); the
-  first step (any warm-up cost) is reported apart.
+  Returns ``{"times": [...], "step_s": median, "min_step_s", "first_step_s", "step_cpu_s"}``
+  (seconds); the first step (any warm-up cost) is reported apart. ``step_cpu_s``: the median of
+  this process's CPU time per timed step (all its threads), which other jobs on a shared machine
+  do not inflate.
   """
-  times = []
+  times, cpu = [], []
   first = None
   for i in range(warmup + steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step(i)
     sync()
     dt = time.perf_counter() - t0
@@ -100,8 +102,9 @@ def time_steps(step: Callable[[int], object], steps: int, warmup: int,
       first = dt
     if i >= warmup:
       times.append(dt)
+      cpu.append(time.process_time() - c0)
   return {"times": times, "step_s": statistics.median(times), "min_step_s": min(times),
-          "first_step_s": first}
+          "first_step_s": first, "step_cpu_s": statistics.median(cpu)}
 
 
 def load_reference(ref_dir: str) -> SimpleNamespace:
@@ -329,6 +332,7 @@ def main(argv=None):
       "first_step_s": round(timing["first_step_s"], 4),
       "step_s": round(timing["step_s"], 4),
       "min_step_s": round(timing["min_step_s"], 4),
+      "step_cpu_s": round(timing["step_cpu_s"], 4),
       "clips_per_s": round(batch_size / timing["step_s"], 3),
       "context_tokens": [round(statistics.mean(s[i][0] for s in timed), 1)
                          for i in range(len(timed[0]))],

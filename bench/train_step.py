@@ -10,7 +10,9 @@ compiled ahead of time (``compile_s`` wall time; ``compile_cpu_s`` this process'
 other jobs on the machine do not inflate; with ``--config.compilation_cache_dir=DIR`` a second
 run loads the step from JAX's persistent cache instead); the first execution is reported apart (``first_step_s``),
 then ``--steps`` steps are timed one by one, each ending in ``block_until_ready`` on the metrics
-(the state is donated and threaded through, as in training). Model FLOPs per step come from
+(the state is donated and threaded through, as in training); ``step_cpu_s`` is the median CPU
+time of this process per step (all its threads; what other jobs on a shared machine do not
+inflate, unlike the wall-clock ``step_s``). Model FLOPs per step come from
 ``jepa_jax.flops.train_step_flops`` (its docstring has the formula); MFU divides the achieved
 FLOP/s by the dense bf16 peak of the device kind (``jepa_jax.flops.PEAK_TFLOPS``) times the
 device count, and is null where no peak is known (CPUs). ``peak_memory_gib`` is the runtime's
@@ -85,12 +87,13 @@ def main(argv):
   jax.block_until_ready(metrics)
   first_step_s = time.perf_counter() - t0
 
-  times = []
+  times, cpu_times = [], []
   for _ in range(_STEPS.value):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
   step_s = statistics.median(times) if times else first_step_s
 
   f = flops_lib.train_step_flops(exp.settings)
@@ -125,6 +128,7 @@ def main(argv):
       "steps": len(times),
       "step_s": round(step_s, 4),
       "min_step_s": round(min(times), 4) if times else None,
+      "step_cpu_s": round(statistics.median(cpu_times), 4) if times else None,
       "clips_per_s": round(exp.batch_size / step_s, 3),
       "tokens_per_s": round(exp.batch_size * f["tokens"] / step_s, 1),
       "model_flops_per_step": f["total"],

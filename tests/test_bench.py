@@ -77,6 +77,7 @@ def test_train_step_bench_prints_json():
   assert out["bench"] == "train_step" and out["platform"] == "cpu"
   assert out["attention"] == "auto" and out["attention_resolved"] == "xla"
   assert out["steps"] == 2 and out["step_s"] > 0 and out["compile_s"] > 0
+  assert out["step_cpu_s"] > 0
   assert out["clips_per_s"] == pytest.approx(4 / out["step_s"], rel=1e-2)
   c = demo.get_config()
   c.batch_size = 4
@@ -160,6 +161,7 @@ def test_data_throughput_bench_prints_json(tmp_path):
       (1, True), (0, True), (1, False), (0, False)]
   for s in out["stages"]:
     assert 0 < s["decode_share"] < 1 and s["clips_per_s_per_core"] > 0
+    assert 0 <= s["decode_system_share"] <= 1 and s["decode_page_faults_per_clip"] >= 0
   assert out["pipeline"] == [] and out["in_process"][0]["clips_per_s"] > 0
 
 

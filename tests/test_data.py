@@ -241,6 +241,43 @@ def test_seeked_decode_skips_work_and_falls_back_when_unsafe(footage, monkeypatc
   decode._check_nothing_needed_was_dropped([0.9, 1.2], [1.0], np.array([1.05]), 0.001, 0.001)
 
 
+@pytest.mark.parametrize("name,clips,frames,step", [("gop250_b3", 1, 16, 4), ("gop30_b3", 3, 8, 2),
+                                                     ("short", 2, 16, 4)])
+def test_decode_copies_each_clip_once(footage, name, clips, frames, step):
+  """The read allocates its result once and nothing else of that size: the frames go from
+  libswscale's output straight into their slots (stacking the frames, then the clips, held two
+  more copies of the clip). numpy's allocations are what tracemalloc sees; PyAV's own frame
+  buffers are not numpy's and do not count."""
+  import tracemalloc
+  path = footage[name]
+  decode.read_video_clips(path, frames, step, clips, np.random.default_rng(0))  # warm caches
+  tracemalloc.start()
+  try:
+    got = decode.read_video_clips(path, frames, step, clips, np.random.default_rng(1))
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert got.flags.c_contiguous and got.flags.owndata
+  assert peak < 1.25 * got.nbytes, (peak, got.nbytes)
+  np.testing.assert_array_equal(got, _full_decode_at(path, frames, step, clips, 1))
+
+
+def test_decode_without_length_in_header(footage, monkeypatch):
+  """A container whose header gives neither a frame count nor a duration is decoded whole and
+  indexed; that path fills the same single array, a frame taken by several slots (padding)
+  identical in each."""
+  path = footage["short"]  # 40 frames
+  with av.open(path) as c:
+    full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+  real_probe = decode.probe
+  monkeypatch.setattr(decode, "probe", lambda c: real_probe(c)[:1] + (0,) + real_probe(c)[2:])
+  for frames, step, clips in ((8, 4, 1), (8, 2, 2), (16, 4, 1)):  # the last one pads
+    got = decode.read_video_clips(path, frames, step, clips)
+    idx = decode.clip_frame_indices(len(full), frames, step, clips)
+    np.testing.assert_array_equal(got, np.stack([[full[i] for i in clip] for clip in idx]))
+    assert got.flags.owndata
+
+
 @pytest.mark.parametrize("kind,reason", [
     ("truncated", "open_error"), ("random_bytes", "open_error"), ("text", "open_error"),
     ("empty", "empty_file"), ("missing", "missing")])

@@ -32,6 +32,7 @@ def test_time_steps_times_only_after_warmup_and_syncs_each_step(monkeypatch):
   assert calls == [c for i in range(5) for c in (("step", i), ("sync",))]
   assert out["times"] == [1.5, 3.5, 2.5]
   assert out["step_s"] == 2.5 and out["min_step_s"] == 1.5 and out["first_step_s"] == 5.5
+  assert out["step_cpu_s"] >= 0
 
 
 def test_arguments(monkeypatch):

@@ -32,7 +32,7 @@ its last frame; frames no clip time can show and no other frame references (B-fr
 clip and between its strided frames) are not decoded (``skip_frame=NONREF``), with a check that
 falls back to a plain decode where irregular timestamps make that unsafe (``_decode_span``).
 Frames are converted to rgb24 from any pixel format by libswscale; only the kept frames are
-converted.
+converted, each copied once into the one array the read returns (``_Clips``).
 """
 from __future__ import annotations
 
@@ -138,31 +138,59 @@ def probe(container) -> tuple:
 
 
 def _decode_all(container, stream) -> list:
-  frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+  """Every frame, still in the decoder's pixel format (only the ones a clip takes are converted)."""
+  frames = list(container.decode(stream))
   if not frames:
     raise VideoReadError("no_frames", "no decodable frames")
   return frames
+
+
+class _Clips:
+  """The one array a read returns, uint8 [num_clips, num_frames, H, W, 3].
+
+  Allocated when the first frame is converted (its size is the frame's); each frame libswscale
+  converts to rgb24 is copied once, into its slot, and a frame taken for several slots is
+  copied from the first. Stacking per-frame arrays per clip and then the clips instead copied
+  every clip twice more, into fresh allocations each time (page faults on the whole clip).
+  """
+
+  def __init__(self, num_clips: int, num_frames: int):
+    self.shape = (num_clips, num_frames)
+    self.array = None
+
+  def put(self, c: int, k: int, frame) -> None:
+    rgb = frame.to_ndarray(format="rgb24")  # a view of libswscale's output frame
+    if self.array is None:
+      self.array = np.empty(self.shape + rgb.shape, np.uint8)
+    elif rgb.shape != self.array.shape[2:]:
+      raise VideoReadError("decode_error", f"frame size changes from {self.array.shape[2:4]} to "
+                           f"{rgb.shape[:2]} within the video")
+    self.array[c, k] = rgb
+
+  def copy(self, c: int, src: int, dst: int) -> None:
+    self.array[c, dst] = self.array[c, src]
 
 
 class _InexactSkip(Exception):
   """A frame skipped as unneeded turned out to be the one shown at a clip time: decode again."""
 
 
-def _decode_clip(container, stream, times, fps, first_clip, skip_unneeded: bool = True):
-  """Decodes the frames shown at ``times`` (seconds, ascending); pads with the last frame.
+def _decode_clip(container, stream, times, fps, first_clip, dst, skip_unneeded: bool = True):
+  """Decodes the frames shown at ``times`` (seconds, ascending) into ``dst`` (a ``(_Clips, clip
+  number)`` pair); pads with the last frame.
 
   Exact in any case: the result is the frames a full decode from the start would show at
   ``times``. See ``_decode_span`` for what is skipped and how that is checked.
   """
   if skip_unneeded:
     try:
-      return _decode_span(container, stream, times, fps, first_clip, skip_unneeded=True)
+      return _decode_span(container, stream, times, fps, first_clip, dst, skip_unneeded=True)
     except _InexactSkip:
       first_clip = False  # the container has moved on: seek back
-  return _decode_span(container, stream, times, fps, first_clip, skip_unneeded=False)
+  return _decode_span(container, stream, times, fps, first_clip, dst, skip_unneeded=False)
 
 
-def _decode_span(container, stream, times, fps, first_clip, skip_unneeded):
+def _decode_span(container, stream, times, fps, first_clip, dst=None, skip_unneeded=True):
   """Seek to the keyframe before ``times[0]``, decode forward to the frame shown at ``times[-1]``.
 
   With ``skip_unneeded``, packets whose frames cannot be shown at any of ``times`` (more than two
@@ -174,7 +202,11 @@ def _decode_span(container, stream, times, fps, first_clip, skip_unneeded):
   ``pts <= t``; if a dropped packet's pts lies between the frame taken for some t and t itself
   (possible with irregular timestamps), ``_InexactSkip`` is raised and the caller decodes the
   clip again without skipping.
+
+  Writes the frames into ``dst`` = ``(clips, c)``: slots ``clips.array[c, :len(times)]`` of a
+  ``_Clips`` (a fresh one-clip ``_Clips`` when None); returns that clip's array.
   """
+  clips, c = dst if dst is not None else (_Clips(1, len(times)), 0)
   tb = float(stream.time_base)
   # A fresh container already sits at the start; otherwise seek to the keyframe before.
   if not (first_clip and times[0] < 1.0):
@@ -185,10 +217,18 @@ def _decode_span(container, stream, times, fps, first_clip, skip_unneeded):
   margin = 2.0 / fps
   codec = stream.codec_context
   skipped = []  # pts (s) of packets decoded with NONREF: their frames may have been dropped
-  chosen = []   # pts of the frame taken for each time
-  out = []
-  prev = prev_rgb = None
+  chosen = []   # pts of the frame taken for each time; its length is the number of slots filled
+  prev = prev_slot = None  # the previous frame, and the slot it was converted into (if any)
   count = 0
+
+  def take(frame, slot):
+    """Fill the next slot with ``frame``; returns the slot that holds its pixels."""
+    k = len(chosen)
+    if slot is None:
+      clips.put(c, k, frame)
+      return k
+    clips.copy(c, slot, k)
+    return slot
 
   def needed(t):
     k = np.searchsorted(times, t - eps)  # the first clip time at or after t (within eps)
@@ -205,37 +245,33 @@ def _decode_span(container, stream, times, fps, first_clip, skip_unneeded):
       for frame in codec.decode(packet):
         t = frame.time if frame.time is not None else count / fps
         count += 1
-        cur_rgb = None
-        while len(out) < len(times) and t > times[len(out)] + eps:
+        cur_slot = None
+        while len(chosen) < len(times) and t > times[len(chosen)] + eps:
           # times[k] lies before this frame: the frame on screen then is the previous one (or
           # this one, if the seek landed after the target).
           if prev is None:
-            if cur_rgb is None:
-              cur_rgb = frame.to_ndarray(format="rgb24")
-            out.append(cur_rgb)
+            cur_slot = take(frame, cur_slot)
             chosen.append(None)
           else:
-            if prev_rgb is None:
-              prev_rgb = prev.to_ndarray(format="rgb24")
-            out.append(prev_rgb)
+            prev_slot = take(prev, prev_slot)
             chosen.append(prev_t)
-        if len(out) == len(times):
+        if len(chosen) == len(times):
           break
-        prev, prev_t, prev_rgb = frame, t, cur_rgb
-      if len(out) == len(times):
+        prev, prev_t, prev_slot = frame, t, cur_slot
+      if len(chosen) == len(times):
         break  # stop after the last needed frame
   finally:
     codec.skip_frame = "DEFAULT"
-  if len(out) < len(times):
+  if len(chosen) < len(times):
     # End of stream before the last target time: pad with the last frame, like the reference.
     if prev is None:
       raise VideoReadError("no_frames", "no decodable frames")
-    last = prev_rgb if prev_rgb is not None else prev.to_ndarray(format="rgb24")
-    chosen.extend([prev_t] * (len(times) - len(out)))
-    out.extend([last] * (len(times) - len(out)))
+    while len(chosen) < len(times):
+      prev_slot = take(prev, prev_slot)
+      chosen.append(prev_t)
   if skipped:
     _check_nothing_needed_was_dropped(skipped, chosen, times, eps, tb)
-  return np.stack(out)
+  return clips.array[c]
 
 
 def _check_nothing_needed_was_dropped(skipped, chosen, times, eps, tb):
@@ -292,15 +328,23 @@ def read_video_clips(
         frames = _decode_all(container, stream)
         idx = clip_frame_indices(len(frames), num_frames, frame_step, num_clips, rng,
                                  short_policy, allow_segment_overlap)
-        return np.stack([np.stack([frames[i] for i in clip]) for clip in idx])
+        clips, first_slot = _Clips(*idx.shape), {}
+        for c, clip in enumerate(idx):
+          for k, i in enumerate(clip):
+            if i in first_slot:
+              clips.array[c, k] = clips.array[first_slot[i]]
+            else:
+              clips.put(c, k, frames[i])
+              first_slot[i] = (c, k)
+        return clips.array
       idx = clip_frame_indices(n, num_frames, frame_step, num_clips, rng, short_policy,
                                allow_segment_overlap)
-      clips = []
+      clips = _Clips(*idx.shape)
       for c, clip in enumerate(idx):
         times = start + clip / fps
-        clips.append(_decode_clip(container, stream, times, fps, first_clip=(c == 0),
-                                  skip_unneeded=skip_unneeded))
-      return np.stack(clips)
+        _decode_clip(container, stream, times, fps, first_clip=(c == 0), dst=(clips, c),
+                     skip_unneeded=skip_unneeded)
+      return clips.array
     except VideoReadError:
       raise
     except Exception as e:  # noqa: BLE001
