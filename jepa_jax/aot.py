@@ -218,11 +218,12 @@ def with_per_chip_batch(config, per_chip: int, chips: int):
   return config
 
 
-def find_max_batch(config, topology: str, start: int, compile_fn=None) -> tuple[int, dict | None]:
-  """The largest per-chip batch (a multiple of ``grad_accum_steps``) whose step fits, by doubling
-  from ``start`` and then bisecting; (0, None) when even the smallest does not fit."""
+def find_max_batch(config, topology: str, start: int, chips: int,
+                   compile_fn=None) -> tuple[int, dict | None]:
+  """The largest per-chip batch (a multiple of ``grad_accum_steps``) whose step fits on the
+  ``chips`` chips of ``topology``, by doubling from ``start`` and then bisecting; (0, None) when
+  even the smallest does not fit. ``compile_fn(config, topology)`` is ``compile_step``."""
   compile_fn = compile_fn or compile_step
-  chips = len(tpu_devices(topology))
   unit = max(1, int(config.get("grad_accum_steps", 1) or 1))
 
   def attempt(units):
@@ -282,7 +283,7 @@ def main(argv):
       config = with_per_chip_batch(config, _FLAGS['per_chip_batch'].value, chips)
     if _FLAGS['find_max_batch'].value:
       start = _FLAGS['per_chip_batch'].value or max(1, config.batch_size // chips)
-      per_chip, result = find_max_batch(config, topology, start)
+      per_chip, result = find_max_batch(config, topology, start, chips)
       if result is None:
         cli.fail(f"not even {max(1, int(config.get('grad_accum_steps', 1) or 1))} clip(s) per "
                  f"chip fit on {topology}; try --config.model.remat=full or a larger fsdp")
