@@ -122,7 +122,8 @@ def compile_step(config, topology: str) -> dict:
   attention = layers.resolve_attention(settings.model.attention, "tpu", enc.block.dtype,
                                        enc.embed_dim // enc.block.num_heads)
   total = memory["peak_estimate_bytes"]
-  compute_s = hlo.matmul_flops / chip.peak_flops
+  compiled_flops = hlo.matmul_flops + hlo.kernel_flops    # per chip
+  compute_s = compiled_flops / chip.peak_flops
   memory_s = hlo.hbm_bytes / chip.hbm_bandwidth
   return {
       "topology": topology, "chips": chips, "device_kind": devices[0].device_kind,
@@ -135,8 +136,9 @@ def compile_step(config, topology: str) -> dict:
                        "outputs": memory["output_size_in_bytes"],
                        "aliased": memory["alias_size_in_bytes"], "total": total},
       "hbm_bytes": chip.hbm_bytes, "fits": total <= chip.hbm_bytes,
-      "hlo_matmul_flops_per_chip": hlo.matmul_flops, "model_flops": model,
-      "flops_ratio": hlo.matmul_flops * chips / model,
+      "hlo_matmul_flops_per_chip": hlo.matmul_flops,
+      "kernel_flops_per_chip": hlo.kernel_flops, "model_flops": model,
+      "flops_ratio": compiled_flops * chips / model,
       "collective_bytes_per_chip": hlo.collective_bytes,
       "collective_counts_per_chip": hlo.collective_counts,
       "largest_collectives": [{"kind": o.kind, "shape": o.shape, "count": o.count,
@@ -144,13 +146,14 @@ def compile_step(config, topology: str) -> dict:
       "relayout_bytes_per_chip": hlo.relayout_bytes,
       "largest_relayouts": [{"kind": o.kind, "shape": o.shape, "count": o.count, "bytes": o.bytes}
                             for o in hlo.relayout_ops[:3]],
-      "attention": attention, "custom_calls": hlo.custom_calls,
+      "attention": attention, "custom_calls": hlo.custom_calls, "kernels": hlo.kernels,
       "compile_seconds": compile_s,
       "roofline_estimate": {
           "lower_bound_s": max(compute_s, memory_s), "compute_s": compute_s,
           "hbm_s": memory_s, "hbm_bytes_per_chip": hlo.hbm_bytes,
           "peak_flops": chip.peak_flops, "hbm_bandwidth": chip.hbm_bandwidth,
-          "note": ("estimate, not a measurement: max(HLO matmul FLOPs / peak bf16 FLOP/s, HBM "
+          "note": ("estimate, not a measurement: max((HLO matmul FLOPs + Pallas kernels' "
+                   "estimated FLOPs) / peak bf16 FLOP/s, HBM "
                    "bytes / HBM bandwidth); HBM bytes = operands + results of every unfused op, "
                    "loop trip counts applied; collectives and overlap not modelled")},
       "cost_analysis_raw": {"flops": float(cost.get("flops", 0.0)),
@@ -184,8 +187,9 @@ def summary(r: dict) -> str:
       f"  memory per chip: {_gib(m['total'])} of {_gib(r['hbm_bytes'])} HBM: {verdict} "
       f"(arguments {_gib(m['arguments'])} + temporaries {_gib(m['temporaries'])} + outputs "
       f"{_gib(m['outputs'])} - aliased {_gib(m['aliased'])})",
-      f"  matmul FLOPs: HLO {r['hlo_matmul_flops_per_chip'] * r['chips']:.4g} (all chips) / "
-      f"model {r['model_flops']:.4g} = {r['flops_ratio']:.2f}x",
+      f"  matmul FLOPs (all chips): HLO {r['hlo_matmul_flops_per_chip'] * r['chips']:.4g} + "
+      f"Pallas kernels' estimates {r['kernel_flops_per_chip'] * r['chips']:.4g} / model "
+      f"{r['model_flops']:.4g} = {r['flops_ratio']:.2f}x",
       "  collectives per chip and step: " + (", ".join(
           f"{k} {_gib(v)}" for k, v in r["collective_bytes_per_chip"].items() if v) or "none"),
   ]
@@ -194,7 +198,8 @@ def summary(r: dict) -> str:
   lines.append("  copy/transpose per chip and step: " + ", ".join(
       f"{k} {_gib(v)}" for k, v in r["relayout_bytes_per_chip"].items()))
   calls = ", ".join(f"{k} x{v:g}" for k, v in r["custom_calls"].items()) or "none"
-  lines.append(f"  attention: {r['attention']}; custom calls: {calls}")
+  kernels = ", ".join(f"{k} x{v:g}" for k, v in r["kernels"].items()) or "none"
+  lines.append(f"  attention: {r['attention']}; Pallas kernels: {kernels}; custom calls: {calls}")
   e = r["roofline_estimate"]
   lines.append(f"  roofline lower bound on step time (an estimate, not a measurement): "
                f"{_seconds(e['lower_bound_s'])} (compute {_seconds(e['compute_s'])} at "

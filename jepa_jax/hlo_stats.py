@@ -14,7 +14,8 @@ loops multiplied.
 Shapes in SPMD-partitioned HLO are already per device, so every figure is per device and step.
 Collective bytes are the result bytes of each collective (an all-gather's gathered array, a
 reduce-scatter's shard). Matmul FLOPs are 2 x multiply-accumulates of ``dot`` and ``convolution``
-(XLA:TPU writes matmuls as convolutions); work inside custom calls (Pallas kernels) is not seen.
+(XLA:TPU writes matmuls as convolutions); the work inside Pallas kernels (``tpu_custom_call``) is
+not in the HLO, so their own declared cost estimates are summed separately (``kernel_flops``).
 """
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ class HloStats:
   relayout_bytes: dict           # "copy"/"transpose" -> result bytes
   relayout_ops: list             # OpTotal per (op, shape), largest total first
   custom_calls: dict             # custom_call_target -> executions per step
+  kernels: dict                  # Pallas kernel (tpu_custom_call, by instruction name) -> executions
+  kernel_flops: float            # FLOPs the Pallas kernels declare (their cost_estimate)
   hbm_bytes: float               # operand + result bytes of every unfused op (an HBM estimate)
   loops: list                    # (while name, trip count, multiplier of the while itself)
   unknown_trip_counts: list      # while names whose trip count could not be read (counted once)
@@ -116,7 +119,8 @@ class HloStats:
     return {"collective_bytes": self.collective_bytes, "collective_counts": self.collective_counts,
             "largest_collectives": ops(self.collective_ops), "matmul_flops": self.matmul_flops,
             "relayout_bytes": self.relayout_bytes, "largest_relayouts": ops(self.relayout_ops),
-            "custom_calls": self.custom_calls, "hbm_bytes_estimate": self.hbm_bytes,
+            "custom_calls": self.custom_calls, "kernels": self.kernels,
+            "kernel_flops": self.kernel_flops, "hbm_bytes_estimate": self.hbm_bytes,
             "loops": [list(l) for l in self.loops],
             "unknown_trip_counts": self.unknown_trip_counts}
 
@@ -269,6 +273,14 @@ def _matmul_flops(comp: dict, instr: Instruction) -> float:
   return 2.0 * math.prod(out.dims) * k
 
 
+def _kernel_cost(instr: Instruction) -> dict:
+  """A Pallas kernel's own cost estimate (``pl.CostEstimate``: flops, bytes_accessed), if any."""
+  m = re.search(r'"cost_estimate":\{([^}]*)\}', instr.attrs)
+  if not m:
+    return {}
+  return {k: float(v) for k, v in re.findall(r'"(\w+)":"?([0-9.eE+-]+)"?', m.group(1))}
+
+
 def _hbm(arrays) -> float:
   return sum(a.bytes for a in arrays if a.memory_space == 0)
 
@@ -281,6 +293,8 @@ def _hbm_bytes(computations: dict, comp: dict, instr: Instruction) -> float:
     return op.opcode == "dynamic-slice" and op.operands[:1] == [name_of_operand]
   if instr.opcode == "dynamic-slice":
     return 2 * _hbm(instr.shapes)
+  if instr.opcode == "custom-call" and "bytes_accessed" in _kernel_cost(instr):
+    return _kernel_cost(instr)["bytes_accessed"]
   if instr.opcode == "dynamic-update-slice" and len(instr.operands) > 1:
     return 2 * _hbm(comp[instr.operands[1]].shapes) if instr.operands[1] in comp else 0.0
   reads = [_hbm(comp[o].shapes) if o in comp else 0.0 for o in instr.operands]
@@ -315,8 +329,8 @@ def analyse(text: str) -> HloStats:
   computations, entry = parse_module(text)
   collectives = collections.defaultdict(lambda: [0.0, 0.0])
   coll_ops, relayout_ops = {}, {}
-  custom = collections.Counter()
-  totals = {"flops": 0.0, "dots": 0.0, "hbm": 0.0}
+  custom, kernels = collections.Counter(), collections.Counter()
+  totals = {"flops": 0.0, "dots": 0.0, "hbm": 0.0, "kernel_flops": 0.0}
   loops, unknown = [], []
 
   def add_op(table, kind, array, count):
@@ -352,6 +366,10 @@ def analyse(text: str) -> HloStats:
       elif op == "custom-call":
         target = re.search(r'custom_call_target="([^"]+)"', instr.attrs)
         custom[target.group(1) if target else "?"] += mult
+        if target and target.group(1) == "tpu_custom_call":
+          kernels[re.sub(r"\.\d+$", "", instr.name)] += mult
+          cost = _kernel_cost(instr)
+          totals["kernel_flops"] += cost.get("flops", 0.0) * mult
       if not fused and op not in _NO_TRAFFIC:
         totals["hbm"] += _hbm_bytes(computations, comp, instr) * mult
       if op == "while":
@@ -386,7 +404,8 @@ def analyse(text: str) -> HloStats:
       collective_counts={k: collectives[k][1] for k in COLLECTIVE_KINDS},
       collective_ops=by_size(coll_ops), matmul_flops=totals["flops"], matmul_count=totals["dots"],
       relayout_bytes=relayout_bytes, relayout_ops=by_size(relayout_ops),
-      custom_calls=dict(custom), hbm_bytes=totals["hbm"], loops=loops,
+      custom_calls=dict(custom), kernels=dict(kernels), kernel_flops=totals["kernel_flops"],
+      hbm_bytes=totals["hbm"], loops=loops,
       unknown_trip_counts=unknown)
 
 

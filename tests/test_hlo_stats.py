@@ -112,7 +112,7 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
   %w0 = f32[8,16]{1,0} broadcast(%two), dimensions={}
   %init = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) tuple(%start, %a, %w0)
   %loop = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) while(%init), condition=%cond, body=%body
-  %r = f32[64,4]{1,0} custom-call(%a), custom_call_target="tpu_custom_call"
+  %flash_attention.3 = f32[64,4]{1,0} custom-call(%a), custom_call_target="tpu_custom_call", backend_config={"custom_call_config":{"body":"TUxJUgA=","cost_estimate":{"flops":"1000","transcendentals":"8","bytes_accessed":"96"}}}
   ROOT %res = f32[4,8]{1,0} get-tuple-element(%loop), index=1
 }
 """
@@ -124,6 +124,8 @@ def test_trip_count_from_the_condition_and_its_start():
   assert stats.matmul_flops == 5 * 2 * 4 * 8 * 16
   assert stats.relayout_bytes == {"copy": 4, "transpose": 5 * 16 * 4 * 4}
   assert stats.custom_calls == {"tpu_custom_call": 1}
+  # A Pallas kernel: its work is not in the HLO, its declared cost estimate is.
+  assert stats.kernels == {"flash_attention": 1} and stats.kernel_flops == 1000
 
 
 def test_unreadable_trip_count_is_reported_not_guessed():
