@@ -119,8 +119,10 @@ def compile_step(config, topology: str) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   enc = exp.encoder
-  attention = layers.resolve_attention(settings.model.attention, "tpu", enc.block.dtype,
-                                       enc.embed_dim // enc.block.num_heads)
+  # Resolved as the step was traced: for TPU, with the mesh declared (kernels placed per shard).
+  with layers.target_platform("tpu"), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    attention = layers.resolve_attention(settings.model.attention, "tpu", enc.block.dtype,
+                                         enc.embed_dim // enc.block.num_heads)
   total = memory["peak_estimate_bytes"]
   compiled_flops = hlo.matmul_flops + hlo.kernel_flops    # per chip
   compute_s = compiled_flops / chip.peak_flops
