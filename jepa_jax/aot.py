@@ -85,11 +85,9 @@ def tpu_devices(name: str) -> list:
 def tpu_mesh(config, devices):
   """The trainer's (data, fsdp) mesh over ``devices``, ``config.mesh`` resolved against their
   number; devices ordered by the physical topology, as ``jax.make_mesh`` does on a pod."""
-  import jax  # noqa: PLC0415
   from jepa_jax import sharding  # noqa: PLC0415
   shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, len(devices))
-  return jax.make_mesh(shape, ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                       devices=devices)
+  return sharding.topology_mesh(shape, devices)
 
 
 def compile_step(config, topology: str) -> dict:
