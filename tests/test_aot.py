@@ -116,3 +116,16 @@ def test_command_prints_a_summary_and_one_json_line():
                "copy/transpose", f"attention: {result['attention']}",
                "roofline lower bound on step time (an estimate, not a measurement)", "compiled in"):
     assert text in summary
+
+
+@needs_libtpu
+def test_fsdp_8_mesh_on_a_v5p_4x4x4_slice():
+  """jax.make_mesh refuses an fsdp axis of 8 on 4x4x4 chips (8 is no product of whole physical
+  axes), which is vith16's mesh on a v5p-128; the trainer's mesh splits a physical axis."""
+  import jax
+  from jepa_jax import sharding
+  devices = aot.tpu_devices("v5p:4x4x4")
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((8, 8), ("data", "fsdp"), devices=devices)
+  mesh = sharding.topology_mesh((8, 8), devices)
+  assert mesh.devices.shape == (8, 8) and {d.id for d in mesh.devices.flat} == {d.id for d in devices}
