@@ -181,6 +181,7 @@ def _tiny_encoder_grad_hlo(topology: str) -> str:
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
+@pytest.mark.slow
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v5p:2x2x1", "v6e:2x2"])
 def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, monkeypatch):
   # Compiling needs no chip; without this libtpu refuses to load while another process holds it.
