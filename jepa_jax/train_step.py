@@ -103,7 +103,8 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
     metrics.update(aux["monitor"])
     return new_state, metrics
 
-  return train_step
+  # Traced with the activation rules active: every activation stays split over the batch.
+  return sharding.with_activation_sharding(train_step, mesh)
 
 
 def split_micro_batches(x: jax.Array, k: int, mesh: Optional[jax.sharding.Mesh] = None):

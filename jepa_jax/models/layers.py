@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jepa_jax import sharding
 from jepa_jax.models import rope as rope_lib
 from jepa_jax.models import tpu_attention
 
@@ -42,9 +43,54 @@ def reference_trunc_normal(std: float = INIT_STD) -> Callable:
   return init
 
 
-def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=reference_trunc_normal(), bias_init=nn.initializers.zeros, name=name)
+@jax.custom_vjp
+def matmul_f32_grads(x, kernel, bias):
+  """``x @ kernel + bias`` in ``x``'s (compute) dtype, whose weight gradients are float32.
+
+  The kernel and bias gradients come out of their matmul/sum in float32 rather than rounded to
+  bfloat16 first, so under data parallelism / FSDP the partial sums the partitioner all-reduces
+  or reduce-scatters across devices are float32, as the reference's float32 gradient
+  all-reduce (torch DDP on float32 parameters). ``kernel`` ``[in, out]`` and ``bias`` ``[out]``
+  (or None) are the parameters (float32); the input gradient stays in the compute dtype.
+  """
+  y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+  return y if bias is None else y + bias.astype(x.dtype)
+
+
+def _matmul_fwd(x, kernel, bias):
+  return matmul_f32_grads(x, kernel, bias), (x, kernel, bias)
+
+
+def _matmul_bwd(res, g):
+  x, kernel, bias = res
+  dx = jax.lax.dot_general(g, kernel.astype(x.dtype), (((g.ndim - 1,), (1,)), ((), ())))
+  lead = tuple(range(x.ndim - 1))
+  dk = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+  db = None if bias is None else jnp.sum(g.astype(jnp.float32), axis=lead).astype(bias.dtype)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype), db
+
+
+matmul_f32_grads.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+  """``nn.Dense``'s parameters (``kernel`` ``[in, out]``, ``bias``; same names, shapes and init
+  order) computed in ``dtype`` with float32 weight gradients (``matmul_f32_grads``)."""
+  features: int
+  dtype: Dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", reference_trunc_normal(), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    return matmul_f32_grads(x.astype(self.dtype), kernel, bias)
+
+
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> Dense:
+  return Dense(features, dtype=dtype, use_bias=use_bias, name=name)
 
 
 # LayerNorm and GELU are recomputed in the backward pass from their inputs instead of keeping
@@ -274,7 +320,8 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_dim = x.shape[-1]
-    x = dense(self.hidden_dim, "fc1", self.dtype)(x)
+    x = sharding.constrain(dense(self.hidden_dim, "fc1", self.dtype)(x), ("batch", "length",
+                                                                           "mlp"))
     x = gelu(x)
     return dense(out_dim, "fc2", self.dtype)(x)
 
@@ -335,12 +382,13 @@ class SelfAttention(nn.Module):
       return self._head_major(x, key_padding if as_lengths else None,
                               None if as_lengths else key_padding, rope)
     # The reference's qkv layout: [q | k | v], each head-major.
-    q, k, v = einops.rearrange(dense(3 * d, "qkv", self.dtype)(x), "b n (qkv h d) -> qkv b n h d",
-                               qkv=3, h=self.num_heads)
+    qkv = sharding.constrain(dense(3 * d, "qkv", self.dtype)(x), ("batch", "length", "mlp"))
+    q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     out = dot_product_attention(q, k, v, None if as_lengths else key_padding,
                                 self.implementation, key_padding if as_lengths else None)
+    out = sharding.constrain(out, ("batch", "length", "heads", "kv"))
     return dense(d, "proj", self.dtype)(einops.rearrange(out, "b n h d -> b n (h d)"))
 
   def _head_major(self, x, kv_lengths, kv_mask, rope):
@@ -412,6 +460,10 @@ def drop_path_rates(rate: float, depth: int) -> list:
   return [float(rate) * i / (depth - 1) for i in range(depth)]
 
 
+# Logical axes of a block's input and output (``sharding.constrain``).
+ACTIVATION = ("batch", "length", "embed")
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)).
 
@@ -432,10 +484,13 @@ class Block(nn.Module):
     def branch(y):
       return drop_path(y, drop_rate, self.make_rng("dropout")) if stochastic else y
 
+    x = sharding.constrain(x, ACTIVATION)  # FSDP: activations split over the batch, not features
     x = x + branch(SelfAttention(c.num_heads, c.dtype, c.attention, name="attn")(
         layer_norm("norm1", c.dtype, self.ln_eps)(x), key_padding, rope))
+    x = sharding.constrain(x, ACTIVATION)
     hidden = int(x.shape[-1] * c.mlp_ratio)
-    return x + branch(Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x)))
+    x = x + branch(Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x)))
+    return sharding.constrain(x, ACTIVATION)
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
