@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
       # the per-block rescale: released models trained without it (see jepa_jax.models).
       rescale_residual_init=False,
       dtype="bfloat16",          # compute dtype; parameters and optimiser state stay float32
-      attention="auto",          # auto | xla | cudnn | chunked | einsum (models/layers.py)
+      attention="auto",          # auto | xla | cudnn | chunked | flash | einsum (models/layers.py)
       remat="none",              # none | full | dots | dots_no_batch
       scan=False,                # nn.scan over blocks: compile time independent of depth
       overrides={},              # e.g. {"embed_dim": 96, "depth": 2, "num_heads": 4}

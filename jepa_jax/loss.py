@@ -21,7 +21,10 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from jepa_jax import sharding
+
 TARGET_LN_EPS = 1e-5
+TOKENS = ("batch", "length", "embed")  # logical axes of [B, N, D] token features
 
 
 def target_layer_norm(features: jax.Array, eps: float = TARGET_LN_EPS) -> jax.Array:
@@ -68,7 +71,8 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
     "target_tokens": [M], "targets": [B, N, D], "predictions": M x [B, K_tgt, D]}`` (mean valid
     tokens per clip; the layer-normed targets and the predictions, for ``jepa_jax.monitor``).
   """
-  targets = compute_targets(apply_encoder, target_params, clips)
+  # Token features stay split over the batch under a mesh (``sharding.constrain``; no-op without).
+  targets = sharding.constrain(compute_targets(apply_encoder, target_params, clips), TOKENS)
   losses, ctx_counts, tgt_counts, preds = [], [], [], []
   for i, m in enumerate(masks):
     context = apply_encoder(params["encoder"], clips, token_idx=m.context,
@@ -76,7 +80,8 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
     token = i if mask_token_ids is None else mask_token_ids[i]
     pred = apply_predictor(params["predictor"], context, m.context, m.target, token,
                            m.context_valid, m.target_valid)
-    losses.append(l1_feature_loss(pred, gather_targets(targets, m.target), m.target_valid))
+    target = sharding.constrain(gather_targets(targets, m.target), TOKENS)
+    losses.append(l1_feature_loss(pred, target, m.target_valid))
     preds.append(pred)
     ctx_counts.append(_mean_count(m.context, m.context_valid))
     tgt_counts.append(_mean_count(m.target, m.target_valid))

@@ -39,7 +39,7 @@ from configs import demo, vith16, vitl16  # noqa: E402
 
 # Attention paths per platform: the ones that claim it (``layers.resolve_attention``).
 PLATFORM_ATTENTION = {"cuda": ("cudnn", "auto", "xla", "chunked"),
-                      "tpu": ("auto", "chunked", "xla", "einsum")}
+                      "tpu": ("auto", "flash", "chunked", "xla", "einsum")}
 RNG = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
@@ -101,6 +101,13 @@ def test_tiny_train_step_lowers(cudnn, platform, attention):
     assert_cudnn_without_bias(text, forward=4 + 2 * (4 + 2), backward=2 * (4 + 2))
   else:
     assert not [k for k in custom_calls(text) if "cudnn" in k]
+  if platform == "tpu" and attention in ("auto", "flash"):
+    # The Pallas kernel (the train step declares its mesh, so ``auto`` picks it): forward, dq and
+    # dk/dv kernels. StableHLO outlines repeated calls into shared functions, so the text holds
+    # fewer calls than run (the compiled count is in tests/test_tpu_attention.py).
+    assert custom_calls(text)["tpu_custom_call"] >= 3
+  elif platform == "tpu":
+    assert "tpu_custom_call" not in custom_calls(text)
 
 
 def test_sharded_train_step_lowers_for_cuda(cudnn, num_devices):
@@ -161,6 +168,7 @@ def test_paper_train_step_with_accumulation_lowers_for_cuda(cudnn):
 def test_paper_train_step_lowers_for_tpu():
   text = lower_train_step(paper_config(vitl16, "auto"), "tpu")
   assert "cudnn" not in text
+  assert custom_calls(text)["tpu_custom_call"] >= 3  # flash forward, dq, dk/dv
 
 
 @pytest.mark.parametrize("platform,attention", [("cuda", "cudnn"), ("cuda", "auto"),

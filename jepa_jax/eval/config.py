@@ -41,7 +41,7 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.checkpoint_step = None      # None = latest
   c.model = model_config()
   c.encoder_dtype = "bfloat16"  # forward dtype of the frozen encoder (float32|bfloat16|float16)
-  c.attention = "auto"          # auto | xla | cudnn | chunked | einsum (models/layers.py)
+  c.attention = "auto"          # auto | xla | cudnn | chunked | flash | einsum (models/layers.py)
   c.feature_layer = None        # None = the final (layer-normed) output; k = LN(output of block k);
                                 # a list: the tokens of all those blocks (V-JEPA 2 "multilevel")
 

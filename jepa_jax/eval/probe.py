@@ -37,6 +37,7 @@ from flax.training import train_state
 
 from jepa_jax import models
 from jepa_jax import optim
+from jepa_jax import sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -217,18 +218,33 @@ _train_cached = jax.jit(train_step, donate_argnums=0)
 _eval_cached = jax.jit(eval_step, static_argnames="aggregation")
 
 
-def make_steps(aggregation: str, token_fn: Callable | None = None, encoder_params=None):
+@functools.lru_cache(maxsize=None)
+def _cached_steps(mesh):
+  """The cached-feature steps traced with ``mesh``'s activation rules, jitted once per mesh."""
+  if mesh is None:
+    return _train_cached, _eval_cached
+  return (jax.jit(sharding.with_activation_sharding(train_step, mesh), donate_argnums=0),
+          jax.jit(sharding.with_activation_sharding(eval_step, mesh),
+                  static_argnames="aggregation"))
+
+
+def make_steps(aggregation: str, token_fn: Callable | None = None, encoder_params=None,
+               mesh=None):
   """``(train, evaluate)``, both ``(state, x, labels, weights)``.
 
   Without ``token_fn`` (cached features) ``x`` is tokens ``[B, V, L, D]`` and the steps are
-  module-level jits, compiled once per shape and probe. With it (streaming) ``x`` is the batch's
-  uint8 pixels and the frozen encoder runs inside the same jitted program; its parameters are
-  passed as an argument, not captured as constants.
+  module-level jits, compiled once per shape, probe and mesh. With it (streaming) ``x`` is the
+  batch's uint8 pixels and the frozen encoder runs inside the same jitted program; its parameters
+  are passed as an argument, not captured as constants. ``mesh``: the data mesh the batches are
+  split over; the steps are traced with its activation rules (``sharding.constrain``).
   """
   if token_fn is None:
-    return _train_cached, lambda s, t, y, w: _eval_cached(s, t, y, w, aggregation=aggregation)
-  train_j = jax.jit(lambda s, e, x, y, w: train_step(s, token_fn(e, x), y, w), donate_argnums=0)
-  eval_j = jax.jit(lambda s, e, x, y, w: eval_step(s, token_fn(e, x), y, w, aggregation))
+    train_j, eval_j = _cached_steps(mesh)
+    return train_j, lambda s, t, y, w: eval_j(s, t, y, w, aggregation=aggregation)
+  train_j = jax.jit(sharding.with_activation_sharding(
+      lambda s, e, x, y, w: train_step(s, token_fn(e, x), y, w), mesh), donate_argnums=0)
+  eval_j = jax.jit(sharding.with_activation_sharding(
+      lambda s, e, x, y, w: eval_step(s, token_fn(e, x), y, w, aggregation), mesh))
   return (lambda s, x, y, w: train_j(s, encoder_params, x, y, w),
           lambda s, x, y, w: eval_j(s, encoder_params, x, y, w))
 

@@ -42,6 +42,7 @@ import optax
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import paths
+from jepa_jax import sharding
 from jepa_jax.data import sources as sources_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
@@ -133,7 +134,8 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   total = c.epochs * steps_per_epoch
   tx = probe_lib.make_optimizer(c.optim, total, steps_per_epoch)
   state = placer.replicate(probe_lib.create_state(probe, params, tx))
-  train, evaluate = probe_lib.make_steps(c.view_aggregation, token_fn, encoder_params)
+  train, evaluate = probe_lib.make_steps(c.view_aggregation, token_fn, encoder_params,
+                                         placer.mesh)
   lr_fn = probe_lib.lr_schedule(c.optim, total, steps_per_epoch)
   history, val = [], None
   t_start = time.time()
@@ -254,7 +256,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
 
   settings = []
   if config.cache_features:
-    jit_tokens = jax.jit(token_fn)
+    jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
     if config.cache_dtype not in CACHE_DTYPES:
       raise ValueError(f"config.cache_dtype must be one of {sorted(CACHE_DTYPES)}")
     cache_dtype = CACHE_DTYPES[config.cache_dtype]
@@ -386,7 +388,7 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
   state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
   _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
-                                          placer.replicate(enc_params))
+                                          placer.replicate(enc_params), placer.mesh)
   sums = []
   for b in make_dataset(config, val_spec, train=False, batch_size=config.batch_size,
                         seed=config.seed, repeat=False, num_views=config.num_views):

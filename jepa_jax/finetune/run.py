@@ -31,6 +31,7 @@ from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import optim
 from jepa_jax import paths
+from jepa_jax import sharding
 from jepa_jax import trainer
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.eval import encoder as enc_lib
@@ -49,11 +50,14 @@ class FinetuneState(train_state.TrainState):
 class Finetuner:
   """The modules and the jitted steps of one fine-tuning run."""
 
-  def __init__(self, config, encoder, head, num_classes: int):
+  def __init__(self, config, encoder, head, num_classes: int, mesh=None):
+    """``mesh``: the data mesh the batches are split over (``eval.placement.Placer``); the steps
+    are traced with its activation rules (``sharding.constrain``)."""
     self.config, self.encoder, self.head = config, encoder, head
     self.num_classes = num_classes
-    self.train_step = jax.jit(self._train_step, donate_argnums=0)
-    self.eval_step = jax.jit(self._eval_step)
+    self.train_step = jax.jit(sharding.with_activation_sharding(self._train_step, mesh),
+                              donate_argnums=0)
+    self.eval_step = jax.jit(sharding.with_activation_sharding(self._eval_step, mesh))
 
   def logits(self, params, clips, dropout_key=None):
     """normalised clips ``[B, T, H, W, C]`` -> logits ``[B, K]``; drop path iff a key is given."""
@@ -159,7 +163,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   tx = model_lib.make_optimizer(config, params, encoder.depth, ipe)
   state = placer.replicate(FinetuneState.create(apply_fn=None, params=params, tx=tx))
-  ft = Finetuner(config, encoder, head, num_classes)
+  ft = Finetuner(config, encoder, head, num_classes, placer.mesh)
 
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
                                   save_every=config.save.every, keep=config.save.keep,

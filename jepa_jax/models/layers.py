@@ -16,13 +16,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jepa_jax import sharding
 from jepa_jax.models import rope as rope_lib
+from jepa_jax.models import tpu_attention
 
 Dtype = Any
 LN_EPS = 1e-6  # the reference builds every LayerNorm with eps 1e-6 (``partial(nn.LayerNorm, eps=1e-6)``)
 INIT_STD = 0.02
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum", "chunked")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "einsum", "chunked", "flash")
 # Queries per chunk of the ``chunked`` attention: 512 keeps the per-chunk logits of a 384 px clip
 # (4608 tokens, 16 heads) at 512 x 4608 x 16 x 4 B = 150 MB per clip.
 ATTENTION_CHUNK = 512
@@ -41,9 +43,54 @@ def reference_trunc_normal(std: float = INIT_STD) -> Callable:
   return init
 
 
-def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=reference_trunc_normal(), bias_init=nn.initializers.zeros, name=name)
+@jax.custom_vjp
+def matmul_f32_grads(x, kernel, bias):
+  """``x @ kernel + bias`` in ``x``'s (compute) dtype, whose weight gradients are float32.
+
+  The kernel and bias gradients come out of their matmul/sum in float32 rather than rounded to
+  bfloat16 first, so under data parallelism / FSDP the partial sums the partitioner all-reduces
+  or reduce-scatters across devices are float32, as the reference's float32 gradient
+  all-reduce (torch DDP on float32 parameters). ``kernel`` ``[in, out]`` and ``bias`` ``[out]``
+  (or None) are the parameters (float32); the input gradient stays in the compute dtype.
+  """
+  y = jax.lax.dot_general(x, kernel.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())))
+  return y if bias is None else y + bias.astype(x.dtype)
+
+
+def _matmul_fwd(x, kernel, bias):
+  return matmul_f32_grads(x, kernel, bias), (x, kernel, bias)
+
+
+def _matmul_bwd(res, g):
+  x, kernel, bias = res
+  dx = jax.lax.dot_general(g, kernel.astype(x.dtype), (((g.ndim - 1,), (1,)), ((), ())))
+  lead = tuple(range(x.ndim - 1))
+  dk = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
+  db = None if bias is None else jnp.sum(g.astype(jnp.float32), axis=lead).astype(bias.dtype)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype), db
+
+
+matmul_f32_grads.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+  """``nn.Dense``'s parameters (``kernel`` ``[in, out]``, ``bias``; same names, shapes and init
+  order) computed in ``dtype`` with float32 weight gradients (``matmul_f32_grads``)."""
+  features: int
+  dtype: Dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", reference_trunc_normal(), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    return matmul_f32_grads(x.astype(self.dtype), kernel, bias)
+
+
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> Dense:
+  return Dense(features, dtype=dtype, use_bias=use_bias, name=name)
 
 
 # LayerNorm and GELU are recomputed in the backward pass from their inputs instead of keeping
@@ -140,14 +187,19 @@ def resolve_attention(implementation: str, backend: str, dtype, head_dim: int = 
   """``auto`` -> the fastest exact path that bounds memory on ``backend``; others pass through.
 
   GPU: cuDNN's fused flash kernel where it takes the inputs (bfloat16/float16, head dimension a
-  multiple of 8 up to 128; otherwise ``xla``). TPU: ``chunked`` (XLA:TPU would materialise every
-  [heads, N, N] logits buffer; a 384 px clip has N = 4608). CPU: ``xla``.
+  multiple of 8 up to 128; otherwise ``xla``). TPU: the Pallas flash kernel (``flash``,
+  ``models.tpu_attention``) where it takes the inputs (bfloat16/float32, head dimension up to
+  128 or a multiple of 128) and a mesh is declared for tracing (the kernel must be placed per
+  shard: ``tpu_attention``); otherwise ``chunked`` (XLA:TPU would materialise every [heads, N, N]
+  logits buffer; a 384 px clip has N = 4608). CPU: ``xla``.
   """
   if implementation != "auto":
     return implementation
   if backend in ("gpu", "cuda") and cudnn_supports(head_dim, dtype):
     return "cudnn"
   if backend == "tpu":
+    if tpu_attention.supports(head_dim, dtype) and tpu_attention.declared_mesh():
+      return "flash"
     return "chunked"
   return "xla"
 
@@ -196,6 +248,29 @@ def _cudnn_attention(q, k, v, kv_lengths, kv_mask, scale):
   return out[:, :n]
 
 
+def kv_valid_mask(kv_lengths, kv_mask, length: int, padded: int, batch: int) -> jax.Array:
+  """``[batch, padded]`` bool: the keys attended to, given ``length`` real positions padded to
+  ``padded`` and the key padding as ``kv_lengths`` or ``kv_mask`` (or neither)."""
+  if kv_mask is not None:
+    return jnp.pad(kv_mask.astype(bool), ((0, 0), (0, padded - length)))
+  if kv_lengths is None:
+    kv_lengths = jnp.full((batch,), length, jnp.int32)
+  return lengths_to_mask(jnp.minimum(kv_lengths, length), padded)
+
+
+def _flash_attention(q, k, v, kv_lengths, kv_mask, scale):
+  """``tpu_attention.flash_attention`` for ``[B, N, H, d]`` inputs: head-major and padded to the
+  kernel's block here, back after. ``SelfAttention`` calls the kernel in its own layout instead
+  (no transposes); this path serves the probe's cross-attention and direct callers."""
+  b, n, _, _ = q.shape
+  s = k.shape[1]
+  n_pad, s_pad = tpu_attention.padded_length(n), tpu_attention.padded_length(s)
+  heads = lambda x, p: _pad_to(x, p).transpose(0, 2, 1, 3)
+  out = tpu_attention.flash_attention(heads(q, n_pad), heads(k, s_pad), heads(v, s_pad),
+                                      kv_valid_mask(kv_lengths, kv_mask, s, s_pad, b), scale)
+  return out.transpose(0, 2, 1, 3)[:, :n]
+
+
 def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implementation: str = "xla",
                           kv_lengths: Optional[jax.Array] = None):
   """Multi-head attention core. q ``[B, N, H, d]``, k/v ``[B, S, H, d]``.
@@ -206,6 +281,7 @@ def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implemen
   ``token_valid``; on cuDNN it becomes a ``[B, 1, N, S]`` additive bias, so prefer lengths).
 
   ``auto`` picks one of the others for the platform (``resolve_attention``, ``target_platform``).
+  ``flash`` is the Pallas TPU kernel (``models.tpu_attention``; key padding as segment ids).
   ``xla``/``cudnn`` go through ``jax.nn.dot_product_attention`` (cuDNN's fused flash kernel on GPU
   with ``cudnn``; ``xla`` materialises the logits); ``chunked`` bounds the logits' memory on any
   backend (``chunked_attention``); ``einsum`` is the explicit softmax path of the reference, kept
@@ -221,6 +297,8 @@ def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implemen
                      f"got {implementation!r}")
   if implementation == "cudnn":
     return _cudnn_attention(q, k, v, kv_lengths, kv_mask, scale)
+  if implementation == "flash":
+    return _flash_attention(q, k, v, kv_lengths, kv_mask, scale)
   if kv_lengths is not None and implementation == "xla":
     return jax.nn.dot_product_attention(q, k, v, scale=scale,
                                         key_value_seq_lengths=kv_lengths.astype(jnp.int32),
@@ -242,9 +320,44 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x):
     out_dim = x.shape[-1]
-    x = dense(self.hidden_dim, "fc1", self.dtype)(x)
+    x = sharding.constrain(dense(self.hidden_dim, "fc1", self.dtype)(x), ("batch", "length",
+                                                                           "mlp"))
     x = gelu(x)
     return dense(out_dim, "fc2", self.dtype)(x)
+
+
+class _HeadMajorQKV(nn.Module):
+  """The ``qkv`` Dense (same parameters: ``kernel`` ``[D, 3D]``, ``bias`` ``[3D]``) computed as
+  ``[3, B, H, N, d]``: the kernel viewed as ``[D, 3, H, d]`` (the reference's ``[q | k | v]``,
+  head-major) lets the matmul write the head-major layout the TPU kernel reads, instead of a
+  ``[B, N, 3D]`` output relaid out for it."""
+  num_heads: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    kernel = self.param("kernel", reference_trunc_normal(), (d, 3 * d), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (3 * d,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    h = self.num_heads
+    out = jnp.einsum("bnc,cthe->tbhne", x, kernel.reshape(d, 3, h, d // h))
+    return out + bias.reshape(3, 1, h, 1, d // h)
+
+
+class _HeadMajorProj(nn.Module):
+  """The ``proj`` Dense (``kernel`` ``[D, D]``, ``bias`` ``[D]``) applied to head-major
+  ``[B, H, N, d]`` attention outputs: the kernel viewed as ``[H, d, D]`` contracts heads and
+  head dims in the layout the TPU kernel wrote."""
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    _, h, _, e = x.shape
+    kernel = self.param("kernel", reference_trunc_normal(), (h * e, h * e), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (h * e,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.einsum("bhne,hec->bnc", x, kernel.reshape(h, e, h * e)) + bias
 
 
 class SelfAttention(nn.Module):
@@ -262,15 +375,39 @@ class SelfAttention(nn.Module):
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+    as_lengths = key_padding is not None and key_padding.ndim == 1
+    implementation = resolve_attention(self.implementation, current_platform(), self.dtype,
+                                       d // self.num_heads)
+    if implementation == "flash":
+      return self._head_major(x, key_padding if as_lengths else None,
+                              None if as_lengths else key_padding, rope)
     # The reference's qkv layout: [q | k | v], each head-major.
-    q, k, v = einops.rearrange(dense(3 * d, "qkv", self.dtype)(x), "b n (qkv h d) -> qkv b n h d",
-                               qkv=3, h=self.num_heads)
+    qkv = sharding.constrain(dense(3 * d, "qkv", self.dtype)(x), ("batch", "length", "mlp"))
+    q, k, v = einops.rearrange(qkv, "b n (qkv h d) -> qkv b n h d", qkv=3, h=self.num_heads)
     if rope is not None:
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
-    as_lengths = key_padding is not None and key_padding.ndim == 1
     out = dot_product_attention(q, k, v, None if as_lengths else key_padding,
                                 self.implementation, key_padding if as_lengths else None)
+    out = sharding.constrain(out, ("batch", "length", "heads", "kv"))
     return dense(d, "proj", self.dtype)(einops.rearrange(out, "b n h d -> b n (h d)"))
+
+  def _head_major(self, x, kv_lengths, kv_mask, rope):
+    """The TPU kernel's path, in its layout end to end: the tokens are padded to the kernel's
+    block once (``[B, N, D]``, not q, k and v), q/k/v come out of the projection head-major
+    (``_HeadMajorQKV``), RoPE rotates them there (its tables broadcast over heads either way),
+    and the output projection reads the kernel's ``[B, H, N, d]`` (``_HeadMajorProj``)."""
+    b, n, _ = x.shape
+    n_pad = tpu_attention.padded_length(n)
+    x = jnp.pad(x, ((0, 0), (0, n_pad - n), (0, 0)))
+    q, k, v = _HeadMajorQKV(self.num_heads, self.dtype, name="qkv")(x)
+    if rope is not None:
+      # [B, N, 1, r] tables -> [B, 1, N_pad, r]: the head axis is 1, so this moves no data.
+      rope = tuple(jnp.pad(t, ((0, 0), (0, n_pad - n), (0, 0), (0, 0))).swapaxes(1, 2)
+                   for t in rope)
+      q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
+    valid = kv_valid_mask(kv_lengths, kv_mask, n, n_pad, b)
+    out = tpu_attention.flash_attention(q, k, v, valid, q.shape[-1] ** -0.5)
+    return _HeadMajorProj(self.dtype, name="proj")(out)[:, :n]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +460,10 @@ def drop_path_rates(rate: float, depth: int) -> list:
   return [float(rate) * i / (depth - 1) for i in range(depth)]
 
 
+# Logical axes of a block's input and output (``sharding.constrain``).
+ACTIVATION = ("batch", "length", "embed")
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + Attn(LN(x)); x + MLP(LN(x)).
 
@@ -343,10 +484,13 @@ class Block(nn.Module):
     def branch(y):
       return drop_path(y, drop_rate, self.make_rng("dropout")) if stochastic else y
 
+    x = sharding.constrain(x, ACTIVATION)  # FSDP: activations split over the batch, not features
     x = x + branch(SelfAttention(c.num_heads, c.dtype, c.attention, name="attn")(
         layer_norm("norm1", c.dtype, self.ln_eps)(x), key_padding, rope))
+    x = sharding.constrain(x, ACTIVATION)
     hidden = int(x.shape[-1] * c.mlp_ratio)
-    return x + branch(Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x)))
+    x = x + branch(Mlp(hidden, c.dtype, name="mlp")(layer_norm("norm2", c.dtype, self.ln_eps)(x)))
+    return sharding.constrain(x, ACTIVATION)
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``

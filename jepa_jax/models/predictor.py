@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jepa_jax import sharding
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
 from jepa_jax.models import rope as rope_lib
@@ -105,7 +106,9 @@ class Predictor(nn.Module):
       rope = rope_lib.rope_tables(seq_idx, self.grid,
                                   self.predictor_embed_dim // self.block.num_heads,
                                   self.block.dtype)
+    x = sharding.constrain(x, layers.ACTIVATION)
     x, _ = layers.BlockStack(self.depth, self.block, name="stack")(x, lengths, rope=rope)
     x = x[:, num_context:] if target_rows is None else gather_tokens(x, target_rows)
+    x = sharding.constrain(x, layers.ACTIVATION)
     x = layers.layer_norm("predictor_norm", self.block.dtype)(x)
     return layers.dense(self.embed_dim, "predictor_proj", self.block.dtype)(x)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jepa_jax import sharding
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
 from jepa_jax.models import rope as rope_lib
@@ -134,8 +135,8 @@ class PatchEmbed(nn.Module):
                                kt=kt, ph=p, pw=p)
     if token_idx is not None:
       patches = gather_tokens(patches, token_idx)
-    w = kernel.reshape(-1, self.embed_dim).astype(self.dtype)
-    return jnp.dot(patches, w) + bias.astype(self.dtype)
+    x = layers.matmul_f32_grads(patches, kernel.reshape(-1, self.embed_dim), bias)
+    return sharding.constrain(x, layers.ACTIVATION)
 
 
 class VisionTransformer(nn.Module):

@@ -1,0 +1,157 @@
+"""jepa_jax.hlo_stats on small compiled functions whose answers are known by hand."""
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jepa_jax import hlo_stats
+
+B, D, T = 8, 32, 5
+
+
+def _scan_matmuls(x, ws):
+  def body(c, w):
+    return jnp.tanh(c @ w), None
+  return jax.lax.scan(body, x, ws)[0]
+
+
+def _compile(f, *args, **jit_kwargs):
+  return jax.jit(f, **jit_kwargs).lower(*args).compile()
+
+
+def _abstract(*shapes, dtype=jnp.float32):
+  return [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+
+
+def test_scanned_matmul_flops_use_the_trip_count():
+  x, ws = _abstract((B, D), (T, D, D))
+  stats = hlo_stats.analyse(_compile(_scan_matmuls, x, ws).as_text())
+  assert [trips for _, trips, _ in stats.loops] == [T]
+  assert stats.unknown_trip_counts == []
+  assert stats.matmul_flops == T * 2 * B * D * D
+
+
+def test_forward_and_backward_of_a_scan_is_three_matmuls_per_step():
+  x, ws = _abstract((B, D), (T, D, D))
+  loss = lambda x, ws: _scan_matmuls(x, ws).sum()
+  stats = hlo_stats.analyse(_compile(jax.grad(loss, argnums=(0, 1)), x, ws).as_text())
+  assert sorted(trips for _, trips, _ in stats.loops) == [T, T]
+  assert stats.matmul_flops == 3 * T * 2 * B * D * D
+
+
+def test_nested_loops_multiply():
+  x, ws = _abstract((B, D), (3, 4, D, D))
+  outer = lambda x, ws: jax.lax.scan(lambda c, w: (_scan_matmuls(c, w), None), x, ws)[0]
+  stats = hlo_stats.analyse(_compile(outer, x, ws).as_text())
+  assert stats.matmul_flops == 3 * 4 * 2 * B * D * D
+  # The inner while runs 4 times per outer iteration, itself 3 times.
+  assert sorted((trips, mult) for _, trips, mult in stats.loops) == [(3, 1.0), (4, 3.0)]
+
+
+def _mesh(devices):
+  return Mesh(np.asarray(devices), ("d",))
+
+
+def test_all_gather_bytes_on_a_four_device_mesh():
+  mesh = _mesh(jax.devices()[:4])
+  f = lambda a: a * 2.0
+  (x,) = _abstract((16, 8))
+  compiled = _compile(f, x, in_shardings=NamedSharding(mesh, P("d")),
+                      out_shardings=NamedSharding(mesh, P()))
+  stats = hlo_stats.analyse(compiled.as_text())
+  assert stats.collective_bytes["all-gather"] == 16 * 8 * 4   # the whole array, on each device
+  assert stats.collective_counts["all-gather"] == 1
+  assert stats.largest_collectives(1)[0].shape == "f32[16,8]"
+  assert stats.collective_bytes["all-reduce"] == 0
+
+
+def test_collectives_inside_a_loop_count_each_iteration():
+  mesh = _mesh(jax.devices()[:4])
+  x, ws = _abstract((B, D), (T, D, D))
+  # Batch split, weights split over their rows: each step gathers one layer's weight (FSDP).
+  compiled = _compile(_scan_matmuls, x, ws,
+                      in_shardings=(NamedSharding(mesh, P("d")), NamedSharding(mesh, P(None, "d"))),
+                      out_shardings=NamedSharding(mesh, P()))
+  stats = hlo_stats.analyse(compiled.as_text())
+  assert stats.matmul_flops == T * 2 * (B // 4) * D * D
+  by_shape = {(o.kind, o.shape): o.count for o in stats.collective_ops}
+  assert by_shape == {("all-gather", f"f32[{D},{D}]"): T, ("all-gather", f"f32[{B},{D}]"): 1}
+  assert stats.collective_bytes["all-gather"] == T * D * D * 4 + B * D * 4
+
+
+# A while whose trip count must be read from its condition (as XLA:TPU writes it): the counter
+# starts at 2 and runs while < 7, so 5 iterations; the body holds one f32[4,8]x[8,16] dot.
+_HAND_WRITTEN = """HloModule m, entry_computation_layout={(f32[4,8]{1,0})->f32[4,16]{1,0}}
+
+%body (p: (s32[], f32[4,8], f32[8,16])) -> (s32[], f32[4,8], f32[8,16]) {
+  %p = (s32[], f32[4,8]{1,0}, /*index=2*/f32[8,16]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  %x = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %w = f32[8,16]{1,0} get-tuple-element(%p), index=2
+  %y = f32[4,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %t = f32[16,4]{0,1} transpose(%y), dimensions={1,0}
+  ROOT %out = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) tuple(%next, %x, %w)
+}
+
+%cond (q: (s32[], f32[4,8], f32[8,16])) -> pred[] {
+  %q = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) parameter(0)
+  %seven = s32[] constant(7)
+  %j = s32[] get-tuple-element(%q), index=0
+  ROOT %lt = pred[] compare(%j, %seven), direction=LT
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %two = s32[] constant(2)
+  %start = s32[] copy(%two)
+  %w0 = f32[8,16]{1,0} broadcast(%two), dimensions={}
+  %init = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) tuple(%start, %a, %w0)
+  %loop = (s32[], f32[4,8]{1,0}, f32[8,16]{1,0}) while(%init), condition=%cond, body=%body
+  %flash_attention.3 = f32[64,4]{1,0} custom-call(%a), custom_call_target="tpu_custom_call", backend_config={"custom_call_config":{"body":"TUxJUgA=","cost_estimate":{"flops":"1000","transcendentals":"8","bytes_accessed":"96"}}}
+  ROOT %res = f32[4,8]{1,0} get-tuple-element(%loop), index=1
+}
+"""
+
+
+def test_trip_count_from_the_condition_and_its_start():
+  stats = hlo_stats.analyse(_HAND_WRITTEN)
+  assert stats.loops == [("loop", 5, 1.0)]
+  assert stats.matmul_flops == 5 * 2 * 4 * 8 * 16
+  assert stats.relayout_bytes == {"copy": 4, "transpose": 5 * 16 * 4 * 4}
+  assert stats.custom_calls == {"tpu_custom_call": 1}
+  # A Pallas kernel: its work is not in the HLO, its declared cost estimate is.
+  assert stats.kernels == {"flash_attention": 1} and stats.kernel_flops == 1000
+
+
+def test_unreadable_trip_count_is_reported_not_guessed():
+  text = _HAND_WRITTEN.replace("compare(%j, %seven)", "compare(%j, %j)")
+  stats = hlo_stats.analyse(text)
+  assert stats.unknown_trip_counts == ["loop"]
+  assert stats.matmul_flops == 2 * 4 * 8 * 16
+
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
+def test_tpu_compile_of_a_sharded_scan(monkeypatch):
+  from jax.experimental import topologies
+  # Compiling needs no chip; without this libtpu refuses to load while another process holds it.
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  topo = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu")
+  mesh = _mesh(topo.devices)
+  x, ws = _abstract((64, 128), (7, 128, 128), dtype=jnp.bfloat16)
+  compiled = _compile(_scan_matmuls, x, ws,
+                      in_shardings=(NamedSharding(mesh, P("d")), NamedSharding(mesh, P(None, "d"))),
+                      out_shardings=NamedSharding(mesh, P()))
+  stats = hlo_stats.analyse(compiled.as_text())
+  assert stats.unknown_trip_counts == []
+  assert [trips for _, trips, _ in stats.loops] == [7]
+  assert stats.matmul_flops == 7 * 2 * 16 * 128 * 128        # each chip: its 16 rows, 7 layers
+  # Each layer's weight gathered whole (bf16[1,128,128]) every iteration; the output once.
+  assert stats.collective_bytes["all-gather"] == 7 * 128 * 128 * 2 + 64 * 128 * 2
