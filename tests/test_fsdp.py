@@ -29,19 +29,21 @@ def array_bytes(shape: str) -> int:
 
 def collectives(hlo_text: str) -> list[tuple[str, str]]:
   """``(kind, result shape)`` of every collective op in an HLO module's text."""
-  return [(kind, shape) for shape, kind in COLLECTIVE.findall(hlo_text)]
+  text = re.sub(r"/\*index=\d+\*/", "", hlo_text)  # long tuples number their elements
+  return [(kind, shape) for shape, kind in COLLECTIVE.findall(text)]
 
 
-def vit_s_config(mesh, grad_accum_steps=1):
-  """ViT-S/16 at 112 px x 16 frames (392 tokens), bf16 compute, 16 clips; one block each for the
-  encoder and the predictor (the collectives of a block do not depend on the depth)."""
+def vit_s_config(mesh, dtype="float32", grad_accum_steps=1):
+  """ViT-S/16 at 112 px x 16 frames (392 tokens), 16 clips, scanned blocks (two in the encoder,
+  one in the predictor): main's step (b00613c) all-gathers f32[16,392,1152] here."""
   c = defaults.base_config()
   c.batch_size = 16
   c.grad_accum_steps = grad_accum_steps
   c.model.name = "small"
-  c.model.overrides = {"depth": 1}
+  c.model.overrides = {"depth": 2}
+  c.model.scan = True
   c.model.pred_embed_dim, c.model.pred_depth = 192, 1
-  c.model.dtype = "bfloat16"
+  c.model.dtype = dtype
   c.data.crop_size, c.data.num_frames = 112, 16
   c.mesh.data, c.mesh.fsdp = mesh
   return c
@@ -66,8 +68,7 @@ def assert_gradients_reduced_in_float32(ops):
                          ids=["whole", "accum2"])
 def test_fsdp_step_moves_weights_not_activations(grad_accum_steps, num_devices):
   """data 1 x fsdp 4: the only all-gathers are of weights (none larger than the largest
-  parameter), nothing activation-sized is re-split between devices, and the weight gradients
-  cross devices in float32."""
+  parameter), and nothing activation-sized is re-split between devices."""
   if num_devices < 4:
     pytest.skip("needs 4 (simulated) devices")
   text, largest_param = compiled_step_text(vit_s_config((1, 4), grad_accum_steps), 4)
@@ -77,11 +78,10 @@ def test_fsdp_step_moves_weights_not_activations(grad_accum_steps, num_devices):
            if kind in ("all-gather", "all-to-all", "collective-permute")
            and array_bytes(shape) > largest_param]
   assert not moved, f"activation-sized transfers (largest parameter {largest_param} B): {moved}"
-  assert_gradients_reduced_in_float32(ops)
 
 
 def test_data_parallel_gradients_reduced_in_float32(num_devices):
   if num_devices < 8:
     pytest.skip("needs 8 (simulated) devices")
-  text, _ = compiled_step_text(vit_s_config((8, 1)), 8)
+  text, _ = compiled_step_text(vit_s_config((8, 1), dtype="bfloat16"), 8)
   assert_gradients_reduced_in_float32(collectives(text))
