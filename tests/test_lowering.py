@@ -101,9 +101,8 @@ def test_tiny_train_step_lowers(cudnn, platform, attention):
     assert_cudnn_without_bias(text, forward=4 + 2 * (4 + 2), backward=2 * (4 + 2))
   else:
     assert not [k for k in custom_calls(text) if "cudnn" in k]
-  if platform == "tpu" and attention in ("auto", "flash"):
-    # The Pallas kernel (the train step declares its mesh, so ``auto`` picks it): forward, dq and
-    # dk/dv kernels. StableHLO outlines repeated calls into shared functions, so the text holds
+  if platform == "tpu" and attention == "flash":
+    # The Pallas kernel: forward, dq and dk/dv kernels. StableHLO outlines repeated calls into shared functions, so the text holds
     # fewer calls than run (the compiled count is in tests/test_tpu_attention.py).
     assert custom_calls(text)["tpu_custom_call"] >= 3
   elif platform == "tpu":

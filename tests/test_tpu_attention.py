@@ -130,14 +130,15 @@ def test_flash_under_a_mesh_is_placed_per_shard():
 
 
 def test_auto_resolution():
-  """``auto`` on TPU: the kernel where it takes the inputs and a mesh is declared, else the
-  chunked path; GPU keeps cuDNN; an explicit name always passes through."""
+  """``auto`` on TPU stays on the chunked path, mesh or not, until the kernel's memory is fixed
+  (``layers.resolve_attention``); GPU keeps cuDNN; an explicit name always passes through."""
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,))
   assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "chunked"  # no mesh
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "flash"
-    assert layers.resolve_attention("auto", "tpu", jnp.float32, 80) == "flash"
+    # Not the kernel yet: its lane-padded residuals need more memory than chunked (layers.py).
+    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "chunked"
+    assert layers.resolve_attention("auto", "tpu", jnp.float32, 80) == "chunked"
     assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 192) == "chunked"
     assert layers.resolve_attention("auto", "tpu", jnp.float16, 64) == "chunked"
     assert layers.resolve_attention("auto", "cuda", jnp.bfloat16, 64) == "cudnn"
@@ -157,12 +158,12 @@ def test_unpadded_lengths_are_refused():
 def _tiny_encoder_grad_hlo(topology: str) -> str:
   """Forward + backward of a tiny scanned transformer stack (2 blocks, width 64, 2 heads, 200
   tokens with valid-first padding, 8 clips on 4 chips, bf16) compiled by XLA:TPU for
-  ``topology``, ``auto`` attention traced for TPU under the mesh, as the train step is."""
+  ``topology`` with the ``flash`` attention, traced for TPU under the mesh, as the train step is."""
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
   mesh = jax.sharding.Mesh(np.asarray(topo.devices)[:4].reshape(4, 1), ("data", "fsdp"))
   stack = layers.BlockStack(2, layers.BlockConfig(num_heads=2, dtype=jnp.bfloat16,
-                                                  attention="auto", scan=True))
+                                                  attention="flash", scan=True))
   x = jax.ShapeDtypeStruct((8, 200, 64), jnp.float32)
   lengths = jax.ShapeDtypeStruct((8,), jnp.int32)
   params = jax.eval_shape(lambda: stack.init(jax.random.PRNGKey(0), jnp.zeros(x.shape),

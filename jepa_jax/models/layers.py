@@ -187,19 +187,19 @@ def resolve_attention(implementation: str, backend: str, dtype, head_dim: int = 
   """``auto`` -> the fastest exact path that bounds memory on ``backend``; others pass through.
 
   GPU: cuDNN's fused flash kernel where it takes the inputs (bfloat16/float16, head dimension a
-  multiple of 8 up to 128; otherwise ``xla``). TPU: the Pallas flash kernel (``flash``,
-  ``models.tpu_attention``) where it takes the inputs (bfloat16/float32, head dimension up to
-  128 or a multiple of 128) and a mesh is declared for tracing (the kernel must be placed per
-  shard: ``tpu_attention``); otherwise ``chunked`` (XLA:TPU would materialise every [heads, N, N]
-  logits buffer; a 384 px clip has N = 4608). CPU: ``xla``.
+  multiple of 8 up to 128; otherwise ``xla``). TPU: ``chunked`` (XLA:TPU would materialise every
+  [heads, N, N] logits buffer; a 384 px clip has N = 4608). The Pallas flash kernel (``flash``,
+  ``models.tpu_attention``) is exact and moves 2.35x fewer HBM bytes on ViT-L, but its saved
+  q/k/v/statistics are padded to 128 lanes (head dim 64, the predictor's 24), so it needs more
+  memory than ``chunked`` (BENCHMARKS.md, "TPU attention"): batches sized for ``chunked`` on
+  16-32 GiB chips would no longer fit. ``auto`` picks it once that is fixed; choose it explicitly
+  where memory allows. CPU: ``xla``.
   """
   if implementation != "auto":
     return implementation
   if backend in ("gpu", "cuda") and cudnn_supports(head_dim, dtype):
     return "cudnn"
   if backend == "tpu":
-    if tpu_attention.supports(head_dim, dtype) and tpu_attention.declared_mesh():
-      return "flash"
     return "chunked"
   return "xla"
 
@@ -264,6 +264,7 @@ def _flash_attention(q, k, v, kv_lengths, kv_mask, scale):
   (no transposes); this path serves the probe's cross-attention and direct callers."""
   b, n, _, _ = q.shape
   s = k.shape[1]
+  tpu_attention.check_supported(q.shape[-1], q.dtype)
   n_pad, s_pad = tpu_attention.padded_length(n), tpu_attention.padded_length(s)
   heads = lambda x, p: _pad_to(x, p).transpose(0, 2, 1, 3)
   out = tpu_attention.flash_attention(heads(q, n_pad), heads(k, s_pad), heads(v, s_pad),
@@ -396,7 +397,8 @@ class SelfAttention(nn.Module):
     block once (``[B, N, D]``, not q, k and v), q/k/v come out of the projection head-major
     (``_HeadMajorQKV``), RoPE rotates them there (its tables broadcast over heads either way),
     and the output projection reads the kernel's ``[B, H, N, d]`` (``_HeadMajorProj``)."""
-    b, n, _ = x.shape
+    b, n, d = x.shape
+    tpu_attention.check_supported(d // self.num_heads, self.dtype)
     n_pad = tpu_attention.padded_length(n)
     x = jnp.pad(x, ((0, 0), (0, n_pad - n), (0, 0)))
     q, k, v = _HeadMajorQKV(self.num_heads, self.dtype, name="qkv")(x)

@@ -43,6 +43,15 @@ def supports(head_dim: int, dtype) -> bool:
           and (head_dim <= MAX_HEAD_DIM or head_dim % MAX_HEAD_DIM == 0))
 
 
+def check_supported(head_dim: int, dtype):
+  """One-line refusal of inputs the kernel does not take, naming the setting to change."""
+  if not supports(head_dim, dtype):
+    raise ValueError(f"attention 'flash' (Pallas TPU) takes bfloat16/float32 inputs with a head "
+                     f"dimension of at most {MAX_HEAD_DIM} or a multiple of it, got "
+                     f"{jnp.dtype(dtype).name} with head dimension {head_dim}; use "
+                     "model.attention='chunked' for this model")
+
+
 def padded_length(n: int) -> int:
   """``n`` rounded up to the kernel's block: 1568 -> 1664, 592 -> 640, 13 -> 128."""
   return -(-n // BLOCK) * BLOCK
@@ -76,8 +85,3 @@ def flash_attention(q, k, v, kv_valid, scale: float):
 
   return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 5, out_specs=spec,
                        check_vma=False)(q, k, v, segments.q, segments.kv)
-
-
-def declared_mesh() -> bool:
-  """Whether a mesh is declared for tracing (``jax.sharding.use_abstract_mesh``)."""
-  return not jax.sharding.get_abstract_mesh().empty
