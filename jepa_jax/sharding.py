@@ -53,10 +53,15 @@ def mesh_shape(data: int = -1, fsdp: int = 1, num_devices: int | None = None) ->
   n = jax.device_count() if num_devices is None else num_devices
   if data == -1 and fsdp == -1:
     raise ValueError("config.mesh: at most one of data/fsdp may be -1")
+  for name, given, other in (("data", data, fsdp), ("fsdp", fsdp, data)):
+    if other == -1 and (given < 1 or n % given):
+      divisors = [d for d in range(1, n + 1) if n % d == 0]
+      raise ValueError(f"config.mesh.{name}={given} does not divide the {n} devices; use one of "
+                       f"{divisors}")
   if data == -1:
-    data = n // fsdp if fsdp and n % fsdp == 0 else 0
+    data = n // fsdp
   if fsdp == -1:
-    fsdp = n // data if data and n % data == 0 else 0
+    fsdp = n // data
   if data * fsdp != n:
     raise ValueError(f"config.mesh data={data} x fsdp={fsdp} does not cover the {n} devices; "
                      "set config.mesh.data=-1 to infer it")

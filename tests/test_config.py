@@ -1,10 +1,11 @@
 """The config layer: one reader of the ConfigDict (typed settings), one model factory, one check."""
 import pathlib
+import re
 
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax import cli, experiment, masks, models
+from jepa_jax import cli, experiment, masks, models, sharding
 from jepa_jax import config as config_lib
 from jepa_jax.eval import encoder as eval_encoder
 
@@ -102,3 +103,19 @@ def test_reference_mask_keys_are_checked_with_the_config(entry, message):
   with config.unlocked():
     config.masks = [{"max_keep": None, "full_complement": False}, *config.masks[1:]]
   assert config_lib.read(config).masks[0] == masks.MaskConfig()
+
+
+@pytest.mark.parametrize("data,fsdp,message", [
+    (-1, 8, "config.mesh.fsdp=8 does not divide the 4 devices; use one of [1, 2, 4]"),
+    (3, -1, "config.mesh.data=3 does not divide the 4 devices; use one of [1, 2, 4]"),
+    (-1, 0, "config.mesh.fsdp=0 does not divide the 4 devices"),
+    (2, 4, "config.mesh data=2 x fsdp=4 does not cover the 4 devices"),
+    (-1, -1, "at most one of data/fsdp may be -1"),
+])
+def test_a_mesh_the_devices_cannot_hold_names_the_field_and_the_choices(data, fsdp, message):
+  # Before: fsdp 8 on 4 devices said "data=0 x fsdp=8 ...; set config.mesh.data=-1" when data
+  # already was -1: the field to change is fsdp.
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sharding.mesh_shape(data, fsdp, num_devices=4)
+  assert sharding.mesh_shape(-1, 2, num_devices=4) == (2, 2)
+  assert sharding.mesh_shape(1, -1, num_devices=4) == (1, 4)
