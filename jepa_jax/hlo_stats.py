@@ -269,8 +269,27 @@ def _matmul_flops(comp: dict, instr: Instruction) -> float:
     m = re.search(r"dim_labels=\w+_(\w+)->", instr.attrs)
     labels = m.group(1) if m else ""
     kdims = rhs.shapes[0].dims
-    k = math.prod(kdims[j] for j, c in enumerate(labels) if c != "o" and j < len(kdims))
+    size, lhs_dilate = _window(instr.attrs, "size"), _window(instr.attrs, "lhs_dilate")
+
+    def taps(j: int, label: str) -> int:
+      # A spatial window over a base-dilated input meets a real element only every
+      # ``lhs_dilate`` positions: XLA:TPU writes a batched matmul (attention's batch and heads)
+      # as a window of the batch's size over an input dilated by that size, one tap per output.
+      if label.isdigit() and int(label) < len(lhs_dilate):
+        i = int(label)
+        return -(-size[i] // lhs_dilate[i]) if i < len(size) else kdims[j]
+      return kdims[j]
+
+    k = math.prod(taps(j, c) for j, c in enumerate(labels) if c != "o" and j < len(kdims))
   return 2.0 * math.prod(out.dims) * k
+
+
+def _window(attrs: str, key: str) -> list:
+  """One field of a convolution's ``window={size=AxB stride=.. lhs_dilate=..}``, per spatial
+  dimension (empty if absent)."""
+  m = re.search(r"window=\{([^}]*)\}", attrs)
+  fields = dict(kv.split("=", 1) for kv in m.group(1).split()) if m else {}
+  return [int(x) for x in fields.get(key, "").split("x") if x]
 
 
 def _kernel_cost(instr: Instruction) -> dict:
