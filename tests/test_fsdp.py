@@ -5,13 +5,17 @@ same choices as XLA:TPU's here. Without the activation constraints (``sharding.c
 ViT-S step at 112 px, 16 clips on ``data 1 x fsdp 4`` all-gathers ``[16, 392, 1152]``, the whole
 batch's qkv activations, in every block; with them, the only all-gathers are of weights.
 """
+import importlib.util
 import re
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jepa_jax import defaults, experiment
+from jepa_jax.models import layers
 
 # The result shape: one array or a tuple of them (XLA combines small all-reduces).
 COLLECTIVE = re.compile(r"= (\([^=]*?\)|\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"
@@ -71,7 +75,7 @@ def test_fsdp_step_moves_weights_not_activations(grad_accum_steps, num_devices):
   parameter), and nothing activation-sized is re-split between devices."""
   if num_devices < 4:
     pytest.skip("needs 4 (simulated) devices")
-  text, largest_param = compiled_step_text(vit_s_config((1, 4), grad_accum_steps), 4)
+  text, largest_param = compiled_step_text(vit_s_config((1, 4), grad_accum_steps=grad_accum_steps), 4)
   ops = collectives(text)
   assert any(kind == "all-gather" for kind, _ in ops), "fsdp should all-gather the weights"
   moved = [(kind, shape) for kind, shape in ops
@@ -80,8 +84,48 @@ def test_fsdp_step_moves_weights_not_activations(grad_accum_steps, num_devices):
   assert not moved, f"activation-sized transfers (largest parameter {largest_param} B): {moved}"
 
 
-def test_data_parallel_gradients_reduced_in_float32(num_devices):
-  if num_devices < 8:
-    pytest.skip("needs 8 (simulated) devices")
-  text, _ = compiled_step_text(vit_s_config((8, 1), dtype="bfloat16"), 8)
-  assert_gradients_reduced_in_float32(collectives(text))
+def _dense_gradient_hlo_for_tpu(module) -> str:
+  """The weight gradient of one bf16-compute dense layer (float32 parameters), data parallel on
+  the 4 chips of a v5p:2x2x1 slice, compiled by XLA:TPU on this CPU."""
+  from jax.experimental import topologies  # noqa: PLC0415
+  topo = topologies.get_topology_desc(topology_name="v5p:2x2x1", platform="tpu")
+  mesh = jax.sharding.Mesh(np.asarray(topo.devices).reshape(4, 1), ("data", "fsdp"))
+  x = jax.ShapeDtypeStruct((32, 64, 256), jnp.bfloat16)
+  params = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+
+  def loss(p, x):
+    return jnp.mean(module.apply(p, x).astype(jnp.float32) ** 2)
+
+  step = jax.jit(jax.grad(loss), in_shardings=(jax.tree_util.tree_map(lambda _: rep, params),
+                                               batch), out_shardings=rep)
+  return step.lower(params, x).compile().as_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+def test_weight_gradients_cross_devices_in_float32_on_tpu(monkeypatch):
+  """XLA:CPU already reduces float32 here, so the TPU compiler is the one to ask: with flax's
+  plain Dense at bf16 compute XLA:TPU all-reduces the bf16 weight gradient (as main's ViT-L step
+  did, 48 per-layer ``bf16[1,1024,4096]``); ``layers.dense`` (``matmul_f32_grads``) makes the
+  partial sums float32, as the reference's DDP all-reduce."""
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  ours = collectives(_dense_gradient_hlo_for_tpu(layers.dense(512, "fc", jnp.bfloat16)))
+  assert_gradients_reduced_in_float32(ours)
+  plain = collectives(_dense_gradient_hlo_for_tpu(
+      nn.Dense(512, dtype=jnp.bfloat16, param_dtype=jnp.float32)))
+  assert any("bf16" in shape for kind, shape in plain if kind == "all-reduce"), plain
+
+
+def test_f32_gradient_matmul_equals_the_plain_one():
+  """Same forward (bf16 compute), same gradients up to the bf16 rounding the plain matmul adds,
+  and the weight gradient is float32."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (4, 7, 32), jnp.float32).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.fold_in(key, 1), (32, 16), jnp.float32) * 0.1
+  ours = lambda w: jnp.sum(layers.matmul_f32_grads(x, w, None).astype(jnp.float32) ** 2)
+  exact = lambda w: jnp.sum((x.astype(jnp.float32) @ w.astype(jnp.bfloat16).astype(jnp.float32)) ** 2)
+  np.testing.assert_allclose(ours(w), exact(w), rtol=1e-2)
+  g_ours, g_exact = jax.grad(ours)(w), jax.grad(exact)(w)
+  assert g_ours.dtype == jnp.float32
+  np.testing.assert_allclose(g_ours, g_exact, rtol=2e-2, atol=2e-2)

@@ -167,7 +167,9 @@ def test_paper_train_step_with_accumulation_lowers_for_cuda(cudnn):
 def test_paper_train_step_lowers_for_tpu():
   text = lower_train_step(paper_config(vitl16, "auto"), "tpu")
   assert "cudnn" not in text
-  assert custom_calls(text)["tpu_custom_call"] >= 3  # flash forward, dq, dk/dv
+  # ``auto`` on TPU is the chunked path until the Pallas kernel's memory is fixed
+  # (layers.resolve_attention); tests/test_tpu_attention.py compiles the kernel.
+  assert "tpu_custom_call" not in custom_calls(text)
 
 
 @pytest.mark.parametrize("platform,attention", [("cuda", "cudnn"), ("cuda", "auto"),
