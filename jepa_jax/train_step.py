@@ -16,7 +16,6 @@
 Metrics, the collapse statistics of ``jepa_jax.monitor`` (``monitor/*``) included, are device
 arrays; the trainer fetches them only when it logs (no host sync per step).
 """
-import functools
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -175,23 +174,11 @@ def accumulate_loss_and_grads(loss_fn: Callable, params, video: jax.Array, masks
   return jnp.sum(losses), aux, grads
 
 
-def under_mesh(fn, mesh):
-  """``fn`` traced with ``mesh`` declared (``jax.sharding.use_abstract_mesh``): what kernels that
-  must be placed per shard read (``models.tpu_attention``: the Pallas TPU attention runs in a
-  ``shard_map`` over the batch axes, and ``auto`` attention picks it only under a declared mesh)."""
-
-  @functools.wraps(fn)
-  def traced(*args, **kwargs):
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return fn(*args, **kwargs)
-
-  return traced
-
-
 def jit_train_step(train_step, mesh, state_shardings, batch_example):
-  """jit with explicit shardings, traced under ``mesh`` (``under_mesh``); the old state is
-  donated (updated in place)."""
-  train_step = under_mesh(train_step, mesh)
+  """jit with explicit shardings, traced with ``mesh`` declared (``sharding.with_activation_sharding``:
+  the activation rules and the per-shard Pallas attention read it); the old state is donated
+  (updated in place)."""
+  train_step = sharding.with_activation_sharding(train_step, mesh)
   batch_shardings = jax.tree_util.tree_map(lambda _: sharding.batch_sharding(mesh), batch_example)
   rep = sharding.replicated(mesh)
   return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, rep),
