@@ -90,9 +90,10 @@ def tpu_mesh(config, devices):
   return sharding.topology_mesh(shape, devices)
 
 
-def compile_step(config, topology: str) -> dict:
+def compile_step(config, topology: str, hlo_path: str | None = None) -> dict:
   """Compile the train step of ``config`` for ``topology``; the figures of the summary (a dict,
-  the JSON line). Raises AotError / experiment.ConfigError for what the user can fix."""
+  the JSON line). ``hlo_path``: also write the compiled HLO text there (what every chip runs).
+  Raises AotError / experiment.ConfigError for what the user can fix."""
   import jax  # noqa: PLC0415
   from jepa_jax import experiment, flops, hlo_stats  # noqa: PLC0415
   from jepa_jax import train_step as train_step_lib  # noqa: PLC0415
@@ -112,7 +113,11 @@ def compile_step(config, topology: str) -> dict:
   settings = exp.settings
   chips = len(devices)
   memory = train_step_lib.memory_analysis(compiled)
-  hlo = hlo_stats.analyse(compiled.as_text())
+  text = compiled.as_text()
+  if hlo_path:
+    with open(hlo_path, "w", encoding="utf-8") as f:
+      f.write(text)
+  hlo = hlo_stats.analyse(text)
   model = flops.train_step_flops(settings)["total"]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -139,6 +144,7 @@ def compile_step(config, topology: str) -> dict:
       "hlo_matmul_flops_per_chip": hlo.matmul_flops,
       "kernel_flops_per_chip": hlo.kernel_flops, "model_flops": model,
       "flops_ratio": compiled_flops * chips / model,
+      "matmul_flops_by_source_per_chip": dict(list(hlo.matmul_flops_by_source.items())[:12]),
       "collective_bytes_per_chip": hlo.collective_bytes,
       "collective_counts_per_chip": hlo.collective_counts,
       "largest_collectives": [{"kind": o.kind, "shape": o.shape, "count": o.count,
@@ -190,6 +196,11 @@ def summary(r: dict) -> str:
       f"  matmul FLOPs (all chips): HLO {r['hlo_matmul_flops_per_chip'] * r['chips']:.4g} + "
       f"Pallas kernels' estimates {r['kernel_flops_per_chip'] * r['chips']:.4g} / model "
       f"{r['model_flops']:.4g} = {r['flops_ratio']:.2f}x",
+  ]
+  for source, f in list(r.get("matmul_flops_by_source_per_chip", {}).items())[:4]:
+    share = f / max(r["hlo_matmul_flops_per_chip"], 1)
+    lines.append(f"    {share:6.1%} {source}")
+  lines += [
       "  collectives per chip and step: " + (", ".join(
           f"{k} {_gib(v)}" for k, v in r["collective_bytes_per_chip"].items() if v) or "none"),
   ]
@@ -272,6 +283,8 @@ def _define_flags():
       "topology", None, f"TPU topology, CHIP:SHAPE (e.g. {EXAMPLE_TOPOLOGIES}).")
   _FLAGS["per_chip_batch"] = flags.DEFINE_integer(
       "per_chip_batch", None, "Clips per chip (sets config.batch_size to this x chips).")
+  _FLAGS["hlo_out"] = flags.DEFINE_string(
+      "hlo_out", None, "Also write the compiled HLO text (per chip) to this file.")
   _FLAGS["find_max_batch"] = flags.DEFINE_bool(
       "find_max_batch", False, "Find the largest per-chip batch that fits (several compiles).")
 
@@ -294,7 +307,7 @@ def main(argv):
                  f"chip fit on {topology}; try --config.model.remat=full or a larger fsdp")
       result["max_per_chip_batch"] = per_chip
     else:
-      result = compile_step(config, topology)
+      result = compile_step(config, topology, _FLAGS['hlo_out'].value)
   except (AotError, experiment.ConfigError) as e:
     cli.fail(f"{'Config error: ' if isinstance(e, experiment.ConfigError) else ''}{e}")
   except Exception as e:  # noqa: BLE001

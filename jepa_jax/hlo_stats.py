@@ -13,7 +13,8 @@ loops multiplied.
 
 Shapes in SPMD-partitioned HLO are already per device, so every figure is per device and step.
 Collective bytes are the result bytes of each collective (an all-gather's gathered array, a
-reduce-scatter's shard). Matmul FLOPs are 2 x multiply-accumulates of ``dot`` and ``convolution``
+reduce-scatter's shard; XLA:TPU writes most reduce-scatters as an all-reduce fused with the
+slice of the chip's shard, and those count as the reduce-scatters they are). Matmul FLOPs are 2 x multiply-accumulates of ``dot`` and ``convolution``
 (XLA:TPU writes matmuls as convolutions); the work inside Pallas kernels (``tpu_custom_call``) is
 not in the HLO, so their own declared cost estimates are summed separately (``kernel_flops``).
 """
@@ -97,6 +98,7 @@ class HloStats:
   collective_ops: list           # OpTotal per (kind, shape), largest total first
   matmul_flops: float
   matmul_count: float
+  matmul_flops_by_source: dict   # ``source_label`` of the op -> FLOPs, largest first
   relayout_bytes: dict           # "copy"/"transpose" -> result bytes
   relayout_ops: list             # OpTotal per (op, shape), largest total first
   custom_calls: dict             # custom_call_target -> executions per step
@@ -118,11 +120,42 @@ class HloStats:
                       for o in xs[:top]]
     return {"collective_bytes": self.collective_bytes, "collective_counts": self.collective_counts,
             "largest_collectives": ops(self.collective_ops), "matmul_flops": self.matmul_flops,
+            "matmul_flops_by_source": dict(list(self.matmul_flops_by_source.items())[:3 * top]),
             "relayout_bytes": self.relayout_bytes, "largest_relayouts": ops(self.relayout_ops),
             "custom_calls": self.custom_calls, "kernels": self.kernels,
             "kernel_flops": self.kernel_flops, "hbm_bytes_estimate": self.hbm_bytes,
             "loops": [list(l) for l in self.loops],
             "unknown_trip_counts": self.unknown_trip_counts}
+
+
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_SOURCE_NOISE = re.compile(r"(^|/)(stack/while/body/closed_call|closed_call|checkpoint|"
+                           r"while/body|remat|\w+\.encode_tokens|\w+\.embed)(?=/)")
+
+
+def source_label(attrs: str) -> str:
+  """Where an op comes from, shortened from its ``op_name`` metadata: ``fwd``/``bwd`` (the
+  backward, ``transpose(jvp(..))``), ``recompute`` where a rematerialised forward runs again in
+  the backward, then the module path, e.g. ``bwd recompute Predictor blocks/block/attn/qkv``."""
+  m = _OP_NAME.search(attrs)
+  if not m:
+    return "?"
+  name = re.sub(r"^jit\([^)]*\)/", "", m.group(1))
+  phase = "fwd"
+  t = re.match(r"transpose\(jvp\((\w*)\)\)/?(.*)$", name)
+  j = re.match(r"jvp\((\w*)\)/?(.*)$", name)
+  if t:
+    phase, model, rest = "bwd", t.group(1), t.group(2)
+  elif j:
+    model, rest = j.group(1), j.group(2)
+  else:
+    model, rest = "", name
+  if "rematted_computation/" in rest:
+    phase += " recompute"
+    rest = rest.replace("rematted_computation/", "")
+  rest = _SOURCE_NOISE.sub(r"\1", rest).strip("/")
+  rest = re.sub(r"/(dot_general|conv_general_dilated|einsum)$", "", rest)
+  return " ".join(x for x in (phase, model, rest) if x)
 
 
 def _split_top(s: str, open_ch: str = "(", close_ch: str = ")") -> tuple[str, str]:
@@ -343,12 +376,25 @@ def _hbm_bytes(computations: dict, comp: dict, instr: Instruction) -> float:
   return sum(reads) + write
 
 
+def _reduce_scatter_fusion(computations: dict, fusion: Instruction, callees: list) -> bool:
+  """Whether ``fusion`` is a reduce-scatter that XLA:TPU wrote as a fused all-reduce (its
+  ``all-reduce-scatter`` fusions, ``SingleInputAllReduceScatterFusion``): an all-reduce inside,
+  and a result smaller than the all-reduced array (each chip keeps its shard). Counted as the
+  reduce-scatter it is, of the fusion's result, not as an all-reduce of the whole array."""
+  reduced = [a for name in callees for i in (computations.get(name) or {}).values()
+             if i.opcode in ("all-reduce", "all-reduce-start") for a in i.shapes]
+  if not reduced:
+    return False
+  return sum(a.bytes for a in fusion.shapes) < sum(a.bytes for a in reduced)
+
+
 def analyse(text: str) -> HloStats:
   """Per-device, per-step statistics of an optimised HLO module (see the module docstring)."""
   computations, entry = parse_module(text)
   collectives = collections.defaultdict(lambda: [0.0, 0.0])
   coll_ops, relayout_ops = {}, {}
   custom, kernels = collections.Counter(), collections.Counter()
+  by_source = collections.Counter()
   totals = {"flops": 0.0, "dots": 0.0, "hbm": 0.0, "kernel_flops": 0.0}
   loops, unknown = [], []
 
@@ -358,7 +404,7 @@ def analyse(text: str) -> HloStats:
       table[key] = OpTotal(kind, str(array), array.bytes)
     table[key].count += count
 
-  def visit(name: str, mult: float, fused: bool, depth: int = 0):
+  def visit(name: str, mult: float, fused: bool, depth: int = 0, skip_collectives=False):
     comp = computations.get(name)
     if comp is None or depth > 64:
       return
@@ -367,7 +413,7 @@ def analyse(text: str) -> HloStats:
       if op.endswith("-done") or op == "async-update":
         continue
       kind = op[:-len("-start")] if op.endswith("-start") else op
-      if kind in COLLECTIVE_KINDS:
+      if kind in COLLECTIVE_KINDS and not skip_collectives:
         # An async start's result is (operands..., results..., [context]); count the result.
         arrays = instr.shapes
         if op.endswith("-start") and kind != "all-reduce":
@@ -378,8 +424,10 @@ def analyse(text: str) -> HloStats:
           collectives[kind][0] += a.bytes * mult
         collectives[kind][1] += mult
       elif op in ("dot", "convolution"):
-        totals["flops"] += _matmul_flops(comp, instr) * mult
+        flops = _matmul_flops(comp, instr) * mult
+        totals["flops"] += flops
         totals["dots"] += mult
+        by_source[source_label(instr.attrs)] += flops
       elif op in RELAYOUT_OPS and instr.shapes:
         add_op(relayout_ops, op, instr.shapes[0], mult)
       elif op == "custom-call":
@@ -402,8 +450,15 @@ def analyse(text: str) -> HloStats:
         for cond in _called(instr, "condition"):
           visit(cond, mult * (trips + 1), fused, depth + 1)
       elif op in ("fusion",):
-        for callee in _called(instr, "calls"):
-          visit(callee, mult, True, depth + 1)
+        callees = _called(instr, "calls")
+        scattered = _reduce_scatter_fusion(computations, instr, callees)
+        if scattered:
+          for a in instr.shapes:
+            add_op(coll_ops, "reduce-scatter", a, mult)
+            collectives["reduce-scatter"][0] += a.bytes * mult
+          collectives["reduce-scatter"][1] += mult
+        for callee in callees:
+          visit(callee, mult, True, depth + 1, skip_collectives=scattered)
       elif op in ("call", "async-start") or op.endswith("-start"):
         for callee in _called(instr, "to_apply") + _called(instr, "calls"):
           visit(callee, mult, fused, depth + 1)
@@ -422,6 +477,7 @@ def analyse(text: str) -> HloStats:
       collective_bytes={k: collectives[k][0] for k in COLLECTIVE_KINDS},
       collective_counts={k: collectives[k][1] for k in COLLECTIVE_KINDS},
       collective_ops=by_size(coll_ops), matmul_flops=totals["flops"], matmul_count=totals["dots"],
+      matmul_flops_by_source=dict(by_source.most_common()),
       relayout_bytes=relayout_bytes, relayout_ops=by_size(relayout_ops),
       custom_calls=dict(custom), kernels=dict(kernels), kernel_flops=totals["kernel_flops"],
       hbm_bytes=totals["hbm"], loops=loops,

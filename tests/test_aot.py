@@ -108,9 +108,12 @@ def test_tiny_step_compiles_for_tpu(topology):
 
 @needs_libtpu
 @pytest.mark.slow
-def test_command_prints_a_summary_and_one_json_line():
-  proc = _run("--config=configs/demo.py", "--topology=v5e:2x2", "--per_chip_batch=2", *TINY[:-1])
+def test_command_prints_a_summary_and_one_json_line(tmp_path):
+  hlo = tmp_path / "step.hlo"
+  proc = _run("--config=configs/demo.py", "--topology=v5e:2x2", "--per_chip_batch=2", *TINY[:-1],
+              f"--hlo_out={hlo}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "ENTRY" in hlo.read_text()
   lines = proc.stdout.strip().splitlines()
   result = json.loads(lines[-1])
   _check(result, "v5e:2x2")
@@ -119,6 +122,8 @@ def test_command_prints_a_summary_and_one_json_line():
                "copy/transpose", f"attention: {result['attention']}",
                "roofline lower bound on step time (an estimate, not a measurement)", "compiled in"):
     assert text in summary
+  top = next(iter(result["matmul_flops_by_source_per_chip"]))
+  assert top in summary and ("fwd" in top or "bwd" in top)
 
 
 @needs_libtpu

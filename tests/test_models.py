@@ -110,6 +110,21 @@ def test_chunked_attention_is_exact_with_gradients(chunk_size):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_chunk_layout_pads_little():
+  from jepa_jax.models import layers
+  # ViT-H/L at 224 px x 16 frames: the clip, the two default masks' contexts, the predictor's
+  # context + targets. Padding to a multiple of 512 computed 2048, 1024 and 2048 queries.
+  assert layers.chunk_layout(1568, 512) == (4, 392)
+  assert layers.chunk_layout(592, 512) == (2, 296)
+  assert layers.chunk_layout(296, 512) == (1, 296)
+  assert layers.chunk_layout(1576, 512) == (4, 400)
+  for n in range(1, 3000, 37):
+    for max_chunk in (4, 7, 24, 512):
+      chunks, size = layers.chunk_layout(n, max_chunk)
+      assert chunks * size >= n and (chunks - 1) * size < n
+      assert size <= max(max_chunk, 8) + 7 and chunks * size - n < 8 * chunks
+
+
 def _qkv(n=23, s=19, d=8, dtype=jnp.float32, seed=0):
   kq, kk, kv, kg = jax.random.split(jax.random.PRNGKey(seed), 4)
   q = jax.random.normal(kq, (2, n, 3, d), dtype)
@@ -317,6 +332,34 @@ def test_remat_identical_outputs_and_grads(tiny, policy):
                              atol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def _grad_matmul_flops(enc, clip):
+  from jepa_jax import hlo_stats
+  params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clip)
+  grad = jax.jit(jax.grad(lambda p: _loss(enc, p, clip)))
+  return hlo_stats.analyse(grad.lower(params).compile().as_text()).matmul_flops
+
+
+def test_dot_remat_policies_keep_the_weight_matmuls(tiny):
+  """Scanned blocks (a loop XLA cannot de-duplicate across), compiled: "dots_no_batch" runs again
+  in the backward exactly the attention's two batched matmuls, "dots" nothing, "full" also the
+  weight matmuls whose outputs the backward needs (qkv, proj, fc1; not fc2, whose output only
+  joins the residual). The weight matmuls are a custom_vjp (float32 weight gradients) that the dot
+  policies cannot see into; before they were kept by name, both dot policies recomputed them as
+  "full" does (ViT-H's step: 1.46x its model FLOPs on XLA:TPU)."""
+  _, _, _, _, clip = tiny
+  build = lambda remat: models.build_encoder("tiny", attention="einsum", remat=remat, scan=True,
+                                             **TINY)
+  enc = build("none")
+  n, d, depth = enc.num_tokens, enc.embed_dim, enc.depth
+  attention = clip.shape[0] * depth * 4 * n * n * d             # QK^T and weights x V, forward
+  hidden = int(d * enc.block.mlp_ratio)
+  qkv_proj_fc1 = clip.shape[0] * depth * (2 * n * d * 4 * d + 2 * n * d * hidden)
+  base = _grad_matmul_flops(enc, clip)
+  assert _grad_matmul_flops(build("dots"), clip) == base
+  assert _grad_matmul_flops(build("dots_no_batch"), clip) == base + attention
+  assert _grad_matmul_flops(build("full"), clip) == base + attention + qkv_proj_fc1
 
 
 def test_scan_layout_equals_unrolled(tiny):
