@@ -26,6 +26,8 @@ import json
 import math
 import re
 
+import numpy as np
+
 COLLECTIVE_KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
                     "collective-permute")
 RELAYOUT_OPS = ("copy", "transpose")
@@ -298,31 +300,57 @@ def _matmul_flops(comp: dict, instr: Instruction) -> float:
     m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", instr.attrs)
     dims = [int(d) for d in m.group(1).split(",") if d] if m else []
     k = math.prod(lhs.shapes[0].dims[d] for d in dims)
-  else:  # convolution: each output element sums over the kernel's input features and window
-    m = re.search(r"dim_labels=\w+_(\w+)->", instr.attrs)
-    labels = m.group(1) if m else ""
-    kdims = rhs.shapes[0].dims
-    size, lhs_dilate = _window(instr.attrs, "size"), _window(instr.attrs, "lhs_dilate")
-
-    def taps(j: int, label: str) -> int:
-      # A spatial window over a base-dilated input meets a real element only every
-      # ``lhs_dilate`` positions: XLA:TPU writes a batched matmul (attention's batch and heads)
-      # as a window of the batch's size over an input dilated by that size, one tap per output.
-      if label.isdigit() and int(label) < len(lhs_dilate):
-        i = int(label)
-        return -(-size[i] // lhs_dilate[i]) if i < len(size) else kdims[j]
-      return kdims[j]
-
-    k = math.prod(taps(j, c) for j, c in enumerate(labels) if c != "o" and j < len(kdims))
+  else:
+    return _convolution_flops(instr, lhs.shapes[0].dims, rhs.shapes[0].dims, out.dims)
   return 2.0 * math.prod(out.dims) * k
 
 
-def _window(attrs: str, key: str) -> list:
-  """One field of a convolution's ``window={size=AxB stride=.. lhs_dilate=..}``, per spatial
-  dimension (empty if absent)."""
+def _convolution_flops(instr: Instruction, lhs: tuple, kernel: tuple, out: tuple) -> float:
+  """2 x the multiply-accumulates that meet a real input element: each output element sums over
+  the kernel's input features and those window taps that land on the input, not on its padding
+  or between the elements of a base-dilated (``lhs_dilate``) input. XLA:TPU writes batched
+  matmuls this way: attention's batch and heads as a window of the batch's size over an input
+  dilated by that size (one real tap per output), and a projection's gradient into heads as a
+  16-tap window over a 1-element input padded by 15 on each side (one real tap)."""
+  m = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", instr.attrs)
+  if not m:
+    return 0.0
+  lhs_labels, kernel_labels, out_labels = m.groups()
+  spatial = sorted({int(c) for c in out_labels if c.isdigit()})
+  fields = _window_fields(instr.attrs)
+
+  def field(key, i, default):
+    values = fields.get(key, [])
+    return values[i] if i < len(values) else default
+
+  taps = 1
+  for i in spatial:
+    size_in = lhs[lhs_labels.index(str(i))]
+    size_out = out[out_labels.index(str(i))]
+    window = field("size", i, kernel[kernel_labels.index(str(i))])
+    stride, rhs_dilate, base = field("stride", i, 1), field("rhs_dilate", i, 1), field("lhs_dilate", i, 1)
+    pad_lo = field("pad", i, (0, 0))[0]
+    p = (np.arange(size_out)[:, None] * stride + np.arange(window)[None, :] * rhs_dilate
+         - pad_lo)
+    taps *= int(np.count_nonzero((p >= 0) & (p % base == 0) & (p // base < size_in)))
+  features_in = kernel[kernel_labels.index("i")]
+  per_position = math.prod(out) // max(1, math.prod(out[out_labels.index(str(i))] for i in spatial))
+  return 2.0 * per_position * features_in * taps
+
+
+def _window_fields(attrs: str) -> dict:
+  """A convolution's ``window={size=AxB stride=.. pad=l_h x l_h lhs_dilate=..}`` per spatial
+  dimension: ints, and (lo, hi) pairs for ``pad``."""
   m = re.search(r"window=\{([^}]*)\}", attrs)
   fields = dict(kv.split("=", 1) for kv in m.group(1).split()) if m else {}
-  return [int(x) for x in fields.get(key, "").split("x") if x]
+  out = {}
+  for key, value in fields.items():
+    parts = value.split("x")
+    if key == "pad":
+      out[key] = [tuple(int(v) for v in part.split("_")) for part in parts]
+    elif all(p.lstrip("-").isdigit() for p in parts):
+      out[key] = [int(p) for p in parts]
+  return out
 
 
 def _kernel_cost(instr: Instruction) -> dict:

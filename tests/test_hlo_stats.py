@@ -237,3 +237,21 @@ def test_fused_all_reduce_with_a_smaller_result_is_a_reduce_scatter():
   assert stats.collective_bytes["reduce-scatter"] == 16 * 32 * 4
   assert stats.collective_bytes["all-reduce"] == 8 * 32 * 4    # a fused whole all-reduce stays one
   assert stats.collective_counts["reduce-scatter"] == 1
+
+
+_GRADIENT_INTO_HEADS = """HloModule m
+
+ENTRY %main (g: f32[2,3,4,1], w: f32[5,6,4,1]) -> f32[2,3,5,6] {
+  %g = f32[2,3,4,1]{3,2,1,0} parameter(0)
+  %w = f32[5,6,4,1]{3,2,1,0} parameter(1)
+  ROOT %dx = f32[2,3,5,6]{3,2,1,0} convolution(%g, %w), window={size=1x5 pad=0_0x4_4 rhs_reversal=0x1}, dim_labels=0bf1_1oi0->0b1f
+}
+"""
+
+
+def test_padded_window_counts_only_the_taps_on_the_input():
+  # XLA:TPU's gradient of ViT-H's output projection into [B, N, heads, head_dim]: a window of
+  # the 16 heads over a 1-element input padded by 15 on each side, one real tap per output
+  # (counting the whole window overcounted 16x: 38 of ViT-H's 203 TFLOPs per chip and step).
+  stats = hlo_stats.analyse(_GRADIENT_INTO_HEADS)
+  assert stats.matmul_flops == 2 * (2 * 3 * 5 * 6) * 4
