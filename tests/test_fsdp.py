@@ -129,3 +129,20 @@ def test_f32_gradient_matmul_equals_the_plain_one():
   g_ours, g_exact = jax.grad(ours)(w), jax.grad(exact)(w)
   assert g_ours.dtype == jnp.float32
   np.testing.assert_allclose(g_ours, g_exact, rtol=2e-2, atol=2e-2)
+
+
+def test_f32_gradient_einsum_equals_the_plain_one():
+  """The head-major projections of the TPU kernel's path (``layers.einsum_f32_grads``): the
+  plain einsum's value and gradients at float32, float32 kernel and bias gradients at bf16."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (2, 5, 12), jnp.float32)
+  w = jax.random.normal(jax.random.fold_in(key, 1), (12, 3, 2, 4)) * 0.1
+  b = jax.random.normal(jax.random.fold_in(key, 2), (3, 1, 2, 1, 4))
+  spec = "bnc,cthe->tbhne"
+  ours = lambda x, w, b: jnp.sum(jnp.sin(layers.einsum_f32_grads(spec, x, w, b)))
+  plain = lambda x, w, b: jnp.sum(jnp.sin(jnp.einsum(spec, x, w) + b))
+  np.testing.assert_allclose(ours(x, w, b), plain(x, w, b), rtol=1e-6)
+  for g, g_ref in zip(jax.grad(ours, (0, 1, 2))(x, w, b), jax.grad(plain, (0, 1, 2))(x, w, b)):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+  grads = jax.grad(ours, (0, 1, 2))(x.astype(jnp.bfloat16), w, b)
+  assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]

@@ -78,6 +78,38 @@ def _matmul_bwd(res, g):
 matmul_f32_grads.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def einsum_f32_grads(spec: str, x, kernel, bias):
+  """``einsum(spec, x, kernel) + bias`` in ``x``'s dtype with float32 kernel/bias gradients, as
+  ``matmul_f32_grads`` for projections written as einsums (head-major q/k/v and output). Every
+  index of ``spec`` ("x,kernel->out") must appear in exactly two of the three terms; ``bias``
+  (or None) broadcasts against the output."""
+  y = jnp.einsum(spec, x, kernel.astype(x.dtype))
+  return y if bias is None else y + bias.astype(x.dtype)
+
+
+def _einsum_fwd(spec, x, kernel, bias):
+  return einsum_f32_grads(spec, x, kernel, bias), (x, kernel, bias)
+
+
+def _einsum_bwd(spec, res, g):
+  x, kernel, bias = res
+  x_spec, rest = spec.split(",")
+  k_spec, out_spec = rest.split("->")
+  dx = jnp.einsum(f"{out_spec},{k_spec}->{x_spec}", g, kernel.astype(x.dtype))
+  dk = jnp.einsum(f"{x_spec},{out_spec}->{k_spec}", x, g, preferred_element_type=jnp.float32)
+  db = None
+  if bias is not None:
+    lead = g.ndim - bias.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(bias.shape) if n == 1)
+    db = jnp.sum(g.astype(jnp.float32), axis=axes, keepdims=True).reshape(bias.shape)
+    db = db.astype(bias.dtype)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype), db
+
+
+einsum_f32_grads.defvjp(_einsum_fwd, _einsum_bwd)
+
+
 class Dense(nn.Module):
   """``nn.Dense``'s parameters (``kernel`` ``[in, out]``, ``bias``; same names, shapes and init
   order) computed in ``dtype`` with float32 weight gradients (``matmul_f32_grads``)."""
@@ -361,10 +393,10 @@ class _HeadMajorQKV(nn.Module):
     d = x.shape[-1]
     kernel = self.param("kernel", reference_trunc_normal(), (d, 3 * d), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (3 * d,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     h = self.num_heads
-    out = jnp.einsum("bnc,cthe->tbhne", x, kernel.reshape(d, 3, h, d // h))
-    return out + bias.reshape(3, 1, h, 1, d // h)
+    out = einsum_f32_grads("bnc,cthe->tbhne", x.astype(self.dtype),
+                           kernel.reshape(d, 3, h, d // h), bias.reshape(3, 1, h, 1, d // h))
+    return checkpoint_name(out, WEIGHT_MATMUL)
 
 
 class _HeadMajorProj(nn.Module):
@@ -378,8 +410,9 @@ class _HeadMajorProj(nn.Module):
     _, h, _, e = x.shape
     kernel = self.param("kernel", reference_trunc_normal(), (h * e, h * e), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (h * e,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return jnp.einsum("bhne,hec->bnc", x, kernel.reshape(h, e, h * e)) + bias
+    out = einsum_f32_grads("bhne,hec->bnc", x.astype(self.dtype), kernel.reshape(h, e, h * e),
+                           bias)
+    return checkpoint_name(out, WEIGHT_MATMUL)
 
 
 class SelfAttention(nn.Module):
@@ -521,8 +554,9 @@ class Block(nn.Module):
 # temporaries against 188 GiB without remat. "dots_no_batch" keeps only the weight matmuls (no
 # batch dimensions) and recomputes attention: 67 GiB; "full" keeps block inputs only: 22 GiB.
 # The weight matmuls are ``Dense``'s custom_vjp, which the dot policies cannot see into; they are
-# kept by name (without it ViT-H's rematerialised step ran qkv, proj and fc1 twice: 1.46x the
-# model FLOPs on XLA:TPU instead of 1.15x).
+# kept by name. Without it "dots_no_batch" ran qkv, proj and fc1 again in the backward: ViT-H's
+# fsdp-4 step on v5p at 24 clips per chip compiled to 196 TFLOPs per chip against the model's
+# 159; 165 with them kept and ``chunk_layout``'s padding (BENCHMARKS.md, "TPU").
 _KEEP_WEIGHT_MATMULS = jax.checkpoint_policies.save_only_these_names(WEIGHT_MATMUL)
 REMAT_POLICIES = {
     "none": None,
