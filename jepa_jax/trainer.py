@@ -266,7 +266,12 @@ def _init_or_restore(exp, manager, config):
     return _continue_from(exp, config), 0, None
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   if config.get("init_from"):
-    params, from_step = ckpt_lib.load_params(config.init_from)
+    loaded = ckpt_lib.load(config.init_from)
+    if loaded.kind == ckpt_lib.FINETUNE:
+      raise ckpt_lib.CheckpointError(
+          f"config.init_from={config.init_from} is a fine-tuning checkpoint (encoder + classifier, "
+          "no predictor); start pretraining from a pretraining or converted checkpoint")
+    params, from_step = loaded.params, loaded.step
     shapes = exp.abstract_state
     expected = {"encoder": shapes.params["encoder"], "predictor": shapes.params["predictor"],
                 "target": shapes.target_params}
