@@ -1,9 +1,10 @@
-"""Orbax checkpoints of jepa_jax, and their layout (one layout for trainer and converted weights).
+"""Orbax checkpoints of jepa_jax, and their layout: one directory layout, each checkpoint tagged
+with its kind (pretraining, fine-tuning, converted parameters, probe) and the tree of that kind.
 
 ``<workdir>/checkpoints/<step>/`` (an ``ocp.CheckpointManager`` directory) holds items:
 
-* ``state``  - the full ``TrainState`` (online encoder + predictor, EMA target, optimiser, step);
-              written by the trainer.
+* ``state``  - the full train state: pretraining's ``TrainState`` (online encoder + predictor, EMA
+              target, optimiser, step) or fine-tuning's ``FinetuneState`` (see ``kind``).
 * ``params`` - ``{"encoder", "predictor", "target"}`` parameters only; written by
               ``python -m jepa_jax.convert`` (released reference weights) and loadable anywhere a
               trainer checkpoint is.
