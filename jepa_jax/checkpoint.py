@@ -342,14 +342,20 @@ def _read_kind(manager, step: int, names: set, where: str, state_meta=None) -> s
 
 
 def checkpoint_kind(path: str, step: Optional[int] = None) -> str:
-  """The kind (``KINDS``) of checkpoint ``step`` (default: the newest) of a workdir or
-  checkpoints directory."""
+  """The kind (``KINDS``) of checkpoint ``step`` of a workdir or checkpoints directory; without
+  ``step``, of the newest readable one (as ``load`` reads)."""
   directory = checkpoint_dir(path)
   manager = make_manager(directory, read_only=True, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
+
+  def read(s):
+    return _read_kind(manager, s, _item_names(manager, s), f"checkpoint {s} in {directory}")
+
+  if step is not None:
+    return read(step)
+  found = newest_readable(manager, read)
+  if found is None:
     raise CheckpointError(f"no checkpoint found in {directory}")
-  return _read_kind(manager, step, _item_names(manager, step), f"checkpoint {step} in {directory}")
+  return found[0]
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state,

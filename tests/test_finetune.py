@@ -333,6 +333,7 @@ def _fsdp_config(synthetic_dir, fsdp, **overrides):
 def _one_step(synthetic_dir, fsdp):
   from jepa_jax.eval import placement  # noqa: PLC0415
   c = _fsdp_config(synthetic_dir, fsdp)
+  c.optim.update(warmup_epochs=0, lr=0.64)   # 0.01 at batch 4: an update the comparison sees
   mesh = run_lib.make_mesh(c)
   model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
   state = model.init_state()
@@ -340,16 +341,23 @@ def _one_step(synthetic_dir, fsdp):
   rng = np.random.default_rng(0)
   video = rng.integers(0, 256, (8, 1, 1, 4, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(8) % 4
-  return model.finetuner.train_step(state, placer.batch(video), placer.batch(labels),
-                                    jax.random.PRNGKey(1))
+  state, metrics = model.finetuner.train_step(state, placer.batch(video), placer.batch(labels),
+                                              jax.random.PRNGKey(1))
+  test_video = rng.integers(0, 256, (8, 2, 1, 4, 32, 32, 3), dtype=np.uint8)  # 2 segments
+  return state, metrics, model.finetuner.scores(state.params, placer.batch(test_video)), \
+      model.params
 
 
 def test_fsdp_step_equals_the_replicated_step(synthetic_dir):
   """One fine-tuning update (drop path and mixup on) on 8 devices with the parameters and AdamW
-  moments split 8 ways gives the loss and parameters of the replicated update."""
+  moments split 8 ways gives the loss and parameters of the replicated update, and the updated
+  model the same test scores."""
   assert jax.device_count() == 8
-  state1, metrics1 = _one_step(synthetic_dir, fsdp=1)
-  state8, metrics8 = _one_step(synthetic_dir, fsdp=8)
+  state1, metrics1, scores1, init = _one_step(synthetic_dir, fsdp=1)
+  state8, metrics8, scores8, _ = _one_step(synthetic_dir, fsdp=8)
+  assert float(metrics1["lr"]) > 5e-3   # cosine from 0.01, no warm-up
+  moved = np.abs(np.asarray(_leaf(state1.params, FC1)) - _leaf(init, FC1))
+  assert np.median(moved) > 1e-3   # the update is large against the tolerance below
   for leaf in (_leaf(state8.params, FC1), *_moments_of(state8.opt_state, FC1)):
     assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp"), leaf.sharding
     assert leaf.addressable_shards[0].data.shape == (32, 16)
@@ -361,6 +369,7 @@ def test_fsdp_step_equals_the_replicated_step(synthetic_dir):
                              rtol=1e-5)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
       np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7), state8.params, state1.params)
+  np.testing.assert_allclose(np.asarray(scores8), np.asarray(scores1), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
