@@ -117,6 +117,26 @@ def test_untagged_checkpoints_are_read_by_their_tree(finetuned, tmp_path):
   assert ckpt_lib.load(old_conv).kind == ckpt_lib.PARAMS
 
 
+def test_an_untagged_finetuning_checkpoint_finds_its_architecture_where_it_started(
+    finetuned, tmp_path):
+  """Fine-tuning checkpoints written before the tag saved the fine-tuning config's ``model``,
+  which leaves the architecture to the pretrained checkpoint named by ``checkpoint``."""
+  workdir, _, _ = finetuned
+  encoder = ckpt_lib.load(workdir).params["encoder"]
+  pretrained = str(tmp_path / "pretrained")
+  ckpt_lib.save_params(pretrained, {"encoder": encoder},
+                       config={"model": ckpt_lib.read_config(workdir)["model"]}, step=1)
+  old = untag(workdir, tmp_path / "old")
+  config_file = os.path.join(old, str(STEPS), ckpt_lib.CONFIG, "metadata")
+  saved = json.load(open(config_file))
+  saved["model"] = dict.fromkeys(saved["model"])  # the eval's model_config(): all None
+  saved["checkpoint"] = pretrained
+  json.dump(saved, open(config_file, "w"))
+  _, params, info = enc_lib.load_frozen_encoder(encoder_config(old))
+  assert info["model"]["name"] == "tiny" and info["model"]["overrides"] == TINY
+  assert_trees_equal(params, encoder)
+
+
 def test_resuming_another_programs_kind_is_refused_in_one_line(finetuned, tmp_path):
   workdir, c, _ = finetuned
   manager = ckpt_lib.make_manager(ckpt_lib.checkpoint_dir(workdir), read_only=True,

@@ -100,6 +100,19 @@ def load_frozen_encoder(config, seed: Optional[int] = None, on_host: bool = Fals
   return encoder, (params if on_host else jax.tree_util.tree_map(jnp.asarray, params)), info
 
 
+def _finetuned_model(saved: dict) -> dict:
+  """A fine-tuning checkpoint's config with its encoder's architecture. Fine-tuning saves the
+  resolved one; checkpoints written before it did hold the fine-tuning config's ``model``, whose
+  unset fields came from the checkpoint it started from (``saved["checkpoint"]``): read there."""
+  model = dict(saved.get("model") or {})
+  source = saved.get("checkpoint")
+  if model.get("name") or not source or source == "random":
+    return saved
+  base = dict(ckpt_lib.read_config(source).get("model") or {})
+  base.update({k: v for k, v in model.items() if v is not None})
+  return dict(saved, model=base)
+
+
 def load_checkpoint_encoder(config):
   """``(encoder module, encoder params (numpy), info, checkpoint.Loaded, saved config)`` of the checkpoint
   ``config.checkpoint`` of any kind (``checkpoint.KINDS``): a fine-tuning checkpoint's encoder is
@@ -111,6 +124,8 @@ def load_checkpoint_encoder(config):
   loaded = ckpt_lib.load(path, config.checkpoint_step)
   tree, step = loaded.params, loaded.step
   saved_config = ckpt_lib.read_config(path, step)
+  if loaded.kind == ckpt_lib.FINETUNE:
+    saved_config = _finetuned_model(saved_config)
   arch = resolve_model(config, saved_config)
   encoder = build_eval_encoder(arch, config)
   group = "encoder" if loaded.kind == ckpt_lib.FINETUNE else CHECKPOINT_KEYS[key]
