@@ -403,6 +403,9 @@ def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="is a fine-tuning checkpoint .* start "
                                                         "pretraining from a pretraining or converted"):
     trainer._init_or_restore(exp, manager, c)
+  c.init_from_optimizer = True
+  with pytest.raises(checkpoint.CheckpointError, match="is a fine-tuning checkpoint"):
+    trainer._init_or_restore(exp, manager, c)
 
 
 def _damage(step_dir: pathlib.Path, kind: str):
