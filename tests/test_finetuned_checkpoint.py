@@ -116,6 +116,16 @@ def test_untagged_checkpoints_are_read_by_their_tree(finetuned, tmp_path):
   old_conv = untag(tmp_path / "conv", tmp_path / "conv_old")
   assert ckpt_lib.load(old_conv).kind == ckpt_lib.PARAMS
 
+  ckpt_lib.save_probe(str(tmp_path / "probe"), {"linear": {"bias": np.zeros(3, np.float32)}},
+                      dict(num_classes=3, num_heads=2, mlp_ratio=4.0, depth=1, num_queries=1,
+                           embed_dim=32, blocks_on="query"))
+  assert ckpt_lib.checkpoint_kind(str(tmp_path / "probe")) == ckpt_lib.PROBE
+  old_probe = untag(tmp_path / "probe", tmp_path / "probe_old")
+  assert ckpt_lib.checkpoint_kind(old_probe) == ckpt_lib.PROBE
+  with pytest.raises(ckpt_lib.CheckpointError, match="is an attentive probe, which holds no "
+                                                      "encoder"):
+    ckpt_lib.load(old_probe)
+
 
 def test_an_untagged_finetuning_checkpoint_finds_its_architecture_where_it_started(
     finetuned, tmp_path):
