@@ -1,9 +1,10 @@
-"""Orbax checkpoints of jepa_jax, and their layout (one layout for trainer and converted weights).
+"""Orbax checkpoints of jepa_jax, and their layout: one directory layout, each checkpoint tagged
+with its kind (pretraining, fine-tuning, converted parameters, probe) and the tree of that kind.
 
 ``<workdir>/checkpoints/<step>/`` (an ``ocp.CheckpointManager`` directory) holds items:
 
-* ``state``  - the full ``TrainState`` (online encoder + predictor, EMA target, optimiser, step);
-              written by the trainer.
+* ``state``  - the full train state: pretraining's ``TrainState`` (online encoder + predictor, EMA
+              target, optimiser, step) or fine-tuning's ``FinetuneState`` (see ``kind``).
 * ``params`` - ``{"encoder", "predictor", "target"}`` parameters only; written by
               ``python -m jepa_jax.convert`` (released reference weights) and loadable anywhere a
               trainer checkpoint is.
@@ -13,6 +14,21 @@
 * ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
 * ``data_failures`` - each process's account of unreadable data entries at that batch
               (``jepa_jax.data.failures``), one file per process: ``process_<i>-of-<n>.json``.
+* ``kind``   - ``{"kind": ...}``, what the checkpoint holds (``KINDS``):
+
+  ============ ========== ===================================================================
+  kind         item       tree
+  ============ ========== ===================================================================
+  ``pretrain`` ``state``  ``TrainState``: ``params {encoder, predictor}``, ``target_params``, ...
+  ``finetune`` ``state``  ``FinetuneState``: ``params {encoder, head}``, ``opt_state``, ``step``;
+                          its config's ``model`` is the encoder's resolved architecture
+  ``params``   ``params`` ``{encoder, predictor, target}`` (any subset), no optimiser
+  ``probe``    ``probe``  an attentive probe (below)
+  ============ ========== ===================================================================
+
+  Checkpoints written before the tag existed have no ``kind`` item; their kind is read from the
+  tree (``checkpoint_kind``). ``load`` reads the parameters of any kind; resuming
+  (``restore_train_state``) refuses a checkpoint of another program's kind in one line.
 
 Attentive probes use the same layout with a ``probe`` item instead of ``state``/``params``:
 ``<dir>/checkpoints/<step>/{probe, config}``, the config being ``{"probe": {num_classes, num_heads,
@@ -57,7 +73,14 @@ log = logging.getLogger(__name__)
 
 STATE, PARAMS, DATA, CONFIG, PROBE = "state", "params", "data", "config", "probe"
 DATA_FAILURES = "data_failures"
+KIND = "kind"
 PARAM_KEYS = ("encoder", "predictor", "target")
+PRETRAIN, FINETUNE = "pretrain", "finetune"
+KINDS = (PRETRAIN, FINETUNE, PARAMS, PROBE)
+# What each program that writes a kind is called, for the errors that name one.
+_PROGRAM = {PRETRAIN: "a pretraining (python -m jepa_jax.main)",
+            FINETUNE: "a fine-tuning (python -m jepa_jax.finetune)",
+            PARAMS: "a parameters-only (converted weights)", PROBE: "an attentive-probe"}
 
 
 class _UnreadableMetadataWarning(logging.Filter):
@@ -186,7 +209,7 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
   handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
               PROBE: ocp.StandardCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
-              DATA_FAILURES: PerProcessJsonHandler()}
+              KIND: ocp.JsonCheckpointHandler(), DATA_FAILURES: PerProcessJsonHandler()}
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
@@ -194,9 +217,20 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, probe=None,
-         data_state=None, config=None, data_failures=None, force: bool = False) -> bool:
-  """Save whichever items are given; returns whether a save was started."""
+         data_state=None, config=None, data_failures=None, kind: Optional[str] = None,
+         force: bool = False) -> bool:
+  """Save whichever items are given; returns whether a save was started.
+
+  ``kind`` (``KINDS``) is recorded with a ``state``, ``params`` or ``probe``; without it, a
+  ``state`` is pretraining's (fine-tuning passes ``FINETUNE``) and the others their own kind."""
   items = {}
+  if kind is None:
+    kind = PRETRAIN if state is not None else PARAMS if params is not None else \
+        PROBE if probe is not None else None
+  elif kind not in KINDS:
+    raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
+  if kind is not None:
+    items[KIND] = ocp.args.JsonSave({"kind": kind})
   if state is not None:
     items[STATE] = ocp.args.PyTreeSave(state)
   if params is not None:
@@ -264,26 +298,92 @@ def _flat_shapes(tree) -> dict:
   return out
 
 
-def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
+def _state_metadata(manager, step: int, where: str):
+  """The tree metadata of the ``state`` item (None if orbax has none)."""
+  try:
+    with _quiet_missing_item_metadata():
+      return manager.item_metadata(step)[STATE]
+  except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
+    raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
+
+
+def _read_kind(manager, step: int, names: set, where: str, state_meta=None) -> str:
+  """The kind of checkpoint ``step``: its ``kind`` item, else (checkpoints written before the
+  tag) what its items and the ``state`` tree hold."""
+  if KIND in names:
+    try:
+      kind = manager.restore(step, args=ocp.args.Composite(
+          **{KIND: ocp.args.JsonRestore()}))[KIND]["kind"]
+    except Exception as e:  # noqa: BLE001 - the files are what is wrong
+      raise CorruptCheckpointError(f"{where}: its kind item is unreadable ({_short(e)})") from e
+    if kind not in KINDS:
+      raise CheckpointError(f"{where} is of kind {kind!r}, which this jepa_jax does not read "
+                            f"(it reads {', '.join(KINDS)}); use the version that wrote it")
+    return kind
+  if PROBE in names:
+    return PROBE
+  if PARAMS in names:
+    return PARAMS
+  if STATE in names:
+    meta = _state_metadata(manager, step, where) if state_meta is None else state_meta
+    if meta is None:
+      raise CorruptCheckpointError(f"{where}: the metadata of its train state is missing")
+    params = meta.get("params") if hasattr(meta, "get") else None
+    if "target_params" in meta:
+      return PRETRAIN
+    if hasattr(params, "keys") and "head" in params:
+      return FINETUNE
+    raise CheckpointError(f"{where} holds a train state of neither pretraining nor fine-tuning "
+                          f"(top-level entries {sorted(meta)})")
+  if not names:
+    raise CorruptCheckpointError(f"{where} holds no items")
+  raise CheckpointError(f"{where} holds neither a train state nor parameters "
+                        f"(items: {sorted(names)})")
+
+
+def checkpoint_kind(path: str, step: Optional[int] = None) -> str:
+  """The kind (``KINDS``) of checkpoint ``step`` of a workdir or checkpoints directory; without
+  ``step``, of the newest readable one (as ``load`` reads)."""
+  directory = checkpoint_dir(path)
+  manager = make_manager(directory, read_only=True, async_save=False)
+
+  def read(s):
+    return _read_kind(manager, s, _item_names(manager, s), f"checkpoint {s} in {directory}")
+
+  if step is not None:
+    return read(step)
+  found = newest_readable(manager, read)
+  if found is None:
+    raise CheckpointError(f"no checkpoint found in {directory}")
+  return found[0]
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state,
+                        kind: str = PRETRAIN):
   """Restore ``(train state, data state or None)``; the state lands on the shardings carried by
   ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with ``sharding``), so a checkpoint saved on
   one mesh restores onto any other.
 
   Raises ``CorruptCheckpointError`` when the checkpoint's files cannot be read and
-  ``CheckpointError`` when it is not a train state or does not fit ``abstract_state``.
+  ``CheckpointError`` when it is not a train state of ``kind`` (pretraining's or fine-tuning's)
+  or does not fit ``abstract_state``.
   """
   where = f"checkpoint {step} in {manager.directory}"
   names = _item_names(manager, step)
+  start_from = ("set config.checkpoint to it (the encoder to fine-tune)" if kind == FINETUNE
+                else "use config.init_from")
   if STATE not in names:
     if PARAMS in names:
       raise CheckpointError(f"{where} has no train state (items: {sorted(names)}); to start from "
-                            "converted weights use config.init_from instead of resuming")
+                            f"converted weights {start_from} instead of resuming")
     raise CorruptCheckpointError(f"{where} has no train state (items: {sorted(names)})")
-  try:
-    with _quiet_missing_item_metadata():
-      meta = manager.item_metadata(step)[STATE]
-  except Exception as e:  # noqa: BLE001 - any failure here means an unreadable checkpoint
-    raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
+  meta = _state_metadata(manager, step, where)
+  found = _read_kind(manager, step, names, where, meta)
+  if found != kind:
+    start = (f"; to fine-tune its encoder, {start_from}" if found == PRETRAIN and kind == FINETUNE
+             else "")
+    raise CheckpointError(f"{where} is {_PROGRAM[found]} checkpoint, which {_PROGRAM[kind]} run "
+                          f"cannot resume: give this run another --workdir{start}")
   if meta is not None:
     check_shapes(meta, abstract_state, where)
   items = {STATE: ocp.args.PyTreeRestore(
@@ -297,7 +397,8 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
   return restored[STATE], (restored[DATA] if DATA in names else None)
 
 
-def restore_latest_train_state(manager: ocp.CheckpointManager, abstract_state):
+def restore_latest_train_state(manager: ocp.CheckpointManager, abstract_state,
+                               kind: str = PRETRAIN):
   """``(state, data state, step)`` from the newest readable checkpoint, or ``None`` if there is
   no checkpoint.
 
@@ -305,7 +406,8 @@ def restore_latest_train_state(manager: ocp.CheckpointManager, abstract_state):
   docstring) once an older one has been read; if none can be read, nothing is moved and
   ``CheckpointError`` lists them. A checkpoint of another model raises ``CheckpointError``.
   """
-  found = newest_readable(manager, lambda step: restore_train_state(manager, step, abstract_state))
+  found = newest_readable(manager,
+                          lambda step: restore_train_state(manager, step, abstract_state, kind))
   if found is None:
     return None
   (state, data_state), step, skipped = found
@@ -374,55 +476,77 @@ def read_config(path: str, step: Optional[int] = None) -> dict:
   return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
 
-def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
-  """``({"encoder", "predictor", "target"}, step)`` from a trainer or converted checkpoint, as numpy.
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """The parameters of one checkpoint of any kind that holds an encoder, as numpy.
 
-  Reads only the parameter arrays of a trainer checkpoint (not the optimiser moments). Without
-  ``step``, the newest readable checkpoint: a damaged newer one is skipped with a warning naming
-  it, as the trainer does (``newest_readable``), but left where it is (readers move nothing).
+  ``params``: ``{"encoder", "predictor", "target"}`` (any subset) for ``pretrain`` and ``params``
+  checkpoints; ``{"encoder", "head"}`` for ``finetune`` ones (the fine-tuned encoder and its
+  classification head)."""
+  kind: str
+  params: dict
+  step: int
+
+
+def load(path: str, step: Optional[int] = None) -> Loaded:
+  """The parameters of a pretraining, fine-tuning or converted checkpoint (``Loaded``).
+
+  Reads only the parameter arrays of a train state (not the optimiser moments). Without ``step``,
+  the newest readable checkpoint: a damaged newer one is skipped with a warning naming it, as the
+  trainer does (``newest_readable``), but left where it is (readers move nothing).
   """
   directory = checkpoint_dir(path)
   if not paths.is_remote(directory) and not os.path.exists(directory):
     raise CheckpointError(f"checkpoint directory {directory} does not exist")
   manager = make_manager(directory, read_only=True, async_save=False)
   if step is not None:
-    return _read_params(manager, step, directory), step
+    return _read_params(manager, step, directory)
   found = newest_readable(manager, lambda s: _read_params(manager, s, directory))
   if found is None:
     raise CheckpointError(f"no complete checkpoint in {directory}")
-  params, step, skipped = found
+  loaded, step, skipped = found
   for bad, error in skipped:
     log.warning("Skipped checkpoint %d: %s; using checkpoint %d", bad, error, step)
-  return params, step
+  return loaded
 
 
-def _read_params(manager, step: int, directory: str) -> dict:
+def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
+  """``(params, step)`` of ``load``."""
+  loaded = load(path, step)
+  return loaded.params, loaded.step
+
+
+def _read_params(manager, step: int, directory: str) -> Loaded:
   names = _item_names(manager, step)
   where = f"checkpoint {step} in {directory}"
   try:
-    if PARAMS in names:
+    kind = _read_kind(manager, step, names, where)
+    if kind == PROBE:
+      raise CheckpointError(f"{where} is an attentive probe, which holds no encoder; give the "
+                            "encoder's checkpoint here and the probe as the probe")
+    if kind == PARAMS:
       tree = manager.restore(step, args=ocp.args.Composite(
           **{PARAMS: ocp.args.StandardRestore()}))[PARAMS]
       params = {k: tree[k] for k in PARAM_KEYS if k in tree}
-    elif STATE in names:
+    else:
       meta = manager.item_metadata(step)[STATE]
-      wanted = {"params": meta["params"], "target_params": meta["target_params"]}
+      wanted = {"params": meta["params"]}
+      if kind == PRETRAIN:
+        wanted["target_params"] = meta["target_params"]
       tree = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
           item=wanted, restore_args=jax.tree_util.tree_map(
               lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
           partial_restore=True)}))[STATE]
-      params = {"encoder": tree["params"]["encoder"], "predictor": tree["params"]["predictor"],
-                "target": tree["target_params"]}
-    elif not names:
-      raise CorruptCheckpointError(f"{where} holds no items")
-    else:
-      raise CheckpointError(f"{where} holds neither a train state nor parameters "
-                            f"(items: {sorted(names)})")
+      if kind == PRETRAIN:
+        params = {"encoder": tree["params"]["encoder"], "predictor": tree["params"]["predictor"],
+                  "target": tree["target_params"]}
+      else:
+        params = {"encoder": tree["params"]["encoder"], "head": tree["params"]["head"]}
   except CheckpointError:
     raise
   except Exception as e:  # noqa: BLE001 - the files are what is wrong
     raise CorruptCheckpointError(f"{where} is unreadable ({_short(e)})") from e
-  return jax.tree_util.tree_map(np.asarray, params)
+  return Loaded(kind, jax.tree_util.tree_map(np.asarray, params), step)
 
 
 def save_params(directory: str, params: dict, config: Any = None, step: int = 0) -> str:

@@ -1,7 +1,15 @@
-"""Classify videos with a frozen encoder and a saved attentive probe; no training.
+"""Classify videos with a frozen encoder and a saved attentive probe, or with a fine-tuned
+classifier; no training.
 
   python -m jepa_jax.predict --checkpoint ENCODER_DIR --probe PROBE_DIR [--labels classes.txt]
       [--top-k 5] [--json OUT.json] VIDEO...
+  python -m jepa_jax.predict --checkpoint FINETUNE_WORKDIR [--labels classes.txt] VIDEO...
+
+Without ``--probe``, ``--checkpoint`` must be a fine-tuning workdir (``python -m
+jepa_jax.finetune``): its encoder and head classify each video with the fine-tuning run's test
+protocol (``test_segments`` x ``test_views`` clips, each classified on its own, the predictions
+aggregated), as its final test did. A fine-tuned encoder with ``--probe`` is a frozen encoder
+like any other.
 
 ``--checkpoint`` is a trainer workdir or converted weights (``jepa_jax.convert``); ``--probe`` a
 probe checkpoint: one an eval run trained (``<eval workdir>/probes/<run>``) or a converted
@@ -41,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to classify")
   p.add_argument("--checkpoint", required=True, help="encoder: trainer workdir or converted weights")
-  p.add_argument("--probe", required=True, help="probe checkpoint directory")
+  p.add_argument("--probe", help="probe checkpoint directory (default: the head of a fine-tuned "
+                                 "--checkpoint)")
   p.add_argument("--labels", help="class names, one per line, line i = class i")
   p.add_argument("--top-k", type=int, default=5)
   p.add_argument("--checkpoint-key", choices=("target", "online"),
@@ -58,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch-size", type=int, default=8, help="videos per encoder pass")
   p.add_argument("--json", help="also write the predictions to this JSON file")
   args = p.parse_args(argv)
-  args.checkpoint, args.probe = paths.resolve(args.checkpoint), paths.resolve(args.probe)
+  args.checkpoint = paths.resolve(args.checkpoint)
+  args.probe = paths.resolve(args.probe) if args.probe else None
   if args.top_k < 1:
     p.error("--top-k must be at least 1")
   return args
@@ -122,32 +132,85 @@ def make_predict_fn(encoder, probe, config):
   return jax.jit(predict)
 
 
-def predict(args) -> tuple[list, list]:
-  """``(predictions, failures)``: per readable video ``{video, top: [{class, name, prob}]}``;
-  per unreadable one ``(video, reason)``."""
+def probe_classifier(args):
+  """``(eval config, classify, params, num_classes)`` of a frozen encoder + saved probe; ``classify``
+  is jitted ``(params, uint8 [B, S, V, T, H, W, C]) -> probabilities [B, C]``."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax.data import decode  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   from jepa_jax.eval import run as run_lib  # noqa: PLC0415
   trained = ckpt_lib.read_probe_config(args.probe).get("eval") or {}
   config, source = eval_config(args, trained)
   encoder, enc_params, _ = enc_lib.load_frozen_encoder(config)
   probe, probe_params, saved, _ = run_lib.load_saved_probe(args.probe, encoder.embed_dim, "float32")
-  num_classes = int(saved["num_classes"])
+  fn = make_predict_fn(encoder, probe, config)
+  return config, source, (lambda p, x: fn(*p, x)), (enc_params, probe_params), \
+      int(saved["num_classes"])
+
+
+def finetuned_classifier(args):
+  """``probe_classifier``'s tuple for a fine-tuning checkpoint: its encoder and head, with the
+  protocol of its test (``Finetuner.scores``)."""
+  import jax  # noqa: PLC0415
+  import ml_collections  # noqa: PLC0415
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
+  from jepa_jax.finetune import model as ft_model  # noqa: PLC0415
+  from jepa_jax.finetune import run as ft_run  # noqa: PLC0415
+  if args.feature_layer is not None:
+    raise ValueError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
+                     "the encoder's output: drop it, or give --probe")
+  saved = ckpt_lib.read_config(args.checkpoint)
+  data = saved.get("data") or {}
+  protocol = dict(frames_per_clip=data.get("num_frames"), frame_step=data.get("frame_step"),
+                  num_segments=saved.get("test_segments"), num_views=saved.get("test_views"),
+                  resolution=data.get("crop_size"),
+                  view_aggregation=saved.get("view_aggregation", "softmax"))
+  config, _ = eval_config(args, {"protocol": protocol})
+  source = "the fine-tuning run's test"
+  encoder, enc_params, _, loaded, saved = enc_lib.load_checkpoint_encoder(config)
+  head_params = loaded.params["head"]
+  num_classes = int(saved.get("num_classes") or ft_model.head_num_classes(head_params))
+  ft_config = ml_collections.ConfigDict(saved)
+  ft_config.view_aggregation = config.view_aggregation
+  head = ft_model.build_head(ft_config, num_classes, encoder.embed_dim, encoder.block.num_heads)
+  ft = ft_run.Finetuner(ft_config, encoder, head, num_classes)
+  aggregation = config.view_aggregation
+
+  def classify(params, pixels):
+    scores = ft.scores(params, pixels)
+    return scores if aggregation == "softmax" else jax.nn.softmax(scores, axis=-1)
+
+  return config, source, classify, {"encoder": enc_params, "head": head_params}, num_classes
+
+
+def predict(args) -> tuple[list, list]:
+  """``(predictions, failures)``: per readable video ``{video, top: [{class, name, prob}]}``;
+  per unreadable one ``(video, reason)``."""
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax.data import decode  # noqa: PLC0415
+  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  if args.probe:
+    config, source, classify, params, num_classes = probe_classifier(args)
+  else:
+    kind = ckpt_lib.checkpoint_kind(args.checkpoint)
+    if kind != ckpt_lib.FINETUNE:
+      raise ValueError(f"--probe is needed: {args.checkpoint} is a {kind} checkpoint, an encoder "
+                       "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
+                       "as --checkpoint")
+    config, source, classify, params, num_classes = finetuned_classifier(args)
   names = read_label_names(args.labels, num_classes) if args.labels else None
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
            config.num_segments, config.num_views, config.data.num_frames, config.data.frame_step,
            config.data.crop_size)
   placer = run_lib.Placer()
-  enc_params, probe_params = placer.replicate(enc_params), placer.replicate(probe_params)
-  fn = make_predict_fn(encoder, probe, config)
+  params = placer.replicate(params)
   k = min(args.top_k, num_classes)
   predictions, failures = [], []
   batch, batch_paths = [], []
 
   def flush():
     x = np.stack(batch + [np.zeros_like(batch[0])] * (args.batch_size - len(batch)))
-    probs = placer.gather(fn(enc_params, probe_params, placer.batch(x)))[:len(batch)]
+    probs = placer.gather(classify(params, placer.batch(x)))[:len(batch)]
     for video, p in zip(batch_paths, probs):
       top = np.argsort(-p, kind="stable")[:k]
       predictions.append(dict(video=video, top=[

@@ -266,7 +266,9 @@ def _init_or_restore(exp, manager, config):
     return _continue_from(exp, config), 0, None
   state = exp.init_state(jax.random.PRNGKey(config.seed))
   if config.get("init_from"):
-    params, from_step = ckpt_lib.load_params(config.init_from)
+    loaded = ckpt_lib.load(config.init_from)
+    _refuse_finetuned(loaded.kind, config.init_from)
+    params, from_step = loaded.params, loaded.step
     shapes = exp.abstract_state
     expected = {"encoder": shapes.params["encoder"], "predictor": shapes.params["predictor"],
                 "target": shapes.target_params}
@@ -283,6 +285,13 @@ def _init_or_restore(exp, manager, config):
   return state, 0, None
 
 
+def _refuse_finetuned(kind: str, init_from: str) -> None:
+  if kind == ckpt_lib.FINETUNE:
+    raise ckpt_lib.CheckpointError(
+        f"config.init_from={init_from} is a fine-tuning checkpoint (encoder + classifier, no "
+        "predictor); start pretraining from a pretraining or converted checkpoint")
+
+
 def _continue_from(exp, config):
   """V-JEPA 2's cooldown start (``is_anneal``): encoder, predictor, target encoder AND optimiser
   state of another run's latest checkpoint, with the step and the schedules back at 0."""
@@ -292,6 +301,7 @@ def _continue_from(exp, config):
   if step is None:
     raise ckpt_lib.CheckpointError(f"config.init_from={config.init_from}: no checkpoint in "
                                    f"{directory}")
+  _refuse_finetuned(ckpt_lib.checkpoint_kind(directory, step), config.init_from)
   try:
     state, _ = ckpt_lib.restore_train_state(source, step, exp.sharded_abstract_state)
   except ckpt_lib.CheckpointError as e:

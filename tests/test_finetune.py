@@ -303,3 +303,96 @@ def test_sigterm_saves_and_stops(synthetic_dir, tmp_path, monkeypatch):
   c = tiny_config(synthetic_dir, eval_every=0, epochs=1)
   assert run_lib.finetune(c, str(tmp_path)) == {"preempted_at_step": 2}
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+# --------------------------------------------------------------------------- FSDP
+
+
+FC1 = ("encoder", "stack", "blocks_0", "mlp", "fc1", "kernel")   # [32, 128]: split over fsdp
+
+
+def _leaf(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _moments_of(opt_state, path):
+  """The AdamW moments of the parameter at ``path`` (``mu``/``nu`` leaves of the state)."""
+  want = "/".join(path)
+  return [leaf for p, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]
+          if jax.tree_util.keystr(p, simple=True, separator="/").endswith(want)]
+
+
+def _fsdp_config(synthetic_dir, fsdp, **overrides):
+  c = tiny_config(synthetic_dir, **overrides)
+  c.mesh.update(fsdp=fsdp, min_fsdp_size=1024)
+  return c
+
+
+def _one_step(synthetic_dir, fsdp):
+  from jepa_jax.eval import placement  # noqa: PLC0415
+  c = _fsdp_config(synthetic_dir, fsdp)
+  c.optim.update(warmup_epochs=0, lr=0.64)   # 0.01 at batch 4: an update the comparison sees
+  mesh = run_lib.make_mesh(c)
+  model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
+  state = model.init_state()
+  placer = placement.Placer(mesh)
+  rng = np.random.default_rng(0)
+  video = rng.integers(0, 256, (8, 1, 1, 4, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(8) % 4
+  state, metrics = model.finetuner.train_step(state, placer.batch(video), placer.batch(labels),
+                                              jax.random.PRNGKey(1))
+  test_video = rng.integers(0, 256, (8, 2, 1, 4, 32, 32, 3), dtype=np.uint8)  # 2 segments
+  return state, metrics, model.finetuner.scores(state.params, placer.batch(test_video)), \
+      model.params
+
+
+def test_fsdp_step_equals_the_replicated_step(synthetic_dir):
+  """One fine-tuning update (drop path and mixup on) on 8 devices with the parameters and AdamW
+  moments split 8 ways gives the loss and parameters of the replicated update, and the updated
+  model the same test scores."""
+  assert jax.device_count() == 8
+  state1, metrics1, scores1, init = _one_step(synthetic_dir, fsdp=1)
+  state8, metrics8, scores8, _ = _one_step(synthetic_dir, fsdp=8)
+  assert float(metrics1["lr"]) > 5e-3   # cosine from 0.01, no warm-up
+  moved = np.abs(np.asarray(_leaf(state1.params, FC1)) - _leaf(init, FC1))
+  assert np.median(moved) > 1e-3   # the update is large against the tolerance below
+  for leaf in (_leaf(state8.params, FC1), *_moments_of(state8.opt_state, FC1)):
+    assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp"), leaf.sharding
+    assert leaf.addressable_shards[0].data.shape == (32, 16)
+  assert _leaf(state1.params, FC1).sharding.spec == jax.sharding.PartitionSpec()
+  head_bias = state8.params["head"]["head"]["bias"]   # 4 elements: below min_fsdp_size
+  assert head_bias.sharding.spec == jax.sharding.PartitionSpec()
+  np.testing.assert_allclose(float(metrics8["loss"]), float(metrics1["loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics8["grad_norm"]), float(metrics1["grad_norm"]),
+                             rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7), state8.params, state1.params)
+  np.testing.assert_allclose(np.asarray(scores8), np.asarray(scores1), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_restores_into_its_shardings_and_resumes(synthetic_dir, tmp_path):
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  c = _fsdp_config(synthetic_dir, 8, eval_every=0)
+  c.save.every = 2
+  workdir = str(tmp_path)
+  assert run_lib.finetune(c, workdir, stop_at_step=2) == {"stopped_at_step": 2}
+  mesh = run_lib.make_mesh(c)
+  model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
+  manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), read_only=True,
+                                  async_save=False)
+  state, _, step = ckpt_lib.restore_latest_train_state(manager, model.abstract_state,
+                                                       ckpt_lib.FINETUNE)
+  manager.close()
+  assert step == 2
+  saved_params, _ = _saved_params(workdir, 2)
+  restored = _leaf(state.params, FC1)
+  assert restored.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+  np.testing.assert_array_equal(np.asarray(restored), _leaf(saved_params, FC1))
+  for moment in _moments_of(state.opt_state, FC1):
+    assert moment.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert run_lib.finetune(c, workdir, stop_at_step=3) == {"stopped_at_step": 3}  # resumed at 2
+  assert sorted(_losses(workdir)) == [1, 2, 3]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]

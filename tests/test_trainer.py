@@ -393,6 +393,19 @@ def test_init_from_another_run_or_converted_weights(synthetic_dir, tmp_path):
   other.init_from = c.init_from
   with pytest.raises(checkpoint.CheckpointError, match="config.init_from"):
     trainer._init_or_restore(experiment.build(other, devices=jax.devices()[:1]), manager, other)
+  # A fine-tuning checkpoint (encoder + classifier, no predictor) is not a start for pretraining.
+  finetuned = checkpoint.make_manager(str(tmp_path / "ft" / "checkpoints"), async_save=False)
+  checkpoint.save(finetuned, 3, state={"params": {"encoder": params["encoder"],
+                                                  "head": {"bias": np.zeros(4, np.float32)}}},
+                  kind=checkpoint.FINETUNE, force=True)
+  finetuned.wait_until_finished()
+  c.init_from = str(tmp_path / "ft")
+  with pytest.raises(checkpoint.CheckpointError, match="is a fine-tuning checkpoint .* start "
+                                                        "pretraining from a pretraining or converted"):
+    trainer._init_or_restore(exp, manager, c)
+  c.init_from_optimizer = True
+  with pytest.raises(checkpoint.CheckpointError, match="is a fine-tuning checkpoint"):
+    trainer._init_or_restore(exp, manager, c)
 
 
 def _damage(step_dir: pathlib.Path, kind: str):

@@ -394,12 +394,32 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
   """A jepa_jax checkpoint (trainer workdir or converted) -> a ``.pth.tar`` in the released
   structure; returns the written dict's state-dict names -> shapes, for reporting."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  params, step = ckpt_lib.load_params(ckpt, step)
+  loaded = ckpt_lib.load(ckpt, step)
+  params, step = loaded.params, loaded.step
   config = ckpt_lib.read_config(ckpt, step)
+  if loaded.kind == ckpt_lib.FINETUNE:
+    # One encoder (no EMA target, no predictor) written under both keys; the head has no place
+    # in the reference's pretrained files.
+    params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
   state_dicts = export_torch(params, config, which)
   # 'epoch' is read (for logging) by the reference eval's load_pretrained.
   torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step)))
   return state_dicts
+
+
+def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
+  """A fine-tuning checkpoint's config (``model``: the encoder's resolved architecture, ``data``:
+  the fine-tuning clips) as the pretraining config ``export_torch`` rebuilds the model from."""
+  arch, data = dict(saved.get("model") or {}), dict(saved.get("data") or {})
+  if not arch.get("name") or not data.get("crop_size"):
+    raise ConversionError("the fine-tuning checkpoint's config does not name its encoder's "
+                          "architecture (written before jepa_jax saved it); fine-tune again, or "
+                          "convert the pretrained checkpoint it started from")
+  overrides = dict(arch.get("overrides") or {})
+  spec = dict(patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
+              in_chans=overrides.pop("in_chans", 3))
+  return _config(arch["name"], overrides, spec, data["crop_size"], data["num_frames"],
+                 arch.get("uniform_power", True), None, bool(arch.get("use_rope")))
 
 
 def write_torch_probe(ckpt: str, out: str, step: Optional[int] = None) -> dict:

@@ -72,8 +72,9 @@ def random_params(encoder: models.VisionTransformer, seed: int):
   return jax.jit(encoder.init)(jax.random.PRNGKey(seed), clips)["params"]
 
 
-def load_frozen_encoder(config, seed: Optional[int] = None):
-  """``(encoder module, params, info)`` for ``config.checkpoint``.
+def load_frozen_encoder(config, seed: Optional[int] = None, on_host: bool = False):
+  """``(encoder module, params, info)`` for ``config.checkpoint``; ``on_host``: the parameters as
+  numpy, for a caller that places them itself (fine-tuning shards them).
 
   ``info`` holds the checkpoint path, key and step and the architecture, for results.json.
   Raises ``checkpoint.CheckpointError`` naming the first parameter when the checkpoint does not
@@ -91,27 +92,55 @@ def load_frozen_encoder(config, seed: Optional[int] = None):
     encoder = build_eval_encoder(arch, config)
     s = config.seed if seed is None else seed
     params = random_params(encoder, s)
+    if on_host:
+      params = jax.device_get(params)
     return encoder, params, dict(checkpoint="random", checkpoint_key=None, step=0, init_seed=s,
                                  model=arch)
-  path = paths.resolve(path)
+  encoder, params, info, _, _ = load_checkpoint_encoder(config)
+  return encoder, (params if on_host else jax.tree_util.tree_map(jnp.asarray, params)), info
+
+
+def _finetuned_model(saved: dict) -> dict:
+  """A fine-tuning checkpoint's config with its encoder's architecture. Fine-tuning saves the
+  resolved one; checkpoints written before it did hold the fine-tuning config's ``model``, whose
+  unset fields came from the checkpoint it started from (``saved["checkpoint"]``): read there."""
+  model = dict(saved.get("model") or {})
+  source = saved.get("checkpoint")
+  if model.get("name") or not source or source == "random":
+    return saved
+  base = dict(ckpt_lib.read_config(source).get("model") or {})
+  base.update({k: v for k, v in model.items() if v is not None})
+  return dict(saved, model=base)
+
+
+def load_checkpoint_encoder(config):
+  """``(encoder module, encoder params (numpy), info, checkpoint.Loaded, saved config)`` of the checkpoint
+  ``config.checkpoint`` of any kind (``checkpoint.KINDS``): a fine-tuning checkpoint's encoder is
+  its one fine-tuned encoder, whichever ``config.checkpoint_key``; ``Loaded.params["head"]`` is
+  its classifier."""
+  path, key = paths.resolve(config.checkpoint), config.checkpoint_key
   # The parameters first: without checkpoint_step, a damaged newest checkpoint is skipped (with a
   # warning), and the config must be the one saved with the parameters read.
-  tree, step = ckpt_lib.load_params(path, config.checkpoint_step)
+  loaded = ckpt_lib.load(path, config.checkpoint_step)
+  tree, step = loaded.params, loaded.step
   saved_config = ckpt_lib.read_config(path, step)
+  if loaded.kind == ckpt_lib.FINETUNE:
+    saved_config = _finetuned_model(saved_config)
   arch = resolve_model(config, saved_config)
   encoder = build_eval_encoder(arch, config)
-  group = CHECKPOINT_KEYS[key]
+  group = "encoder" if loaded.kind == ckpt_lib.FINETUNE else CHECKPOINT_KEYS[key]
   if group not in tree:
     raise ckpt_lib.CheckpointError(
         f"checkpoint {path} has no '{group}' parameters (has {sorted(tree)}); "
         "use config.checkpoint_key='online' or 'target' accordingly")
   params = tree[group]
-  where = f"{key} encoder of checkpoint {step} in {ckpt_lib.checkpoint_dir(path)}"
+  which = "fine-tuned" if loaded.kind == ckpt_lib.FINETUNE else key
+  where = f"{which} encoder of checkpoint {step} in {ckpt_lib.checkpoint_dir(path)}"
   ckpt_lib.check_shapes(params, abstract_params(encoder), where)
-  params = jax.tree_util.tree_map(jnp.asarray, params)
-  log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", key, arch["name"],
+  log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", which, arch["name"],
            encoder.depth, step, path)
-  return encoder, params, dict(checkpoint=path, checkpoint_key=key, step=int(step), model=arch)
+  info = dict(checkpoint=path, checkpoint_key=key, step=int(step), model=arch, kind=loaded.kind)
+  return encoder, params, info, loaded, saved_config
 
 
 def feature_layers(encoder: models.VisionTransformer, feature_layer) -> tuple:

@@ -1,4 +1,5 @@
-"""Eval's device placement: the data-parallel mesh of ``jepa_jax.sharding`` (``fsdp = 1``).
+"""Eval's device placement: the data-parallel mesh of ``jepa_jax.sharding`` (``fsdp = 1``), or
+the mesh a caller gives (fine-tuning's ``config.mesh``, whose parameters it shards itself).
 
 Batches are split along their leading axis over every device
 (``jax.make_array_from_process_local_data``, so several processes work too); parameters are
@@ -14,8 +15,8 @@ from jepa_jax import sharding
 class Placer:
   """Puts process-local host batches on the data mesh; replicates parameters; gathers rows."""
 
-  def __init__(self):
-    self.mesh = sharding.make_mesh(data=-1, fsdp=1)
+  def __init__(self, mesh=None):
+    self.mesh = sharding.make_mesh(data=-1, fsdp=1) if mesh is None else mesh
     self.num_devices = self.mesh.size
     self.split = sharding.batch_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)

@@ -63,6 +63,11 @@ def base_finetune_config() -> ml_collections.ConfigDict:
       lr=1e-3, warmup_lr=1e-6, min_lr=1e-6, lr_batch_base=256, warmup_epochs=5,
       weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_grad=None))
 
+  # -- Devices: pretraining's mesh and sharding rules (jepa_jax.sharding). The batch is split over
+  # data x fsdp devices; with fsdp > 1, each parameter and AdamW moment of at least min_fsdp_size
+  # elements is split over the fsdp devices (the default, fsdp 1, replicates them).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
+
   # -- Checkpoints, logging, evaluation.
   c.save = ml_collections.ConfigDict(dict(every=500, keep=2, async_save=True))
   c.log_every = 50

@@ -58,6 +58,15 @@ def build_head(config, num_classes: int, embed_dim: int, encoder_heads: int):
                             models.DTYPES[config.head.dtype])
 
 
+def head_num_classes(head_params) -> int:
+  """The classes of a head's parameters: its last layer's bias (``head`` of the linear head,
+  ``linear`` of the attentive one)."""
+  last = head_params.get("head", head_params.get("linear"))
+  if last is None or "bias" not in last:
+    raise ValueError(f"not a fine-tuning head (entries {sorted(head_params)})")
+  return int(last["bias"].shape[0])
+
+
 def init_head(head, embed_dim: int, seed: int):
   if isinstance(head, MeanPoolClassifier):
     tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)

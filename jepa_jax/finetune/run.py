@@ -3,10 +3,14 @@ on segments x views.
 
 ``finetune(config, workdir)``:
 
-1. Loads the encoder as the frozen evaluation does (``eval.encoder.load_frozen_encoder``), with
-   ``config.drop_path`` set on its blocks, and builds the head.
+1. Loads the encoder as the frozen evaluation does (``eval.encoder.load_frozen_encoder``; any
+   checkpoint kind), with ``config.drop_path`` set on its blocks, and builds the head.
 2. Resumes from the latest readable checkpoint in ``<workdir>/checkpoints`` (train state + the
-   data iterator's position, as pretraining), or starts at step 0.
+   data iterator's position, as pretraining), or starts at step 0. The state lives on
+   ``config.mesh`` with pretraining's sharding rules (``sharding.state_shardings``: FSDP when
+   ``fsdp > 1``), initialised and restored directly into them. Checkpoints are of kind
+   ``finetune`` (``checkpoint.KINDS``): evaluation, extraction, prediction and conversion read
+   their encoder like a pretrained one.
 3. Trains ``epochs x steps_per_epoch`` updates: one training clip per video (random resized crop),
    label smoothing, mixup/cutmix, drop path, AdamW with warm-up + cosine and layer-wise LR decay.
    Randomness is ``fold_in(PRNGKey(seed + 1), step)``, so a resumed run repeats the same updates.
@@ -50,14 +54,18 @@ class FinetuneState(train_state.TrainState):
 class Finetuner:
   """The modules and the jitted steps of one fine-tuning run."""
 
-  def __init__(self, config, encoder, head, num_classes: int, mesh=None):
-    """``mesh``: the data mesh the batches are split over (``eval.placement.Placer``); the steps
-    are traced with its activation rules (``sharding.constrain``)."""
+  def __init__(self, config, encoder, head, num_classes: int, mesh=None, state_shardings=None):
+    """``mesh``: the (data, fsdp) mesh the batches are split over; the steps are traced with its
+    activation rules (``sharding.constrain``). ``state_shardings``: where the train step leaves
+    the state (the shardings it was initialised or restored into), so that the next step and a
+    save see the same layout."""
     self.config, self.encoder, self.head = config, encoder, head
     self.num_classes = num_classes
+    out = None if state_shardings is None else (state_shardings, sharding.replicated(mesh))
     self.train_step = jax.jit(sharding.with_activation_sharding(self._train_step, mesh),
-                              donate_argnums=0)
+                              out_shardings=out, donate_argnums=0)
     self.eval_step = jax.jit(sharding.with_activation_sharding(self._eval_step, mesh))
+    self.scores = jax.jit(sharding.with_activation_sharding(self._scores, mesh))
 
   def logits(self, params, clips, dropout_key=None):
     """normalised clips ``[B, T, H, W, C]`` -> logits ``[B, K]``; drop path iff a key is given."""
@@ -86,23 +94,64 @@ class Finetuner:
     return state, dict(loss=loss, train_top1=100.0 * top1, mix_lam=lam,
                        lr=hp["learning_rate"], grad_norm=optim.global_norm(grads))
 
-  def _eval_step(self, params, video, labels, weights):
-    """Summed top-1/top-5 hits of the S x V averaged scores, ``video`` ``[B, S, V, T, H, W, C]``."""
+  def _scores(self, params, video):
+    """uint8 ``video`` ``[B, S, V, T, H, W, C]`` -> ``[B, K]``: every clip classified on its own,
+    the S x V predictions aggregated (``config.view_aggregation``)."""
     b, s, v = video.shape[:3]
     clips = normalize_lib.normalize(
         einops.rearrange(video, "b s v t h w c -> (b s v) t h w c"), self.encoder.block.dtype)
     logits = einops.rearrange(self.logits(params, clips), "(b sv) k -> b sv k", b=b, sv=s * v)
-    scores = probe_lib.aggregate_views(logits, self.config.view_aggregation)
+    return probe_lib.aggregate_views(logits, self.config.view_aggregation)
+
+  def _eval_step(self, params, video, labels, weights):
+    """Summed top-1/top-5 hits of the S x V averaged scores, ``video`` ``[B, S, V, T, H, W, C]``."""
+    scores = self._scores(params, video)
     return dict(top1=jnp.sum(probe_lib.topk_correct(scores, labels, 1) * weights),
                 top5=jnp.sum(probe_lib.topk_correct(scores, labels, 5) * weights),
                 count=jnp.sum(weights))
 
 
 def load_encoder(config):
-  """``(encoder with config.drop_path, params, info)`` as the eval loads it."""
-  encoder, params, info = enc_lib.load_frozen_encoder(config)
+  """``(encoder with config.drop_path, params as numpy, info)`` as the eval loads it."""
+  encoder, params, info = enc_lib.load_frozen_encoder(config, on_host=True)
   encoder = encoder.clone(block=encoder.block.replace(drop_path=float(config.drop_path)))
   return encoder, params, info
+
+
+def make_mesh(config) -> jax.sharding.Mesh:
+  """``config.mesh``'s (data, fsdp) mesh over every device, as pretraining's."""
+  return sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+
+
+class Model:
+  """Encoder + head of one run, their optimiser and the state's shardings on ``mesh``
+  (``sharding.state_shardings``: pretraining's FSDP rule, ``config.mesh.min_fsdp_size``)."""
+
+  def __init__(self, config, mesh, num_classes: int, steps_per_epoch: int):
+    self.encoder, enc_params, self.info = load_encoder(config)
+    self.head = model_lib.build_head(config, num_classes, self.encoder.embed_dim,
+                                     self.encoder.block.num_heads)
+    head_params = jax.device_get(model_lib.init_head(self.head, self.encoder.embed_dim,
+                                                     config.seed))
+    # On the host until placed: only each device's shards ever reach it.
+    self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
+                                         {"encoder": dict(enc_params), "head": head_params})
+    self.tx = model_lib.make_optimizer(config, self.params, self.encoder.depth, steps_per_epoch)
+    abstract = jax.eval_shape(self._create, self.params)
+    self.shardings = sharding.state_shardings(mesh, abstract, config.mesh.min_fsdp_size)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
+        self.shardings)
+    self.finetuner = Finetuner(config, self.encoder, self.head, num_classes, mesh, self.shardings)
+
+  def _create(self, params):
+    return FinetuneState.create(apply_fn=None, params=params, tx=self.tx)
+
+  def init_state(self) -> FinetuneState:
+    """The fresh state, made in its shardings: parameters copied shard by shard from the host,
+    AdamW moments created where their parameters are."""
+    params = jax.device_put(self.params, self.shardings.params)
+    return jax.jit(self._create, out_shardings=self.shardings)(params)
 
 
 def steps_per_epoch(config, num_train: int) -> int:
@@ -113,6 +162,16 @@ def steps_per_epoch(config, num_train: int) -> int:
     raise ValueError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
                      "training examples; lower it or set config.steps_per_epoch")
   return steps
+
+
+def checkpoint_config(config, arch: dict, num_classes: int) -> dict:
+  """The config saved with each checkpoint: ``config`` with the encoder's resolved architecture
+  as ``model`` (its own ``model`` may leave fields to the pretrained checkpoint's config) and the
+  resolved ``num_classes``, so that readers rebuild encoder and head from this checkpoint alone."""
+  saved = ckpt_lib.config_to_json(config)
+  saved["model"] = ckpt_lib.config_to_json(dict(arch))
+  saved["num_classes"] = int(num_classes)
+  return saved
 
 
 def evaluate(ft: Finetuner, params, config, val_spec, placer) -> dict:
@@ -146,7 +205,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  placer = eval_run.Placer()
+  mesh = make_mesh(config)
+  placer = eval_run.Placer(mesh)
   train_spec, val_spec = eval_run.resolve_indexes(config)
   train_labels = eval_run.source_labels(train_spec, config.data.tfds_data_dir)
   num_classes = config.num_classes or int(train_labels.max()) + 1
@@ -156,25 +216,19 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   ipe = steps_per_epoch(config, len(train_labels))
   total = int(config.epochs * ipe)
 
-  encoder, enc_params, info = load_encoder(config)
-  head = model_lib.build_head(config, num_classes, encoder.embed_dim, encoder.block.num_heads)
-  params = {"encoder": jax.tree_util.tree_map(jnp.asarray, dict(enc_params)),
-            "head": model_lib.init_head(head, encoder.embed_dim, config.seed)}
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
-  tx = model_lib.make_optimizer(config, params, encoder.depth, ipe)
-  state = placer.replicate(FinetuneState.create(apply_fn=None, params=params, tx=tx))
-  ft = Finetuner(config, encoder, head, num_classes, placer.mesh)
-
+  model = Model(config, mesh, num_classes, ipe)
+  ft, info = model.finetuner, model.info
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
                                   save_every=config.save.every, keep=config.save.keep,
                                   async_save=config.save.async_save)
-  abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  restored = ckpt_lib.restore_latest_train_state(manager, abstract)
+  restored = ckpt_lib.restore_latest_train_state(manager, model.abstract_state, ckpt_lib.FINETUNE)
   start_step, data_state = 0, None
   if restored is not None:
     state, data_state, start_step = restored
     log.info("Resumed fine-tuning from checkpoint %d in %s", start_step, manager.directory)
+  else:
+    state = model.init_state()
+  saved_config = checkpoint_config(config, info["model"], num_classes)
 
   nproc = jax.process_count()
   if config.batch_size % nproc:
@@ -200,8 +254,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   window_start, window_step = time.perf_counter(), start_step
 
   def save(step, force=False):
-    ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(), config=config,
-                  force=force)
+    ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
+                  config=saved_config, kind=ckpt_lib.FINETUNE, force=force)
 
   preemption = trainer.Preemption()  # SIGTERM: save, stop
   preempted_at = None
