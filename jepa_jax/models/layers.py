@@ -172,8 +172,8 @@ def lengths_to_mask(lengths: jax.Array, size: int) -> jax.Array:
 def chunk_layout(n: int, max_chunk: int) -> tuple[int, int]:
   """``(chunks, chunk size)`` for ``n`` queries in chunks of at most ~``max_chunk``: as few
   chunks as that allows, of equal size rounded up to a multiple of 8 (TPU sublanes), so the
-  padding is under 8 queries per chunk. Padding every sequence to a multiple of ``max_chunk``
-  instead computed 1568 -> 2048 and 592 -> 1024 queries' attention (ViT-H: 7% more FLOPs)."""
+  padding is under 8 queries per chunk (padding to a multiple of ``max_chunk`` computed 1568 ->
+  2048 and 592 -> 1024 queries' attention)."""
   if n <= max_chunk:
     return 1, n
   chunks = -(-n // max_chunk)
@@ -554,9 +554,8 @@ class Block(nn.Module):
 # temporaries against 188 GiB without remat. "dots_no_batch" keeps only the weight matmuls (no
 # batch dimensions) and recomputes attention: 67 GiB; "full" keeps block inputs only: 22 GiB.
 # The weight matmuls are ``Dense``'s custom_vjp, which the dot policies cannot see into; they are
-# kept by name. Without it "dots_no_batch" ran qkv, proj and fc1 again in the backward: ViT-H's
-# fsdp-4 step on v5p at 24 clips per chip compiled to 196 TFLOPs per chip against the model's
-# 159; 165 with them kept and ``chunk_layout``'s padding (BENCHMARKS.md, "TPU").
+# kept by name; without it both dot policies recomputed qkv, proj and fc1 in the backward, as
+# "full" does (BENCHMARKS.md, "TPU, compiled ahead of time").
 _KEEP_WEIGHT_MATMULS = jax.checkpoint_policies.save_only_these_names(WEIGHT_MATMUL)
 REMAT_POLICIES = {
     "none": None,
