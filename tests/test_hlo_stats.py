@@ -157,25 +157,6 @@ def test_tpu_compile_of_a_sharded_scan(monkeypatch):
   assert stats.collective_bytes["all-gather"] == 7 * 128 * 128 * 2 + 64 * 128 * 2
 
 
-_BATCHED_MATMUL_AS_CONVOLUTION = """HloModule m
-
-ENTRY %main (q: f32[2,5,3,4], k: f32[2,7,3,4]) -> f32[2,3,5,7] {
-  %q = f32[2,5,3,4]{3,2,1,0} parameter(0)
-  %k = f32[2,7,3,4]{3,2,1,0} parameter(1)
-  ROOT %logits = f32[2,3,5,7]{3,2,1,0} convolution(%q, %k), window={size=2x3 stride=1x2 lhs_dilate=2x3}, dim_labels=0b1f_0o1i->01bf
-}
-"""
-
-
-def test_batched_matmul_written_as_a_base_dilated_convolution():
-  # XLA:TPU writes attention's 'bnhd,bshd->bhns' as a convolution whose window spans the batch
-  # (2) and heads (3) over an input dilated by the same sizes: one real tap per output element,
-  # so 2 * |out| * head_dim FLOPs (counting the whole window overcounted 6x here, and 384x on
-  # ViT-L's 24 clips x 16 heads).
-  stats = hlo_stats.analyse(_BATCHED_MATMUL_AS_CONVOLUTION)
-  assert stats.matmul_flops == 2 * (2 * 3 * 5 * 7) * 4
-
-
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
 def test_tpu_reduce_scatter_written_as_a_fused_all_reduce(monkeypatch):
   # FSDP's weight gradients: XLA:TPU emits each layer's reduce-scatter as an all-reduce fused with
@@ -239,19 +220,31 @@ def test_fused_all_reduce_with_a_smaller_result_is_a_reduce_scatter():
   assert stats.collective_counts["reduce-scatter"] == 1
 
 
-_GRADIENT_INTO_HEADS = """HloModule m
+def _convolution_module(lhs: str, rhs: str, out: str, window: str, labels: str) -> str:
+  return f"""HloModule m
 
-ENTRY %main (g: f32[2,3,4,1], w: f32[5,6,4,1]) -> f32[2,3,5,6] {
-  %g = f32[2,3,4,1]{3,2,1,0} parameter(0)
-  %w = f32[5,6,4,1]{3,2,1,0} parameter(1)
-  ROOT %dx = f32[2,3,5,6]{3,2,1,0} convolution(%g, %w), window={size=1x5 pad=0_0x4_4 rhs_reversal=0x1}, dim_labels=0bf1_1oi0->0b1f
-}
+ENTRY %main (a: f32[{lhs}], b: f32[{rhs}]) -> f32[{out}] {{
+  %a = f32[{lhs}] parameter(0)
+  %b = f32[{rhs}] parameter(1)
+  ROOT %c = f32[{out}] convolution(%a, %b), window={{{window}}}, dim_labels={labels}
+}}
 """
 
 
-def test_padded_window_counts_only_the_taps_on_the_input():
-  # XLA:TPU's gradient of ViT-H's output projection into [B, N, heads, head_dim]: a window of
-  # the 16 heads over a 1-element input padded by 15 on each side, one real tap per output
-  # (counting the whole window overcounted 16x: 38 of ViT-H's 203 TFLOPs per chip and step).
-  stats = hlo_stats.analyse(_GRADIENT_INTO_HEADS)
-  assert stats.matmul_flops == 2 * (2 * 3 * 5 * 6) * 4
+# How XLA:TPU writes batched matmuls as convolutions, one real tap per output element each:
+# - attention's 'bnhd,bshd->bhns': a window spanning the batch (2) and heads (3) over an input
+#   dilated by the same sizes (counting the whole window overcounted 6x here, 384x on ViT-L's
+#   24 clips x 16 heads);
+# - the gradient of ViT-H's output projection into [B, N, heads, head_dim]: a window of the
+#   heads over a 1-element input padded by heads - 1 on each side (16x on ViT-H: 38 of the
+#   233 TFLOP per chip and step it read).
+@pytest.mark.parametrize("lhs,rhs,out,window,labels,flops", [
+    ("2,5,3,4", "2,7,3,4", "2,3,5,7", "size=2x3 stride=1x2 lhs_dilate=2x3", "0b1f_0o1i->01bf",
+     2 * (2 * 3 * 5 * 7) * 4),
+    ("2,3,4,1", "5,6,4,1", "2,3,5,6", "size=1x5 pad=0_0x4_4 rhs_reversal=0x1", "0bf1_1oi0->0b1f",
+     2 * (2 * 3 * 5 * 6) * 4),
+], ids=["base_dilated", "padded"])
+def test_convolution_counts_only_the_window_taps_on_the_input(lhs, rhs, out, window, labels,
+                                                              flops):
+  stats = hlo_stats.analyse(_convolution_module(lhs, rhs, out, window, labels))
+  assert stats.matmul_flops == flops
