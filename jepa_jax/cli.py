@@ -82,6 +82,10 @@ class ListParser(flags.ArgumentParser):
     return "list"
 
 
+# The exit status of a run stopped by SIGTERM or a preemption notice after saving its checkpoint
+# (EX_TEMPFAIL): launchers requeue on it (launch/README.md). Pretraining and fine-tuning both.
+EXIT_PREEMPTED = 75
+
 def register_override_parsers() -> None:
   config_flags.register_flag_parser_for_type(type(None), LiteralOrTextParser())
   config_flags.register_flag_parser_for_type(list, ListParser())

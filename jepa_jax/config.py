@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from jepa_jax import defaults
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import optim
@@ -153,7 +154,7 @@ def read(config) -> Settings:
     raise ConfigError(str(e)) from None
   if config.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
-  max_skips = config.get("max_consecutive_skips", 1)
+  max_skips = config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS)
   if not isinstance(max_skips, int) or max_skips < 1:
     raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
   # Configs saved before the field existed have none: 1.

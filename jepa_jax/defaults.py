@@ -9,6 +9,11 @@ from jepa_jax import masks
 from jepa_jax import paths
 
 
+# With ``nonfinite='skip'``, a run of this many skipped updates stops training: a skipped update
+# changes nothing, so a long run of them means the state is broken rather than a few batches; 20
+# rides out a short run of bad batches. Also the value for configs saved before the field.
+MAX_CONSECUTIVE_SKIPS = 20
+
 def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
   """A multi-block mask entry of ``config.masks``: ``masks.MaskConfig``'s defaults and checks,
   as a ConfigDict so that the command line can override its fields."""
@@ -70,9 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
-  # With 'skip': stop after this many skipped updates in a row. A skipped update leaves the state
-  # as it was, so a long run of them means the state is broken rather than a few batches.
-  c.max_consecutive_skips = 20
+  c.max_consecutive_skips = MAX_CONSECUTIVE_SKIPS   # with 'skip': stop after this many in a row
 
   c.log_every = 50               # steps between metric fetches (the only host syncs)
   c.prefetch = 2                 # batches placed on the devices ahead of the step

@@ -27,7 +27,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and TensorBoard summaries.")
 distributed.define_flags()
 
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = cli.EXIT_PREEMPTED
 
 
 def main(argv):

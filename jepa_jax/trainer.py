@@ -46,6 +46,7 @@ from clu import metric_writers, metrics as clu_metrics, periodic_actions
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
+from jepa_jax import defaults
 from jepa_jax import experiment
 from jepa_jax import monitor
 from jepa_jax import optim
@@ -58,9 +59,6 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
-# A run of this many skipped updates means the state is broken, not one batch: a skipped update
-# changes nothing, so the next batches keep failing. 20 rides out a short run of bad batches.
-DEFAULT_MAX_CONSECUTIVE_SKIPS = 20
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -378,7 +376,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   # (logged step, device flag) of the last step: read one step late, exactly once.
   pending_flag: Optional[tuple[int, Any]] = None
   skipped = consecutive_skips = 0
-  max_consecutive_skips = config.get("max_consecutive_skips", DEFAULT_MAX_CONSECUTIVE_SKIPS)
+  max_consecutive_skips = config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS)
   last_saved = start_step if start_step else None
   unconfirmed_save = False  # an asynchronous save was started and its outcome not yet checked
   window_start, window_wait = time.perf_counter(), 0.0

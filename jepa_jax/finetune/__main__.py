@@ -19,9 +19,6 @@ from jepa_jax.finetune import config as ft_config
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config (configs/finetune/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and results.json.")
-# jepa_jax.main's exit status for "preempted, checkpoint saved: requeue" (EX_TEMPFAIL); not
-# imported from there, whose import would define its absl flags a second time.
-EXIT_PREEMPTED = 75
 distributed.define_flags()
 
 
@@ -42,7 +39,7 @@ def main(argv):
   if "preempted_at_step" in results:
     print(f"Preempted at step {results['preempted_at_step']}; the checkpoint is saved: run the "
           "same command to resume")
-    raise SystemExit(EXIT_PREEMPTED)
+    raise SystemExit(cli.EXIT_PREEMPTED)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}  "
         f"({results['num_val_examples']} val videos, {results['test_segments']}x"
