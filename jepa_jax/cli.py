@@ -86,6 +86,7 @@ class ListParser(flags.ArgumentParser):
 # (EX_TEMPFAIL): launchers requeue on it (launch/README.md). Pretraining and fine-tuning both.
 EXIT_PREEMPTED = 75
 
+
 def register_override_parsers() -> None:
   config_flags.register_flag_parser_for_type(type(None), LiteralOrTextParser())
   config_flags.register_flag_parser_for_type(list, ListParser())

@@ -14,6 +14,7 @@ from jepa_jax import paths
 # rides out a short run of bad batches. Also the value for configs saved before the field.
 MAX_CONSECUTIVE_SKIPS = 20
 
+
 def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
   """A multi-block mask entry of ``config.masks``: ``masks.MaskConfig``'s defaults and checks,
   as a ConfigDict so that the command line can override its fields."""

@@ -14,9 +14,10 @@ loops multiplied.
 Shapes in SPMD-partitioned HLO are already per device, so every figure is per device and step.
 Collective bytes are the result bytes of each collective (an all-gather's gathered array, a
 reduce-scatter's shard; XLA:TPU writes most reduce-scatters as an all-reduce fused with the
-slice of the chip's shard, and those count as the reduce-scatters they are). Matmul FLOPs are 2 x multiply-accumulates of ``dot`` and ``convolution``
-(XLA:TPU writes matmuls as convolutions); the work inside Pallas kernels (``tpu_custom_call``) is
-not in the HLO, so their own declared cost estimates are summed separately (``kernel_flops``).
+slice of the chip's shard, and those count as the reduce-scatters they are). Matmul FLOPs are
+2 x multiply-accumulates of ``dot`` and ``convolution`` (XLA:TPU writes matmuls as
+convolutions); the work inside Pallas kernels (``tpu_custom_call``) is not in the HLO, so their
+own declared cost estimates are summed separately (``kernel_flops``).
 """
 from __future__ import annotations
 
@@ -328,7 +329,8 @@ def _convolution_flops(instr: Instruction, lhs: tuple, kernel: tuple, out: tuple
     size_in = lhs[lhs_labels.index(str(i))]
     size_out = out[out_labels.index(str(i))]
     window = field("size", i, kernel[kernel_labels.index(str(i))])
-    stride, rhs_dilate, base = field("stride", i, 1), field("rhs_dilate", i, 1), field("lhs_dilate", i, 1)
+    stride, rhs_dilate = field("stride", i, 1), field("rhs_dilate", i, 1)
+    base = field("lhs_dilate", i, 1)
     pad_lo = field("pad", i, (0, 0))[0]
     p = (np.arange(size_out)[:, None] * stride + np.arange(window)[None, :] * rhs_dilate
          - pad_lo)

@@ -59,8 +59,6 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
-
-
 # --- metrics ----------------------------------------------------------------------------------
 
 def metrics_collection(names):
