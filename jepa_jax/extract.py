@@ -4,12 +4,13 @@
       [--probe PROBE_DIR] [--layers K[,K...]] [--frames 16 --frame-step 4 --resolution 224]
       [--window W [--stride S] [--last pad|drop]] [--batch-size 8] [--dtype float32|float16]
 
-SOURCE: video files, directories (scanned for videos), index files (``path [label]`` per line) or
-``tfds:name@split``. ``--checkpoint``: a trainer workdir or converted weights; the EMA target
+SOURCE: video or image files, directories (scanned for videos and images), index files
+(``path [label]`` per line) or ``tfds:name@split`` (videos or images). ``--checkpoint``: a trainer workdir or converted weights; the EMA target
 encoder unless ``--checkpoint-key online``. The encoder is rebuilt for ``--frames`` x
 ``--resolution`` clips (positions follow the grid).
 
-What is encoded, per video:
+What is encoded, per video (an image is one clip, the image repeated along time as the frozen
+image eval does, resized and centre-cropped as below, with or without ``--window``):
 
 * without ``--window``: one clip of ``--frames`` frames at ``--frame-step``, centred in the video
   (the eval's validation clip; a short video is padded with its last frame), resized so its short
@@ -44,8 +45,8 @@ Output layout of OUT (readable with numpy alone):
   (``num_windows`` = 1 without ``--window``);
 * ``index.jsonl``: one JSON line per finished video: ``position`` (in the source list),
   ``video``, ``label``, ``file``, ``shape``, ``dtype``, ``num_frames`` (frames decoded; -1 for a
-  file without ``--window``, which is not decoded whole) and ``windows`` (null without
-  ``--window``): per window ``start``/``end`` (the source frames it covers, end exclusive, clipped
+  file without ``--window``, which is not decoded whole; 1 for an image) and ``windows`` (null
+  without ``--window`` and for images): per window ``start``/``end`` (the source frames it covers, end exclusive, clipped
   to the video), ``frames`` (the source frames its clip shows) and ``padded`` (how many of them
   repeat the last frame);
 * ``failures.jsonl``: one line per unreadable video (``video``, ``error``), skipped and counted.
@@ -166,6 +167,12 @@ def read_windows(source, i: int, settings) -> tuple[np.ndarray, list, int]:
   """``(uint8 clips [W, T, crop, crop, 3], windows, decoded frame count)`` of source item ``i``."""
   from jepa_jax.data import decode  # noqa: PLC0415
   s = settings
+  if source.kind == "image":  # one clip, the image repeated along time as the image eval does
+    from jepa_jax.data import transforms  # noqa: PLC0415
+    from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
+    array, _ = source.get(i)
+    image = transforms.eval_image(np.asarray(array), s.resolution)
+    return np.asarray(enc_lib.as_clips(image[None], s.frames))[0, 0], [], 1
   if not s.window:  # the eval's centred clip
     if source.kind == "video_file":
       clips = decode.read_video_clips(source.path(i), s.frames, s.frame_step, 1, None, "pad", True)
@@ -196,23 +203,35 @@ def read_windows(source, i: int, settings) -> tuple[np.ndarray, list, int]:
 
 
 def open_sources(specs: list, tfds_data_dir: Optional[str] = None) -> list:
-  """``(source, position offset)`` per spec; video files given one by one form one source."""
+  """The sources of ``specs``, in order: consecutive video (image) files given one by one form
+  one source; a directory is its videos, then its images."""
   from jepa_jax.data import sources  # noqa: PLC0415
-  out, files = [], []
-  for spec in specs:
-    if not spec.startswith("tfds:") and spec.lower().endswith(sources.VIDEO_EXTENSIONS):
-      files.append(paths.resolve(spec))
-      continue
+  out, files, file_kind = [], [], None
+  kinds = {sources.VIDEO_EXTENSIONS: sources.FileVideoSource,
+           sources.IMAGE_EXTENSIONS: sources.ImageFileSource}
+
+  def flush():
     if files:
-      out.append(sources.FileVideoSource(files, [-1] * len(files), name="command line"))
-      files = []
-    src = sources.load_source(spec if spec.startswith("tfds:") else paths.resolve(spec),
-                              tfds_data_dir)
-    if src.kind == "image":
-      raise ValueError(f"{spec} is an image source; extract reads videos")
-    out.append(src)
-  if files:
-    out.append(sources.FileVideoSource(files, [-1] * len(files), name="command line"))
+      out.append(file_kind(list(files), [-1] * len(files), name="command line"))
+      files.clear()
+
+  for spec in specs:
+    kind = next((k for ext, k in kinds.items() if not spec.startswith("tfds:")
+                 and spec.lower().endswith(ext)), None)
+    if kind is not None:
+      if kind is not file_kind:
+        flush()
+      files.append(paths.resolve(spec))
+      file_kind = kind
+      continue
+    flush()
+    if not spec.startswith("tfds:") and os.path.isdir(paths.resolve(spec)):
+      out += [src for src in (sources.scan_directory(paths.resolve(spec)),
+                              sources.scan_images(paths.resolve(spec))) if len(src)]
+      continue
+    out.append(sources.load_source(spec if spec.startswith("tfds:") else paths.resolve(spec),
+                                   tfds_data_dir))
+  flush()
   return out
 
 
@@ -225,12 +244,12 @@ def items_of(srcs: list) -> list:
 
 
 def describe(src, j) -> str:
-  return src.path(j) if src.kind == "video_file" else src.describe(j)
+  return src.path(j) if hasattr(src, "path") else src.describe(j)
 
 
 def file_name(position: int, src, j) -> str:
-  stem = os.path.splitext(os.path.basename(describe(src, j)))[0] if src.kind == "video_file" \
-      else "video"
+  stem = os.path.splitext(os.path.basename(describe(src, j)))[0] if hasattr(src, "path") \
+      else src.kind.split("_")[0]
   stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:80]
   return f"features/{position:07d}_{stem}.npy"
 
@@ -530,7 +549,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m jepa_jax.extract", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("sources", nargs="+", metavar="SOURCE",
-                 help="video files, directories, index files or tfds:name@split")
+                 help="video or image files, directories, index files or tfds:name@split")
   p.add_argument("--checkpoint", required=True, help="trainer workdir or converted weights")
   p.add_argument("--checkpoint-key", choices=("target", "online"), default="target")
   p.add_argument("--out", required=True, help="output directory (resumable)")

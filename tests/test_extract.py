@@ -262,3 +262,42 @@ def _eval_config(checkpoint):
   c.checkpoint = checkpoint
   c.data.num_frames, c.data.crop_size = 4, 32
   return c
+
+
+def test_images_are_clips_of_the_image_repeated_as_the_image_eval_makes_them(tiny, tmp_path):
+  """Image files and directories: each image is one clip, the eval's view of it repeated along
+  time (``as_clips``), so its tokens are those of the eval's token function on the image."""
+  from PIL import Image
+  ckpt, params, videos = tiny
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "folder"
+  (folder / "sub").mkdir(parents=True)
+  colour = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+  grey = rng.integers(0, 256, (48, 36), dtype=np.uint8)
+  Image.fromarray(colour).save(folder / "a.png")
+  Image.fromarray(grey).save(folder / "sub" / "b.png")
+  os.symlink(videos[1], folder / "v.mp4")
+  single = tmp_path / "single.png"
+  Image.fromarray(colour[::-1]).save(single)
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"not a jpeg")
+  out = tmp_path / "out"
+  assert extract.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, "--window", "8",
+                       str(single), str(broken), videos[0], str(folder)]) == 0
+  index = [json.loads(line) for line in open(out / "index.jsonl")]
+  # Order: the files as given, then the folder's videos, then its images (sorted).
+  assert [(r["position"], os.path.basename(r["video"])) for r in index] == [
+      (0, "single.png"), (2, os.path.basename(videos[0])), (3, "v.mp4"), (4, "a.png"),
+      (5, "b.png")]
+  assert [json.loads(x)["video"] for x in open(out / "failures.jsonl")] == [str(broken)]
+  images = {r["position"]: r for r in index if r["video"].endswith(".png")}
+  assert all(r["windows"] is None and r["num_frames"] == 1 and r["shape"] == [1, 8, 32]
+             for r in images.values())
+  assert index[1]["windows"] is not None  # the videos keep their windows
+  from jepa_jax.data import transforms
+  enc, _ = encoder_and_params(tiny)
+  views = np.stack([transforms.eval_image(x, 32) for x in (colour[::-1], colour, grey)])
+  assert views.shape == (3, 32, 32, 3)
+  want = np.asarray(jax.jit(enc_lib.make_token_fn(enc))(params, views))[:, 0]
+  got = np.stack([np.load(out / images[p]["file"])[0] for p in (0, 4, 5)])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -54,6 +54,19 @@ class VideoReadError(Exception):
     self.detail = detail
 
 
+def read_image(path: str) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` of an image file (any format Pillow reads; grey, palette and alpha images
+  become RGB, as the reference's image loader's ``convert("RGB")``)."""
+  from PIL import Image  # noqa: PLC0415
+  if not os.path.exists(path):
+    raise VideoReadError("missing", "file not found")
+  try:
+    with Image.open(path) as img:
+      return np.asarray(img.convert("RGB"))
+  except Exception as e:  # noqa: BLE001 -- Pillow raises many error types for bad files
+    raise VideoReadError("decode_error", f"{type(e).__name__}: {e}") from None
+
+
 def clip_frame_indices(
     num_video_frames: int,
     num_frames: int,

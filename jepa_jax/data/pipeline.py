@@ -148,14 +148,10 @@ class _Loader:
 
   def transform(self, clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if self.mode == "image":
-      img = clips
-      if img.ndim == 2:
-        img = img[..., None]
-      if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
+      img = transforms.image_rgb(clips)
       if self.train:
         return self.augment(img[None], rng)[0]
-      return transforms.eval_views(img[None], self.crop_size, 1)[0, 0]
+      return transforms.eval_image(img, self.crop_size)
     if self.mode == "pretrain":
       return self.augment(clips[0], rng)
     if self.train:  # probe training: one random crop per segment

@@ -16,7 +16,8 @@ A source spec (a string in ``config.data.datasets`` or an eval ``index_path``) i
 
 Each source has ``len()``, ``kind`` (``"video_file"``, ``"video_array"`` or ``"image"``),
 ``label(i)`` and ``describe(i)`` (the path or ``tfds:name[i]``, for failure messages); video-file
-sources have ``path(i)``, array sources ``get(i) -> (array, label)``.
+sources have ``path(i)``, array sources ``get(i) -> (array, label)``. Image files
+(``ImageFileSource``, ``scan_images``: ``IMAGE_EXTENSIONS``) are an image source with both.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import os
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 class FileVideoSource:
@@ -50,6 +52,16 @@ class FileVideoSource:
 
   def describe(self, i: int) -> str:
     return self.paths[i]
+
+
+class ImageFileSource(FileVideoSource):
+  """Image files (``IMAGE_EXTENSIONS``), read whole by ``get`` as uint8 ``[H, W, 3]``."""
+
+  kind = "image"
+
+  def get(self, i: int):
+    from jepa_jax.data import decode  # noqa: PLC0415 -- PyAV, only when images are read
+    return decode.read_image(self.paths[i]), self.label(i)
 
 
 def _parse_label(field: str):
@@ -88,13 +100,23 @@ def read_index(index_path: str) -> FileVideoSource:
   return FileVideoSource(paths, labels, name=index_path)
 
 
-def scan_directory(directory: str) -> FileVideoSource:
-  """All video files under ``directory`` (recursive, sorted), unlabelled."""
+def _scan(directory: str, extensions: tuple) -> list:
   found = []
   for dirpath, _, files in os.walk(directory):
-    found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
-  found.sort()
+    found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(extensions)]
+  return sorted(found)
+
+
+def scan_directory(directory: str) -> FileVideoSource:
+  """All video files under ``directory`` (recursive, sorted), unlabelled."""
+  found = _scan(directory, VIDEO_EXTENSIONS)
   return FileVideoSource(found, [-1] * len(found), name=directory)
+
+
+def scan_images(directory: str) -> ImageFileSource:
+  """All image files under ``directory`` (recursive, sorted), unlabelled."""
+  found = _scan(directory, IMAGE_EXTENSIONS)
+  return ImageFileSource(found, [-1] * len(found), name=directory)
 
 
 class ArraySource:

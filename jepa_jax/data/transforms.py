@@ -98,3 +98,15 @@ def eval_views(clip: np.ndarray, crop_size: int, num_views: int = 1) -> np.ndarr
     s = i * step
     views.append(clip[:, s:s + crop_size, :crop_size] if h > w else clip[:, :crop_size, s:s + crop_size])
   return np.ascontiguousarray(np.stack(views))
+
+
+def image_rgb(img: np.ndarray) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` of an image ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]``."""
+  if img.ndim == 2:
+    img = img[..., None]
+  return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+
+
+def eval_image(img: np.ndarray, crop_size: int) -> np.ndarray:
+  """The eval view of one image, uint8 ``[crop, crop, 3]`` (a one-frame clip's ``eval_views``)."""
+  return eval_views(image_rgb(img)[None], crop_size, 1)[0, 0]
