@@ -338,15 +338,21 @@ def load_models(args, settings):
   encoder, params, info = enc_lib.load_frozen_encoder(c)
   probe = probe_params = None
   if settings.pool == "probe":
-    from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-    from jepa_jax.eval import run as run_lib  # noqa: PLC0415
-    probe, probe_params, _, _ = run_lib.load_saved_probe(args.probe, encoder.embed_dim, "float32")
-    if settings.layers is None:
-      trained = (ckpt_lib.read_probe_config(args.probe).get("eval") or {}).get("protocol") or {}
-      layer = trained.get("feature_layer")
-      settings.layers = ([layer] if isinstance(layer, int) else list(layer)) if layer is not None \
-          else None
+    probe, probe_params, settings.layers = load_probe(args.probe, encoder, settings.layers)
   return encoder, params, info, probe, probe_params
+
+
+def load_probe(probe_dir: str, encoder, layers: Optional[list]):
+  """``(probe module, probe params, layers)``: a saved attentive probe and the encoder blocks it
+  reads (``layers`` if given, else those it was trained on, else None: the encoder's output)."""
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  probe, probe_params, _, _ = run_lib.load_saved_probe(probe_dir, encoder.embed_dim, "float32")
+  if layers is None:
+    trained = (ckpt_lib.read_probe_config(probe_dir).get("eval") or {}).get("protocol") or {}
+    layer = trained.get("feature_layer")
+    layers = ([layer] if isinstance(layer, int) else list(layer)) if layer is not None else None
+  return probe, probe_params, layers
 
 
 # ---------------------------------------------------------------------------------------------
