@@ -444,3 +444,25 @@ def run_or_fail(fn: Callable[[], Any], workdir: str, known: tuple = (), prefix: 
     if message is None:
       raise
     fail(message, e)
+
+
+def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
+  """``main`` of a command that reads inputs and writes files (``visualize``, ``surprise``):
+  ``run(parse_args(argv))`` returns ``{"written": [paths], "unreadable": count}``. An error a user
+  can act on (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status
+  1; else the written paths are printed, and the status is 1 if some inputs were unreadable
+  (logged as they were met)."""
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  args = parse_args(argv)
+  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415 -- orbax, only when run
+  try:
+    result = run(args)
+  except (ValueError, CheckpointError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print("\n".join(result["written"]))
+  if result["unreadable"]:
+    print(f"{result['unreadable']} unreadable (logged above)", file=sys.stderr)
+    return 1
+  return 0

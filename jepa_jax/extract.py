@@ -5,9 +5,9 @@
       [--window W [--stride S] [--last pad|drop]] [--batch-size 8] [--dtype float32|float16]
 
 SOURCE: video or image files, directories (scanned for videos and images), index files
-(``path [label]`` per line) or ``tfds:name@split`` (videos or images). ``--checkpoint``: a trainer workdir or converted weights; the EMA target
-encoder unless ``--checkpoint-key online``. The encoder is rebuilt for ``--frames`` x
-``--resolution`` clips (positions follow the grid).
+(``path [label]`` per line) or ``tfds:name@split`` (videos or images). ``--checkpoint``: a
+trainer workdir or converted weights; the EMA target encoder unless ``--checkpoint-key online``.
+The encoder is rebuilt for ``--frames`` x ``--resolution`` clips (positions follow the grid).
 
 What is encoded, per video (an image is one clip, the image repeated along time as the frozen
 image eval does, resized and centre-cropped as below, with or without ``--window``):
@@ -46,9 +46,9 @@ Output layout of OUT (readable with numpy alone):
 * ``index.jsonl``: one JSON line per finished video: ``position`` (in the source list),
   ``video``, ``label``, ``file``, ``shape``, ``dtype``, ``num_frames`` (frames decoded; -1 for a
   file without ``--window``, which is not decoded whole; 1 for an image) and ``windows`` (null
-  without ``--window`` and for images): per window ``start``/``end`` (the source frames it covers, end exclusive, clipped
-  to the video), ``frames`` (the source frames its clip shows) and ``padded`` (how many of them
-  repeat the last frame);
+  without ``--window`` and for images): per window ``start``/``end`` (the source frames it
+  covers, end exclusive, clipped to the video), ``frames`` (the source frames its clip shows) and
+  ``padded`` (how many of them repeat the last frame);
 * ``failures.jsonl``: one line per unreadable video (``video``, ``error``), skipped and counted.
 
 Resumable: a video counts as done once its line is in index.jsonl (written after its array, which

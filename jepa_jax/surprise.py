@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 
+from jepa_jax import cli
 from jepa_jax import extract
 from jepa_jax import paths
 
@@ -219,23 +220,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
-  args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-  try:
-    result = run(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print("\n".join(result["written"]))
-  if result["unreadable"]:
-    print(f"{result['unreadable']} unreadable (logged above)", file=sys.stderr)
-    return 1
-  return 0
+  return cli.files_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-  from jepa_jax import cli
   cli.install_unraisablehook()  # a skipped damaged checkpoint: no echoes of its failed reads
   sys.exit(main())

@@ -5,13 +5,13 @@ saved attentive probe's attention over the tokens, beside the frames.
       [--probe PROBE_DIR] [--layer K] [--frames 16 --frame-step 4 --resolution 224] [--zoom 2]
       SOURCE...
 
-SOURCE / ``--fit`` (repeatable): what ``python -m jepa_jax.extract`` reads (video or image files, directories,
-index files, ``tfds:name@split``); each is encoded as extract encodes it without ``--window``:
-the eval's centred clip, resized and centre-cropped to ``--resolution`` (an image repeated along
-time). ``--checkpoint``: any checkpoint extract reads (a pretraining workdir: its EMA target
-encoder unless ``--checkpoint-key online``; converted weights; a fine-tuning workdir). The clip's
-frames, step and resolution default to the checkpoint's training config (``config.data``), else
-16 x 4 at 224 px.
+SOURCE / ``--fit`` (repeatable): what ``python -m jepa_jax.extract`` reads (video or image
+files, directories, index files, ``tfds:name@split``); each is encoded as extract encodes it
+without ``--window``: the eval's centred clip, resized and centre-cropped to ``--resolution``
+(an image repeated along time). ``--checkpoint``: any checkpoint extract reads (a pretraining
+workdir: its EMA target encoder unless ``--checkpoint-key online``; converted weights; a
+fine-tuning workdir). The clip's frames, step and resolution default to the checkpoint's
+training config (``config.data``), else 16 x 4 at 224 px.
 
 Colours: the tokens (``[N, D]``, the encoder's output or block ``--layer``'s LayerNorm'd output)
 are projected on the first 3 principal components of the tokens of the ``--fit`` clips (default:
@@ -41,6 +41,7 @@ from typing import Optional
 
 import numpy as np
 
+from jepa_jax import cli
 from jepa_jax import extract
 from jepa_jax import paths
 
@@ -316,23 +317,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
-  args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-  try:
-    result = run(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print("\n".join(result["written"]))
-  if result["unreadable"]:
-    print(f"{result['unreadable']} unreadable (logged above)", file=sys.stderr)
-    return 1
-  return 0
+  return cli.files_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":
-  from jepa_jax import cli
   cli.install_unraisablehook()  # a skipped damaged checkpoint: no echoes of its failed reads
   sys.exit(main())
