@@ -23,8 +23,10 @@ a pretraining workdir (or converted weights that include the predictor).
 
 Written to OUT per video (``<position>_<name>``, as extract names its files): ``.json`` (the
 checkpoint, clip and mask settings, the video's frame rate, and per window ``start_frame``,
-``end_frame`` (exclusive), ``start_s`` (``start_frame / fps``; null when the rate is unknown) and
-``error``) and ``.png``, the error against the window's start time.
+``end_frame`` (exclusive), ``start_s`` (``start_frame / fps``; null when the rate is unknown),
+``padded`` (clip frames repeating the video's last, ``--last pad``) and ``error``) and ``.png``,
+the error against the window's start time. Windows go through the model ``--batch-size`` at a
+time, on one device.
 """
 import argparse
 import json
@@ -99,6 +101,18 @@ def build_error_fn(encoder, predictor, masks, mask_token: int):
     return loss
 
   return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def window_errors(error_fn, params, target_params, clips: np.ndarray, batch: int) -> np.ndarray:
+  """``error_fn`` over ``clips`` ``batch`` windows at a time (the last batch padded to the same
+  shape, so one program is compiled)."""
+  out = []
+  for i in range(0, len(clips), batch):
+    chunk = clips[i:i + batch]
+    padded = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
+                                             chunk.dtype)])
+    out.append(np.asarray(error_fn(params, target_params, padded))[:len(chunk)])
+  return np.concatenate(out)
 
 
 def video_fps(src, j) -> Optional[float]:
@@ -177,13 +191,14 @@ def run(args) -> dict:
       continue
     if not windows:
       raise ValueError(f"{video} is an image; the surprise timeline needs a video")
-    errors = np.asarray(jax.device_get(error_fn(params, target_params, clips)))
+    errors = window_errors(error_fn, params, target_params, clips, args.batch_size)
     record = dict(video=video, **info, num_frames=n, fps=fps,
                   clip=dict(frames=d.num_frames, frame_step=d.frame_step,
                             resolution=d.crop_size, window=window, stride=stride, last=args.last),
                   mask=mask_info,
                   windows=[dict(start_frame=w.start, end_frame=w.end,
-                                start_s=(w.start / fps) if fps else None, error=float(e))
+                                start_s=(w.start / fps) if fps else None, padded=w.padded,
+                                error=float(e))
                            for w, e in zip(windows, errors)])
     stem = os.path.join(args.out, os.path.splitext(os.path.basename(
         extract.file_name(position, src, j)))[0])
@@ -212,9 +227,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   masks.add_argument("--config-mask", type=int, help="use mask I of the pretraining config")
   p.add_argument("--seed", type=int, default=0, help="--config-mask: the mask's draw")
   p.add_argument("--fps", type=float, help="the videos' frame rate (default: read from each)")
+  p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
   args = p.parse_args(argv)
-  if args.stride is not None and args.stride < 1:
-    p.error("--stride must be positive")
+  if (args.stride is not None and args.stride < 1) or args.batch_size < 1:
+    p.error("--stride and --batch-size must be positive")
   args.checkpoint, args.out = paths.resolve(args.checkpoint), paths.resolve(args.out)
   return args
 

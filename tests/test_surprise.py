@@ -74,16 +74,17 @@ def direct_errors(pretrained, video, context, target_idx, token, stride):
 
 def test_window_errors_are_the_training_loss_of_each_window(pretrained, tmp_path):
   ckpt, video = pretrained[0], pretrained[-1]
-  assert surprise.main(["--checkpoint", ckpt, "--out", str(tmp_path / "o"), video]) == 0
+  assert surprise.main(["--checkpoint", ckpt, "--out", str(tmp_path / "o"), "--batch-size", "3",
+                        video]) == 0
   record = json.load(open(tmp_path / "o" / "0000000_v34.json"))
   # Default: windows of the clip's 8 source frames every token time step (2 x 2 frames); the
-  # last token time step predicted from the first.
+  # last token time step predicted from the first. 7 windows, 3 at a time: the last batch padded.
   windows, want = direct_errors(pretrained, video, jnp.arange(4), jnp.arange(4, 8), 0, 4)
   assert len(windows) == 7 and record["fps"] == 30.0 and record["step"] == 2
   assert record["mask"] == dict(kind="future", future_steps=1, context_tokens=4, target_tokens=4,
                                 mask_token=0)
-  assert [(w["start_frame"], w["end_frame"]) for w in record["windows"]] == [
-      (w.start, w.end) for w in windows]
+  assert [(w["start_frame"], w["end_frame"], w["padded"]) for w in record["windows"]] == [
+      (w.start, w.end, 0) for w in windows]
   np.testing.assert_allclose([w["start_s"] for w in record["windows"]],
                              [w.start / 30 for w in windows])
   got = np.array([w["error"] for w in record["windows"]])
