@@ -85,19 +85,27 @@ def colours(basis: Basis, tokens: np.ndarray) -> np.ndarray:
   return np.clip((proj - basis.lo) / (basis.hi - basis.lo), 0.0, 1.0)
 
 
-def save_basis(path: str, basis: Basis) -> None:
+def save_basis(path: str, basis: Basis, layer: Optional[int] = None) -> None:
+  """``basis`` as ``.npz``, with the block whose tokens it was fitted on (-1: the output)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path + ".tmp", "wb") as f:
-    np.savez(f, **dataclasses.asdict(basis))
+    np.savez(f, **dataclasses.asdict(basis), layer=-1 if layer is None else layer)
   os.replace(path + ".tmp", path)
 
 
-def load_basis(path: str, width: int) -> Basis:
+def load_basis(path: str, width: int, layer: Optional[int] = None) -> Basis:
+  """The basis in ``path``, checked against the tokens it will colour."""
   with np.load(path) as f:
     basis = Basis(**{k.name: f[k.name] for k in dataclasses.fields(Basis)})
+    fitted = int(f["layer"]) if "layer" in f else -1
   if basis.mean.shape != (width,):
     raise ValueError(f"--basis {path} was fitted on {basis.mean.shape[0]}-wide tokens but this "
                      f"encoder makes {width}-wide ones; fit a new one with --fit")
+  if fitted != (-1 if layer is None else layer):
+    name = lambda k: "the output" if k == -1 else f"block {k}"  # noqa: E731
+    raise ValueError(f"--basis {path} was fitted on {name(fitted)}'s tokens, not "
+                     f"{name(-1 if layer is None else layer)}'s; give the same --layer or fit a "
+                     "new basis with --fit")
   return basis
 
 
@@ -250,7 +258,7 @@ def run(args) -> dict:
     return np.asarray(jax.device_get(feature_fn(enc_params, None, clip[None])))[0]
 
   if args.basis and os.path.exists(args.basis) and not args.fit:
-    basis = load_basis(args.basis, encoder.embed_dim)
+    basis = load_basis(args.basis, encoder.embed_dim, args.layer)
     log.info("colours: the basis in %s", args.basis)
   else:
     fit_clips = read_clips(args.fit, settings, args.tfds_data_dir)[0] if args.fit else clips
@@ -258,7 +266,7 @@ def run(args) -> dict:
       raise ValueError("no readable clip to fit the colour basis on")
     basis = fit_basis(np.concatenate([tokens_of(c) for _, c in fit_clips]))
     if args.basis:
-      save_basis(args.basis, basis)
+      save_basis(args.basis, basis, args.layer)
       log.info("colours: a basis fitted on %d clips, written to %s", len(fit_clips), args.basis)
 
   attention_fn = None

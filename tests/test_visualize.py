@@ -72,10 +72,15 @@ def test_colours_project_tokens_on_the_basis_reused_exactly(tiny, extracted,  # 
 
   # Fitted on the shown clip itself, the colours would differ: the basis decides them.
   assert not np.allclose(visualize.colours(visualize.fit_basis(shown), shown), pca.reshape(-1, 3))
+  # A basis of other tokens is refused: other widths, another block's.
   np.savez(tmp_path / "narrow.npz", mean=np.zeros(16), components=np.zeros((3, 16)),
            lo=np.zeros(3), hi=np.ones(3))
-  assert visualize.main(run + ["--out", str(tmp_path / "e"), "--basis",
-                               str(tmp_path / "narrow.npz"), videos[1]]) == 1
+  with pytest.raises(ValueError, match="16-wide tokens"):
+    visualize.load_basis(str(tmp_path / "narrow.npz"), 32)
+  with pytest.raises(ValueError, match="fitted on the output's tokens, not block 0's"):
+    visualize.load_basis(basis_file, 32, layer=0)
+  assert visualize.main(run + ["--out", str(tmp_path / "e"), "--layer", "0", "--basis",
+                               basis_file, videos[1]]) == 1
 
 
 def test_attention_is_the_probes_cross_attention(tiny, extracted, tmp_path):  # noqa: F811
