@@ -224,21 +224,18 @@ def settings_of(args) -> extract.Settings:
                           **clip)
 
 
-def read_clips(specs: list, settings, tfds_data_dir=None) -> tuple[list, int]:
-  """``([(name, uint8 clip [T, R, R, 3])], unreadable count)`` of the videos (images) of
-  ``specs``; unreadable ones are logged and left out."""
+def iter_clips(specs: list, settings, failed: list, tfds_data_dir=None):
+  """``(name, uint8 clip [T, R, R, 3])`` of each video (image) of ``specs``, read one at a time;
+  unreadable ones are logged, appended to ``failed`` and left out."""
   from jepa_jax.data import decode  # noqa: PLC0415
-  out, failed = [], 0
   for position, src, j in extract.items_of(extract.open_sources(specs, tfds_data_dir)):
     try:
       clips, _, _ = extract.read_windows(src, j, settings)
     except decode.VideoReadError as e:
       log.error("cannot read %s: %s", extract.describe(src, j), e)
-      failed += 1
+      failed.append(extract.describe(src, j))
       continue
-    name = os.path.splitext(os.path.basename(extract.file_name(position, src, j)))[0]
-    out.append((name, clips[0]))
-  return out, failed
+    yield os.path.splitext(os.path.basename(extract.file_name(position, src, j)))[0], clips[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +246,6 @@ def run(args) -> dict:
   """Visualise (module docstring); returns ``{"written": [paths], "unreadable": count}``."""
   import jax  # noqa: PLC0415
   settings = settings_of(args)
-  clips, unreadable = read_clips(args.sources, settings, args.tfds_data_dir)
   encoder, enc_params, _, _, _ = extract.load_models(args, settings)
   t, h, w = encoder.grid
   feature_fn = extract.build_feature_fn(encoder, settings)
@@ -257,17 +253,25 @@ def run(args) -> dict:
   def tokens_of(clip):
     return np.asarray(jax.device_get(feature_fn(enc_params, None, clip[None])))[0]
 
+  unreadable = []
+  shown = [(name, clip, tokens_of(clip))
+           for name, clip in iter_clips(args.sources, settings, unreadable, args.tfds_data_dir)]
   if args.basis and os.path.exists(args.basis) and not args.fit:
     basis = load_basis(args.basis, encoder.embed_dim, args.layer)
     log.info("colours: the basis in %s", args.basis)
   else:
-    fit_clips = read_clips(args.fit, settings, args.tfds_data_dir)[0] if args.fit else clips
-    if not fit_clips:
+    # The fit clips' tokens are held in memory (N x D floats per clip): tens of clips, not
+    # thousands.
+    if args.fit:
+      fit = [tokens_of(clip) for _, clip in iter_clips(args.fit, settings, [], args.tfds_data_dir)]
+    else:
+      fit = [tokens for _, _, tokens in shown]
+    if not fit:
       raise ValueError("no readable clip to fit the colour basis on")
-    basis = fit_basis(np.concatenate([tokens_of(c) for _, c in fit_clips]))
+    basis = fit_basis(np.concatenate(fit))
     if args.basis:
       save_basis(args.basis, basis, args.layer)
-      log.info("colours: a basis fitted on %d clips, written to %s", len(fit_clips), args.basis)
+      log.info("colours: a basis fitted on %d clips, written to %s", len(fit), args.basis)
 
   attention_fn = None
   if args.probe:
@@ -276,8 +280,8 @@ def run(args) -> dict:
 
   os.makedirs(args.out, exist_ok=True)
   written = []
-  for name, clip in clips:
-    pca = colours(basis, tokens_of(clip)).reshape(t, h, w, 3)
+  for name, clip, tokens in shown:
+    pca = colours(basis, tokens).reshape(t, h, w, 3)
     rows = [clip, to_uint8(per_frame(pca, len(clip), encoder.patch_size))]
     arrays = dict(frames=clip, pca=pca)
     if attention_fn is not None:
@@ -290,7 +294,7 @@ def run(args) -> dict:
     written += write_pictures(stem, rows, args.zoom, args.fps)
     np.savez(stem + ".npz", **arrays)
     written.append(stem + ".npz")
-  return dict(written=written, unreadable=unreadable)
+  return dict(written=written, unreadable=len(unreadable))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
