@@ -20,9 +20,10 @@ spans 0..255, as red, green and blue. The basis (mean, components with a fixed s
 loading positive, and the scales) is written to ``--basis FILE.npz`` when it is fitted; given an
 existing ``--basis`` and no ``--fit``, it is read instead, so several runs share one colour map.
 
-Attention (``--probe DIR``, a saved attentive probe: an eval run's ``probes/<run>``): the probe's
-cross-attention weights over one clip's tokens, averaged over heads and queries (summed over the
-layers the probe reads), shown as a heat map over the frame (``inferno``, scaled to its maximum).
+Attention (``--probe DIR``, a saved attentive probe: an eval run's ``probes/<run>``, or the eval
+workdir itself when it holds one probe): the probe's cross-attention weights over one clip's
+tokens, averaged over heads and queries (summed over the layers the probe reads), shown as a heat
+map over the frame (``inferno``, scaled to its maximum).
 
 Written to OUT per clip (``<position>_<name>``, as extract names its files):
 
@@ -207,6 +208,19 @@ def build_attention_fn(encoder, probe, layers: Optional[list]):
   return jax.jit(fn)
 
 
+def probe_dir(path: str) -> str:
+  """A saved probe's directory: ``path`` itself, or the one probe of an eval workdir
+  (``path/probes/<run>``)."""
+  runs = os.path.join(path, "probes")
+  if os.path.isdir(os.path.join(path, "checkpoints")) or not os.path.isdir(runs):
+    return path
+  found = sorted(os.listdir(runs))
+  if len(found) != 1:
+    raise ValueError(f"{path} holds {len(found)} probes ({', '.join(found)}); give one of them: "
+                     f"--probe {os.path.join(runs, found[0] if found else '<run>')}")
+  return os.path.join(runs, found[0])
+
+
 def checkpoint_clip(checkpoint: str) -> dict:
   """``{frames, frame_step, resolution}`` of the checkpoint's training config (those it has)."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
@@ -275,7 +289,8 @@ def run(args) -> dict:
 
   attention_fn = None
   if args.probe:
-    probe, probe_params, layers = extract.load_probe(args.probe, encoder, settings.layers)
+    probe, probe_params, layers = extract.load_probe(probe_dir(args.probe), encoder,
+                                                     settings.layers)
     attention_fn = build_attention_fn(encoder, probe, layers)
 
   os.makedirs(args.out, exist_ok=True)

@@ -109,3 +109,12 @@ def test_attention_is_the_probes_cross_attention(tiny, extracted, tmp_path):  # 
   np.testing.assert_allclose(attention.reshape(-1), weights, atol=1e-5)
   png = np.asarray(Image.open(tmp_path / "o" / "0000000_v34.png"))
   assert png.shape == (3 * 32 + 4, 4 * 32 + 6, 3)  # frames, colours, attention
+  # An eval workdir holding one probe names it; holding two, it is refused naming them.
+  (tmp_path / "eval" / "probes").mkdir(parents=True)
+  os.symlink(tmp_path / "probe", tmp_path / "eval" / "probes" / "frac1_seed0")
+  assert visualize.probe_dir(str(tmp_path / "eval")) == str(tmp_path / "eval" / "probes" /
+                                                           "frac1_seed0")
+  assert visualize.probe_dir(str(tmp_path / "probe")) == str(tmp_path / "probe")
+  os.symlink(tmp_path / "probe", tmp_path / "eval" / "probes" / "frac1_seed1")
+  with pytest.raises(ValueError, match="holds 2 probes"):
+    visualize.probe_dir(str(tmp_path / "eval"))
