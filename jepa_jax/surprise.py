@@ -59,7 +59,7 @@ def future_masks(grid, future: int):
                          jnp.ones(target.shape, bool))
 
 
-def load_model(checkpoint: str, key: str = "target"):
+def load_model(checkpoint: str):
   """``(saved config, encoder, predictor, params {"encoder", "predictor"}, target params, info)``
   of a checkpoint with a predictor."""
   import ml_collections  # noqa: PLC0415
