@@ -375,23 +375,25 @@ _SPLASH_MATMULS = (("splash_mha_fwd", 2), ("splash_mha_dkv", 5), ("splash_mha_dq
 def _splash_flops(instr: Instruction) -> float:
   """Matmul FLOPs of one call of a splash attention kernel, from its operands' and results'
   shapes: q and k are its first two 4-D float operands (``[B, H, N, d]`` or sequence-minor
-  ``[B, H, d, N]``), and its last 4-D float result is ``[B, H, ., d]`` (the output, or dv)."""
+  ``[B, H, d, N]``), and its first 4-D result of q's dtype is ``[B, H, ., d]`` (the output, or
+  dk; the forward's float32 statistics come after its output)."""
   per_mac = next((n for prefix, n in _SPLASH_MATMULS if instr.name.startswith(prefix)), None)
   m = re.search(r"operand_layout_constraints=\{(.*?)\}, \w+=", instr.attrs)
   if per_mac is None or not m:
     return 0.0
-  floats = lambda arrays: [a.dims for a in arrays if a.dtype in ("bf16", "f32", "f16")
-                           and len(a.dims) == 4]
-  operands = floats(Array(t, tuple(int(x) for x in d.split(",") if x))
-                    for t, d, _ in _ARRAY.findall(m.group(1)))
-  results = floats(instr.shapes)
-  if len(operands) < 2 or not results:
+  operands = [Array(t, tuple(int(x) for x in d.split(",") if x))
+              for t, d, _ in _ARRAY.findall(m.group(1))]
+  operands = [a for a in operands if a.dtype in ("bf16", "f32", "f16") and len(a.dims) == 4]
+  if len(operands) < 2:
+    return 0.0
+  q, k = operands[:2]
+  results = [a.dims for a in instr.shapes if a.dtype == q.dtype and len(a.dims) == 4]
+  if not results:
     return 0.0
   if per_mac == 5 and not any(len(a.dims) == 5 for a in instr.shapes):
     per_mac = 4  # the dk/dv kernel of the separate backward (the fused one also writes dq)
-  q, k = operands[:2]
-  d = results[-1][-1]
-  return 2.0 * per_mac * math.prod(q) * math.prod(k[2:]) / d
+  d = results[0][-1]
+  return 2.0 * per_mac * math.prod(q.dims) * math.prod(k.dims[2:]) / d
 
 
 def _hbm(arrays) -> float:
