@@ -40,6 +40,9 @@ VJEPA2_PROBE_HEADS = 16               # classifier.num_heads of every V-JEPA 2 e
 PROBE_PREFIX = "module."              # DistributedDataParallel(AttentiveClassifier)
 PROBE = "probe"
 WHICH = ("both", "target", "online")
+# Top-level entry of --to-torch files: whether the model is RoPE, which an encoder that carries a
+# position table and has no predictor beside it cannot tell (infer.infer_rope).
+ROPE_MARKER = "jepa_jax_use_rope"
 
 
 # --- reference -> jepa_jax: pretrained models ------------------------------------------------
@@ -86,13 +89,23 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
           f"has shape {tuple(reference['patch_embed.proj.weight'].shape)} ([D, C, tubelet, patch, "
           f"patch]), i.e. {key.replace('_', ' ')} {spec[key]}; drop the flag or pass {spec[key]}")
   use_predictor = "predictor" in groups and not encoder_only
+  if use_predictor and infer.AC_PREDICTOR_KEY in groups["predictor"]:
+    raise ConversionError(
+        "the predictor is V-JEPA 2-AC's action-conditioned one (action_encoder, state_encoder), "
+        "which jepa_jax does not implement; convert the encoder alone with --encoder-only (it is "
+        "a RoPE encoder, which the file's predictor tells the converter)")
   pspec = infer.predictor_spec(groups["predictor"]) if use_predictor else None
   if pspec is not None and pspec["num_mask_tokens"] == 0:
     raise ConversionError("the predictor has no mask_tokens (trained with use_mask_tokens=False); "
                           "jepa_jax's predictor always uses them. Convert the encoders alone with "
                           "--encoder-only")
   if use_rope is None:
-    use_rope, why = infer.infer_rope(reference, pspec)
+    # The file's predictor is evidence even when it is not converted (--encoder-only).
+    evidence = pspec if use_predictor else infer.predictor_evidence(groups.get("predictor"))
+    use_rope, why = infer.infer_rope(reference, evidence, checkpoint.get(ROPE_MARKER))
+    if use_rope is None:
+      raise ConversionError(f"{why}; pass --rope for a V-JEPA 2 encoder (vitl.pt, vitg.pt, ...) "
+                            "or --no-rope for a V-JEPA one")
     log.info("%s model: %s (override with --rope / --no-rope)",
              "V-JEPA 2 RoPE" if use_rope else "V-JEPA sin-cos", why)
   name, overrides = infer.resolve_size(
@@ -403,7 +416,8 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
     params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
   state_dicts = export_torch(params, config, which)
   # 'epoch' is read (for logging) by the reference eval's load_pretrained.
-  torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step)))
+  torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step),
+                          **{ROPE_MARKER: bool((config.get("model") or {}).get("use_rope"))}))
   return state_dicts
 
 
