@@ -21,10 +21,9 @@ jepa_jax -> reference (a .pth.tar in the released files' structure):
   python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
 """
 import argparse
-import logging
 import sys
 
-from jepa_jax import paths
+from jepa_jax import cli, paths
 from jepa_jax.convert import reference
 from jepa_jax.convert.names import ConversionError
 
@@ -72,9 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  # orbax logs a warning for every read-only manager it opens; noise for a converter's user.
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   try:
     if args.from_torch and args.kind == "probe":
