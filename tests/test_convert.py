@@ -202,6 +202,22 @@ def test_mismatches_refused(golden):
     convert.convert_state_dicts({"classifier": {}})
 
 
+def test_probe_and_model_files_swapped_name_the_kind_flag(golden):
+  """Each kind of file given to the other kind's conversion is refused in one line naming
+  --kind probe (V-JEPA 2's probe files hold 'classifiers', a list) or its removal."""
+  cfg, params = _probe()
+  vjepa2_probe = convert.export_probe(params, dict(cfg, blocks_on="tokens"))
+  assert "classifiers" in vjepa2_probe
+  bare_probe = convert.export_probe(params, cfg)["classifier"]
+  for probe_file in (vjepa2_probe, bare_probe):
+    with pytest.raises(convert.ConversionError, match="convert it with --kind probe"):
+      convert.convert_state_dicts(probe_file, "tiny", **TINY_FLAGS)
+  model_file = released(golden)
+  for model in (model_file, model_file["target_encoder"]):
+    with pytest.raises(convert.ConversionError, match="convert it without --kind probe"):
+      convert.convert_probe_state_dict(model)
+
+
 def _probe(depth=2, blocks_on="query"):
   """Random probe parameters of width 32 (from the abstract tree: no init to compile)."""
   cfg = dict(num_classes=7, num_heads=4, depth=depth, mlp_ratio=4.0, num_queries=1, embed_dim=32,
@@ -261,6 +277,7 @@ def test_cli_converts_released_file_and_reproduces_golden(golden, released_file,
                        capture_output=True, text=True, env=env, timeout=120)
   assert run.returncode == 0, run.stderr
   assert "for 8x64px clips" in run.stdout
+  assert "V-JEPA sin-cos model: the encoder has a pos_embed table" in run.stderr  # INFO shows
   params, _ = checkpoint.load_params(str(tmp_path))
   assert_golden_outputs(golden, params, checkpoint.read_config(str(tmp_path)))
 
@@ -281,7 +298,7 @@ def test_cli_refuses_mismatch_and_unsafe_pickles(golden, released_file, tmp_path
   assert "no such file" in capsys.readouterr().err
 
 
-def test_to_torch_loads_back_exactly(golden, released_file, tmp_path):
+def test_to_torch_loads_back_exactly(golden, released_file, tmp_path, capsys):
   torch = pytest.importorskip("torch")
   params, config = convert.load_torch_checkpoint(str(released_file), "tiny", **TINY_FLAGS)
   convert.save_converted(tmp_path / "ckpt", params, config)
@@ -298,9 +315,14 @@ def test_to_torch_loads_back_exactly(golden, released_file, tmp_path):
       np.testing.assert_allclose(loaded[group][name].numpy(), value, atol=atol, rtol=0)
   back, _ = convert.load_torch_checkpoint(str(out), "tiny", **TINY_FLAGS)
   assert_trees_equal(back, params)
+  capsys.readouterr()
+  assert cli(["--to-torch", "--kind", "probe", "--ckpt", str(tmp_path / "ckpt"),
+              "--out", str(tmp_path / "p.pth.tar")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "is a model checkpoint" in err and "without --kind probe" in err and "\n" not in err
 
 
-def test_probe_files_both_ways(tmp_path):
+def test_probe_files_both_ways(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   cfg, params = _probe(depth=1)
   path = tmp_path / "probe.pth.tar"
@@ -319,3 +341,7 @@ def test_probe_files_both_ways(tmp_path):
   assert set(state) == set(original)
   for name in original:
     assert torch.equal(state[name], original[name]), name
+  capsys.readouterr()
+  assert cli(["--to-torch", "--ckpt", str(tmp_path / "probe"), "--out", str(tmp_path / "m.pt")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "is an attentive probe" in err and "--to-torch --kind probe" in err and "\n" not in err

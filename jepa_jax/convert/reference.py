@@ -167,14 +167,18 @@ def _model_groups(checkpoint: Mapping) -> dict:
   """The encoder/predictor/target state dicts of a checkpoint, prefixes stripped."""
   if not isinstance(checkpoint, Mapping):
     raise ConversionError(f"expected a dict of state dicts, got {type(checkpoint).__name__}")
-  if "classifier" in checkpoint:
-    raise ConversionError("this is an attentive-probe checkpoint ('classifier'); convert it with "
-                          "--kind probe")
+  for key in ("classifier", "classifiers"):  # V-JEPA's eval saves one probe, V-JEPA 2's a list
+    if key in checkpoint:
+      raise ConversionError(f"this is an attentive-probe file ({key!r}), not a pretrained model; "
+                            "convert it with --kind probe")
   keys = ("encoder", "predictor", "target_encoder")
   if any(k in checkpoint for k in keys):
     groups = {k: strip_prefixes(checkpoint[k]) for k in keys if k in checkpoint}
   elif checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
     groups = {"target_encoder": strip_prefixes(checkpoint)}  # a bare encoder state dict
+    if "pooler.query_tokens" in groups["target_encoder"]:
+      raise ConversionError("this is a bare attentive-probe state dict (pooler.query_tokens), not "
+                            "a pretrained model; convert it with --kind probe")
     if "predictor_embed.weight" in groups["target_encoder"]:
       raise ConversionError("this is a bare predictor state dict; a predictor needs its encoder: "
                             "convert the training checkpoint holding both")
@@ -304,13 +308,21 @@ def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = Non
       raise ConversionError(f"--probe-index {probe_index}: the file holds {len(probes)} probes "
                             f"(0 .. {len(probes) - 1})")
     checkpoint = {"classifier": probes[probe_index]}
+  models_in_file = [k for k in ("encoder", "target_encoder", "predictor")
+                    if isinstance(checkpoint, Mapping) and k in checkpoint]
+  if models_in_file:
+    raise ConversionError(f"this is a pretrained-model file ({', '.join(models_in_file)}), not an "
+                          "attentive probe; convert it without --kind probe")
   state = checkpoint.get("classifier", checkpoint) if isinstance(checkpoint, Mapping) else None
   if not isinstance(state, Mapping) or not state or not all(
       isinstance(v, np.ndarray) for v in state.values()):
     keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
     raise ConversionError(f"no probe state dict found ({keys}); the reference's eval saves it "
-                          "under 'classifier'")
+                          "under 'classifier' (V-JEPA) or 'classifiers' (V-JEPA 2)")
   state = strip_prefixes(state)
+  if "patch_embed.proj.weight" in state:
+    raise ConversionError("this is a bare encoder state dict (patch_embed), not an attentive "
+                          "probe; convert it without --kind probe")
   spec = infer.probe_spec(state)
   if num_heads is None and spec["blocks_on"] == "tokens":
     num_heads = VJEPA2_PROBE_HEADS
@@ -407,7 +419,13 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
   """A jepa_jax checkpoint (trainer workdir or converted) -> a ``.pth.tar`` in the released
   structure; returns the written dict's state-dict names -> shapes, for reporting."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  loaded = ckpt_lib.load(ckpt, step)
+  try:
+    loaded = ckpt_lib.load(ckpt, step)
+  except ckpt_lib.CheckpointError as e:
+    if _kind(ckpt, step) == ckpt_lib.PROBE:
+      raise ConversionError(f"--ckpt {ckpt} is an attentive probe, not a model; export it with "
+                            "--to-torch --kind probe") from e
+    raise
   params, step = loaded.params, loaded.step
   config = ckpt_lib.read_config(ckpt, step)
   if loaded.kind == ckpt_lib.FINETUNE:
@@ -438,7 +456,22 @@ def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
 
 def write_torch_probe(ckpt: str, out: str, step: Optional[int] = None) -> dict:
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  params, probe_config = load_probe(ckpt, step)
+  try:
+    params, probe_config = load_probe(ckpt, step)
+  except ckpt_lib.CheckpointError as e:
+    if _kind(ckpt, step) not in (None, ckpt_lib.PROBE):
+      raise ConversionError(f"--ckpt {ckpt} is a model checkpoint, not an attentive probe; export "
+                            "it without --kind probe") from e
+    raise
   state_dicts = export_probe(params, probe_config)
   torch_io.save(out, dict(state_dicts, epoch=0))
   return state_dicts
+
+
+def _kind(ckpt: str, step: Optional[int]) -> Optional[str]:
+  """The checkpoint's kind (``checkpoint.checkpoint_kind``), None if it cannot be read: only to
+  name the right flag after a failed load."""
+  try:
+    return ckpt_lib.checkpoint_kind(ckpt, step)
+  except Exception:  # noqa: BLE001 - the original error is reported instead
+    return None
