@@ -197,6 +197,11 @@ def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: 
   config = ml_collections.ConfigDict(plain(base_config()))
   m = config.model
   m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
+  # The precision of the weights as released: a model built from this config reproduces the
+  # reference's float32 outputs. Runs pick their own compute dtype (config.model.dtype of the
+  # training config that starts from these weights, eval/finetune's encoder_dtype,
+  # extract/predict's --encoder-dtype); base_config's bfloat16 would cost 1e-2 here.
+  m.dtype = "float32"
   m.uniform_power = bool(uniform_power)
   m.use_rope = bool(use_rope)
   m.pred_num_heads = pred_num_heads
