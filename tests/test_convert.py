@@ -358,3 +358,38 @@ def test_probe_files_both_ways(tmp_path, capsys):
   assert cli(["--to-torch", "--ckpt", str(tmp_path / "probe"), "--out", str(tmp_path / "m.pt")]) == 1
   err = capsys.readouterr().err.strip()
   assert "is an attentive probe" in err and "--to-torch --kind probe" in err and "\n" not in err
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+def test_conversion_holds_one_copy_of_the_model(released_file, tmp_path, monkeypatch):
+  """Converting holds the converted parameters plus one tensor of the file at a time (peak RSS
+  grew ~2.9x the file's size: bench/convert_memory.py, BENCHMARKS.md): each tensor is copied into
+  its own memory and the file's pages behind it dropped; the writer neither deep-copies the
+  arrays (orbax's default for numpy leaves) nor holds them all encoded (OCDBT)."""
+  from jepa_jax.convert import torch_io
+  import orbax.checkpoint as ocp
+  ckpt = torch_io.load(str(released_file))
+  sources = [v for group in ("encoder", "predictor", "target_encoder")
+             for v in ckpt[group].values()]
+  assert all(id(v) in torch_io._MAPPED for v in sources)  # views of the mapped file
+  params, config = convert.convert_state_dicts(ckpt, "tiny", **TINY_FLAGS)
+  # Weights are transposed into copies, their pages released; vectors stay views of the file.
+  weights = [v for v in sources if v.ndim in (2, 5)]
+  assert weights and not any(id(v) in torch_io._MAPPED for v in weights)
+  for leaf in jax.tree_util.tree_leaves(params):
+    assert leaf.flags.c_contiguous and not any(np.may_share_memory(leaf, v) for v in weights)
+  copies = []
+  real_save = checkpoint.save_params
+
+  def spy(*args, **kwargs):
+    copies.append(ocp.type_handlers.get_type_handler(np.ndarray)._deepcopy_host_arrays)
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(checkpoint, "save_params", spy)
+  path = convert.save_converted(tmp_path, params, config)
+  assert copies == [False]
+  assert ocp.type_handlers.get_type_handler(np.ndarray)._deepcopy_host_arrays  # restored
+  written = [f for _, _, files in os.walk(path) for f in files]
+  assert not any("ocdbt" in f for f in written), written
+  assert_trees_equal(checkpoint.load_params(str(tmp_path))[0], params)

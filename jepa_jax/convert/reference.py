@@ -19,6 +19,7 @@ num_heads, mlp_ratio, depth, num_queries, embed_dim, blocks_on}}``): the one pro
 The functions taking state dicts need no torch (they work on numpy); only ``load_*`` / ``write_*``
 of ``.pth.tar`` files import it.
 """
+import contextlib
 import logging
 import os
 from typing import Mapping, Optional
@@ -146,7 +147,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
         if drift > 1e-6:
           log.info("%s.pos_embed is %.1e from the exact sin-cos table (the reference's EMA rounds "
                    "its frozen table); jepa_jax uses the exact table", group, drift)
-      params[key] = _float32(from_torch(groups[group], "encoder"))
+      params[key] = from_torch(groups[group], "encoder", leaf_fn=_own_copy)
   if use_predictor:
     pred_label = f"{label}'s predictor (width {pspec['pred_embed_dim']}, depth " \
                  f"{pspec['pred_depth']}, {num_masks} mask tokens)"
@@ -155,7 +156,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
     if not use_rope:
       infer.check_table(groups["predictor"].get("predictor_pos_embed"),
                         np.asarray(predictor.position_table()), "predictor_pos_embed", "predictor")
-    params["predictor"] = _float32(from_torch(groups["predictor"], "predictor"))
+    params["predictor"] = from_torch(groups["predictor"], "predictor", leaf_fn=_own_copy)
   for have, missing in (("encoder", "target"), ("target", "encoder")):
     if missing not in params:
       log.warning("the checkpoint has no %s; using a copy of the %s", missing, have)
@@ -240,6 +241,20 @@ def _abstract_params(encoder, predictor) -> dict:
   predictor = predictor.clone(block=predictor.block.replace(**fast))
   return jax.eval_shape(lambda k: train_state.init_params(encoder, predictor, k),
                         jax.random.PRNGKey(0))
+
+
+def _own_copy(converted: np.ndarray, source: np.ndarray) -> np.ndarray:
+  """A parameter in its own contiguous float32 memory, after which the file's pages behind
+  ``source`` are dropped (``torch_io.release``): conversion holds one tensor of the file at a
+  time, and the checkpoint writer needs no copies of its own (``save_converted``). Zero-stride
+  views (shape-only trees of tests and size checks) stay views: a copy would allocate them."""
+  if 0 in converted.strides and converted.size > 1:
+    return np.asarray(converted, np.float32)
+  out = np.ascontiguousarray(converted, np.float32)
+  if not np.may_share_memory(out, source):
+    from jepa_jax.convert import torch_io  # noqa: PLC0415 - only arrays it mapped are released
+    torch_io.release(source)
+  return out
 
 
 def _float32(tree):
@@ -416,7 +431,24 @@ def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional
 def save_converted(directory: str, params: Mapping, config) -> str:
   """Params-only orbax checkpoint (step 0) + config, loadable with ``checkpoint.load_params``."""
   _fresh_checkpoints_dir(directory)
-  return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0)
+  with _numpy_leaves_written_in_place():
+    return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0,
+                                low_memory=True)
+
+
+@contextlib.contextmanager
+def _numpy_leaves_written_in_place():
+  """orbax deep-copies every numpy leaf before writing it (against changes during an
+  asynchronous save): a second copy of a whole model. The converter's save is synchronous and
+  its arrays are its own, so for its duration numpy leaves are written from where they are."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  previous = ocp.type_handlers.get_type_handler(np.ndarray)
+  ocp.type_handlers.register_type_handler(
+      np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False), override=True)
+  try:
+    yield
+  finally:
+    ocp.type_handlers.register_type_handler(np.ndarray, previous, override=True)
 
 
 def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
