@@ -19,6 +19,13 @@ jepa_jax -> reference (a .pth.tar in the released files' structure):
   python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
       [--which both|target|online] [--step N]
   python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
+
+Resuming a run on the other side (pretraining checkpoints with their AdamW state):
+
+  python -m jepa_jax.convert --to-torch --resumable --ckpt WORKDIR --out FILE.pth.tar
+      (adds 'opt', 'epoch' and 'scaler': the reference's load_checkpoint resumes from it)
+  python -m jepa_jax.convert --from-torch FILE.pth.tar --resumable --config CONFIG.py --out WORKDIR
+      (then: python -m jepa_jax.main --config=CONFIG.py --workdir=WORKDIR resumes)
 """
 import argparse
 import sys
@@ -59,7 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "target as 'target_encoder' (as the reference); 'target'/'online' writes "
                       "that encoder under both keys")
   p.add_argument("--step", type=int, help="--to-torch: checkpoint step (default: latest)")
+  p.add_argument("--resumable", action="store_true",
+                 help="pretraining checkpoints with their AdamW state, to resume on the other side")
+  p.add_argument("--config", help="--from-torch --resumable: the training config of the run to "
+                                  "resume (configs/*.py)")
   args = p.parse_args(argv)
+  if args.resumable and args.kind == "probe":
+    p.error("--resumable is for pretraining checkpoints, not probes")
+  if args.from_torch and args.resumable and not args.config:
+    p.error("--from-torch --resumable needs --config CONFIG.py: the training config of the run "
+            "that will resume from it")
   if args.to_torch and not args.ckpt:
     p.error("--to-torch needs --ckpt WORKDIR_OR_DIR")
   if args.from_torch and args.ckpt:
@@ -79,6 +95,14 @@ def main(argv=None) -> int:
                                                         args.model, args.probe_index)
       path = reference.save_probe(args.out, params, probe_config)
       print(f"wrote probe {probe_config} to {path}")
+    elif args.from_torch and args.resumable:
+      step = reference.save_resumable(
+          args.from_torch, cli.load_config(args.config), args.out, model=args.model,
+          img_size=args.img_size, num_frames=args.num_frames, embed_dim=args.embed_dim,
+          depth=args.depth, num_heads=args.num_heads, use_rope=args.rope,
+          pred_num_heads=args.pred_num_heads)
+      print(f"wrote a pretraining checkpoint at step {step} to {args.out}: python -m "
+            f"jepa_jax.main --config={args.config} --workdir={args.out} resumes it")
     elif args.from_torch:
       params, config = reference.load_torch_checkpoint(
           args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
@@ -97,8 +121,10 @@ def main(argv=None) -> int:
       reference.write_torch_probe(args.ckpt, args.out, args.step)
       print(f"wrote {args.out}")
     else:
-      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step)
-      print(f"wrote {sorted(states)} (+ epoch) to {args.out}")
+      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step,
+                                                resumable=args.resumable)
+      extra = "opt, epoch, scaler" if args.resumable else "epoch"
+      print(f"wrote {sorted(states)} (+ {extra}) to {args.out}")
   except (ConversionError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

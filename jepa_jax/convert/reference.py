@@ -30,8 +30,8 @@ import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax.convert import infer
-from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
-                                    unstack_blocks)
+from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
+                                    to_torch, unstack_blocks)
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +452,12 @@ def _numpy_leaves_written_in_place():
 
 
 def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
-                           step: Optional[int] = None) -> dict:
+                           step: Optional[int] = None, resumable: bool = False) -> dict:
   """A jepa_jax checkpoint (trainer workdir or converted) -> a ``.pth.tar`` in the released
-  structure; returns the written dict's state-dict names -> shapes, for reporting."""
+  structure; returns the written dict's state-dict names -> shapes, for reporting.
+
+  ``resumable``: a pretraining checkpoint with what the reference's ``load_checkpoint`` reads to
+  resume (``resumable_entries``): its AdamW state, ``epoch`` and a ``scaler``."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
   try:
     loaded = ckpt_lib.load(ckpt, step)
@@ -471,9 +474,102 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
     params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
   state_dicts = export_torch(params, config, which)
   # 'epoch' is read (for logging) by the reference eval's load_pretrained.
-  torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step),
+  extra = dict(epoch=0)
+  if resumable:
+    if loaded.kind != ckpt_lib.PRETRAIN or which != "both":
+      raise ConversionError(f"--resumable needs a pretraining checkpoint written with --which both "
+                            f"(this one is {loaded.kind!r}, --which {which}): only it has the "
+                            "optimiser state the reference resumes with")
+    extra = resumable_entries(ckpt, step, config, state_dicts)
+  torch_io.save(out, dict(state_dicts, jepa_jax_step=int(step), **extra,
                           **{ROPE_MARKER: bool((config.get("model") or {}).get("use_rope"))}))
   return state_dicts
+
+
+# A fresh torch.cuda.amp.GradScaler's state: the reference's pretraining (mixed precision) builds
+# one and load_checkpoint loads 'scaler' into it; jepa_jax trains without loss scaling.
+FRESH_GRAD_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                     "growth_interval": 2000, "_growth_tracker": 0}
+
+
+def _experiment(config):
+  from jepa_jax import experiment  # noqa: PLC0415
+  config = ml_collections.ConfigDict(plain(config))
+  config.mesh.data, config.mesh.fsdp = 1, 1  # conversion runs on one device
+  return experiment.build(config, devices=jax.devices()[:1])
+
+
+def _adam_state(opt_state):
+  import optax  # noqa: PLC0415
+  found = [x for x in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+      if isinstance(x, optax.ScaleByAdamState)]
+  if len(found) != 1:
+    raise ConversionError("the optimiser state holds no single Adam state (not make_optimizer's)")
+  return found[0]
+
+
+def resumable_entries(ckpt: str, step: int, config, state_dicts: Mapping) -> dict:
+  """``opt`` (Adam's moments in ``torch.optim.AdamW.state_dict()`` layout, ``optimizer``),
+  ``epoch`` (``step // config.optim.ipe``: the reference resumes at the start of that epoch and
+  steps its schedulers ``epoch * ipe`` times) and ``scaler`` of a pretraining checkpoint."""
+  from jepa_jax import optim  # noqa: PLC0415
+  from jepa_jax.convert import optimizer  # noqa: PLC0415
+  exp = _experiment(config)
+  manager = ckpt_lib.make_manager(ckpt_lib.checkpoint_dir(ckpt), read_only=True, async_save=False)
+  state, _ = ckpt_lib.restore_train_state(manager, step, exp.sharded_abstract_state)
+  manager.close()
+  adam = _adam_state(state.opt_state)
+  moments = {name: {kind: to_torch(unstack_blocks(jax.device_get(tree[kind])), kind)
+                    for kind in ("encoder", "predictor")}
+             for name, tree in (("mu", adam.mu), ("nu", adam.nu))}
+  hyper = dict(state.opt_state[1].hyperparams, **optim.applied_hyperparams(state.opt_state))
+  states = {kind: {k[len(ENCODER_PREFIX):]: v for k, v in state_dicts[group].items()}
+            for kind, group in (("encoder", "encoder"), ("predictor", "predictor"))}
+  opt = optimizer.export_adamw(states, moments["mu"], moments["nu"], int(adam.count), hyper)
+  return dict(opt=opt, epoch=int(step) // int(exp.optim_cfg.ipe), scaler=dict(FRESH_GRAD_SCALER))
+
+
+def save_resumable(path: str, config, out: str, **kwargs) -> int:
+  """A reference training checkpoint (``encoder``, ``predictor``, ``target_encoder``, ``opt``) ->
+  a jepa_jax pretraining checkpoint in ``out/checkpoints`` that ``python -m jepa_jax.main
+  --config=<the same config> --workdir=out`` resumes: parameters, EMA target, Adam's moments and
+  count; the step is the count (the updates made). ``config``: the run's training config (its
+  model must fit the file; ``kwargs`` as ``convert_state_dicts``). Returns the step."""
+  from jepa_jax.convert import optimizer, torch_io  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  checkpoint = torch_io.load(path)
+  if "opt" not in checkpoint or not isinstance(checkpoint["opt"], Mapping):
+    raise ConversionError(f"{path} has no optimiser state ('opt'): convert it without --resumable "
+                          "(and start a run from it with --config.init_from)")
+  params, _ = convert_state_dicts(checkpoint, **kwargs)
+  groups = _model_groups(checkpoint)
+  mu, nu, count = optimizer.import_adamw(checkpoint["opt"], {
+      "encoder": groups["encoder"], "predictor": groups["predictor"]})
+  exp = _experiment(config)
+  scan = bool(config.model.get("scan"))
+  layout = (lambda tree: stack_blocks(tree)) if scan else (lambda tree: tree)
+  fresh = jax.device_get(exp.init_fn()(jax.random.PRNGKey(0)))
+  new_params = {k: layout(params[k]) for k in ("encoder", "predictor")}
+  new_mu = {k: layout(from_torch(mu[k], k)) for k in ("encoder", "predictor")}
+  new_nu = {k: layout(from_torch(nu[k], k)) for k in ("encoder", "predictor")}
+  for name, tree in (("parameters", new_params), ("Adam moments", new_mu)):
+    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(fresh.params):
+      raise ConversionError(f"the file's {name} do not fit the model of the given config; pass the "
+                            "config of the run to resume (its model, scan and mask tokens)")
+  opt_state = optax.tree_utils.tree_set(fresh.opt_state, mu=new_mu, nu=new_nu)
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda p, x: np.full_like(x, count) if getattr(p[-1], "name", None) == "count" else x,
+      opt_state)
+  state = fresh.replace(step=np.asarray(count, np.asarray(fresh.step).dtype), params=new_params,
+                        target_params=layout(params["target"]), opt_state=opt_state)
+  directory = os.path.join(os.fspath(out), "checkpoints")
+  _fresh_checkpoints_dir(out)
+  manager = ckpt_lib.make_manager(directory, async_save=False, keep=None)
+  ckpt_lib.save(manager, count, state=state, config=config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return count
 
 
 def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
