@@ -96,8 +96,12 @@ def main(argv=None) -> int:
       path = reference.save_probe(args.out, params, probe_config)
       print(f"wrote probe {probe_config} to {path}")
     elif args.from_torch and args.resumable:
+      try:
+        run_config = cli.load_config(args.config)
+      except ValueError as e:  # one line naming the file and the fix (cli.flag_error_message)
+        raise ConversionError(f"--config: {e}") from None
       step = reference.save_resumable(
-          args.from_torch, cli.load_config(args.config), args.out, model=args.model,
+          args.from_torch, run_config, args.out, model=args.model,
           img_size=args.img_size, num_frames=args.num_frames, embed_dim=args.embed_dim,
           depth=args.depth, num_heads=args.num_heads, use_rope=args.rope,
           pred_num_heads=args.pred_num_heads)
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
     return 1
   except Exception as e:  # noqa: BLE001 - checkpoint errors carry their own actionable message
     from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    if isinstance(e, CheckpointError):
+    from jepa_jax.experiment import ConfigError  # noqa: PLC0415 - --resumable's training config
+    if isinstance(e, (CheckpointError, ConfigError)):
       print(f"error: {e}", file=sys.stderr)
       return 1
     raise
