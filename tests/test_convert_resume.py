@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import checkpoint, convert
+from jepa_jax import checkpoint, convert, train_state
 from jepa_jax.convert import optimizer, reference
 from jepa_jax.convert.__main__ import main as cli
 from test_convert import PREFIX, TINY_FLAGS, released
@@ -21,8 +21,10 @@ def run_workdir(golden, tmp_path_factory):
   _, config = convert.convert_state_dicts(released(golden), "tiny", **TINY_FLAGS)
   config.optim.ipe = 4
   exp = reference._experiment(config)
-  state = jax.device_get(exp.init_fn()(jax.random.PRNGKey(0)))
   rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32),
+                                  exp.abstract_state.params)  # no model init to run
+  state = train_state.TrainState.create(params=params, tx=exp.tx)
   noise = lambda tree, scale: jax.tree_util.tree_map(
       lambda x: (scale * np.abs(rng.normal(size=x.shape))).astype(np.float32), tree)
   opt_state = optax.tree_utils.tree_set(state.opt_state, mu=noise(state.params, 1e-3),

@@ -546,23 +546,26 @@ def save_resumable(path: str, config, out: str, **kwargs) -> int:
   groups = _model_groups(checkpoint)
   mu, nu, count = optimizer.import_adamw(checkpoint["opt"], {
       "encoder": groups["encoder"], "predictor": groups["predictor"]})
+  from jepa_jax import train_state  # noqa: PLC0415
   exp = _experiment(config)
   scan = bool(config.model.get("scan"))
   layout = (lambda tree: stack_blocks(tree)) if scan else (lambda tree: tree)
-  fresh = jax.device_get(exp.init_fn()(jax.random.PRNGKey(0)))
   new_params = {k: layout(params[k]) for k in ("encoder", "predictor")}
   new_mu = {k: layout(from_torch(mu[k], k)) for k in ("encoder", "predictor")}
   new_nu = {k: layout(from_torch(nu[k], k)) for k in ("encoder", "predictor")}
+  want = jax.tree_util.tree_map(lambda s: s.shape, exp.abstract_state.params)
   for name, tree in (("parameters", new_params), ("Adam moments", new_mu)):
-    if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(fresh.params):
+    if jax.tree_util.tree_map(np.shape, tree) != want:
       raise ConversionError(f"the file's {name} do not fit the model of the given config; pass the "
                             "config of the run to resume (its model, scan and mask tokens)")
-  opt_state = optax.tree_utils.tree_set(fresh.opt_state, mu=new_mu, nu=new_nu)
+  state = train_state.TrainState.create(params=new_params, tx=exp.tx,
+                                        target_params=layout(params["target"]))
+  opt_state = optax.tree_utils.tree_set(state.opt_state, mu=new_mu, nu=new_nu)
   opt_state = jax.tree_util.tree_map_with_path(
       lambda p, x: np.full_like(x, count) if getattr(p[-1], "name", None) == "count" else x,
       opt_state)
-  state = fresh.replace(step=np.asarray(count, np.asarray(fresh.step).dtype), params=new_params,
-                        target_params=layout(params["target"]), opt_state=opt_state)
+  step_dtype = exp.abstract_state.step.dtype
+  state = state.replace(step=np.asarray(count, step_dtype), opt_state=opt_state)
   directory = os.path.join(os.fspath(out), "checkpoints")
   _fresh_checkpoints_dir(out)
   manager = ckpt_lib.make_manager(directory, async_save=False, keep=None)
