@@ -503,8 +503,7 @@ def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
   can act on (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status
   1; else the written paths are printed, and the status is 1 if some inputs were unreadable
   (logged as they were met)."""
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415 -- orbax, only when run
   try:

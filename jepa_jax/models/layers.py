@@ -397,10 +397,13 @@ class _HeadMajorQKV(nn.Module):
     kernel = self.param("kernel", reference_trunc_normal(), (d, 3 * d), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (3 * d,), jnp.float32)
     h = self.num_heads
-    scale = jnp.array([self.q_scale, 1.0, 1.0], jnp.float32)
-    kernel = kernel.reshape(d, 3, h, d // h) * scale[None, :, None, None]
-    bias = bias.reshape(3, 1, h, 1, d // h) * scale[:, None, None, None, None]
-    out = einsum_f32_grads("bnc,cthe->tbhne", x.astype(self.dtype), kernel, bias)
+    # Scaled in the parameters' own [D, 3D] shape: elementwise on the sharded weight, so XLA
+    # still casts it to the compute dtype before FSDP gathers it (scaling after the reshape made
+    # it gather float32 weights and all-reduce their gradients on ViT-H).
+    scale = jnp.repeat(jnp.array([self.q_scale, 1.0, 1.0], jnp.float32), d)
+    kernel, bias = kernel * scale, bias * scale
+    out = einsum_f32_grads("bnc,cthe->tbhne", x.astype(self.dtype),
+                           kernel.reshape(d, 3, h, d // h), bias.reshape(3, 1, h, 1, d // h))
     return checkpoint_name(out, WEIGHT_MATMUL)
 
 
