@@ -381,12 +381,42 @@ class Mlp(nn.Module):
     return dense(out_dim, "fc2", self.dtype)(x)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _head_major_qkv(q_scale: float, x, kernel, bias):
+  """``einsum_f32_grads("bnc,cthe->tbhne", x, kernel, bias)`` with q (``t = 0``) multiplied by
+  ``q_scale`` on the float32 accumulator, before the one rounding to ``x``'s dtype. The weight
+  itself is not scaled: a float32 product of the parameter made XLA all-gather float32 weights
+  under FSDP (and all-reduce their gradients) where it gathers them cast to the compute dtype."""
+  y = jnp.einsum("bnc,cthe->tbhne", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+  return ((y + bias) * _t_scale(q_scale)).astype(x.dtype)
+
+
+def _t_scale(q_scale):
+  return jnp.array([q_scale, 1.0, 1.0], jnp.float32).reshape(3, 1, 1, 1, 1)
+
+
+def _head_major_qkv_fwd(q_scale, x, kernel, bias):
+  return _head_major_qkv(q_scale, x, kernel, bias), (x, kernel, bias)
+
+
+def _head_major_qkv_bwd(q_scale, res, g):
+  x, kernel, bias = res
+  g = (g.astype(jnp.float32) * _t_scale(q_scale)).astype(x.dtype)
+  dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype))
+  dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32)
+  db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True)
+  return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
+
+
+_head_major_qkv.defvjp(_head_major_qkv_fwd, _head_major_qkv_bwd)
+
+
 class _HeadMajorQKV(nn.Module):
   """The ``qkv`` Dense (same parameters: ``kernel`` ``[D, 3D]``, ``bias`` ``[3D]``) computed as
   ``[3, B, H, N, d]``: the kernel viewed as ``[D, 3, H, d]`` (the reference's ``[q | k | v]``,
   head-major) lets the matmul write the layout the TPU kernel reads, instead of a ``[B, N, 3D]``
-  output relaid out for it. ``q_scale`` multiplies the q columns and bias in float32 before the
-  compute-dtype cast (the splash kernel takes no softmax scale)."""
+  output relaid out for it. ``q_scale`` multiplies q in float32 before its rounding to the
+  compute dtype (the splash kernel takes no softmax scale)."""
   num_heads: int
   dtype: Dtype
   q_scale: float = 1.0
@@ -397,13 +427,8 @@ class _HeadMajorQKV(nn.Module):
     kernel = self.param("kernel", reference_trunc_normal(), (d, 3 * d), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (3 * d,), jnp.float32)
     h = self.num_heads
-    # Scaled in the parameters' own [D, 3D] shape: elementwise on the sharded weight, so XLA
-    # still casts it to the compute dtype before FSDP gathers it (scaling after the reshape made
-    # it gather float32 weights and all-reduce their gradients on ViT-H).
-    scale = jnp.repeat(jnp.array([self.q_scale, 1.0, 1.0], jnp.float32), d)
-    kernel, bias = kernel * scale, bias * scale
-    out = einsum_f32_grads("bnc,cthe->tbhne", x.astype(self.dtype),
-                           kernel.reshape(d, 3, h, d // h), bias.reshape(3, 1, h, 1, d // h))
+    out = _head_major_qkv(self.q_scale, x.astype(self.dtype), kernel.reshape(d, 3, h, d // h),
+                          bias.reshape(3, 1, h, 1, d // h))
     return checkpoint_name(out, WEIGHT_MATMUL)
 
 
