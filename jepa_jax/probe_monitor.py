@@ -17,7 +17,9 @@ k-fold cross-validation on the host, and returns ``probe/<label>/<kind>`` accura
   other folds, and the accuracy is over all clips. "Held out" means held out from the probe's fit:
   the synthetic set's clips are also pretraining data (as in the demo's frozen eval).
 * ``pooling``: ``mean`` over all tokens (``[D]`` per clip), or ``time``: the mean over space per
-  time step, concatenated (``[T' * D]``: keeps the order of events, which motion labels need).
+  time step, concatenated (``[T' * D]``: keeps the order of events), or ``flat``: every token
+  (``[L * D]``: keeps where things are in space and time; the ridge is then solved in its dual form,
+  an ``n x n`` system).
 * ``kind``: ``ridge`` (closed-form ridge regression on one-hot targets, standardised features,
   penalty ``ridge_alpha`` x the mean diagonal of the Gram matrix, so scale-free) and/or ``knn``
   (cosine similarity of standardised features, ``knn_k`` neighbours, majority vote with ties going
@@ -39,7 +41,7 @@ from jepa_jax.data import synthetic
 log = logging.getLogger(__name__)
 
 KINDS = ("ridge", "knn")
-POOLINGS = ("mean", "time")
+POOLINGS = ("mean", "time", "flat")
 
 
 # --- the probes (pure numpy) ----------------------------------------------------------------------
@@ -52,6 +54,8 @@ def pool_tokens(tokens: np.ndarray, pooling: str, grid: tuple) -> np.ndarray:
   if pooling == "time":
     t = grid[0]
     return tokens.reshape(n, t, length // t, d).mean(axis=2).reshape(n, t * d)
+  if pooling == "flat":
+    return tokens.reshape(n, length * d)
   raise ValueError(f"config.monitor_probe.pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
@@ -213,6 +217,7 @@ class ProbeMonitor:
                            valid=b["valid"]) for b in dataset]
     self.num_classes = int(source.labels.max()) + 1
     self.num_clips = len(rows)
+    self.labels = source.labels[rows]  # the clips' labels in the order ``features`` returns them
     token_fn = enc_lib.make_token_fn(exp.encoder)
     self._tokens = jax.jit(sharding.with_activation_sharding(token_fn, exp.mesh))
     log.info("Probe monitor: %d clips of %s (%s), %s probe(s) on %s-pooled tokens, %d folds, every "

@@ -94,6 +94,12 @@ def base_eval_config() -> ml_collections.ConfigDict:
   c.cache_dtype = "float32"     # float32 | bfloat16 for the stored tokens
   c.extract_batch_size = None   # videos per encoder pass when caching; None = batch_size
 
+  # -- A baseline in the same run: for each seed s listed, a randomly initialised encoder of the
+  # same architecture (init seed s) probed with the same recipe (probe seed s); results.json gets
+  # "random_baseline" and "pretrained_vs_random", and the eval prints "pretrained X vs random Y".
+  # Needs cache_features (the clips are decoded once for every encoder).
+  c.random_baseline_seeds = ()
+
   # -- Low-shot (Table 7): train on a per-class balanced fraction, once per seed.
   c.lowshot = ml_collections.ConfigDict(dict(fractions=(1.0,), seeds=(0,)))
 
