@@ -45,6 +45,8 @@ def main(argv=None):
   p.add_argument("--poolings", default="mean,time,flat")
   p.add_argument("--kinds", default="ridge,knn")
   p.add_argument("--num_clips", type=int, default=128)
+  p.add_argument("--ridge_alpha", type=float, default=None)
+  p.add_argument("--knn_k", type=int, default=None)
   p.add_argument("--out", default="probe_sweep.json")
   args = p.parse_args(argv)
   config = run_config(args.workdir)
@@ -55,11 +57,12 @@ def main(argv=None):
   labels = [s for s in args.labels.split(",") if s]
   poolings = [s for s in args.poolings.split(",") if s]
   kinds = probe_monitor.kinds_of(args.kinds)
-  monitors = {}
-  for label in labels:
-    mp = config.monitor_probe.copy_and_resolve_references()
-    mp.update(dict(every=1, index=label, num_clips=args.num_clips))
-    monitors[label] = probe_monitor.ProbeMonitor(mp, exp)
+  mp = config.monitor_probe.copy_and_resolve_references()
+  mp.update(dict(every=1, index=",".join(labels), num_clips=args.num_clips, pooling="flat"))
+  for name in ("ridge_alpha", "knn_k"):
+    if getattr(args, name) is not None:
+      mp[name] = getattr(args, name)
+  mon = probe_monitor.ProbeMonitor(mp, exp)  # every label's clips at once: the same videos
   rows = []
   for step in [0] + steps:
     if step == 0:
@@ -68,20 +71,14 @@ def main(argv=None):
       params = jax.tree_util.tree_map(np.asarray, ckpt_lib.load(args.workdir, step).params["target"])
     row = dict(step=step)
     t0 = time.perf_counter()
-    tokens = None
-    for label, mon in monitors.items():
-      if tokens is None:  # every label's index lists the same videos in the same order
-        mon.pooling = "flat"
-        flat, _ = mon.features(params)
-        grid = mon.grid
-        tokens = flat.reshape(len(flat), -1, exp.encoder.embed_dim)
-      y = mon.labels
+    flat, _ = mon.features(params)
+    tokens = flat.reshape(len(flat), -1, exp.encoder.embed_dim)
+    for label, y in mon.labels.items():
       for pooling in poolings:
-        x = probe_monitor.pool_tokens(tokens, pooling, grid)
+        x = probe_monitor.pool_tokens(tokens, pooling, mon.grid)
         for kind in kinds:
           row[f"{label}/{pooling}/{kind}"] = probe_monitor.cross_validated_accuracy(
-              x, y, kind, mon.folds, ridge_alpha=mon.ridge_alpha, knn_k=mon.knn_k,
-              num_classes=mon.num_classes)
+              x, y, kind, mon.folds, ridge_alpha=mon.ridge_alpha, knn_k=mon.knn_k)
     row["seconds"] = time.perf_counter() - t0
     rows.append(row)
     print(json.dumps(row), flush=True)

@@ -123,4 +123,4 @@ def resolve_paths(config) -> None:
 
 def _is_synthetic_label(name: str) -> bool:
   from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
-  return name in probe_monitor.LABELS
+  return probe_monitor.is_synthetic_labels(name)

@@ -8,9 +8,9 @@ parameters as the train state holds them), pools the tokens, fits a cheap determ
 k-fold cross-validation on the host, and returns ``probe/<label>/<kind>`` accuracies (percent) and
 ``probe/seconds`` for the trainer's metric writer (TensorBoard and ``metrics.jsonl``).
 
-* The clips: ``config.monitor_probe.index`` is a labelled index file, or one of the synthetic set's
-  label names (``direction``, ``speed``, ``rotation``, ``shape``, ``colour``, ``motion``: its
-  ``index_<label>.csv``). ``num_clips`` entries spread evenly over the index (a class-sorted index
+* The clips: ``config.monitor_probe.index`` is a labelled index file, or synthetic label names
+  (``direction``, ``speed``, ``rotation``, ``shape``, ``colour``, ``motion``; several
+  comma-separated share the clips: the set's ``index_<label>.csv`` files list the same videos). ``num_clips`` entries spread evenly over the index (a class-sorted index
   still gives every class), one centred clip each at the pretraining resolution, clip length and
   frame step, decoded once at the start and kept in memory as uint8.
 * The split: clip i is in fold ``i % folds``; every clip is predicted once by a probe fitted on the
@@ -157,22 +157,30 @@ def check_config(mp) -> None:
 LABELS = ("motion",) + synthetic.ATTRIBUTES
 
 
-def resolve_index(index: str, data_config) -> tuple[str, str]:
-  """``(index file, label name)`` of ``config.monitor_probe.index``: a synthetic label name picks
-  the synthetic set's ``index_<label>.csv`` (the set is generated if absent)."""
-  if index in LABELS:
+def is_synthetic_labels(index: str) -> bool:
+  """``index`` is one synthetic label name or several, comma-separated (``"speed,direction"``)."""
+  names = [n.strip() for n in str(index).split(",")]
+  return bool(names) and all(n in LABELS for n in names)
+
+
+def resolve_index(index: str, data_config) -> dict:
+  """``{label name: index file}`` of ``config.monitor_probe.index``: synthetic label names pick
+  the synthetic set's ``index_<label>.csv`` files (which list the same videos in the same order;
+  the set is generated if absent); an index file is named after its file."""
+  if is_synthetic_labels(index):
     if not data_config.get("synthetic_dir"):
-      raise ValueError(f"config.monitor_probe.index={index!r} names a synthetic label but "
+      raise ValueError(f"config.monitor_probe.index={index!r} names synthetic labels but "
                        "config.data.synthetic_dir is empty; give a labelled index file instead")
     root = os.path.dirname(synthetic.ensure_synthetic(
         data_config.synthetic_dir, data_config.synthetic_num_videos,
         data_config.get("synthetic_seed", 0)))
-    suffix = "" if index == "motion" else f"_{index}"
-    return os.path.join(root, f"index{suffix}.csv"), index
+    names = [n.strip() for n in index.split(",")]
+    return {n: os.path.join(root, "index.csv" if n == "motion" else f"index_{n}.csv")
+            for n in names}
   if not os.path.exists(index):
     raise ValueError(f"config.monitor_probe.index={index!r} is neither a labelled index file nor "
-                     f"a synthetic label ({', '.join(LABELS)})")
-  return index, os.path.splitext(os.path.basename(index))[0]
+                     f"synthetic labels ({', '.join(LABELS)}, or several comma-separated)")
+  return {os.path.splitext(os.path.basename(index))[0]: index}
 
 
 def spread_rows(n: int, count: int) -> np.ndarray:
@@ -198,9 +206,13 @@ class ProbeMonitor:
     self.ridge_alpha, self.knn_k = float(mp.ridge_alpha), int(mp.knn_k)
     self.grid = exp.encoder.grid
     d = exp.config.data
-    index, self.label = resolve_index(str(mp.index), d)
+    indexes = resolve_index(str(mp.index), d)
+    index = next(iter(indexes.values()))  # the clips (every synthetic index lists the same ones)
     source = sources_lib.read_index(index)
     rows = spread_rows(len(source), int(mp.num_clips))
+    # Each label's classes, of the clips in the order ``features`` returns them (index order).
+    self.labels = {name: sources_lib.read_index(path).labels[rows]
+                   for name, path in indexes.items()}
     self.placer = Placer(exp.mesh)
     nproc = jax.process_count()
     batch = int(mp.get("batch_size") or exp.batch_size)
@@ -215,13 +227,12 @@ class ProbeMonitor:
           shard_index=jax.process_index(), shard_count=nproc, repeat=False)
       self.batches = [dict(video=b["video"], label=b["label"], index=b["index"],
                            valid=b["valid"]) for b in dataset]
-    self.num_classes = int(source.labels.max()) + 1
     self.num_clips = len(rows)
-    self.labels = source.labels[rows]  # the clips' labels in the order ``features`` returns them
     token_fn = enc_lib.make_token_fn(exp.encoder)
     self._tokens = jax.jit(sharding.with_activation_sharding(token_fn, exp.mesh))
-    log.info("Probe monitor: %d clips of %s (%s), %s probe(s) on %s-pooled tokens, %d folds, every "
-             "%d steps (clips decoded in %.1fs)", self.num_clips, index, self.label,
+    log.info("Probe monitor: %d clips of %s (labels: %s), %s probe(s) on %s-pooled tokens, %d "
+             "folds, every %d steps (clips decoded in %.1fs)", self.num_clips, index,
+             ", ".join(self.labels),
              "+".join(self.kinds), self.pooling, self.folds, self.every,
              time.perf_counter() - t0)
 
@@ -237,9 +248,12 @@ class ProbeMonitor:
 
   def __call__(self, step: int, target_params) -> dict:
     t0 = time.perf_counter()
-    x, y = self.features(target_params)
-    out = {f"probe/{self.label}/{kind}": cross_validated_accuracy(
-        x, y, kind, self.folds, ridge_alpha=self.ridge_alpha, knn_k=self.knn_k,
-        num_classes=self.num_classes) for kind in self.kinds}
+    x, _ = self.features(target_params)
+    out = {}
+    for name, y in self.labels.items():
+      for kind in self.kinds:
+        out[f"probe/{name}/{kind}"] = cross_validated_accuracy(
+            x, y, kind, self.folds, ridge_alpha=self.ridge_alpha, knn_k=self.knn_k,
+            num_classes=int(y.max()) + 1)
     out["probe/seconds"] = time.perf_counter() - t0
     return out

@@ -439,8 +439,9 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
     probe_seconds += scalars["probe/seconds"]
     scalars["probe/time_share"] = probe_seconds / max(time.perf_counter() - run_start, 1e-9)
     if primary:
-      log.info("Probe at step %d: %s", step, ", ".join(
-          f"{k} {v:.1f}" for k, v in scalars.items() if k.startswith(f"probe/{probe.label}/")))
+      log.info("Probe at step %d: %s (%.2fs)", step, ", ".join(
+          f"{k[len('probe/'):]} {v:.1f}" for k, v in scalars.items() if k.count("/") == 2),
+          scalars["probe/seconds"])
     return scalars
 
   try:

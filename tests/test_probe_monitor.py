@@ -74,7 +74,8 @@ def test_sharded_run_logs_the_probe_every_n_steps_and_resumes_without_duplicates
   assert jax.device_count() == 8
   c = tiny_config(synthetic_dir, steps=8, batch_size=8)  # mesh data=-1: all 8 devices
   c.log_every = 3
-  c.monitor_probe.update(dict(every=4, index="direction", num_clips=12, folds=3,
+  # Two synthetic labels of the same clips; ridge and kNN.
+  c.monitor_probe.update(dict(every=4, index="direction,shape", num_clips=12, folds=3,
                               kind="ridge,knn", batch_size=8))
   workdir = tmp_path / "run"
   exp = experiment.build(c)  # shared by both runs: the train step compiles once
@@ -83,8 +84,8 @@ def test_sharded_run_logs_the_probe_every_n_steps_and_resumes_without_duplicates
   assert [r["step"] for r in probed] == [0, 4, 8]
   for r in probed:
     # 12 clips: every accuracy is a multiple of 100/12.
-    for kind in ("ridge", "knn"):
-      acc = r[f"probe/direction/{kind}"]
+    for key in ("direction/ridge", "direction/knn", "shape/ridge", "shape/knn"):
+      acc = r[f"probe/{key}"]
       assert 0 <= acc <= 100 and abs(acc * 12 / 100 - round(acc * 12 / 100)) < 1e-6
     assert r["probe/seconds"] > 0 and 0 < r["probe/time_share"] < 1
   # Step 4 is not a logging step (every 3): a row of its own; step 8 is the last, logged with
@@ -98,5 +99,5 @@ def test_sharded_run_logs_the_probe_every_n_steps_and_resumes_without_duplicates
   again, rows_again = _probe_rows(workdir)
   assert [r["step"] for r in again] == [0, 4, 8]
   assert no_key_twice(rows_again) and len(rows_again) == len(rows)
-  keys = ("probe/direction/ridge", "probe/direction/knn")
+  keys = ("probe/direction/ridge", "probe/direction/knn", "probe/shape/ridge", "probe/shape/knn")
   assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in probed]
