@@ -471,6 +471,3 @@ def test_pretrained_vs_random_in_the_same_run(synthetic_dir, tiny_checkpoint, tm
       base["per_seed"][0]
   line = run_lib.versus_line(versus)
   assert line.startswith(f"pretrained {versus['pretrained']:.1f} ± ") and " vs random " in line
-  c.cache_features = False
-  with pytest.raises(ValueError, match="random_baseline_seeds needs config.cache_features"):
-    run_lib.evaluate(c, str(tmp_path / "streaming"))

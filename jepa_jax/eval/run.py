@@ -255,9 +255,6 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
     raise ValueError(f"low-shot splits need the labels of {train_spec} (an index file)")
 
   baseline_seeds = [int(s) for s in (config.get("random_baseline_seeds") or ())]
-  if baseline_seeds and not config.cache_features:
-    raise ValueError("config.random_baseline_seeds needs config.cache_features=True (the clips are "
-                     "decoded once and encoded by every encoder)")
   settings, baseline = [], None
   if config.cache_features:
     jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
@@ -282,11 +279,14 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
                                     placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
     if baseline_seeds:
-      baseline = random_baseline(
-          task, encoder, baseline_seeds, max(fractions),
-          lambda params, batches: extract_features(jit_tokens, placer.replicate(params), batches,
-                                                   placer, cache_dtype),
-          train_batches, val_batches, placer, workdir)
+      def cached(params, seed, rows_of):
+        train_c = extract_features(jit_tokens, placer.replicate(params), train_batches, placer,
+                                   cache_dtype)
+        val_c = extract_features(jit_tokens, placer.replicate(params), val_batches, placer,
+                                 cache_dtype)
+        return cached_source(task, train_c.subset(rows_of(train_c.labels)), val_c, seed)
+      baseline = random_baseline(task, encoder, baseline_seeds, max(fractions), cached, placer,
+                                 workdir)
   else:
     num_val = None
     for fraction in fractions:
@@ -302,6 +302,18 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
         runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
     num_val = settings[0]["runs"][0]["num_val"]
+    if baseline_seeds:
+      fraction = max(fractions)
+
+      def streamed(params, seed, rows_of):
+        spec, n = train_spec, None
+        if fraction < 1.0:
+          rows = rows_of(train_labels)
+          spec = lowshot.write_subset_index(
+              train_spec, rows, os.path.join(workdir, "lowshot", f"random_{seed}.csv"))
+          n = len(rows)
+        return streaming_source(task, spec, val_spec, n, seed, token_fn, placer.replicate(params))
+      baseline = random_baseline(task, encoder, baseline_seeds, fraction, streamed, placer, workdir)
 
   main = max(settings, key=lambda s: s["fraction"])
   results = dict(
@@ -322,19 +334,17 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   return results
 
 
-def random_baseline(task, encoder, seeds, fraction, extract, train_batches, val_batches, placer,
-                    workdir) -> dict:
+def random_baseline(task, encoder, seeds, fraction, make_source, placer, workdir) -> dict:
   """The same probe recipe on randomly initialised encoders of the same architecture: for each
   seed s, an encoder initialised with s probed with probe seed s (the fraction's split of s) on the
-  same decoded clips. Nothing is saved (the probes of a random encoder are not worth keeping)."""
+  same clips (cached: decoded once for every encoder). ``make_source(params, seed, rows_of)`` is
+  the run's ``BatchSource`` for those encoder parameters; ``rows_of(labels)`` the split. Nothing
+  is saved (the probes of a random encoder are not worth keeping)."""
   runs = []
   for seed in seeds:
-    params = enc_lib.random_params(encoder, seed)
-    train_cache = extract(params, train_batches)
-    val_cache = extract(params, val_batches)
-    rows = lowshot.balanced_subset(train_cache.labels, fraction, seed)
-    record = run_cached_probe(task, train_cache.subset(rows), val_cache, seed, fraction, placer,
-                              workdir, write=False)
+    source = make_source(enc_lib.random_params(encoder, seed), seed,
+                         lambda labels, s=seed: lowshot.balanced_subset(labels, fraction, s))
+    record = run_probes(task, source, seed, fraction, placer, workdir, write=False)
     log.info("random-init encoder (init and probe seed %d): top-1 %.2f", seed, record["top1"])
     runs.append(dict(seed=seed, top1=record["top1"], top5=record["top5"]))
   top1, top1_std = lowshot.mean_std([r["top1"] for r in runs])
