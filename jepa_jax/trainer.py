@@ -27,6 +27,10 @@ Guarantees:
   total continue where they were.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
+* Online probe: with ``config.monitor_probe.every`` set, ``probe_monitor.ProbeMonitor`` probes the
+  target encoder at step 0 of a fresh run and every N steps (``probe/*`` scalars, in the logging
+  row when the step is a logging step, else a row of their own); a resumed run starts after its
+  checkpoint's step, so no probe step is logged twice, and a fresh start drops every earlier row.
 * Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
   the log warns once when they say the representation collapsed.
 """
