@@ -1,13 +1,11 @@
-"""The online probe monitor: the ridge / kNN probes on toy sets, and a sharded trainer run that
-logs the probe at the right steps, deterministically, and once per step across a resume."""
-import json
-import shutil
-
+"""The online probe monitor: the ridge / kNN probes on toy sets, its settings, and its features
+under an 8-device FSDP mesh. The trainer's use of it (probe steps, resume without duplicates) is
+tested in tests/test_trainer.py (the damaged-checkpoint resume test), on that test's run."""
 import jax
 import numpy as np
 import pytest
 
-from jepa_jax import config as config_lib, experiment, probe_monitor, trainer
+from jepa_jax import config as config_lib, experiment, probe_monitor
 
 from test_trainer import synthetic_dir, tiny_config  # noqa: F401 (a fixture)
 
@@ -58,46 +56,35 @@ def test_bad_monitor_settings_are_one_line_config_errors(synthetic_dir, field, v
     config_lib.read(c)
 
 
-def no_key_twice(rows) -> bool:
-  """Each (step, scalar) is logged once (a step may have several rows: progress, metrics)."""
-  pairs = [(r["step"], k) for r in rows for k in r if k != "step"]
-  return len(pairs) == len(set(pairs))
-
-
-def _probe_rows(workdir):
-  rows = [json.loads(x) for x in open(f"{workdir}/metrics.jsonl").read().splitlines()]
-  return [r for r in rows if any(k.startswith("probe/") for k in r)], rows
-
-
-def test_sharded_run_logs_the_probe_every_n_steps_and_resumes_without_duplicates(
-    synthetic_dir, tmp_path):
-  assert jax.device_count() == 8
-  c = tiny_config(synthetic_dir, steps=8, batch_size=8)  # mesh data=-1: all 8 devices
-  c.log_every = 3
+def monitor_config(c):
   # Two synthetic labels of the same clips; ridge and kNN.
   c.monitor_probe.update(dict(every=4, index="direction,shape", num_clips=12, folds=3,
                               kind="ridge,knn", batch_size=8))
-  workdir = tmp_path / "run"
-  exp = experiment.build(c)  # shared by both runs: the train step compiles once
-  trainer.train(c, str(workdir), exp)
-  probed, rows = _probe_rows(workdir)
-  assert [r["step"] for r in probed] == [0, 4, 8]
-  for r in probed:
-    # 12 clips: every accuracy is a multiple of 100/12.
-    for key in ("direction/ridge", "direction/knn", "shape/ridge", "shape/knn"):
-      acc = r[f"probe/{key}"]
-      assert 0 <= acc <= 100 and abs(acc * 12 / 100 - round(acc * 12 / 100)) < 1e-6
-    assert r["probe/seconds"] > 0 and 0 < r["probe/time_share"] < 1
-  # Step 4 is not a logging step (every 3): a row of its own; step 8 is the last, logged with
-  # the window's metrics.
-  assert "loss" not in probed[1] and "loss" in probed[2]
-  assert no_key_twice(rows)
-  # Lose the last checkpoint and rerun: it resumes from step 4 and replays 5-8, the probe at 8
-  # once more, with the same accuracies (the CPU run is deterministic).
-  shutil.rmtree(workdir / "checkpoints" / "8")
-  trainer.train(c, str(workdir), exp)
-  again, rows_again = _probe_rows(workdir)
-  assert [r["step"] for r in again] == [0, 4, 8]
-  assert no_key_twice(rows_again) and len(rows_again) == len(rows)
-  keys = ("probe/direction/ridge", "probe/direction/knn", "probe/shape/ridge", "probe/shape/knn")
-  assert [[r[k] for k in keys] for r in again] == [[r[k] for k in keys] for r in probed]
+  return c
+
+
+def test_features_under_an_fsdp_mesh_of_8_devices_equal_one_device(synthetic_dir):
+  """The monitor encodes with the trainer's mesh and the train state's (FSDP-sharded) target
+  parameters: the same features and accuracies as on one device, and the same on a second call."""
+  assert jax.device_count() == 8
+  c = monitor_config(tiny_config(synthetic_dir, batch_size=8))
+  c.mesh.data, c.mesh.fsdp, c.mesh.min_fsdp_size = 2, 4, 64
+  exp8 = experiment.build(c)
+  target = exp8.init_state(jax.random.PRNGKey(0)).target_params
+  qkv = target["stack"]["blocks_0"]["attn"]["qkv"]["kernel"]
+  assert len(qkv.sharding.device_set) == 8 and not qkv.sharding.is_fully_replicated
+  sharded = probe_monitor.ProbeMonitor(c.monitor_probe, exp8)
+  x8, _ = sharded.features(target)
+  c1 = monitor_config(tiny_config(synthetic_dir, batch_size=8))
+  c1.mesh.data = 1
+  exp1 = experiment.build(c1, devices=jax.devices()[:1])
+  single = probe_monitor.ProbeMonitor(c1.monitor_probe, exp1)
+  x1, _ = single.features(jax.device_get(target))
+  assert x8.shape == (12, 32)
+  np.testing.assert_allclose(x8, x1, rtol=1e-4, atol=1e-5)
+  first = sharded(4, target)
+  assert set(first) == {"probe/direction/ridge", "probe/direction/knn", "probe/shape/ridge",
+                        "probe/shape/knn", "probe/seconds"}
+  again = sharded(8, target)
+  assert {k: v for k, v in again.items() if k != "probe/seconds"} == \
+      {k: v for k, v in first.items() if k != "probe/seconds"}
