@@ -71,9 +71,10 @@ def main(argv=None):
       params = jax.tree_util.tree_map(np.asarray, ckpt_lib.load(args.workdir, step).params["target"])
     row = dict(step=step)
     t0 = time.perf_counter()
-    flat, _ = mon.features(params)
+    flat, clip_rows = mon.features(params)
     tokens = flat.reshape(len(flat), -1, exp.encoder.embed_dim)
     for label, y in mon.labels.items():
+      y = y[clip_rows]
       for pooling in poolings:
         x = probe_monitor.pool_tokens(tokens, pooling, mon.grid)
         for kind in kinds:

@@ -240,20 +240,21 @@ class ProbeMonitor:
     return step % self.every == 0
 
   def features(self, target_params) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features ``[n, F]`` and labels ``[n]`` of the fixed clips (in index order)."""
+    """Pooled features ``[n, F]`` of the fixed clips and their rows ``[n]`` (positions among the
+    clips, ascending: all of them unless the decoder had to drop unreadable ones)."""
     from jepa_jax.eval.features import extract_features
     cache = extract_features(self._tokens, target_params, self.batches, self.placer)
     tokens = np.asarray(cache.tokens[:, 0], np.float64)  # one view
-    return pool_tokens(tokens, self.pooling, self.grid), cache.labels
+    return pool_tokens(tokens, self.pooling, self.grid), cache.index
 
   def __call__(self, step: int, target_params) -> dict:
     t0 = time.perf_counter()
-    x, _ = self.features(target_params)
+    x, rows = self.features(target_params)
     out = {}
     for name, y in self.labels.items():
       for kind in self.kinds:
         out[f"probe/{name}/{kind}"] = cross_validated_accuracy(
-            x, y, kind, self.folds, ridge_alpha=self.ridge_alpha, knn_k=self.knn_k,
+            x, y[rows], kind, self.folds, ridge_alpha=self.ridge_alpha, knn_k=self.knn_k,
             num_classes=int(y.max()) + 1)
     out["probe/seconds"] = time.perf_counter() - t0
     return out

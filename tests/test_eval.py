@@ -304,6 +304,9 @@ def test_cli_demo_config_end_to_end(synthetic_dir, tmp_path):
   assert results["task"] == "synthetic_demo" and results["checkpoint"] == "random"
   assert results["protocol"]["cache_features"] is False
   assert "top-1" in proc.stdout
+  # The demo config's random-init baseline, streamed as well: seeds 0-2 and the printed line.
+  assert results["random_baseline"]["seeds"] == [0, 1, 2]
+  assert " vs random " in proc.stdout and "seeds' spread" in proc.stdout
 
 
 def test_token_variance_split_is_exact():
