@@ -213,6 +213,10 @@ class ProbeMonitor:
     # Each label's classes, of the clips in the order ``features`` returns them (index order).
     self.labels = {name: sources_lib.read_index(path).labels[rows]
                    for name, path in indexes.items()}
+    for name, labels in self.labels.items():
+      if labels.min() < 0:
+        raise ValueError(f"config.monitor_probe.index: {indexes[name]} has unlabelled (-1) entries "
+                         "among the chosen clips; give an index with a label on every line")
     self.placer = Placer(exp.mesh)
     nproc = jax.process_count()
     batch = int(mp.get("batch_size") or exp.batch_size)

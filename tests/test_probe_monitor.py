@@ -88,3 +88,14 @@ def test_features_under_an_fsdp_mesh_of_8_devices_equal_one_device(synthetic_dir
   again = sharded(8, target)
   assert {k: v for k, v in again.items() if k != "probe/seconds"} == \
       {k: v for k, v in first.items() if k != "probe/seconds"}
+
+
+def test_an_index_without_labels_is_refused(synthetic_dir, tmp_path):
+  index = tmp_path / "unlabelled.csv"
+  index.write_text("".join(f"{synthetic_dir}/videos/vid_{i:05d}.mp4\n" for i in range(8)))
+  c = tiny_config(synthetic_dir)
+  c.mesh.data = 1
+  c.monitor_probe.update(dict(every=2, index=str(index), num_clips=8, folds=2))
+  exp = experiment.build(c, devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match="unlabelled.csv has unlabelled"):
+    probe_monitor.ProbeMonitor(c.monitor_probe, exp)
