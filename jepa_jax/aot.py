@@ -291,6 +291,7 @@ def _define_flags():
 
 def main(argv):
   del argv
+  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   from jepa_jax import experiment  # noqa: PLC0415
   config = _FLAGS['config'].value.copy_and_resolve_references()
   config.data.datasets = []   # the step compiles without data

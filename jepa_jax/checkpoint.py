@@ -204,9 +204,13 @@ def read_per_process(manager, step: int, item: str):
 
 def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3,
                  keep_period: Optional[int] = None, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, ocdbt: bool = True) -> ocp.CheckpointManager:
+  """``ocdbt=False``: parameters-only checkpoints are written one array per directory instead of
+  in OCDBT's shared files, whose writer holds every encoded array until it commits (a second
+  copy of the model: ``save_params``); either layout reads back the same."""
   directory = paths.resolve(directory)
-  handlers = {STATE: ocp.PyTreeCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler(),
+  handlers = {STATE: ocp.PyTreeCheckpointHandler(),
+              PARAMS: ocp.StandardCheckpointHandler(use_ocdbt=ocdbt),
               PROBE: ocp.StandardCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
               KIND: ocp.JsonCheckpointHandler(), DATA_FAILURES: PerProcessJsonHandler()}
@@ -549,15 +553,17 @@ def _read_params(manager, step: int, directory: str) -> Loaded:
   return Loaded(kind, jax.tree_util.tree_map(np.asarray, params), step)
 
 
-def save_params(directory: str, params: dict, config: Any = None, step: int = 0) -> str:
-  """Write a parameters-only checkpoint (the converter's output)."""
+def save_params(directory: str, params: dict, config: Any = None, step: int = 0,
+                low_memory: bool = False) -> str:
+  """Write a parameters-only checkpoint (the converter's output). ``low_memory``: without OCDBT
+  (``make_manager``), so writing holds nothing beyond ``params`` but a few buffers."""
   missing = [k for k in params if k not in PARAM_KEYS]
   if missing:
     raise ValueError(f"unexpected parameter groups {missing}; expected a subset of {PARAM_KEYS}")
   directory = paths.resolve(directory)
   directory = checkpoint_dir(directory) if os.path.isdir(os.path.join(directory, "checkpoints")) \
       else os.path.join(directory, "checkpoints")
-  manager = make_manager(directory, async_save=False, keep=None)
+  manager = make_manager(directory, async_save=False, keep=None, ocdbt=not low_memory)
   save(manager, step, params=params, config=config, force=True)
   manager.wait_until_finished()
   manager.close()

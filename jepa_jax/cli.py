@@ -209,9 +209,27 @@ class _QuietLibraries(logging.Filter):
     return record.levelno >= logging.WARNING and not (record.exc_info and _log_path)
 
 
-def setup_console_logging() -> None:
-  """INFO progress on stderr through absl's handler, without orbax's per-save chatter; once the
-  log file is open, library tracebacks go there only (the console keeps their first line)."""
+class _ConsoleHandler(logging.StreamHandler):
+  """The console handler of every entry point: INFO and up on whatever ``sys.stderr`` is when a
+  record is written (so a redirected or captured stderr gets it too)."""
+
+  def __init__(self):
+    super().__init__()
+    self.addFilter(_QuietLibraries())
+    self.setFormatter(_console_formatter())
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value  # always the current sys.stderr
+
+
+def _console_formatter() -> logging.Formatter:
+  """absl's line format (``I1205 12:00:00.000000 123 file.py:10] message``); once the log file
+  is open, a record's traceback goes there only and the console line names the file."""
   from absl import logging as absl_logging  # noqa: PLC0415
 
   class ConsoleFormatter(absl_logging.PythonFormatter):
@@ -228,16 +246,49 @@ def setup_console_logging() -> None:
       finally:
         record.exc_info, record.exc_text = saved
 
-  handler = absl_logging.get_absl_handler()
-  handler.addFilter(_QuietLibraries())
-  handler.setFormatter(ConsoleFormatter())
-  logging.getLogger("absl").setLevel(logging.INFO)
+  return ConsoleFormatter()
+
+
+_console: Optional[_ConsoleHandler] = None
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+  from absl import logging as absl_logging  # noqa: PLC0415
+  if isinstance(handler, (absl_logging.ABSLHandler, _ConsoleHandler)):
+    return True
+  return (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+          and getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__))
+
+
+def setup_logging(library_warnings: bool = True) -> None:
+  """The one console logging set-up of every entry point (main, eval, finetune, extract, predict,
+  convert, aot): INFO progress on stderr, without orbax's per-save chatter; once the log file is
+  open, library tracebacks go there only (the console keeps their first line).
+
+  Works whatever is installed already: libraries install root handlers before the entry point
+  runs (absl's first log call does ``logging.basicConfig()``, at WARNING, when orbax is
+  imported), which makes ``logging.basicConfig`` a silent no-op. Handlers writing to stderr are
+  replaced by this one; others (log files, pytest's capture) stay. Idempotent: ``absl.app.run``
+  installs its own handler, so the absl entry points call it again in ``main``.
+  ``library_warnings=False``: absl-logged warnings (orbax's, for every read-only checkpoint
+  manager) are dropped, for the tools that only read checkpoints.
+  """
+  global _console
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    if _writes_to_console(handler):
+      root.removeHandler(handler)
+  if _console is None:
+    _console = _ConsoleHandler()
+  root.addHandler(_console)
+  root.setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.INFO if library_warnings else logging.ERROR)
   install_unraisablehook()
 
 
 def install_unraisablehook() -> None:
   """Route the errors Python ignores (``_unraisablehook``); the entry points that read or write
-  checkpoints call it (``setup_console_logging`` does)."""
+  checkpoints call it (``setup_logging`` does)."""
   sys.unraisablehook = _unraisablehook
 
 
@@ -452,8 +503,7 @@ def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
   can act on (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status
   1; else the written paths are printed, and the status is 1 if some inputs were unreadable
   (logged as they were met)."""
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415 -- orbax, only when run
   try:

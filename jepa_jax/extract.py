@@ -70,7 +70,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from jepa_jax import paths
+from jepa_jax import cli, paths
 
 log = logging.getLogger(__name__)
 
@@ -583,8 +583,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
   try:

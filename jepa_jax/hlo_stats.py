@@ -17,7 +17,8 @@ reduce-scatter's shard; XLA:TPU writes most reduce-scatters as an all-reduce fus
 slice of the chip's shard, and those count as the reduce-scatters they are). Matmul FLOPs are
 2 x multiply-accumulates of ``dot`` and ``convolution`` (XLA:TPU writes matmuls as
 convolutions); the work inside Pallas kernels (``tpu_custom_call``) is not in the HLO, so their
-own declared cost estimates are summed separately (``kernel_flops``).
+own declared cost estimates are summed separately (``kernel_flops``); jax's splash attention
+kernels declare none, and their matmul FLOPs are counted from their shapes (``_splash_flops``).
 """
 from __future__ import annotations
 
@@ -363,6 +364,38 @@ def _kernel_cost(instr: Instruction) -> dict:
   return {k: float(v) for k, v in re.findall(r'"(\w+)":"?([0-9.eE+-]+)"?', m.group(1))}
 
 
+# Matmul FLOPs per (query, key, head dimension) of each of jax's splash attention kernels, which
+# declare no cost estimate: the forward computes q.k and p.v (2 matmuls); the fused backward
+# recomputes q.k and computes do.v, p.do (dv), ds.q (dk) and ds.k (dq) (5); the separate
+# backward kernels split these as dq (q.k, do.v, ds.k: 3) and dk/dv (4). 2 FLOPs per
+# multiply-accumulate.
+_SPLASH_MATMULS = (("splash_mha_fwd", 2), ("splash_mha_dkv", 5), ("splash_mha_dq", 3))
+
+
+def _splash_flops(instr: Instruction) -> float:
+  """Matmul FLOPs of one call of a splash attention kernel, from its operands' and results'
+  shapes: q and k are its first two 4-D float operands (``[B, H, N, d]`` or sequence-minor
+  ``[B, H, d, N]``), and its first 4-D result of q's dtype is ``[B, H, ., d]`` (the output, or
+  dk; the forward's float32 statistics come after its output)."""
+  per_mac = next((n for prefix, n in _SPLASH_MATMULS if instr.name.startswith(prefix)), None)
+  m = re.search(r"operand_layout_constraints=\{(.*?)\}, \w+=", instr.attrs)
+  if per_mac is None or not m:
+    return 0.0
+  operands = [Array(t, tuple(int(x) for x in d.split(",") if x))
+              for t, d, _ in _ARRAY.findall(m.group(1))]
+  operands = [a for a in operands if a.dtype in ("bf16", "f32", "f16") and len(a.dims) == 4]
+  if len(operands) < 2:
+    return 0.0
+  q, k = operands[:2]
+  results = [a.dims for a in instr.shapes if a.dtype == q.dtype and len(a.dims) == 4]
+  if not results:
+    return 0.0
+  if per_mac == 5 and not any(len(a.dims) == 5 for a in instr.shapes):
+    per_mac = 4  # the dk/dv kernel of the separate backward (the fused one also writes dq)
+  d = results[0][-1]
+  return 2.0 * per_mac * math.prod(q.dims) * math.prod(k.dims[2:]) / d
+
+
 def _hbm(arrays) -> float:
   return sum(a.bytes for a in arrays if a.memory_space == 0)
 
@@ -466,7 +499,7 @@ def analyse(text: str) -> HloStats:
         if target and target.group(1) == "tpu_custom_call":
           kernels[re.sub(r"\.\d+$", "", instr.name)] += mult
           cost = _kernel_cost(instr)
-          totals["kernel_flops"] += cost.get("flops", 0.0) * mult
+          totals["kernel_flops"] += cost.get("flops", _splash_flops(instr)) * mult
       if not fused and op not in _NO_TRAFFIC:
         totals["hbm"] += _hbm_bytes(computations, comp, instr) * mult
       if op == "while":

@@ -32,6 +32,7 @@ EXIT_PREEMPTED = cli.EXIT_PREEMPTED
 
 def main(argv):
   del argv
+  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
   from jepa_jax import config as config_lib, experiment, trainer  # noqa: PLC0415
@@ -54,7 +55,6 @@ def main(argv):
 
 
 def run():
-  cli.setup_console_logging()
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=cli.parse_flags)
 

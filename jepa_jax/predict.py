@@ -34,7 +34,7 @@ import sys
 
 import numpy as np
 
-from jepa_jax import paths
+from jepa_jax import cli, paths
 from jepa_jax.extract import int_list
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,7 @@ def format_predictions(predictions: list) -> str:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
   try:

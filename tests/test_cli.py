@@ -3,6 +3,7 @@ fields, mask entries), unknown fields named in one line, one-line errors with th
 the workdir's log."""
 import errno
 import json
+import logging
 import os
 import pathlib
 import re
@@ -410,3 +411,27 @@ def test_a_failed_asynchronous_save_stops_the_run_at_once_in_one_line(synthetic_
   steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert 16 < max(steps) < 24, steps  # the next save was due at 24
   assert checkpoint.make_manager(str(workdir / "checkpoints"), read_only=True).all_steps() == [8]
+
+
+@pytest.fixture
+def root_logging():
+  """The root logger's handlers and levels, restored after the test."""
+  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
+  saved = root.handlers[:], root.level, absl_logger.level
+  yield root
+  root.handlers[:] = saved[0]
+  root.setLevel(saved[1])
+  absl_logger.setLevel(saved[2])
+
+
+def test_one_logging_setup_shows_info_over_a_handler_already_installed(root_logging, capsys):
+  """orbax's import leaves absl's ``logging.basicConfig()`` handler (WARNING) on the root logger,
+  which made the entry points' own ``basicConfig(level=INFO)`` a no-op: INFO lines never showed."""
+  logging.basicConfig(force=True)
+  cli.setup_logging(library_warnings=False)
+  cli.setup_logging(library_warnings=False)  # the absl entry points call it twice: one line still
+  logging.getLogger("jepa_jax.convert.reference").info("clip size %d px", 64)
+  logging.getLogger("absl").warning("a read-only checkpoint manager")
+  err = capsys.readouterr().err
+  assert err.count("clip size 64 px") == 1, err
+  assert "read-only" not in err

@@ -182,6 +182,19 @@ def test_converted_checkpoint_reproduces_golden(golden, tmp_path):
     convert.save_converted(tmp_path, params, config)
 
 
+def test_converted_config_builds_the_float32_model_of_the_reference(golden):
+  """The converted config's own model (no dtype override) reproduces the reference's float32
+  outputs; a bfloat16 compute dtype recorded there cost 1.4% error."""
+  from jepa_jax import config as config_lib
+  params, config = convert.convert_state_dicts(released(golden), "tiny", **TINY_FLAGS)
+  assert config.model.dtype == "float32"
+  config.model.attention = "einsum"  # CPU; the precision is the config's
+  encoder, _ = models.from_spec(config_lib.model_spec(config))
+  clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))
+  np.testing.assert_allclose(np.asarray(encoder.apply({"params": params["encoder"]}, clip)),
+                             golden["out/encoder_full"], atol=1e-5, rtol=1e-5)
+
+
 def test_mismatches_refused(golden):
   ckpt = released(golden)
   with pytest.raises(convert.ConversionError, match="patch_embed.proj.weight has shape"):
@@ -200,6 +213,22 @@ def test_mismatches_refused(golden):
     convert.convert_state_dicts(bad, "tiny", **TINY_FLAGS)
   with pytest.raises(convert.ConversionError, match="--kind probe"):
     convert.convert_state_dicts({"classifier": {}})
+
+
+def test_probe_and_model_files_swapped_name_the_kind_flag(golden):
+  """Each kind of file given to the other kind's conversion is refused in one line naming
+  --kind probe (V-JEPA 2's probe files hold 'classifiers', a list) or its removal."""
+  cfg, params = _probe()
+  vjepa2_probe = convert.export_probe(params, dict(cfg, blocks_on="tokens"))
+  assert "classifiers" in vjepa2_probe
+  bare_probe = convert.export_probe(params, cfg)["classifier"]
+  for probe_file in (vjepa2_probe, bare_probe):
+    with pytest.raises(convert.ConversionError, match="convert it with --kind probe"):
+      convert.convert_state_dicts(probe_file, "tiny", **TINY_FLAGS)
+  model_file = released(golden)
+  for model in (model_file, model_file["target_encoder"]):
+    with pytest.raises(convert.ConversionError, match="convert it without --kind probe"):
+      convert.convert_probe_state_dict(model)
 
 
 def _probe(depth=2, blocks_on="query"):
@@ -261,6 +290,7 @@ def test_cli_converts_released_file_and_reproduces_golden(golden, released_file,
                        capture_output=True, text=True, env=env, timeout=120)
   assert run.returncode == 0, run.stderr
   assert "for 8x64px clips" in run.stdout
+  assert "V-JEPA sin-cos model: the encoder has a pos_embed table" in run.stderr  # INFO shows
   params, _ = checkpoint.load_params(str(tmp_path))
   assert_golden_outputs(golden, params, checkpoint.read_config(str(tmp_path)))
 
@@ -281,7 +311,7 @@ def test_cli_refuses_mismatch_and_unsafe_pickles(golden, released_file, tmp_path
   assert "no such file" in capsys.readouterr().err
 
 
-def test_to_torch_loads_back_exactly(golden, released_file, tmp_path):
+def test_to_torch_loads_back_exactly(golden, released_file, tmp_path, capsys):
   torch = pytest.importorskip("torch")
   params, config = convert.load_torch_checkpoint(str(released_file), "tiny", **TINY_FLAGS)
   convert.save_converted(tmp_path / "ckpt", params, config)
@@ -298,9 +328,14 @@ def test_to_torch_loads_back_exactly(golden, released_file, tmp_path):
       np.testing.assert_allclose(loaded[group][name].numpy(), value, atol=atol, rtol=0)
   back, _ = convert.load_torch_checkpoint(str(out), "tiny", **TINY_FLAGS)
   assert_trees_equal(back, params)
+  capsys.readouterr()
+  assert cli(["--to-torch", "--kind", "probe", "--ckpt", str(tmp_path / "ckpt"),
+              "--out", str(tmp_path / "p.pth.tar")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "is a model checkpoint" in err and "without --kind probe" in err and "\n" not in err
 
 
-def test_probe_files_both_ways(tmp_path):
+def test_probe_files_both_ways(tmp_path, capsys):
   torch = pytest.importorskip("torch")
   cfg, params = _probe(depth=1)
   path = tmp_path / "probe.pth.tar"
@@ -319,3 +354,42 @@ def test_probe_files_both_ways(tmp_path):
   assert set(state) == set(original)
   for name in original:
     assert torch.equal(state[name], original[name]), name
+  capsys.readouterr()
+  assert cli(["--to-torch", "--ckpt", str(tmp_path / "probe"), "--out", str(tmp_path / "m.pt")]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "is an attentive probe" in err and "--to-torch --kind probe" in err and "\n" not in err
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+def test_conversion_holds_one_copy_of_the_model(released_file, tmp_path, monkeypatch):
+  """Converting holds the converted parameters plus one tensor of the file at a time (peak RSS
+  grew ~2.9x the file's size: bench/convert_memory.py, BENCHMARKS.md): each tensor is copied into
+  its own memory and the file's pages behind it dropped; the writer neither deep-copies the
+  arrays (orbax's default for numpy leaves) nor holds them all encoded (OCDBT)."""
+  from jepa_jax.convert import torch_io
+  import orbax.checkpoint as ocp
+  ckpt = torch_io.load(str(released_file))
+  sources = [v for group in ("encoder", "predictor", "target_encoder")
+             for v in ckpt[group].values()]
+  assert all(id(v) in torch_io._MAPPED for v in sources)  # views of the mapped file
+  params, config = convert.convert_state_dicts(ckpt, "tiny", **TINY_FLAGS)
+  # Weights are transposed into copies, their pages released; vectors stay views of the file.
+  weights = [v for v in sources if v.ndim in (2, 5)]
+  assert weights and not any(id(v) in torch_io._MAPPED for v in weights)
+  for leaf in jax.tree_util.tree_leaves(params):
+    assert leaf.flags.c_contiguous and not any(np.may_share_memory(leaf, v) for v in weights)
+  copies = []
+  real_save = checkpoint.save_params
+
+  def spy(*args, **kwargs):
+    copies.append(ocp.type_handlers.get_type_handler(np.ndarray)._deepcopy_host_arrays)
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(checkpoint, "save_params", spy)
+  path = convert.save_converted(tmp_path, params, config)
+  assert copies == [False]
+  assert ocp.type_handlers.get_type_handler(np.ndarray)._deepcopy_host_arrays  # restored
+  written = [f for _, _, files in os.walk(path) for f in files]
+  assert not any("ocdbt" in f for f in written), written
+  assert_trees_equal(checkpoint.load_params(str(tmp_path))[0], params)

@@ -146,3 +146,22 @@ def test_f32_gradient_einsum_equals_the_plain_one():
     np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
   grads = jax.grad(ours, (0, 1, 2))(x.astype(jnp.bfloat16), w, b)
   assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32, jnp.float32]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+@pytest.mark.slow
+def test_fsdp_on_tpu_gathers_weights_in_the_compute_dtype(tmp_path, monkeypatch):
+  """The ViT-S step at bf16 on ``fsdp 4``, compiled by XLA:TPU as a TPU host runs it (``auto``
+  attention: the Pallas kernel, whose qkv projection applies the softmax scale): every weight is
+  all-gathered cast to bfloat16. Scaling the float32 qkv weight before its cast made XLA gather
+  it in float32 (here ``f32[1,384,1152]``; ViT-H: 3.1 GiB per chip and step) and all-reduce
+  its gradient."""
+  from jepa_jax import aot  # noqa: PLC0415
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  hlo = tmp_path / "step.hlo"
+  result = aot.compile_step(vit_s_config((1, 4), dtype="bfloat16"), "v5p:2x2x1", str(hlo))
+  assert result["attention"] == "flash" and result["kernels"], result["kernels"]
+  gathers = [shape for kind, shape in collectives(hlo.read_text()) if kind == "all-gather"]
+  assert any("bf16" in s for s in gathers), gathers
+  # (small float32 gathers are per-device statistics, [4, 1, .])
+  assert not [s for s in gathers if s.startswith("f32") and array_bytes(s) > 2**16], gathers

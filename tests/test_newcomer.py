@@ -103,7 +103,11 @@ def test_skipped_commands_parse():
 
 
 def _env(clone):
-  env = dict(os.environ, PYTHONPATH=str(clone), XLA_FLAGS="")
+  # JAX's persistent compilation cache (its own environment variable, which the README's commands
+  # honour as any user's would): the resumed demo loads the step the first run compiled instead
+  # of compiling it again, in CI's longest test.
+  env = dict(os.environ, PYTHONPATH=str(clone), XLA_FLAGS="",
+             JAX_COMPILATION_CACHE_DIR=str(clone.parent / "jax_cache"))
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
   return env
 

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.pallas import tpu as pltpu
 
 from jepa_jax.models import layers
 from jepa_jax.models import rope as rope_lib
@@ -66,7 +65,7 @@ def test_flash_matches_einsum_forward_and_gradients(n, s, padding, dtype):
   elif padding == "mask":
     kwargs["kv_mask"] = jax.random.bernoulli(jax.random.PRNGKey(3), 0.6, (b, s)).at[:, 0].set(True)
   want, want_grads = _value_and_grads("einsum", q, k, v, **kwargs)
-  with pltpu.force_tpu_interpret_mode():
+  with tpu_attention.interpret_mode():
     got, got_grads = _value_and_grads("flash", q, k, v, **kwargs)
   assert got.shape == want.shape and got.dtype == want.dtype
   _assert_close(got, want, TOLERANCE[dtype], "output")
@@ -85,7 +84,7 @@ def test_flash_self_attention_with_rope_matches_einsum():
   ref = layers.SelfAttention(h, jnp.float32, "einsum")
   flash = layers.SelfAttention(h, jnp.float32, "flash")
   params = ref.init(jax.random.PRNGKey(0), x, lengths, tables)
-  with pltpu.force_tpu_interpret_mode():
+  with tpu_attention.interpret_mode():
     flash_params = flash.init(jax.random.PRNGKey(0), x, lengths, tables)
   # Same names, shapes and initial values: checkpoints and jepa_jax.convert see no difference.
   assert jax.tree_util.tree_structure(flash_params) == jax.tree_util.tree_structure(params)
@@ -97,7 +96,7 @@ def test_flash_self_attention_with_rope_matches_einsum():
 
   grad = lambda m: jax.jit(jax.value_and_grad(lambda p, x: loss(m, p, x), (0, 1), has_aux=True))
   (_, want), want_grads = grad(ref)(params, x)
-  with pltpu.force_tpu_interpret_mode():
+  with tpu_attention.interpret_mode():
     (_, got), got_grads = grad(flash)(params, x)
   _assert_close(got, want, 1e-5, "output")
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads),
@@ -130,16 +129,17 @@ def test_flash_under_a_mesh_is_placed_per_shard():
 
 
 def test_auto_resolution():
-  """``auto`` on TPU stays on the chunked path, mesh or not, until the kernel's memory is fixed
-  (``layers.resolve_attention``); GPU keeps cuDNN; an explicit name always passes through."""
+  """``auto`` on TPU is the kernel where it takes the inputs and a mesh is declared (it runs per
+  shard in a shard_map), else chunked; GPU keeps cuDNN; an explicit name always passes through."""
   mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,))
   assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "chunked"  # no mesh
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-    # Not the kernel yet: its lane-padded residuals need more memory than chunked (layers.py).
-    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "chunked"
-    assert layers.resolve_attention("auto", "tpu", jnp.float32, 80) == "chunked"
-    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 192) == "chunked"
+    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 64) == "flash"
+    assert layers.resolve_attention("auto", "tpu", jnp.float32, 80) == "flash"
+    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 24) == "flash"   # predictor
+    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 88) == "flash"   # ViT-g
+    assert layers.resolve_attention("auto", "tpu", jnp.bfloat16, 20) == "chunked"
     assert layers.resolve_attention("auto", "tpu", jnp.float16, 64) == "chunked"
     assert layers.resolve_attention("auto", "cuda", jnp.bfloat16, 64) == "cudnn"
   assert layers.resolve_attention("flash", "cpu", jnp.float32, 64) == "flash"
@@ -150,21 +150,21 @@ def test_auto_resolution():
 def test_unpadded_lengths_are_refused():
   q = jnp.zeros((1, 1, 100, 8))
   with pytest.raises(ValueError, match="multiple of 128"):
-    tpu_attention.flash_attention(q, q, q, jnp.ones((1, 100), bool), 1.0)
+    tpu_attention.fused_attention(q, q, q, jnp.ones((1, 100), bool))
 
 
 # --- XLA:TPU ahead of time ------------------------------------------------------------------
 
-def _tiny_encoder_grad_hlo(topology: str) -> str:
-  """Forward + backward of a tiny scanned transformer stack (2 blocks, width 64, 2 heads, 200
-  tokens with valid-first padding, 8 clips on 4 chips, bf16) compiled by XLA:TPU for
-  ``topology`` with the ``flash`` attention, traced for TPU under the mesh, as the train step is."""
+def _tiny_encoder_grad_hlo(topology: str, width: int = 64) -> str:
+  """Forward + backward of a tiny scanned transformer stack (2 blocks, 2 heads, 200 tokens with
+  valid-first padding, 8 clips on 4 chips, bf16) compiled by XLA:TPU for ``topology`` with the
+  ``flash`` attention, traced for TPU under the mesh, as the train step is."""
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
   mesh = jax.sharding.Mesh(np.asarray(topo.devices)[:4].reshape(4, 1), ("data", "fsdp"))
   stack = layers.BlockStack(2, layers.BlockConfig(num_heads=2, dtype=jnp.bfloat16,
                                                   attention="flash", scan=True))
-  x = jax.ShapeDtypeStruct((8, 200, 64), jnp.float32)
+  x = jax.ShapeDtypeStruct((8, 200, width), jnp.float32)
   lengths = jax.ShapeDtypeStruct((8,), jnp.int32)
   params = jax.eval_shape(lambda: stack.init(jax.random.PRNGKey(0), jnp.zeros(x.shape),
                                              jnp.zeros(lengths.shape, jnp.int32)))
@@ -183,14 +183,20 @@ def _tiny_encoder_grad_hlo(topology: str) -> str:
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
 @pytest.mark.slow
-@pytest.mark.parametrize("topology", ["v5e:2x2", "v5p:2x2x1", "v6e:2x2"])
-def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, monkeypatch):
+@pytest.mark.parametrize("topology,width", [("v5e:2x2", 64), ("v5p:2x2x1", 176), ("v6e:2x2", 48)])
+def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, width, monkeypatch):
+  """Head dimensions 32, 88 (ViT-g's) and 24 (the predictors'); the kernels' matmul FLOPs as
+  ``hlo_stats`` counts them: per block, a forward (2 matmuls per query, key and head dimension)
+  and one fused backward (5), over the padded lengths."""
+  from jepa_jax import hlo_stats
   # Compiling needs no chip; without this libtpu refuses to load while another process holds it.
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  text = _tiny_encoder_grad_hlo(topology)
-  # Forward and backward (dq and dkv) kernels of the scanned block.
-  assert len(re.findall(r'custom_call_target="tpu_custom_call"', text)) >= 3, topology
-  # Per chip: 2 clips, 2 heads, 200 tokens padded to 256. No [2, 2, 256, 256] (or [.., 200, 200])
-  # logits in float32 or bfloat16 anywhere in the program.
+  text = _tiny_encoder_grad_hlo(topology, width)
+  stats = hlo_stats.analyse(text)
+  assert stats.kernels == {"splash_mha_fwd_segmented_residuals": 2,
+                           "splash_mha_dkv_segmented_no_residuals": 2}, stats.kernels
+  # Per chip: 2 clips, 2 heads, 200 tokens padded to 256.
+  assert stats.kernel_flops == 2 * 2 * (2 + 5) * (2 * 2 * 256 * 256 * (width // 2))
+  # No [2, 2, 256, 256] (or [.., 200, 200]) logits in float32 or bfloat16 anywhere.
   for n in ("200", "256"):
     assert not re.search(rf"(f32|bf16)\[2,2,{n},{n}\]", text), topology

@@ -82,6 +82,49 @@ def test_rope_inference_rules(golden_v2):
   assert not config.model.use_rope
 
 
+def _ac_predictor(width=64, in_width=112) -> dict:
+  """A V-JEPA 2-AC predictor's state dict (src/models/ac_predictor.py names), tiny."""
+  z = lambda *shape: np.zeros(shape, np.float32)
+  return {PREFIX + "predictor_embed.weight": z(width, in_width), PREFIX + "predictor_embed.bias":
+          z(width), PREFIX + "action_encoder.weight": z(width, 7), PREFIX + "action_encoder.bias":
+          z(width), PREFIX + "state_encoder.weight": z(width, 7), PREFIX + "state_encoder.bias":
+          z(width), PREFIX + "predictor_proj.weight": z(in_width, width)}
+
+
+def test_encoder_only_on_a_released_file_stays_rope(golden_v2):
+  """--encoder-only on a released V-JEPA 2 file (encoders with pos_embed entries): still RoPE, and
+  the encoder reproduces the reference's outputs (it was converted as a sin-cos encoder before)."""
+  params, config = convert.convert_state_dicts(released_v2(golden_v2), "tiny", encoder_only=True,
+                                               **TINY2_KW)
+  assert config.model.use_rope and "predictor" not in params
+  enc, _ = models.from_spec(__import__("jepa_jax.config").config.model_spec(config))
+  enc = enc.clone(block=enc.block.replace(dtype=jnp.float32, attention="einsum"))
+  clip = jnp.asarray(golden_v2["clip"].transpose(0, 2, 3, 4, 1))
+  np.testing.assert_allclose(np.asarray(enc.apply({"params": params["encoder"]}, clip)),
+                             golden_v2["out/encoder_full"], atol=2e-5)
+
+
+def test_an_encoder_with_a_table_and_no_predictor_needs_rope_flag(golden_v2):
+  """A bare encoder carrying pos_embed is V-JEPA's or V-JEPA 2's: refused, naming --rope."""
+  bare = released_v2(golden_v2)["target_encoder"]
+  with pytest.raises(convert.ConversionError, match=r"pass --rope .* or --no-rope") as e:
+    convert.convert_state_dicts(bare, "tiny", **TINY2_KW)
+  assert "\n" not in str(e.value)
+  _, config = convert.convert_state_dicts(bare, "tiny", use_rope=True, **TINY2_KW)
+  assert config.model.use_rope
+  no_table = {k: v for k, v in bare.items() if not k.endswith("pos_embed")}
+  assert convert.convert_state_dicts(no_table, "tiny", **TINY2_KW)[1].model.use_rope
+
+
+def test_action_conditioned_files_point_to_encoder_only_which_works(golden_v2):
+  ckpt = released_v2(golden_v2)
+  ckpt["predictor"] = _ac_predictor()
+  with pytest.raises(convert.ConversionError, match="V-JEPA 2-AC.*--encoder-only"):
+    convert.convert_state_dicts(ckpt, "tiny", **TINY2_KW)
+  params, config = convert.convert_state_dicts(ckpt, "tiny", encoder_only=True, **TINY2_KW)
+  assert config.model.use_rope and "predictor" not in params
+
+
 def test_vitg_files_resolve_to_the_22_head_giant():
   """A RoPE ViT-g file is V-JEPA 2's vit_giant_xformers (22 heads), a sin-cos one V-JEPA's
   vit_giant (16 heads): same shapes, told apart by the positions."""
@@ -101,6 +144,8 @@ def test_vitg_files_resolve_to_the_22_head_giant():
         states[group][PREFIX + "pos_embed"] = pos_embed.sincos_3d(1408, (8, 16, 16), True)[None]
     _, back = convert.convert_state_dicts(states)
     assert (back.model.name, back.model.use_rope) == (name, rope)
+    _, alone = convert.convert_state_dicts(states, encoder_only=True)  # same family, no predictor
+    assert (alone.model.name, alone.model.use_rope) == (name, rope)
     assert (back.data.crop_size, back.data.num_frames) == (256, 16)
     assert back.model.pred_num_heads == (12 if rope else None)
 

@@ -1,8 +1,9 @@
 """Weight conversion between the reference PyTorch checkpoints and jepa_jax parameter trees.
 
 ``names``: the per-tensor name/layout mapping; ``infer``: what a state dict's shapes say about its
-model; ``reference``: whole checkpoints (released ``.pth.tar`` files <-> orbax); ``torch_io``: the
-only torch-importing module. CLI: ``python -m jepa_jax.convert --help``.
+model; ``reference``: whole checkpoints (released ``.pth.tar`` files <-> orbax); ``optimizer``:
+Adam's moments <-> the reference's ``torch.optim.AdamW`` state (``--resumable``); ``torch_io``:
+the only torch-importing module. CLI: ``python -m jepa_jax.convert --help``.
 """
 from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
                                     to_torch, unstack_blocks)

@@ -19,12 +19,18 @@ jepa_jax -> reference (a .pth.tar in the released files' structure):
   python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
       [--which both|target|online] [--step N]
   python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
+
+Resuming a run on the other side (pretraining checkpoints with their AdamW state):
+
+  python -m jepa_jax.convert --to-torch --resumable --ckpt WORKDIR --out FILE.pth.tar
+      (adds 'opt', 'epoch' and 'scaler': the reference's load_checkpoint resumes from it)
+  python -m jepa_jax.convert --from-torch FILE.pth.tar --resumable --config CONFIG.py --out WORKDIR
+      (then: python -m jepa_jax.main --config=CONFIG.py --workdir=WORKDIR resumes)
 """
 import argparse
-import logging
 import sys
 
-from jepa_jax import paths
+from jepa_jax import cli, paths
 from jepa_jax.convert import reference
 from jepa_jax.convert.names import ConversionError
 
@@ -60,7 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "target as 'target_encoder' (as the reference); 'target'/'online' writes "
                       "that encoder under both keys")
   p.add_argument("--step", type=int, help="--to-torch: checkpoint step (default: latest)")
+  p.add_argument("--resumable", action="store_true",
+                 help="pretraining checkpoints with their AdamW state, to resume on the other side")
+  p.add_argument("--config", help="--from-torch --resumable: the training config of the run to "
+                                  "resume (configs/*.py)")
   args = p.parse_args(argv)
+  if args.resumable and args.kind == "probe":
+    p.error("--resumable is for pretraining checkpoints, not probes")
+  if args.from_torch and args.resumable and not args.config:
+    p.error("--from-torch --resumable needs --config CONFIG.py: the training config of the run "
+            "that will resume from it")
   if args.to_torch and not args.ckpt:
     p.error("--to-torch needs --ckpt WORKDIR_OR_DIR")
   if args.from_torch and args.ckpt:
@@ -72,9 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-  # orbax logs a warning for every read-only manager it opens; noise for a converter's user.
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   try:
     if args.from_torch and args.kind == "probe":
@@ -82,6 +95,18 @@ def main(argv=None) -> int:
                                                         args.model, args.probe_index)
       path = reference.save_probe(args.out, params, probe_config)
       print(f"wrote probe {probe_config} to {path}")
+    elif args.from_torch and args.resumable:
+      try:
+        run_config = cli.load_config(args.config)
+      except ValueError as e:  # one line naming the file and the fix (cli.flag_error_message)
+        raise ConversionError(f"--config: {e}") from None
+      step = reference.save_resumable(
+          args.from_torch, run_config, args.out, model=args.model,
+          img_size=args.img_size, num_frames=args.num_frames, embed_dim=args.embed_dim,
+          depth=args.depth, num_heads=args.num_heads, use_rope=args.rope,
+          pred_num_heads=args.pred_num_heads)
+      print(f"wrote a pretraining checkpoint at step {step} to {args.out}: python -m "
+            f"jepa_jax.main --config={args.config} --workdir={args.out} resumes it")
     elif args.from_torch:
       params, config = reference.load_torch_checkpoint(
           args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
@@ -100,14 +125,17 @@ def main(argv=None) -> int:
       reference.write_torch_probe(args.ckpt, args.out, args.step)
       print(f"wrote {args.out}")
     else:
-      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step)
-      print(f"wrote {sorted(states)} (+ epoch) to {args.out}")
+      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step,
+                                                resumable=args.resumable)
+      extra = "opt, epoch, scaler" if args.resumable else "epoch"
+      print(f"wrote {sorted(states)} (+ {extra}) to {args.out}")
   except (ConversionError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except Exception as e:  # noqa: BLE001 - checkpoint errors carry their own actionable message
     from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    if isinstance(e, CheckpointError):
+    from jepa_jax.experiment import ConfigError  # noqa: PLC0415 - --resumable's training config
+    if isinstance(e, (CheckpointError, ConfigError)):
       print(f"error: {e}", file=sys.stderr)
       return 1
     raise

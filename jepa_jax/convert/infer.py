@@ -17,10 +17,13 @@ sizes share the ViT-g shapes: V-JEPA's ``giant`` (16 heads) and V-JEPA 2's ``gia
 heads); RoPE checkpoints (V-JEPA 2) take the latter (``resolve_size(..., use_rope=True)``).
 
 RoPE (V-JEPA 2) is read from the file (``infer_rope``): its encoders have no position table
-(``pos_embed``), so a checkpoint without one is RoPE. The released V-JEPA 2 files do carry
-``pos_embed`` entries, which the reference's hub loader ignores (``strict=False``); they are told
-apart by their predictor, which has one mask token per (mask, dataset) pair -- 10 in the released
-files -- where every V-JEPA predictor has 2. Anything else: pass ``--rope`` / ``--no-rope``.
+(``pos_embed``), so an encoder without one is RoPE. The released V-JEPA 2 files do carry
+``pos_embed`` entries, which the reference's hub loader ignores (``strict=False``), so an encoder
+with a table is either; the file's predictor tells them apart, whether or not it is converted
+(``--encoder-only``): V-JEPA 2's has one mask token per (mask, dataset) pair -- 10 in the released
+files -- where every V-JEPA predictor has at most 2, and V-JEPA 2-AC's has an ``action_encoder``.
+Files written by ``--to-torch`` say which they are (``jepa_jax_use_rope``). Anything else (a bare
+encoder with a table) is refused: pass ``--rope`` / ``--no-rope``.
 """
 import math
 import re
@@ -111,14 +114,41 @@ def probe_spec(state: Mapping) -> dict:
               blocks_on="query" if PROBE_PROJ in state else "tokens")
 
 
-def infer_rope(encoder_state: Mapping, pspec: Optional[dict]) -> tuple[bool, str]:
-  """``(use_rope, why)`` from an encoder state dict and its predictor's spec (module docstring)."""
+AC_PREDICTOR_KEY = "action_encoder.weight"   # V-JEPA 2-AC's predictor (src/models/ac_predictor.py)
+
+
+def predictor_evidence(predictor_state: Optional[Mapping]) -> Optional[dict]:
+  """What a file's predictor says about its encoder (``infer_rope``), read from its names and
+  shapes only, so a predictor jepa_jax cannot convert (V-JEPA 2-AC's) still counts."""
+  if not predictor_state:
+    return None
+  if AC_PREDICTOR_KEY in predictor_state:
+    return dict(action_conditioned=True)
+  if "predictor_embed.weight" not in predictor_state:
+    return None
+  return predictor_spec(predictor_state)
+
+
+def infer_rope(encoder_state: Mapping, pspec: Optional[dict],
+               written_with_rope: Optional[bool] = None) -> tuple[Optional[bool], str]:
+  """``(use_rope, why)`` from an encoder state dict, the file's predictor (``predictor_evidence``)
+  and the ``jepa_jax_use_rope`` entry of ``--to-torch`` files; ``use_rope`` is None where they do
+  not determine it (module docstring)."""
+  if written_with_rope is not None:
+    return bool(written_with_rope), "the file says so (written by jepa_jax's --to-torch)"
   if "pos_embed" not in encoder_state:
     return True, "the encoder has no pos_embed (RoPE encoders have none)"
+  if pspec is not None and pspec.get("action_conditioned"):
+    return True, "the file's predictor is V-JEPA 2-AC's (action_encoder)"
   if pspec is not None and pspec["num_mask_tokens"] > 2:
-    return True, (f"the predictor has {pspec['num_mask_tokens']} mask tokens (V-JEPA 2: one per "
-                  "mask and dataset; V-JEPA: 2)")
-  return False, "the encoder has a pos_embed table and no V-JEPA 2 predictor"
+    return True, (f"the file's predictor has {pspec['num_mask_tokens']} mask tokens (V-JEPA 2: one "
+                  "per mask and dataset; V-JEPA: 2)")
+  if pspec is not None:
+    return False, (f"the encoder has a pos_embed table and the file's predictor "
+                   f"{pspec['num_mask_tokens']} mask tokens (V-JEPA: 2)")
+  return None, ("the encoder carries a pos_embed table, which V-JEPA (sin-cos) encoders use and "
+                "V-JEPA 2 (RoPE) encoders carry unused, and no predictor in the file tells them "
+                "apart")
 
 
 def named_sizes(spec: dict, use_rope: bool = False) -> list:

@@ -84,9 +84,14 @@ def _set(tree: dict, path: tuple, value):
   tree[path[-1]] = value
 
 
-def from_torch(state: Mapping[str, np.ndarray], kind: str) -> dict:
-  """Reference state dict (``kind``: encoder | predictor | probe) -> unscanned Flax params."""
+def from_torch(state: Mapping[str, np.ndarray], kind: str, leaf_fn=None) -> dict:
+  """Reference state dict (``kind``: encoder | predictor | probe) -> unscanned Flax params.
+
+  ``leaf_fn(converted, source)``, if given, makes each parameter from its (transposed) view of the
+  source tensor, as soon as that tensor is reached: the converter copies it into its own memory
+  there and lets the file's pages go (``reference._own_copy``), tensor by tensor."""
   state = strip_prefixes(state)
+  leaf_fn = leaf_fn or (lambda converted, source: converted)
   params: dict = {}
   mask_tokens = {}
   for name, value in state.items():
@@ -95,10 +100,10 @@ def from_torch(state: Mapping[str, np.ndarray], kind: str) -> dict:
     if name in _UNUSED.get(kind, ()):
       continue
     if kind == "predictor" and name.startswith("mask_tokens."):
-      mask_tokens[int(name.split(".")[1])] = value.reshape(-1)
+      mask_tokens[int(name.split(".")[1])] = leaf_fn(value.reshape(-1), value)
       continue
     if kind == "probe" and name == "pooler.query_tokens":
-      _set(params, ("query_tokens",), value)
+      _set(params, ("query_tokens",), leaf_fn(value, value))
       continue
     module, _, torch_leaf = name.rpartition(".")
     m = _BLOCK_PREFIX.match(name)
@@ -114,7 +119,8 @@ def from_torch(state: Mapping[str, np.ndarray], kind: str) -> dict:
     else:
       raise ConversionError(f"unknown parameter {name!r} in a {kind} state dict "
                             f"(is this really a {kind} checkpoint?)")
-    _set(params, *_leaf(path, torch_leaf, is_norm, value))
+    leaf_path, converted = _leaf(path, torch_leaf, is_norm, value)
+    _set(params, leaf_path, leaf_fn(converted, value))
   if mask_tokens:
     params["mask_tokens"] = np.stack([mask_tokens[i] for i in range(len(mask_tokens))])
   return params

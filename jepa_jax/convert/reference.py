@@ -19,6 +19,7 @@ num_heads, mlp_ratio, depth, num_queries, embed_dim, blocks_on}}``): the one pro
 The functions taking state dicts need no torch (they work on numpy); only ``load_*`` / ``write_*``
 of ``.pth.tar`` files import it.
 """
+import contextlib
 import logging
 import os
 from typing import Mapping, Optional
@@ -29,8 +30,8 @@ import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax.convert import infer
-from jepa_jax.convert.names import (ConversionError, from_torch, strip_prefixes, to_torch,
-                                    unstack_blocks)
+from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
+                                    to_torch, unstack_blocks)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ VJEPA2_PROBE_HEADS = 16               # classifier.num_heads of every V-JEPA 2 e
 PROBE_PREFIX = "module."              # DistributedDataParallel(AttentiveClassifier)
 PROBE = "probe"
 WHICH = ("both", "target", "online")
+# Top-level entry of --to-torch files: whether the model is RoPE, which an encoder that carries a
+# position table and has no predictor beside it cannot tell (infer.infer_rope).
+ROPE_MARKER = "jepa_jax_use_rope"
 
 
 # --- reference -> jepa_jax: pretrained models ------------------------------------------------
@@ -86,13 +90,23 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
           f"has shape {tuple(reference['patch_embed.proj.weight'].shape)} ([D, C, tubelet, patch, "
           f"patch]), i.e. {key.replace('_', ' ')} {spec[key]}; drop the flag or pass {spec[key]}")
   use_predictor = "predictor" in groups and not encoder_only
+  if use_predictor and infer.AC_PREDICTOR_KEY in groups["predictor"]:
+    raise ConversionError(
+        "the predictor is V-JEPA 2-AC's action-conditioned one (action_encoder, state_encoder), "
+        "which jepa_jax does not implement; convert the encoder alone with --encoder-only (it is "
+        "a RoPE encoder, which the file's predictor tells the converter)")
   pspec = infer.predictor_spec(groups["predictor"]) if use_predictor else None
   if pspec is not None and pspec["num_mask_tokens"] == 0:
     raise ConversionError("the predictor has no mask_tokens (trained with use_mask_tokens=False); "
                           "jepa_jax's predictor always uses them. Convert the encoders alone with "
                           "--encoder-only")
   if use_rope is None:
-    use_rope, why = infer.infer_rope(reference, pspec)
+    # The file's predictor is evidence even when it is not converted (--encoder-only).
+    evidence = pspec if use_predictor else infer.predictor_evidence(groups.get("predictor"))
+    use_rope, why = infer.infer_rope(reference, evidence, checkpoint.get(ROPE_MARKER))
+    if use_rope is None:
+      raise ConversionError(f"{why}; pass --rope for a V-JEPA 2 encoder (vitl.pt, vitg.pt, ...) "
+                            "or --no-rope for a V-JEPA one")
     log.info("%s model: %s (override with --rope / --no-rope)",
              "V-JEPA 2 RoPE" if use_rope else "V-JEPA sin-cos", why)
   name, overrides = infer.resolve_size(
@@ -133,7 +147,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
         if drift > 1e-6:
           log.info("%s.pos_embed is %.1e from the exact sin-cos table (the reference's EMA rounds "
                    "its frozen table); jepa_jax uses the exact table", group, drift)
-      params[key] = _float32(from_torch(groups[group], "encoder"))
+      params[key] = from_torch(groups[group], "encoder", leaf_fn=_own_copy)
   if use_predictor:
     pred_label = f"{label}'s predictor (width {pspec['pred_embed_dim']}, depth " \
                  f"{pspec['pred_depth']}, {num_masks} mask tokens)"
@@ -142,7 +156,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
     if not use_rope:
       infer.check_table(groups["predictor"].get("predictor_pos_embed"),
                         np.asarray(predictor.position_table()), "predictor_pos_embed", "predictor")
-    params["predictor"] = _float32(from_torch(groups["predictor"], "predictor"))
+    params["predictor"] = from_torch(groups["predictor"], "predictor", leaf_fn=_own_copy)
   for have, missing in (("encoder", "target"), ("target", "encoder")):
     if missing not in params:
       log.warning("the checkpoint has no %s; using a copy of the %s", missing, have)
@@ -154,14 +168,18 @@ def _model_groups(checkpoint: Mapping) -> dict:
   """The encoder/predictor/target state dicts of a checkpoint, prefixes stripped."""
   if not isinstance(checkpoint, Mapping):
     raise ConversionError(f"expected a dict of state dicts, got {type(checkpoint).__name__}")
-  if "classifier" in checkpoint:
-    raise ConversionError("this is an attentive-probe checkpoint ('classifier'); convert it with "
-                          "--kind probe")
+  for key in ("classifier", "classifiers"):  # V-JEPA's eval saves one probe, V-JEPA 2's a list
+    if key in checkpoint:
+      raise ConversionError(f"this is an attentive-probe file ({key!r}), not a pretrained model; "
+                            "convert it with --kind probe")
   keys = ("encoder", "predictor", "target_encoder")
   if any(k in checkpoint for k in keys):
     groups = {k: strip_prefixes(checkpoint[k]) for k in keys if k in checkpoint}
   elif checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
     groups = {"target_encoder": strip_prefixes(checkpoint)}  # a bare encoder state dict
+    if "pooler.query_tokens" in groups["target_encoder"]:
+      raise ConversionError("this is a bare attentive-probe state dict (pooler.query_tokens), not "
+                            "a pretrained model; convert it with --kind probe")
     if "predictor_embed.weight" in groups["target_encoder"]:
       raise ConversionError("this is a bare predictor state dict; a predictor needs its encoder: "
                             "convert the training checkpoint holding both")
@@ -180,6 +198,11 @@ def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: 
   config = ml_collections.ConfigDict(plain(base_config()))
   m = config.model
   m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
+  # The precision of the weights as released: a model built from this config reproduces the
+  # reference's float32 outputs. Runs pick their own compute dtype (config.model.dtype of the
+  # training config that starts from these weights, eval/finetune's encoder_dtype,
+  # extract/predict's --encoder-dtype); base_config's bfloat16 would cost 1e-2 here.
+  m.dtype = "float32"
   m.uniform_power = bool(uniform_power)
   m.use_rope = bool(use_rope)
   m.pred_num_heads = pred_num_heads
@@ -218,6 +241,20 @@ def _abstract_params(encoder, predictor) -> dict:
   predictor = predictor.clone(block=predictor.block.replace(**fast))
   return jax.eval_shape(lambda k: train_state.init_params(encoder, predictor, k),
                         jax.random.PRNGKey(0))
+
+
+def _own_copy(converted: np.ndarray, source: np.ndarray) -> np.ndarray:
+  """A parameter in its own contiguous float32 memory, after which the file's pages behind
+  ``source`` are dropped (``torch_io.release``): conversion holds one tensor of the file at a
+  time, and the checkpoint writer needs no copies of its own (``save_converted``). Zero-stride
+  views (shape-only trees of tests and size checks) stay views: a copy would allocate them."""
+  if 0 in converted.strides and converted.size > 1:
+    return np.asarray(converted, np.float32)
+  out = np.ascontiguousarray(converted, np.float32)
+  if not np.may_share_memory(out, source):
+    from jepa_jax.convert import torch_io  # noqa: PLC0415 - only arrays it mapped are released
+    torch_io.release(source)
+  return out
 
 
 def _float32(tree):
@@ -291,13 +328,21 @@ def convert_probe_state_dict(checkpoint: Mapping, num_heads: Optional[int] = Non
       raise ConversionError(f"--probe-index {probe_index}: the file holds {len(probes)} probes "
                             f"(0 .. {len(probes) - 1})")
     checkpoint = {"classifier": probes[probe_index]}
+  models_in_file = [k for k in ("encoder", "target_encoder", "predictor")
+                    if isinstance(checkpoint, Mapping) and k in checkpoint]
+  if models_in_file:
+    raise ConversionError(f"this is a pretrained-model file ({', '.join(models_in_file)}), not an "
+                          "attentive probe; convert it without --kind probe")
   state = checkpoint.get("classifier", checkpoint) if isinstance(checkpoint, Mapping) else None
   if not isinstance(state, Mapping) or not state or not all(
       isinstance(v, np.ndarray) for v in state.values()):
     keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
     raise ConversionError(f"no probe state dict found ({keys}); the reference's eval saves it "
-                          "under 'classifier'")
+                          "under 'classifier' (V-JEPA) or 'classifiers' (V-JEPA 2)")
   state = strip_prefixes(state)
+  if "patch_embed.proj.weight" in state:
+    raise ConversionError("this is a bare encoder state dict (patch_embed), not an attentive "
+                          "probe; convert it without --kind probe")
   spec = infer.probe_spec(state)
   if num_heads is None and spec["blocks_on"] == "tokens":
     num_heads = VJEPA2_PROBE_HEADS
@@ -386,15 +431,41 @@ def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional
 def save_converted(directory: str, params: Mapping, config) -> str:
   """Params-only orbax checkpoint (step 0) + config, loadable with ``checkpoint.load_params``."""
   _fresh_checkpoints_dir(directory)
-  return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0)
+  with _numpy_leaves_written_in_place():
+    return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0,
+                                low_memory=True)
+
+
+@contextlib.contextmanager
+def _numpy_leaves_written_in_place():
+  """orbax deep-copies every numpy leaf before writing it (against changes during an
+  asynchronous save): a second copy of a whole model. The converter's save is synchronous and
+  its arrays are its own, so for its duration numpy leaves are written from where they are."""
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  previous = ocp.type_handlers.get_type_handler(np.ndarray)
+  ocp.type_handlers.register_type_handler(
+      np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False), override=True)
+  try:
+    yield
+  finally:
+    ocp.type_handlers.register_type_handler(np.ndarray, previous, override=True)
 
 
 def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
-                           step: Optional[int] = None) -> dict:
+                           step: Optional[int] = None, resumable: bool = False) -> dict:
   """A jepa_jax checkpoint (trainer workdir or converted) -> a ``.pth.tar`` in the released
-  structure; returns the written dict's state-dict names -> shapes, for reporting."""
+  structure; returns the written dict's state-dict names -> shapes, for reporting.
+
+  ``resumable``: a pretraining checkpoint with what the reference's ``load_checkpoint`` reads to
+  resume (``resumable_entries``): its AdamW state, ``epoch`` and a ``scaler``."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  loaded = ckpt_lib.load(ckpt, step)
+  try:
+    loaded = ckpt_lib.load(ckpt, step)
+  except ckpt_lib.CheckpointError as e:
+    if _kind(ckpt, step) == ckpt_lib.PROBE:
+      raise ConversionError(f"--ckpt {ckpt} is an attentive probe, not a model; export it with "
+                            "--to-torch --kind probe") from e
+    raise
   params, step = loaded.params, loaded.step
   config = ckpt_lib.read_config(ckpt, step)
   if loaded.kind == ckpt_lib.FINETUNE:
@@ -403,8 +474,105 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
     params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
   state_dicts = export_torch(params, config, which)
   # 'epoch' is read (for logging) by the reference eval's load_pretrained.
-  torch_io.save(out, dict(state_dicts, epoch=0, jepa_jax_step=int(step)))
+  extra = dict(epoch=0)
+  if resumable:
+    if loaded.kind != ckpt_lib.PRETRAIN or which != "both":
+      raise ConversionError(f"--resumable needs a pretraining checkpoint written with --which both "
+                            f"(this one is {loaded.kind!r}, --which {which}): only it has the "
+                            "optimiser state the reference resumes with")
+    extra = resumable_entries(ckpt, step, config, state_dicts)
+  torch_io.save(out, dict(state_dicts, jepa_jax_step=int(step), **extra,
+                          **{ROPE_MARKER: bool((config.get("model") or {}).get("use_rope"))}))
   return state_dicts
+
+
+# A fresh torch.cuda.amp.GradScaler's state: the reference's pretraining (mixed precision) builds
+# one and load_checkpoint loads 'scaler' into it; jepa_jax trains without loss scaling.
+FRESH_GRAD_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                     "growth_interval": 2000, "_growth_tracker": 0}
+
+
+def _experiment(config):
+  from jepa_jax import experiment  # noqa: PLC0415
+  config = ml_collections.ConfigDict(plain(config))
+  config.mesh.data, config.mesh.fsdp = 1, 1  # conversion runs on one device
+  return experiment.build(config, devices=jax.devices()[:1])
+
+
+def _adam_state(opt_state):
+  import optax  # noqa: PLC0415
+  found = [x for x in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+      if isinstance(x, optax.ScaleByAdamState)]
+  if len(found) != 1:
+    raise ConversionError("the optimiser state holds no single Adam state (not make_optimizer's)")
+  return found[0]
+
+
+def resumable_entries(ckpt: str, step: int, config, state_dicts: Mapping) -> dict:
+  """``opt`` (Adam's moments in ``torch.optim.AdamW.state_dict()`` layout, ``optimizer``),
+  ``epoch`` (``step // config.optim.ipe``: the reference resumes at the start of that epoch and
+  steps its schedulers ``epoch * ipe`` times) and ``scaler`` of a pretraining checkpoint."""
+  from jepa_jax import optim  # noqa: PLC0415
+  from jepa_jax.convert import optimizer  # noqa: PLC0415
+  exp = _experiment(config)
+  manager = ckpt_lib.make_manager(ckpt_lib.checkpoint_dir(ckpt), read_only=True, async_save=False)
+  state, _ = ckpt_lib.restore_train_state(manager, step, exp.sharded_abstract_state)
+  manager.close()
+  adam = _adam_state(state.opt_state)
+  moments = {name: {kind: to_torch(unstack_blocks(jax.device_get(tree[kind])), kind)
+                    for kind in ("encoder", "predictor")}
+             for name, tree in (("mu", adam.mu), ("nu", adam.nu))}
+  hyper = dict(state.opt_state[1].hyperparams, **optim.applied_hyperparams(state.opt_state))
+  states = {kind: {k[len(ENCODER_PREFIX):]: v for k, v in state_dicts[group].items()}
+            for kind, group in (("encoder", "encoder"), ("predictor", "predictor"))}
+  opt = optimizer.export_adamw(states, moments["mu"], moments["nu"], int(adam.count), hyper)
+  return dict(opt=opt, epoch=int(step) // int(exp.optim_cfg.ipe), scaler=dict(FRESH_GRAD_SCALER))
+
+
+def save_resumable(path: str, config, out: str, **kwargs) -> int:
+  """A reference training checkpoint (``encoder``, ``predictor``, ``target_encoder``, ``opt``) ->
+  a jepa_jax pretraining checkpoint in ``out/checkpoints`` that ``python -m jepa_jax.main
+  --config=<the same config> --workdir=out`` resumes: parameters, EMA target, Adam's moments and
+  count; the step is the count (the updates made). ``config``: the run's training config (its
+  model must fit the file; ``kwargs`` as ``convert_state_dicts``). Returns the step."""
+  from jepa_jax.convert import optimizer, torch_io  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  checkpoint = torch_io.load(path)
+  if "opt" not in checkpoint or not isinstance(checkpoint["opt"], Mapping):
+    raise ConversionError(f"{path} has no optimiser state ('opt'): convert it without --resumable "
+                          "(and start a run from it with --config.init_from)")
+  params, _ = convert_state_dicts(checkpoint, **kwargs)
+  groups = _model_groups(checkpoint)
+  mu, nu, count = optimizer.import_adamw(checkpoint["opt"], {
+      "encoder": groups["encoder"], "predictor": groups["predictor"]})
+  from jepa_jax import train_state  # noqa: PLC0415
+  exp = _experiment(config)
+  scan = bool(config.model.get("scan"))
+  layout = (lambda tree: stack_blocks(tree)) if scan else (lambda tree: tree)
+  new_params = {k: layout(params[k]) for k in ("encoder", "predictor")}
+  new_mu = {k: layout(from_torch(mu[k], k)) for k in ("encoder", "predictor")}
+  new_nu = {k: layout(from_torch(nu[k], k)) for k in ("encoder", "predictor")}
+  want = jax.tree_util.tree_map(lambda s: s.shape, exp.abstract_state.params)
+  for name, tree in (("parameters", new_params), ("Adam moments", new_mu)):
+    if jax.tree_util.tree_map(np.shape, tree) != want:
+      raise ConversionError(f"the file's {name} do not fit the model of the given config; pass the "
+                            "config of the run to resume (its model, scan and mask tokens)")
+  state = train_state.TrainState.create(params=new_params, tx=exp.tx,
+                                        target_params=layout(params["target"]))
+  opt_state = optax.tree_utils.tree_set(state.opt_state, mu=new_mu, nu=new_nu)
+  opt_state = jax.tree_util.tree_map_with_path(
+      lambda p, x: np.full_like(x, count) if getattr(p[-1], "name", None) == "count" else x,
+      opt_state)
+  step_dtype = exp.abstract_state.step.dtype
+  state = state.replace(step=np.asarray(count, step_dtype), opt_state=opt_state)
+  directory = os.path.join(os.fspath(out), "checkpoints")
+  _fresh_checkpoints_dir(out)
+  manager = ckpt_lib.make_manager(directory, async_save=False, keep=None)
+  ckpt_lib.save(manager, count, state=state, config=config, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return count
 
 
 def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
@@ -424,7 +592,22 @@ def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
 
 def write_torch_probe(ckpt: str, out: str, step: Optional[int] = None) -> dict:
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  params, probe_config = load_probe(ckpt, step)
+  try:
+    params, probe_config = load_probe(ckpt, step)
+  except ckpt_lib.CheckpointError as e:
+    if _kind(ckpt, step) not in (None, ckpt_lib.PROBE):
+      raise ConversionError(f"--ckpt {ckpt} is a model checkpoint, not an attentive probe; export "
+                            "it without --kind probe") from e
+    raise
   state_dicts = export_probe(params, probe_config)
   torch_io.save(out, dict(state_dicts, epoch=0))
   return state_dicts
+
+
+def _kind(ckpt: str, step: Optional[int]) -> Optional[str]:
+  """The checkpoint's kind (``checkpoint.checkpoint_kind``), None if it cannot be read: only to
+  name the right flag after a failed load."""
+  try:
+    return ckpt_lib.checkpoint_kind(ckpt, step)
+  except Exception:  # noqa: BLE001 - the original error is reported instead
+    return None

@@ -7,8 +7,11 @@ Files are read with ``torch.load(..., weights_only=True)``: tensors and plain co
 Unpickling arbitrary Python objects can run arbitrary code, so a file that needs it is refused
 rather than trusted.
 """
+import ctypes
 import os
 import pickle
+import sys
+import weakref
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,10 +46,12 @@ def load(path: str) -> dict:
       # mmap keeps multi-GB files (the released ones carry the optimiser state) out of memory;
       # files in torch's legacy (pre-1.6, non-zip) format cannot be mapped.
       obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      mapped = True
     except RuntimeError as e:
       if "mmap" not in str(e) and "zip" not in str(e):
         raise
       obj = torch.load(path, map_location="cpu", weights_only=True)
+      mapped = False
   except pickle.UnpicklingError as e:
     first = str(e).strip().splitlines()
     raise ConversionError(
@@ -61,11 +66,11 @@ def load(path: str) -> dict:
   if not isinstance(obj, Mapping):
     raise ConversionError(f"{path} holds a {type(obj).__name__}, not a dict of state dicts")
   if obj and all(_is_tensor(v) for v in obj.values()):
-    return _to_numpy(obj)
-  out = {k: (_to_numpy(v) if k in STATE_DICT_KEYS and isinstance(v, Mapping) else v)
+    return _to_numpy(obj, mapped)
+  out = {k: (_to_numpy(v, mapped) if k in STATE_DICT_KEYS and isinstance(v, Mapping) else v)
          for k, v in obj.items()}
   if isinstance(obj.get("classifiers"), (list, tuple)):  # V-JEPA 2's eval: one per LR/WD head
-    out["classifiers"] = [_to_numpy(v) for v in obj["classifiers"]]
+    out["classifiers"] = [_to_numpy(v, mapped) for v in obj["classifiers"]]
   return out
 
 
@@ -73,16 +78,46 @@ def _is_tensor(x) -> bool:
   return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
-def _to_numpy(state: Mapping) -> dict:
+def _to_numpy(state: Mapping, mapped: bool = False) -> dict:
+  """numpy views of a state dict's tensors; ``mapped``: the tensors view the file's mapping."""
   out = {}
   for name, value in state.items():
     if not _is_tensor(value):
       raise ConversionError(f"state dict entry {name!r} is a {type(value).__name__}, not a tensor")
     value = value.detach().cpu()
+    views_file = mapped and value.dtype == import_torch().float32
     if value.is_floating_point():
-      value = value.float()  # bf16/fp16 checkpoints: our parameters are float32
+      value = value.float()  # bf16/fp16 checkpoints: our parameters are float32 (a copy)
     out[name] = value.numpy()
+    if views_file:
+      key = id(out[name])
+      _MAPPED[key] = weakref.ref(out[name], lambda _, key=key: _MAPPED.pop(key, None))
   return out
+
+
+# --- releasing the file's pages once a tensor is converted -----------------------------------
+# ``load`` maps the file (torch.load(mmap=True)): a tensor's pages are read in when it is first
+# used and then count in the process's memory until the mapping goes, i.e. until the whole
+# conversion is done. The converter copies each tensor into its own layout and then drops the
+# pages it read (``release``), so at any time it holds the converted parameters plus one tensor
+# of the file, not the file as well (measured in BENCHMARKS.md).
+_MAPPED: dict = {}          # id -> weakref of the arrays ``load`` returned that view the mapping
+_MADV_DONTNEED = 4          # Linux; the mapping is private and never written: pages re-read on use
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def release(array: np.ndarray) -> None:
+  """Drop the resident pages of the file mapping behind ``array`` (a ``load`` result); anything
+  else, and any platform but Linux, is left alone. Reading ``array`` again re-reads the file."""
+  ref = _MAPPED.pop(id(array), None)
+  if ref is None or ref() is not array or not sys.platform.startswith("linux") or not array.size:
+    return
+  start = array.__array_interface__["data"][0]
+  first = -(-start // _PAGE) * _PAGE                   # only pages wholly inside the tensor
+  last = (start + array.nbytes) // _PAGE * _PAGE
+  if last > first:
+    ctypes.CDLL(None).madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first),
+                              _MADV_DONTNEED)
 
 
 def save(path: str, obj: Mapping[str, Any]) -> None:

@@ -24,6 +24,7 @@ distributed.define_flags()
 
 def main(argv):
   del argv
+  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
@@ -47,6 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.setup_console_logging()
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=cli.parse_flags)

@@ -240,20 +240,19 @@ def resolve_attention(implementation: str, backend: str, dtype, head_dim: int = 
   """``auto`` -> the fastest exact path that bounds memory on ``backend``; others pass through.
 
   GPU: cuDNN's fused flash kernel where it takes the inputs (bfloat16/float16, head dimension a
-  multiple of 8 up to 128; otherwise ``xla``). TPU: ``chunked`` (XLA:TPU would materialise every
-  [heads, N, N] logits buffer; a 384 px clip has N = 4608). The Pallas flash kernel (``flash``,
-  ``models.tpu_attention``) is exact and moves 2.35x fewer HBM bytes on ViT-L, but its saved
-  q/k/v/statistics are padded to 128 lanes (head dim 64, the predictor's 24), so it needs more
-  memory than ``chunked`` (BENCHMARKS.md, "TPU attention"): batches sized for ``chunked`` on
-  16-32 GiB chips would no longer fit. ``auto`` picks it once that is fixed; choose it explicitly
-  where memory allows. CPU: ``xla``.
+  multiple of 8 up to 128; otherwise ``xla``). TPU: the Pallas splash kernel (``flash``,
+  ``models.tpu_attention``) where it takes the inputs (bfloat16/float32, head dimension a multiple
+  of 8) and a mesh is declared while tracing (the kernel runs per shard in a ``shard_map``; the
+  train step, eval and fine-tuning declare theirs); otherwise ``chunked`` (XLA:TPU would
+  materialise every [heads, N, N] logits buffer; a 384 px clip has N = 4608). CPU: ``xla``.
   """
   if implementation != "auto":
     return implementation
   if backend in ("gpu", "cuda") and cudnn_supports(head_dim, dtype):
     return "cudnn"
   if backend == "tpu":
-    return "chunked"
+    declared = not jax.sharding.get_abstract_mesh().empty
+    return "flash" if declared and tpu_attention.supports(head_dim, dtype) else "chunked"
   return "xla"
 
 
@@ -312,17 +311,19 @@ def kv_valid_mask(kv_lengths, kv_mask, length: int, padded: int, batch: int) -> 
 
 
 def _flash_attention(q, k, v, kv_lengths, kv_mask, scale):
-  """``tpu_attention.flash_attention`` for ``[B, N, H, d]`` inputs: head-major and padded to the
-  kernel's block here, back after. ``SelfAttention`` calls the kernel in its own layout instead
-  (no transposes); this path serves the probe's cross-attention and direct callers."""
+  """``tpu_attention.fused_attention`` for ``[B, N, H, d]`` inputs: head-major, scaled and padded
+  to the kernel's block here, back after. ``SelfAttention`` calls the kernel in its own layout
+  instead (no transposes, the scale folded into its projection in float32); this path serves the
+  probe's cross-attention and direct callers, and rounds ``q * scale`` to q's dtype once."""
   b, n, _, _ = q.shape
   s = k.shape[1]
   tpu_attention.check_supported(q.shape[-1], q.dtype)
   n_pad, s_pad = tpu_attention.padded_length(n), tpu_attention.padded_length(s)
   heads = lambda x, p: _pad_to(x, p).transpose(0, 2, 1, 3)
-  out = tpu_attention.flash_attention(heads(q, n_pad), heads(k, s_pad), heads(v, s_pad),
-                                      kv_valid_mask(kv_lengths, kv_mask, s, s_pad, b), scale)
-  return out.transpose(0, 2, 1, 3)[:, :n]
+  q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+  out = tpu_attention.fused_attention(heads(q, n_pad), heads(k, s_pad), heads(v, s_pad),
+                                      kv_valid_mask(kv_lengths, kv_mask, s, s_pad, b))
+  return out.reshape(q.shape[0], n_pad, *q.shape[2:])[:, :n]
 
 
 def dot_product_attention(q, k, v, kv_mask: Optional[jax.Array] = None, implementation: str = "xla",
@@ -380,13 +381,45 @@ class Mlp(nn.Module):
     return dense(out_dim, "fc2", self.dtype)(x)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _head_major_qkv(q_scale: float, x, kernel, bias):
+  """``einsum_f32_grads("bnc,cthe->tbhne", x, kernel, bias)`` with q (``t = 0``) multiplied by
+  ``q_scale`` on the float32 accumulator, before the one rounding to ``x``'s dtype. The weight
+  itself is not scaled: a float32 product of the parameter made XLA all-gather float32 weights
+  under FSDP (and all-reduce their gradients) where it gathers them cast to the compute dtype."""
+  y = jnp.einsum("bnc,cthe->tbhne", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+  return ((y + bias) * _t_scale(q_scale)).astype(x.dtype)
+
+
+def _t_scale(q_scale):
+  return jnp.array([q_scale, 1.0, 1.0], jnp.float32).reshape(3, 1, 1, 1, 1)
+
+
+def _head_major_qkv_fwd(q_scale, x, kernel, bias):
+  return _head_major_qkv(q_scale, x, kernel, bias), (x, kernel, bias)
+
+
+def _head_major_qkv_bwd(q_scale, res, g):
+  x, kernel, bias = res
+  g = (g.astype(jnp.float32) * _t_scale(q_scale)).astype(x.dtype)
+  dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype))
+  dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32)
+  db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True)
+  return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
+
+
+_head_major_qkv.defvjp(_head_major_qkv_fwd, _head_major_qkv_bwd)
+
+
 class _HeadMajorQKV(nn.Module):
   """The ``qkv`` Dense (same parameters: ``kernel`` ``[D, 3D]``, ``bias`` ``[3D]``) computed as
   ``[3, B, H, N, d]``: the kernel viewed as ``[D, 3, H, d]`` (the reference's ``[q | k | v]``,
-  head-major) lets the matmul write the head-major layout the TPU kernel reads, instead of a
-  ``[B, N, 3D]`` output relaid out for it."""
+  head-major) lets the matmul write the layout the TPU kernel reads, instead of a ``[B, N, 3D]``
+  output relaid out for it. ``q_scale`` multiplies q in float32 before its rounding to the
+  compute dtype (the splash kernel takes no softmax scale)."""
   num_heads: int
   dtype: Dtype
+  q_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x):
@@ -394,24 +427,8 @@ class _HeadMajorQKV(nn.Module):
     kernel = self.param("kernel", reference_trunc_normal(), (d, 3 * d), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (3 * d,), jnp.float32)
     h = self.num_heads
-    out = einsum_f32_grads("bnc,cthe->tbhne", x.astype(self.dtype),
-                           kernel.reshape(d, 3, h, d // h), bias.reshape(3, 1, h, 1, d // h))
-    return checkpoint_name(out, WEIGHT_MATMUL)
-
-
-class _HeadMajorProj(nn.Module):
-  """The ``proj`` Dense (``kernel`` ``[D, D]``, ``bias`` ``[D]``) applied to head-major
-  ``[B, H, N, d]`` attention outputs: the kernel viewed as ``[H, d, D]`` contracts heads and
-  head dims in the layout the TPU kernel wrote."""
-  dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x):
-    _, h, _, e = x.shape
-    kernel = self.param("kernel", reference_trunc_normal(), (h * e, h * e), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (h * e,), jnp.float32)
-    out = einsum_f32_grads("bhne,hec->bnc", x.astype(self.dtype), kernel.reshape(h, e, h * e),
-                           bias)
+    out = _head_major_qkv(self.q_scale, x.astype(self.dtype), kernel.reshape(d, 3, h, d // h),
+                          bias.reshape(3, 1, h, 1, d // h))
     return checkpoint_name(out, WEIGHT_MATMUL)
 
 
@@ -449,21 +466,23 @@ class SelfAttention(nn.Module):
   def _head_major(self, x, kv_lengths, kv_mask, rope):
     """The TPU kernel's path, in its layout end to end: the tokens are padded to the kernel's
     block once (``[B, N, D]``, not q, k and v), q/k/v come out of the projection head-major
-    (``_HeadMajorQKV``), RoPE rotates them there (its tables broadcast over heads either way),
-    and the output projection reads the kernel's ``[B, H, N, d]`` (``_HeadMajorProj``)."""
+    (``_HeadMajorQKV``, q already scaled), RoPE rotates them there (its tables broadcast over
+    heads either way; a rotation commutes with the scale), and the output projection is the
+    plain ``proj`` Dense on ``fused_attention``'s ``[B, N, D]``."""
     b, n, d = x.shape
     tpu_attention.check_supported(d // self.num_heads, self.dtype)
     n_pad = tpu_attention.padded_length(n)
     x = jnp.pad(x, ((0, 0), (0, n_pad - n), (0, 0)))
-    q, k, v = _HeadMajorQKV(self.num_heads, self.dtype, name="qkv")(x)
+    q, k, v = _HeadMajorQKV(self.num_heads, self.dtype, (d // self.num_heads) ** -0.5,
+                            name="qkv")(x)
     if rope is not None:
       # [B, N, 1, r] tables -> [B, 1, N_pad, r]: the head axis is 1, so this moves no data.
       rope = tuple(jnp.pad(t, ((0, 0), (0, n_pad - n), (0, 0), (0, 0))).swapaxes(1, 2)
                    for t in rope)
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     valid = kv_valid_mask(kv_lengths, kv_mask, n, n_pad, b)
-    out = tpu_attention.flash_attention(q, k, v, valid, q.shape[-1] ** -0.5)
-    return _HeadMajorProj(self.dtype, name="proj")(out)[:, :n]
+    out = tpu_attention.fused_attention(q, k, v, valid)
+    return dense(d, "proj", self.dtype)(out)[:, :n]
 
 
 @dataclasses.dataclass(frozen=True)
