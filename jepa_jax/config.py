@@ -157,6 +157,12 @@ def read(config) -> Settings:
   max_skips = config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS)
   if not isinstance(max_skips, int) or max_skips < 1:
     raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
+  if config.get("monitor_probe"):
+    from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
+    try:
+      probe_monitor.check_config(config.monitor_probe)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   # Configs saved before the field existed have none: 1.
   accum = config.get("grad_accum_steps", 1)
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:

@@ -89,6 +89,12 @@ def base_config() -> ml_collections.ConfigDict:
   # With init_from a trainer workdir: also take its optimiser state (AdamW moments and step
   # count), restarting step and schedules at 0 -- V-JEPA 2's cooldown (is_anneal) start.
   c.init_from_optimizer = False
+  # The online probe (jepa_jax/probe_monitor.py): every `every` steps (0 = off) the target
+  # encoder's pooled tokens of `num_clips` labelled clips, probed by k-fold ridge / kNN; logged as
+  # probe/<label>/<kind> (percent). `index`: a labelled index file or a synthetic label name.
+  c.monitor_probe = ml_collections.ConfigDict(dict(
+      every=0, index="", num_clips=128, kind="ridge", pooling="mean", folds=4,
+      ridge_alpha=1.0, knn_k=5, batch_size=None))
   c.checkpoint = ml_collections.ConfigDict(dict(
       every=1000,                # steps between (async) saves; always at the end
       keep=3,                    # the last K checkpoints ...
@@ -104,9 +110,17 @@ def resolve_paths(config) -> None:
     config.workdir = paths.resolve(config.workdir)
   if config.get("init_from"):
     config.init_from = paths.resolve(str(config.init_from))
+  mp = config.get("monitor_probe")
+  if mp and mp.get("index") and not _is_synthetic_label(mp.index):
+    mp.index = paths.resolve(str(mp.index))
   d = config.data
   if d.get("datasets"):
     d.datasets = [paths.resolve_source(str(s)) for s in d.datasets]
   for name in ("synthetic_dir", "tfds_data_dir"):
     if d.get(name):
       d[name] = paths.resolve(str(d[name]))
+
+
+def _is_synthetic_label(name: str) -> bool:
+  from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
+  return probe_monitor.is_synthetic_labels(name)

@@ -27,6 +27,10 @@ Guarantees:
   total continue where they were.
 * No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
   every ``config.log_every`` steps. Only process 0 writes logs and summaries.
+* Online probe: with ``config.monitor_probe.every`` set, ``probe_monitor.ProbeMonitor`` probes the
+  target encoder at step 0 of a fresh run and every N steps (``probe/*`` scalars, in the logging
+  row when the step is a logging step, else a row of their own); a resumed run starts after its
+  checkpoint's step, so no probe step is logged twice, and a fresh start drops every earlier row.
 * Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
   the log warns once when they say the representation collapsed.
 """
@@ -51,6 +55,7 @@ from jepa_jax import experiment
 from jepa_jax import monitor
 from jepa_jax import optim
 from jepa_jax import paths
+from jepa_jax import probe_monitor
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +144,8 @@ def make_writer(workdir: str, resume_step: int = 0):
                                                 asynchronous=True)
   if not primary:
     return writer
-  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)
+  # A fresh start (step 0) replays everything, the step-0 probe row included: drop every row.
+  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step if resume_step else -1)
   return metric_writers.MultiWriter([writer, jsonl])
 
 
@@ -426,8 +432,26 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   collection_cls = None
   collapse = monitor.CollapseDetector()
   step = start_step
+  mp = config.get("monitor_probe")
+  probe = probe_monitor.ProbeMonitor(mp, exp) if mp and mp.get("every") else None
+  run_start, probe_seconds = time.perf_counter(), 0.0
+
+  def run_probe(step) -> dict:
+    """The probe monitor's scalars at ``step``, with its share of this process's wall time."""
+    nonlocal probe_seconds
+    scalars = probe(step, state.target_params)
+    probe_seconds += scalars["probe/seconds"]
+    scalars["probe/time_share"] = probe_seconds / max(time.perf_counter() - run_start, 1e-9)
+    if primary:
+      log.info("Probe at step %d: %s (%.2fs)", step, ", ".join(
+          f"{k[len('probe/'):]} {v:.1f}" for k, v in scalars.items() if k.count("/") == 2),
+          scalars["probe/seconds"])
+    return scalars
+
   try:
     with metric_writers.ensure_flushes(writer):
+      if probe is not None and start_step == 0:  # the initial encoder: where the curve starts
+        writer.write_scalars(0, run_probe(0))
       while step < total:
         _, batch, failed = prefetcher.next()
         bad_reads = consumed.add_batch(failed)
@@ -443,8 +467,11 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
         collection = update if collection is None else collection.merge(update)
         for hook in hooks:
           hook(step)
+        probe_scalars = run_probe(step) if probe is not None and probe.due(step) else {}
         if step % config.log_every == 0 or step == total:
           scalars = {k.replace("__", "/"): float(v) for k, v in collection.compute().items()}
+          scalars.update(probe_scalars)
+          probe_scalars = {}
           elapsed = time.perf_counter() - window_start
           scalars["data_wait_fraction"] = (prefetcher.wait_seconds - window_wait) / max(elapsed, 1e-9)
           scalars["skipped_steps"] = skipped
@@ -457,6 +484,8 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
           if warning and primary:
             log.warning(warning)
           last_metrics, collection = scalars, None
+        if probe_scalars:  # a probe step that is not a logging step: a row of its own
+          writer.write_scalars(step, probe_scalars)
         if preemption.reached(step):
           log.warning("Preemption requested: saving step %d and exiting", step)
           save(step, force=True)

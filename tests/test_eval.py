@@ -304,6 +304,9 @@ def test_cli_demo_config_end_to_end(synthetic_dir, tmp_path):
   assert results["task"] == "synthetic_demo" and results["checkpoint"] == "random"
   assert results["protocol"]["cache_features"] is False
   assert "top-1" in proc.stdout
+  # The demo config's random-init baseline, streamed as well: seeds 0-2 and the printed line.
+  assert results["random_baseline"]["seeds"] == [0, 1, 2]
+  assert " vs random " in proc.stdout and "seeds' spread" in proc.stdout
 
 
 def test_token_variance_split_is_exact():
@@ -444,3 +447,30 @@ def test_predict_ranks_like_the_eval_and_names_classes(trained_probe, synthetic_
   assert predict.main(["--checkpoint", c.checkpoint, "--probe", probe_dir, "--labels",
                        str(labels), videos[0]]) == 1
   assert "the probe has" in capsys.readouterr().err
+
+
+def test_pretrained_vs_random_in_the_same_run(synthetic_dir, tiny_checkpoint, tmp_path):
+  """``config.random_baseline_seeds``: each random-init encoder is probed exactly as an eval of
+  ``checkpoint=random`` with that seed would probe it, and the comparison is printed."""
+  path, _, _ = tiny_checkpoint
+  c = tiny_eval_config(checkpoint=path, random_baseline_seeds=(1,), epochs=1)
+  c.data.synthetic_dir, c.data.synthetic_num_videos = synthetic_dir, SYNTHETIC_VIDEOS
+  c.train_index = c.val_index = ""
+  c.synthetic_label = "shape"
+  results = run_lib.evaluate(c, str(tmp_path / "both"), write=False)
+  base, versus = results["random_baseline"], results["pretrained_vs_random"]
+  assert base["seeds"] == [1] and len(base["per_seed"]) == 1
+  assert versus["pretrained"] == results["accuracy"]["top1"]
+  assert versus["margin"] == pytest.approx(versus["pretrained"] - versus["random"])
+  assert versus["spread"] == max(results["accuracy"]["top1_std"], base["top1_std"])
+  alone = tiny_eval_config(checkpoint="random", seed=1)
+  alone.data.synthetic_dir, alone.data.synthetic_num_videos = synthetic_dir, SYNTHETIC_VIDEOS
+  alone.train_index = alone.val_index = ""
+  alone.synthetic_label = "shape"
+  alone.lowshot.seeds = (1,)
+  alone.model.update(dict(patch_size=16, tubelet_size=2))
+  alone.epochs = 1
+  assert run_lib.evaluate(alone, str(tmp_path / "random1"), write=False)["accuracy"]["top1"] == \
+      base["per_seed"][0]
+  line = run_lib.versus_line(versus)
+  assert line.startswith(f"pretrained {versus['pretrained']:.1f} ± ") and " vs random " in line

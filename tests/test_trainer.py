@@ -282,6 +282,10 @@ def test_nonfinite_skip_counts_each_step_once_and_stops_after_a_run_of_skips(
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params["target"]))
 
 
+def probe_rows(workdir):
+  return [r for r in _rows(workdir) if any(k.startswith("probe/") for k in r)]
+
+
 def _train_single_device(c, workdir):
   real_build = experiment.build
 
@@ -515,7 +519,8 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   """End to end: a run over an index with unreadable entries, its newest checkpoint damaged,
   then the same run again: it resumes from the previous checkpoint, replays the same steps
   (same losses), metrics.jsonl has every step once, and the failed reads are reported per
-  logging window and at the end."""
+  logging window and at the end. The online probe monitor rides along (issue 26): probed at steps
+  0, 4 and 8, each logged once, with the same accuracies after the resume."""
   good = sorted(pathlib.Path(synthetic_dir, "videos").glob("*.mp4"))[:10]
   index = tmp_path / "index.csv"
   index.write_text("".join(f"{p} 0\n" for p in good) +
@@ -524,10 +529,21 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   c.mesh.data = 1
   c.data.datasets = [str(index)]
   c.data.max_failure_fraction = 0.2  # 2 of 12 bad is above the default 0.1: the run would stop
+  # Two synthetic labels of the same 12 clips, ridge and kNN, every 4 steps.
+  c.monitor_probe.update(dict(every=4, index="direction,shape", num_clips=12, folds=3,
+                              kind="ridge,knn"))
   workdir = tmp_path / "run"
   with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
     _train_single_device(c, str(workdir))
   first = losses(workdir)
+  probed = probe_rows(workdir)
+  assert [r["step"] for r in probed] == [0, 4, 8]
+  for r in probed:
+    for key in ("direction/ridge", "direction/knn", "shape/ridge", "shape/knn"):
+      acc = r[f"probe/{key}"]  # 12 clips: a multiple of 100/12
+      assert 0 <= acc <= 100 and abs(acc * 12 / 100 - round(acc * 12 / 100)) < 1e-6
+    assert r["probe/seconds"] > 0 and 0 < r["probe/time_share"] < 1
+  assert "loss" not in probed[0] and "loss" in probed[1]  # step 0: a row of its own
   rows = [r for r in _rows(workdir) if "data/bad_reads" in r]
   assert [r["step"] for r in rows] == list(range(1, 9))  # every logging window
   assert sum(r["data/bad_reads"] for r in rows) == rows[-1]["data/bad_reads_total"] > 0
@@ -543,6 +559,12 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   steps = [r["step"] for r in _rows(workdir) if "loss" in r]
   assert steps == list(range(1, 9))  # steps 5-8 replayed, each written once
   assert losses(workdir) == first
+  again = probe_rows(workdir)  # the probe at 8 replayed once, the same; 0 and 4 kept
+  assert [r["step"] for r in again] == [0, 4, 8]
+  assert [{k: v for k, v in r.items() if k.count("/") == 2} for r in again] == \
+      [{k: v for k, v in r.items() if k.count("/") == 2} for r in probed]
+  pairs = [(r["step"], k) for r in _rows(workdir) for k in r if k != "step"]
+  assert len(pairs) == len(set(pairs))  # no scalar of any step logged twice
   assert len(list((workdir / "checkpoints").glob("8.corrupt-*"))) == 1
   assert checkpoint.load_params(str(workdir))[1] == 8
 

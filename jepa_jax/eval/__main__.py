@@ -41,6 +41,8 @@ def main(argv):
   print(f"{results['task']}: top-1 {acc['top1']:.2f} +- {acc['top1_std']:.2f}  "
         f"top-5 {acc['top5']:.2f}  ({results['num_val_examples']} val examples; "
         f"{os.path.join(workdir, 'results.json')})")
+  if "pretrained_vs_random" in results:
+    print(run.versus_line(results["pretrained_vs_random"]))
 
 
 if __name__ == "__main__":

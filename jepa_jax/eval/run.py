@@ -254,19 +254,22 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   if any(f < 1.0 for f in fractions) and train_labels is None:
     raise ValueError(f"low-shot splits need the labels of {train_spec} (an index file)")
 
-  settings = []
+  baseline_seeds = [int(s) for s in (config.get("random_baseline_seeds") or ())]
+  settings, baseline = [], None
   if config.cache_features:
     jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
     if config.cache_dtype not in CACHE_DTYPES:
       raise ValueError(f"config.cache_dtype must be one of {sorted(CACHE_DTYPES)}")
     cache_dtype = CACHE_DTYPES[config.cache_dtype]
     xb = config.extract_batch_size or config.batch_size
-    train_cache = extract_features(jit_tokens, enc_params, make_dataset(
-        config, train_spec, train=False, batch_size=xb, seed=config.seed, repeat=False,
-        num_views=1), placer, cache_dtype)
-    val_cache = extract_features(jit_tokens, enc_params, make_dataset(
-        config, val_spec, train=False, batch_size=xb, seed=config.seed, repeat=False,
-        num_views=config.num_views), placer, cache_dtype)
+    train_batches = make_dataset(config, train_spec, train=False, batch_size=xb,
+                                 seed=config.seed, repeat=False, num_views=1)
+    val_batches = make_dataset(config, val_spec, train=False, batch_size=xb, seed=config.seed,
+                               repeat=False, num_views=config.num_views)
+    if baseline_seeds:  # decoded once, read by every encoder
+      train_batches, val_batches = list(train_batches), list(val_batches)
+    train_cache = extract_features(jit_tokens, enc_params, train_batches, placer, cache_dtype)
+    val_cache = extract_features(jit_tokens, enc_params, val_batches, placer, cache_dtype)
     num_val = len(val_cache)
     for fraction in fractions:
       runs = []
@@ -275,6 +278,15 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
         runs.append(run_cached_probe(task, train_cache.subset(rows), val_cache, seed, fraction,
                                     placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
+    if baseline_seeds:
+      def cached(params, seed, rows_of):
+        train_c = extract_features(jit_tokens, placer.replicate(params), train_batches, placer,
+                                   cache_dtype)
+        val_c = extract_features(jit_tokens, placer.replicate(params), val_batches, placer,
+                                 cache_dtype)
+        return cached_source(task, train_c.subset(rows_of(train_c.labels)), val_c, seed)
+      baseline = random_baseline(task, encoder, baseline_seeds, max(fractions), cached, placer,
+                                 workdir)
   else:
     num_val = None
     for fraction in fractions:
@@ -290,6 +302,18 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
         runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
       settings.append(summarize_runs(runs, fraction))
     num_val = settings[0]["runs"][0]["num_val"]
+    if baseline_seeds:
+      fraction = max(fractions)
+
+      def streamed(params, seed, rows_of):
+        spec, n = train_spec, None
+        if fraction < 1.0:
+          rows = rows_of(train_labels)
+          spec = lowshot.write_subset_index(
+              train_spec, rows, os.path.join(workdir, "lowshot", f"random_{seed}.csv"))
+          n = len(rows)
+        return streaming_source(task, spec, val_spec, n, seed, token_fn, placer.replicate(params))
+      baseline = random_baseline(task, encoder, baseline_seeds, fraction, streamed, placer, workdir)
 
   main = max(settings, key=lambda s: s["fraction"])
   results = dict(
@@ -300,11 +324,52 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
                     top5=main["top5"], top5_std=main["top5_std"]),
       num_train_examples=main["num_train"], num_val_examples=num_val,
       settings=settings, seconds=time.time() - t_start)
+  if baseline is not None:
+    results["random_baseline"] = baseline
+    results["pretrained_vs_random"] = versus_random(main, baseline)
   if write:
     path = write_results(results, workdir)
     log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
              main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
   return results
+
+
+def random_baseline(task, encoder, seeds, fraction, make_source, placer, workdir) -> dict:
+  """The same probe recipe on randomly initialised encoders of the same architecture: for each
+  seed s, an encoder initialised with s probed with probe seed s (the fraction's split of s) on the
+  same clips (cached: decoded once for every encoder). ``make_source(params, seed, rows_of)`` is
+  the run's ``BatchSource`` for those encoder parameters; ``rows_of(labels)`` the split. Nothing
+  is saved (the probes of a random encoder are not worth keeping)."""
+  runs = []
+  for seed in seeds:
+    source = make_source(enc_lib.random_params(encoder, seed), seed,
+                         lambda labels, s=seed: lowshot.balanced_subset(labels, fraction, s))
+    record = run_probes(task, source, seed, fraction, placer, workdir, write=False)
+    log.info("random-init encoder (init and probe seed %d): top-1 %.2f", seed, record["top1"])
+    runs.append(dict(seed=seed, top1=record["top1"], top5=record["top5"]))
+  top1, top1_std = lowshot.mean_std([r["top1"] for r in runs])
+  return dict(fraction=fraction, seeds=list(seeds), top1=top1, top1_std=top1_std,
+              per_seed=[r["top1"] for r in runs], runs=runs)
+
+
+def versus_random(main: dict, baseline: dict) -> dict:
+  """The pretrained encoder's top-1 against the random baseline's: the margin and the seeds'
+  spread (the larger of the two sample stds), and whether the margin exceeds it."""
+  spread = max(main["top1_std"], baseline["top1_std"])
+  margin = main["top1"] - baseline["top1"]
+  return dict(pretrained=main["top1"], pretrained_std=main["top1_std"],
+              pretrained_seeds=main["seeds"], random=baseline["top1"],
+              random_std=baseline["top1_std"], random_seeds=baseline["seeds"], margin=margin,
+              spread=spread, margin_exceeds_spread=bool(margin > spread))
+
+
+def versus_line(v: dict) -> str:
+  """The comparison as the eval prints it."""
+  verdict = "exceeds" if v["margin_exceeds_spread"] else "does not exceed"
+  return (f"pretrained {v['pretrained']:.1f} ± {v['pretrained_std']:.1f} vs random "
+          f"{v['random']:.1f} ± {v['random_std']:.1f}: margin {v['margin']:+.1f}, which "
+          f"{verdict} the seeds' spread {v['spread']:.1f} (top-1; probe seeds "
+          f"{v['pretrained_seeds']}; random-init encoder and probe seeds {v['random_seeds']})")
 
 
 def write_results(results: dict, workdir: str) -> str:
