@@ -43,6 +43,7 @@ SKIP = {
     "vith16.pth.tar": "released weights (downloaded by the wget before it)",
     "k400-probe.pth.tar": "a released probe (downloaded)",
     "runs/my_pretrain": "a real pretraining run",
+    "runs/k400/probes": "a probe trained by the K400 eval above (real scale)",
     "weights/vith16_k400_probe": "a converted released probe",
     "vitg.pt": "released V-JEPA 2 weights (downloaded)",
     "ssv2-vitl-16x2x3.pt": "a released V-JEPA 2 probe (downloaded)",
