@@ -7,12 +7,7 @@ examples). Parameters, the EMA target and the optimiser moments follow one rule:
 * ``fsdp > 1``: a tensor with at least ``min_fsdp_size`` elements is split over ``fsdp`` along its
   largest dimension that the axis size divides (for scanned blocks never the leading depth axis,
   which ``nn.scan`` slices per iteration); smaller tensors (biases, norms) stay replicated, where
-  the all-gathers would cost more than the memory saved. Exception: an attention ``qkv`` kernel
-  ``[D, 3D]`` is split along its input dimension D when the axis divides it. The TPU attention
-  path contracts it viewed as ``[D, 3, H, d]`` (``layers._HeadMajorQKV``), and a split of 3D into
-  equal chunks is no split of that view (960-column shards cut through ViT-H's heads): XLA then
-  all-reduces the whole float32 gradient instead of reduce-scattering it (1.26 GiB per chip and
-  step on ViT-H at fsdp 4).
+  the all-gathers would cost more than the memory saved.
 
 The moments of AdamW have the shapes of the parameters and so get the same specs; the step
 counters are replicated. ``jax.config.jax_threefry_partitionable`` is switched on so that random
@@ -106,11 +101,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _is_qkv_kernel(path) -> bool:
-  names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
-  return names[-2:] == ["qkv", "kernel"]
-
-
 def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
   from jepa_jax.models import layers  # pylint: disable=import-outside-toplevel (layers uses constrain)
   if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_fsdp_size:
@@ -121,9 +111,6 @@ def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
   if not candidates:
     return P()
   _, axis = max(candidates)
-  first = 1 if scanned else 0
-  if _is_qkv_kernel(path) and any(i == first for _, i in candidates):
-    axis = first
   spec = [None] * len(shape)
   spec[axis] = "fsdp"
   return P(*spec)
