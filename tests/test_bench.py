@@ -102,7 +102,8 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
     runs[remat], _ = bench("memory.py", "--config=configs/demo.py", "--devices=4",
                            "--mesh=data:2,fsdp:2", "--per_device_batch=2",
                            f"--config.model.remat={remat}", "--config.model.scan=True",
-                           "--config.model.attention=chunked", devices=4)
+                           "--config.model.attention=chunked", "--config.model.pred_depth=1",
+                           devices=4)
   none, full = runs["none"], runs["full"]
   assert none["bench"] == "memory" and none["mesh"] == {"data": 2, "fsdp": 2}
   assert none["batch_size"] == 8 and none["attention"] == "chunked"
@@ -118,7 +119,8 @@ def test_memory_bench_temporaries_fall_with_the_micro_batch():
   for k in (1, 4):
     runs[k], _ = bench("memory.py", "--config=configs/demo.py", "--devices=2",
                        "--mesh=data:2,fsdp:1", "--per_device_batch=8",
-                       f"--config.grad_accum_steps={k}", devices=2)
+                       f"--config.grad_accum_steps={k}", "--config.model.overrides.depth=1",
+                       "--config.model.pred_depth=1", devices=2)
   assert runs[4]["grad_accum_steps"] == 4 and runs[4]["per_device_micro_batch"] == 2
   assert runs[1]["argument_gib"] == pytest.approx(runs[4]["argument_gib"], rel=0.05)
   assert runs[4]["temp_gib"] < 0.5 * runs[1]["temp_gib"]

@@ -40,7 +40,6 @@ import shutil
 import tempfile
 import time
 
-import av
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -156,6 +155,7 @@ def render_video(attrs: dict) -> np.ndarray:
 def write_video(path: str, frames: np.ndarray, fps: int = FPS, crf: int = 23) -> None:
   """Encodes uint8 [N, H, W, 3] frames to an H.264/yuv420p mp4 (H, W even)."""
   n, h, w, _ = frames.shape
+  import av  # noqa: PLC0415 -- only to write: readers of ATTRIBUTES need no PyAV
   with av.open(path, "w", format="mp4") as out:
     stream = out.add_stream("libx264", rate=fps)
     stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
