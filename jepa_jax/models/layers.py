@@ -313,8 +313,9 @@ def kv_valid_mask(kv_lengths, kv_mask, length: int, padded: int, batch: int) -> 
 def _flash_attention(q, k, v, kv_lengths, kv_mask, scale):
   """``tpu_attention.fused_attention`` for ``[B, N, H, d]`` inputs: head-major, scaled and padded
   to the kernel's block here, back after. ``SelfAttention`` calls the kernel in its own layout
-  instead (no transposes, the scale folded into its projection in float32); this path serves the
-  probe's cross-attention and direct callers, and rounds ``q * scale`` to q's dtype once."""
+  instead (no transposes, the scale applied on its projection's float32 accumulator); this path
+  serves the probe's cross-attention and direct callers, and rounds ``q * scale`` to q's dtype
+  once."""
   b, n, _, _ = q.shape
   s = k.shape[1]
   tpu_attention.check_supported(q.shape[-1], q.dtype)
@@ -388,11 +389,12 @@ def _head_major_qkv(q_scale: float, x, kernel, bias):
   itself is not scaled: a float32 product of the parameter made XLA all-gather float32 weights
   under FSDP (and all-reduce their gradients) where it gathers them cast to the compute dtype."""
   y = jnp.einsum("bnc,cthe->tbhne", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
-  return ((y + bias) * _t_scale(q_scale)).astype(x.dtype)
+  return ((y + bias) * _qkv_scale(q_scale)[:, None, None, None, None]).astype(x.dtype)
 
 
-def _t_scale(q_scale):
-  return jnp.array([q_scale, 1.0, 1.0], jnp.float32).reshape(3, 1, 1, 1, 1)
+def _qkv_scale(q_scale):
+  """``[3]``: the factor of q, k and v (the ``t`` index of ``[3, B, H, N, d]``)."""
+  return jnp.array([q_scale, 1.0, 1.0], jnp.float32)
 
 
 def _head_major_qkv_fwd(q_scale, x, kernel, bias):
@@ -405,12 +407,12 @@ def _head_major_qkv_bwd(q_scale, res, g):
   # ViT-L). The input gradient's weight is scaled after its cast, so FSDP still gathers it in
   # the compute dtype.
   x, kernel, bias = res
-  scale = _t_scale(q_scale)[:, 0, 0, 0, 0]
-  w = kernel.astype(x.dtype) * scale[None, :, None, None].astype(x.dtype)
-  dx = jnp.einsum("tbhne,cthe->bnc", g, w)
-  dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32)
-  db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True) * _t_scale(q_scale)
-  return dx, (dk * scale[None, :, None, None]).astype(kernel.dtype), db.astype(bias.dtype)
+  scale = _qkv_scale(q_scale)
+  per_column = scale[None, :, None, None]  # kernel [D, 3, H, d]
+  dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype) * per_column.astype(x.dtype))
+  dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32) * per_column
+  db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True) * scale[:, None, None, None, None]
+  return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
 
 
 _head_major_qkv.defvjp(_head_major_qkv_fwd, _head_major_qkv_bwd)

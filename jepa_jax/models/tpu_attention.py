@@ -17,8 +17,8 @@ and takes no other residuals). On ViT-L at 24 clips per v5p chip this needs less
 ``chunked`` path; Pallas' flash kernel, tried first, needed 79.7 GiB of temporaries, and the
 head-minor output alone cost 7.5 GiB (BENCHMARKS.md, "TPU attention").
 
-The kernel takes no softmax scale: q arrives scaled (``SelfAttention`` folds the scale into the
-q columns of its projection in float32, so bfloat16 q is rounded once, as in the other paths).
+The kernel takes no softmax scale: q arrives scaled (``SelfAttention``'s qkv projection applies
+it on its float32 accumulator, so bfloat16 q is rounded once, as in the other paths).
 
 The kernel refuses sequence lengths that are not a multiple of its 128-token blocks, so callers
 pad q, k and v to ``padded_length(n)`` (1568 -> 1664) and say which keys are real with ``kv_valid``
@@ -35,9 +35,9 @@ is the one declared while tracing (``jax.sharding.use_abstract_mesh``; the train
 its mesh, ``train_step.jit_train_step``).
 
 The backward calls a private function of jax's splash module (``_splash_attention_bwd_dkv``, the
-fused backward kernel): the public API has no way to hand it other residuals. ``tests/test_tpu_attention.py`` checks the
-forward and gradients against the ``einsum`` path in Pallas interpret mode, so a jax release that
-changes it fails there, not silently.
+fused backward kernel): the public API has no way to hand it other residuals.
+``tests/test_tpu_attention.py`` checks the forward and gradients against the ``einsum`` path in
+Pallas interpret mode, so a jax release that changes it fails there, not silently.
 """
 import contextlib
 import contextvars
@@ -109,8 +109,8 @@ def _kernel(heads: int, q_len: int, kv_len: int, interpret: bool):
   may attend every key (a full mask); the padding is excluded by segment ids. Built per trace, not
   cached: it holds its block masks as arrays of the trace that made it."""
   mask = splash_mask.MultiHeadMask([splash_mask.FullMask((q_len, kv_len))] * heads)
-  return splash.make_splash_mha(mask, block_sizes=_block_sizes(kv_len), head_shards=1, q_seq_shards=1,
-                                save_residuals=True, interpret=interpret)
+  return splash.make_splash_mha(mask, block_sizes=_block_sizes(kv_len), head_shards=1,
+                                q_seq_shards=1, save_residuals=True, interpret=interpret)
 
 
 def _segments(kv_valid, n):
