@@ -34,7 +34,9 @@ Attentive probes use the same layout with a ``probe`` item instead of ``state``/
 ``<dir>/checkpoints/<step>/{probe, config}``, the config being ``{"probe": {num_classes, num_heads,
 mlp_ratio, depth, num_queries, embed_dim, blocks_on}}`` (what rebuilds the probe) and, for a probe
 trained by ``jepa_jax.eval``, ``"eval"``: the protocol and encoder it was trained on (clip size,
-segments, views, feature layer...), which ``predict`` and ``eval --config.train=False`` reuse.
+segments, views, feature layer...), which ``predict`` and ``eval --config.train=False`` reuse;
+optionally ``"class_names"`` (name i = class i; probes imported from Hugging Face carry their
+``id2label``), which ``predict`` shows when no ``--labels`` is given.
 ``save_probe`` / ``load_probe`` write and read it, for probes trained by ``jepa_jax.eval`` and
 probes converted from the reference's files (``jepa_jax.convert --kind probe``) alike.
 
@@ -60,7 +62,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -572,16 +574,20 @@ def save_params(directory: str, params: dict, config: Any = None, step: int = 0,
 
 # --- attentive probes (module docstring) -----------------------------------------------------
 
+CLASS_NAMES = "class_names"  # config entry of a probe: its classes' names, index order
 PROBE_CONFIG_KEYS = ("num_classes", "num_heads", "mlp_ratio", "depth", "num_queries", "embed_dim",
                      "blocks_on")
 
 
 def save_probe(directory: str, params, probe_config: dict, *, eval_info: Optional[dict] = None,
-               step: int = 0, overwrite: bool = False) -> str:
+               step: int = 0, overwrite: bool = False,
+               class_names: Optional[Sequence[str]] = None) -> str:
   """Write ``<directory>/checkpoints/<step>/{probe, config}``; returns the checkpoints directory.
 
   ``probe_config`` must hold exactly ``PROBE_CONFIG_KEYS``; ``eval_info`` (optional) is stored
-  beside it as ``config["eval"]``. An existing probe there is an error unless ``overwrite``.
+  beside it as ``config["eval"]``, ``class_names`` (optional, name i = class index i) as
+  ``config["class_names"]`` (``probe_class_names``). An existing probe there is an error unless
+  ``overwrite``.
   """
   if set(probe_config) != set(PROBE_CONFIG_KEYS):
     raise ValueError(f"probe_config must have the keys {PROBE_CONFIG_KEYS}, got {sorted(probe_config)}")
@@ -598,6 +604,11 @@ def save_probe(directory: str, params, probe_config: dict, *, eval_info: Optiona
   config = {PROBE: {k: probe_config[k] for k in PROBE_CONFIG_KEYS}}
   if eval_info is not None:
     config["eval"] = eval_info
+  if class_names is not None:
+    if len(class_names) != probe_config["num_classes"]:
+      raise ValueError(f"{len(class_names)} class names for a probe of "
+                       f"{probe_config['num_classes']} classes")
+    config[CLASS_NAMES] = [str(n) for n in class_names]
   manager = make_manager(os.fspath(path), async_save=False, keep=None)
   save(manager, step, probe=jax.tree_util.tree_map(np.asarray, params), config=config, force=True)
   manager.wait_until_finished()
@@ -606,11 +617,18 @@ def save_probe(directory: str, params, probe_config: dict, *, eval_info: Optiona
 
 
 def read_probe_config(path: str, step: Optional[int] = None) -> dict:
-  """The whole JSON config of a probe checkpoint: ``{"probe": ..., ["eval": ...]}``."""
+  """The whole JSON config of a probe checkpoint: ``{"probe": ..., ["eval": ...],
+  ["class_names": ...]}``."""
   manager, step = _probe_step(path, step)
   config = manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
   manager.close()
   return config
+
+
+def probe_class_names(path: str, step: Optional[int] = None) -> Optional[list]:
+  """The class names saved with a probe (``save_probe(class_names=...)``), or None."""
+  names = read_probe_config(path, step).get(CLASS_NAMES)
+  return list(names) if names else None
 
 
 def load_probe(path: str, step: Optional[int] = None) -> tuple[dict, dict]:

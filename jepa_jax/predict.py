@@ -22,7 +22,9 @@ otherwise (SSv2's probes: ``--segments 2``).
 
 ``--labels``: a text file with one class name per line, line i naming class index i (0-based). The
 probe outputs indices only: the names must be in the order of the integer labels of the index
-files the probe was trained on (README, "Inference with a trained probe").
+files the probe was trained on (README, "Inference with a trained probe"). Without it, the names
+saved with the probe are shown, if it has any (``jepa_jax.convert --from-hf`` keeps a Hugging Face
+classifier's ``id2label``).
 
 Prints the top-k classes per video with probabilities; unreadable videos are reported, skipped and
 counted (exit status 1 if any).
@@ -198,7 +200,10 @@ def predict(args) -> tuple[list, list]:
                        "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
                        "as --checkpoint")
     config, source, classify, params, num_classes = finetuned_classifier(args)
-  names = read_label_names(args.labels, num_classes) if args.labels else None
+  if args.labels:
+    names = read_label_names(args.labels, num_classes)
+  else:  # names saved with the probe (probes imported from Hugging Face carry id2label)
+    names = ckpt_lib.probe_class_names(args.probe) if args.probe else None
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
            config.num_segments, config.num_views, config.data.num_frames, config.data.frame_step,
            config.data.crop_size)

@@ -20,6 +20,23 @@ jepa_jax -> reference (a .pth.tar in the released files' structure):
       [--which both|target|online] [--step N]
   python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
 
+Hugging Face transformers (V-JEPA 2 models; needs pip install 'jepa_jax[hf]'):
+
+  python -m jepa_jax.convert --to-hf DIR --ckpt WORKDIR_OR_DIR [--step N] [--which target|online]
+      [--encoder-only]
+      (config.json + model.safetensors: transformers.VJEPA2Model.from_pretrained(DIR) loads it)
+  python -m jepa_jax.convert --to-hf DIR --kind probe --ckpt PROBE_DIR [--encoder ENCODER_DIR]
+      [--labels classes.txt]
+      (VJEPA2ForVideoClassification with id2label: --labels, else the probe's saved class names,
+      else class_i; --encoder defaults to the encoder the probe was trained on)
+  python -m jepa_jax.convert --from-hf DIR --out OUT
+      (a VJEPA2Model directory, e.g. a hub download, sharded or not -> a jepa_jax checkpoint in
+      OUT; a VJEPA2ForVideoClassification one also writes its probe, with its id2label, to
+      OUT/probe)
+
+Only what transformers' V-JEPA 2 is maps (3D RoPE, the V-JEPA 2 probe layout); anything else, e.g.
+a V-JEPA (sin-cos) model, is refused in one line naming the reason and the alternative.
+
 Resuming a run on the other side (pretraining checkpoints with their AdamW state):
 
   python -m jepa_jax.convert --to-torch --resumable --ckpt WORKDIR --out FILE.pth.tar
@@ -43,8 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="reference checkpoint to convert into a jepa_jax checkpoint")
   direction.add_argument("--to-torch", action="store_true",
                          help="write a jepa_jax checkpoint (--ckpt) as a reference .pth.tar")
-  p.add_argument("--out", required=True,
-                 help="output directory (--from-torch) or .pth.tar file (--to-torch)")
+  direction.add_argument("--to-hf", metavar="DIR",
+                         help="write a jepa_jax checkpoint (--ckpt) as a transformers V-JEPA 2 "
+                              "model directory")
+  direction.add_argument("--from-hf", metavar="DIR",
+                         help="transformers V-JEPA 2 model directory (config.json + safetensors) "
+                              "to convert into a jepa_jax checkpoint")
+  p.add_argument("--out", help="output directory (--from-torch, --from-hf) or .pth.tar file "
+                               "(--to-torch)")
   p.add_argument("--kind", choices=("model", "probe"), default="model",
                  help="pretrained encoder/predictor/target (default) or attentive probe")
   p.add_argument("--model", help="named size, e.g. vit_large, vit_huge (inferred if omitted)")
@@ -60,12 +83,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="predictor heads (default: 12 for RoPE models, else the encoder's)")
   p.add_argument("--probe-index", type=int, default=0,
                  help="--kind probe: which of a V-JEPA 2 file's probes (one per LR/WD setting)")
-  p.add_argument("--ckpt", help="--to-torch: jepa_jax workdir or checkpoint directory")
-  p.add_argument("--which", choices=reference.WHICH, default="both",
-                 help="--to-torch: 'both' writes the online encoder as 'encoder' and the EMA "
-                      "target as 'target_encoder' (as the reference); 'target'/'online' writes "
-                      "that encoder under both keys")
-  p.add_argument("--step", type=int, help="--to-torch: checkpoint step (default: latest)")
+  p.add_argument("--ckpt", help="--to-torch/--to-hf: jepa_jax workdir or checkpoint directory "
+                                "(the probe's, with --kind probe)")
+  p.add_argument("--which", choices=reference.WHICH,
+                 help="--to-torch: 'both' (default) writes the online encoder as 'encoder' and "
+                      "the EMA target as 'target_encoder' (as the reference); 'target'/'online' "
+                      "writes that encoder under both keys. --to-hf: the one encoder to write, "
+                      "'target' (default) or 'online'")
+  p.add_argument("--step", type=int, help="--to-torch/--to-hf: checkpoint step (default: latest)")
+  p.add_argument("--encoder", help="--to-hf --kind probe: the encoder's checkpoint (default: the "
+                                   "one the probe was trained on, if it records it)")
+  p.add_argument("--labels", help="--to-hf --kind probe: class names, one per line, line i = "
+                                  "class i (default: the probe's saved names, else class_i)")
   p.add_argument("--resumable", action="store_true",
                  help="pretraining checkpoints with their AdamW state, to resume on the other side")
   p.add_argument("--config", help="--from-torch --resumable: the training config of the run to "
@@ -76,12 +105,32 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.from_torch and args.resumable and not args.config:
     p.error("--from-torch --resumable needs --config CONFIG.py: the training config of the run "
             "that will resume from it")
-  if args.to_torch and not args.ckpt:
-    p.error("--to-torch needs --ckpt WORKDIR_OR_DIR")
-  if args.from_torch and args.ckpt:
-    p.error("--ckpt is for --to-torch; --from-torch takes the file itself")
+  if (args.to_torch or args.to_hf) and not args.ckpt:
+    p.error(f"{'--to-torch' if args.to_torch else '--to-hf'} needs --ckpt WORKDIR_OR_DIR")
+  if (args.from_torch or args.from_hf) and args.ckpt:
+    p.error("--ckpt is for --to-torch/--to-hf; --from-torch/--from-hf take the file or directory "
+            "itself")
+  if args.to_hf and args.out:
+    p.error("--to-hf DIR names the output directory; drop --out")
+  if not args.to_hf and not args.out:
+    p.error("--out is needed: the output directory (--from-torch, --from-hf) or .pth.tar file "
+            "(--to-torch)")
+  if args.to_hf or args.from_hf:
+    wrong = [f for f, v in (("--resumable", args.resumable), ("--probe-index", args.probe_index),
+                            ("--rope", args.rope is not None)) if v]
+    if args.from_hf and args.kind == "probe":
+      wrong.append("--kind probe (a VJEPA2ForVideoClassification directory is read as one)")
+    if wrong:
+      p.error(f"{', '.join(wrong)}: not used with --to-hf/--from-hf")
+  if args.which == "both" and args.to_hf:
+    p.error("--which both: a transformers VJEPA2Model holds one encoder; pass --which target "
+            "(the default) or --which online")
+  if (args.encoder or args.labels) and not (args.to_hf and args.kind == "probe"):
+    p.error("--encoder and --labels are for --to-hf --kind probe")
+  if args.to_torch and args.which is None:
+    args.which = "both"
   # Relative paths are taken from the working directory (orbax needs them absolute).
-  for name in ("from_torch", "ckpt", "out"):
+  for name in ("from_torch", "ckpt", "out", "to_hf", "from_hf", "encoder"):
     setattr(args, name, paths.resolve(getattr(args, name)))
   return args
 
@@ -90,6 +139,8 @@ def main(argv=None) -> int:
   cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
   try:
+    if args.to_hf or args.from_hf:
+      return _hf(args)
     if args.from_torch and args.kind == "probe":
       params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
                                                         args.model, args.probe_index)
@@ -139,6 +190,38 @@ def main(argv=None) -> int:
       print(f"error: {e}", file=sys.stderr)
       return 1
     raise
+  return 0
+
+
+def _hf(args) -> int:
+  from jepa_jax.convert import hf  # noqa: PLC0415 - imports nothing optional until it runs
+  if args.from_hf:
+    written = hf.import_hf(args.from_hf, args.out)
+    m, d = written["config"].model, written["config"].data
+    predictor = (f", predictor {m.pred_embed_dim}x{m.pred_depth}, {m.pred_num_heads} heads"
+                 if written["predictor"] else ", no predictor")
+    print(f"wrote vit_{m.name} (overrides {dict(m.overrides)}, 3D RoPE{predictor}) for "
+          f"{d.num_frames}x{d.crop_size}px clips to {written['model']}")
+    if "probe" in written:
+      names = written["class_names"]
+      print(f"wrote probe {written['probe_config']} "
+            f"({'with ' + str(len(names)) + ' class names' if names else 'no class names'}) to "
+            f"{written['probe']}: python -m jepa_jax.predict --checkpoint {args.out} --probe "
+            f"{args.out}/{hf.PROBE_DIR} VIDEO")
+    return 0
+  if args.kind == "probe":
+    fields = hf.export_hf_probe(args.ckpt, args.to_hf, encoder_ckpt=args.encoder,
+                                which=args.which, step=args.step, labels=args.labels,
+                                encoder_only=args.encoder_only)
+    arch = f"{hf.CLASSIFIER_ARCH} ({len(fields['id2label'])} classes)"
+  else:
+    fields = hf.export_hf(args.ckpt, args.to_hf, which=args.which or "target", step=args.step,
+                          encoder_only=args.encoder_only)
+    arch = hf.MODEL_ARCH
+  print(f"wrote {arch}: hidden {fields['hidden_size']}, {fields['num_hidden_layers']} layers, "
+        f"{fields['num_attention_heads']} heads, {fields['frames_per_clip']}x"
+        f"{fields['crop_size']}px clips to {args.to_hf}: transformers.{arch.split()[0]}"
+        f".from_pretrained({args.to_hf!r}) loads it")
   return 0
 
 

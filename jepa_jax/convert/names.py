@@ -14,7 +14,7 @@ Scanned models keep their blocks as one ``stack/blocks/block`` subtree with a le
 ``stack_blocks``/``unstack_blocks`` convert between the two layouts.
 """
 import re
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -90,11 +90,17 @@ def from_torch(state: Mapping[str, np.ndarray], kind: str, leaf_fn=None) -> dict
   ``leaf_fn(converted, source)``, if given, makes each parameter from its (transposed) view of the
   source tensor, as soon as that tensor is reached: the converter copies it into its own memory
   there and lets the file's pages go (``reference._own_copy``), tensor by tensor."""
-  state = strip_prefixes(state)
+  return from_torch_items(strip_prefixes(state).items(), kind, leaf_fn)
+
+
+def from_torch_items(items: Iterable[tuple[str, np.ndarray]], kind: str, leaf_fn=None) -> dict:
+  """``from_torch`` on ``(reference name, array)`` pairs (no wrapper prefixes) taken one at a
+  time: a generator that reads each tensor when asked (``hf.reference_items``) keeps one source
+  tensor in memory at a time."""
   leaf_fn = leaf_fn or (lambda converted, source: converted)
   params: dict = {}
   mask_tokens = {}
-  for name, value in state.items():
+  for name, value in items:
     if name in POSITION_BUFFERS:
       continue
     if name in _UNUSED.get(kind, ()):

@@ -459,19 +459,8 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
   ``resumable``: a pretraining checkpoint with what the reference's ``load_checkpoint`` reads to
   resume (``resumable_entries``): its AdamW state, ``epoch`` and a ``scaler``."""
   from jepa_jax.convert import torch_io  # noqa: PLC0415
-  try:
-    loaded = ckpt_lib.load(ckpt, step)
-  except ckpt_lib.CheckpointError as e:
-    if _kind(ckpt, step) == ckpt_lib.PROBE:
-      raise ConversionError(f"--ckpt {ckpt} is an attentive probe, not a model; export it with "
-                            "--to-torch --kind probe") from e
-    raise
-  params, step = loaded.params, loaded.step
-  config = ckpt_lib.read_config(ckpt, step)
-  if loaded.kind == ckpt_lib.FINETUNE:
-    # One encoder (no EMA target, no predictor) written under both keys; the head has no place
-    # in the reference's pretrained files.
-    params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
+  loaded, params, config = load_model_checkpoint(ckpt, step, "--to-torch")
+  step = loaded.step
   state_dicts = export_torch(params, config, which)
   # 'epoch' is read (for logging) by the reference eval's load_pretrained.
   extra = dict(epoch=0)
@@ -484,6 +473,24 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
   torch_io.save(out, dict(state_dicts, jepa_jax_step=int(step), **extra,
                           **{ROPE_MARKER: bool((config.get("model") or {}).get("use_rope"))}))
   return state_dicts
+
+
+def load_model_checkpoint(ckpt: str, step: Optional[int], direction: str):
+  """``(loaded, params, config)`` of a jepa_jax model checkpoint for export (``direction``, the
+  flag, names the fix when ``ckpt`` is a probe). A fine-tuning checkpoint gives its one encoder
+  (no EMA target, no predictor; the head has no place in a pretrained model's file) and the
+  pretraining config ``export_torch`` rebuilds it from."""
+  try:
+    loaded = ckpt_lib.load(ckpt, step)
+  except ckpt_lib.CheckpointError as e:
+    if _kind(ckpt, step) == ckpt_lib.PROBE:
+      raise ConversionError(f"--ckpt {ckpt} is an attentive probe, not a model; export it with "
+                            f"{direction} --kind probe") from e
+    raise
+  params, config = loaded.params, ckpt_lib.read_config(ckpt, loaded.step)
+  if loaded.kind == ckpt_lib.FINETUNE:
+    params, config = {"encoder": params["encoder"]}, finetuned_model_config(config)
+  return loaded, params, config
 
 
 # A fresh torch.cuda.amp.GradScaler's state: the reference's pretraining (mixed precision) builds
@@ -592,16 +599,21 @@ def finetuned_model_config(saved: Mapping) -> ml_collections.ConfigDict:
 
 def write_torch_probe(ckpt: str, out: str, step: Optional[int] = None) -> dict:
   from jepa_jax.convert import torch_io  # noqa: PLC0415
+  params, probe_config = load_probe_checkpoint(ckpt, step)
+  state_dicts = export_probe(params, probe_config)
+  torch_io.save(out, dict(state_dicts, epoch=0))
+  return state_dicts
+
+
+def load_probe_checkpoint(ckpt: str, step: Optional[int] = None):
+  """``load_probe`` for export: a model checkpoint given as the probe names the fix."""
   try:
-    params, probe_config = load_probe(ckpt, step)
+    return load_probe(ckpt, step)
   except ckpt_lib.CheckpointError as e:
     if _kind(ckpt, step) not in (None, ckpt_lib.PROBE):
       raise ConversionError(f"--ckpt {ckpt} is a model checkpoint, not an attentive probe; export "
                             "it without --kind probe") from e
     raise
-  state_dicts = export_probe(params, probe_config)
-  torch_io.save(out, dict(state_dicts, epoch=0))
-  return state_dicts
 
 
 def _kind(ckpt: str, step: Optional[int]) -> Optional[str]:
