@@ -85,6 +85,17 @@ def read_label_names(path: str, num_classes: int) -> list:
   return names
 
 
+def class_names(labels, probe, num_classes: int):
+  """The names to show: ``--labels``, else those saved with the probe (probes imported from
+  Hugging Face carry their ``id2label``), else None (indices only)."""
+  if labels:
+    return read_label_names(labels, num_classes)
+  if probe:
+    from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+    return ckpt_lib.probe_class_names(probe)
+  return None
+
+
 def eval_config(args, trained: dict):
   """The eval config of the protocol: flags, else the probe's training run, else the defaults."""
   from jepa_jax.eval import config as config_lib  # noqa: PLC0415
@@ -200,10 +211,7 @@ def predict(args) -> tuple[list, list]:
                        "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
                        "as --checkpoint")
     config, source, classify, params, num_classes = finetuned_classifier(args)
-  if args.labels:
-    names = read_label_names(args.labels, num_classes)
-  else:  # names saved with the probe (probes imported from Hugging Face carry id2label)
-    names = ckpt_lib.probe_class_names(args.probe) if args.probe else None
+  names = class_names(args.labels, args.probe, num_classes)
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
            config.num_segments, config.num_views, config.data.num_frames, config.data.frame_step,
            config.data.crop_size)

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jepa_jax import checkpoint, config as config_lib, models  # noqa: E402
+from jepa_jax import checkpoint, config as config_lib, models, predict  # noqa: E402
 from jepa_jax.convert import reference  # noqa: E402
 from jepa_jax.convert.__main__ import main as cli  # noqa: E402
 from jepa_jax.models import attentive_probe  # noqa: E402
@@ -140,7 +140,11 @@ def test_from_hf_reproduces_transformers_forward(hf_dirs, imported, monkeypatch)
   probe_params, probe_config = checkpoint.load_probe(str(imported / "clf" / "probe"))
   assert probe_config == dict(num_classes=3, num_heads=4, mlp_ratio=4.0, depth=3, num_queries=1,
                               embed_dim=64, blocks_on="tokens")
-  assert checkpoint.probe_class_names(str(imported / "clf" / "probe")) == CLASSES
+  # predict shows the saved names unless --labels names them.
+  assert predict.class_names(None, str(imported / "clf" / "probe"), 3) == CLASSES
+  labels = imported / "labels.txt"
+  labels.write_text("a\nb\nc\n")
+  assert predict.class_names(str(labels), str(imported / "clf" / "probe"), 3) == ["a", "b", "c"]
   np.testing.assert_allclose(_probe_logits(probe_config, probe_params, got_enc, 1e-6,
                                            monkeypatch), logits, atol=ATOL)
   monkeypatch.undo()
