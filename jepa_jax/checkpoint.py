@@ -494,20 +494,23 @@ class Loaded:
   step: int
 
 
-def load(path: str, step: Optional[int] = None) -> Loaded:
+def load(path: str, step: Optional[int] = None,
+         groups: Optional[Sequence[str]] = None) -> Loaded:
   """The parameters of a pretraining, fine-tuning or converted checkpoint (``Loaded``).
 
   Reads only the parameter arrays of a train state (not the optimiser moments). Without ``step``,
   the newest readable checkpoint: a damaged newer one is skipped with a warning naming it, as the
-  trainer does (``newest_readable``), but left where it is (readers move nothing).
+  trainer does (``newest_readable``), but left where it is (readers move nothing). ``groups``:
+  read only these of ``PARAM_KEYS`` (and ``head``), those the checkpoint has; None reads all (an
+  export of one encoder need not hold the other in memory).
   """
   directory = checkpoint_dir(path)
   if not paths.is_remote(directory) and not os.path.exists(directory):
     raise CheckpointError(f"checkpoint directory {directory} does not exist")
   manager = make_manager(directory, read_only=True, async_save=False)
   if step is not None:
-    return _read_params(manager, step, directory)
-  found = newest_readable(manager, lambda s: _read_params(manager, s, directory))
+    return _read_params(manager, step, directory, groups)
+  found = newest_readable(manager, lambda s: _read_params(manager, s, directory, groups))
   if found is None:
     raise CheckpointError(f"no complete checkpoint in {directory}")
   loaded, step, skipped = found
@@ -522,32 +525,43 @@ def load_params(path: str, step: Optional[int] = None) -> tuple[dict, int]:
   return loaded.params, loaded.step
 
 
-def _read_params(manager, step: int, directory: str) -> Loaded:
+def _numpy_restore_args(wanted):
+  return jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+
+
+def _read_params(manager, step: int, directory: str,
+                 groups: Optional[Sequence[str]] = None) -> Loaded:
   names = _item_names(manager, step)
   where = f"checkpoint {step} in {directory}"
+  want = (lambda group: True) if groups is None else (lambda group: group in groups)
   try:
     kind = _read_kind(manager, step, names, where)
     if kind == PROBE:
       raise CheckpointError(f"{where} is an attentive probe, which holds no encoder; give the "
                             "encoder's checkpoint here and the probe as the probe")
-    if kind == PARAMS:
+    if kind == PARAMS and groups is None:
       tree = manager.restore(step, args=ocp.args.Composite(
           **{PARAMS: ocp.args.StandardRestore()}))[PARAMS]
       params = {k: tree[k] for k in PARAM_KEYS if k in tree}
+    elif kind == PARAMS:
+      # The item's own handler restores whole trees only; a PyTree handler reads part of it.
+      meta = manager.item_metadata(step)[PARAMS]
+      wanted = {k: meta[k] for k in PARAM_KEYS if k in meta and want(k)}
+      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        params = reader.restore(epath.Path(directory) / str(step) / PARAMS,
+                                args=ocp.args.PyTreeRestore(
+                                    item=wanted, restore_args=_numpy_restore_args(wanted),
+                                    partial_restore=True))
     else:
       meta = manager.item_metadata(step)[STATE]
-      wanted = {"params": meta["params"]}
-      if kind == PRETRAIN:
+      wanted = {"params": {k: v for k, v in meta["params"].items() if want(k)}}
+      if kind == PRETRAIN and want("target"):
         wanted["target_params"] = meta["target_params"]
       tree = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-          item=wanted, restore_args=jax.tree_util.tree_map(
-              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted),
-          partial_restore=True)}))[STATE]
-      if kind == PRETRAIN:
-        params = {"encoder": tree["params"]["encoder"], "predictor": tree["params"]["predictor"],
-                  "target": tree["target_params"]}
-      else:
-        params = {"encoder": tree["params"]["encoder"], "head": tree["params"]["head"]}
+          item=wanted, restore_args=_numpy_restore_args(wanted), partial_restore=True)}))[STATE]
+      params = dict(tree["params"])  # encoder, predictor (pretraining) or head (fine-tuning)
+      if "target_params" in tree:
+        params["target"] = tree["target_params"]
   except CheckpointError:
     raise
   except Exception as e:  # noqa: BLE001 - the files are what is wrong

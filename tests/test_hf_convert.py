@@ -307,3 +307,24 @@ def test_the_package_imports_and_explains_without_transformers(golden_ckpt, tmp_
   assert done.returncode == 1, done.stderr
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "pip install 'jepa_jax[hf]'" in last, done.stderr
+
+
+def test_weights_are_read_as_the_safetensors_library_writes_them(tmp_path):
+  """bfloat16 and float16 tensors (as hub files may hold) read as their float32 values; a
+  truncated file is refused."""
+  from safetensors.torch import save_file
+  from jepa_jax.convert import safetensors_io
+  from jepa_jax.convert.names import ConversionError
+  tensors = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.randn(7).to(torch.float16),
+             "c": torch.randn(2, 2, 2)}
+  save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+  with safetensors_io.WeightFiles(tmp_path) as files:
+    assert files.shapes == {"a": (3, 5), "b": (7,), "c": (2, 2, 2)}
+    for name, want in tensors.items():
+      got = files.read(name)
+      assert got.dtype == np.float32
+      np.testing.assert_array_equal(got, want.float().numpy())
+  data = (tmp_path / "model.safetensors").read_bytes()
+  (tmp_path / "model.safetensors").write_bytes(data[:-4])
+  with pytest.raises(ConversionError, match="damaged or truncated"):
+    safetensors_io.WeightFiles(tmp_path)

@@ -33,8 +33,9 @@ the encoder's ``layer_norm_eps`` (1e-6), where the reference's probes (and jepa_
 1e-6 in transformers (as Meta's probes converted by transformers do); ``tests/test_hf_convert.py``
 measures what that changes.
 
-``transformers`` (and ``safetensors``, which it installs) are optional (``pip install
-'jepa_jax[hf]'``) and imported only by the functions that read or write these directories.
+``transformers`` is optional (``pip install 'jepa_jax[hf]'``: its ``VJEPA2Config`` reads and
+writes ``config.json``) and imported only by the functions that read or write these directories;
+the weights are read and written by ``safetensors_io``, tensor by tensor.
 """
 import json
 import logging
@@ -271,7 +272,7 @@ def import_hf(directory: str, out: str) -> dict:
   the file has one) and, for a classifier, a probe checkpoint in ``out/probe`` with its class
   names. Tensor by tensor: shapes are checked from the headers first, then each tensor is read,
   converted into its own memory and dropped. Returns what was written, for reporting."""
-  safetensors_io.import_safetensors()
+  import_transformers()
   hf_config = read_config(directory)
   with safetensors_io.WeightFiles(directory) as files:
     kinds = split_kinds(files.shapes)
@@ -359,7 +360,9 @@ def _model_state(ckpt: str, step: Optional[int], which: str, encoder_only: bool,
   if which not in ("target", "online"):
     raise ConversionError(f"--which {which}: a transformers VJEPA2Model holds one encoder; pass "
                           "--which target (the EMA encoder, default) or --which online")
-  _, params, config = reference.load_model_checkpoint(ckpt, step, "--to-hf")
+  # One encoder is written: the other is not read (a second copy of the model in memory).
+  groups = ("target" if which == "target" else "encoder", "predictor")
+  _, params, config = reference.load_model_checkpoint(ckpt, step, "--to-hf", groups)
   if not (config.get("model") or {}).get("use_rope"):
     raise ConversionError(
         f"{flag} {ckpt} is a V-JEPA model with fixed sin-cos position embeddings; transformers' "

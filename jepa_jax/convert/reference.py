@@ -475,13 +475,17 @@ def write_torch_checkpoint(ckpt: str, out: str, which: str = "both",
   return state_dicts
 
 
-def load_model_checkpoint(ckpt: str, step: Optional[int], direction: str):
+def load_model_checkpoint(ckpt: str, step: Optional[int], direction: str,
+                          groups: Optional[tuple] = None):
   """``(loaded, params, config)`` of a jepa_jax model checkpoint for export (``direction``, the
   flag, names the fix when ``ckpt`` is a probe). A fine-tuning checkpoint gives its one encoder
   (no EMA target, no predictor; the head has no place in a pretrained model's file) and the
-  pretraining config ``export_torch`` rebuilds it from."""
+  pretraining config ``export_torch`` rebuilds it from. ``groups``: read only these parameter
+  groups (``checkpoint.load``), or the other encoder where the checkpoint has none of them."""
   try:
-    loaded = ckpt_lib.load(ckpt, step)
+    loaded = ckpt_lib.load(ckpt, step, groups)
+    if groups is not None and not {"encoder", "target"} & set(loaded.params):
+      loaded = ckpt_lib.load(ckpt, loaded.step, tuple(groups) + ("encoder", "target"))
   except ckpt_lib.CheckpointError as e:
     if _kind(ckpt, step) == ckpt_lib.PROBE:
       raise ConversionError(f"--ckpt {ckpt} is an attentive probe, not a model; export it with "

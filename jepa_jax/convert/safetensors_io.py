@@ -1,21 +1,24 @@
 """Reading and writing safetensors weights as Hugging Face model directories hold them.
 
-Reading uses the ``safetensors`` library (an optional dependency, imported here only): one
-``model.safetensors``, or the shards a ``model.safetensors.index.json`` names (large hub
-models). Tensors are read one at a time, when asked for, so a conversion holds one of the file's
-tensors at a time; shapes come from the headers without reading any data.
+The format is a little-endian 8-byte header length, a JSON header (each tensor's dtype, shape and
+byte range; ``__metadata__``) padded to 8 bytes, then the tensors back to back. A directory holds
+one ``model.safetensors``, or the shards a ``model.safetensors.index.json`` names (large hub
+models).
 
-Writing streams: the header (names, dtypes, shapes, offsets) is computed from the arrays' shapes,
-then each tensor is made contiguous and written, one at a time. ``safetensors.numpy.save_file``
-needs every tensor contiguous in memory at once, i.e. a transposed copy of the whole model beside
-the parameters it was made from. The layout written is the format's (little-endian 8-byte header
-length, a JSON header padded to 8 bytes, the tensors back to back in header order); the tests read
-the files back with the ``safetensors`` library and load them with transformers.
+Both directions stream, one tensor at a time. Reading parses the header and reads each tensor with
+a plain file read into its own array when it is asked for; the ``safetensors`` library maps the
+whole file instead, and every page read then stays in the process's memory until the file is
+closed, i.e. a copy of the model beside the converted one (``bench/convert_memory.py --format
+hf``). Writing computes the header from the arrays' shapes, then makes each tensor contiguous and
+writes it; ``safetensors.numpy.save_file`` needs every tensor contiguous in memory at once, a
+transposed copy of the whole model beside the parameters it was made from. The tests read these
+files with transformers (which uses the ``safetensors`` library) and write theirs with it.
 """
 import json
 import os
 from typing import Mapping, Optional
 
+import ml_dtypes
 import numpy as np
 
 from jepa_jax.convert.names import ConversionError
@@ -24,16 +27,38 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 # What transformers' save_pretrained records; from_pretrained refuses other "format" values.
 METADATA = {"format": "pt"}
-_DTYPE_NAMES = {np.dtype(np.float32): "F32"}
+_WRITE_DTYPES = {np.dtype(np.float32): "F32"}
+# Floating dtypes read (and converted to float32): what model weights are stored in.
+_READ_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"),
+                "BF16": np.dtype(ml_dtypes.bfloat16)}
+_MAX_HEADER = 100 << 20  # the format's own limit on the header's size
 
 
-def import_safetensors():
-  try:
-    import safetensors  # noqa: PLC0415 - optional dependency, only the --from-hf/--to-hf paths
-  except ImportError as e:
-    raise ImportError("reading Hugging Face weights needs safetensors: pip install "
-                      "'jepa_jax[hf]' (or pip install safetensors)") from e
-  return safetensors
+def read_header(path: str) -> tuple[dict, int]:
+  """``({name: {dtype, shape, data_offsets}}, offset of the data)`` of a safetensors file, checked
+  against the file's size."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    length = int.from_bytes(f.read(8), "little")
+    if not 0 < length <= min(_MAX_HEADER, size - 8):
+      raise ConversionError(f"{path} is not a safetensors file (header length {length})")
+    try:
+      header = json.loads(f.read(length))
+    except ValueError as e:
+      raise ConversionError(f"{path}: unreadable safetensors header ({e})") from None
+  header.pop("__metadata__", None)
+  data = 8 + length
+  for name, entry in header.items():
+    dtype = _READ_DTYPES.get(entry.get("dtype"))
+    begin, end = entry.get("data_offsets", (0, -1))
+    if dtype is None:
+      raise ConversionError(f"{path}: tensor {name} has dtype {entry.get('dtype')}; model "
+                            f"weights in {sorted(_READ_DTYPES)} are read")
+    if end - begin != int(np.prod(entry["shape"], dtype=np.int64)) * dtype.itemsize or \
+        data + end > size:
+      raise ConversionError(f"{path}: tensor {name}'s bytes {begin}..{end} do not fit its shape "
+                            f"{entry['shape']} or the file; the file is damaged or truncated")
+  return header, data
 
 
 class WeightFiles:
@@ -41,26 +66,34 @@ class WeightFiles:
   ``read(name)`` (a float32 array in its own memory). Use as a context manager."""
 
   def __init__(self, directory: str):
-    import_safetensors()
-    from safetensors import safe_open  # noqa: PLC0415
     self.directory = os.fspath(directory)
-    files = _weight_files(self.directory)
-    self._handles = {f: safe_open(os.path.join(self.directory, f), framework="np") for f in files}
     self._where, self.shapes = {}, {}
-    for f, handle in self._handles.items():
-      for name in handle.keys():
+    for f in _weight_files(self.directory):
+      path = os.path.join(self.directory, f)
+      header, data = read_header(path)
+      for name, entry in header.items():
         if name in self._where:
-          raise ConversionError(f"tensor {name} is in both {self._where[name]} and {f} of "
-                                f"{self.directory}; keep one copy of each tensor")
-        self._where[name] = f
-        self.shapes[name] = tuple(handle.get_slice(name).get_shape())
+          raise ConversionError(f"tensor {name} is in both {self._where[name][0]} and {path}; "
+                                "keep one copy of each tensor")
+        self._where[name] = (path, data + entry["data_offsets"][0],
+                             _READ_DTYPES[entry["dtype"]], tuple(entry["shape"]))
+        self.shapes[name] = tuple(entry["shape"])
+    self._files = {}
 
   def read(self, name: str) -> np.ndarray:
-    value = self._handles[self._where[name]].get_tensor(name)
+    path, offset, dtype, shape = self._where[name]
+    if path not in self._files:
+      self._files[path] = open(path, "rb")  # noqa: SIM115 - closed by close()
+    f = self._files[path]
+    f.seek(offset)
+    count = int(np.prod(shape, dtype=np.int64))
+    value = np.fromfile(f, dtype=dtype, count=count).reshape(shape)
     return value if value.dtype == np.float32 else value.astype(np.float32)
 
   def close(self):
-    self._handles.clear()
+    for f in self._files.values():
+      f.close()
+    self._files.clear()
 
   def __enter__(self):
     return self
@@ -105,10 +138,10 @@ def write(path: str, tensors: Mapping[str, np.ndarray],
   for name in sorted(tensors):
     value = tensors[name]
     dtype = np.dtype(value.dtype)
-    if dtype not in _DTYPE_NAMES:
+    if dtype not in _WRITE_DTYPES:
       raise ConversionError(f"{name}: dtype {dtype} (the converter writes float32)")
     size = int(np.prod(value.shape, dtype=np.int64)) * dtype.itemsize
-    header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": [int(d) for d in value.shape],
+    header[name] = {"dtype": _WRITE_DTYPES[dtype], "shape": [int(d) for d in value.shape],
                     "data_offsets": [offset, offset + size]}
     offset += size
   header["__metadata__"] = dict(METADATA if metadata is None else metadata)
