@@ -328,3 +328,29 @@ def test_weights_are_read_as_the_safetensors_library_writes_them(tmp_path):
   (tmp_path / "model.safetensors").write_bytes(data[:-4])
   with pytest.raises(ConversionError, match="damaged or truncated"):
     safetensors_io.WeightFiles(tmp_path)
+
+
+def test_load_reads_only_the_groups_asked_for(golden_ckpt, tmp_path):
+  """``checkpoint.load(groups=...)`` (what --to-hf reads: one encoder) on a converted checkpoint
+  and on a pretraining train state: those groups, equal to a full load's."""
+  import optax
+  from jepa_jax import train_state
+  ckpt, _, _ = golden_ckpt
+  tiny = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=32, depth=1,
+                              num_heads=2)
+  state = jax.jit(train_state.make_init_fn(tiny, models.build_predictor(tiny, embed_dim=16,
+                                                                        depth=1),
+                                           optax.adamw(1e-3)))(jax.random.PRNGKey(0))
+  manager = checkpoint.make_manager(str(tmp_path / "pretrain" / "checkpoints"), async_save=False)
+  checkpoint.save(manager, 2, state=state, force=True)
+  manager.close()
+  for path in (str(ckpt), str(tmp_path / "pretrain")):
+    full = checkpoint.load(path).params
+    assert set(full) == {"encoder", "predictor", "target"}
+    for groups in (("target", "predictor"), ("encoder",)):
+      part = checkpoint.load(path, groups=groups).params
+      assert set(part) == set(groups)
+      for group in groups:
+        for x, y in zip(jax.tree_util.tree_leaves(part[group]),
+                        jax.tree_util.tree_leaves(full[group])):
+          np.testing.assert_array_equal(x, y)
