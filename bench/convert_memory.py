@@ -139,7 +139,8 @@ def main():
       peak = peak_rss_of_conversion(path, out, (direction,))
       print(json.dumps(dict(size=args.size, direction=direction,
                             file_gib=round(file_bytes / 2**30, 3),
-                            peak_rss_gib=round(peak / 2**30, 3), ratio=round(peak / file_bytes, 3))))
+                            peak_rss_gib=round(peak / 2**30, 3),
+                            ratio=round(peak / file_bytes, 3))))
     if not args.keep:
       for d in (source, converted, back):
         shutil.rmtree(d, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Hugging Face transformers' V-JEPA 2 <-> jepa_jax, against the real library: directories written
 by transformers' own ``save_pretrained`` import with outputs equal to transformers' forward, and
-``--to-hf`` exports load with ``from_pretrained`` (no missing or unexpected keys) and give jepa_jax's
-outputs (and the V-JEPA 2 reference's golden ones) in transformers."""
+``--to-hf`` exports load with ``from_pretrained`` (no missing or unexpected keys) and give
+jepa_jax's outputs (and the V-JEPA 2 reference's golden ones) in transformers."""
 import json
 import os
 import shutil
@@ -336,11 +336,10 @@ def test_load_reads_only_the_groups_asked_for(golden_ckpt, tmp_path):
   import optax
   from jepa_jax import train_state
   ckpt, _, _ = golden_ckpt
-  tiny = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=32, depth=1,
-                              num_heads=2)
-  state = jax.jit(train_state.make_init_fn(tiny, models.build_predictor(tiny, embed_dim=16,
-                                                                        depth=1),
-                                           optax.adamw(1e-3)))(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  tree = lambda: {"w": rng.normal(size=(3, 2)).astype(np.float32)}  # noqa: E731
+  state = train_state.TrainState.create(params={"encoder": tree(), "predictor": tree()},
+                                        tx=optax.adamw(1e-3), target_params=tree())
   manager = checkpoint.make_manager(str(tmp_path / "pretrain" / "checkpoints"), async_save=False)
   checkpoint.save(manager, 2, state=state, force=True)
   manager.close()

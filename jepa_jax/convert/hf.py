@@ -240,7 +240,12 @@ def read_config(directory: str):
     raise ConversionError(f"{path} has model_type {model_type!r}; --from-hf reads transformers' "
                           f"V-JEPA 2 models (model_type {MODEL_TYPE!r}, VJEPA2Model or "
                           "VJEPA2ForVideoClassification)")
-  config = import_transformers().VJEPA2Config.from_pretrained(os.fspath(directory))
+  try:
+    config = import_transformers().VJEPA2Config.from_pretrained(os.fspath(directory))
+  except (OSError, ValueError, TypeError) as e:
+    first = str(e).strip().splitlines()
+    raise ConversionError(f"{path}: transformers cannot read it as a VJEPA2Config "
+                          f"({type(e).__name__}: {first[0] if first else ''})") from None
   unsupported = [
       ("patch_size", config.patch_size, isinstance(config.patch_size, int),
        "jepa_jax's patches are square (one int)"),
@@ -274,6 +279,8 @@ def import_hf(directory: str, out: str) -> dict:
   converted into its own memory and dropped. Returns what was written, for reporting."""
   import_transformers()
   hf_config = read_config(directory)
+  for path in (out, os.path.join(out, PROBE_DIR)):  # before anything is written
+    reference._fresh_checkpoints_dir(path)
   with safetensors_io.WeightFiles(directory) as files:
     kinds = split_kinds(files.shapes)
     if "encoder" not in kinds:
@@ -309,13 +316,12 @@ def import_hf(directory: str, out: str) -> dict:
     if probe_config is not None:
       probe = convert("probe")
       names = _class_names(hf_config)
-      reference._fresh_checkpoints_dir(os.path.join(out, PROBE_DIR))
       written["probe"] = ckpt_lib.save_probe(os.path.join(out, PROBE_DIR), probe, probe_config,
                                              class_names=names)
       written["probe_config"], written["class_names"] = probe_config, names
-      log.warning("transformers' pooler runs its LayerNorms at eps %g; jepa_jax's probe (as the "
-                  "reference's) at %g, which changes its logits slightly (hf.py)",
-                  hf_config.layer_norm_eps, _probe_ln_eps())
+      log.info("the probe's LayerNorms run at eps %g in jepa_jax, as the reference's probes "
+               "were trained; transformers' pooler runs them at %g, so logits differ slightly "
+               "(hf.py)", _probe_ln_eps(), hf_config.layer_norm_eps)
   return written
 
 
