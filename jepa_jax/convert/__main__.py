@@ -76,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      ("--embed-dim", "override: width"), ("--depth", "override: blocks"),
                      ("--num-heads", "override: attention heads")):
     p.add_argument(flag, type=int, help=f"{what} (inferred/checked from the file if omitted)")
-  p.add_argument("--encoder-only", action="store_true", help="ignore the predictor")
+  p.add_argument("--encoder-only", action="store_true",
+                 help="ignore the predictor (--to-hf: write the encoder alone, for checkpoints "
+                      "without a predictor)")
   p.add_argument("--rope", action=argparse.BooleanOptionalAction, default=None,
                  help="V-JEPA 2 3D-RoPE model (default: inferred from the file)")
   p.add_argument("--pred-num-heads", type=int,
