@@ -101,7 +101,7 @@ def write_hf_dir(directory: str, size: str) -> int:
   os.makedirs(directory, exist_ok=True)
   safetensors_io.write(os.path.join(directory, safetensors_io.WEIGHTS_NAME),
                        {k: _Random(v.shape, rng) for k, v in state.items()})
-  fields = hf._model_fields(config, zeros("predictor"), True)
+  fields = hf._model_fields(config, num_masks=10)
   transformers.VJEPA2Config(architectures=[hf.MODEL_ARCH], **fields).save_pretrained(directory)
   return os.path.getsize(os.path.join(directory, safetensors_io.WEIGHTS_NAME))
 

@@ -332,13 +332,12 @@ def _probe_ln_eps() -> float:
 
 # --- jepa_jax -> transformers ----------------------------------------------------------------
 
-def _model_fields(config, state: Mapping, has_predictor: bool) -> dict:
-  """``VJEPA2Config`` fields of the model ``config`` builds, refused where transformers has no
-  way to say it."""
+def _model_fields(config, num_masks: Optional[int]) -> dict:
+  """``VJEPA2Config`` fields of the model ``config`` builds (with its predictor's fields if
+  ``num_masks``, its mask tokens, is given), refused where transformers has no way to say it."""
   from jepa_jax import config as config_lib, models  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
   config = ml_collections.ConfigDict(reference.plain(config))
-  num_masks = sum(1 for k in state if k.startswith("mask_tokens.")) if has_predictor else None
   encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   height, width = encoder.clip_shape()[2:4]
   if height != width:
@@ -351,7 +350,7 @@ def _model_fields(config, state: Mapping, has_predictor: bool) -> dict:
                 num_attention_heads=encoder.block.num_heads, num_hidden_layers=encoder.depth,
                 mlp_ratio=float(encoder.block.mlp_ratio), layer_norm_eps=LN_EPS, qkv_bias=True,
                 hidden_act="gelu", dtype="float32")
-  if has_predictor:
+  if num_masks is not None:
     fields.update(pred_hidden_size=predictor.predictor_embed_dim,
                   pred_num_attention_heads=predictor.block.num_heads,
                   pred_num_hidden_layers=predictor.depth,
@@ -382,7 +381,9 @@ def _model_state(ckpt: str, step: Optional[int], which: str, encoder_only: bool,
     raise ConversionError(f"{flag} {ckpt} has no predictor, which a transformers VJEPA2Model "
                           "holds; pass --encoder-only to write the encoder alone (transformers "
                           "then initialises a predictor at random and reports its keys missing)")
-  fields = _model_fields(config, states.get("predictor", {}), has_predictor)
+  num_masks = sum(k.startswith("mask_tokens.") for k in states["predictor"]) if has_predictor \
+      else None
+  fields = _model_fields(config, num_masks)
   out = to_hf(states["target_encoder"], "encoder")
   if has_predictor:
     out.update(to_hf(states["predictor"], "predictor"))
