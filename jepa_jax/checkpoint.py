@@ -547,19 +547,26 @@ def _read_params(manager, step: int, directory: str,
       # The item's own handler restores whole trees only; a PyTree handler reads part of it.
       meta = manager.item_metadata(step)[PARAMS]
       wanted = {k: meta[k] for k in PARAM_KEYS if k in meta and want(k)}
-      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-        params = reader.restore(epath.Path(directory) / str(step) / PARAMS,
-                                args=ocp.args.PyTreeRestore(
-                                    item=wanted, restore_args=_numpy_restore_args(wanted),
-                                    partial_restore=True))
+      params = {}
+      if wanted:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+          params = reader.restore(epath.Path(directory) / str(step) / PARAMS,
+                                  args=ocp.args.PyTreeRestore(
+                                      item=wanted, restore_args=_numpy_restore_args(wanted),
+                                      partial_restore=True))
     else:
       meta = manager.item_metadata(step)[STATE]
-      wanted = {"params": {k: v for k, v in meta["params"].items() if want(k)}}
+      wanted = {}
+      chosen = {k: v for k, v in meta["params"].items() if want(k)}
+      if chosen:
+        wanted["params"] = chosen
       if kind == PRETRAIN and want("target"):
         wanted["target_params"] = meta["target_params"]
       tree = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-          item=wanted, restore_args=_numpy_restore_args(wanted), partial_restore=True)}))[STATE]
-      params = dict(tree["params"])  # encoder, predictor (pretraining) or head (fine-tuning)
+          item=wanted, restore_args=_numpy_restore_args(wanted), partial_restore=True)}))[
+              STATE] if wanted else {}
+      # encoder, predictor (pretraining) or encoder, head (fine-tuning)
+      params = dict(tree.get("params", {}))
       if "target_params" in tree:
         params["target"] = tree["target_params"]
   except CheckpointError:

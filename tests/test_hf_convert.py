@@ -343,6 +343,20 @@ def test_load_reads_only_the_groups_asked_for(golden_ckpt, tmp_path):
   manager = checkpoint.make_manager(str(tmp_path / "pretrain" / "checkpoints"), async_save=False)
   checkpoint.save(manager, 2, state=state, force=True)
   manager.close()
+  finetuned = train_state.TrainState.create(params={"encoder": tree(), "head": tree()},
+                                            tx=optax.adamw(1e-3))
+  manager = checkpoint.make_manager(str(tmp_path / "finetune" / "checkpoints"), async_save=False)
+  arch = {"model": {"name": "tiny", "patch_size": 16, "tubelet_size": 2, "use_rope": True},
+          "data": {"crop_size": 32, "num_frames": 4}}
+  checkpoint.save(manager, 3, state=finetuned, kind=checkpoint.FINETUNE, config=arch, force=True)
+  manager.close()
+  # A fine-tuned checkpoint has neither: nothing is read, and the export reads its one encoder.
+  assert checkpoint.load(str(tmp_path / "finetune"), groups=("target", "predictor")).params == {}
+  _, params, config = reference.load_model_checkpoint(str(tmp_path / "finetune"), None,
+                                                      "--to-hf", ("target", "predictor"))
+  assert set(params) == {"encoder"} and config.model.use_rope
+  np.testing.assert_array_equal(params["encoder"]["w"],
+                                np.asarray(finetuned.params["encoder"]["w"]))
   for path in (str(ckpt), str(tmp_path / "pretrain")):
     full = checkpoint.load(path).params
     assert set(full) == {"encoder", "predictor", "target"}
