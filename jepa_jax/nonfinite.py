@@ -46,9 +46,9 @@ class NonFinitePolicy:
 
   @classmethod
   def from_config(cls, config) -> "NonFinitePolicy":
-    """The policy of a program's config (the default limit for configs saved before the field);
+    """The policy of a program's config (the defaults for configs saved before the fields);
     ``ValueError`` naming the field when either value is impossible."""
-    return cls(config.nonfinite,
+    return cls(config.get("nonfinite", "stop"),
                config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS))
 
 

@@ -193,6 +193,9 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
           scalars["probe/seconds"])
     return scalars
 
+  def probe_if_due(step, state) -> dict:
+    return run_probe(step, state) if probe.due(step) else {}
+
   def consume(failed):
     n = consumed.add_batch(failed)
     bad_reads["window"] += n
@@ -211,8 +214,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
       step=lambda state, batch: exp.train_step(state, batch, rng),
       checkpoint_items=lambda: dict(config=config, data_failures=consumed.state()),
       consume=consume,
-      evaluate=(lambda step, state: run_probe(step, state) if probe.due(step) else {})
-      if probe is not None else None,
+      evaluate=probe_if_due if probe is not None else None,
       log_row=log_row)
   if probe is not None and start_step == 0:  # the initial encoder: where the curve starts
     writer.write_scalars(0, run_probe(0, state))
