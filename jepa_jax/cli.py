@@ -497,6 +497,16 @@ def run_or_fail(fn: Callable[[], Any], workdir: str, known: tuple = (), prefix: 
     fail(message, e)
 
 
+def exit_if_preempted(results: dict) -> None:
+  """A training run that returned ``preempted_at_step`` (``loop.run`` saved and stopped on
+  SIGTERM or a preemption notice): say so and exit with ``EXIT_PREEMPTED``, so that a launcher
+  requeues it. Pretraining and fine-tuning both."""
+  if "preempted_at_step" in results:
+    logging.warning("Preempted at step %d; the checkpoint is saved: run the same command to "
+                    "resume", results["preempted_at_step"])
+    raise SystemExit(EXIT_PREEMPTED)
+
+
 def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
   """``main`` of a command that reads inputs and writes files (``visualize``, ``surprise``):
   ``run(parse_args(argv))`` returns ``{"written": [paths], "unreadable": count}``. An error a user

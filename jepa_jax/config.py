@@ -15,9 +15,9 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from jepa_jax import defaults
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
+from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax.data.settings import dataset_frames
 
@@ -152,11 +152,10 @@ def read(config) -> Settings:
       dataset_frames(d, k)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if config.nonfinite not in ("stop", "skip"):
-    raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
-  max_skips = config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS)
-  if not isinstance(max_skips, int) or max_skips < 1:
-    raise ConfigError(f"config.max_consecutive_skips={max_skips!r} must be a positive integer")
+  try:
+    nonfinite.NonFinitePolicy.from_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.get("monitor_probe"):
     from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
     try:

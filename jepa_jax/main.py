@@ -35,7 +35,7 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import config as config_lib, experiment, trainer  # noqa: PLC0415
+  from jepa_jax import config as config_lib, experiment, nonfinite, trainer  # noqa: PLC0415
   config = _CONFIG.value
   defaults.resolve_paths(config)
   try:
@@ -47,11 +47,8 @@ def main(argv):
   log_path = cli.start_workdir(workdir, "checkpoints and logs", jax.process_index())
   logging.info("Logging to %s", log_path)
   metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir,
-                            known=(trainer.NonFiniteLossError,), prefix="Stopped: ")
-  if "preempted_at_step" in metrics:
-    logging.warning("Preempted at step %d; the checkpoint is saved: run the same command to "
-                    "resume", metrics["preempted_at_step"])
-    raise SystemExit(EXIT_PREEMPTED)
+                            known=(nonfinite.NonFiniteLossError,), prefix="Stopped: ")
+  cli.exit_if_preempted(metrics)
 
 
 def run():

@@ -10,8 +10,8 @@
   4. per-module clipping + AdamW (``jepa_jax.optim``), then the EMA of the target encoder with the
      momentum of this update;
   5. if the loss or a gradient is not finite, the state is returned unchanged (step included) and
-     ``metrics["nonfinite"]`` is 1: a poisoned update never reaches the parameters, and the trainer
-     decides whether to stop or skip.
+     ``metrics["nonfinite"]`` is 1 (``nonfinite.apply_if_finite``): a poisoned update never
+     reaches the parameters, and the loop shell (``loop.py``) decides whether to stop or skip.
 
 Metrics, the collapse statistics of ``jepa_jax.monitor`` (``monitor/*``) included, are device
 arrays; the trainer fetches them only when it logs (no host sync per step).
@@ -25,6 +25,7 @@ import optax
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
 from jepa_jax import monitor
+from jepa_jax import nonfinite as nonfinite_lib
 from jepa_jax import optim
 from jepa_jax import sharding
 
@@ -82,9 +83,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               target_params=target)
 
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.isfinite(n) for n in grad_norms.values()]))
-    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
-                                       new_state, state)
+    new_state, nonfinite = nonfinite_lib.apply_if_finite(new_state, state, loss, grad_norms)
     hp = optim.applied_hyperparams(opt_state)
     metrics = {
         "loss": loss,
@@ -93,7 +92,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
         "lr": hp["learning_rate"],
         "wd": hp["weight_decay"],
         "momentum": momentum,
-        "nonfinite": (~finite).astype(jnp.int32),
+        "nonfinite": nonfinite,
     }
     for i in range(len(mask_cfgs)):
       metrics[f"loss/mask{i}"] = aux["loss_per_mask"][i]

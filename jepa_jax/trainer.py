@@ -1,6 +1,8 @@
-"""The pretraining loop: data -> jitted sharded step -> metrics, checkpoints, progress.
+"""The pretraining run: start or resume, then the shared loop shell (``loop.py``) with
+pretraining's step, checkpoint items, logging row and online probe.
 
-Guarantees:
+Guarantees (the shell's own, the same for fine-tuning, are in ``loop.py``: prefetch, metric
+windows, failed asynchronous saves, preemption, the non-finite policy):
 * Resume: restarting the same command continues from the latest complete checkpoint, with the
   same parameters, the same masks (drawn from ``fold_in(rng, state.step)``) and the next unseen
   batch (the data state saved is the one recorded *before* the next batch to be consumed, not the
@@ -10,23 +12,14 @@ Guarantees:
   ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once
   (and holds strict JSON: a non-finite value is null). A finished run restarted says so and
   does nothing.
-* Failed saves: an asynchronous checkpoint write that fails (a full disk) stops the run at the
-  first step after that save is over, not at the next save; the previous checkpoint is intact.
-* Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and exits
-  cleanly.
-* Non-finite loss: the step never applies a non-finite update (see ``train_step``); with
-  ``config.nonfinite='stop'`` the run stops with the step and the last good checkpoint named and
-  saves nothing; with ``'skip'`` the batch is skipped and counted, and after
-  ``config.max_consecutive_skips`` skipped updates in a row the run stops (the parameters or the
-  optimiser state are then broken, not one batch). The flag is read one step late, so no step
-  waits for the host; steps are named as logged (1-based: step k is the k-th update).
+* Non-finite loss: ``config.nonfinite`` ('stop' | 'skip') and ``config.max_consecutive_skips``
+  are ``nonfinite.NonFinitePolicy``, applied by the shell; ``train_step`` never applies the
+  update.
 * Bad data: samples replaced by the pipeline (``jepa_jax.data.pipeline``) are counted per logging
   window (``data/bad_reads``, with the run's total in ``data/bad_reads_total``) and summed up at
   the end. The account of unreadable entries met by the consumed batches (``data.failures``) is
   checkpointed per process with the data state and restored on resume, so the stop rule and the
   total continue where they were.
-* No host round trip per step: metrics are reduced on device with ``clu.metrics`` and fetched only
-  every ``config.log_every`` steps. Only process 0 writes logs and summaries.
 * Online probe: with ``config.monitor_probe.every`` set, ``probe_monitor.ProbeMonitor`` probes the
   target encoder at step 0 of a fresh run and every N steps (``probe/*`` scalars, in the logging
   row when the step is a logging step, else a row of their own); a resumed run starts after its
@@ -37,116 +30,24 @@ Guarantees:
 import json
 import logging
 import os
-import queue
-import signal
-import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from clu import metric_writers, metrics as clu_metrics, periodic_actions
+from clu import periodic_actions
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
-from jepa_jax import defaults
 from jepa_jax import experiment
+from jepa_jax import loop
 from jepa_jax import monitor
+from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import probe_monitor
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-def metrics_collection(names):
-  """A clu Collection averaging each named scalar over the logging window (field names cannot
-  hold "/": ``loss/mask0`` is the field ``loss__mask0``)."""
-  return clu_metrics.Collection.create(
-      **{n.replace("/", "__"): clu_metrics.Average.from_output(n) for n in names})
-
-
-class JsonlWriter(metric_writers.interface.MetricWriter):
-  """Appends one JSON object per written step to ``path`` (easy to read back in scripts).
-
-  ``resume_step``: the step the run (re)starts from; rows of later steps, written before an
-  interruption and about to be replayed, are dropped first (so is a torn last line).
-  """
-
-  def __init__(self, path: str, resume_step: Optional[int] = None):
-    self._path = path
-    if resume_step is not None and os.path.exists(path):
-      self._truncate_after(resume_step)
-
-  def _truncate_after(self, step: int):
-    kept = []
-    with open(self._path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-          kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = self._path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self._path)
-
-  def write_scalars(self, step, scalars):
-    # Strict JSON: a non-finite value (a NaN loss) is written as null, never as a bare NaN.
-    row = {"step": int(step), **{k: _finite_or_none(float(v)) for k, v in scalars.items()}}
-    with open(self._path, "a") as f:
-      f.write(json.dumps(row, allow_nan=False) + "\n")
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
-    pass
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
-def _finite_or_none(x: float) -> Optional[float]:
-  return x if np.isfinite(x) else None
-
-
-def make_writer(workdir: str, resume_step: int = 0):
-  primary = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not primary,
-                                                asynchronous=True)
-  if not primary:
-    return writer
-  # A fresh start (step 0) replays everything, the step-0 probe row included: drop every row.
-  jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step if resume_step else -1)
-  return metric_writers.MultiWriter([writer, jsonl])
 
 
 def config_summary(config) -> str:
@@ -162,98 +63,7 @@ def config_summary(config) -> str:
   return "\n".join(lines)
 
 
-# --- input ------------------------------------------------------------------------------------
-
-class Prefetcher:
-  """Reads host batches in a background thread and puts them on the devices ahead of the step.
-
-  Each item carries the iterator state recorded *before* its batch, which is what a checkpoint
-  taken before consuming that batch must store, and the batch's bad entries
-  (``data.failures.batch_record``).
-  """
-
-  def __init__(self, iterator, place, size: int = 2):
-    self._it, self._place = iterator, place
-    self._queue: queue.Queue = queue.Queue(maxsize=size)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, daemon=True, name="prefetch")
-    self._thread.start()
-    self._held = None
-    self.wait_seconds = 0.0
-
-  def _run(self):
-    try:
-      while not self._stop.is_set():
-        state = self._it.get_state()
-        host = next(self._it)
-        failed = data_lib.failures.batch_record(host)
-        batch = self._place(host)
-        while not self._stop.is_set():
-          try:
-            self._queue.put((state, batch, failed), timeout=0.1)
-            break
-          except queue.Full:
-            continue
-    except BaseException as e:  # noqa: BLE001 - surfaced in the training thread
-      self._queue.put(e)
-
-  def _get(self):
-    t0 = time.perf_counter()
-    item = self._queue.get()
-    self.wait_seconds += time.perf_counter() - t0
-    if isinstance(item, BaseException):
-      raise item
-    return item
-
-  def next(self):
-    """``(data state before the batch, device batch, its bad entries or None)``."""
-    item, self._held = (self._held, None) if self._held is not None else (self._get(), None)
-    return item
-
-  def peek_state(self):
-    """The data state to checkpoint now: the one recorded before the next batch."""
-    if self._held is None:
-      self._held = self._get()
-    return self._held[0]
-
-  def close(self):
-    self._stop.set()
-    try:
-      while True:
-        self._queue.get_nowait()
-    except queue.Empty:
-      pass
-    self._thread.join(timeout=5)
-
-
-# --- the loop ---------------------------------------------------------------------------------
-
-class Preemption:
-  """SIGTERM -> save at the next step and exit; on several processes JAX's sync point decides."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-      except RuntimeError:  # no preemption service (e.g. local multi-process tests)
-        return False
-    return self.requested
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
+# --- start ------------------------------------------------------------------------------------
 
 def _init_or_restore(exp, manager, config):
   """(state, start step, data state) from the latest readable checkpoint, ``config.init_from``,
@@ -331,11 +141,7 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   primary = jax.process_index() == 0
   if exp is None:
     exp = experiment.build(config)
-  if primary:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  log.info("Config (saved as %s):\n%s", os.path.join(workdir, "config.json"), config_summary(config))
+  log.info("Config (saved as %s):\n%s", loop.write_config(workdir, config), config_summary(config))
   log.info("Mesh %s over %d devices, %d processes; global batch %d",
            dict(exp.mesh.shape), jax.device_count(), jax.process_count(), exp.batch_size)
 
@@ -362,81 +168,20 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
-  prefetcher = Prefetcher(iterator, exp.shard_batch, size=config.prefetch)
 
-  writer = make_writer(workdir, start_step)
-  total = exp.total_steps
+  writer = loop.make_writer(workdir, start_step)
   hooks = []
-  if primary:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                                 every_steps=config.log_every))
-    if config.profile:
-      hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
-                                            first_profile=start_step + 10))
-  preemption = Preemption()
+  if primary and config.profile:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
+                                          first_profile=start_step + 10))
   rng = jax.random.PRNGKey(config.seed + 1)
-  collection, last_metrics = None, {}
-  preempted_at = None
-  # (logged step, device flag) of the last step: read one step late, exactly once.
-  pending_flag: Optional[tuple[int, Any]] = None
-  skipped = consecutive_skips = 0
-  max_consecutive_skips = config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS)
-  last_saved = start_step if start_step else None
-  unconfirmed_save = False  # an asynchronous save was started and its outcome not yet checked
-  window_start, window_wait = time.perf_counter(), 0.0
-  window_bad_reads = total_bad_reads = 0
-
-  def check_finite():
-    nonlocal pending_flag, skipped, consecutive_skips
-    if pending_flag is None:
-      return
-    (bad_step, flag), pending_flag = pending_flag, None
-    if int(flag) == 0:
-      consecutive_skips = 0
-      return
-    where = (f"the last good checkpoint is step {last_saved} in {manager.directory}"
-             if last_saved is not None else "no checkpoint was saved yet")
-    if config.nonfinite == "skip":
-      skipped += 1
-      consecutive_skips += 1
-      log.warning("Non-finite loss or gradient at step %d: update skipped (%d so far, %d in a row)",
-                  bad_step, skipped, consecutive_skips)
-      if consecutive_skips >= max_consecutive_skips:
-        raise NonFiniteLossError(
-            f"{consecutive_skips} updates in a row had a non-finite loss or gradient (steps "
-            f"{bad_step - consecutive_skips + 1}-{bad_step}), so it is not one bad batch; {where}. "
-            "Lower config.optim.lr or check the data, then resume; "
-            f"config.max_consecutive_skips={max_consecutive_skips} sets this limit.")
-      return
-    raise NonFiniteLossError(
-        f"Non-finite loss or gradient at step {bad_step}; the update was not applied and nothing "
-        f"was saved after it; {where}. Lower config.optim.lr, check the data, or set "
-        "config.nonfinite='skip'.")
-
-  def save(step, force=False):
-    nonlocal last_saved, unconfirmed_save
-    check_finite()
-    if ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
-                     config=config, data_failures=consumed.state(), force=force):
-      last_saved = step
-      unconfirmed_save = True
-
-  def check_saved():
-    """Raise the error of an asynchronous save as soon as it has failed (a full disk), not at the
-    next save: a flag read per step, and one non-blocking wait once the save is over."""
-    nonlocal unconfirmed_save
-    if unconfirmed_save and not manager.is_saving_in_progress():
-      unconfirmed_save = False
-      manager.wait_until_finished()  # returns at once; raises what the save raised
-
-  collection_cls = None
+  bad_reads = {"window": 0, "total": 0}
   collapse = monitor.CollapseDetector()
-  step = start_step
   mp = config.get("monitor_probe")
   probe = probe_monitor.ProbeMonitor(mp, exp) if mp and mp.get("every") else None
   run_start, probe_seconds = time.perf_counter(), 0.0
 
-  def run_probe(step) -> dict:
+  def run_probe(step, state) -> dict:
     """The probe monitor's scalars at ``step``, with its share of this process's wall time."""
     nonlocal probe_seconds
     scalars = probe(step, state.target_params)
@@ -448,63 +193,41 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
           scalars["probe/seconds"])
     return scalars
 
-  try:
-    with metric_writers.ensure_flushes(writer):
-      if probe is not None and start_step == 0:  # the initial encoder: where the curve starts
-        writer.write_scalars(0, run_probe(0))
-      while step < total:
-        _, batch, failed = prefetcher.next()
-        bad_reads = consumed.add_batch(failed)
-        window_bad_reads += bad_reads
-        total_bad_reads += bad_reads
-        state, metrics = exp.train_step(state, batch, rng)
-        # Read the previous step's flag now: it has finished (or nearly), the new one is queued.
-        check_finite()
-        step += 1
-        pending_flag = (step, metrics["nonfinite"])
-        collection_cls = collection_cls or metrics_collection(tuple(metrics))
-        update = collection_cls.single_from_model_output(**metrics)
-        collection = update if collection is None else collection.merge(update)
-        for hook in hooks:
-          hook(step)
-        probe_scalars = run_probe(step) if probe is not None and probe.due(step) else {}
-        if step % config.log_every == 0 or step == total:
-          scalars = {k.replace("__", "/"): float(v) for k, v in collection.compute().items()}
-          scalars.update(probe_scalars)
-          probe_scalars = {}
-          elapsed = time.perf_counter() - window_start
-          scalars["data_wait_fraction"] = (prefetcher.wait_seconds - window_wait) / max(elapsed, 1e-9)
-          scalars["skipped_steps"] = skipped
-          scalars["data/bad_reads"] = window_bad_reads
-          scalars["data/bad_reads_total"] = consumed.bad_reads
-          window_start, window_wait = time.perf_counter(), prefetcher.wait_seconds
-          window_bad_reads = 0
-          writer.write_scalars(step, scalars)
-          warning = collapse.check(step, scalars)
-          if warning and primary:
-            log.warning(warning)
-          last_metrics, collection = scalars, None
-        if probe_scalars:  # a probe step that is not a logging step: a row of its own
-          writer.write_scalars(step, probe_scalars)
-        if preemption.reached(step):
-          log.warning("Preemption requested: saving step %d and exiting", step)
-          save(step, force=True)
-          preempted_at = step
-          break
-        if step % ck.every == 0 or step == total:
-          save(step, force=step == total)
-        else:
-          check_saved()
-  finally:
-    prefetcher.close()
-    manager.wait_until_finished()
-    preemption.restore()
-  check_finite()
-  manager.close()
-  _log_bad_reads(total_bad_reads, tracker, start_step, step)
-  if preempted_at is not None:
-    last_metrics = {**last_metrics, "preempted_at_step": preempted_at}
-  return last_metrics
+  def probe_if_due(step, state) -> dict:
+    return run_probe(step, state) if probe.due(step) else {}
+
+  def consume(failed):
+    n = consumed.add_batch(failed)
+    bad_reads["window"] += n
+    bad_reads["total"] += n
+
+  def log_row(step, scalars, window):
+    del window
+    scalars["data/bad_reads"] = bad_reads["window"]
+    scalars["data/bad_reads_total"] = consumed.bad_reads
+    bad_reads["window"] = 0
+    warning = collapse.check(step, scalars)
+    if warning and primary:
+      log.warning(warning)
+
+  program = loop.Program(
+      step=lambda state, batch: exp.train_step(state, batch, rng),
+      checkpoint_items=lambda: dict(config=config, data_failures=consumed.state()),
+      consume=consume,
+      evaluate=probe_if_due if probe is not None else None,
+      log_row=log_row)
+  if probe is not None and start_step == 0:  # the initial encoder: where the curve starts
+    writer.write_scalars(0, run_probe(0, state))
+  result = loop.run(
+      program, state, start_step, iterator=iterator, place=exp.shard_batch,
+      prefetch=config.prefetch, manager=manager, writer=writer, hooks=hooks,
+      cadence=loop.Cadence(total_steps=exp.total_steps, log_every=config.log_every,
+                           save_every=ck.every),
+      policy=nonfinite.NonFinitePolicy.from_config(config))
+  _log_bad_reads(bad_reads["total"], tracker, start_step, result.step)
+  if result.preempted_at is not None:
+    return {**result.last_scalars, "preempted_at_step": result.preempted_at}
+  return result.last_scalars
 
 
 def _restored_data_failures(manager, step: int, data_config):

@@ -296,13 +296,61 @@ def test_finetuning_beats_the_frozen_probe(synthetic_dir_64, tmp_path):
 
 
 def test_sigterm_saves_and_stops(synthetic_dir, tmp_path, monkeypatch):
-  """A preemption request saves the current step and returns, as pretraining does; the run then
-  resumes from that checkpoint."""
-  from jepa_jax import trainer  # noqa: PLC0415
-  monkeypatch.setattr(trainer.Preemption, "reached", lambda self, step: step == 2)
+  """A real SIGTERM during step 2 saves that step and returns, and the entry point exits with
+  ``EXIT_PREEMPTED``: pretraining's shell (``loop.run``: its handler, save and return) and exit
+  path (``cli.exit_if_preempted``), which ``main`` uses too."""
+  import signal  # noqa: PLC0415
+  from jepa_jax import cli, loop  # noqa: PLC0415
+  real_next, calls = loop.Prefetcher.next, []
+
+  def next_then_sigterm(self):
+    calls.append(1)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # the shell's handler, installed for the run
+    return real_next(self)
+
+  monkeypatch.setattr(loop.Prefetcher, "next", next_then_sigterm)
+  before = signal.getsignal(signal.SIGTERM)
   c = tiny_config(synthetic_dir, eval_every=0, epochs=1)
-  assert run_lib.finetune(c, str(tmp_path)) == {"preempted_at_step": 2}
+  results = run_lib.finetune(c, str(tmp_path))
+  assert results == {"preempted_at_step": 2}
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+  with pytest.raises(SystemExit) as e:
+    cli.exit_if_preempted(results)
+  assert e.value.code == cli.EXIT_PREEMPTED == 75
+
+
+def test_nonfinite_updates_are_skipped_then_stop_as_in_pretraining(synthetic_dir, tmp_path,
+                                                                    monkeypatch):
+  """Every step poisoned (NaN targets, so NaN loss and gradients): no update is applied (the
+  checkpoint saved after skipped step 1 holds the initial parameters, step count 0), and after
+  ``max_consecutive_skips`` the run stops with pretraining's message. Before the shared shell,
+  fine-tuning applied the NaN updates and checked the loss only when it logged."""
+  from jepa_jax import nonfinite  # noqa: PLC0415
+  monkeypatch.setattr(augment, "smooth_targets",
+                      lambda labels, k, s: jnp.full((labels.shape[0], k), jnp.nan))
+  c = tiny_config(synthetic_dir, eval_every=0, nonfinite="skip", max_consecutive_skips=2)
+  c.save.every = 1
+  workdir = str(tmp_path)
+  with pytest.raises(nonfinite.NonFiniteLossError) as e:
+    run_lib.finetune(c, workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  assert str(e.value) == (
+      "2 updates in a row had a non-finite loss or gradient (steps 1-2), so it is not one bad "
+      f"batch; the last good checkpoint is step 1 in {checkpoints}. Lower config.optim.lr or "
+      "check the data, then resume; config.max_consecutive_skips=2 sets this limit.")
+  assert sorted(os.listdir(checkpoints)) == ["1"]
+  import orbax.checkpoint as ocp  # noqa: PLC0415
+  saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, "1", "state"))
+  assert int(saved["step"]) == 0
+  _, initial, _ = run_lib.load_encoder(c)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, saved["params"]["encoder"],
+                         jax.device_get(initial))
+  num_classes = saved["params"]["head"]["head"]["bias"].shape[0]
+  head = model_lib.build_head(c, num_classes, TINY["embed_dim"], TINY["num_heads"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, saved["params"]["head"],
+                         jax.device_get(model_lib.init_head(head, TINY["embed_dim"], c.seed)))
 
 
 # --------------------------------------------------------------------------- FSDP

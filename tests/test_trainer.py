@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, defaults, experiment, main, trainer
+from jepa_jax import checkpoint, defaults, experiment, loop, main, nonfinite, trainer
 from jepa_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -250,7 +250,8 @@ def _rows(workdir):
 def test_nonfinite_stop_names_the_step_as_logged(synthetic_dir, tmp_path):
   c = _nonfinite_config(synthetic_dir, nonfinite="stop")
   workdir = str(tmp_path / "run")
-  with pytest.raises(trainer.NonFiniteLossError, match=r"Non-finite loss or gradient at step \d") as e:
+  with pytest.raises(nonfinite.NonFiniteLossError,
+                     match=r"Non-finite loss or gradient at step \d") as e:
     _train_single_device(c, workdir)
   assert checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                  read_only=True).latest_step() is None
@@ -268,8 +269,8 @@ def test_nonfinite_skip_counts_each_step_once_and_stops_after_a_run_of_skips(
   c = _nonfinite_config(synthetic_dir, nonfinite="skip", max_consecutive_skips=4)
   c.checkpoint.every = 2
   workdir = str(tmp_path / "run")
-  with caplog.at_level(logging.WARNING, logger="jepa_jax.trainer"):
-    with pytest.raises(trainer.NonFiniteLossError, match="4 updates in a row") as e:
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.nonfinite"):
+    with pytest.raises(nonfinite.NonFiniteLossError, match="4 updates in a row") as e:
       _train_single_device(c, workdir)
   warned = [int(m.group(1)) for r in caplog.records
             for m in [re.search(r"at step (\d+): update skipped", r.getMessage())] if m]
@@ -337,7 +338,7 @@ def test_the_logged_config_is_plain_json_one_line_per_field(synthetic_dir):
 
 
 def test_metrics_jsonl_is_strict_json(tmp_path):
-  writer = trainer.JsonlWriter(str(tmp_path / "metrics.jsonl"))
+  writer = loop.JsonlWriter(str(tmp_path / "metrics.jsonl"))
   writer.write_scalars(1, {"loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
   writer.write_scalars(2, {"loss": np.float32(0.5)})
   assert _rows(tmp_path) == [{"step": 1, "loss": None, "grad_norm": None, "lr": 1e-3},

@@ -28,7 +28,7 @@ def main(argv):
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax import trainer  # noqa: PLC0415
+  from jepa_jax import nonfinite  # noqa: PLC0415
   from jepa_jax.finetune import run  # noqa: PLC0415
   config = _CONFIG.value
   ft_config.resolve_paths(config)
@@ -36,11 +36,8 @@ def main(argv):
   cli.start_workdir(workdir, "checkpoints and results.json", jax.process_index())
   results = cli.run_or_fail(lambda: run.finetune(config, workdir), workdir,
                             known=(ValueError, ckpt_lib.CheckpointError, FileNotFoundError,
-                                   trainer.NonFiniteLossError))
-  if "preempted_at_step" in results:
-    print(f"Preempted at step {results['preempted_at_step']}; the checkpoint is saved: run the "
-          "same command to resume")
-    raise SystemExit(cli.EXIT_PREEMPTED)
+                                   nonfinite.NonFiniteLossError))
+  cli.exit_if_preempted(results)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}  "
         f"({results['num_val_examples']} val videos, {results['test_segments']}x"

@@ -17,6 +17,10 @@ on segments x views.
 4. Validates every ``eval_every`` epochs and at the end: every test video as ``test_segments x
    test_views`` clips, each classified on its own, the softmax scores averaged (VideoMAE's test).
 5. Writes ``metrics.jsonl`` + TensorBoard (loss, LR, steps/s, ETA) and ``results.json``.
+
+Steps 3-5 run in the loop shell that pretraining runs too (``loop.run``: prefetch, metric
+windows, save cadence, preemption, and the non-finite policy: an update whose loss or gradients
+are not finite is never applied; ``config.nonfinite`` stops or skips, as in pretraining).
 """
 import logging
 import os
@@ -28,15 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
+from jepa_jax import loop
+from jepa_jax import nonfinite as nonfinite_lib
 from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import sharding
-from jepa_jax import trainer
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
@@ -88,11 +92,13 @@ class Finetuner:
       return jnp.mean(optax.softmax_cross_entropy(logits, targets)), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads)
-    hp = model_lib.applied_hyperparams(state.opt_state)
+    grad_norm = optim.global_norm(grads)
+    new_state = state.apply_gradients(grads=grads)
+    hp = model_lib.applied_hyperparams(new_state.opt_state)
+    new_state, nonfinite = nonfinite_lib.apply_if_finite(new_state, state, loss, grad_norm)
     top1 = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-    return state, dict(loss=loss, train_top1=100.0 * top1, mix_lam=lam,
-                       lr=hp["learning_rate"], grad_norm=optim.global_norm(grads))
+    return new_state, dict(loss=loss, train_top1=100.0 * top1, mix_lam=lam,
+                           lr=hp["learning_rate"], grad_norm=grad_norm, nonfinite=nonfinite)
 
   def _scores(self, params, video):
     """uint8 ``video`` ``[B, S, V, T, H, W, C]`` -> ``[B, K]``: every clip classified on its own,
@@ -200,11 +206,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   """
   t_start = time.time()
   workdir = paths.resolve(workdir)
-  primary = jax.process_index() == 0
-  if primary:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  policy = nonfinite_lib.NonFinitePolicy.from_config(config)
+  loop.write_config(workdir, config)
   mesh = make_mesh(config)
   placer = eval_run.Placer(mesh)
   train_spec, val_spec = eval_run.resolve_indexes(config)
@@ -240,70 +243,40 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
-  prefetcher = trainer.Prefetcher(
-      iterator, lambda b: (placer.batch(b["video"]), placer.batch(b["label"])),
-      size=config.prefetch)
 
-  writer = trainer.make_writer(workdir, start_step)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                           every_steps=config.log_every)] \
-      if primary and config.log_every else []
+  writer = loop.make_writer(workdir, start_step)
   rng = jax.random.PRNGKey(config.seed + 1)
-  end = total if stop_at_step is None else min(total, stop_at_step)
-  history, collection, collection_cls = [], None, None
-  window_start, window_step = time.perf_counter(), start_step
+  history = []
 
-  def save(step, force=False):
-    ckpt_lib.save(manager, step, state=state, data_state=prefetcher.peek_state(),
-                  config=saved_config, kind=ckpt_lib.FINETUNE, force=force)
-
-  preemption = trainer.Preemption()  # SIGTERM: save, stop
-  preempted_at = None
-  step = start_step
-  try:
-    with metric_writers.ensure_flushes(writer):
-      while step < end:
-        _, (video, labels), _ = prefetcher.next()
-        state, metrics = ft.train_step(state, video, labels, rng)
-        step += 1
-        collection_cls = collection_cls or trainer.metrics_collection(tuple(metrics))
-        update = collection_cls.single_from_model_output(**metrics)
-        collection = update if collection is None else collection.merge(update)
-        for hook in hooks:
-          hook(step)
-        if config.log_every and (step % config.log_every == 0 or step == end):
-          scalars = {k: float(v) for k, v in collection.compute().items()}
-          elapsed = time.perf_counter() - window_start
-          rate = (step - window_step) / max(elapsed, 1e-9)
-          scalars.update(steps_per_sec=rate, eta_seconds=(total - step) / max(rate, 1e-9))
-          if not np.isfinite(scalars["loss"]):
-            raise trainer.NonFiniteLossError(
-                f"non-finite fine-tuning loss at step {step}; lower config.optim.lr")
-          writer.write_scalars(step, scalars)
-          log.info("step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %.0f s", step, total,
-                   scalars["loss"], scalars["lr"], rate, scalars["eta_seconds"])
-          collection, window_start, window_step = None, time.perf_counter(), step
-        epoch_end = step % ipe == 0
-        if (config.eval_every and epoch_end and (step // ipe) % config.eval_every == 0
+  def validate(step, state) -> dict:
+    """Validation every ``eval_every`` epochs (the final test comes after the loop)."""
+    if not (config.eval_every and step % ipe == 0 and (step // ipe) % config.eval_every == 0
             and step < total):
-          acc = evaluate(ft, state.params, config, val_spec, placer)
-          writer.write_scalars(step, {"val/top1": acc["top1"], "val/top5": acc["top5"]})
-          history.append(dict(step=step, epoch=step // ipe, **acc))
-          log.info("epoch %d: val top-1 %.2f, top-5 %.2f", step // ipe, acc["top1"], acc["top5"])
-        if preemption.reached(step):
-          log.warning("Preemption requested: saving step %d and exiting", step)
-          save(step, force=True)
-          preempted_at = step
-          break
-        if step % config.save.every == 0 or step == end:
-          save(step, force=step == end)
-  finally:
-    prefetcher.close()
-    manager.wait_until_finished()
-    preemption.restore()
-  manager.close()
-  if preempted_at is not None:
-    return dict(preempted_at_step=preempted_at)
+      return {}
+    acc = evaluate(ft, state.params, config, val_spec, placer)
+    history.append(dict(step=step, epoch=step // ipe, **acc))
+    log.info("epoch %d: val top-1 %.2f, top-5 %.2f", step // ipe, acc["top1"], acc["top5"])
+    return {"val/top1": acc["top1"], "val/top5": acc["top5"]}
+
+  def log_row(step, scalars, window):
+    rate = window.steps / max(window.seconds, 1e-9)
+    scalars.update(steps_per_sec=rate, eta_seconds=(total - step) / max(rate, 1e-9))
+    log.info("step %d/%d: loss %.4f, lr %.3g, %.2f steps/s, ETA %.0f s", step, total,
+             scalars["loss"], scalars["lr"], rate, scalars["eta_seconds"])
+
+  program = loop.Program(
+      step=lambda state, batch: ft.train_step(state, *batch, rng),
+      checkpoint_items=lambda: dict(config=saved_config, kind=ckpt_lib.FINETUNE),
+      evaluate=validate, log_row=log_row)
+  result = loop.run(
+      program, state, start_step, iterator=iterator,
+      place=lambda b: (placer.batch(b["video"]), placer.batch(b["label"])),
+      prefetch=config.prefetch, manager=manager, writer=writer, policy=policy,
+      cadence=loop.Cadence(total_steps=total, log_every=config.log_every,
+                           save_every=config.save.every, end_step=stop_at_step))
+  state, step = result.state, result.step
+  if result.preempted_at is not None:
+    return dict(preempted_at_step=result.preempted_at)
   if step < total:  # stopped early on request: no final test
     return dict(stopped_at_step=step)
 
@@ -320,6 +293,6 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
       test_segments=config.test_segments, test_views=config.test_views, history=history,
       seconds=time.time() - t_start)
   path = eval_run.write_results(results, workdir)  # process 0 writes
-  if primary:
+  if jax.process_index() == 0:
     log.info("wrote %s: top-1 %.2f, top-5 %.2f", path, acc["top1"], acc["top5"])
   return results

@@ -1,0 +1,103 @@
+"""The one non-finite policy of every training program (pretraining, fine-tuning): never apply
+an update whose loss or gradients are not finite, then stop or skip.
+
+* Device half, ``apply_if_finite``: called inside the jitted step, it keeps the old state when
+  the loss or a gradient norm is not finite and returns the flag the step reports as
+  ``metrics["nonfinite"]``; no step waits for the host.
+* Host half, ``NonFiniteCheck``: the loop shell (``loop.py``) reads each step's flag one step
+  late, exactly once. ``NonFinitePolicy.mode`` 'stop' stops naming the step and the last good
+  checkpoint (nothing is saved after it); 'skip' counts the skipped update and stops after
+  ``max_consecutive_skips`` in a row (then the state is broken, not one batch). Steps are named
+  as logged (1-based: step k is the k-th update).
+
+Imports only JAX: the config check (``config.py``) reads ``NonFinitePolicy`` without the data
+stack.
+"""
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jepa_jax import defaults
+
+log = logging.getLogger(__name__)
+
+MODES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class NonFinitePolicy:
+  """``config.nonfinite`` ('stop' | 'skip') and ``config.max_consecutive_skips``."""
+  mode: str = "stop"
+  max_consecutive_skips: int = defaults.MAX_CONSECUTIVE_SKIPS
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {self.mode!r}")
+    n = self.max_consecutive_skips
+    if not isinstance(n, int) or n < 1:
+      raise ValueError(f"config.max_consecutive_skips={n!r} must be a positive integer")
+
+  @classmethod
+  def from_config(cls, config) -> "NonFinitePolicy":
+    """The policy of a program's config (the defaults for configs saved before the fields);
+    ``ValueError`` naming the field when either value is impossible."""
+    return cls(config.get("nonfinite", "stop"),
+               config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS))
+
+
+def apply_if_finite(new_state, state, loss, grad_norms):
+  """``(new_state, 0)`` when ``loss`` and every gradient norm (a tree of scalars) are finite,
+  else ``(state, 1)``, step count included; the flag is int32. A gradient with an inf or NaN
+  element has a non-finite norm."""
+  norms = jax.tree_util.tree_leaves(grad_norms)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.isfinite(n) for n in norms]))
+  kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return kept, (~finite).astype(jnp.int32)
+
+
+class NonFiniteCheck:
+  """Each step's device flag, read one step late and exactly once: ``defer(step, flag)`` after
+  dispatching the step, ``check(last_saved)`` after dispatching the next one, before a save and
+  at the end. ``directory``: where the checkpoints are, for the message."""
+
+  def __init__(self, policy: NonFinitePolicy, directory: str):
+    self.policy, self._directory = policy, directory
+    self._pending: Optional[tuple[int, Any]] = None  # (logged step, device flag)
+    self.skipped = self.consecutive = 0
+
+  def defer(self, step: int, flag) -> None:
+    self._pending = (step, flag)
+
+  def check(self, last_saved: Optional[int]) -> None:
+    if self._pending is None:
+      return
+    (bad_step, flag), self._pending = self._pending, None
+    if int(flag) == 0:
+      self.consecutive = 0
+      return
+    where = (f"the last good checkpoint is step {last_saved} in {self._directory}"
+             if last_saved is not None else "no checkpoint was saved yet")
+    if self.policy.mode == "skip":
+      self.skipped += 1
+      self.consecutive += 1
+      log.warning("Non-finite loss or gradient at step %d: update skipped (%d so far, %d in a row)",
+                  bad_step, self.skipped, self.consecutive)
+      limit = self.policy.max_consecutive_skips
+      if self.consecutive >= limit:
+        raise NonFiniteLossError(
+            f"{self.consecutive} updates in a row had a non-finite loss or gradient (steps "
+            f"{bad_step - self.consecutive + 1}-{bad_step}), so it is not one bad batch; {where}. "
+            "Lower config.optim.lr or check the data, then resume; "
+            f"config.max_consecutive_skips={limit} sets this limit.")
+      return
+    raise NonFiniteLossError(
+        f"Non-finite loss or gradient at step {bad_step}; the update was not applied and nothing "
+        f"was saved after it; {where}. Lower config.optim.lr, check the data, or set "
+        "config.nonfinite='skip'.")
