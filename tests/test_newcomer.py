@@ -40,6 +40,7 @@ SKIP = {
     "gs://BUCKET": "a cloud bucket and the real datasets",
     "PRETRAIN_WORKDIR": "a real pretraining run (placeholder)",
     "wget ": "a download of released weights",
+    "hf download ": "a download from the Hugging Face hub",
     "vith16.pth.tar": "released weights (downloaded by the wget before it)",
     "k400-probe.pth.tar": "a released probe (downloaded)",
     "runs/my_pretrain": "a real pretraining run",
@@ -84,7 +85,7 @@ def test_skipped_commands_parse():
   from jepa_jax import cli
   from jepa_jax.convert.__main__ import parse_args
   for command in readme_shell_commands():
-    if classify(command)[0] != "parse" or command.startswith("wget "):
+    if classify(command)[0] != "parse" or command.startswith(("wget ", "hf download ")):
       continue
     argv = shlex.split(command)
     assert argv[:2] == ["python", "-m"], command
