@@ -400,14 +400,19 @@ def test_accumulated_monitor_statistics_average_micro_batches():
   masks = masks_lib.sample_masks(jax.random.fold_in(rng, state.step), batch_size,
                                  exp.encoder.grid, exp.mask_cfgs)
   apply_encoder, apply_predictor = loss_lib.model_apply_fns(exp.encoder, exp.predictor)
+
+  @jax.jit  # one compile for both micro-batches (op by op, this test took a minute)
+  def micro_statistics(clips, micro):
+    _, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, state.params,
+                                 state.target_params, clips, micro,
+                                 exp.settings.mask_token_ids)
+    return monitor.step_statistics(aux["targets"], aux["predictions"], micro)
+
   expected = []
   for j in range(k):
     micro = jax.tree_util.tree_map(lambda x: x[j::k], masks)
     clips = train_step_lib.normalize_clips(video[j::k], exp.encoder.block.dtype)
-    _, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, state.params,
-                                 state.target_params, clips, micro,
-                                 exp.settings.mask_token_ids)
-    expected.append(monitor.step_statistics(aux["targets"], aux["predictions"], micro))
+    expected.append(micro_statistics(clips, micro))
   _, metrics = exp.train_step(state, exp.shard_batch({"video": video}), rng)
   assert any(k.startswith("monitor/") for k in metrics)
   for key in expected[0]:
