@@ -109,9 +109,10 @@ class Experiment:
                                           self.optim_cfg, self.tx, self.batch_size, self.mesh,
                                           self.settings.mask_token_ids,
                                           self.settings.grad_accum_steps,
-                                          self.state_shardings.params)
+                                          self.state_shardings.params,
+                                          self.config.mesh.min_fsdp_size)
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
-                                         self.abstract_batch())
+                                         self.abstract_batch(), self.config.mesh.min_fsdp_size)
 
   def shard_batch(self, batch: dict) -> dict:
     """Host-local numpy batch -> global arrays split over the batch axis (only model inputs)."""

@@ -7,7 +7,12 @@ examples). Parameters, the EMA target and the optimiser moments follow one rule:
 * ``fsdp > 1``: a tensor with at least ``min_fsdp_size`` elements is split over ``fsdp`` along its
   largest dimension that the axis size divides (for scanned blocks never the leading depth axis,
   which ``nn.scan`` slices per iteration); smaller tensors (biases, norms) stay replicated, where
-  the all-gathers would cost more than the memory saved.
+  the all-gathers would cost more than the memory saved. Exception: an attention ``qkv`` kernel
+  ``[D, 3D]`` is split along its input dimension D when the axis divides it. The TPU attention
+  path contracts it viewed as ``[D, 3, H, d]`` (``layers._HeadMajorQKV``), and a split of 3D into
+  equal chunks is no split of that view (960-column shards cut through ViT-H's heads); a split
+  of D is, and the VJP pins the gradient to it (``constrain_input_split_weight_gradient``), so
+  XLA reduce-scatters it instead of all-reducing it whole.
 
 The moments of AdamW have the shapes of the parameters and so get the same specs; the step
 counters are replicated. ``jax.config.jax_threefry_partitionable`` is switched on so that random
@@ -24,6 +29,7 @@ a step is traced inside ``activation_sharding(mesh)``; anywhere else (single-dev
 pure loss, tests without a mesh) ``constrain`` returns its input unchanged.
 """
 import contextlib
+import contextvars
 import functools
 from typing import Any, Optional, Sequence
 
@@ -32,6 +38,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
+DEFAULT_MIN_FSDP_SIZE = 2**18  # config.mesh.min_fsdp_size's default
+
+# The min_fsdp_size of the step being traced (``activation_sharding``), so that a VJP inside the
+# model can follow the parameters' split rule (``constrain_input_split_weight_gradient``).
+_MIN_FSDP_SIZE = contextvars.ContextVar("jepa_jax_min_fsdp_size", default=DEFAULT_MIN_FSDP_SIZE)
 
 # Logical activation axis -> mesh axes (None: not split). "length": tokens; "embed": the model
 # width; "heads"/"kv": attention heads and head dimension; "mlp": a projection's wide output
@@ -101,6 +112,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def _is_qkv_kernel(path) -> bool:
+  names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+  return names[-2:] == ["qkv", "kernel"]
+
+
 def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
   from jepa_jax.models import layers  # pylint: disable=import-outside-toplevel (layers uses constrain)
   if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_fsdp_size:
@@ -111,12 +127,15 @@ def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
   if not candidates:
     return P()
   _, axis = max(candidates)
+  first = 1 if scanned else 0
+  if _is_qkv_kernel(path) and any(i == first for _, i in candidates):
+    axis = first
   spec = [None] * len(shape)
   spec[axis] = "fsdp"
   return P(*spec)
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any, min_fsdp_size: int = 2**18):
+def state_shardings(mesh: Mesh, abstract_state: Any, min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE):
   """NamedShardings for every leaf of a (train) state given as shapes (``jax.eval_shape``)."""
   fsdp = mesh.shape["fsdp"]
 
@@ -138,28 +157,50 @@ def shard_batch(batch, mesh: Mesh):
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Optional[Mesh]):
+def activation_sharding(mesh: Optional[Mesh], min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE):
   """Within this context (entered while a step is traced, inside or outside ``jax.jit``),
-  ``constrain`` pins activations to ``ACTIVATION_RULES`` on ``mesh``; ``mesh`` None: no-op."""
+  ``constrain`` pins activations to ``ACTIVATION_RULES`` on ``mesh``, and weight gradients
+  follow the parameters' split (``min_fsdp_size``: ``config.mesh``'s); ``mesh`` None: no-op."""
   if mesh is None:
     yield
     return
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-    yield
+  token = _MIN_FSDP_SIZE.set(min_fsdp_size)
+  try:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      yield
+  finally:
+    _MIN_FSDP_SIZE.reset(token)
 
 
-def with_activation_sharding(fn, mesh: Optional[Mesh]):
-  """``fn`` traced inside ``activation_sharding(mesh)``: what to ``jax.jit`` so that the rules are
-  active whenever the step is traced, whoever calls it; ``mesh`` None: ``fn`` itself."""
+def with_activation_sharding(fn, mesh: Optional[Mesh],
+                             min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE):
+  """``fn`` traced inside ``activation_sharding(mesh, min_fsdp_size)``: what to ``jax.jit`` so
+  that the rules are active whenever the step is traced, whoever calls it; ``mesh`` None: ``fn``
+  itself."""
   if mesh is None:
     return fn
 
   @functools.wraps(fn)
   def traced(*args, **kwargs):
-    with activation_sharding(mesh):
+    with activation_sharding(mesh, min_fsdp_size):
       return fn(*args, **kwargs)
 
   return traced
+
+
+def constrain_input_split_weight_gradient(g: jax.Array) -> jax.Array:
+  """Pin the gradient of a weight that ``param_spec`` splits along its first (input) dimension
+  (``qkv`` kernels) to that split, so that XLA reduce-scatters it. Computed inside a custom VJP
+  in a view of its own (``[D, 3, H, d]``), the gradient carries no hint of the parameter's split,
+  and XLA all-reduces it whole and slices it afterwards. Unchanged without a mesh, or where the
+  rule keeps the weight whole (fewer than ``min_fsdp_size`` elements, or D not divisible)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] <= 1:
+    return g
+  if g.shape[0] % mesh.shape["fsdp"] or g.size < _MIN_FSDP_SIZE.get():
+    return g
+  return jax.lax.with_sharding_constraint(
+      g, NamedSharding(mesh, P("fsdp", *([None] * (g.ndim - 1)))))
 
 
 def activation_spec(names: Sequence[Optional[str]], shape, mesh, rules=ACTIVATION_RULES) -> P:

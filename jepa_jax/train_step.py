@@ -42,7 +42,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
                     optim_cfg: optim.OptimConfig, tx: optax.GradientTransformation,
                     batch_size: int, mesh: Optional[jax.sharding.Mesh] = None,
                     mask_token_ids: Optional[Sequence[int]] = None, grad_accum_steps: int = 1,
-                    param_shardings=None):
+                    param_shardings=None, min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
   to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
   the predictor mask token of each mask (``config.mask_token_ids``; None = mask i, token i).
@@ -102,7 +102,7 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
     return new_state, metrics
 
   # Traced with the activation rules active: every activation stays split over the batch.
-  return sharding.with_activation_sharding(train_step, mesh)
+  return sharding.with_activation_sharding(train_step, mesh, min_fsdp_size)
 
 
 def split_micro_batches(x: jax.Array, k: int, mesh: Optional[jax.sharding.Mesh] = None):
@@ -173,11 +173,12 @@ def accumulate_loss_and_grads(loss_fn: Callable, params, video: jax.Array, masks
   return jnp.sum(losses), aux, grads
 
 
-def jit_train_step(train_step, mesh, state_shardings, batch_example):
+def jit_train_step(train_step, mesh, state_shardings, batch_example,
+                   min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE):
   """jit with explicit shardings, traced with ``mesh`` declared (``sharding.with_activation_sharding``:
   the activation rules and the per-shard Pallas attention read it); the old state is donated
   (updated in place)."""
-  train_step = sharding.with_activation_sharding(train_step, mesh)
+  train_step = sharding.with_activation_sharding(train_step, mesh, min_fsdp_size)
   batch_shardings = jax.tree_util.tree_map(lambda _: sharding.batch_sharding(mesh), batch_example)
   rep = sharding.replicated(mesh)
   return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, rep),

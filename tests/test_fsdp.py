@@ -165,3 +165,34 @@ def test_fsdp_on_tpu_gathers_weights_in_the_compute_dtype(tmp_path, monkeypatch)
   assert any("bf16" in s for s in gathers), gathers
   # (small float32 gathers are per-device statistics, [4, 1, .])
   assert not [s for s in gathers if s.startswith("f32") and array_bytes(s) > 2**16], gathers
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
+@pytest.mark.parametrize("min_fsdp_size", [2**18, 2**30])
+def test_qkv_weight_gradient_is_pinned_to_the_kernels_input_split(min_fsdp_size, monkeypatch):
+  """The TPU attention computes the qkv gradient as [D, 3, H, d] inside its own VJP, where XLA
+  sees no link to the kernel's split and all-reduces it whole (measured: ViT-H at fsdp 4, 1.17
+  GiB per chip-step). The kernel is split along D, and the VJP pins the gradient to that split
+  (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no constraint. Lowered
+  for TPU as the AOT compile traces it (BENCHMARKS.md has the compiled figures)."""
+  from jepa_jax import aot, sharding  # noqa: PLC0415
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  config = vit_s_config((1, 4), dtype="bfloat16")
+  config.mesh.min_fsdp_size = min_fsdp_size
+  mesh = aot.tpu_mesh(config, aot.tpu_devices("v5p:2x2x1"))
+  with layers.target_platform("tpu"):
+    exp = experiment.build(config, mesh=mesh)
+    batch = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.batch_sharding(mesh)),
+        exp.abstract_batch())
+    text = exp.train_step.lower(exp.sharded_abstract_state, batch,
+                                jax.ShapeDtypeStruct((2,), jnp.uint32)).as_text()
+  qkv = exp.state_shardings.params["encoder"]["stack"]["blocks"]["block"]["attn"]["qkv"]["kernel"]
+  pinned = [line for line in text.splitlines()
+            if "sharding_constraint" in line and "tensor<384x3x6x64xf32>" in line]
+  if min_fsdp_size == 2**18:
+    assert qkv.spec == jax.sharding.PartitionSpec(None, "fsdp", None), qkv.spec  # [depth, D, 3D]
+    assert pinned and all('[{"fsdp"}, {}, {}, {}]' in line for line in pinned), pinned
+  else:
+    assert qkv.spec == jax.sharding.PartitionSpec(), qkv.spec
+    assert not pinned, pinned

@@ -411,6 +411,7 @@ def _head_major_qkv_bwd(q_scale, res, g):
   per_column = scale[None, :, None, None]  # kernel [D, 3, H, d]
   dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype) * per_column.astype(x.dtype))
   dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32) * per_column
+  dk = sharding.constrain_input_split_weight_gradient(dk)
   db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True) * scale[:, None, None, None, None]
   return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
 
