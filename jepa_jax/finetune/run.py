@@ -66,8 +66,9 @@ class Finetuner:
     self.config, self.encoder, self.head = config, encoder, head
     self.num_classes = num_classes
     out = None if state_shardings is None else (state_shardings, sharding.replicated(mesh))
-    self.train_step = jax.jit(sharding.with_activation_sharding(self._train_step, mesh),
-                              out_shardings=out, donate_argnums=0)
+    self.train_step = jax.jit(
+        sharding.with_activation_sharding(self._train_step, mesh, config.mesh.min_fsdp_size),
+        out_shardings=out, donate_argnums=0)
     self.eval_step = jax.jit(sharding.with_activation_sharding(self._eval_step, mesh))
     self.scores = jax.jit(sharding.with_activation_sharding(self._scores, mesh))
 
