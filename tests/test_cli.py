@@ -435,3 +435,12 @@ def test_one_logging_setup_shows_info_over_a_handler_already_installed(root_logg
   err = capsys.readouterr().err
   assert err.count("clip size 64 px") == 1, err
   assert "read-only" not in err
+
+
+def test_no_module_configures_logging_itself():
+  """Every entry point logs through ``cli.setup_logging``: a module's own ``basicConfig`` is a
+  silent no-op once a library has installed a root handler (its INFO lines never show)."""
+  package = pathlib.Path(cli.__file__).parent
+  offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
+               if p.name != "cli.py" and "logging.basicConfig(" in p.read_text()]
+  assert not offenders, offenders

@@ -23,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from jepa_jax import cli
 from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import features
@@ -162,7 +163,7 @@ def main(argv=None):
   p.add_argument("--probe_positions", action="store_true",
                  help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  cli.setup_logging()
   config = load_config(args.config) if args.config else config_lib.demo_eval_config()
   if args.epochs:
     config.epochs = args.epochs
