@@ -124,8 +124,10 @@ def read(config) -> Settings:
   if not isinstance(config.batch_size, int) or config.batch_size <= 0:
     raise ConfigError(f"config.batch_size={config.batch_size!r} must be a positive number of clips "
                       "(the global batch)")
-  if m.dtype not in TRAIN_DTYPES:
-    raise ConfigError(f"config.model.dtype must be one of {sorted(TRAIN_DTYPES)}, got {m.dtype!r}")
+  try:
+    models.dtype_of(m.dtype, "config.model.dtype", TRAIN_DTYPES)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   try:
     grid = token_grid(config)
   except ValueError as e:

@@ -39,7 +39,7 @@ from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PROBE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
 
 
 class ProbeState(train_state.TrainState):
@@ -63,8 +63,7 @@ def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg)
 
 def probe_from_config(saved: dict, dtype: str = "float32"):
   """The probe module of a saved probe config (``probe_config``, or a converted probe's)."""
-  if dtype not in DTYPES:
-    raise ValueError(f"config.probe.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  models.dtype_of(dtype, "config.probe.dtype", PROBE_DTYPES)
   if int(saved.get("num_queries", 1)) != 1:
     raise ValueError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
   return _probe(int(saved["num_classes"]), int(saved["num_heads"]), float(saved["mlp_ratio"]),
@@ -76,7 +75,7 @@ def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
   # One module object per setting: its ``apply`` is a static part of the train state, so repeated
   # runs (seeds, fractions, labels) hit the jit cache instead of recompiling.
   return models.build_probe(num_classes, num_heads, mlp_ratio=mlp_ratio, depth=depth,
-                            dtype=DTYPES[dtype], blocks_on=blocks_on)
+                            dtype=models.DTYPES[dtype], blocks_on=blocks_on)
 
 
 def abstract_params(probe, embed_dim: int):

@@ -35,11 +35,11 @@ import time
 from typing import Callable, Iterator, Optional
 
 import jax
-import ml_dtypes
 import numpy as np
 import optax
 
 from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import models
 from jepa_jax import data as data_lib
 from jepa_jax import paths
 from jepa_jax import sharding
@@ -52,7 +52,7 @@ from jepa_jax.eval.placement import Placer
 
 log = logging.getLogger(__name__)
 
-CACHE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+CACHE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +258,8 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   settings, baseline = [], None
   if config.cache_features:
     jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
-    if config.cache_dtype not in CACHE_DTYPES:
-      raise ValueError(f"config.cache_dtype must be one of {sorted(CACHE_DTYPES)}")
-    cache_dtype = CACHE_DTYPES[config.cache_dtype]
+    cache_dtype = np.dtype(models.dtype_of(config.cache_dtype, "config.cache_dtype",
+                                           CACHE_DTYPES))
     xb = config.extract_batch_size or config.batch_size
     train_batches = make_dataset(config, train_spec, train=False, batch_size=xb,
                                  seed=config.seed, repeat=False, num_views=1)

@@ -54,10 +54,11 @@ class ModelSpec:
     return dataclasses.replace(self, **changes)
 
 
-def dtype_of(name: str):
-  """The jnp dtype called ``name``; a ValueError naming the choices otherwise."""
-  if name not in DTYPES:
-    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+def dtype_of(name: str, field: str = "dtype", allowed=tuple(DTYPES)):
+  """The jnp dtype called ``name``, one of ``allowed`` (a subset of ``DTYPES``, the one table of
+  dtype names); otherwise a ValueError naming the config ``field`` and the choices."""
+  if name not in allowed or name not in DTYPES:
+    raise ValueError(f"{field} must be one of {sorted(allowed)}, got {name!r}")
   return DTYPES[name]
 
 
