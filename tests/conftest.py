@@ -34,3 +34,12 @@ def golden_v2():
 @pytest.fixture(scope="session")
 def num_devices():
   return jax.device_count()
+
+
+def pytest_collection_modifyitems(config, items):
+  """The longest test first: pytest-xdist hands tests out in collection order, so the README run
+  from a fresh clone (~9 of CI's ~28 minutes), collected mid-suite, ran last on one worker while
+  the other sat idle. Only it moves: moving other tests would split their modules' fixtures."""
+  del config
+  first = "tests/test_newcomer.py::test_readme_commands_from_a_fresh_clone"
+  items[:] = sorted(items, key=lambda item: not item.nodeid.startswith(first))  # stable

@@ -102,7 +102,8 @@ def test_memory_bench_prints_json_and_remat_saves_memory():
     runs[remat], _ = bench("memory.py", "--config=configs/demo.py", "--devices=4",
                            "--mesh=data:2,fsdp:2", "--per_device_batch=2",
                            f"--config.model.remat={remat}", "--config.model.scan=True",
-                           "--config.model.attention=chunked", "--config.model.pred_depth=1",
+                           "--config.model.overrides.depth=2", "--config.model.attention=chunked",
+                           "--config.model.pred_depth=1",
                            devices=4)
   none, full = runs["none"], runs["full"]
   assert none["bench"] == "memory" and none["mesh"] == {"data": 2, "fsdp": 2}
