@@ -11,7 +11,7 @@ import pytest
 from jepa_jax import checkpoint, experiment, loss as loss_lib, monitor, trainer
 from jepa_jax.data import synthetic
 
-from test_trainer import REPO, _train_single_device, tiny_config
+from test_trainer import _train_single_device, tiny_config
 
 WARNING = "Representation collapse suspected"
 
@@ -188,24 +188,3 @@ def test_trainer_warns_once_on_a_collapsed_model(synthetic_dir, tmp_path, caplog
   assert len(warnings) == 1 and "RankMe" in warnings[0], warnings
   logged = [r for r in rows if "monitor/rankme" in r]
   assert len(logged) == 8 and all(r["monitor/rankme"] < 1.05 for r in logged)
-
-
-@pytest.mark.slow
-def test_a_shortened_demo_run_logs_statistics_and_does_not_warn(synthetic_dir, tmp_path, caplog):
-  """configs/demo.py (model, masks, recipe) for 40 steps on the 12-video set."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("demo", str(REPO / "configs" / "demo.py"))
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  c = demo.get_config()
-  c.mesh.data = 1
-  c.data.synthetic_dir, c.data.synthetic_num_videos = synthetic_dir, 12
-  c.optim.update(dict(epochs=2, ipe=20, warmup=1))
-  c.log_every = 10
-  warnings, rows = _run_and_collect_warnings(c, str(tmp_path / "run"), caplog)
-  assert warnings == []
-  keys = {"monitor/target_std", "monitor/target_std_min", "monitor/pred_std",
-          "monitor/pred_std_min", "monitor/rankme", "monitor/const_loss"}
-  logged = [r for r in rows if "loss" in r]
-  assert len(logged) == 4 and all(keys <= set(r) for r in logged)
-  assert all(r["monitor/rankme"] > 2 and r["monitor/target_std"] > 0.3 for r in logged)

@@ -179,6 +179,14 @@ def test_readme_commands_from_a_fresh_clone(tmp_path):
   assert f"Resumed from checkpoint {stopped_at} in {checkpoints}" in log2.read_text()
   steps = _steps(metrics)
   assert len(steps) == len(set(steps)) and steps == sorted(steps), steps
+  # The monitor on the demo (configs/demo.py: model, masks, recipe): every logged step carries
+  # the collapse statistics, healthy, and no collapse warning was given.
+  keys = {"monitor/target_std", "monitor/target_std_min", "monitor/pred_std",
+          "monitor/pred_std_min", "monitor/rankme", "monitor/const_loss"}
+  logged = [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
+  assert logged and all(keys <= set(r) for r in logged), logged
+  assert all(r["monitor/rankme"] > 2 and r["monitor/target_std"] > 0.3 for r in logged), logged
+  assert "Representation collapse suspected" not in log1.read_text() + log2.read_text()
 
   # 3. Every later README command on the result, to completion.
   for i, command in enumerate(later):
