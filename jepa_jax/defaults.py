@@ -7,6 +7,7 @@ import ml_collections
 
 from jepa_jax import masks
 from jepa_jax import paths
+from jepa_jax import sharding
 
 
 # With ``nonfinite='skip'``, a run of this many skipped updates stops training: a skipped update
@@ -74,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
       lr_schedule="warmup_cosine",  # | linear_decay (V-JEPA 2 cooldown) | wsd; see jepa_jax.optim
       anneal=0))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
+  c.mesh = ml_collections.ConfigDict(
+      dict(data=-1, fsdp=1, min_fsdp_size=sharding.DEFAULT_MIN_FSDP_SIZE))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
   c.max_consecutive_skips = MAX_CONSECUTIVE_SKIPS   # with 'skip': stop after this many in a row
 

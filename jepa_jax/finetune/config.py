@@ -9,6 +9,7 @@ The defaults are VideoMAE's fine-tuning recipe (run_class_finetuning.py of MCG-N
 import ml_collections
 
 from jepa_jax import defaults
+from jepa_jax import sharding
 from jepa_jax.data import default_data_config
 from jepa_jax.eval import config as eval_config
 
@@ -67,7 +68,8 @@ def base_finetune_config() -> ml_collections.ConfigDict:
   # -- Devices: pretraining's mesh and sharding rules (jepa_jax.sharding). The batch is split over
   # data x fsdp devices; with fsdp > 1, each parameter and AdamW moment of at least min_fsdp_size
   # elements is split over the fsdp devices (the default, fsdp 1, replicates them).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, min_fsdp_size=2**18))
+  c.mesh = ml_collections.ConfigDict(
+      dict(data=-1, fsdp=1, min_fsdp_size=sharding.DEFAULT_MIN_FSDP_SIZE))
 
   # -- Non-finite loss or gradient: the update is never applied (jepa_jax.nonfinite, as in
   # pretraining); stop, or skip and stop after max_consecutive_skips skipped updates in a row.
