@@ -28,7 +28,8 @@ import sys
 def model_shapes(size: str, overrides=None, rope=None) -> dict:
   """``{group: {name: shape}}`` of a released file of ``size`` (jepa_jax's own export names);
   ``rope`` None: the ``*_xformers`` sizes are V-JEPA 2's RoPE ones."""
-  from jepa_jax import config as config_lib, models  # noqa: PLC0415
+  from jepa_jax import models  # noqa: PLC0415
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   from jepa_jax.convert import infer, reference  # noqa: PLC0415
   rope = size.endswith("_xformers") if rope is None else rope
   tokens = 10 if rope else 2

@@ -95,7 +95,7 @@ def main(argv):
   del argv
   import jax
 
-  from jepa_jax import experiment
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
 
   config = _CONFIG.value
   config.data.datasets = []
@@ -105,7 +105,7 @@ def main(argv):
   if _PER_DEVICE.value is not None:
     config.batch_size = _PER_DEVICE.value * n
 
-  from jepa_jax import train_step as train_step_lib
+  from jepa_jax.pretrain import train_step as train_step_lib  # noqa: PLC0415
 
   exp = experiment.build(config)
   t0, c0 = time.perf_counter(), time.process_time()

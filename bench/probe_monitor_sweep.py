@@ -20,9 +20,9 @@ import jax
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax import defaults
-from jepa_jax import experiment
-from jepa_jax import probe_monitor
+from jepa_jax.pretrain import defaults
+from jepa_jax.pretrain import experiment
+from jepa_jax.pretrain import probe_monitor
 
 
 def run_config(workdir: str):

@@ -277,7 +277,8 @@ def build_step(ref, cfg: dict, args, device):
 def reference_flops(cfg: dict, lengths) -> tuple[int, int]:
   """Model FLOPs per step (mean over the steps' trimmed lengths) and the token count, by
   ``jepa_jax.flops`` (the count our MFU uses), for the reference's model and masks."""
-  from jepa_jax import config as config_lib, defaults, flops
+  from jepa_jax import flops
+  from jepa_jax.pretrain import config as config_lib, defaults  # noqa: PLC0415
   data, model = cfg["data"], cfg["model"]
   c = defaults.base_config()
   c.batch_size = int(data["batch_size"])

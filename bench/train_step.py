@@ -61,7 +61,7 @@ def main(argv):
   import numpy as np
 
   from jepa_jax import compilation_cache
-  from jepa_jax import experiment
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
   from jepa_jax import flops as flops_lib
   from jepa_jax import masks as masks_lib
   from jepa_jax.models import layers

@@ -7,7 +7,7 @@ AdamW with warm-up + cosine, rising weight decay, schedules over 1.25x the run) 
 CPU trains in minutes: 64 px, 8 frames at stride 4 (a 4x4x4 token grid), width 96, depth 4. The
 synthetic set (moving shapes, H.264 files) is generated into ``data/synthetic`` if absent.
 """
-from jepa_jax import defaults
+from jepa_jax.pretrain import defaults
 
 
 def get_config():
@@ -31,9 +31,9 @@ def get_config():
   # colour probe 91% vs 82% on the synthetic set; see README "Demo: what the probe shows".
   c.optim.update(dict(epochs=15, ipe=20, warmup=2, start_lr=1e-4, lr=6.25e-4, final_lr=1e-6,
                       ema=(0.99, 1.0)))
-  # The online probe (jepa_jax/probe_monitor.py): every 25 steps, kNN on the mean-pooled target
-  # tokens of the 128 synthetic clips, for speed and direction of travel (see README "Watching
-  # what the encoder learns"). python -m jepa_jax.probe_curve plots it.
+  # The online probe (jepa_jax/pretrain/probe_monitor.py): every 25 steps, kNN on the mean-pooled
+  # target tokens of the 128 synthetic clips, for speed and direction of travel (see README
+  # "Watching what the encoder learns"). python -m jepa_jax.pretrain.probe_curve plots it.
   c.monitor_probe.update(dict(every=25, index="speed,direction", kind="knn", pooling="mean",
                               num_clips=128, knn_k=5))
   c.log_every = 20

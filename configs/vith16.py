@@ -3,7 +3,7 @@
 
 python -m jepa_jax.main --config=configs/vith16.py --workdir=gs://BUCKET/vith16
 """
-from jepa_jax import defaults
+from jepa_jax.pretrain import defaults
 
 
 def get_config():

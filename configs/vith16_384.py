@@ -1,7 +1,7 @@
 """V-JEPA ViT-H/16 at 384 px (configs/pretrain/vith16_384.yaml of the reference): batch 2400,
 16 frames x stride 4, 8 x 24 x 24 = 4608 tokens.
 """
-from jepa_jax import defaults
+from jepa_jax.pretrain import defaults
 
 
 def get_config():

@@ -3,7 +3,7 @@
 python -m jepa_jax.main --config=configs/vitl16.py --workdir=gs://BUCKET/vitl16 \
     --config.data.datasets='("/data/k710.csv","/data/ssv2.csv","/data/howto100m.csv")'
 """
-from jepa_jax import defaults
+from jepa_jax.pretrain import defaults
 
 
 def get_config():

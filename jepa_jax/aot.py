@@ -95,8 +95,9 @@ def compile_step(config, topology: str, hlo_path: str | None = None) -> dict:
   the JSON line). ``hlo_path``: also write the compiled HLO text there (what every chip runs).
   Raises AotError / experiment.ConfigError for what the user can fix."""
   import jax  # noqa: PLC0415
-  from jepa_jax import experiment, flops, hlo_stats  # noqa: PLC0415
-  from jepa_jax import train_step as train_step_lib  # noqa: PLC0415
+  from jepa_jax import flops, hlo_stats  # noqa: PLC0415
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
+  from jepa_jax.pretrain import train_step as train_step_lib  # noqa: PLC0415
   from jepa_jax.models import layers  # noqa: PLC0415
 
   devices = tpu_devices(topology)
@@ -292,7 +293,7 @@ def _define_flags():
 def main(argv):
   del argv
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  from jepa_jax import experiment  # noqa: PLC0415
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
   config = _FLAGS['config'].value.copy_and_resolve_references()
   config.data.datasets = []   # the step compiles without data
   topology = _FLAGS['topology'].value

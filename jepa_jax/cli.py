@@ -391,7 +391,8 @@ _DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 def explain(error: BaseException, workdir: Optional[str] = None) -> Optional[str]:
   """The one-line message for an error the user can act on; ``None`` for anything else (a bug)."""
-  from jepa_jax import checkpoint, experiment  # noqa: PLC0415 - heavy, only once something failed
+  from jepa_jax import checkpoint  # noqa: PLC0415 - heavy, only once something failed
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
   from jepa_jax.data import pipeline  # noqa: PLC0415
   chain = _chain(error)
   for e in chain:

@@ -40,7 +40,7 @@ def block_flops(tokens: int, width: int, hidden: int) -> int:
 
 
 def train_step_flops(settings) -> dict:
-  """Model FLOPs of one train step of a read config (``jepa_jax.config.read(config)``, global
+  """Model FLOPs of one train step of a read config (``jepa_jax.pretrain.config.read(config)``, global
   batch), with the parts that make it up.
 
   Returns a dict of ints: ``total`` (the whole step, all ``settings.batch_size`` clips),

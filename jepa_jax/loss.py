@@ -69,7 +69,7 @@ def vjepa_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
   Returns:
     ``(loss, aux)`` with ``aux = {"loss_per_mask": [M], "context_tokens": [M],
     "target_tokens": [M], "targets": [B, N, D], "predictions": M x [B, K_tgt, D]}`` (mean valid
-    tokens per clip; the layer-normed targets and the predictions, for ``jepa_jax.monitor``).
+    tokens per clip; the layer-normed targets and the predictions, for ``jepa_jax.pretrain.monitor``).
   """
   # Token features stay split over the batch under a mesh (``sharding.constrain``; no-op without).
   targets = sharding.constrain(compute_targets(apply_encoder, target_params, clips), TOKENS)

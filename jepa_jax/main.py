@@ -1,60 +1,9 @@
-"""Pretrain V-JEPA: ``python -m jepa_jax.main --config=configs/vith16.py --workdir=DIR``.
+"""``python -m jepa_jax.main --config=... --workdir=...``: the pretraining command of the design card.
 
-Any config field can be overridden on the command line (``--config.batch_size=1024``; lists,
-``None`` fields and mask entries as described in ``jepa_jax.cli``). Restarting the same command
-resumes from the latest readable checkpoint in ``DIR``. Relative paths (``--workdir``,
-``config.init_from``, index files) are taken from the working directory. On several processes
-(Cloud TPU pod slices, SLURM, or explicit ``--coordinator_address/--num_processes/--process_id``)
-``jax.distributed`` is initialised first; see ``launch/README.md``.
-
-Exit status: 0 when the run is complete; ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) when SIGTERM or a
-preemption notice stopped it after saving a checkpoint, so a launcher knows to requeue; 1 on an
-error the user can fix (config, workdir, data, checkpoint, full disk, non-finite loss), reported
-in one line on stderr with the traceback in ``DIR/log.txt``.
+The program lives in ``jepa_jax.pretrain`` (``python -m jepa_jax.pretrain`` is the same command);
+this module keeps the documented entry point.
 """
-import logging
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from jepa_jax import cli
-from jepa_jax import defaults
-from jepa_jax import distributed
-from jepa_jax import paths
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and TensorBoard summaries.")
-distributed.define_flags()
-
-EXIT_PREEMPTED = cli.EXIT_PREEMPTED
-
-
-def main(argv):
-  del argv
-  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  distributed.initialize_from_flags()
-  import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import config as config_lib, experiment, nonfinite, trainer  # noqa: PLC0415
-  config = _CONFIG.value
-  defaults.resolve_paths(config)
-  try:
-    exp = experiment.build(config)  # validates the config, once
-    config_lib.check_init_from(config)
-  except experiment.ConfigError as e:
-    cli.fail(f"Config error: {e}")
-  workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
-  log_path = cli.start_workdir(workdir, "checkpoints and logs", jax.process_index())
-  logging.info("Logging to %s", log_path)
-  metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir,
-                            known=(nonfinite.NonFiniteLossError,), prefix="Stopped: ")
-  cli.exit_if_preempted(metrics)
-
-
-def run():
-  flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=cli.parse_flags)
-
+from jepa_jax.pretrain.__main__ import EXIT_PREEMPTED, main, run  # noqa: F401 - the command's API
 
 if __name__ == "__main__":
   run()

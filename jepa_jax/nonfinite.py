@@ -20,11 +20,14 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from jepa_jax import defaults
-
 log = logging.getLogger(__name__)
 
 MODES = ("stop", "skip")
+
+# With ``nonfinite='skip'``, a run of this many skipped updates stops training: a skipped update
+# changes nothing, so a long run of them means the state is broken rather than a few batches; 20
+# rides out a short run of bad batches. Also the value for configs saved before the field.
+MAX_CONSECUTIVE_SKIPS = 20
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,7 +38,7 @@ class NonFiniteLossError(RuntimeError):
 class NonFinitePolicy:
   """``config.nonfinite`` ('stop' | 'skip') and ``config.max_consecutive_skips``."""
   mode: str = "stop"
-  max_consecutive_skips: int = defaults.MAX_CONSECUTIVE_SKIPS
+  max_consecutive_skips: int = MAX_CONSECUTIVE_SKIPS
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -49,7 +52,7 @@ class NonFinitePolicy:
     """The policy of a program's config (the defaults for configs saved before the fields);
     ``ValueError`` naming the field when either value is impossible."""
     return cls(config.get("nonfinite", "stop"),
-               config.get("max_consecutive_skips", defaults.MAX_CONSECUTIVE_SKIPS))
+               config.get("max_consecutive_skips", MAX_CONSECUTIVE_SKIPS))
 
 
 def apply_if_finite(new_state, state, loss, grad_norms):

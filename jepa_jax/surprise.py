@@ -64,7 +64,7 @@ def load_model(checkpoint: str):
   of a checkpoint with a predictor."""
   import ml_collections  # noqa: PLC0415
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax import config as config_lib  # noqa: PLC0415
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   from jepa_jax import models  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   loaded = ckpt_lib.load(checkpoint)
@@ -148,7 +148,7 @@ def run(args) -> dict:
   """The timelines (module docstring); returns ``{"written": [paths], "unreadable": count}``."""
   import jax  # noqa: PLC0415
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax import config as config_lib  # noqa: PLC0415
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   from jepa_jax import masks as masks_lib  # noqa: PLC0415
   from jepa_jax.data import decode  # noqa: PLC0415
   config, encoder, predictor, params, target_params, info = load_model(args.checkpoint)

@@ -16,7 +16,8 @@ def main():
   distributed.initialize(distributed.detect())
   import jax
   import numpy as np
-  from jepa_jax import checkpoint, experiment, trainer
+  from jepa_jax import checkpoint
+  from jepa_jax.pretrain import experiment, trainer  # noqa: PLC0415
   from test_trainer import tiny_config
 
   config = tiny_config(synthetic_dir, steps=steps, batch_size=8)

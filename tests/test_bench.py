@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax import config as config_lib
-from jepa_jax import experiment, flops, models
+from jepa_jax.pretrain import config as config_lib
+from jepa_jax import flops, models
+from jepa_jax.pretrain import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -191,7 +192,8 @@ HEAVY = ("grain", "av", "orbax", "clu", "tensorflow", "tensorflow_datasets", "te
 def test_bench_step_path_imports_no_data_stack():
   """The GPU machine lacks grain, PyAV, clu and TensorFlow (bench/gpu_wheels.sh carries only
   ml_collections): reading a config and building the experiment must import none of them."""
-  code = ("import sys; from configs import vitl16; from jepa_jax import config, experiment, flops; "
+  code = ("import sys; from configs import vitl16; from jepa_jax import flops; "
+          "from jepa_jax.pretrain import config, experiment; "
           "c = vitl16.get_config(); c.batch_size = 8; flops.train_step_flops(config.read(c)); "
           f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from jepa_jax import checkpoint, cli, defaults, paths
+from jepa_jax import checkpoint, cli, paths
+from jepa_jax.pretrain import defaults
 from jepa_jax.eval import config as eval_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -105,7 +106,7 @@ def test_list_and_none_fields_from_the_command_line(flag, field, value):
 
 
 def test_a_mask_entry_set_from_the_command_line_reaches_the_masks():
-  from jepa_jax import config as config_lib, experiment
+  from jepa_jax.pretrain import config as config_lib, experiment  # noqa: PLC0415
   config = cli.load_config(MAIN_CONFIG, ["--config.masks[0].num_context=24",
                                          "--config.masks[1].spatial_scale=0.6"])
   experiment.validate(config, num_devices=1)

@@ -5,8 +5,9 @@ import re
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax import cli, experiment, masks, models, sharding
-from jepa_jax import config as config_lib
+from jepa_jax import cli, masks, models, sharding
+from jepa_jax.pretrain import experiment
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax.eval import encoder as eval_encoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -118,7 +118,8 @@ def test_round_trip_every_size_on_abstract_shapes(size):
   config = reference._config(size, {}, dict(patch_size=16, tubelet_size=2, in_chans=3), 224, 16,
                              True, dict(pred_embed_dim=384, pred_depth=12, num_mask_tokens=2),
                              use_rope=rope, pred_num_heads=12 if rope else None)
-  from jepa_jax import config as config_lib, models
+  from jepa_jax import models
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=2))
   abstract = reference._abstract_params(encoder, predictor)
   views = infer.zero_views(abstract)
@@ -185,7 +186,7 @@ def test_converted_checkpoint_reproduces_golden(golden, tmp_path):
 def test_converted_config_builds_the_float32_model_of_the_reference(golden):
   """The converted config's own model (no dtype override) reproduces the reference's float32
   outputs; a bfloat16 compute dtype recorded there cost 1.4% error."""
-  from jepa_jax import config as config_lib
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   params, config = convert.convert_state_dicts(released(golden), "tiny", **TINY_FLAGS)
   assert config.model.dtype == "float32"
   config.model.attention = "einsum"  # CPU; the precision is the config's

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import defaults, experiment
+from jepa_jax.pretrain import defaults, experiment
 from jepa_jax.models import layers
 
 # The result shape: one array or a tuple of them (XLA combines small all-reduces).

@@ -17,7 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jepa_jax import checkpoint, config as config_lib, models, predict  # noqa: E402
+from jepa_jax import checkpoint, models, predict  # noqa: E402
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax.convert import reference  # noqa: E402
 from jepa_jax.convert.__main__ import main as cli  # noqa: E402
 from jepa_jax.models import attentive_probe  # noqa: E402
@@ -334,7 +335,7 @@ def test_load_reads_only_the_groups_asked_for(golden_ckpt, tmp_path):
   """``checkpoint.load(groups=...)`` (what --to-hf reads: one encoder) on a converted checkpoint
   and on a pretraining train state: those groups, equal to a full load's."""
   import optax
-  from jepa_jax import train_state
+  from jepa_jax.pretrain import train_state  # noqa: PLC0415
   ckpt, _, _ = golden_ckpt
   rng = np.random.default_rng(0)
   tree = lambda: {"w": rng.normal(size=(3, 2)).astype(np.float32)}  # noqa: E731

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax import experiment
+from jepa_jax.pretrain import experiment
 from jepa_jax.models import layers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jepa_jax import config as config_lib
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax import masks as M
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, experiment, loss as loss_lib, monitor, trainer
+from jepa_jax import checkpoint, loss as loss_lib
+from jepa_jax.pretrain import experiment, monitor, trainer
 from jepa_jax.data import synthetic
 
 from test_trainer import _train_single_device, tiny_config
@@ -173,7 +174,7 @@ def test_step_statistics_of_collapsed_encoders(synthetic_dir):
 
 
 def _run_and_collect_warnings(c, workdir, caplog):
-  with caplog.at_level(logging.WARNING, logger="jepa_jax.trainer"):
+  with caplog.at_level(logging.WARNING, logger="jepa_jax.pretrain.trainer"):
     _train_single_device(c, workdir)
   rows = [json.loads(x) for x in open(f"{workdir}/metrics.jsonl").read().splitlines()]
   return [r.getMessage() for r in caplog.records if WARNING in r.getMessage()], rows

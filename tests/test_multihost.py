@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, data, experiment
+from jepa_jax import checkpoint, data
+from jepa_jax.pretrain import experiment
 
 from test_trainer import losses, tiny_config
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import config as config_lib, experiment, probe_monitor
+from jepa_jax.pretrain import config as config_lib, experiment, probe_monitor
 
 from test_trainer import synthetic_dir, tiny_config  # noqa: F401 (a fixture)
 

@@ -55,7 +55,8 @@ def test_refuses_a_directory_that_is_not_the_reference(tmp_path):
 def test_reference_flops_use_our_count_for_its_model_and_lengths():
   """The reference's YAML fields map onto the jepa_jax config whose FLOPs MFU divides by."""
   from configs import vitl16
-  from jepa_jax import config as config_lib, flops, masks
+  from jepa_jax import flops, masks
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   ours = vitl16.get_config()
   ours.batch_size = 24
   grid = config_lib.token_grid(ours)

@@ -12,10 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from jepa_jax import convert, experiment, loss as loss_lib, models, optim, sharding
-from jepa_jax import defaults, masks as masks_lib, monitor
-from jepa_jax import train_step as train_step_lib
-from jepa_jax.train_state import TrainState
+from jepa_jax import convert, loss as loss_lib, models, optim, sharding
+from jepa_jax.pretrain import experiment
+from jepa_jax import masks as masks_lib
+from jepa_jax.pretrain import defaults, monitor
+from jepa_jax.pretrain import train_step as train_step_lib
+from jepa_jax.pretrain.train_state import TrainState
 
 
 class GoldenMasks(NamedTuple):

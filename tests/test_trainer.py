@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, defaults, experiment, loop, main, nonfinite, trainer
+from jepa_jax import checkpoint, loop, main, nonfinite
+from jepa_jax.pretrain import defaults, experiment, trainer
 from jepa_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -297,9 +298,9 @@ def test_outputs_of_a_run(synthetic_dir, tmp_path, caplog):
   # "no unreadable samples in steps 5-4").
   written = (workdir / "metrics.jsonl").read_text()
   caplog.clear()
-  with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
+  with caplog.at_level(logging.INFO, logger="jepa_jax.pretrain.trainer"):
     assert _train_single_device(c, str(workdir)) == {}
-  said = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.trainer"]
+  said = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.pretrain.trainer"]
   assert said[-1].startswith("The run is already complete: checkpoint 4 in "), said
   assert not any("unreadable samples" in m or "Resumed" in m for m in said), said
   assert (workdir / "metrics.jsonl").read_text() == written
@@ -515,7 +516,7 @@ def test_resume_over_a_damaged_checkpoint_keeps_each_step_once_and_reports_bad_r
   c.monitor_probe.update(dict(every=4, index="direction,shape", num_clips=12, folds=3,
                               kind="ridge,knn"))
   workdir = tmp_path / "run"
-  with caplog.at_level(logging.INFO, logger="jepa_jax.trainer"):
+  with caplog.at_level(logging.INFO, logger="jepa_jax.pretrain.trainer"):
     _train_single_device(c, str(workdir))
   first = losses(workdir)
   probed = probe_rows(workdir)

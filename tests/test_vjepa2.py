@@ -12,7 +12,7 @@ import pytest
 
 from jepa_jax import convert, loss as loss_lib, models, optim
 from jepa_jax.models import rope
-from jepa_jax.train_state import TrainState
+from jepa_jax.pretrain.train_state import TrainState
 
 TINY2 = dict(img_size=64, num_frames=8, embed_dim=112, depth=2, num_heads=4, use_rope=True)
 

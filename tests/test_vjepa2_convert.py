@@ -39,7 +39,7 @@ def released_v2(golden, like_hub_files=True) -> dict:
 
 
 def assert_golden_outputs(golden, params, config):
-  from jepa_jax import config as config_lib
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   config = __import__("ml_collections").ConfigDict(config)
   config.model.attention = "einsum"
   enc, pred = models.from_spec(config_lib.model_spec(
@@ -97,7 +97,7 @@ def test_encoder_only_on_a_released_file_stays_rope(golden_v2):
   params, config = convert.convert_state_dicts(released_v2(golden_v2), "tiny", encoder_only=True,
                                                **TINY2_KW)
   assert config.model.use_rope and "predictor" not in params
-  enc, _ = models.from_spec(__import__("jepa_jax.config").config.model_spec(config))
+  enc, _ = models.from_spec(__import__("jepa_jax.pretrain.config").config.model_spec(config))
   enc = enc.clone(block=enc.block.replace(dtype=jnp.float32, attention="einsum"))
   clip = jnp.asarray(golden_v2["clip"].transpose(0, 2, 3, 4, 1))
   np.testing.assert_allclose(np.asarray(enc.apply({"params": params["encoder"]}, clip)),
@@ -128,7 +128,7 @@ def test_action_conditioned_files_point_to_encoder_only_which_works(golden_v2):
 def test_vitg_files_resolve_to_the_22_head_giant():
   """A RoPE ViT-g file is V-JEPA 2's vit_giant_xformers (22 heads), a sin-cos one V-JEPA's
   vit_giant (16 heads): same shapes, told apart by the positions."""
-  from jepa_jax import config as config_lib
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   for rope, name in ((True, "giant_xformers"), (False, "giant")):
     tokens = 10 if rope else 2  # V-JEPA 2's released predictors have 10, V-JEPA's 2
     config = reference._config(name, {}, dict(patch_size=16, tubelet_size=2, in_chans=3), 256, 16,

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jepa_jax import checkpoint, defaults, experiment, models, optim, trainer
-from jepa_jax import config as config_lib
+from jepa_jax import checkpoint, models, optim
+from jepa_jax.pretrain import defaults, experiment, trainer
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax.data import decode, pipeline, synthetic
 
 import video_files

@@ -24,7 +24,7 @@ loss are V-JEPA's. The reference's file lengths are reproduced as written, inclu
 look like placeholders: ``epochs: 10`` for ViT-L/H pretraining ends inside the 40-epoch warm-up
 (ViT-g: 800 epochs); set ``--config.optim.epochs`` for a real run.
 """
-from jepa_jax import defaults
+from jepa_jax.pretrain import defaults
 
 DATASETS = ["/path/to/k710_train_paths.csv", "/path/to/ssv2_train_paths.csv",
             "/path/to/howto_320p.csv"]

@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     return 1
   except Exception as e:  # noqa: BLE001 - checkpoint errors carry their own actionable message
     from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    from jepa_jax.experiment import ConfigError  # noqa: PLC0415 - --resumable's training config
+    from jepa_jax.pretrain.experiment import ConfigError  # noqa: PLC0415 - --resumable's config
     if isinstance(e, (CheckpointError, ConfigError)):
       print(f"error: {e}", file=sys.stderr)
       return 1

@@ -335,7 +335,8 @@ def _probe_ln_eps() -> float:
 def _model_fields(config, num_masks: Optional[int]) -> dict:
   """``VJEPA2Config`` fields of the model ``config`` builds (with its predictor's fields if
   ``num_masks``, its mask tokens, is given), refused where transformers has no way to say it."""
-  from jepa_jax import config as config_lib, models  # noqa: PLC0415
+  from jepa_jax import models  # noqa: PLC0415
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
   config = ml_collections.ConfigDict(reference.plain(config))
   encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))

@@ -74,7 +74,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
   Returns:
     ``params``: ``{"encoder", "target"[, "predictor"]}`` unscanned float32 numpy trees; a missing
     online/target encoder is a copy of the other (the reference starts its target as a copy).
-    ``config``: ``jepa_jax.defaults.base_config()`` with the model and clip fields set.
+    ``config``: ``jepa_jax.pretrain.defaults.base_config()`` with the model and clip fields set.
 
   Raises:
     ConversionError: the checkpoint does not fit (the message names the parameter and the fix).
@@ -125,7 +125,8 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
   config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
                    pred_num_heads=pred_num_heads)
 
-  from jepa_jax import config as config_lib, models  # noqa: PLC0415 - heavy, only needed here
+  from jepa_jax import models  # noqa: PLC0415 - heavy, only needed here
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   num_masks = pspec["num_mask_tokens"] if pspec else 2
   encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   abstract = _abstract_params(encoder, predictor)
@@ -194,7 +195,7 @@ def _model_groups(checkpoint: Mapping) -> dict:
 
 def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: bool = False,
             pred_num_heads: Optional[int] = None) -> ml_collections.ConfigDict:
-  from jepa_jax.defaults import base_config  # noqa: PLC0415
+  from jepa_jax.pretrain.defaults import base_config  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(base_config()))
   m = config.model
   m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
@@ -234,7 +235,7 @@ def plain(tree):
 def _abstract_params(encoder, predictor) -> dict:
   """Parameter shapes (unscanned names come from ``infer.torch_shapes`` either way). Traced with
   scanned blocks: tracing one block instead of 40 makes this ~depth times faster."""
-  from jepa_jax import train_state  # noqa: PLC0415
+  from jepa_jax.pretrain import train_state  # noqa: PLC0415
   # einsum attention: shapes do not depend on it, and a cudnn setting must not fail on CPU.
   fast = dict(scan=True, attention="einsum", remat="none")
   encoder = encoder.clone(block=encoder.block.replace(**fast))
@@ -275,7 +276,8 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
   """
   if which not in WHICH:
     raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-  from jepa_jax import config as config_lib, models  # noqa: PLC0415
+  from jepa_jax import models  # noqa: PLC0415
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(config)) if not isinstance(
       config, ml_collections.ConfigDict) else config
   if not config.get("model") or not config.get("data"):
@@ -504,7 +506,7 @@ FRESH_GRAD_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0
 
 
 def _experiment(config):
-  from jepa_jax import experiment  # noqa: PLC0415
+  from jepa_jax.pretrain import experiment  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(config))
   config.mesh.data, config.mesh.fsdp = 1, 1  # conversion runs on one device
   return experiment.build(config, devices=jax.devices()[:1])
@@ -557,7 +559,7 @@ def save_resumable(path: str, config, out: str, **kwargs) -> int:
   groups = _model_groups(checkpoint)
   mu, nu, count = optimizer.import_adamw(checkpoint["opt"], {
       "encoder": groups["encoder"], "predictor": groups["predictor"]})
-  from jepa_jax import train_state  # noqa: PLC0415
+  from jepa_jax.pretrain import train_state  # noqa: PLC0415
   exp = _experiment(config)
   scan = bool(config.model.get("scan"))
   layout = (lambda tree: stack_blocks(tree)) if scan else (lambda tree: tree)

@@ -1,8 +1,8 @@
 """``config.data``: its fields and defaults, and the frames per clip of each dataset.
 
-Kept apart from the pipeline so that reading a config (``jepa_jax.defaults``, ``jepa_jax.config``)
-imports neither grain nor PyAV: the train step and the benchmarks run where those are not
-installed (e.g. a GPU machine that has only jax/flax/optax, ``bench/gpu_suite.sh``).
+Kept apart from the pipeline so that reading a config (``jepa_jax.pretrain.defaults``,
+``jepa_jax.pretrain.config``) imports neither grain nor PyAV: the train step and the benchmarks
+run where those are not installed (e.g. a GPU machine that has only jax/flax/optax, ``bench/gpu_suite.sh``).
 """
 import ml_collections
 

@@ -8,7 +8,7 @@ The defaults are VideoMAE's fine-tuning recipe (run_class_finetuning.py of MCG-N
 """
 import ml_collections
 
-from jepa_jax import defaults
+from jepa_jax import nonfinite
 from jepa_jax import sharding
 from jepa_jax.data import default_data_config
 from jepa_jax.eval import config as eval_config
@@ -74,7 +74,7 @@ def base_finetune_config() -> ml_collections.ConfigDict:
   # -- Non-finite loss or gradient: the update is never applied (jepa_jax.nonfinite, as in
   # pretraining); stop, or skip and stop after max_consecutive_skips skipped updates in a row.
   c.nonfinite = "stop"
-  c.max_consecutive_skips = defaults.MAX_CONSECUTIVE_SKIPS
+  c.max_consecutive_skips = nonfinite.MAX_CONSECUTIVE_SKIPS
 
   # -- Checkpoints, logging, evaluation.
   c.save = ml_collections.ConfigDict(dict(every=500, keep=2, async_save=True))

@@ -1,7 +1,7 @@
 """A model described by value: ``ModelSpec`` -> ``from_spec`` -> (encoder, predictor).
 
 Pretraining, eval, the converter and the benchmarks all describe the network they want with a
-``ModelSpec`` (the config layer, ``jepa_jax.config``, makes one from a ConfigDict) and build it
+``ModelSpec`` (the config layer, ``jepa_jax.pretrain.config``, makes one from a ConfigDict) and build it
 with ``from_spec``, so a model field is interpreted in one place.
 """
 import dataclasses
@@ -13,7 +13,7 @@ from jepa_jax.models.predictor import Predictor
 from jepa_jax.models.vit import VisionTransformer, build_encoder
 
 # Compute dtypes by name. float16 is the V-JEPA 2 eval's autocast dtype (its RoPE angles are then
-# rounded in float16 too); pretraining refuses it (no loss scaling), see jepa_jax.config.
+# rounded in float16 too); pretraining refuses it (no loss scaling), see jepa_jax.pretrain.config.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 

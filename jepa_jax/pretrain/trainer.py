@@ -24,7 +24,7 @@ windows, failed asynchronous saves, preemption, the non-finite policy):
   target encoder at step 0 of a fresh run and every N steps (``probe/*`` scalars, in the logging
   row when the step is a logging step, else a row of their own); a resumed run starts after its
   checkpoint's step, so no probe step is logged twice, and a fresh start drops every earlier row.
-* Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.monitor``'s rule and
+* Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.pretrain.monitor``'s rule and
   the log warns once when they say the representation collapsed.
 """
 import json
@@ -39,13 +39,13 @@ from clu import periodic_actions
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
-from jepa_jax import experiment
+from jepa_jax.pretrain import experiment
 from jepa_jax import loop
-from jepa_jax import monitor
+from jepa_jax.pretrain import monitor
 from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax import paths
-from jepa_jax import probe_monitor
+from jepa_jax.pretrain import probe_monitor
 
 log = logging.getLogger(__name__)
 

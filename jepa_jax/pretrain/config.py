@@ -1,4 +1,4 @@
-"""The one reader of a pretraining config: ConfigDict (``configs/*.py``, ``jepa_jax.defaults``) ->
+"""The one reader of a pretraining config: ConfigDict (``configs/*.py``, ``jepa_jax.pretrain.defaults``) ->
 typed ``Settings`` (model spec, masks, optimiser, the data section), every check of the config made once (``read``).
 
 Everything below this module takes typed objects: ``models.ModelSpec`` for the networks,
@@ -159,7 +159,7 @@ def read(config) -> Settings:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   if config.get("monitor_probe"):
-    from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
+    from jepa_jax.pretrain import probe_monitor  # pylint: disable=import-outside-toplevel
     try:
       probe_monitor.check_config(config.monitor_probe)
     except ValueError as e:

@@ -1,5 +1,5 @@
 """The training state (online encoder + predictor, EMA target encoder, optimiser state, step) and
-its initialisation. The models come from ``models.from_spec`` (``jepa_jax.config`` reads their spec
+its initialisation. The models come from ``models.from_spec`` (``jepa_jax.pretrain.config`` reads their spec
 from a config).
 
 Initialisation is shape-first (``jax.eval_shape``) so that shardings can be chosen before any

@@ -1,9 +1,9 @@
 """The online probe's curve of a pretraining run, from its ``metrics.jsonl``, as a PNG and a table.
 
-    python -m jepa_jax.probe_curve --workdir workdir/demo --out workdir/demo_probe.png
+    python -m jepa_jax.pretrain.probe_curve --workdir workdir/demo --out workdir/demo_probe.png
 
 Plots every ``probe/<label>/<kind>`` accuracy the trainer's probe monitor logged
-(``jepa_jax.probe_monitor``) against the step, with chance (1 / classes, ``--classes``; read from
+(``jepa_jax.pretrain.probe_monitor``) against the step, with chance (1 / classes, ``--classes``; read from
 the synthetic set's class names for its labels) as a dashed line, and prints the numbers.
 """
 import argparse

@@ -6,14 +6,9 @@ import dataclasses
 import ml_collections
 
 from jepa_jax import masks
+from jepa_jax import nonfinite
 from jepa_jax import paths
 from jepa_jax import sharding
-
-
-# With ``nonfinite='skip'``, a run of this many skipped updates stops training: a skipped update
-# changes nothing, so a long run of them means the state is broken rather than a few batches; 20
-# rides out a short run of bad batches. Also the value for configs saved before the field.
-MAX_CONSECUTIVE_SKIPS = 20
 
 
 def mask_config(num_blocks, spatial_scale, **kwargs) -> ml_collections.ConfigDict:
@@ -78,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(
       dict(data=-1, fsdp=1, min_fsdp_size=sharding.DEFAULT_MIN_FSDP_SIZE))
   c.nonfinite = "stop"           # stop | skip: what the trainer does on a non-finite loss
-  c.max_consecutive_skips = MAX_CONSECUTIVE_SKIPS   # with 'skip': stop after this many in a row
+  c.max_consecutive_skips = nonfinite.MAX_CONSECUTIVE_SKIPS   # with 'skip': stop after this many in a row
 
   c.log_every = 50               # steps between metric fetches (the only host syncs)
   c.prefetch = 2                 # batches placed on the devices ahead of the step
@@ -91,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   # With init_from a trainer workdir: also take its optimiser state (AdamW moments and step
   # count), restarting step and schedules at 0 -- V-JEPA 2's cooldown (is_anneal) start.
   c.init_from_optimizer = False
-  # The online probe (jepa_jax/probe_monitor.py): every `every` steps (0 = off) the target
+  # The online probe (jepa_jax/pretrain/probe_monitor.py): every `every` steps (0 = off) the target
   # encoder's pooled tokens of `num_clips` labelled clips, probed by k-fold ridge / kNN; logged as
   # probe/<label>/<kind> (percent). `index`: a labelled index file or a synthetic label name.
   c.monitor_probe = ml_collections.ConfigDict(dict(
@@ -124,5 +119,5 @@ def resolve_paths(config) -> None:
 
 
 def _is_synthetic_label(name: str) -> bool:
-  from jepa_jax import probe_monitor  # pylint: disable=import-outside-toplevel
+  from jepa_jax.pretrain import probe_monitor  # pylint: disable=import-outside-toplevel
   return probe_monitor.is_synthetic_labels(name)

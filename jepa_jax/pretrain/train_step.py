@@ -13,7 +13,7 @@
      ``metrics["nonfinite"]`` is 1 (``nonfinite.apply_if_finite``): a poisoned update never
      reaches the parameters, and the loop shell (``loop.py``) decides whether to stop or skip.
 
-Metrics, the collapse statistics of ``jepa_jax.monitor`` (``monitor/*``) included, are device
+Metrics, the collapse statistics of ``jepa_jax.pretrain.monitor`` (``monitor/*``) included, are device
 arrays; the trainer fetches them only when it logs (no host sync per step).
 """
 from typing import Callable, Optional, Sequence
@@ -24,7 +24,7 @@ import optax
 
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
-from jepa_jax import monitor
+from jepa_jax.pretrain import monitor
 from jepa_jax import nonfinite as nonfinite_lib
 from jepa_jax import optim
 from jepa_jax import sharding
