@@ -4,15 +4,19 @@ Mesh axes are ``("data", "fsdp")``. The batch is split over both axes (every dev
 examples). Parameters, the EMA target and the optimiser moments follow one rule:
 
 * ``fsdp == 1``: replicated (pure data parallelism).
-* ``fsdp > 1``: a tensor with at least ``min_fsdp_size`` elements is split over ``fsdp`` along its
-  largest dimension that the axis size divides (for scanned blocks never the leading depth axis,
-  which ``nn.scan`` slices per iteration); smaller tensors (biases, norms) stay replicated, where
-  the all-gathers would cost more than the memory saved. Exception: an attention ``qkv`` kernel
-  ``[D, 3D]`` is split along its input dimension D when the axis divides it. The TPU attention
-  path contracts it viewed as ``[D, 3, H, d]`` (``layers._HeadMajorQKV``), and a split of 3D into
-  equal chunks is no split of that view (960-column shards cut through ViT-H's heads); a split
-  of D is, and the VJP pins the gradient to it (``constrain_input_split_weight_gradient``), so
-  XLA reduce-scatters it instead of all-reducing it whole.
+* ``fsdp > 1``: ``PARAM_RULES``, a table of parameter-path patterns, says along which dimension
+  a tensor is split over ``fsdp``: by default its largest dimension that the axis size divides
+  (for scanned blocks never the leading depth axis, which ``nn.scan`` slices per iteration). A
+  tensor with fewer than ``min_fsdp_size`` elements per layer (biases, norms) stays replicated,
+  where the all-gathers would cost more than the memory saved; per layer, because a scanned
+  stack is all-gathered one layer at a time. Pretraining, fine-tuning and eval use the same
+  table (``state_shardings``).
+  One pattern differs: an attention ``qkv`` kernel ``[D, 3D]`` is split along its input
+  dimension D when the axis divides it. The TPU attention path contracts it viewed as
+  ``[D, 3, H, d]`` (``layers._HeadMajorQKV``), and a split of 3D into equal chunks is no split of
+  that view (960-column shards cut through ViT-H's heads); a split of D is, and the VJP pins the
+  gradient to it (``constrain_input_split_weight_gradient``), so XLA reduce-scatters it instead
+  of all-reducing it whole.
 
 The moments of AdamW have the shapes of the parameters and so get the same specs; the step
 counters are replicated. ``jax.config.jax_threefry_partitionable`` is switched on so that random
@@ -31,6 +35,7 @@ pure loss, tests without a mesh) ``constrain`` returns its input unchanged.
 import contextlib
 import contextvars
 import functools
+import re
 from typing import Any, Optional, Sequence
 
 import jax
@@ -55,6 +60,16 @@ ACTIVATION_RULES = (
     ("kv", None),
     ("mlp", None),
 )
+
+# Parameter path (``/``-joined names, e.g. ``encoder/stack/blocks/block/attn/qkv/kernel``) ->
+# the dimension FSDP splits, the first matching pattern wins: "input" is the first dimension
+# after a scanned stack's depth axis, "largest" the largest one the fsdp axis divides; either
+# falls back to replicated when the axis divides no candidate dimension.
+PARAM_RULES = (
+    (r"(^|/)qkv/kernel$", "input"),
+    (r"", "largest"),
+)
+_SPLIT_CHOICES = ("input", "largest")
 
 jax.config.update("jax_threefry_partitionable", True)
 
@@ -112,35 +127,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _is_qkv_kernel(path) -> bool:
-  names = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
-  return names[-2:] == ["qkv", "kernel"]
+def split_choice(path, rules=PARAM_RULES) -> str:
+  """The split ``rules`` give the parameter at ``path`` (a key path or a ``/``-joined string)."""
+  name = path if isinstance(path, str) else jax.tree_util.keystr(path, simple=True, separator="/")
+  for pattern, choice in rules:
+    if re.search(pattern, name):
+      if choice not in _SPLIT_CHOICES:
+        raise ValueError(f"sharding rule {pattern!r} -> {choice!r}: the split must be one of "
+                         f"{_SPLIT_CHOICES}")
+      return choice
+  raise ValueError(f"no sharding rule matches parameter {name}; end the rules with ('', 'largest')")
 
 
-def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int) -> P:
+def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int, rules=PARAM_RULES) -> P:
+  """The PartitionSpec of the parameter (or AdamW moment) at ``path`` on an fsdp axis of
+  ``fsdp_size`` (see the module docstring)."""
   from jepa_jax.models import layers  # pylint: disable=import-outside-toplevel (layers uses constrain)
-  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_fsdp_size:
-    return P()
   scanned = layers.is_scanned(path)
-  candidates = [(dim, i) for i, dim in enumerate(shape)
-                if dim % fsdp_size == 0 and not (scanned and i == 0)]
+  per_layer = shape[1:] if scanned else shape
+  if fsdp_size <= 1 or int(np.prod(per_layer, dtype=np.int64)) < min_fsdp_size:
+    return P()
+  first = 1 if scanned else 0
+  candidates = [(dim, i) for i, dim in enumerate(shape) if i >= first and dim % fsdp_size == 0]
   if not candidates:
     return P()
   _, axis = max(candidates)
-  first = 1 if scanned else 0
-  if _is_qkv_kernel(path) and any(i == first for _, i in candidates):
+  if split_choice(path, rules) == "input" and any(i == first for _, i in candidates):
     axis = first
   spec = [None] * len(shape)
   spec[axis] = "fsdp"
   return P(*spec)
 
 
-def state_shardings(mesh: Mesh, abstract_state: Any, min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE):
+def state_shardings(mesh: Mesh, abstract_state: Any, min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE,
+                    rules=PARAM_RULES):
   """NamedShardings for every leaf of a (train) state given as shapes (``jax.eval_shape``)."""
   fsdp = mesh.shape["fsdp"]
 
   def rule(path, leaf):
-    return NamedSharding(mesh, param_spec(path, leaf.shape, fsdp, min_fsdp_size))
+    return NamedSharding(mesh, param_spec(path, leaf.shape, fsdp, min_fsdp_size, rules))
 
   return jax.tree_util.tree_map_with_path(rule, abstract_state)
 
@@ -193,7 +218,8 @@ def constrain_input_split_weight_gradient(g: jax.Array) -> jax.Array:
   (``qkv`` kernels) to that split, so that XLA reduce-scatters it. Computed inside a custom VJP
   in a view of its own (``[D, 3, H, d]``), the gradient carries no hint of the parameter's split,
   and XLA all-reduces it whole and slices it afterwards. Unchanged without a mesh, or where the
-  rule keeps the weight whole (fewer than ``min_fsdp_size`` elements, or D not divisible)."""
+  rule keeps the weight whole (fewer than ``min_fsdp_size`` elements per layer, as in
+  ``param_spec``, or D not divisible)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] <= 1:
     return g

@@ -14,6 +14,7 @@ import pytest
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
+from jepa_jax import sharding as sharding_lib
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.data import synthetic
 from jepa_jax.eval import config as config_lib
@@ -474,3 +475,25 @@ def test_pretrained_vs_random_in_the_same_run(synthetic_dir, tiny_checkpoint, tm
       base["per_seed"][0]
   line = run_lib.versus_line(versus)
   assert line.startswith(f"pretrained {versus['pretrained']:.1f} ± ") and " vs random " in line
+
+
+def test_frozen_encoder_split_over_fsdp_gives_the_replicated_tokens():
+  """config.mesh.fsdp > 1 splits the frozen encoder's parameters by pretraining's rules
+  (sharding.state_shardings); the tokens equal those of the replicated encoder."""
+  from jepa_jax.eval.placement import Placer  # noqa: PLC0415
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (simulated) devices")
+  enc = tiny_encoder()
+  params = enc_lib.random_params(enc, 0)
+  video = np.random.default_rng(0).integers(0, 255, size=(8, 1, 1, 4, 32, 32, 3), dtype=np.uint8)
+  token_fn = enc_lib.make_token_fn(enc)
+  outs = []
+  for fsdp in (1, 8):
+    placer = Placer.from_config(tiny_eval_config(mesh=dict(fsdp=fsdp, min_fsdp_size=256)))
+    assert placer.mesh.shape["fsdp"] == fsdp
+    placed = placer.encoder_params(params)
+    split = [x for x in jax.tree_util.tree_leaves(placed) if not x.sharding.is_fully_replicated]
+    assert bool(split) == (fsdp > 1)
+    fn = jax.jit(sharding_lib.with_activation_sharding(token_fn, placer.mesh))
+    outs.append(np.asarray(fn(placed, placer.batch(video))))
+  np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)

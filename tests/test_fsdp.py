@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jepa_jax import sharding as sharding_lib
 from jepa_jax.pretrain import defaults, experiment
 from jepa_jax.models import layers
 
@@ -168,13 +169,15 @@ def test_fsdp_on_tpu_gathers_weights_in_the_compute_dtype(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
-@pytest.mark.parametrize("min_fsdp_size", [2**18, 2**30])
+@pytest.mark.parametrize("min_fsdp_size", [2**18, 2**20, 2**30])
 def test_qkv_weight_gradient_is_pinned_to_the_kernels_input_split(min_fsdp_size, monkeypatch):
   """The TPU attention computes the qkv gradient as [D, 3, H, d] inside its own VJP, where XLA
   sees no link to the kernel's split and all-reduces it whole (measured: ViT-H at fsdp 4, 1.17
   GiB per chip-step). The kernel is split along D, and the VJP pins the gradient to that split
-  (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no constraint. Lowered
-  for TPU as the AOT compile traces it (BENCHMARKS.md has the compiled figures)."""
+  (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no constraint. 2**20
+  lies between ViT-S's per-layer qkv kernel (442,368) and its 12-layer stack: the rule counts per
+  layer, as the VJP sees it, so the two agree. Lowered for TPU as the AOT compile traces it
+  (BENCHMARKS.md has the compiled figures)."""
   from jepa_jax import aot, sharding  # noqa: PLC0415
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   config = vit_s_config((1, 4), dtype="bfloat16")
@@ -196,3 +199,34 @@ def test_qkv_weight_gradient_is_pinned_to_the_kernels_input_split(min_fsdp_size,
   else:
     assert qkv.spec == jax.sharding.PartitionSpec(), qkv.spec
     assert not pinned, pinned
+
+
+def _specs(tree, fsdp: int, min_fsdp_size: int, rules=sharding_lib.PARAM_RULES):
+  mesh = sharding_lib.make_mesh(data=1, fsdp=fsdp, devices=jax.devices()[:fsdp])
+  abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), tree,
+                                    is_leaf=lambda x: isinstance(x, tuple))
+  return jax.tree_util.tree_map(lambda s: s.spec,
+                                sharding_lib.state_shardings(mesh, abstract, min_fsdp_size, rules))
+
+
+def test_parameter_split_follows_the_rules_table():
+  """``sharding.PARAM_RULES`` is data: a qkv kernel splits its input dimension, anything else its
+  largest divisible one; another table changes the split; the size threshold is per layer."""
+  P = jax.sharding.PartitionSpec
+  tree = {"attn": {"qkv": {"kernel": (64, 192)}}, "mlp": {"fc1": {"kernel": (64, 256)}},
+          "norm": {"scale": (64,)}}
+  specs = _specs(tree, 4, 1024)
+  assert specs["attn"]["qkv"]["kernel"] == P("fsdp", None)
+  assert specs["mlp"]["fc1"]["kernel"] == P(None, "fsdp")
+  assert specs["norm"]["scale"] == P()                      # 64 elements < 1024
+  fc1_by_input = ((r"(^|/)fc1/kernel$", "input"),) + sharding_lib.PARAM_RULES
+  assert _specs(tree, 4, 1024, fc1_by_input)["mlp"]["fc1"]["kernel"] == P("fsdp", None)
+  scanned = {"blocks": {"block": {"attn": {"qkv": {"kernel": (6, 64, 192)}}}}}
+  per_layer = 64 * 192
+  assert _specs(scanned, 4, per_layer)["blocks"]["block"]["attn"]["qkv"]["kernel"] == P(
+      None, "fsdp", None)
+  assert _specs(scanned, 4, per_layer + 1)["blocks"]["block"]["attn"]["qkv"]["kernel"] == P()
+  with pytest.raises(ValueError, match="one of"):
+    _specs(tree, 4, 1024, (("", "rows"),))
+  with pytest.raises(ValueError, match="no sharding rule matches"):
+    _specs(tree, 4, 1024, (("qkv", "input"),))

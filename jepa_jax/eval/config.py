@@ -7,6 +7,7 @@ change what differs. Any field can be overridden on the command line (``--config
 import ml_collections
 
 from jepa_jax import paths
+from jepa_jax import sharding
 from jepa_jax.data import default_data_config
 
 
@@ -68,6 +69,11 @@ def base_eval_config() -> ml_collections.ConfigDict:
       dtype="bfloat16",         # compute dtype; parameters are float32
       blocks_on="query",        # extra blocks after pooling (V-JEPA) | "tokens" before (V-JEPA 2)
   ))
+
+  # -- Devices: the batch is split over every device; with mesh.fsdp > 1 the frozen encoder's
+  # parameters are split over fsdp devices by pretraining's rules (jepa_jax.sharding.PARAM_RULES,
+  # tensors of at least min_fsdp_size elements per layer), for encoders one device cannot hold.
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1, min_fsdp_size=sharding.DEFAULT_MIN_FSDP_SIZE))
 
   # -- Probe optimisation (init_opt of the reference eval).
   c.epochs = 20

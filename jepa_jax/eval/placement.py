@@ -1,10 +1,12 @@
-"""Eval's device placement: the data-parallel mesh of ``jepa_jax.sharding`` (``fsdp = 1``), or
-the mesh a caller gives (fine-tuning's ``config.mesh``, whose parameters it shards itself).
+"""Eval's device placement: a ``(data, fsdp)`` mesh of ``jepa_jax.sharding`` (data-parallel by
+default), or the mesh a caller gives (fine-tuning's ``config.mesh``, whose state it shards
+itself).
 
 Batches are split along their leading axis over every device
-(``jax.make_array_from_process_local_data``, so several processes work too); parameters are
-replicated. A batch the device count does not divide (single process only) is replicated
-instead, which is correct, only slower.
+(``jax.make_array_from_process_local_data``, so several processes work too); a batch the device
+count does not divide (single process only) is replicated instead, which is correct, only
+slower. A frozen encoder's parameters follow pretraining's FSDP rules (``encoder_params``):
+replicated at ``fsdp = 1``, split over the fsdp devices otherwise; the probe's are replicated.
 """
 import jax
 import numpy as np
@@ -15,8 +17,9 @@ from jepa_jax import sharding
 class Placer:
   """Puts process-local host batches on the data mesh; replicates parameters; gathers rows."""
 
-  def __init__(self, mesh=None):
+  def __init__(self, mesh=None, min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE):
     self.mesh = sharding.make_mesh(data=-1, fsdp=1) if mesh is None else mesh
+    self.min_fsdp_size = min_fsdp_size
     self.num_devices = self.mesh.size
     self.split = sharding.batch_sharding(self.mesh)
     self.replicated = sharding.replicated(self.mesh)
@@ -33,6 +36,18 @@ class Placer:
 
   def replicate(self, tree):
     return jax.device_put(tree, self.replicated)
+
+  def encoder_params(self, tree):
+    """An encoder's parameters placed by ``sharding.state_shardings`` on this mesh."""
+    return jax.device_put(tree, sharding.state_shardings(self.mesh, tree, self.min_fsdp_size))
+
+  @classmethod
+  def from_config(cls, config) -> "Placer":
+    """The placement of an eval config's ``mesh`` (fsdp, min_fsdp_size); data takes the rest."""
+    mesh_config = config.get("mesh") or {}
+    fsdp = int(mesh_config.get("fsdp", 1))
+    return cls(sharding.make_mesh(data=-1, fsdp=fsdp),
+               int(mesh_config.get("min_fsdp_size", sharding.DEFAULT_MIN_FSDP_SIZE)))
 
   @staticmethod
   def gather(x) -> np.ndarray:

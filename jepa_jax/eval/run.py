@@ -22,8 +22,9 @@ accuracy, with every probe's under ``heads``. The reference trains its probes si
 one pass of the data; here they train one after another -- the same numbers, and with cached
 features the encoder still runs once, while streaming re-encodes the clips for each probe.
 
-Data parallelism: ``placement.Placer`` (the data mesh of ``jepa_jax.sharding``); batches are split
-over all devices, parameters replicated. The feature cache lives in ``features``.
+Devices: ``placement.Placer`` (``config.mesh``); batches are split over all devices, the
+encoder's parameters replicated or, with ``config.mesh.fsdp > 1``, split by pretraining's FSDP
+rules. The feature cache lives in ``features``.
 """
 import copy
 import dataclasses
@@ -230,9 +231,9 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  placer = Placer()
+  placer = Placer.from_config(config)
   encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
-  enc_params = placer.replicate(enc_params)
+  enc_params = placer.encoder_params(enc_params)
   train_spec, val_spec = resolve_indexes(config)
   train_labels = None
   try:
@@ -279,10 +280,9 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
       settings.append(summarize_runs(runs, fraction))
     if baseline_seeds:
       def cached(params, seed, rows_of):
-        train_c = extract_features(jit_tokens, placer.replicate(params), train_batches, placer,
-                                   cache_dtype)
-        val_c = extract_features(jit_tokens, placer.replicate(params), val_batches, placer,
-                                 cache_dtype)
+        params = placer.encoder_params(params)
+        train_c = extract_features(jit_tokens, params, train_batches, placer, cache_dtype)
+        val_c = extract_features(jit_tokens, params, val_batches, placer, cache_dtype)
         return cached_source(task, train_c.subset(rows_of(train_c.labels)), val_c, seed)
       baseline = random_baseline(task, encoder, baseline_seeds, max(fractions), cached, placer,
                                  workdir)
@@ -311,7 +311,8 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
           spec = lowshot.write_subset_index(
               train_spec, rows, os.path.join(workdir, "lowshot", f"random_{seed}.csv"))
           n = len(rows)
-        return streaming_source(task, spec, val_spec, n, seed, token_fn, placer.replicate(params))
+        return streaming_source(task, spec, val_spec, n, seed, token_fn,
+                                placer.encoder_params(params))
       baseline = random_baseline(task, encoder, baseline_seeds, fraction, streamed, placer, workdir)
 
   main = max(settings, key=lambda s: s["fraction"])
@@ -429,7 +430,7 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  placer = Placer()
+  placer = Placer.from_config(config)
   encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
   probe, probe_params, saved, eval_info = load_saved_probe(
       config.probe_checkpoint, encoder.embed_dim, config.probe.dtype)
@@ -452,7 +453,7 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
   state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
   _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
-                                          placer.replicate(enc_params), placer.mesh)
+                                          placer.encoder_params(enc_params), placer.mesh)
   sums = []
   for b in make_dataset(config, val_spec, train=False, batch_size=config.batch_size,
                         seed=config.seed, repeat=False, num_views=config.num_views):
