@@ -45,9 +45,9 @@ biased to early time steps. jepa_jax instead uses fixed ``K_ctx``, ``K_tgt`` per
   padding, no subsetting).
   Why the mean: about half the clips then fit entirely (padded), the others lose a random part of
   their tokens, so the model sees close to the reference's per-clip masks, while padding (pure
-  wasted compute) stays at 9% (short) / 16% (long) of K_ctx. A high quantile would waste far more
-  on padding; the reference's batch-24 minimum throws away 38% (short) / 67% (long) of the
-  context. ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means
+  wasted compute) stays a small part of K_ctx. A high quantile would waste far more on padding;
+  the reference's batch-24 minimum throws away a large part of the context (both measured in
+  BENCHMARKS.md, "Static mask sizes"). ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means
   (360 / 99 context) to match its compute, or with the grid size for no subsetting at all.
 * A clip with more valid tokens than K keeps a UNIFORMLY RANDOM subset of K (then sorted), so no
   time step or position is favoured. ``subset="first"`` keeps the first K sorted indices instead
@@ -356,7 +356,7 @@ def masks_from_grids(key, target: jax.Array, k_context: int, k_target: int,
   if subset == "random":
     # One sort serves both sets: context tokens first and target tokens last, each in a random
     # order; the first K of each are then a uniformly random K-subset (or the whole set). The key
-    # packs (is-target bit, random bits, token) into one uint32, since a plain sort is ~6x faster
+    # packs (is-target bit, random bits, token) into one uint32, since a plain sort is much faster
     # than an argsort on CPU. Equal random bits (p = 2^-rand_bits per pair) are broken by the
     # token index shifted by a random per-row offset, so even ties favour no frame.
     bits = jax.random.bits(key, (batch_size, num_tokens + 1), jnp.uint32)  # one threefry graph

@@ -26,8 +26,8 @@ Activations follow logical axes (MaxText's logical axis rules): the models name 
 dimensions (``constrain(x, ("batch", "length", "embed"))``) and ``ACTIVATION_RULES`` maps the
 names to mesh axes: the batch over every device, everything else whole. Left to itself, XLA's
 partitioner shards a block's activations over ``fsdp`` along the feature axis to match the
-weights and all-gathers the whole batch's activations around every matmul (ViT-H, fsdp 4 on
-v5p: 121.6 GiB of all-gathers per chip and step); pinned to the batch split, only the weights
+weights and all-gathers the whole batch's activations around every matmul (BENCHMARKS.md,
+"FSDP: activations stay sharded"); pinned to the batch split, only the weights
 move (all-gathered per use) and their gradients (reduce-scattered). The constraints apply while
 a step is traced inside ``activation_sharding(mesh)``; anywhere else (single-device callers, the
 pure loss, tests without a mesh) ``constrain`` returns its input unchanged.

@@ -136,12 +136,10 @@ def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> Dens
 # their intermediates: Flax's LayerNorm keeps ~3 float32 copies of its input ([B, N, D] each, for
 # statistics in float32) and the exact GELU ~2 more copies of the MLP hidden. Under ``nn.scan``
 # every kept intermediate is written to a per-layer stack in the forward and read back in the
-# backward (an unrolled stack lets XLA fuse them away; a scanned one cannot): the scanned
-# forward loops of ViT-L/16 at 24 clips kept 47 arrays per block, 31 with these two recomputed
-# (the loops' carried tuples in the CUDA lowering), and XLA:CPU's estimate of the whole step
-# (``bench/memory.py``, 24 clips per device, no remat) fell from 94.1 to 56.8 GiB. The
-# recomputation is element-wise work XLA fuses into the backward's kernels; numerics are
-# unchanged (the same ops run again on the same inputs).
+# backward (an unrolled stack lets XLA fuse them away; a scanned one cannot), so recomputing
+# them cuts the per-block residuals by about a third (BENCHMARKS.md, "Changes for the GPU
+# path"). The recomputation is element-wise work XLA fuses into the backward's kernels; numerics
+# are unchanged (the same ops run again on the same inputs).
 _RecomputedLayerNorm = nn.remat(nn.LayerNorm, prevent_cse=False)
 
 
@@ -403,8 +401,8 @@ def _head_major_qkv_fwd(q_scale, x, kernel, bias):
 
 def _head_major_qkv_bwd(q_scale, res, g):
   # The scale goes onto the weight-sized terms, never onto g: a scaled copy of g is a new
-  # activation-sized array (XLA:TPU relaid it out for the weight gradient, 6 GiB per step on
-  # ViT-L). The input gradient's weight is scaled after its cast, so FSDP still gathers it in
+  # activation-sized array (XLA:TPU relaid it out for the weight gradient; BENCHMARKS.md, "TPU
+  # attention"). The input gradient's weight is scaled after its cast, so FSDP still gathers it in
   # the compute dtype.
   x, kernel, bias = res
   scale = _qkv_scale(q_scale)
@@ -577,9 +575,9 @@ class Block(nn.Module):
 
 
 # "dots" keeps every matmul output, the attention logits included (and, under ``chunked``
-# attention, the logits of every chunk): measured on ViT-L/16 at 48 clips per device, 354 GiB of
-# temporaries against 188 GiB without remat. "dots_no_batch" keeps only the weight matmuls (no
-# batch dimensions) and recomputes attention: 67 GiB; "full" keeps block inputs only: 22 GiB.
+# attention, the logits of every chunk), which costs more memory than no remat at all;
+# "dots_no_batch" keeps only the weight matmuls (no batch dimensions) and recomputes attention;
+# "full" keeps block inputs only (each policy's memory: BENCHMARKS.md, "Per-device memory").
 # The weight matmuls are ``Dense``'s custom_vjp, which the dot policies cannot see into; they are
 # kept by name; without it both dot policies recomputed qkv, proj and fc1 in the backward, as
 # "full" does (BENCHMARKS.md, "TPU, compiled ahead of time").

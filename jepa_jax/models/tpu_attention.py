@@ -13,9 +13,9 @@ backward, so none of them is kept head-dimension-minor: q, k and v enter the ker
 ``fused_attention`` returns the output as ``[B, N, H * d]``, the layout the output projection
 reads. Its own VJP keeps exactly q, k, v, that output and one float32 log-sum-exp per query, and
 calls the kernel's fused backward with them (jax's public splash API keeps the head-minor output
-and takes no other residuals). On ViT-L at 24 clips per v5p chip this needs less memory than the
-``chunked`` path; Pallas' flash kernel, tried first, needed 79.7 GiB of temporaries, and the
-head-minor output alone cost 7.5 GiB (BENCHMARKS.md, "TPU attention").
+and takes no other residuals). This needs less memory than the ``chunked`` path, which Pallas'
+flash kernel, tried first, did not (BENCHMARKS.md, "TPU attention" and "Before: the Pallas flash
+kernel").
 
 The kernel takes no softmax scale: q arrives scaled (``SelfAttention``'s qkv projection applies
 it on its float32 accumulator, so bfloat16 q is rounded once, as in the other paths).
@@ -56,7 +56,7 @@ def _block_sizes(kv_len: int) -> splash.BlockSizes:
   """One fused backward kernel (dq, dk and dv in one pass: 10 rather than 14 matmul FLOPs per
   query-key pair and head dimension) whose key blocks span the whole key sequence: the fused
   kernel writes one partial dq per key block, ``[kv_len / block, B, H, N, d]``, which at 128-key
-  blocks was 13 times dq (2 GiB for ViT-L's predictor at 24 clips per chip)."""
+  blocks is ``kv_len / 128`` times dq (BENCHMARKS.md, "TPU attention")."""
   return splash.BlockSizes(
       block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK, block_q_dkv=BLOCK,
       block_kv_dkv=kv_len, block_kv_dkv_compute=BLOCK, use_fused_bwd_kernel=True,
