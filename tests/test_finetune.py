@@ -66,7 +66,7 @@ def test_layer_decay_scales_each_update():
   """The optimiser's update of a decayed layer is the top layer's update times its factor
   (same gradient, same Adam statistics)."""
   c = config_lib.base_finetune_config()
-  c.epochs, c.batch_size, c.optim.warmup_epochs, c.layer_decay = 1, 256, 0, 0.5
+  c.epochs, c.batch_size, c.optim.warmup, c.layer_decay = 1, 256, 0, 0.5
   g = jnp.ones((3, 3))
   params = {"encoder": {"patch_embed": {"kernel": g}, "stack": {"blocks_0": {"w": g}},
                         "norm": {"w": g}}, "head": {"w": g}}
@@ -197,7 +197,7 @@ def tiny_config(synthetic_dir, **overrides) -> ml_collections.ConfigDict:
   c.data.num_threads = 1
   c.test_segments, c.test_views = 2, 3
   c.batch_size, c.epochs, c.steps_per_epoch = 4, 2, 3
-  c.optim.warmup_epochs = 1
+  c.optim.warmup = 1
   c.drop_path = 0.2
   c.save.update(every=3, async_save=False)
   c.log_every, c.eval_every = 1, 1
@@ -275,7 +275,7 @@ def beats_frozen_config(synthetic_dir, freeze: bool) -> ml_collections.ConfigDic
   c.data.synthetic_num_videos, c.data.synthetic_seed = 64, 1
   c.data.probe_random_resize_scale = c.data.probe_random_resize_aspect_ratio = (1.0, 1.0)
   c.mixup.update(mixup_alpha=0.0, cutmix_alpha=0.0)
-  c.optim.update(lr=0.032, warmup_epochs=1)    # 1e-3 at batch 8
+  c.optim.update(lr=0.032, warmup=1)    # 1e-3 at batch 8
   c.save.every = 10_000
   return c
 
@@ -381,7 +381,7 @@ def _fsdp_config(synthetic_dir, fsdp, **overrides):
 def _one_step(synthetic_dir, fsdp):
   from jepa_jax.eval import placement  # noqa: PLC0415
   c = _fsdp_config(synthetic_dir, fsdp)
-  c.optim.update(warmup_epochs=0, lr=0.64)   # 0.01 at batch 4: an update the comparison sees
+  c.optim.update(warmup=0, lr=0.64)   # 0.01 at batch 4: an update the comparison sees
   mesh = run_lib.make_mesh(c)
   model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
   state = model.init_state()

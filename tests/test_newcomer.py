@@ -34,7 +34,7 @@ import pytest
 from test_readme import REPO, readme_commands
 
 DEMO_WORKDIR = "workdir/demo"
-FINETUNE_SHORTER = "--config.epochs=2 --config.optim.warmup_epochs=1"
+FINETUNE_SHORTER = "--config.epochs=2 --config.optim.warmup=1"
 INSTALL = re.compile(r"^(python3? -m venv |\. \.venv/bin/activate|source \.venv/bin/activate|pip install )")
 # Real-scale commands, parsed but not run: what in them needs what the test does not have.
 SKIP = {

@@ -55,7 +55,7 @@ def get_config():
   # frozen probe catches up), at 3x the time.
   c.epochs = 10
   c.optim.lr = 0.016              # per 256 clips: 1e-3 at batch 16, the frozen demo probe's LR
-  c.optim.warmup_epochs = 3
+  c.optim.warmup = 3
   c.drop_path = 0.1
   c.save.every = 60
   c.log_every = 20

@@ -56,9 +56,9 @@ def get_config():
   c.layer_decay = 0.75                         # [code]
   c.optim.update(
       lr=2e-3,                                 # [script], per 256 clips: x 128/256 = 1e-3
-      warmup_lr=1e-6, min_lr=1e-6,             # [code], also scaled by batch / 256
+      start_lr=1e-6, final_lr=1e-6,            # [code] warmup_lr, min_lr; scaled by batch / 256
       lr_batch_base=256,                       # [code] the LR rule
-      warmup_epochs=5,                         # [code]
+      warmup=5,                                # [code] warmup_epochs
       weight_decay=0.05,                       # [script] (constant: weight_decay_end None)
       b1=0.9, b2=0.999, eps=1e-8,              # [script] betas, [code] eps
       clip_grad=None)                          # [code]

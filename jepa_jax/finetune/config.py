@@ -57,12 +57,14 @@ def base_finetune_config() -> ml_collections.ConfigDict:
                                            switch_prob=0.5))
   c.layer_decay = 0.75
 
-  # -- Optimisation (lr, warmup_lr, min_lr are per 256 clips: scaled by batch_size / 256).
+  # -- Optimisation, in pretraining's and eval's schedule vocabulary (VideoMAE's names: warmup_lr
+  # is start_lr, min_lr is final_lr, warmup_epochs is warmup). lr, start_lr and final_lr are per
+  # 256 clips: scaled by batch_size / lr_batch_base.
   c.epochs = 30
   c.batch_size = 64              # global
   c.steps_per_epoch = None       # None = training examples // batch_size
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_lr=1e-6, min_lr=1e-6, lr_batch_base=256, warmup_epochs=5,
+      lr=1e-3, start_lr=1e-6, final_lr=1e-6, lr_batch_base=256, warmup=5,   # warmup in epochs
       weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, clip_grad=None))
 
   # -- Devices: pretraining's mesh and sharding rules (jepa_jax.sharding). The batch is split over

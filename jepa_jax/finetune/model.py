@@ -121,13 +121,13 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
 
 def optim_config(config, steps_per_epoch: int) -> optim.OptimConfig:
-  """The project's schedules (``optim.learning_rate``: linear warm-up, cosine to ``min_lr``;
-  constant weight decay) with VideoMAE's LR scaling ``lr * batch / 256``."""
+  """The project's schedules (``optim.learning_rate``: linear warm-up from ``start_lr``, cosine
+  to ``final_lr``; constant weight decay) with VideoMAE's LR scaling ``lr * batch / 256``."""
   o = config.optim
   scale = config.batch_size / o.lr_batch_base
   return optim.OptimConfig(
-      epochs=config.epochs, ipe=steps_per_epoch, ipe_scale=1.0, warmup=o.warmup_epochs,
-      start_lr=o.warmup_lr * scale, lr=o.lr * scale, final_lr=o.min_lr * scale,
+      epochs=config.epochs, ipe=steps_per_epoch, ipe_scale=1.0, warmup=o.warmup,
+      start_lr=o.start_lr * scale, lr=o.lr * scale, final_lr=o.final_lr * scale,
       weight_decay=o.weight_decay, final_weight_decay=o.weight_decay, clip_grad=o.clip_grad,
       b1=o.b1, b2=o.b2, eps=o.eps)
 
