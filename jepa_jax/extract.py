@@ -71,6 +71,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from jepa_jax import cli, paths
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def window_plan(num_video_frames: int, num_frames: int, window: int, stride: int
                 last: str = "pad") -> list:
   """The windows of a ``num_video_frames``-frame video (module docstring)."""
   if window < 1 or stride < 1:
-    raise ValueError(f"--window {window} and --stride {stride} must be positive")
+    raise ConfigError(f"--window {window} and --stride {stride} must be positive")
   if last not in ("pad", "drop"):
-    raise ValueError(f"--last must be 'pad' or 'drop', got {last!r}")
+    raise ConfigError(f"--last must be 'pad' or 'drop', got {last!r}")
   n = int(num_video_frames)
   offsets = clip_offsets(window, num_frames)
   starts = list(range(0, max(n - window, -1) + 1, stride)) if n >= window else []
@@ -311,12 +312,12 @@ class Settings:
 
 def settings_from_args(args) -> Settings:
   if args.pool == "probe" and not args.probe:
-    raise ValueError("--pool probe needs --probe PROBE_DIR (a saved attentive probe)")
+    raise ConfigError("--pool probe needs --probe PROBE_DIR (a saved attentive probe)")
   if args.probe and args.pool != "probe":
-    raise ValueError("--probe is only used with --pool probe")
+    raise ConfigError("--probe is only used with --pool probe")
   window = args.window or 0
   if (args.stride or args.last != "pad") and not window:
-    raise ValueError("--stride/--last apply to sliding windows: give --window too")
+    raise ConfigError("--stride/--last apply to sliding windows: give --window too")
   if window and window < args.frames:
     log.warning("--window %d is shorter than --frames %d: frames repeat in each clip", window,
                 args.frames)
@@ -372,8 +373,8 @@ class Output:
       if old != json.loads(json.dumps(meta)):
         changed = sorted(k for k in set(old) | set(meta) if old.get(k) != json.loads(
             json.dumps(meta)).get(k))
-        raise ValueError(f"{out} holds features extracted with other settings ({changed} "
-                         "differ); choose another --out or delete it")
+        raise ConfigError(f"{out} holds features extracted with other settings ({changed} "
+                          "differ); choose another --out or delete it")
     else:
       _write_atomic(meta_path, json.dumps(meta, indent=1).encode())
     self.done = self._read_done()
@@ -444,8 +445,8 @@ def run(args) -> dict:
   from jepa_jax.data import decode  # noqa: PLC0415
   from jepa_jax.eval.placement import Placer  # noqa: PLC0415
   if jax.process_count() > 1:
-    raise ValueError("extract runs as one process (it uses every local device); split the "
-                     "videos into one index file per host instead")
+    raise ConfigError("extract runs as one process (it uses every local device); split the "
+                      "videos into one index file per host instead")
   settings = settings_from_args(args)
   srcs = open_sources(args.sources, args.tfds_data_dir)
   items = items_of(srcs)
@@ -585,12 +586,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-  try:
-    counts = run(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  counts, status = cli.run_or_report(lambda: run(args))
+  if status:
+    return status
   print(f"{counts['done']} videos extracted ({counts['windows']} windows), "
         f"{counts['skipped_done']} already done, {counts['failed']} unreadable: {args.out}")
   return 0

@@ -32,11 +32,13 @@ counted (exit status 1 if any).
 import argparse
 import json
 import logging
+import os
 import sys
 
 import numpy as np
 
 from jepa_jax import cli, paths
+from jepa_jax.errors import ConfigError, InputNotFoundError
 from jepa_jax.extract import int_list
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_label_names(path: str, num_classes: int) -> list:
+  if not os.path.isfile(path):
+    raise InputNotFoundError(f"--labels {path}: no such file; give a text file with one class "
+                             "name per line")
   with open(path) as f:
     names = [line.strip() for line in f if line.strip()]
   if len(names) != num_classes:
-    raise ValueError(f"{path} names {len(names)} classes but the probe has {num_classes}; give one "
-                     "name per line, in the order of the probe's class indices")
+    raise ConfigError(f"{path} names {len(names)} classes but the probe has {num_classes}; give "
+                      "one name per line, in the order of the probe's class indices")
   return names
 
 
@@ -170,8 +175,8 @@ def finetuned_classifier(args):
   from jepa_jax.finetune import model as ft_model  # noqa: PLC0415
   from jepa_jax.finetune import run as ft_run  # noqa: PLC0415
   if args.feature_layer is not None:
-    raise ValueError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
-                     "the encoder's output: drop it, or give --probe")
+    raise ConfigError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
+                      "the encoder's output: drop it, or give --probe")
   saved = ckpt_lib.read_config(args.checkpoint)
   data = saved.get("data") or {}
   protocol = dict(frames_per_clip=data.get("num_frames"), frame_step=data.get("frame_step"),
@@ -207,9 +212,9 @@ def predict(args) -> tuple[list, list]:
   else:
     kind = ckpt_lib.checkpoint_kind(args.checkpoint)
     if kind != ckpt_lib.FINETUNE:
-      raise ValueError(f"--probe is needed: {args.checkpoint} is a {kind} checkpoint, an encoder "
-                       "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
-                       "as --checkpoint")
+      raise ConfigError(f"--probe is needed: {args.checkpoint} is a {kind} checkpoint, an encoder "
+                        "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
+                        "as --checkpoint")
     config, source, classify, params, num_classes = finetuned_classifier(args)
   names = class_names(args.labels, args.probe, num_classes)
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
@@ -260,12 +265,10 @@ def format_predictions(predictions: list) -> str:
 def main(argv=None) -> int:
   cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
   args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-  try:
-    predictions, failures = predict(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  result, status = cli.run_or_report(lambda: predict(args))
+  if status:
+    return status
+  predictions, failures = result
   print(format_predictions(predictions))
   if args.json:
     with open(args.json, "w") as f:

@@ -40,6 +40,7 @@ import numpy as np
 from jepa_jax import cli
 from jepa_jax import extract
 from jepa_jax import paths
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def future_masks(grid, future: int):
   from jepa_jax import masks as masks_lib  # noqa: PLC0415
   t, h, w = grid
   if not 0 < future < t:
-    raise ValueError(f"--future {future} must leave context: between 1 and {t - 1} of the clip's "
-                     f"{t} token time steps")
+    raise ConfigError(f"--future {future} must leave context: between 1 and {t - 1} of the clip's "
+                      f"{t} token time steps")
   split = (t - future) * h * w
   context, target = jnp.arange(split)[None], jnp.arange(split, t * h * w)[None]
   return masks_lib.Masks(context, jnp.ones(context.shape, bool), target,
@@ -157,8 +158,8 @@ def run(args) -> dict:
   if args.config_mask is not None:
     cfgs = config_lib.mask_configs(config, grid)
     if not 0 <= args.config_mask < len(cfgs):
-      raise ValueError(f"--config-mask {args.config_mask}: the config has {len(cfgs)} masks "
-                       f"(0..{len(cfgs) - 1})")
+      raise ConfigError(f"--config-mask {args.config_mask}: the config has {len(cfgs)} masks "
+                        f"(0..{len(cfgs) - 1})")
     masks = jax.jit(masks_lib.sample_masks, static_argnums=(1, 2, 3))(
         jax.random.PRNGKey(args.seed), 1, tuple(grid), (cfgs[args.config_mask],))[0]
     token = config_lib.mask_token_ids(config)[args.config_mask]
@@ -190,7 +191,7 @@ def run(args) -> dict:
       unreadable += 1
       continue
     if not windows:
-      raise ValueError(f"{video} is an image; the surprise timeline needs a video")
+      raise ConfigError(f"{video} is an image; the surprise timeline needs a video")
     errors = window_errors(error_fn, params, target_params, clips, args.batch_size)
     record = dict(video=video, **info, num_frames=n, fps=fps,
                   clip=dict(frames=d.num_frames, frame_step=d.frame_step,

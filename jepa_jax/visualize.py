@@ -45,6 +45,7 @@ import numpy as np
 from jepa_jax import cli
 from jepa_jax import extract
 from jepa_jax import paths
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def fit_basis(tokens: np.ndarray) -> Basis:
   """The first 3 principal components of ``tokens [M, D]`` and their colour scales."""
   x = np.asarray(tokens, np.float64).reshape(-1, tokens.shape[-1])
   if x.shape[0] < 4 or x.shape[1] < 3:
-    raise ValueError(f"cannot fit 3 colour components to {x.shape[0]} tokens of width "
-                     f"{x.shape[1]}; give more clips to --fit")
+    raise ConfigError(f"cannot fit 3 colour components to {x.shape[0]} tokens of width "
+                      f"{x.shape[1]}; give more clips to --fit")
   mean = x.mean(axis=0)
   _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
   comps = vt[:3]
@@ -100,13 +101,13 @@ def load_basis(path: str, width: int, layer: Optional[int] = None) -> Basis:
     basis = Basis(**{k.name: f[k.name] for k in dataclasses.fields(Basis)})
     fitted = int(f["layer"]) if "layer" in f else -1
   if basis.mean.shape != (width,):
-    raise ValueError(f"--basis {path} was fitted on {basis.mean.shape[0]}-wide tokens but this "
-                     f"encoder makes {width}-wide ones; fit a new one with --fit")
+    raise ConfigError(f"--basis {path} was fitted on {basis.mean.shape[0]}-wide tokens but this "
+                      f"encoder makes {width}-wide ones; fit a new one with --fit")
   if fitted != (-1 if layer is None else layer):
     name = lambda k: "the output" if k == -1 else f"block {k}"  # noqa: E731
-    raise ValueError(f"--basis {path} was fitted on {name(fitted)}'s tokens, not "
-                     f"{name(-1 if layer is None else layer)}'s; give the same --layer or fit a "
-                     "new basis with --fit")
+    raise ConfigError(f"--basis {path} was fitted on {name(fitted)}'s tokens, not "
+                      f"{name(-1 if layer is None else layer)}'s; give the same --layer or fit a "
+                      "new basis with --fit")
   return basis
 
 
@@ -216,8 +217,8 @@ def probe_dir(path: str) -> str:
     return path
   found = sorted(os.listdir(runs))
   if len(found) != 1:
-    raise ValueError(f"{path} holds {len(found)} probes ({', '.join(found)}); give one of them: "
-                     f"--probe {os.path.join(runs, found[0] if found else '<run>')}")
+    raise ConfigError(f"{path} holds {len(found)} probes ({', '.join(found)}); give one of them: "
+                      f"--probe {os.path.join(runs, found[0] if found else '<run>')}")
   return os.path.join(runs, found[0])
 
 
@@ -281,7 +282,7 @@ def run(args) -> dict:
     else:
       fit = [tokens for _, _, tokens in shown]
     if not fit:
-      raise ValueError("no readable clip to fit the colour basis on")
+      raise ConfigError("no readable clip to fit the colour basis on")
     basis = fit_basis(np.concatenate(fit))
     if args.basis:
       save_basis(args.basis, basis, args.layer)

@@ -42,11 +42,15 @@ import os
 import av
 import numpy as np
 
+from jepa_jax.errors import ConfigError, UserError
+
 SHORT_POLICIES = ("pad", "skip")
 
 
-class VideoReadError(Exception):
-  """A sample that cannot be used, with a short machine-readable ``reason``."""
+class VideoReadError(UserError):
+  """A sample that cannot be used, with a short machine-readable ``reason``. The pipelines
+  count and skip these; a tool that reads one named file reports it as the user's data."""
+  label = "Data error"
 
   def __init__(self, reason: str, detail: str = ""):
     super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -81,7 +85,7 @@ def clip_frame_indices(
   ``rng`` None means eval (segment centres); see the module docstring for the rules.
   """
   if short_policy not in SHORT_POLICIES:
-    raise ValueError(f"short_policy must be one of {SHORT_POLICIES}, got {short_policy!r}")
+    raise ConfigError(f"short_policy must be one of {SHORT_POLICIES}, got {short_policy!r}")
   n = int(num_video_frames)
   if n <= 0:
     raise VideoReadError("no_frames", "video has no frames")

@@ -146,7 +146,7 @@ def markdown(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--pretrained", required=True, help="the pretraining workdir (or checkpoint dir)")
   p.add_argument("--out", default="results_compare.json")
@@ -164,6 +164,11 @@ def main(argv=None):
                  help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
   cli.setup_logging()
+  _, status = cli.run_or_report(lambda: compare_command(args, argv))
+  return status
+
+
+def compare_command(args, argv) -> None:
   config = load_config(args.config) if args.config else config_lib.demo_eval_config()
   if args.epochs:
     config.epochs = args.epochs
@@ -188,4 +193,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   import sys
-  main(sys.argv[1:])
+  sys.exit(main(sys.argv[1:]))

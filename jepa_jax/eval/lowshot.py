@@ -11,16 +11,18 @@ import os
 
 import numpy as np
 
+from jepa_jax.errors import ConfigError
+
 
 def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
   """Sorted indices into ``labels`` of a per-class balanced ``fraction`` (all for fraction >= 1)."""
   labels = np.asarray(labels)
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"low-shot fraction must be in (0, 1], got {fraction}")
+    raise ConfigError(f"low-shot fraction must be in (0, 1], got {fraction}")
   if fraction >= 1.0:
     return np.arange(len(labels))
   if np.any(labels < 0):
-    raise ValueError("low-shot splits need labelled data; the index has unlabelled (-1) entries")
+    raise ConfigError("low-shot splits need labelled data; the index has unlabelled (-1) entries")
   keep = []
   for c in np.unique(labels):
     members = np.flatnonzero(labels == c)

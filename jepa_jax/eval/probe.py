@@ -38,6 +38,7 @@ from flax.training import train_state
 from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
+from jepa_jax.errors import ConfigError
 
 PROBE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
 
@@ -50,7 +51,7 @@ def probe_config(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg
   """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it."""
   heads = probe_cfg.num_heads or encoder_heads
   if embed_dim % heads:
-    raise ValueError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
+    raise ConfigError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
   return dict(num_classes=int(num_classes), num_heads=int(heads),
               mlp_ratio=float(probe_cfg.mlp_ratio), depth=int(probe_cfg.depth), num_queries=1,
               embed_dim=int(embed_dim), blocks_on=probe_cfg.get("blocks_on", "query"))
@@ -65,7 +66,7 @@ def probe_from_config(saved: dict, dtype: str = "float32"):
   """The probe module of a saved probe config (``probe_config``, or a converted probe's)."""
   models.dtype_of(dtype, "config.probe.dtype", PROBE_DTYPES)
   if int(saved.get("num_queries", 1)) != 1:
-    raise ValueError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
+    raise ConfigError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
   return _probe(int(saved["num_classes"]), int(saved["num_heads"]), float(saved["mlp_ratio"]),
                 int(saved["depth"]), dtype, saved.get("blocks_on", "query"))
 
@@ -133,7 +134,7 @@ def _optimizer(optim_items: tuple, total_steps: int, steps_per_epoch: int):
   cfg = ml_collections.ConfigDict(dict(optim_items))
   decay_on = cfg.get("weight_decay_on", "weights")
   if decay_on not in ("weights", "all"):
-    raise ValueError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
+    raise ConfigError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
   adamw = optax.adamw(lr_schedule(cfg, total_steps, steps_per_epoch), b1=cfg.b1, b2=cfg.b2,
                       eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps),
                       mask=decay_mask if decay_on == "weights" else None)
@@ -169,7 +170,7 @@ def aggregate_views(logits, mode: str = "softmax"):
     return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=1)
   if mode == "logits":
     return jnp.mean(logits.astype(jnp.float32), axis=1)
-  raise ValueError(f"config.view_aggregation must be 'softmax' or 'logits', got {mode!r}")
+  raise ConfigError(f"config.view_aggregation must be 'softmax' or 'logits', got {mode!r}")
 
 
 def view_logits(apply_fn, params, tokens):

@@ -44,6 +44,7 @@ from jepa_jax import data as data_lib
 from jepa_jax import paths
 from jepa_jax import sharding
 from jepa_jax.data import sources as sources_lib
+from jepa_jax.errors import ConfigError
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import probe as probe_lib
@@ -63,11 +64,11 @@ def resolve_indexes(config) -> tuple[str, str]:
   """(train, val) source specs; the synthetic set's per-label split files when none are given."""
   if config.train_index:
     if not config.val_index:
-      raise ValueError("config.train_index is set but config.val_index is empty")
+      raise ConfigError("config.train_index is set but config.val_index is empty")
     return config.train_index, config.val_index
   if not config.data.synthetic_dir:
-    raise ValueError("set config.train_index/config.val_index (index files, directories or "
-                     "tfds:name@split), or config.data.synthetic_dir for the synthetic set")
+    raise ConfigError("set config.train_index/config.val_index (index files, directories or "
+                      "tfds:name@split), or config.data.synthetic_dir for the synthetic set")
   index = data_lib.ensure_synthetic(config.data.synthetic_dir, config.data.synthetic_num_videos,
                                     config.data.synthetic_seed)
   root = os.path.dirname(index)
@@ -76,8 +77,8 @@ def resolve_indexes(config) -> tuple[str, str]:
   paths = [os.path.join(root, f"{split}{suffix}.csv") for split in ("train", "val")]
   for p in paths:
     if not os.path.exists(p):
-      raise ValueError(f"no synthetic index {p}: config.synthetic_label must be one of motion, "
-                       "direction, speed, rotation, shape, colour")
+      raise ConfigError(f"no synthetic index {p}: config.synthetic_label must be one of motion, "
+                        "direction, speed, rotation, shape, colour")
   return paths[0], paths[1]
 
 
@@ -94,7 +95,7 @@ def make_dataset(config, spec: str, *, train: bool, batch_size: int, seed: int, 
   """Per-process batches of ``spec`` (``batch_size`` is global)."""
   nproc = jax.process_count()
   if batch_size % nproc:
-    raise ValueError(f"batch size {batch_size} is not divisible by the {nproc} processes")
+    raise ConfigError(f"batch size {batch_size} is not divisible by the {nproc} processes")
   return data_lib.make_eval_dataset(
       config.data, spec, batch_size=batch_size // nproc, num_segments=config.num_segments,
       frames_per_clip=config.data.num_frames, frame_step=config.data.frame_step,
@@ -224,9 +225,9 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   if not config.get("train", True):
     return evaluate_saved_probe(config, workdir, encoder_bundle=encoder_bundle, write=write)
   if config.get("probe_checkpoint"):
-    raise ValueError("config.probe_checkpoint is set but config.train is True: set "
-                     "config.train=False to evaluate that probe, or drop probe_checkpoint to "
-                     "train a new one")
+    raise ConfigError("config.probe_checkpoint is set but config.train is True: set "
+                      "config.train=False to evaluate that probe, or drop probe_checkpoint to "
+                      "train a new one")
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
@@ -242,17 +243,17 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   num_classes = config.num_classes
   if num_classes is None:
     if train_labels is None:
-      raise ValueError("set config.num_classes: the training labels could not be read up front")
+      raise ConfigError("set config.num_classes: the training labels could not be read up front")
     num_classes = int(train_labels.max()) + 1
   if train_labels is not None and train_labels.max() >= num_classes:
-    raise ValueError(f"the training index has label {int(train_labels.max())} but "
-                     f"config.num_classes is {num_classes}")
+    raise ConfigError(f"the training index has label {int(train_labels.max())} but "
+                      f"config.num_classes is {num_classes}")
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
   task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config, info)
   fractions = [float(f) for f in config.lowshot.fractions]
   seeds = [int(s) for s in config.lowshot.seeds]
   if any(f < 1.0 for f in fractions) and train_labels is None:
-    raise ValueError(f"low-shot splits need the labels of {train_spec} (an index file)")
+    raise ConfigError(f"low-shot splits need the labels of {train_spec} (an index file)")
 
   baseline_seeds = [int(s) for s in (config.get("random_baseline_seeds") or ())]
   settings, baseline = [], None
@@ -397,8 +398,9 @@ def load_saved_probe(path: str, embed_dim: int, dtype: str):
   """``(probe module, params, probe_config, eval info or None)`` of a probe checkpoint, checked
   against the encoder's width."""
   if not path:
-    raise ValueError("config.train=False needs config.probe_checkpoint: a probe directory (an eval "
-                     "run's probes/<run>, or python -m jepa_jax.convert --kind probe --out DIR)")
+    raise ConfigError("config.train=False needs config.probe_checkpoint: a probe directory (an "
+                      "eval run's probes/<run>, or python -m jepa_jax.convert --kind probe --out "
+                      "DIR)")
   params, saved = ckpt_lib.load_probe(path)
   if int(saved["embed_dim"]) != embed_dim:
     raise ckpt_lib.CheckpointError(
@@ -435,9 +437,9 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
       config.probe_checkpoint, encoder.embed_dim, config.probe.dtype)
   num_classes = int(saved["num_classes"])
   if config.num_classes is not None and int(config.num_classes) != num_classes:
-    raise ValueError(f"config.num_classes is {config.num_classes} but the probe "
-                     f"{config.probe_checkpoint} has {num_classes} classes; set "
-                     f"--config.num_classes={num_classes} (or None)")
+    raise ConfigError(f"config.num_classes is {config.num_classes} but the probe "
+                      f"{config.probe_checkpoint} has {num_classes} classes; set "
+                      f"--config.num_classes={num_classes} (or None)")
   for diff in protocol_differences((eval_info or {}).get("protocol"), protocol(config)):
     log.warning("the probe was trained with another protocol: %s", diff)
   val_spec = resolve_val_index(config)
@@ -447,8 +449,8 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
     log.warning("could not read the labels of %s up front (%s)", val_spec, e)
     val_labels = None
   if val_labels is not None and len(val_labels) and val_labels.max() >= num_classes:
-    raise ValueError(f"the validation index has label {int(val_labels.max())} but the probe has "
-                     f"{num_classes} classes: the index and the probe number classes differently")
+    raise ConfigError(f"the validation index has label {int(val_labels.max())} but the probe has "
+                      f"{num_classes} classes: the index and the probe number classes differently")
   token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
   state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
   _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
@@ -485,8 +487,8 @@ def grid_tasks(task: ProbeTask) -> list[tuple[str, ProbeTask]]:
   for i, overrides in enumerate(grid):
     unknown = set(dict(overrides)) - set(task.config.optim)
     if unknown:
-      raise ValueError(f"config.probe_grid[{i}] sets {sorted(unknown)}, which config.optim does "
-                       "not have")
+      raise ConfigError(f"config.probe_grid[{i}] sets {sorted(unknown)}, which config.optim does "
+                        "not have")
     c = copy.deepcopy(task.config)
     c.optim.update(dict(overrides))
     out.append((f"_head{i}", dataclasses.replace(task, config=c)))

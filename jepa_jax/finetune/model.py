@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jepa_jax import models, optim
+from jepa_jax.errors import ConfigError
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.models import layers
 
@@ -51,7 +52,7 @@ class MeanPoolClassifier(nn.Module):
 def build_head(config, num_classes: int, embed_dim: int, encoder_heads: int):
   kind = config.head.kind
   if kind not in HEADS:
-    raise ValueError(f"config.head.kind must be one of {HEADS}, got {kind!r}")
+    raise ConfigError(f"config.head.kind must be one of {HEADS}, got {kind!r}")
   if kind == "attentive":
     return probe_lib.build_probe(num_classes, embed_dim, encoder_heads, config.head)
   return MeanPoolClassifier(num_classes, config.head.init_scale,

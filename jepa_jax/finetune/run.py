@@ -42,6 +42,7 @@ from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import sharding
 from jepa_jax.data import normalize as normalize_lib
+from jepa_jax.errors import ConfigError
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.eval import run as eval_run
@@ -166,8 +167,8 @@ def steps_per_epoch(config, num_train: int) -> int:
     return int(config.steps_per_epoch)
   steps = num_train // config.batch_size
   if steps < 1:
-    raise ValueError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
-                     "training examples; lower it or set config.steps_per_epoch")
+    raise ConfigError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
+                      "training examples; lower it or set config.steps_per_epoch")
   return steps
 
 
@@ -215,8 +216,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   train_labels = eval_run.source_labels(train_spec, config.data.tfds_data_dir)
   num_classes = config.num_classes or int(train_labels.max()) + 1
   if train_labels.max() >= num_classes:
-    raise ValueError(f"the training index has label {int(train_labels.max())} but "
-                     f"config.num_classes is {num_classes}")
+    raise ConfigError(f"the training index has label {int(train_labels.max())} but "
+                      f"config.num_classes is {num_classes}")
   ipe = steps_per_epoch(config, len(train_labels))
   total = int(config.epochs * ipe)
 
@@ -236,7 +237,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
 
   nproc = jax.process_count()
   if config.batch_size % nproc:
-    raise ValueError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
+    raise ConfigError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
   dataset = data_lib.make_eval_dataset(
       config.data, train_spec, batch_size=config.batch_size // nproc, num_segments=1,
       num_views=1, train=True, seed=config.seed, shard_index=jax.process_index(),
