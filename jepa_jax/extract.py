@@ -132,38 +132,6 @@ def _crop(frames: np.ndarray, crop: int) -> np.ndarray:
   return transforms.eval_views(frames, crop, 1)[0]
 
 
-def decode_frames(path: str, wanted) -> tuple[dict, int]:
-  """``({index: uint8 [H, W, 3]} for indices where wanted(i), decoded frame count)``; decodes the
-  whole video once, keeping only the frames asked for and the last one (for padding)."""
-  import av  # noqa: PLC0415
-  from jepa_jax.data import decode  # noqa: PLC0415
-  if not os.path.exists(path):
-    raise decode.VideoReadError("missing", "file not found")
-  try:
-    container = av.open(path, metadata_errors="ignore")
-  except Exception as e:  # noqa: BLE001 -- PyAV raises many error types for bad files
-    raise decode.VideoReadError("open_error", f"{type(e).__name__}: {e}") from None
-  kept, last, n = {}, None, 0
-  try:
-    stream, _, _, _ = decode.probe(container)
-    for frame in container.decode(stream):
-      last = frame
-      if wanted(n):
-        kept[n] = frame.to_ndarray(format="rgb24")
-      n += 1
-  except decode.VideoReadError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise decode.VideoReadError("decode_error", f"{type(e).__name__}: {e}") from None
-  finally:
-    container.close()
-  if n == 0:
-    raise decode.VideoReadError("no_frames", "no decodable frame")
-  if n - 1 not in kept:
-    kept[n - 1] = last.to_ndarray(format="rgb24")
-  return kept, n
-
-
 def read_windows(source, i: int, settings) -> tuple[np.ndarray, list, int]:
   """``(uint8 clips [W, T, crop, crop, 3], windows, decoded frame count)`` of source item ``i``."""
   from jepa_jax.data import decode  # noqa: PLC0415
@@ -187,7 +155,7 @@ def read_windows(source, i: int, settings) -> tuple[np.ndarray, list, int]:
   if source.kind == "video_file":
     def wanted(k):
       return any(k >= o and (k - o) % s.stride == 0 for o in offsets)
-    frames, n = decode_frames(source.path(i), wanted)
+    frames, n = decode.read_frames(source.path(i), wanted)
   else:
     array, _ = source.get(i)
     array = np.asarray(array)

@@ -226,6 +226,31 @@ def test_bad_videos_are_skipped_and_counted_and_settings_are_checked(tiny, tmp_p
   assert "--probe" in capsys.readouterr().err
 
 
+def test_empty_and_corrupt_files_give_the_pipelines_message(tiny, tmp_path):
+  """Both of extract's reads (the centred clip, and the whole decode of --window) go through
+  data/decode.py, so an empty or corrupt file is refused with the reason and detail the
+  training and eval pipelines give (their ``VideoReadError``); the --window read had its own
+  decoder, which opened an empty file and reported PyAV's error instead of ``empty_file``."""
+  from jepa_jax.data import decode  # noqa: PLC0415
+  ckpt, _, videos = tiny
+  empty, corrupt = tmp_path / "empty.mp4", tmp_path / "corrupt.mp4"
+  empty.write_bytes(b"")
+  corrupt.write_bytes(b"\x00\x01 not a video" * 20)
+  pipeline = {}
+  for path in (empty, corrupt):
+    with pytest.raises(decode.VideoReadError) as e:
+      decode.read_video_clips(str(path), 4, 2)
+    pipeline[str(path)] = str(e.value)
+  assert pipeline[str(empty)] == "empty_file: zero bytes"
+  assert pipeline[str(corrupt)].startswith("open_error: ")
+  for k, extra in enumerate(([], ["--window", "8"])):
+    out = tmp_path / f"o{k}"
+    assert extract.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, *extra, videos[1],
+                         str(empty), str(corrupt)]) == 0
+    failures = {f["video"]: f["error"] for f in map(json.loads, open(out / "failures.jsonl"))}
+    assert failures == pipeline, extra
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_as_the_trainer_does(tiny, tmp_path, caplog):
   """eval and extract read the encoder through ``load_frozen_encoder``: with the newest
   checkpoint damaged they use the previous readable one and warn naming the skipped one, as the
