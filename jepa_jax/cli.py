@@ -29,6 +29,7 @@ tools, whose ``main`` returns the status. Anything else is a bug and keeps its t
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import errno
@@ -196,6 +197,14 @@ def _last_line(error: BaseException) -> str:
   if any(ln.startswith("Traceback") for ln in lines):
     return lines[-1]
   return " ".join(lines)
+
+
+def int_list(text: str) -> list:
+  """argparse type of a comma-separated list of integers (``--layers 17,19,21``)."""
+  try:
+    return [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 # --- logging ----------------------------------------------------------------------------------

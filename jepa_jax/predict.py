@@ -39,7 +39,6 @@ import numpy as np
 
 from jepa_jax import cli, paths
 from jepa_jax.errors import ConfigError, InputNotFoundError
-from jepa_jax.extract import int_list
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--segments", type=int, help="clips per video (equal segments)")
   p.add_argument("--views", type=int, help="spatial views per clip")
   p.add_argument("--resolution", type=int, help="crop size in pixels")
-  p.add_argument("--feature-layer", type=int_list,
+  p.add_argument("--feature-layer", type=cli.int_list,
                  help="0-based encoder blocks whose tokens the probe reads, comma-separated "
                       "(default: the probe's, else the encoder's output)")
   p.add_argument("--encoder-dtype", default="float32", choices=("float32", "bfloat16", "float16"))

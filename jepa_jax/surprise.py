@@ -38,7 +38,8 @@ from typing import Optional
 import numpy as np
 
 from jepa_jax import cli
-from jepa_jax import extract
+from jepa_jax.extract import reading
+from jepa_jax.extract.settings import Settings
 from jepa_jax import paths
 from jepa_jax.errors import ConfigError
 
@@ -174,17 +175,17 @@ def run(args) -> dict:
                    target_tokens=int(np.sum(masks.target_valid)), mask_token=int(token))
   window = d.num_frames * d.frame_step
   stride = args.stride or d.frame_step * encoder.tubelet_size
-  settings = extract.Settings(frames=d.num_frames, frame_step=d.frame_step,
+  settings = Settings(frames=d.num_frames, frame_step=d.frame_step,
                               resolution=d.crop_size, window=window, stride=stride,
                               last=args.last, pool="none", layers=None, dtype="float32")
   error_fn = build_error_fn(encoder, predictor, masks, token)
   params, target_params = jax.device_put((params, target_params))
   os.makedirs(args.out, exist_ok=True)
   written, unreadable = [], 0
-  for position, src, j in extract.items_of(extract.open_sources(args.videos)):
-    video = extract.describe(src, j)
+  for position, src, j in reading.items_of(reading.open_sources(args.videos)):
+    video = reading.describe(src, j)
     try:
-      clips, windows, n = extract.read_windows(src, j, settings)
+      clips, windows, n = reading.read_windows(src, j, settings)
       fps = args.fps or video_fps(src, j)
     except decode.VideoReadError as e:
       log.error("cannot read %s: %s", video, e)
@@ -202,7 +203,7 @@ def run(args) -> dict:
                                 error=float(e))
                            for w, e in zip(windows, errors)])
     stem = os.path.join(args.out, os.path.splitext(os.path.basename(
-        extract.file_name(position, src, j)))[0])
+        reading.file_name(position, src, j)))[0])
     with open(stem + ".json", "w") as f:
       json.dump(record, f, indent=1)
     plot(stem + ".png", record)

@@ -12,8 +12,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _tool(name):
-  if name == "convert":
-    from jepa_jax.convert import __main__ as module  # noqa: PLC0415
+  if name in ("convert", "extract"):  # packages: the command line is their __main__
+    module = __import__(f"jepa_jax.{name}.__main__", fromlist=["main"])
   else:
     module = __import__(f"jepa_jax.{name}", fromlist=["main"])
   return module
@@ -182,7 +182,7 @@ def test_a_user_error_in_the_cause_chain_is_explained_a_bare_one_is_not():
 def test_every_entry_point_goes_through_the_policy():
   """No entry point catches errors its own way: each ``main`` uses ``cli.run_or_fail``,
   ``cli.run_or_report`` or ``cli.files_command``."""
-  entry_points = ["main.py", "eval/__main__.py", "finetune/__main__.py", "aot.py", "extract.py",
+  entry_points = ["main.py", "eval/__main__.py", "finetune/__main__.py", "aot.py", "extract/__main__.py",
                   "predict.py", "convert/__main__.py", "visualize.py", "surprise.py",
                   "probe_curve.py", "eval/compare.py", "eval/token_stats.py", "data/synthetic.py",
                   "masks_plot.py"]

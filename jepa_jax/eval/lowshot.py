@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from jepa_jax import paths
 from jepa_jax.errors import ConfigError
 
 
@@ -37,11 +38,9 @@ def write_subset_index(index_path: str, indices, out_path: str) -> str:
   from jepa_jax.data import sources  # pylint: disable=import-outside-toplevel
   src = sources.read_index(index_path)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = out_path + ".tmp"
-  with open(tmp, "w") as f:
+  with paths.atomic_write(out_path) as f:
     for i in indices:
       f.write(f"{os.path.abspath(src.path(int(i)))} {src.label(int(i))}\n")
-  os.replace(tmp, out_path)
   return out_path
 
 

@@ -375,9 +375,8 @@ def versus_line(v: dict) -> str:
 def write_results(results: dict, workdir: str) -> str:
   path = os.path.join(workdir, "results.json")
   if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
+    with paths.atomic_write(path) as f:
       json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
   return path
 
 
