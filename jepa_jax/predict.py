@@ -154,11 +154,12 @@ def probe_classifier(args):
   is jitted ``(params, uint8 [B, S, V, T, H, W, C]) -> probabilities [B, C]``."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
-  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  from jepa_jax.eval import probe as probe_lib  # noqa: PLC0415
   trained = ckpt_lib.read_probe_config(args.probe).get("eval") or {}
   config, source = eval_config(args, trained)
   encoder, enc_params, _ = enc_lib.load_frozen_encoder(config)
-  probe, probe_params, saved, _ = run_lib.load_saved_probe(args.probe, encoder.embed_dim, "float32")
+  probe, probe_params, saved, _ = probe_lib.load_saved_probe(args.probe, encoder.embed_dim,
+                                                                  "float32")
   fn = make_predict_fn(encoder, probe, config)
   return config, source, (lambda p, x: fn(*p, x)), (enc_params, probe_params), \
       int(saved["num_classes"])
@@ -205,7 +206,7 @@ def predict(args) -> tuple[list, list]:
   per unreadable one ``(video, reason)``."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.data import decode  # noqa: PLC0415
-  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  from jepa_jax.eval.placement import Placer  # noqa: PLC0415
   if args.probe:
     config, source, classify, params, num_classes = probe_classifier(args)
   else:
@@ -219,7 +220,7 @@ def predict(args) -> tuple[list, list]:
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
            config.num_segments, config.num_views, config.data.num_frames, config.data.frame_step,
            config.data.crop_size)
-  placer = run_lib.Placer()
+  placer = Placer()
   params = placer.replicate(params)
   k = min(args.top_k, num_classes)
   predictions, failures = [], []

@@ -29,6 +29,7 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
+  from jepa_jax.eval import results as results_lib  # noqa: PLC0415
   from jepa_jax.eval import run  # noqa: PLC0415
   config = _CONFIG.value
   eval_config.resolve_paths(config)
@@ -40,7 +41,7 @@ def main(argv):
         f"top-5 {acc['top5']:.2f}  ({results['num_val_examples']} val examples; "
         f"{os.path.join(workdir, 'results.json')})")
   if "pretrained_vs_random" in results:
-    print(run.versus_line(results["pretrained_vs_random"]))
+    print(results_lib.versus_line(results["pretrained_vs_random"]))
 
 
 if __name__ == "__main__":

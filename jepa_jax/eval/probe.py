@@ -1,4 +1,5 @@
-"""Attentive-probe training: model, optimiser, jitted train and eval steps, view aggregation.
+"""Attentive probes: model, optimiser, jitted train and eval steps, view aggregation, and a saved
+probe loaded back (``load_saved_probe``).
 
 Only the probe's parameters are trained; the encoder's tokens arrive already computed (cached) or
 are computed inside the same jitted step under ``stop_gradient`` (streaming). The optimiser is the
@@ -35,6 +36,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
@@ -257,3 +259,20 @@ def summarize(sums: list[dict]) -> dict:
   return {k: (100.0 * v / n if k in ("top1", "top5") else v / n)
           for k, v in tot.items()} | {"count": int(n)}
 
+
+def load_saved_probe(path: str, embed_dim: int, dtype: str):
+  """``(probe module, params, probe_config, eval info or None)`` of a probe checkpoint, checked
+  against the encoder's width."""
+  if not path:
+    raise ConfigError("config.train=False needs config.probe_checkpoint: a probe directory (an "
+                      "eval run's probes/<run>, or python -m jepa_jax.convert --kind probe --out "
+                      "DIR)")
+  params, saved = ckpt_lib.load_probe(path)
+  if int(saved["embed_dim"]) != embed_dim:
+    raise ckpt_lib.CheckpointError(
+        f"probe {path} reads {saved['embed_dim']}-wide tokens but the encoder makes {embed_dim}-wide "
+        "ones; give the encoder the probe was trained on (config.checkpoint)")
+  probe = probe_from_config(saved, dtype)
+  ckpt_lib.check_shapes(params, abstract_params(probe, embed_dim), f"probe {path}")
+  eval_info = ckpt_lib.read_probe_config(path).get("eval")
+  return probe, params, saved, eval_info

@@ -61,8 +61,8 @@ def load_probe(probe_dir: str, encoder, layers: Optional[list]):
   """``(probe module, probe params, layers)``: a saved attentive probe and the encoder blocks it
   reads (``layers`` if given, else those it was trained on, else None: the encoder's output)."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
-  probe, probe_params, _, _ = run_lib.load_saved_probe(probe_dir, encoder.embed_dim, "float32")
+  from jepa_jax.eval import probe as probe_lib  # noqa: PLC0415
+  probe, probe_params, _, _ = probe_lib.load_saved_probe(probe_dir, encoder.embed_dim, "float32")
   if layers is None:
     trained = (ckpt_lib.read_probe_config(probe_dir).get("eval") or {}).get("protocol") or {}
     layer = trained.get("feature_layer")

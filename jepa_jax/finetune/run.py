@@ -43,9 +43,11 @@ from jepa_jax import paths
 from jepa_jax import sharding
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.errors import ConfigError
+from jepa_jax.eval import datasets as eval_data
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
-from jepa_jax.eval import run as eval_run
+from jepa_jax.eval import results as eval_results
+from jepa_jax.eval.placement import Placer
 from jepa_jax.finetune import augment
 from jepa_jax.finetune import model as model_lib
 
@@ -211,9 +213,9 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   policy = nonfinite_lib.NonFinitePolicy.from_config(config)
   loop.write_config(workdir, config)
   mesh = make_mesh(config)
-  placer = eval_run.Placer(mesh)
-  train_spec, val_spec = eval_run.resolve_indexes(config)
-  train_labels = eval_run.source_labels(train_spec, config.data.tfds_data_dir)
+  placer = Placer(mesh)
+  train_spec, val_spec = eval_data.resolve_indexes(config)
+  train_labels = eval_data.source_labels(train_spec, config.data.tfds_data_dir)
   num_classes = config.num_classes or int(train_labels.max()) + 1
   if train_labels.max() >= num_classes:
     raise ConfigError(f"the training index has label {int(train_labels.max())} but "
@@ -294,7 +296,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
       num_train_examples=int(len(train_labels)), steps=total, steps_per_epoch=ipe,
       test_segments=config.test_segments, test_views=config.test_views, history=history,
       seconds=time.time() - t_start)
-  path = eval_run.write_results(results, workdir)  # process 0 writes
+  path = eval_results.write_results(results, workdir)  # process 0 writes
   if jax.process_index() == 0:
     log.info("wrote %s: top-1 %.2f, top-5 %.2f", path, acc["top1"], acc["top5"])
   return results
