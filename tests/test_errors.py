@@ -194,3 +194,15 @@ def test_every_entry_point_goes_through_the_policy():
                 and n.name in ("main", "_main"))
     handlers = [h for h in ast.walk(main) if isinstance(h, ast.ExceptHandler)]
     assert not handlers, f"{path}: main catches errors itself"
+
+
+def test_an_empty_eval_index_is_a_data_error_not_a_bug(tmp_path):
+  """Eval and fine-tuning read their sources with ``make_eval_dataset``: an empty index is the
+  user's data (it was a bare ValueError, which the one policy would show as a bug)."""
+  from jepa_jax import data  # noqa: PLC0415
+  empty = tmp_path / "empty.csv"
+  empty.write_text("")
+  with pytest.raises(data.DataPipelineError) as e:
+    data.make_eval_dataset(data.default_data_config(), str(empty), batch_size=1, num_segments=1,
+                           num_views=1, train=False)
+  assert cli.explain(e.value).startswith(f"Data error: {empty} holds no samples")

@@ -293,7 +293,8 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   n = len(src)
   tracker.bind([(index_path, n)])
   if n == 0:
-    raise ValueError(f"{index_path} holds no samples")
+    raise DataPipelineError(f"{index_path} holds no samples (no video listed, or none found); "
+                            "give an index, directory or dataset with entries")
   if repeat:
     ds = grain.MapDataset.range(n)[shard_index::shard_count].seed(seed)
     if train:

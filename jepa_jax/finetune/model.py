@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jepa_jax import models, optim
+from jepa_jax.checkpoint import CheckpointError
 from jepa_jax.errors import ConfigError
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.models import layers
@@ -64,7 +65,8 @@ def head_num_classes(head_params) -> int:
   ``linear`` of the attentive one)."""
   last = head_params.get("head", head_params.get("linear"))
   if last is None or "bias" not in last:
-    raise ValueError(f"not a fine-tuning head (entries {sorted(head_params)})")
+    raise CheckpointError(f"its head is not a fine-tuning head (entries {sorted(head_params)}); "
+                          "give a fine-tuning workdir as --checkpoint, or a probe with --probe")
   return int(last["bias"].shape[0])
 
 
