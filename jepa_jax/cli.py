@@ -403,12 +403,16 @@ _DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 def explain(error: BaseException, workdir: Optional[str] = None) -> Optional[str]:
-  """The one-line message for an error the user can act on (a ``UserError`` anywhere in the
-  chain of causes, a full disk, an unwritable workdir); ``None`` for anything else (a bug)."""
+  """The one-line message for an error the user can act on (a ``UserError``, or one raised
+  ``from`` a ``UserError``; a full disk; an unwritable workdir); ``None`` for anything else (a
+  bug). A bug raised while a ``UserError`` was being handled stays a bug: only explicit causes
+  (``raise ... from``) lead to a ``UserError``."""
+  cause = error
+  while cause is not None:
+    if isinstance(cause, UserError):
+      return f"{cause.label}: {_last_line(cause)}"
+    cause = cause.__cause__
   chain = _chain(error)
-  for e in chain:
-    if isinstance(e, UserError):
-      return f"{e.label}: {_last_line(e)}"
   for e in chain:
     full = _disk_full(e)
     if full:

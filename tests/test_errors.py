@@ -177,6 +177,13 @@ def test_a_user_error_in_the_cause_chain_is_explained_a_bare_one_is_not():
     assert cli.explain(wrapped) == "Config error: config.x=1 must be 2; set --config.x=2"
   assert cli.explain(ValueError("config.x=1")) is None
   assert cli.explain(KeyError("x")) is None
+  try:  # a bug while handling a user error (its __context__, not its cause) stays a bug
+    try:
+      raise errors.ConfigError("config.x=1 must be 2")
+    except errors.ConfigError:
+      {}["missing"]  # noqa: B018
+  except KeyError as bug:
+    assert cli.explain(bug) is None
 
 
 def test_every_entry_point_goes_through_the_policy():
