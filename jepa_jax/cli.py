@@ -24,8 +24,8 @@ One policy for every entry point. Errors the user can act on are ``errors.UserEr
 config or flag, a bad workdir, bad data, a corrupt checkpoint, a non-finite loss, ...) or a full
 disk or unwritable workdir (``explain``). They end the run with one line on stderr,
 ``"<label>: <message>"``, naming the thing and the fix, and exit status 1: ``run_or_fail`` for the
-programs with a workdir (the traceback goes to its log file only), ``run_or_report`` for the
-tools, whose ``main`` returns the status. Anything else is a bug and keeps its traceback.
+programs with a workdir (the traceback goes to its log file only), ``run_or_report`` (through
+``run_tool``) for the tools, whose ``main`` returns the status. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -527,15 +527,23 @@ def exit_if_preempted(results: dict) -> None:
     raise SystemExit(EXIT_PREEMPTED)
 
 
+def run_tool(parse_args: Callable, run: Callable, argv=None) -> tuple[Any, Any, int]:
+  """The start of a tool's ``main`` (extract, predict, convert, visualize, surprise): console
+  logging without orbax's warnings (it warns for every read-only checkpoint manager), the tool's
+  flags, then ``run(args)`` under ``run_or_report``; returns ``(args, result, status)``."""
+  setup_logging(library_warnings=False)
+  args = parse_args(argv)
+  result, status = run_or_report(lambda: run(args))
+  return args, result, status
+
+
 def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
   """``main`` of a command that reads inputs and writes files (``visualize``, ``surprise``):
   ``run(parse_args(argv))`` returns ``{"written": [paths], "unreadable": count}``. A user error
   (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status 1
   (``run_or_report``); else the written paths are printed, and the status is 1 if some inputs
   were unreadable (logged as they were met)."""
-  setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  result, status = run_or_report(lambda: run(args))
+  _, result, status = run_tool(parse_args, run, argv)
   if status:
     return status
   print("\n".join(result["written"]))

@@ -263,9 +263,7 @@ def format_predictions(predictions: list) -> str:
 
 
 def main(argv=None) -> int:
-  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  result, status = cli.run_or_report(lambda: predict(args))
+  args, result, status = cli.run_tool(parse_args, predict, argv)
   if status:
     return status
   predictions, failures = result

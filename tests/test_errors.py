@@ -188,14 +188,15 @@ def test_a_user_error_in_the_cause_chain_is_explained_a_bare_one_is_not():
 
 def test_every_entry_point_goes_through_the_policy():
   """No entry point catches errors its own way: each ``main`` uses ``cli.run_or_fail``,
-  ``cli.run_or_report`` or ``cli.files_command``."""
+  ``cli.run_or_report`` (``cli.run_tool``, ``cli.files_command``)."""
   entry_points = ["main.py", "eval/__main__.py", "finetune/__main__.py", "aot.py", "extract/__main__.py",
                   "predict.py", "convert/__main__.py", "visualize.py", "surprise.py",
                   "probe_curve.py", "eval/compare.py", "eval/token_stats.py", "data/synthetic.py",
                   "masks_plot.py"]
   for path in entry_points:
     source = (REPO / "jepa_jax" / path).read_text()
-    assert any(f"cli.{f}(" in source for f in ("run_or_fail", "run_or_report", "files_command")), path
+    policy = ("run_or_fail", "run_or_report", "run_tool", "files_command")
+    assert any(f"cli.{f}(" in source for f in policy), path
     tree = ast.parse(source)
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
                 and n.name in ("main", "_main"))

@@ -138,9 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  _, status = cli.run_or_report(lambda: convert(args))
+  _, _, status = cli.run_tool(parse_args, convert, argv)
   return status
 
 

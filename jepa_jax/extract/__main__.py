@@ -41,9 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  counts, status = cli.run_or_report(lambda: run(args))
+  args, counts, status = cli.run_tool(parse_args, run, argv)
   if status:
     return status
   print(f"{counts['done']} videos extracted ({counts['windows']} windows), "
