@@ -33,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jepa_jax import cli
+from jepa_jax.errors import UserError
 
 GIB = 2 ** 30
 
@@ -54,7 +55,7 @@ _TOPOLOGY = re.compile(r"^(v5e|v5p|v6e):(\d+x\d+(?:x\d+)?)$")
 EXAMPLE_TOPOLOGIES = "v5e:2x2, v5e:16x16, v5p:2x2x1, v5p:4x4x4, v6e:2x2, v6e:16x16"
 
 
-class AotError(ValueError):
+class AotError(UserError, ValueError):
   """Something the user can fix: the topology, libtpu, the batch."""
 
 
@@ -293,32 +294,34 @@ def _define_flags():
 def main(argv):
   del argv
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  from jepa_jax.pretrain import experiment  # noqa: PLC0415
   config = _FLAGS['config'].value.copy_and_resolve_references()
   config.data.datasets = []   # the step compiles without data
-  topology = _FLAGS['topology'].value
+  result = cli.run_or_fail(lambda: compile_for_flags(config, _FLAGS['topology'].value))
+  print(summary(result))
+  print(json.dumps(result))
+
+
+def compile_for_flags(config, topology: str) -> dict:
+  """What the flags ask for: one compile, or the search for the largest per-chip batch."""
   try:
     chips = len(tpu_devices(topology))
     if _FLAGS['per_chip_batch'].value is not None:
       config = with_per_chip_batch(config, _FLAGS['per_chip_batch'].value, chips)
-    if _FLAGS['find_max_batch'].value:
-      start = _FLAGS['per_chip_batch'].value or max(1, config.batch_size // chips)
-      per_chip, result = find_max_batch(config, topology, start, chips)
-      if result is None:
-        cli.fail(f"not even {max(1, int(config.get('grad_accum_steps', 1) or 1))} clip(s) per "
-                 f"chip fit on {topology}; try --config.model.remat=full or a larger fsdp")
-      result["max_per_chip_batch"] = per_chip
-    else:
-      result = compile_step(config, topology, _FLAGS['hlo_out'].value)
-  except (AotError, experiment.ConfigError) as e:
-    cli.fail(f"{'Config error: ' if isinstance(e, experiment.ConfigError) else ''}{e}")
-  except Exception as e:  # noqa: BLE001
+    if not _FLAGS['find_max_batch'].value:
+      return compile_step(config, topology, _FLAGS['hlo_out'].value)
+    start = _FLAGS['per_chip_batch'].value or max(1, config.batch_size // chips)
+    per_chip, result = find_max_batch(config, topology, start, chips)
+  except Exception as e:  # noqa: BLE001 - the compiler's out-of-memory is the user's to fix
     if _is_out_of_memory(e):
-      cli.fail(f"does not fit: the TPU compiler ran out of memory on {topology} "
-               f"({cli._last_line(e)[:300]}); lower --per_chip_batch or use remat/fsdp")
+      raise AotError(f"does not fit: the TPU compiler ran out of memory on {topology} "
+                     f"({cli._last_line(e)[:300]}); lower --per_chip_batch or use remat/fsdp"
+                     ) from e
     raise
-  print(summary(result))
-  print(json.dumps(result))
+  if result is None:
+    raise AotError(f"not even {max(1, int(config.get('grad_accum_steps', 1) or 1))} clip(s) per "
+                   f"chip fit on {topology}; try --config.model.remat=full or a larger fsdp")
+  result["max_per_chip_batch"] = per_chip
+  return result
 
 
 def run():

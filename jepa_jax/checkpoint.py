@@ -70,6 +70,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jepa_jax import paths
+from jepa_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ def _quiet_missing_item_metadata():
     logging.getLogger("absl").removeFilter(quiet)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint that cannot be used; the message names the checkpoint and what to do."""
+  label = "Checkpoint error"
 
 
 class CorruptCheckpointError(CheckpointError):

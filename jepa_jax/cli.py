@@ -20,13 +20,16 @@ closest existing fields.
 
 Errors
 ------
-Errors the user can act on (a bad config, a bad workdir, bad data, a corrupt checkpoint, a full
-disk, a non-finite loss) end the process with ``fail``: one line on stderr naming the thing and
-the fix, exit status 1, and the traceback only in the workdir's log file (``WORKDIR/log.txt``, at
-debug level). Anything else is a bug and keeps its traceback.
+One policy for every entry point. Errors the user can act on are ``errors.UserError``s (a bad
+config or flag, a bad workdir, bad data, a corrupt checkpoint, a non-finite loss, ...) or a full
+disk or unwritable workdir (``explain``). They end the run with one line on stderr,
+``"<label>: <message>"``, naming the thing and the fix, and exit status 1: ``run_or_fail`` for the
+programs with a workdir (the traceback goes to its log file only), ``run_or_report`` (through
+``run_tool``) for the tools, whose ``main`` returns the status. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import errno
@@ -45,6 +48,7 @@ from ml_collections.config_flags import config_path
 from ml_collections.config_flags import tuple_parser
 
 from jepa_jax import paths
+from jepa_jax.errors import ConfigError, UserError
 
 LOG_FILE = "log.txt"
 # Tracebacks of the errors reported in one line: to the log file only (see ``fail``).
@@ -105,7 +109,7 @@ def load_config(config_file: str, overrides=()):
   try:
     flag_values(argv)
   except Exception as e:  # noqa: BLE001 - the same one-line explanation as the command line
-    raise ValueError(flag_error_message(argv, e)) from e
+    raise ConfigError(flag_error_message(argv, e)) from e
   return holder.value
 
 
@@ -118,7 +122,7 @@ def parse_flags(argv):
     return rest
   except Exception as e:  # noqa: BLE001 - any parsing failure is the user's to fix
     _TRACEBACKS.debug("flag parsing failed", exc_info=e)
-    print(f"Config error: {flag_error_message(argv, e)}", file=sys.stderr)
+    print(f"{ConfigError.label}: {flag_error_message(argv, e)}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -193,6 +197,14 @@ def _last_line(error: BaseException) -> str:
   if any(ln.startswith("Traceback") for ln in lines):
     return lines[-1]
   return " ".join(lines)
+
+
+def int_list(text: str) -> list:
+  """argparse type of a comma-separated list of integers (``--layers 17,19,21``)."""
+  try:
+    return [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 # --- logging ----------------------------------------------------------------------------------
@@ -330,8 +342,9 @@ def _unraisablehook(unraisable, _default=sys.unraisablehook):
 
 # --- the workdir and its log file -------------------------------------------------------------
 
-class WorkdirError(RuntimeError):
+class WorkdirError(UserError, RuntimeError):
   """The workdir cannot be created or written."""
+  label = "Workdir error"
 
 
 def prepare_workdir(workdir: str, process_index: int = 0) -> str:
@@ -390,20 +403,16 @@ _DISK_FULL = ("No space left on device", "Disk quota exceeded")
 
 
 def explain(error: BaseException, workdir: Optional[str] = None) -> Optional[str]:
-  """The one-line message for an error the user can act on; ``None`` for anything else (a bug)."""
-  from jepa_jax import checkpoint  # noqa: PLC0415 - heavy, only once something failed
-  from jepa_jax.pretrain import experiment  # noqa: PLC0415
-  from jepa_jax.data import pipeline  # noqa: PLC0415
+  """The one-line message for an error the user can act on (a ``UserError``, or one raised
+  ``from`` a ``UserError``; a full disk; an unwritable workdir); ``None`` for anything else (a
+  bug). A bug raised while a ``UserError`` was being handled stays a bug: only explicit causes
+  (``raise ... from``) lead to a ``UserError``."""
+  cause = error
+  while cause is not None:
+    if isinstance(cause, UserError):
+      return f"{cause.label}: {_last_line(cause)}"
+    cause = cause.__cause__
   chain = _chain(error)
-  for e in chain:
-    if isinstance(e, WorkdirError):
-      return f"Workdir error: {e}"
-    if isinstance(e, experiment.ConfigError):
-      return f"Config error: {e}"
-    if isinstance(e, pipeline.DataPipelineError):
-      return f"Data error: {_last_line(e)}"
-    if isinstance(e, checkpoint.CheckpointError):
-      return f"Checkpoint error: {_last_line(e)}"
   for e in chain:
     full = _disk_full(e)
     if full:
@@ -476,26 +485,36 @@ def start_workdir(workdir: Optional[str], holds: str, process_index: int = 0) ->
   """The entry points' workdir step: refuse a missing ``--workdir`` (saying what it ``holds``),
   create it and start the log file (``prepare_workdir``); returns the log's path."""
   if not workdir:
-    fail(f"Config error: --workdir is required (where {holds} go)")
-  try:
-    return prepare_workdir(workdir, process_index)
-  except WorkdirError as e:
-    fail(f"Workdir error: {e}", e)
+    fail(f"{ConfigError.label}: --workdir is required (where {holds} go)")
+  return run_or_fail(lambda: prepare_workdir(workdir, process_index), workdir)
 
 
-def run_or_fail(fn: Callable[[], Any], workdir: str, known: tuple = (), prefix: str = "Error: "):
-  """``fn()`` under the entry points' error policy: an error of a ``known`` type (one a user
-  can act on) and any error ``explain`` recognises (a full disk, a permission, ...) end the process
-  with one line (``fail``); any other error is a bug and keeps its traceback."""
+def run_or_fail(fn: Callable[[], Any], workdir: Optional[str] = None):
+  """``fn()`` under the error policy, for the programs (main, eval, finetune, aot): an error
+  ``explain`` recognises ends the process with its one line (``fail``, exit status 1, the
+  traceback in the log file); any other error is a bug and keeps its traceback."""
   try:
     return fn()
-  except known as e:
-    fail(explain(e, workdir) or f"{prefix}{e}", e)
-  except Exception as e:  # noqa: BLE001 - known causes in one line, bugs keep their traceback
+  except Exception as e:  # noqa: BLE001 - user errors in one line, bugs keep their traceback
     message = explain(e, workdir)
     if message is None:
       raise
     fail(message, e)
+
+
+def run_or_report(fn: Callable[[], Any], workdir: Optional[str] = None) -> tuple[Any, int]:
+  """``fn()`` under the same policy, for the tools whose ``main`` returns an exit status
+  (extract, predict, convert, visualize, surprise): ``(result, 0)``, or ``(None, 1)`` after the
+  error's one line on stderr; any other error is a bug and keeps its traceback."""
+  try:
+    return fn(), 0
+  except Exception as e:  # noqa: BLE001 - user errors in one line, bugs keep their traceback
+    message = explain(e, workdir)
+    if message is None:
+      raise
+    _TRACEBACKS.debug("%s", message, exc_info=e)
+    print(" ".join(message.split()), file=sys.stderr)
+    return None, 1
 
 
 def exit_if_preempted(results: dict) -> None:
@@ -508,20 +527,25 @@ def exit_if_preempted(results: dict) -> None:
     raise SystemExit(EXIT_PREEMPTED)
 
 
+def run_tool(parse_args: Callable, run: Callable, argv=None) -> tuple[Any, Any, int]:
+  """The start of a tool's ``main`` (extract, predict, convert, visualize, surprise): console
+  logging without orbax's warnings (it warns for every read-only checkpoint manager), the tool's
+  flags, then ``run(args)`` under ``run_or_report``; returns ``(args, result, status)``."""
+  setup_logging(library_warnings=False)
+  args = parse_args(argv)
+  result, status = run_or_report(lambda: run(args))
+  return args, result, status
+
+
 def files_command(parse_args: Callable, run: Callable, argv=None) -> int:
   """``main`` of a command that reads inputs and writes files (``visualize``, ``surprise``):
-  ``run(parse_args(argv))`` returns ``{"written": [paths], "unreadable": count}``. An error a user
-  can act on (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status
-  1; else the written paths are printed, and the status is 1 if some inputs were unreadable
-  (logged as they were met)."""
-  setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415 -- orbax, only when run
-  try:
-    result = run(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  ``run(parse_args(argv))`` returns ``{"written": [paths], "unreadable": count}``. A user error
+  (a flag's value, the checkpoint, a missing file) is one line on stderr, exit status 1
+  (``run_or_report``); else the written paths are printed, and the status is 1 if some inputs
+  were unreadable (logged as they were met)."""
+  _, result, status = run_tool(parse_args, run, argv)
+  if status:
+    return status
   print("\n".join(result["written"]))
   if result["unreadable"]:
     print(f"{result['unreadable']} unreadable (logged above)", file=sys.stderr)

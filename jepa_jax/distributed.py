@@ -18,6 +18,8 @@ import os
 
 from absl import flags
 
+from jepa_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -60,8 +62,8 @@ def _detect(coordinator_address, num_processes, process_id, env):
   pid = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
   if address or count is not None:
     if not (address and count is not None and pid is not None):
-      raise ValueError("multi-process run: give all of coordinator_address, num_processes and "
-                       "process_id (flags or JAX_* variables)")
+      raise ConfigError("multi-process run: give all of coordinator_address, num_processes and "
+                        "process_id (flags or JAX_* variables)")
     if int(count) <= 1:
       return None
     return {"coordinator_address": address, "num_processes": int(count), "process_id": int(pid)}

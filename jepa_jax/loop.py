@@ -41,6 +41,7 @@ from clu import metric_writers, metrics as clu_metrics, periodic_actions
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import nonfinite as nonfinite_lib
+from jepa_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,8 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
           continue
         if isinstance(row, dict) and row.get("step", 0) <= step:
           kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = self._path + ".tmp"
-    with open(tmp, "w") as f:
+    with paths.atomic_write(self._path) as f:
       f.writelines(kept)
-    os.replace(tmp, self._path)
 
   def write_scalars(self, step, scalars):
     # Strict JSON: a non-finite value (a NaN loss) is written as null, never as a bare NaN.

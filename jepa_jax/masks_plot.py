@@ -73,8 +73,12 @@ def plot_masks(key, grid: masks_lib.Grid, cfgs: Sequence[masks_lib.MaskConfig], 
 
 def _main(argv):
   from absl import flags
+  from jepa_jax import cli
   del argv
-  FLAGS = flags.FLAGS
+  cli.run_or_fail(lambda: _plot_from_flags(flags.FLAGS))
+
+
+def _plot_from_flags(FLAGS):
   if FLAGS.config is not None:
     grid, cfgs = config_lib.token_grid(FLAGS.config), config_lib.mask_configs(FLAGS.config)
   else:

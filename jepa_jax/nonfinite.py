@@ -20,6 +20,8 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from jepa_jax.errors import ConfigError, UserError
+
 log = logging.getLogger(__name__)
 
 MODES = ("stop", "skip")
@@ -30,8 +32,10 @@ MODES = ("stop", "skip")
 MAX_CONSECUTIVE_SKIPS = 20
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+class NonFiniteLossError(UserError, RuntimeError):
+  """The loss went non-finite under config.nonfinite='stop' (or too many steps in a row were
+  skipped); the message says which step and what to change."""
+  label = "Stopped"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +46,10 @@ class NonFinitePolicy:
 
   def __post_init__(self):
     if self.mode not in MODES:
-      raise ValueError(f"config.nonfinite must be 'stop' or 'skip', got {self.mode!r}")
+      raise ConfigError(f"config.nonfinite must be 'stop' or 'skip', got {self.mode!r}")
     n = self.max_consecutive_skips
     if not isinstance(n, int) or n < 1:
-      raise ValueError(f"config.max_consecutive_skips={n!r} must be a positive integer")
+      raise ConfigError(f"config.max_consecutive_skips={n!r} must be a positive integer")
 
   @classmethod
   def from_config(cls, config) -> "NonFinitePolicy":

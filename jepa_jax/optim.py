@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jepa_jax.errors import ConfigError
 from jepa_jax.models import layers
 
 
@@ -95,7 +96,7 @@ LR_SCHEDULES = ("warmup_cosine", "linear_decay", "wsd")
 def learning_rate(cfg: OptimConfig, k):
   """LR used by update ``k`` (0-based)."""
   if cfg.lr_schedule not in LR_SCHEDULES:
-    raise ValueError(f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    raise ConfigError(f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
   s = jnp.asarray(k, jnp.float32) + 1.0
   if cfg.lr_schedule == "linear_decay":
     return cfg.lr + s / max(1, cfg.schedule_steps) * (cfg.final_lr - cfg.lr)

@@ -1,4 +1,4 @@
-"""User-given paths, resolved in one place.
+"""User-given paths, resolved in one place; files written atomically (``atomic_write``).
 
 Every entry point calls ``resolve`` where a path enters (``--workdir``, ``config.init_from``, the
 eval's ``config.checkpoint``, the converter's ``--ckpt``/``--out``, index files): orbax refuses
@@ -8,6 +8,7 @@ left exactly as given.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 
@@ -35,3 +36,19 @@ def resolve_source(spec):
   if spec is None or str(spec).startswith("tfds:"):
     return spec
   return resolve(spec)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w"):
+  """``with atomic_write(path) as f:`` writes ``path.tmp`` and renames it onto ``path`` when the
+  block ends, so a reader (or a rerun after a kill) sees the old file or the whole new one, never
+  a part; if the block raises, ``path`` is untouched and the temporary file removed."""
+  tmp = f"{path}.tmp"
+  try:
+    with open(tmp, mode) as f:
+      yield f
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+  os.replace(tmp, path)

@@ -32,12 +32,13 @@ counted (exit status 1 if any).
 import argparse
 import json
 import logging
+import os
 import sys
 
 import numpy as np
 
 from jepa_jax import cli, paths
-from jepa_jax.extract import int_list
+from jepa_jax.errors import ConfigError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--segments", type=int, help="clips per video (equal segments)")
   p.add_argument("--views", type=int, help="spatial views per clip")
   p.add_argument("--resolution", type=int, help="crop size in pixels")
-  p.add_argument("--feature-layer", type=int_list,
+  p.add_argument("--feature-layer", type=cli.int_list,
                  help="0-based encoder blocks whose tokens the probe reads, comma-separated "
                       "(default: the probe's, else the encoder's output)")
   p.add_argument("--encoder-dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -77,11 +78,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_label_names(path: str, num_classes: int) -> list:
+  if not os.path.isfile(path):
+    raise InputNotFoundError(f"--labels {path}: no such file; give a text file with one class "
+                             "name per line")
   with open(path) as f:
     names = [line.strip() for line in f if line.strip()]
   if len(names) != num_classes:
-    raise ValueError(f"{path} names {len(names)} classes but the probe has {num_classes}; give one "
-                     "name per line, in the order of the probe's class indices")
+    raise ConfigError(f"{path} names {len(names)} classes but the probe has {num_classes}; give "
+                      "one name per line, in the order of the probe's class indices")
   return names
 
 
@@ -150,11 +154,12 @@ def probe_classifier(args):
   is jitted ``(params, uint8 [B, S, V, T, H, W, C]) -> probabilities [B, C]``."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
-  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  from jepa_jax.eval import probe as probe_lib  # noqa: PLC0415
   trained = ckpt_lib.read_probe_config(args.probe).get("eval") or {}
   config, source = eval_config(args, trained)
   encoder, enc_params, _ = enc_lib.load_frozen_encoder(config)
-  probe, probe_params, saved, _ = run_lib.load_saved_probe(args.probe, encoder.embed_dim, "float32")
+  probe, probe_params, saved, _ = probe_lib.load_saved_probe(args.probe, encoder.embed_dim,
+                                                                  "float32")
   fn = make_predict_fn(encoder, probe, config)
   return config, source, (lambda p, x: fn(*p, x)), (enc_params, probe_params), \
       int(saved["num_classes"])
@@ -170,8 +175,8 @@ def finetuned_classifier(args):
   from jepa_jax.finetune import model as ft_model  # noqa: PLC0415
   from jepa_jax.finetune import run as ft_run  # noqa: PLC0415
   if args.feature_layer is not None:
-    raise ValueError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
-                     "the encoder's output: drop it, or give --probe")
+    raise ConfigError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
+                      "the encoder's output: drop it, or give --probe")
   saved = ckpt_lib.read_config(args.checkpoint)
   data = saved.get("data") or {}
   protocol = dict(frames_per_clip=data.get("num_frames"), frame_step=data.get("frame_step"),
@@ -201,21 +206,21 @@ def predict(args) -> tuple[list, list]:
   per unreadable one ``(video, reason)``."""
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.data import decode  # noqa: PLC0415
-  from jepa_jax.eval import run as run_lib  # noqa: PLC0415
+  from jepa_jax.eval.placement import Placer  # noqa: PLC0415
   if args.probe:
     config, source, classify, params, num_classes = probe_classifier(args)
   else:
     kind = ckpt_lib.checkpoint_kind(args.checkpoint)
     if kind != ckpt_lib.FINETUNE:
-      raise ValueError(f"--probe is needed: {args.checkpoint} is a {kind} checkpoint, an encoder "
-                       "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
-                       "as --checkpoint")
+      raise ConfigError(f"--probe is needed: {args.checkpoint} is a {kind} checkpoint, an encoder "
+                        "without a classifier; give --probe PROBE_DIR, or a fine-tuning workdir "
+                        "as --checkpoint")
     config, source, classify, params, num_classes = finetuned_classifier(args)
   names = class_names(args.labels, args.probe, num_classes)
   log.info("protocol from %s: %d segments x %d views of %d frames at step %d, %d px", source,
            config.num_segments, config.num_views, config.data.num_frames, config.data.frame_step,
            config.data.crop_size)
-  placer = run_lib.Placer()
+  placer = Placer()
   params = placer.replicate(params)
   k = min(args.top_k, num_classes)
   predictions, failures = [], []
@@ -258,14 +263,10 @@ def format_predictions(predictions: list) -> str:
 
 
 def main(argv=None) -> int:
-  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-  try:
-    predictions, failures = predict(args)
-  except (ValueError, CheckpointError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  args, result, status = cli.run_tool(parse_args, predict, argv)
+  if status:
+    return status
+  predictions, failures = result
   print(format_predictions(predictions))
   if args.json:
     with open(args.json, "w") as f:

@@ -42,6 +42,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jepa_jax.errors import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 DEFAULT_MIN_FSDP_SIZE = 2**18  # config.mesh.min_fsdp_size's default
 
@@ -78,19 +80,19 @@ def mesh_shape(data: int = -1, fsdp: int = 1, num_devices: int | None = None) ->
   """Resolve ``-1`` (at most one) against the device count, with an actionable error."""
   n = jax.device_count() if num_devices is None else num_devices
   if data == -1 and fsdp == -1:
-    raise ValueError("config.mesh: at most one of data/fsdp may be -1")
+    raise ConfigError("config.mesh: at most one of data/fsdp may be -1")
   for name, given, other in (("data", data, fsdp), ("fsdp", fsdp, data)):
     if other == -1 and (given < 1 or n % given):
       divisors = [d for d in range(1, n + 1) if n % d == 0]
-      raise ValueError(f"config.mesh.{name}={given} does not divide the {n} devices; use one of "
-                       f"{divisors}")
+      raise ConfigError(f"config.mesh.{name}={given} does not divide the {n} devices; use one of "
+                        f"{divisors}")
   if data == -1:
     data = n // fsdp
   if fsdp == -1:
     fsdp = n // data
   if data * fsdp != n:
-    raise ValueError(f"config.mesh data={data} x fsdp={fsdp} does not cover the {n} devices; "
-                     "set config.mesh.data=-1 to infer it")
+    raise ConfigError(f"config.mesh data={data} x fsdp={fsdp} does not cover the {n} devices; "
+                      "set config.mesh.data=-1 to infer it")
   return data, fsdp
 
 

@@ -38,8 +38,10 @@ from typing import Optional
 import numpy as np
 
 from jepa_jax import cli
-from jepa_jax import extract
+from jepa_jax.extract import reading
+from jepa_jax.extract.settings import Settings
 from jepa_jax import paths
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,8 @@ def future_masks(grid, future: int):
   from jepa_jax import masks as masks_lib  # noqa: PLC0415
   t, h, w = grid
   if not 0 < future < t:
-    raise ValueError(f"--future {future} must leave context: between 1 and {t - 1} of the clip's "
-                     f"{t} token time steps")
+    raise ConfigError(f"--future {future} must leave context: between 1 and {t - 1} of the clip's "
+                      f"{t} token time steps")
   split = (t - future) * h * w
   context, target = jnp.arange(split)[None], jnp.arange(split, t * h * w)[None]
   return masks_lib.Masks(context, jnp.ones(context.shape, bool), target,
@@ -157,8 +159,8 @@ def run(args) -> dict:
   if args.config_mask is not None:
     cfgs = config_lib.mask_configs(config, grid)
     if not 0 <= args.config_mask < len(cfgs):
-      raise ValueError(f"--config-mask {args.config_mask}: the config has {len(cfgs)} masks "
-                       f"(0..{len(cfgs) - 1})")
+      raise ConfigError(f"--config-mask {args.config_mask}: the config has {len(cfgs)} masks "
+                        f"(0..{len(cfgs) - 1})")
     masks = jax.jit(masks_lib.sample_masks, static_argnums=(1, 2, 3))(
         jax.random.PRNGKey(args.seed), 1, tuple(grid), (cfgs[args.config_mask],))[0]
     token = config_lib.mask_token_ids(config)[args.config_mask]
@@ -173,24 +175,24 @@ def run(args) -> dict:
                    target_tokens=int(np.sum(masks.target_valid)), mask_token=int(token))
   window = d.num_frames * d.frame_step
   stride = args.stride or d.frame_step * encoder.tubelet_size
-  settings = extract.Settings(frames=d.num_frames, frame_step=d.frame_step,
+  settings = Settings(frames=d.num_frames, frame_step=d.frame_step,
                               resolution=d.crop_size, window=window, stride=stride,
                               last=args.last, pool="none", layers=None, dtype="float32")
   error_fn = build_error_fn(encoder, predictor, masks, token)
   params, target_params = jax.device_put((params, target_params))
   os.makedirs(args.out, exist_ok=True)
   written, unreadable = [], 0
-  for position, src, j in extract.items_of(extract.open_sources(args.videos)):
-    video = extract.describe(src, j)
+  for position, src, j in reading.items_of(reading.open_sources(args.videos)):
+    video = reading.describe(src, j)
     try:
-      clips, windows, n = extract.read_windows(src, j, settings)
+      clips, windows, n = reading.read_windows(src, j, settings)
       fps = args.fps or video_fps(src, j)
     except decode.VideoReadError as e:
       log.error("cannot read %s: %s", video, e)
       unreadable += 1
       continue
     if not windows:
-      raise ValueError(f"{video} is an image; the surprise timeline needs a video")
+      raise ConfigError(f"{video} is an image; the surprise timeline needs a video")
     errors = window_errors(error_fn, params, target_params, clips, args.batch_size)
     record = dict(video=video, **info, num_frames=n, fps=fps,
                   clip=dict(frames=d.num_frames, frame_step=d.frame_step,
@@ -201,7 +203,7 @@ def run(args) -> dict:
                                 error=float(e))
                            for w, e in zip(windows, errors)])
     stem = os.path.join(args.out, os.path.splitext(os.path.basename(
-        extract.file_name(position, src, j)))[0])
+        reading.file_name(position, src, j)))[0])
     with open(stem + ".json", "w") as f:
       json.dump(record, f, indent=1)
     plot(stem + ".png", record)

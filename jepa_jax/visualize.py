@@ -43,8 +43,10 @@ from typing import Optional
 import numpy as np
 
 from jepa_jax import cli
-from jepa_jax import extract
 from jepa_jax import paths
+from jepa_jax.errors import ConfigError
+from jepa_jax.extract import features, reading
+from jepa_jax.extract.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,8 @@ def fit_basis(tokens: np.ndarray) -> Basis:
   """The first 3 principal components of ``tokens [M, D]`` and their colour scales."""
   x = np.asarray(tokens, np.float64).reshape(-1, tokens.shape[-1])
   if x.shape[0] < 4 or x.shape[1] < 3:
-    raise ValueError(f"cannot fit 3 colour components to {x.shape[0]} tokens of width "
-                     f"{x.shape[1]}; give more clips to --fit")
+    raise ConfigError(f"cannot fit 3 colour components to {x.shape[0]} tokens of width "
+                      f"{x.shape[1]}; give more clips to --fit")
   mean = x.mean(axis=0)
   _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
   comps = vt[:3]
@@ -89,9 +91,8 @@ def colours(basis: Basis, tokens: np.ndarray) -> np.ndarray:
 def save_basis(path: str, basis: Basis, layer: Optional[int] = None) -> None:
   """``basis`` as ``.npz``, with the block whose tokens it was fitted on (-1: the output)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "wb") as f:
+  with paths.atomic_write(path, "wb") as f:
     np.savez(f, **dataclasses.asdict(basis), layer=-1 if layer is None else layer)
-  os.replace(path + ".tmp", path)
 
 
 def load_basis(path: str, width: int, layer: Optional[int] = None) -> Basis:
@@ -100,13 +101,13 @@ def load_basis(path: str, width: int, layer: Optional[int] = None) -> Basis:
     basis = Basis(**{k.name: f[k.name] for k in dataclasses.fields(Basis)})
     fitted = int(f["layer"]) if "layer" in f else -1
   if basis.mean.shape != (width,):
-    raise ValueError(f"--basis {path} was fitted on {basis.mean.shape[0]}-wide tokens but this "
-                     f"encoder makes {width}-wide ones; fit a new one with --fit")
+    raise ConfigError(f"--basis {path} was fitted on {basis.mean.shape[0]}-wide tokens but this "
+                      f"encoder makes {width}-wide ones; fit a new one with --fit")
   if fitted != (-1 if layer is None else layer):
     name = lambda k: "the output" if k == -1 else f"block {k}"  # noqa: E731
-    raise ValueError(f"--basis {path} was fitted on {name(fitted)}'s tokens, not "
-                     f"{name(-1 if layer is None else layer)}'s; give the same --layer or fit a "
-                     "new basis with --fit")
+    raise ConfigError(f"--basis {path} was fitted on {name(fitted)}'s tokens, not "
+                      f"{name(-1 if layer is None else layer)}'s; give the same --layer or fit a "
+                      "new basis with --fit")
   return basis
 
 
@@ -216,8 +217,8 @@ def probe_dir(path: str) -> str:
     return path
   found = sorted(os.listdir(runs))
   if len(found) != 1:
-    raise ValueError(f"{path} holds {len(found)} probes ({', '.join(found)}); give one of them: "
-                     f"--probe {os.path.join(runs, found[0] if found else '<run>')}")
+    raise ConfigError(f"{path} holds {len(found)} probes ({', '.join(found)}); give one of them: "
+                      f"--probe {os.path.join(runs, found[0] if found else '<run>')}")
   return os.path.join(runs, found[0])
 
 
@@ -229,11 +230,11 @@ def checkpoint_clip(checkpoint: str) -> dict:
                                       ("resolution", "crop_size")) if data.get(v)}
 
 
-def settings_of(args) -> extract.Settings:
+def settings_of(args) -> Settings:
   clip = dict(frames=16, frame_step=4, resolution=224)
   clip.update(checkpoint_clip(args.checkpoint))
   clip.update({k: getattr(args, k) for k in clip if getattr(args, k) is not None})
-  return extract.Settings(window=0, stride=0, last="pad", pool="none",
+  return Settings(window=0, stride=0, last="pad", pool="none",
                           layers=None if args.layer is None else [args.layer], dtype="float32",
                           **clip)
 
@@ -242,14 +243,14 @@ def iter_clips(specs: list, settings, failed: list, tfds_data_dir=None):
   """``(name, uint8 clip [T, R, R, 3])`` of each video (image) of ``specs``, read one at a time;
   unreadable ones are logged, appended to ``failed`` and left out."""
   from jepa_jax.data import decode  # noqa: PLC0415
-  for position, src, j in extract.items_of(extract.open_sources(specs, tfds_data_dir)):
+  for position, src, j in reading.items_of(reading.open_sources(specs, tfds_data_dir)):
     try:
-      clips, _, _ = extract.read_windows(src, j, settings)
+      clips, _, _ = reading.read_windows(src, j, settings)
     except decode.VideoReadError as e:
-      log.error("cannot read %s: %s", extract.describe(src, j), e)
-      failed.append(extract.describe(src, j))
+      log.error("cannot read %s: %s", reading.describe(src, j), e)
+      failed.append(reading.describe(src, j))
       continue
-    yield os.path.splitext(os.path.basename(extract.file_name(position, src, j)))[0], clips[0]
+    yield os.path.splitext(os.path.basename(reading.file_name(position, src, j)))[0], clips[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,9 +261,9 @@ def run(args) -> dict:
   """Visualise (module docstring); returns ``{"written": [paths], "unreadable": count}``."""
   import jax  # noqa: PLC0415
   settings = settings_of(args)
-  encoder, enc_params, _, _, _ = extract.load_models(args, settings)
+  encoder, enc_params, _, _, _ = features.load_models(args, settings)
   t, h, w = encoder.grid
-  feature_fn = extract.build_feature_fn(encoder, settings)
+  feature_fn = features.build_feature_fn(encoder, settings)
 
   def tokens_of(clip):
     return np.asarray(jax.device_get(feature_fn(enc_params, None, clip[None])))[0]
@@ -281,7 +282,7 @@ def run(args) -> dict:
     else:
       fit = [tokens for _, _, tokens in shown]
     if not fit:
-      raise ValueError("no readable clip to fit the colour basis on")
+      raise ConfigError("no readable clip to fit the colour basis on")
     basis = fit_basis(np.concatenate(fit))
     if args.basis:
       save_basis(args.basis, basis, args.layer)
@@ -289,7 +290,7 @@ def run(args) -> dict:
 
   attention_fn = None
   if args.probe:
-    probe, probe_params, layers = extract.load_probe(probe_dir(args.probe), encoder,
+    probe, probe_params, layers = features.load_probe(probe_dir(args.probe), encoder,
                                                      settings.layers)
     attention_fn = build_attention_fn(encoder, probe, layers)
 

@@ -445,3 +445,23 @@ def test_no_module_configures_logging_itself():
   offenders = [str(p.relative_to(package)) for p in package.rglob("*.py")
                if p.name != "cli.py" and "logging.basicConfig(" in p.read_text()]
   assert not offenders, offenders
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+  """``paths.atomic_write``: the one way the package writes a file in place (no other
+  ``os.replace`` of a file): a block that raises leaves the old file and no temporary one."""
+  target = tmp_path / "results.json"
+  target.write_text("old")
+  with pytest.raises(RuntimeError):
+    with paths.atomic_write(str(target)) as f:
+      f.write("half")
+      raise RuntimeError("killed")
+  assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["results.json"]
+  with paths.atomic_write(str(target)) as f:
+    f.write("new")
+  assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["results.json"]
+  package = pathlib.Path(paths.__file__).parent
+  replacing = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "os.replace(" in p.read_text())
+  assert replacing == ["paths.py"], replacing
+

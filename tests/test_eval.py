@@ -21,7 +21,11 @@ from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval import probe_runs
+from jepa_jax.eval import results as results_lib
 from jepa_jax.eval import run as run_lib
+from jepa_jax.eval.features import FeatureCache, cache_batches
+from jepa_jax.eval.placement import Placer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -81,15 +85,15 @@ def toy_cache(n, num_classes, rng, views=1, tokens=6, dim=16, noise=0.5):
   labels = rng.integers(num_classes, size=n).astype(np.int32)
   x = rng.normal(0, noise, size=(n, views, tokens, dim)).astype(np.float32)
   x[np.arange(n), :, :, labels] += 2.0
-  return run_lib.FeatureCache(x, labels, np.arange(n))
+  return FeatureCache(x, labels, np.arange(n))
 
 
 def test_probe_learns_separable_toy_task():
   rng = np.random.default_rng(0)
   train, val = toy_cache(96, 4, rng), toy_cache(40, 4, rng, views=3)
   c = tiny_eval_config(epochs=15, batch_size=16)
-  task = run_lib.ProbeTask(4, 16, 2, c)
-  rec = run_lib.run_cached_probe(task, train, val, 0, 1.0, run_lib.Placer(), "/unused", False)
+  task = probe_runs.ProbeTask(4, 16, 2, c)
+  rec = probe_runs.run_cached_probe(task, train, val, 0, 1.0, Placer(), "/unused", False)
   assert rec["top1"] >= 97.5, rec["history"][-1]
   assert rec["top5"] == 100.0
   assert rec["num_train"] == 96 and rec["num_val"] == 40
@@ -192,10 +196,10 @@ def test_view_aggregation_and_view_logits():
 
 
 def test_cache_batches_cover_every_example_once():
-  cache = run_lib.FeatureCache(np.arange(10.0)[:, None, None, None], np.zeros(10, np.int32),
+  cache = FeatureCache(np.arange(10.0)[:, None, None, None], np.zeros(10, np.int32),
                                np.arange(10))
   seen = []
-  for x, _, w in run_lib.cache_batches(cache, 4, np.random.default_rng(0)):
+  for x, _, w in cache_batches(cache, 4, np.random.default_rng(0)):
     assert x.shape[0] == 4
     seen += [int(v) for v, wi in zip(x[:, 0, 0, 0], w) if wi > 0]
   assert sorted(seen) == list(range(10))
@@ -323,10 +327,10 @@ def test_token_variance_split_is_exact():
 
 
 def test_probe_positions_diagnostic_adds_the_grid_table():
-  from jepa_jax.eval import compare, run
+  from jepa_jax.eval import compare
   from jepa_jax.models import pos_embed
   tokens = np.zeros((3, 2, 2 * 8, 16), np.float32)  # 2 segments of a (2, 2, 2) grid
-  cache = run.FeatureCache(tokens, np.zeros(3, np.int32), np.arange(3))
+  cache = FeatureCache(tokens, np.zeros(3, np.int32), np.arange(3))
   out = compare.with_positions(cache, (2, 2, 2))
   np.testing.assert_allclose(out.tokens[1, 1], pos_embed.sincos_3d(16, (4, 2, 2), True))
   assert out.labels is cache.labels
@@ -473,7 +477,7 @@ def test_pretrained_vs_random_in_the_same_run(synthetic_dir, tiny_checkpoint, tm
   alone.epochs = 1
   assert run_lib.evaluate(alone, str(tmp_path / "random1"), write=False)["accuracy"]["top1"] == \
       base["per_seed"][0]
-  line = run_lib.versus_line(versus)
+  line = results_lib.versus_line(versus)
   assert line.startswith(f"pretrained {versus['pretrained']:.1f} ± ") and " vs random " in line
 
 

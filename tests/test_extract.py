@@ -10,7 +10,12 @@ import pytest
 
 import video_files
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax import extract
+from jepa_jax.extract import __main__ as extract_cli
+from jepa_jax.extract import output as output_lib
+from jepa_jax.extract import reading
+from jepa_jax.extract import windows as window_lib
+from jepa_jax.extract.run import run as extract_run
+from jepa_jax.extract.settings import Settings
 from jepa_jax import models
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.eval import encoder as enc_lib
@@ -40,7 +45,7 @@ def tiny(tmp_path_factory):
 
 def run(tiny_fixture, out, *extra):
   ckpt, _, videos = tiny_fixture
-  assert extract.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, *extra, *videos]) == 0
+  assert extract_cli.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, *extra, *videos]) == 0
   index = [json.loads(line) for line in open(os.path.join(out, "index.jsonl"))]
   return index, [np.load(os.path.join(out, r["file"])) for r in index]
 
@@ -52,16 +57,16 @@ def run(tiny_fixture, out, *extra):
 @pytest.mark.parametrize("window,stride", [(8, 8), (8, 3), (8, 1), (5, 5), (12, 7)])
 def test_windows_cover_the_video_as_documented(n, window, stride):
   frames = 4
-  padded = extract.window_plan(n, frames, window, stride, "pad")
+  padded = window_lib.window_plan(n, frames, window, stride, "pad")
   covered = set()
   for w in padded:
     assert w.start % stride == 0 and w.end == min(w.start + window, n) and len(w.frames) == frames
     assert all(w.start <= f < w.end for f in w.frames)
-    assert w.padded == sum(1 for k in range(frames) if w.start + extract.clip_offsets(
+    assert w.padded == sum(1 for k in range(frames) if w.start + window_lib.clip_offsets(
         window, frames)[k] > n - 1)
     covered |= set(range(w.start, w.end))
   assert covered == set(range(n))  # stride <= window: every frame lies in some window
-  dropped = extract.window_plan(n, frames, window, stride, "drop")
+  dropped = window_lib.window_plan(n, frames, window, stride, "drop")
   assert all(w.padded == 0 and w.end - w.start == window for w in dropped)
   assert dropped == [w for w in padded if w.end - w.start == window]
   if dropped:
@@ -71,28 +76,28 @@ def test_windows_cover_the_video_as_documented(n, window, stride):
 
 
 def test_windows_with_gaps_and_the_reference_clip_spacing():
-  plan = extract.window_plan(30, 4, 8, 12, "pad")
+  plan = window_lib.window_plan(30, 4, 8, 12, "pad")
   assert [(w.start, w.end) for w in plan] == [(0, 8), (12, 20), (24, 30)]
   assert plan[-1].frames == (24, 26, 29, 29) and plan[-1].padded == 1  # 24 + (0, 2, 5, 7)
-  assert list(extract.clip_offsets(64, 16))[-2:] == [59, 63]  # floor(linspace(0, 64, 16)), <= 63
+  assert list(window_lib.clip_offsets(64, 16))[-2:] == [59, 63]  # floor(linspace(0, 64, 16)), <= 63
 
 
 def test_read_windows_returns_the_planned_source_frames(tiny):
   _, _, videos = tiny
   from jepa_jax.data import sources
   src = sources.FileVideoSource([videos[2]], [-1])
-  settings = extract.Settings(frames=4, frame_step=2, resolution=32, window=8, stride=5,
+  settings = Settings(frames=4, frame_step=2, resolution=32, window=8, stride=5,
                               last="pad", pool="none", layers=None, dtype="float32")
-  clips, windows, n = extract.read_windows(src, 0, settings)
+  clips, windows, n = reading.read_windows(src, 0, settings)
   assert n == 34 and clips.shape == (len(windows), 4, 32, 32, 3)
-  assert windows == extract.window_plan(34, 4, 8, 5, "pad")
+  assert windows == window_lib.window_plan(34, 4, 8, 5, "pad")
   got = [[video_files.read_code(f) for f in clip] for clip in clips]
   assert got == [list(w.frames) for w in windows]
   # In-memory videos (a TFDS source) follow the same plan.
   array = sources.ArraySource([{"video": video_files.coded_frames(30, 96, 96), "label": 2}],
                               "video")
-  clips, windows, n = extract.read_windows(array, 0, settings)
-  assert n == 30 and windows == extract.window_plan(30, 4, 8, 5, "pad")
+  clips, windows, n = reading.read_windows(array, 0, settings)
+  assert n == 30 and windows == window_lib.window_plan(30, 4, 8, 5, "pad")
   got = [[video_files.read_code(f) for f in clip] for clip in clips]
   assert got == [list(w.frames) for w in windows]
 
@@ -115,8 +120,8 @@ def test_window_features_equal_the_encoder_on_the_same_clips(tiny, tmp_path):
   assert [r["video"] for r in index] == videos and [r["position"] for r in index] == [0, 1, 2]
   for r, f in zip(index, feats):
     src = sources.FileVideoSource([r["video"]], [-1])
-    settings = extract.Settings(4, 2, 32, 8, 6, "pad", "none", [0, 1], "float32")
-    clips, windows, n = extract.read_windows(src, 0, settings)
+    settings = Settings(4, 2, 32, 8, 6, "pad", "none", [0, 1], "float32")
+    clips, windows, n = reading.read_windows(src, 0, settings)
     assert r["num_frames"] == n and r["windows"] == [w.to_json() for w in windows]
     want = enc.apply({"params": params}, normalize_lib.normalize(clips), out_layers=(0, 1))
     want = np.stack([np.asarray(x) for x in want], axis=1)  # [W, L, N, D]
@@ -177,7 +182,7 @@ def test_killed_and_restarted_extraction_gives_the_same_files(tiny, tmp_path, mo
   run(tiny, tmp_path / "whole", *flags)
   # Killed after the second video's array was renamed into place, before its index line, with
   # a half-written line and a stray temporary file left behind.
-  real_write = extract.Output.write
+  real_write = output_lib.Output.write
   calls = []
 
   def dying_write(self, position, name, record, features):
@@ -191,10 +196,10 @@ def test_killed_and_restarted_extraction_gives_the_same_files(tiny, tmp_path, mo
       raise KeyboardInterrupt
     return real_write(self, position, name, record, features)
 
-  monkeypatch.setattr(extract.Output, "write", dying_write)
+  monkeypatch.setattr(output_lib.Output, "write", dying_write)
   with pytest.raises(KeyboardInterrupt):
     run(tiny, tmp_path / "resumed", *flags)
-  monkeypatch.setattr(extract.Output, "write", real_write)
+  monkeypatch.setattr(output_lib.Output, "write", real_write)
   assert len(open(tmp_path / "resumed" / "index.jsonl").read().splitlines()) == 2  # 1 + cut line
   run(tiny, tmp_path / "resumed", *flags)
   whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -206,7 +211,7 @@ def test_killed_and_restarted_extraction_gives_the_same_files(tiny, tmp_path, mo
     assert open(whole / "features" / n, "rb").read() == open(resumed / "features" / n, "rb").read()
   # A third run finds everything done.
   ckpt, _, videos = tiny
-  counts = extract.run(extract.parse_args(["--checkpoint", ckpt, "--out", str(resumed), *FLAGS,
+  counts = extract_run(extract_cli.parse_args(["--checkpoint", ckpt, "--out", str(resumed), *FLAGS,
                                            *flags, *videos]))
   assert counts == dict(done=0, skipped_done=3, failed=0, windows=0)
 
@@ -216,14 +221,39 @@ def test_bad_videos_are_skipped_and_counted_and_settings_are_checked(tiny, tmp_p
   bad = tmp_path / "bad.mp4"
   bad.write_bytes(b"\x00" * 100)
   args = ["--checkpoint", ckpt, "--out", str(tmp_path / "o"), *FLAGS]
-  assert extract.main(args + [videos[0], str(bad), videos[1]]) == 0
+  assert extract_cli.main(args + [videos[0], str(bad), videos[1]]) == 0
   assert "2 videos extracted (2 windows), 0 already done, 1 unreadable" in capsys.readouterr().out
   failures = [json.loads(x) for x in open(tmp_path / "o" / "failures.jsonl")]
   assert [f["video"] for f in failures] == [str(bad)]
-  assert extract.main(args + ["--resolution", "32", videos[0]]) == 1
+  assert extract_cli.main(args + ["--resolution", "32", videos[0]]) == 1
   assert "other settings" in capsys.readouterr().err
-  assert extract.main(args + ["--pool", "probe", videos[0]]) == 1
+  assert extract_cli.main(args + ["--pool", "probe", videos[0]]) == 1
   assert "--probe" in capsys.readouterr().err
+
+
+def test_empty_and_corrupt_files_give_the_pipelines_message(tiny, tmp_path):
+  """Both of extract's reads (the centred clip, and the whole decode of --window) go through
+  data/decode.py, so an empty or corrupt file is refused with the reason and detail the
+  training and eval pipelines give (their ``VideoReadError``); the --window read had its own
+  decoder, which opened an empty file and reported PyAV's error instead of ``empty_file``."""
+  from jepa_jax.data import decode  # noqa: PLC0415
+  ckpt, _, videos = tiny
+  empty, corrupt = tmp_path / "empty.mp4", tmp_path / "corrupt.mp4"
+  empty.write_bytes(b"")
+  corrupt.write_bytes(b"\x00\x01 not a video" * 20)
+  pipeline = {}
+  for path in (empty, corrupt):
+    with pytest.raises(decode.VideoReadError) as e:
+      decode.read_video_clips(str(path), 4, 2)
+    pipeline[str(path)] = str(e.value)
+  assert pipeline[str(empty)] == "empty_file: zero bytes"
+  assert pipeline[str(corrupt)].startswith("open_error: ")
+  for k, extra in enumerate(([], ["--window", "8"])):
+    out = tmp_path / f"o{k}"
+    assert extract_cli.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, *extra, videos[1],
+                         str(empty), str(corrupt)]) == 0
+    failures = {f["video"]: f["error"] for f in map(json.loads, open(out / "failures.jsonl"))}
+    assert failures == pipeline, extra
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_as_the_trainer_does(tiny, tmp_path, caplog):
@@ -243,7 +273,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_as_the_trainer_does(tiny, tmp_pa
   data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
   out = tmp_path / "out"
   with caplog.at_level(logging.WARNING, logger="jepa_jax.checkpoint"):
-    assert extract.main(["--checkpoint", str(ckpt), "--out", str(out), *FLAGS, videos[0]]) == 0
+    assert extract_cli.main(["--checkpoint", str(ckpt), "--out", str(out), *FLAGS, videos[0]]) == 0
   warnings = [r.getMessage() for r in caplog.records if r.name == "jepa_jax.checkpoint"]
   assert len(warnings) == 1 and warnings[0].startswith("Skipped checkpoint 2: checkpoint 2 in "), \
       warnings
@@ -282,7 +312,7 @@ def test_images_are_clips_of_the_image_repeated_as_the_image_eval_makes_them(tin
   broken = tmp_path / "broken.jpg"
   broken.write_bytes(b"not a jpeg")
   out = tmp_path / "out"
-  assert extract.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, "--window", "8",
+  assert extract_cli.main(["--checkpoint", ckpt, "--out", str(out), *FLAGS, "--window", "8",
                        str(single), str(broken), videos[0], str(folder)]) == 0
   index = [json.loads(line) for line in open(out / "index.jsonl")]
   # Order: the files as given, then the folder's videos, then its images (sorted).

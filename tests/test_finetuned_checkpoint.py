@@ -190,7 +190,7 @@ def test_eval_trains_a_probe_on_the_finetuned_encoder(finetuned, tmp_path):
 def test_extract_reads_the_finetuned_encoder(finetuned, tmp_path):
   """The features of the fine-tuning checkpoint are those of its encoder saved as converted
   weights."""
-  from jepa_jax import extract  # noqa: PLC0415
+  from jepa_jax.extract import __main__ as extract_cli  # noqa: PLC0415
   workdir, c, _ = finetuned
   encoder = ckpt_lib.load(workdir).params["encoder"]
   ckpt_lib.save_params(str(tmp_path / "as_params"), {"encoder": encoder, "target": encoder},
@@ -201,7 +201,7 @@ def test_extract_reads_the_finetuned_encoder(finetuned, tmp_path):
   feats = {}
   for name, ckpt in (("ft", workdir), ("params", str(tmp_path / "as_params"))):
     out = tmp_path / name
-    assert extract.main(["--checkpoint", ckpt, "--out", str(out), *flags, *videos]) == 0
+    assert extract_cli.main(["--checkpoint", ckpt, "--out", str(out), *flags, *videos]) == 0
     index = [json.loads(line) for line in open(out / "index.jsonl")]
     feats[name] = [np.load(out / r["file"]) for r in index]
     assert len(feats[name]) == 2

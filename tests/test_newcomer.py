@@ -100,7 +100,8 @@ def test_skipped_commands_parse():
     elif module == "jepa_jax.convert":
       parse_args(args)
     elif module in ("jepa_jax.predict", "jepa_jax.extract"):
-      importlib.import_module(module).parse_args(args)
+      cli_module = module + ".__main__" if module == "jepa_jax.extract" else module
+      importlib.import_module(cli_module).parse_args(args)
     else:
       pytest.fail(f"no parse check for {command}")
 

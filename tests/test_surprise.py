@@ -10,7 +10,8 @@ import pytest
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax.pretrain import config as config_lib
 from jepa_jax.pretrain import defaults
-from jepa_jax import extract
+from jepa_jax.extract import reading
+from jepa_jax.extract.settings import Settings
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
@@ -56,8 +57,8 @@ def direct_errors(pretrained, video, context, target_idx, token, stride):
   """The L1 of the loss's definition, written out: |predictor(context tokens) - LN(target)|, per
   window (indices ``[K]``, the same for every window)."""
   _, c, encoder, predictor, params, target, _ = pretrained
-  settings = extract.Settings(4, 2, 32, 8, stride, "drop", "none", None, "float32")
-  clips, windows, _ = extract.read_windows(sources.FileVideoSource([video], [-1]), 0, settings)
+  settings = Settings(4, 2, 32, 8, stride, "drop", "none", None, "float32")
+  clips, windows, _ = reading.read_windows(sources.FileVideoSource([video], [-1]), 0, settings)
 
   @jax.jit
   def errors(x):

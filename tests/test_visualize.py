@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax import extract
+from jepa_jax.extract import __main__ as extract_cli
 from jepa_jax import visualize
 from jepa_jax.eval import probe as probe_lib
 from test_extract import tiny  # noqa: F401 -- the shared tiny encoder and videos
@@ -24,7 +24,7 @@ def extracted(tiny, tmp_path_factory):  # noqa: F811
   """The extract command's tokens of the videos' centred clips, ``[videos, N, D]``."""
   ckpt, _, videos = tiny
   out = tmp_path_factory.mktemp("extracted")
-  assert extract.main(["--checkpoint", ckpt, "--out", str(out), *CLIP, *videos]) == 0
+  assert extract_cli.main(["--checkpoint", ckpt, "--out", str(out), *CLIP, *videos]) == 0
   index = [json.loads(line) for line in open(out / "index.jsonl")]
   return np.stack([np.load(out / r["file"])[0] for r in index])
 

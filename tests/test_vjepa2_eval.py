@@ -20,7 +20,10 @@ from jepa_jax.data import synthetic
 from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval import probe_runs
 from jepa_jax.eval import run as run_lib
+from jepa_jax.eval.features import FeatureCache
+from jepa_jax.eval.placement import Placer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +124,7 @@ def test_probe_grid_reports_the_best_probe():
     labels = rng.integers(3, size=n).astype(np.int32)
     x = rng.normal(0, 0.5, size=(n, views, 6, 16)).astype(np.float32)
     x[np.arange(n), :, :, labels] += 2.0
-    return run_lib.FeatureCache(x, labels, np.arange(n))
+    return FeatureCache(x, labels, np.arange(n))
 
   c = config_lib.vjepa2_eval_config("t", 3, frames=4, frame_step=2, segments=1, views=1,
                                     resolution=32, clips_per_gpu=16, gpus=1, epochs=3,
@@ -129,14 +132,14 @@ def test_probe_grid_reports_the_best_probe():
                                           dict(lr=3e-3, start_lr=3e-3)])
   c.probe.update(dict(depth=2, num_heads=2, dtype="float32"))
   c.log_every = 0
-  rec = run_lib.run_cached_probe(run_lib.ProbeTask(3, 16, 2, c), cache(64), cache(30), 0, 1.0,
-                                 run_lib.Placer(), "/unused", False)
+  rec = probe_runs.run_cached_probe(probe_runs.ProbeTask(3, 16, 2, c), cache(64), cache(30), 0, 1.0,
+                                 Placer(), "/unused", False)
   assert [h["optim"]["lr"] for h in rec["heads"]] == [1e-7, 3e-3]
   assert rec["best_head"] == 1 and rec["top1"] == rec["heads"][1]["top1"] > rec["heads"][0]["top1"]
   with pytest.raises(ValueError, match="probe_grid"):
     bad = ml_collections.ConfigDict(c.to_dict())
     bad.probe_grid = [dict(learning_rate=1.0)]
-    run_lib.grid_tasks(run_lib.ProbeTask(3, 16, 2, bad))
+    probe_runs.grid_tasks(probe_runs.ProbeTask(3, 16, 2, bad))
 
 
 @pytest.mark.slow

@@ -138,64 +138,55 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  cli.setup_logging(library_warnings=False)  # orbax warns for every read-only manager
-  args = parse_args(argv)
-  try:
-    if args.to_hf or args.from_hf:
-      return _hf(args)
-    if args.from_torch and args.kind == "probe":
-      params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
-                                                        args.model, args.probe_index)
-      path = reference.save_probe(args.out, params, probe_config)
-      print(f"wrote probe {probe_config} to {path}")
-    elif args.from_torch and args.resumable:
-      try:
-        run_config = cli.load_config(args.config)
-      except ValueError as e:  # one line naming the file and the fix (cli.flag_error_message)
-        raise ConversionError(f"--config: {e}") from None
-      step = reference.save_resumable(
-          args.from_torch, run_config, args.out, model=args.model,
-          img_size=args.img_size, num_frames=args.num_frames, embed_dim=args.embed_dim,
-          depth=args.depth, num_heads=args.num_heads, use_rope=args.rope,
-          pred_num_heads=args.pred_num_heads)
-      print(f"wrote a pretraining checkpoint at step {step} to {args.out}: python -m "
-            f"jepa_jax.main --config={args.config} --workdir={args.out} resumes it")
-    elif args.from_torch:
-      params, config = reference.load_torch_checkpoint(
-          args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
-          patch_size=args.patch_size, tubelet_size=args.tubelet_size, embed_dim=args.embed_dim,
-          depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only,
-          use_rope=args.rope, pred_num_heads=args.pred_num_heads)
-      path = reference.save_converted(args.out, params, config)
-      m, d = config.model, config.data
-      positions = "3D RoPE" if m.use_rope else f"sin-cos uniform_power {m.uniform_power}"
-      heads = f", {m.pred_num_heads} heads" if m.pred_num_heads else ""
-      print(f"wrote {sorted(params)} of vit_{m.name} (overrides {dict(m.overrides)}, patch "
-            f"{m.patch_size}, tubelet {m.tubelet_size}, {positions}, "
-            f"predictor {m.pred_embed_dim}x{m.pred_depth}{heads}) for "
-            f"{d.num_frames}x{d.crop_size}px clips to {path}")
-    elif args.kind == "probe":
-      reference.write_torch_probe(args.ckpt, args.out, args.step)
-      print(f"wrote {args.out}")
-    else:
-      states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step,
-                                                resumable=args.resumable)
-      extra = "opt, epoch, scaler" if args.resumable else "epoch"
-      print(f"wrote {sorted(states)} (+ {extra}) to {args.out}")
-  except (ConversionError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except Exception as e:  # noqa: BLE001 - checkpoint errors carry their own actionable message
-    from jepa_jax.checkpoint import CheckpointError  # noqa: PLC0415
-    from jepa_jax.pretrain.experiment import ConfigError  # noqa: PLC0415 - --resumable's config
-    if isinstance(e, (CheckpointError, ConfigError)):
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-    raise
-  return 0
+  _, _, status = cli.run_tool(parse_args, convert, argv)
+  return status
 
 
-def _hf(args) -> int:
+def convert(args) -> None:
+  if args.to_hf or args.from_hf:
+    _hf(args)
+  elif args.from_torch and args.kind == "probe":
+    params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
+                                                      args.model, args.probe_index)
+    path = reference.save_probe(args.out, params, probe_config)
+    print(f"wrote probe {probe_config} to {path}")
+  elif args.from_torch and args.resumable:
+    try:
+      run_config = cli.load_config(args.config)
+    except ValueError as e:  # one line naming the file and the fix (cli.flag_error_message)
+      raise ConversionError(f"--config: {e}") from None
+    step = reference.save_resumable(
+        args.from_torch, run_config, args.out, model=args.model,
+        img_size=args.img_size, num_frames=args.num_frames, embed_dim=args.embed_dim,
+        depth=args.depth, num_heads=args.num_heads, use_rope=args.rope,
+        pred_num_heads=args.pred_num_heads)
+    print(f"wrote a pretraining checkpoint at step {step} to {args.out}: python -m "
+          f"jepa_jax.main --config={args.config} --workdir={args.out} resumes it")
+  elif args.from_torch:
+    params, config = reference.load_torch_checkpoint(
+        args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
+        patch_size=args.patch_size, tubelet_size=args.tubelet_size, embed_dim=args.embed_dim,
+        depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only,
+        use_rope=args.rope, pred_num_heads=args.pred_num_heads)
+    path = reference.save_converted(args.out, params, config)
+    m, d = config.model, config.data
+    positions = "3D RoPE" if m.use_rope else f"sin-cos uniform_power {m.uniform_power}"
+    heads = f", {m.pred_num_heads} heads" if m.pred_num_heads else ""
+    print(f"wrote {sorted(params)} of vit_{m.name} (overrides {dict(m.overrides)}, patch "
+          f"{m.patch_size}, tubelet {m.tubelet_size}, {positions}, "
+          f"predictor {m.pred_embed_dim}x{m.pred_depth}{heads}) for "
+          f"{d.num_frames}x{d.crop_size}px clips to {path}")
+  elif args.kind == "probe":
+    reference.write_torch_probe(args.ckpt, args.out, args.step)
+    print(f"wrote {args.out}")
+  else:
+    states = reference.write_torch_checkpoint(args.ckpt, args.out, args.which, args.step,
+                                              resumable=args.resumable)
+    extra = "opt, epoch, scaler" if args.resumable else "epoch"
+    print(f"wrote {sorted(states)} (+ {extra}) to {args.out}")
+
+
+def _hf(args) -> None:
   from jepa_jax.convert import hf  # noqa: PLC0415 - imports nothing optional until it runs
   if args.from_hf:
     written = hf.import_hf(args.from_hf, args.out)
@@ -210,7 +201,7 @@ def _hf(args) -> int:
             f"({'with ' + str(len(names)) + ' class names' if names else 'no class names'}) to "
             f"{written['probe']}: python -m jepa_jax.predict --checkpoint {args.out} --probe "
             f"{args.out}/{hf.PROBE_DIR} VIDEO")
-    return 0
+    return
   if args.kind == "probe":
     fields = hf.export_hf_probe(args.ckpt, args.to_hf, encoder_ckpt=args.encoder,
                                 which=args.which, step=args.step, labels=args.labels,
@@ -224,7 +215,6 @@ def _hf(args) -> int:
         f"{fields['num_attention_heads']} heads, {fields['frames_per_clip']}x"
         f"{fields['crop_size']}px clips to {args.to_hf}: transformers.{arch.split()[0]}"
         f".from_pretrained({args.to_hf!r}) loads it")
-  return 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import numpy as np
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax.convert import infer, reference, safetensors_io
 from jepa_jax.convert.names import ConversionError, from_torch_items
+from jepa_jax.errors import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,8 @@ def import_transformers():
   try:
     import transformers  # noqa: PLC0415 - optional dependency, the --to-hf/--from-hf paths only
   except ImportError as e:
-    raise ImportError("converting to or from Hugging Face needs transformers: pip install "
-                      "'jepa_jax[hf]' (or pip install transformers)") from e
+    raise MissingDependencyError("converting to or from Hugging Face needs transformers: pip "
+                                 "install 'jepa_jax[hf]' (or pip install transformers)") from e
   return transformers
 
 

@@ -18,6 +18,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from jepa_jax.errors import UserError
+
 WRAPPER_PREFIXES = ("module.", "backbone.")
 POSITION_BUFFERS = ("pos_embed", "predictor_pos_embed")
 
@@ -46,7 +48,7 @@ _BLOCKS_PREFIX = {"encoder": "blocks", "predictor": "predictor_blocks", "probe":
 _LAYER_NORMS = ("norm", "norm1", "norm2", "predictor_norm")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """A state dict that does not fit the named model, with the offending name."""
 
 

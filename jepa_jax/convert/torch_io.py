@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jepa_jax.convert.names import ConversionError
+from jepa_jax.errors import MissingDependencyError
 
 # The top-level entries of a checkpoint that hold state dicts the converter reads; everything
 # else (optimiser state, scaler, epoch, ...) is left as torch loaded it and never converted.
@@ -27,8 +28,8 @@ def import_torch():
   try:
     import torch  # noqa: PLC0415 - optional dependency, imported only by the converter
   except ImportError as e:
-    raise ImportError("converting PyTorch checkpoints needs torch: pip install 'jepa_jax[torch]' "
-                      "(or any CPU build of torch >= 2.2)") from e
+    raise MissingDependencyError("converting PyTorch checkpoints needs torch: pip install "
+                                 "'jepa_jax[torch]' (or any CPU build of torch >= 2.2)") from e
   return torch
 
 

@@ -42,11 +42,15 @@ import os
 import av
 import numpy as np
 
+from jepa_jax.errors import ConfigError, UserError
+
 SHORT_POLICIES = ("pad", "skip")
 
 
-class VideoReadError(Exception):
-  """A sample that cannot be used, with a short machine-readable ``reason``."""
+class VideoReadError(UserError):
+  """A sample that cannot be used, with a short machine-readable ``reason``. The pipelines
+  count and skip these; a tool that reads one named file reports it as the user's data."""
+  label = "Data error"
 
   def __init__(self, reason: str, detail: str = ""):
     super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -81,7 +85,7 @@ def clip_frame_indices(
   ``rng`` None means eval (segment centres); see the module docstring for the rules.
   """
   if short_policy not in SHORT_POLICIES:
-    raise ValueError(f"short_policy must be one of {SHORT_POLICIES}, got {short_policy!r}")
+    raise ConfigError(f"short_policy must be one of {SHORT_POLICIES}, got {short_policy!r}")
   n = int(num_video_frames)
   if n <= 0:
     raise VideoReadError("no_frames", "video has no frames")
@@ -297,6 +301,46 @@ def _check_nothing_needed_was_dropped(skipped, chosen, times, eps, tb):
       raise _InexactSkip()
 
 
+def open_video(path: str):
+  """The open PyAV container of a video file; ``VideoReadError`` (``missing``, ``empty_file``,
+  ``open_error``) when there is none to open."""
+  if not os.path.exists(path):
+    raise VideoReadError("missing", "file not found")
+  if os.path.getsize(path) == 0:
+    raise VideoReadError("empty_file", "zero bytes")
+  try:
+    return av.open(path, metadata_errors="ignore")
+  except Exception as e:  # noqa: BLE001 -- PyAV raises many error types for bad files
+    raise VideoReadError("open_error", f"{type(e).__name__}: {e}") from None
+
+
+def read_frames(path: str, wanted) -> tuple[dict, int]:
+  """``({index: uint8 [H, W, 3]} for the indices where wanted(index), decoded frame count)``:
+  the whole video decoded once in order (for sliding windows over all of it, where the frame
+  count is needed and seeking would not pay), keeping the frames asked for and the last one (for
+  padding). ``VideoReadError`` with the reasons of ``read_video_clips``."""
+  container = open_video(path)
+  kept, last, n = {}, None, 0
+  try:
+    stream, _, _, _ = probe(container)
+    for frame in container.decode(stream):
+      last = frame
+      if wanted(n):
+        kept[n] = frame.to_ndarray(format="rgb24")
+      n += 1
+  except VideoReadError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- PyAV raises many error types for corrupt files
+    raise VideoReadError("decode_error", f"{type(e).__name__}: {e}") from None
+  finally:
+    container.close()
+  if n == 0:
+    raise VideoReadError("no_frames", "no decodable frames")
+  if n - 1 not in kept:
+    kept[n - 1] = last.to_ndarray(format="rgb24")
+  return kept, n
+
+
 def read_video_clips(
     path: str,
     num_frames: int,
@@ -320,14 +364,7 @@ def read_video_clips(
   Raises VideoReadError with a reason (``missing``, ``empty_file``, ``open_error``,
   ``no_video_stream``, ``no_frames``, ``too_short``, ``decode_error``) for anything unusable.
   """
-  if not os.path.exists(path):
-    raise VideoReadError("missing", "file not found")
-  if os.path.getsize(path) == 0:
-    raise VideoReadError("empty_file", "zero bytes")
-  try:
-    container = av.open(path, metadata_errors="ignore")
-  except Exception as e:  # noqa: BLE001 -- PyAV raises many error types for bad files
-    raise VideoReadError("open_error", f"{type(e).__name__}: {e}") from None
+  container = open_video(path)
   try:
     stream, n, fps, start = probe(container)
     if target_fps:

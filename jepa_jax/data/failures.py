@@ -31,12 +31,15 @@ import zlib
 import numpy as np
 from scipy import stats
 
+from jepa_jax.errors import ConfigError, UserError
+
 log = logging.getLogger(__name__)
 
 
-class DataPipelineError(RuntimeError):
+class DataPipelineError(UserError, RuntimeError):
   """The data cannot feed the run: too many samples failed, one could not be replaced, or a
   source is empty or of the wrong kind. The message names the source and the fix."""
+  label = "Data error"
 
 
 _HINTS = {
@@ -81,7 +84,7 @@ class FailureTracker:
 
   def __init__(self, max_failure_fraction: float = 0.1, confidence: float = 0.999):
     if not 0 < confidence < 1:
-      raise ValueError(f"config.data.failure_confidence={confidence} must be in (0, 1)")
+      raise ConfigError(f"config.data.failure_confidence={confidence} must be in (0, 1)")
     self.max_failure_fraction = max_failure_fraction
     self.confidence = confidence
     self.sources: list | None = None  # [[spec, length], ...] the entries number

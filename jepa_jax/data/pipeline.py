@@ -47,6 +47,7 @@ from jepa_jax.data.settings import default_data_config  # noqa: F401
 from jepa_jax.data import sources as sources_lib
 from jepa_jax.data import synthetic
 from jepa_jax.data import transforms
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,10 @@ def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
   specs = _resolve_sources(cfg)
   weights = cfg.datasets_weights
   if weights is not None and len(weights) != len(specs):
-    raise ValueError(f"{len(specs)} datasets but {len(weights)} datasets_weights")
+    raise ConfigError(f"{len(specs)} datasets but {len(weights)} datasets_weights")
   fpcs = cfg.get("dataset_fpcs")
   if fpcs and len(fpcs) != len(specs):
-    raise ValueError(f"{len(specs)} datasets but {len(fpcs)} dataset_fpcs")
+    raise ConfigError(f"{len(specs)} datasets but {len(fpcs)} dataset_fpcs")
   parts, offset, counted = [], 0, []
   for k, spec in enumerate(specs):
     src = sources_lib.load_source(spec, cfg.tfds_data_dir)
@@ -292,7 +293,8 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   n = len(src)
   tracker.bind([(index_path, n)])
   if n == 0:
-    raise ValueError(f"{index_path} holds no samples")
+    raise DataPipelineError(f"{index_path} holds no samples (no video listed, or none found); "
+                            "give an index, directory or dataset with entries")
   if repeat:
     ds = grain.MapDataset.range(n)[shard_index::shard_count].seed(seed)
     if train:

@@ -6,6 +6,8 @@ run where those are not installed (e.g. a GPU machine that has only jax/flax/opt
 """
 import ml_collections
 
+from jepa_jax.errors import ConfigError
+
 
 def default_data_config() -> ml_collections.ConfigDict:
   """Every ``config.data`` field the data pipeline reads, with the reference's defaults."""
@@ -59,7 +61,7 @@ def dataset_frames(cfg, k: int) -> int:
   if not fpcs:
     return cfg.num_frames
   if any(int(f) != cfg.num_frames for f in fpcs):
-    raise ValueError(f"config.data.dataset_fpcs={list(fpcs)} differ from num_frames="
-                     f"{cfg.num_frames}: jepa_jax batches have one clip length; give every "
-                     "dataset num_frames frames (the released V-JEPA 2 recipes do)")
+    raise ConfigError(f"config.data.dataset_fpcs={list(fpcs)} differ from num_frames="
+                      f"{cfg.num_frames}: jepa_jax batches have one clip length; give every "
+                      "dataset num_frames frames (the released V-JEPA 2 recipes do)")
   return int(fpcs[k])

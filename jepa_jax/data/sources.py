@@ -25,6 +25,8 @@ import os
 
 import numpy as np
 
+from jepa_jax.errors import ConfigError, InputNotFoundError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -78,7 +80,7 @@ def _parse_label(field: str):
 def read_index(index_path: str) -> FileVideoSource:
   """Parses an index file (format in the module docstring)."""
   if not os.path.isfile(index_path):
-    raise FileNotFoundError(f"video index not found: {index_path}")
+    raise InputNotFoundError(f"video index not found: {index_path}")
   root = os.path.dirname(os.path.abspath(index_path))
   paths, labels = [], []
   with open(index_path) as f:
@@ -160,7 +162,8 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None) ->
   elif "image" in keys:
     key = "image"
   else:
-    raise ValueError(f"tfds:{name} has neither a 'video' nor an 'image' feature: {sorted(keys)}")
+    raise ConfigError(f"tfds:{name} has neither a 'video' nor an 'image' feature: "
+                      f"{sorted(keys)}; give a video or image dataset")
   label_key = "label" if "label" in keys else None
   return ArraySource(ds, key, label_key, name=f"tfds:{name}@{split}")
 

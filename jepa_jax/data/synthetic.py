@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from jepa_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 FPS = 30
@@ -244,14 +246,14 @@ def ensure_synthetic(out_dir: str, num_videos: int, seed: int = 0) -> str:
   with open(meta_path) as f:
     meta = json.load(f)
   if meta.get("num_videos") != num_videos or meta.get("seed") != seed:
-    raise ValueError(
+    raise ConfigError(
         f"{out_dir} holds a synthetic set with num_videos={meta.get('num_videos')}, "
         f"seed={meta.get('seed')}; asked for num_videos={num_videos}, seed={seed}. "
         "Use another directory or delete this one.")
   return index
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", required=True, help="output directory (created; an existing set with the same arguments is reused)")
   p.add_argument("--num-videos", type=int, default=64)
@@ -260,9 +262,12 @@ def main(argv=None):
   from jepa_jax import cli  # noqa: PLC0415 (the writer's path imports no CLI stack)
   cli.setup_logging()
   t0 = time.time()
-  index = ensure_synthetic(args.out, args.num_videos, args.seed)
-  print(f"{index} ({args.num_videos} videos, {time.time() - t0:.1f}s)")
+  index, status = cli.run_or_report(lambda: ensure_synthetic(args.out, args.num_videos, args.seed))
+  if not status:
+    print(f"{index} ({args.num_videos} videos, {time.time() - t0:.1f}s)")
+  return status
 
 
 if __name__ == "__main__":
-  main()
+  import sys
+  sys.exit(main())

@@ -29,20 +29,19 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax.eval import results as results_lib  # noqa: PLC0415
   from jepa_jax.eval import run  # noqa: PLC0415
   config = _CONFIG.value
   eval_config.resolve_paths(config)
   workdir = paths.resolve(_WORKDIR.value)
   cli.start_workdir(workdir, "results.json and the probes", jax.process_index())
-  results = cli.run_or_fail(lambda: run.evaluate(config, workdir), workdir,
-                            known=(ValueError, ckpt_lib.CheckpointError, FileNotFoundError))
+  results = cli.run_or_fail(lambda: run.evaluate(config, workdir), workdir)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f} +- {acc['top1_std']:.2f}  "
         f"top-5 {acc['top5']:.2f}  ({results['num_val_examples']} val examples; "
         f"{os.path.join(workdir, 'results.json')})")
   if "pretrained_vs_random" in results:
-    print(run.versus_line(results["pretrained_vs_random"]))
+    print(results_lib.versus_line(results["pretrained_vs_random"]))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import features
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import placement
-from jepa_jax.eval import run as run_lib
+from jepa_jax.eval import datasets
+from jepa_jax.eval import probe_runs
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ def label_table(config, label: str, split: str) -> np.ndarray:
   """Labels of ``label`` by source position for the synthetic split ``split``."""
   c = config.copy_and_resolve_references()
   c.synthetic_label = label
-  train, val = run_lib.resolve_indexes(c)
-  return run_lib.source_labels(train if split == "train" else val)
+  train, val = datasets.resolve_indexes(c)
+  return datasets.source_labels(train if split == "train" else val)
 
 
 def with_positions(cache: features.FeatureCache, grid) -> features.FeatureCache:
@@ -75,14 +76,14 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
 
   # Decode every clip once; all encoders read the same pixels.
   config.synthetic_label = labels[0]
-  train_spec, val_spec = run_lib.resolve_indexes(config)
+  train_spec, val_spec = datasets.resolve_indexes(config)
   xb = config.extract_batch_size or config.batch_size
   t0 = time.time()
-  train_batches = list(run_lib.make_dataset(config, train_spec, train=False, batch_size=xb,
-                                            seed=config.seed, repeat=False, num_views=1))
-  val_batches = list(run_lib.make_dataset(config, val_spec, train=False, batch_size=xb,
-                                          seed=config.seed, repeat=False,
-                                          num_views=config.num_views))
+  train_batches = list(datasets.make_dataset(config, train_spec, train=False, batch_size=xb,
+                                             seed=config.seed, repeat=False, num_views=1))
+  val_batches = list(datasets.make_dataset(config, val_spec, train=False, batch_size=xb,
+                                           seed=config.seed, repeat=False,
+                                           num_views=config.num_views))
   log.info("decoded %d train and %d val batches in %.1fs", len(train_batches), len(val_batches),
            time.time() - t0)
   tables = {lab: (label_table(config, lab, "train"), label_table(config, lab, "val"))
@@ -91,8 +92,8 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
 
   def caches(params):
     params = placer.replicate(params)
-    out = (run_lib.extract_features(token_fn, params, train_batches, placer),
-           run_lib.extract_features(token_fn, params, val_batches, placer))
+    out = (features.extract_features(token_fn, params, train_batches, placer),
+           features.extract_features(token_fn, params, val_batches, placer))
     return tuple(with_positions(c, encoder.grid) for c in out) if probe_positions else out
 
   encoders = {"pretrained": [(s, pre_params) for s in seeds],
@@ -110,8 +111,9 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
         tr_labels, va_labels = tables[lab]
         tr, va = train_c.relabel(tr_labels), val_c.relabel(va_labels)
         num_classes = int(max(tr_labels.max(), va_labels.max())) + 1
-        task = run_lib.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config)
-        rec = run_lib.run_cached_probe(task, tr, va, seed, 1.0, placer, workdir, write=False)
+        task = probe_runs.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads,
+                                    config)
+        rec = probe_runs.run_cached_probe(task, tr, va, seed, 1.0, placer, workdir, write=False)
         log.info("%s seed %d %s: top-1 %.2f", name, seed, lab, rec["top1"])
         runs[name][lab].append(dict(seed=seed, top1=rec["top1"], top5=rec["top5"],
                                     train_top1=rec["history"][-1]["train_top1"]))
@@ -131,7 +133,7 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
       pretrained=pretrained, checkpoint_key=config.checkpoint_key, step=info["step"],
       model=info["model"], seeds=list(seeds), num_train=len(train_c), num_val=len(val_c),
       probe_positions=probe_positions,
-      protocol=run_lib.protocol(config), table=table, runs=runs,
+      protocol=probe_runs.protocol(config), table=table, runs=runs,
       seconds=time.time() - t_start)
 
 
@@ -146,7 +148,7 @@ def markdown(result: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--pretrained", required=True, help="the pretraining workdir (or checkpoint dir)")
   p.add_argument("--out", default="results_compare.json")
@@ -164,6 +166,11 @@ def main(argv=None):
                  help="diagnostic, not the reference protocol: add fixed positions to the tokens")
   args = p.parse_args(argv)
   cli.setup_logging()
+  _, status = cli.run_or_report(lambda: compare_command(args, argv))
+  return status
+
+
+def compare_command(args, argv) -> None:
   config = load_config(args.config) if args.config else config_lib.demo_eval_config()
   if args.epochs:
     config.epochs = args.epochs
@@ -188,4 +195,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   import sys
-  main(sys.argv[1:])
+  sys.exit(main(sys.argv[1:]))

@@ -20,6 +20,7 @@ from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
 from jepa_jax import paths
 from jepa_jax.data import normalize as normalize_lib
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def resolve_model(config, saved_config: Optional[dict]) -> dict:
     if v is not None:
       arch[k] = v
   if not arch.get("name"):
-    raise ValueError(
+    raise ConfigError(
         f"cannot tell the encoder's architecture: checkpoint {config.checkpoint!r} carries no "
         "config. Set config.model.name (and config.model.overrides, patch_size, tubelet_size) to "
         "the architecture the weights were trained with.")
@@ -50,8 +51,8 @@ def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
   """The encoder at the eval resolution and clip length (positions are fixed sin-cos, so they
   follow the grid; every trained parameter keeps its shape)."""
   if config.encoder_dtype not in models.DTYPES:
-    raise ValueError(f"config.encoder_dtype must be one of {sorted(models.DTYPES)}, "
-                     f"got {config.encoder_dtype!r}")
+    raise ConfigError(f"config.encoder_dtype must be one of {sorted(models.DTYPES)}, "
+                      f"got {config.encoder_dtype!r}")
   encoder, _ = models.from_spec(models.ModelSpec(
       name=arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
       patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
@@ -83,10 +84,11 @@ def load_frozen_encoder(config, seed: Optional[int] = None, on_host: bool = Fals
   path = config.checkpoint
   key = config.checkpoint_key
   if key not in CHECKPOINT_KEYS:
-    raise ValueError(f"config.checkpoint_key must be 'target' (EMA encoder) or 'online', got {key!r}")
+    raise ConfigError(f"config.checkpoint_key must be 'target' (EMA encoder) or 'online', got "
+                      f"{key!r}")
   if not path:
-    raise ValueError("config.checkpoint is empty: give a trainer workdir / converted-weights "
-                     "directory, or 'random' for a randomly initialised encoder")
+    raise ConfigError("config.checkpoint is empty: give a trainer workdir / converted-weights "
+                      "directory, or 'random' for a randomly initialised encoder")
   if path == "random":
     arch = resolve_model(config, None)
     encoder = build_eval_encoder(arch, config)

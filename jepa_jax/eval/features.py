@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from jepa_jax.data.failures import DataPipelineError
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +63,7 @@ def extract_features(token_fn: Callable, encoder_params, batches, placer,
         index.append(idx[r])
     count += len(lab)
   if not toks:
-    raise ValueError("feature extraction produced no examples (empty source?)")
+    raise DataPipelineError("feature extraction produced no examples: is the source empty?")
   log.info("encoded %d examples (%d rows read) in %.1fs", len(toks), count, time.time() - t0)
   order = np.argsort(index)
   return FeatureCache(np.stack(toks)[order], np.asarray(labels, np.int32)[order],

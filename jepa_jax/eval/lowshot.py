@@ -11,16 +11,19 @@ import os
 
 import numpy as np
 
+from jepa_jax import paths
+from jepa_jax.errors import ConfigError
+
 
 def balanced_subset(labels, fraction: float, seed: int) -> np.ndarray:
   """Sorted indices into ``labels`` of a per-class balanced ``fraction`` (all for fraction >= 1)."""
   labels = np.asarray(labels)
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"low-shot fraction must be in (0, 1], got {fraction}")
+    raise ConfigError(f"low-shot fraction must be in (0, 1], got {fraction}")
   if fraction >= 1.0:
     return np.arange(len(labels))
   if np.any(labels < 0):
-    raise ValueError("low-shot splits need labelled data; the index has unlabelled (-1) entries")
+    raise ConfigError("low-shot splits need labelled data; the index has unlabelled (-1) entries")
   keep = []
   for c in np.unique(labels):
     members = np.flatnonzero(labels == c)
@@ -35,11 +38,9 @@ def write_subset_index(index_path: str, indices, out_path: str) -> str:
   from jepa_jax.data import sources  # pylint: disable=import-outside-toplevel
   src = sources.read_index(index_path)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = out_path + ".tmp"
-  with open(tmp, "w") as f:
+  with paths.atomic_write(out_path) as f:
     for i in indices:
       f.write(f"{os.path.abspath(src.path(int(i)))} {src.label(int(i))}\n")
-  os.replace(tmp, out_path)
   return out_path
 
 

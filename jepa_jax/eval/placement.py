@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from jepa_jax import sharding
+from jepa_jax.errors import ConfigError
 
 
 class Placer:
@@ -30,8 +31,8 @@ class Placer:
     if global_b % self.num_devices == 0:
       return jax.make_array_from_process_local_data(self.split, x)
     if jax.process_count() > 1:
-      raise ValueError(f"global batch {global_b} is not divisible by the {self.num_devices} "
-                       "devices; choose config.batch_size accordingly")
+      raise ConfigError(f"global batch {global_b} is not divisible by the {self.num_devices} "
+                        "devices; choose config.batch_size accordingly")
     return jax.device_put(x, self.replicated)
 
   def replicate(self, tree):

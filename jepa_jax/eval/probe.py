@@ -1,4 +1,5 @@
-"""Attentive-probe training: model, optimiser, jitted train and eval steps, view aggregation.
+"""Attentive probes: model, optimiser, jitted train and eval steps, view aggregation, and a saved
+probe loaded back (``load_saved_probe``).
 
 Only the probe's parameters are trained; the encoder's tokens arrive already computed (cached) or
 are computed inside the same jitted step under ``stop_gradient`` (streaming). The optimiser is the
@@ -35,9 +36,11 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
+from jepa_jax.errors import ConfigError
 
 PROBE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
 
@@ -50,7 +53,7 @@ def probe_config(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg
   """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it."""
   heads = probe_cfg.num_heads or encoder_heads
   if embed_dim % heads:
-    raise ValueError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
+    raise ConfigError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
   return dict(num_classes=int(num_classes), num_heads=int(heads),
               mlp_ratio=float(probe_cfg.mlp_ratio), depth=int(probe_cfg.depth), num_queries=1,
               embed_dim=int(embed_dim), blocks_on=probe_cfg.get("blocks_on", "query"))
@@ -65,7 +68,7 @@ def probe_from_config(saved: dict, dtype: str = "float32"):
   """The probe module of a saved probe config (``probe_config``, or a converted probe's)."""
   models.dtype_of(dtype, "config.probe.dtype", PROBE_DTYPES)
   if int(saved.get("num_queries", 1)) != 1:
-    raise ValueError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
+    raise ConfigError(f"the probe has {saved['num_queries']} queries; jepa_jax's eval uses 1")
   return _probe(int(saved["num_classes"]), int(saved["num_heads"]), float(saved["mlp_ratio"]),
                 int(saved["depth"]), dtype, saved.get("blocks_on", "query"))
 
@@ -133,7 +136,7 @@ def _optimizer(optim_items: tuple, total_steps: int, steps_per_epoch: int):
   cfg = ml_collections.ConfigDict(dict(optim_items))
   decay_on = cfg.get("weight_decay_on", "weights")
   if decay_on not in ("weights", "all"):
-    raise ValueError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
+    raise ConfigError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
   adamw = optax.adamw(lr_schedule(cfg, total_steps, steps_per_epoch), b1=cfg.b1, b2=cfg.b2,
                       eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps),
                       mask=decay_mask if decay_on == "weights" else None)
@@ -169,7 +172,7 @@ def aggregate_views(logits, mode: str = "softmax"):
     return jnp.mean(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=1)
   if mode == "logits":
     return jnp.mean(logits.astype(jnp.float32), axis=1)
-  raise ValueError(f"config.view_aggregation must be 'softmax' or 'logits', got {mode!r}")
+  raise ConfigError(f"config.view_aggregation must be 'softmax' or 'logits', got {mode!r}")
 
 
 def view_logits(apply_fn, params, tokens):
@@ -256,3 +259,20 @@ def summarize(sums: list[dict]) -> dict:
   return {k: (100.0 * v / n if k in ("top1", "top5") else v / n)
           for k, v in tot.items()} | {"count": int(n)}
 
+
+def load_saved_probe(path: str, embed_dim: int, dtype: str):
+  """``(probe module, params, probe_config, eval info or None)`` of a probe checkpoint, checked
+  against the encoder's width."""
+  if not path:
+    raise ConfigError("config.train=False needs config.probe_checkpoint: a probe directory (an "
+                      "eval run's probes/<run>, or python -m jepa_jax.convert --kind probe --out "
+                      "DIR)")
+  params, saved = ckpt_lib.load_probe(path)
+  if int(saved["embed_dim"]) != embed_dim:
+    raise ckpt_lib.CheckpointError(
+        f"probe {path} reads {saved['embed_dim']}-wide tokens but the encoder makes {embed_dim}-wide "
+        "ones; give the encoder the probe was trained on (config.checkpoint)")
+  probe = probe_from_config(saved, dtype)
+  ckpt_lib.check_shapes(params, abstract_params(probe, embed_dim), f"probe {path}")
+  eval_info = ckpt_lib.read_probe_config(path).get("eval")
+  return probe, params, saved, eval_info

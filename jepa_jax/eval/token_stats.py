@@ -44,10 +44,7 @@ def layer_stats(encoder, params, clips) -> dict:
   return out
 
 
-def main(argv=None):
-  from jepa_jax import data
-  from jepa_jax.eval import config as config_lib
-  from jepa_jax.eval import encoder as enc_lib
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", required=True, help="pretraining workdir or checkpoint dir")
   p.add_argument("--index", required=True, help="index file of videos to encode")
@@ -55,6 +52,15 @@ def main(argv=None):
   p.add_argument("--num_clips", type=int, default=48)
   p.add_argument("--random", action="store_true", help="also report a random init (seed 0)")
   args = p.parse_args(argv)
+  from jepa_jax import cli  # noqa: PLC0415
+  _, status = cli.run_or_report(lambda: report_token_stats(args))
+  return status
+
+
+def report_token_stats(args) -> None:
+  from jepa_jax import data  # noqa: PLC0415
+  from jepa_jax.eval import config as config_lib  # noqa: PLC0415
+  from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   config = config_lib.base_eval_config()
   config.checkpoint, config.checkpoint_key = args.checkpoint, args.checkpoint_key
   encoder, params, info = enc_lib.load_frozen_encoder(config)
@@ -77,4 +83,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   import sys
-  main(sys.argv[1:])
+  sys.exit(main(sys.argv[1:]))

@@ -27,16 +27,12 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-  from jepa_jax import nonfinite  # noqa: PLC0415
   from jepa_jax.finetune import run  # noqa: PLC0415
   config = _CONFIG.value
   ft_config.resolve_paths(config)
   workdir = paths.resolve(_WORKDIR.value)
   cli.start_workdir(workdir, "checkpoints and results.json", jax.process_index())
-  results = cli.run_or_fail(lambda: run.finetune(config, workdir), workdir,
-                            known=(ValueError, ckpt_lib.CheckpointError, FileNotFoundError,
-                                   nonfinite.NonFiniteLossError))
+  results = cli.run_or_fail(lambda: run.finetune(config, workdir), workdir)
   cli.exit_if_preempted(results)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f}  top-5 {acc['top5']:.2f}  "

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from jepa_jax import models, optim
+from jepa_jax.checkpoint import CheckpointError
+from jepa_jax.errors import ConfigError
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.models import layers
 
@@ -51,7 +53,7 @@ class MeanPoolClassifier(nn.Module):
 def build_head(config, num_classes: int, embed_dim: int, encoder_heads: int):
   kind = config.head.kind
   if kind not in HEADS:
-    raise ValueError(f"config.head.kind must be one of {HEADS}, got {kind!r}")
+    raise ConfigError(f"config.head.kind must be one of {HEADS}, got {kind!r}")
   if kind == "attentive":
     return probe_lib.build_probe(num_classes, embed_dim, encoder_heads, config.head)
   return MeanPoolClassifier(num_classes, config.head.init_scale,
@@ -63,7 +65,8 @@ def head_num_classes(head_params) -> int:
   ``linear`` of the attentive one)."""
   last = head_params.get("head", head_params.get("linear"))
   if last is None or "bias" not in last:
-    raise ValueError(f"not a fine-tuning head (entries {sorted(head_params)})")
+    raise CheckpointError(f"its head is not a fine-tuning head (entries {sorted(head_params)}); "
+                          "give a fine-tuning workdir as --checkpoint, or a probe with --probe")
   return int(last["bias"].shape[0])
 
 

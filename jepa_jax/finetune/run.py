@@ -42,9 +42,12 @@ from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import sharding
 from jepa_jax.data import normalize as normalize_lib
+from jepa_jax.errors import ConfigError
+from jepa_jax.eval import datasets as eval_data
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
-from jepa_jax.eval import run as eval_run
+from jepa_jax.eval import results as eval_results
+from jepa_jax.eval.placement import Placer
 from jepa_jax.finetune import augment
 from jepa_jax.finetune import model as model_lib
 
@@ -166,8 +169,8 @@ def steps_per_epoch(config, num_train: int) -> int:
     return int(config.steps_per_epoch)
   steps = num_train // config.batch_size
   if steps < 1:
-    raise ValueError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
-                     "training examples; lower it or set config.steps_per_epoch")
+    raise ConfigError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
+                      "training examples; lower it or set config.steps_per_epoch")
   return steps
 
 
@@ -210,13 +213,13 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   policy = nonfinite_lib.NonFinitePolicy.from_config(config)
   loop.write_config(workdir, config)
   mesh = make_mesh(config)
-  placer = eval_run.Placer(mesh)
-  train_spec, val_spec = eval_run.resolve_indexes(config)
-  train_labels = eval_run.source_labels(train_spec, config.data.tfds_data_dir)
+  placer = Placer(mesh)
+  train_spec, val_spec = eval_data.resolve_indexes(config)
+  train_labels = eval_data.source_labels(train_spec, config.data.tfds_data_dir)
   num_classes = config.num_classes or int(train_labels.max()) + 1
   if train_labels.max() >= num_classes:
-    raise ValueError(f"the training index has label {int(train_labels.max())} but "
-                     f"config.num_classes is {num_classes}")
+    raise ConfigError(f"the training index has label {int(train_labels.max())} but "
+                      f"config.num_classes is {num_classes}")
   ipe = steps_per_epoch(config, len(train_labels))
   total = int(config.epochs * ipe)
 
@@ -236,7 +239,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
 
   nproc = jax.process_count()
   if config.batch_size % nproc:
-    raise ValueError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
+    raise ConfigError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
   dataset = data_lib.make_eval_dataset(
       config.data, train_spec, batch_size=config.batch_size // nproc, num_segments=1,
       num_views=1, train=True, seed=config.seed, shard_index=jax.process_index(),
@@ -293,7 +296,7 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
       num_train_examples=int(len(train_labels)), steps=total, steps_per_epoch=ipe,
       test_segments=config.test_segments, test_views=config.test_views, history=history,
       seconds=time.time() - t_start)
-  path = eval_run.write_results(results, workdir)  # process 0 writes
+  path = eval_results.write_results(results, workdir)  # process 0 writes
   if jax.process_index() == 0:
     log.info("wrote %s: top-1 %.2f, top-5 %.2f", path, acc["top1"], acc["top5"])
   return results

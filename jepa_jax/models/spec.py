@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
+from jepa_jax.errors import ConfigError
 from jepa_jax.models.predictor import Predictor
 from jepa_jax.models.vit import VisionTransformer, build_encoder
 
@@ -58,7 +59,7 @@ def dtype_of(name: str, field: str = "dtype", allowed=tuple(DTYPES)):
   """The jnp dtype called ``name``, one of ``allowed`` (a subset of ``DTYPES``, the one table of
   dtype names); otherwise a ValueError naming the config ``field`` and the choices."""
   if name not in allowed or name not in DTYPES:
-    raise ValueError(f"{field} must be one of {sorted(allowed)}, got {name!r}")
+    raise ConfigError(f"{field} must be one of {sorted(allowed)}, got {name!r}")
   return DTYPES[name]
 
 
@@ -96,8 +97,8 @@ def from_spec(spec: ModelSpec) -> tuple[VisionTransformer, Optional[Predictor]]:
   do not tile) with a message that names the field."""
   encoder = encoder_from_spec(spec)
   if encoder.embed_dim % encoder.block.num_heads:
-    raise ValueError(f"width {encoder.embed_dim} is not divisible by num_heads "
-                     f"{encoder.block.num_heads}; change overrides.num_heads or embed_dim")
+    raise ConfigError(f"width {encoder.embed_dim} is not divisible by num_heads "
+                      f"{encoder.block.num_heads}; change overrides.num_heads or embed_dim")
   encoder.grid  # noqa: B018 - checks that patches and tubelets tile the clip (vit.token_grid)
   p = spec.predictor
   if p is None:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax import sharding
+from jepa_jax.errors import ConfigError
 from jepa_jax.models import layers
 from jepa_jax.models import pos_embed
 from jepa_jax.models import rope as rope_lib
@@ -53,8 +54,8 @@ def size_spec(name: str) -> dict:
   if key.endswith(ROPE_SUFFIX) and key[:-len(ROPE_SUFFIX)] in VIT_SIZES:
     key, extra = key[:-len(ROPE_SUFFIX)], {"use_rope": True}
   if key not in VIT_SIZES:
-    raise ValueError(f"unknown model size {name!r}; choose one of {sorted(VIT_SIZES)} "
-                     "(or set embed_dim/depth/num_heads explicitly)")
+    raise ConfigError(f"unknown model size {name!r}; choose one of {sorted(VIT_SIZES)} "
+                      "(or set embed_dim/depth/num_heads explicitly)")
   return dict(VIT_SIZES[key], **extra)
 
 
@@ -76,11 +77,11 @@ def token_grid(img_size, num_frames: int, patch_size: int, tubelet_size: int,
   img_name, frames_name, patch_name, tubelet_name = names
   for side in (height, width):
     if side % patch_size:
-      raise ValueError(f"{img_name}={side} is not divisible by {patch_name}={patch_size}; use "
-                       "a multiple of the patch size")
+      raise ConfigError(f"{img_name}={side} is not divisible by {patch_name}={patch_size}; use "
+                        "a multiple of the patch size")
   if num_frames % tubelet_size:
-    raise ValueError(f"{frames_name}={num_frames} is not divisible by {tubelet_name}="
-                     f"{tubelet_size}; use a multiple of the tubelet size")
+    raise ConfigError(f"{frames_name}={num_frames} is not divisible by {tubelet_name}="
+                      f"{tubelet_size}; use a multiple of the tubelet size")
   return num_frames // tubelet_size, height // patch_size, width // patch_size
 
 

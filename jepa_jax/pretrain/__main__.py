@@ -36,20 +36,20 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   distributed.initialize_from_flags()
   import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax import nonfinite  # noqa: PLC0415
   from jepa_jax.pretrain import config as config_lib, experiment, trainer  # noqa: PLC0415
   config = _CONFIG.value
   defaults.resolve_paths(config)
-  try:
+
+  def build():
     exp = experiment.build(config)  # validates the config, once
     config_lib.check_init_from(config)
-  except experiment.ConfigError as e:
-    cli.fail(f"Config error: {e}")
+    return exp
+
+  exp = cli.run_or_fail(build)
   workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
   log_path = cli.start_workdir(workdir, "checkpoints and logs", jax.process_index())
   logging.info("Logging to %s", log_path)
-  metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir,
-                            known=(nonfinite.NonFiniteLossError,), prefix="Stopped: ")
+  metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir)
   cli.exit_if_preempted(metrics)
 
 

@@ -20,15 +20,12 @@ from jepa_jax import models
 from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax.data.settings import dataset_frames
+from jepa_jax.errors import ConfigError  # noqa: F401 - config.ConfigError, as callers name it
 
 # The names the model's grid check reports a pretraining config's fields under.
 _GRID_FIELDS = ("config.data.crop_size", "config.data.num_frames", "config.model.patch_size",
                 "config.model.tubelet_size")
 TRAIN_DTYPES = ("float32", "bfloat16")  # of models.DTYPES: float16 would need loss scaling
-
-
-class ConfigError(ValueError):
-  """An impossible config value; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import sys
 from typing import Optional
 
 from jepa_jax.data import synthetic
+from jepa_jax.errors import ConfigError, InputNotFoundError
 
 PREFIX = "probe/"
 
@@ -79,16 +80,20 @@ def main(argv=None) -> int:
   p.add_argument("--classes", type=int, default=None,
                  help="number of classes, for the chance line (default: the synthetic label's)")
   args = p.parse_args(argv)
+  from jepa_jax import cli  # noqa: PLC0415 - the plotting path imports no CLI stack
+  _, status = cli.run_or_report(lambda: plot_run(args))
+  return status
+
+
+def plot_run(args) -> None:
   path = os.path.join(args.workdir, "metrics.jsonl")
   if not os.path.exists(path):
-    print(f"error: {path} does not exist; give a pretraining workdir", file=sys.stderr)
-    return 2
+    raise InputNotFoundError(f"{path} does not exist; give a pretraining workdir")
   curves = read_curves(path)
   share = curves["time_share"]
   if len(curves) == 1:
-    print(f"error: {path} has no probe/* rows: pretrain with config.monitor_probe.every > 0 "
-          "(configs/demo.py sets it)", file=sys.stderr)
-    return 2
+    raise ConfigError(f"{path} has no probe/* rows: pretrain with config.monitor_probe.every > 0 "
+                      "(configs/demo.py sets it)")
   title = f"online probe, {os.path.basename(os.path.normpath(args.workdir))}"
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   plot(curves, args.out, title, args.classes)
@@ -98,7 +103,6 @@ def main(argv=None) -> int:
   if share is not None:
     print(f"probe monitor: {100 * share:.1f}% of the run's wall time")
   print(f"-> {args.out}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import numpy as np
 
 from jepa_jax import sharding
 from jepa_jax.data import synthetic
+from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def pool_tokens(tokens: np.ndarray, pooling: str, grid: tuple) -> np.ndarray:
     return tokens.reshape(n, t, length // t, d).mean(axis=2).reshape(n, t * d)
   if pooling == "flat":
     return tokens.reshape(n, length * d)
-  raise ValueError(f"config.monitor_probe.pooling must be one of {POOLINGS}, got {pooling!r}")
+  raise ConfigError(f"config.monitor_probe.pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def _standardise(fit: np.ndarray, test: np.ndarray):
@@ -118,7 +119,7 @@ def cross_validated_accuracy(features, labels, kind: str, folds: int, *, ridge_a
     elif kind == "knn":
       pred = knn_predict(features[fit], labels[fit], features[test], num_classes, knn_k)
     else:
-      raise ValueError(f"config.monitor_probe.kind: unknown probe {kind!r}; use one of {KINDS}")
+      raise ConfigError(f"config.monitor_probe.kind: unknown probe {kind!r}; use one of {KINDS}")
     correct += int(np.sum(pred == labels[test]))
   return 100.0 * correct / len(labels)
 
@@ -130,7 +131,7 @@ def kinds_of(kind: str) -> tuple:
   kinds = tuple(k.strip() for k in str(kind).split(",") if k.strip())
   bad = [k for k in kinds if k not in KINDS]
   if not kinds or bad:
-    raise ValueError(f"config.monitor_probe.kind={kind!r}: use ridge, knn or 'ridge,knn'")
+    raise ConfigError(f"config.monitor_probe.kind={kind!r}: use ridge, knn or 'ridge,knn'")
   return kinds
 
 
@@ -138,20 +139,20 @@ def check_config(mp) -> None:
   """Refuse impossible ``config.monitor_probe`` settings (one line each; ``ValueError``)."""
   every = mp.get("every", 0) or 0
   if not isinstance(every, int) or every < 0:
-    raise ValueError(f"config.monitor_probe.every={every!r} must be a number of steps (0 = off)")
+    raise ConfigError(f"config.monitor_probe.every={every!r} must be a number of steps (0 = off)")
   if not every:
     return
   if not mp.get("index"):
-    raise ValueError("config.monitor_probe.every is set but config.monitor_probe.index is empty: "
-                     f"give a labelled index file or a synthetic label ({', '.join(LABELS)})")
+    raise ConfigError("config.monitor_probe.every is set but config.monitor_probe.index is empty: "
+                      f"give a labelled index file or a synthetic label ({', '.join(LABELS)})")
   kinds_of(mp.kind)
   if mp.pooling not in POOLINGS:
-    raise ValueError(f"config.monitor_probe.pooling must be one of {POOLINGS}, got {mp.pooling!r}")
+    raise ConfigError(f"config.monitor_probe.pooling must be one of {POOLINGS}, got {mp.pooling!r}")
   if not isinstance(mp.folds, int) or mp.folds < 2:
-    raise ValueError(f"config.monitor_probe.folds={mp.folds!r} must be an integer >= 2")
+    raise ConfigError(f"config.monitor_probe.folds={mp.folds!r} must be an integer >= 2")
   if not isinstance(mp.num_clips, int) or mp.num_clips < 2 * mp.folds:
-    raise ValueError(f"config.monitor_probe.num_clips={mp.num_clips!r} must be at least "
-                     f"2 x folds ({2 * mp.folds})")
+    raise ConfigError(f"config.monitor_probe.num_clips={mp.num_clips!r} must be at least "
+                      f"2 x folds ({2 * mp.folds})")
 
 
 LABELS = ("motion",) + synthetic.ATTRIBUTES
@@ -169,8 +170,8 @@ def resolve_index(index: str, data_config) -> dict:
   the set is generated if absent); an index file is named after its file."""
   if is_synthetic_labels(index):
     if not data_config.get("synthetic_dir"):
-      raise ValueError(f"config.monitor_probe.index={index!r} names synthetic labels but "
-                       "config.data.synthetic_dir is empty; give a labelled index file instead")
+      raise ConfigError(f"config.monitor_probe.index={index!r} names synthetic labels but "
+                        "config.data.synthetic_dir is empty; give a labelled index file instead")
     root = os.path.dirname(synthetic.ensure_synthetic(
         data_config.synthetic_dir, data_config.synthetic_num_videos,
         data_config.get("synthetic_seed", 0)))
@@ -178,8 +179,8 @@ def resolve_index(index: str, data_config) -> dict:
     return {n: os.path.join(root, "index.csv" if n == "motion" else f"index_{n}.csv")
             for n in names}
   if not os.path.exists(index):
-    raise ValueError(f"config.monitor_probe.index={index!r} is neither a labelled index file nor "
-                     f"synthetic labels ({', '.join(LABELS)}, or several comma-separated)")
+    raise ConfigError(f"config.monitor_probe.index={index!r} is neither a labelled index file nor "
+                      f"synthetic labels ({', '.join(LABELS)}, or several comma-separated)")
   return {os.path.splitext(os.path.basename(index))[0]: index}
 
 
@@ -215,8 +216,9 @@ class ProbeMonitor:
                    for name, path in indexes.items()}
     for name, labels in self.labels.items():
       if labels.min() < 0:
-        raise ValueError(f"config.monitor_probe.index: {indexes[name]} has unlabelled (-1) entries "
-                         "among the chosen clips; give an index with a label on every line")
+        raise ConfigError(f"config.monitor_probe.index: {indexes[name]} has unlabelled (-1) "
+                          "entries among the chosen clips; give an index with a label on every "
+                          "line")
     self.placer = Placer(exp.mesh)
     nproc = jax.process_count()
     batch = int(mp.get("batch_size") or exp.batch_size)
