@@ -322,6 +322,9 @@ class VisionTransformer(nn.Module):
     if hierarchical:
       return jnp.concatenate([n(y) for n, y in zip(self.norms_block, intermediate)], axis=-1)
     if self.levels:
+      if self.is_initializing():  # every level's LayerNorm exists whatever the init call asks for
+        for norm in self.norms_block:
+          norm(x)
       if out_layers:
         return [self._level_norm(l)(y) for l, y in zip(out_layers, intermediate)]
       return self.norms_block[-1](x)
