@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from jepa_jax import loss_vjepa21
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import nonfinite
@@ -43,6 +44,22 @@ class Settings:
   grad_accum_steps: int              # micro-batches per update (1 = none)
   rescale_residual_init: bool
   data: Any                          # config.data: the data pipeline's own section
+  # V-JEPA 2.1's context loss (config.model.vjepa21 with config.loss); None = V-JEPA 1/2's loss.
+  context_loss: Optional[loss_vjepa21.ContextLossConfig] = None
+
+
+def context_loss_config(config) -> Optional[loss_vjepa21.ContextLossConfig]:
+  """``config.loss`` (the reference's loss keys and lambda settings) for a ``config.model.vjepa21``
+  model; None for V-JEPA 1/2 configs."""
+  if not config.model.get("vjepa21"):
+    return None
+  fields = {f.name for f in dataclasses.fields(loss_vjepa21.ContextLossConfig)}
+  given = dict(config.get("loss") or {})
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ConfigError(f"config.loss.{unknown[0]} is not a V-JEPA 2.1 loss setting; use one of "
+                      f"{sorted(fields)}")
+  return loss_vjepa21.ContextLossConfig(**given)
 
 
 def num_mask_tokens(config) -> int:
@@ -77,13 +94,16 @@ def model_spec(config, num_masks: Optional[int] = None) -> models.ModelSpec:
   predictor = models.PredictorSpec(
       depth=m.pred_depth, embed_dim=m.pred_embed_dim, num_heads=m.get("pred_num_heads"),
       num_mask_tokens=num_masks if num_masks is not None else num_mask_tokens(config),
-      zero_init_mask_tokens=m.zero_init_mask_tokens)
+      zero_init_mask_tokens=m.zero_init_mask_tokens,
+      # V-JEPA 2.1 trains with the context outputs (predict_all) for its dense loss.
+      return_context=bool(m.get("vjepa21")))
   return models.ModelSpec(
       name=m.name, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
       tubelet_size=m.tubelet_size, uniform_power=m.uniform_power,
       # configs older than V-JEPA 2 support have no use_rope field: the size name decides
       use_rope=m.get("use_rope"), dtype=m.dtype, attention=m.attention, remat=m.remat,
-      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor)
+      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor,
+      vjepa21=bool(m.get("vjepa21")))
 
 
 def token_grid(config) -> tuple[int, int, int]:
@@ -169,10 +189,12 @@ def read(config) -> Settings:
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
     raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
                       "per update; 1 = no accumulation)")
+  context_loss = context_loss_config(config)
   return Settings(model=spec, grid=grid, masks=mask_cfgs, mask_token_ids=token_ids,
                   optim=optim.OptimConfig.from_config(config.optim),
                   batch_size=int(config.batch_size), grad_accum_steps=accum,
-                  rescale_residual_init=bool(m.rescale_residual_init), data=d)
+                  rescale_residual_init=bool(m.rescale_residual_init), data=d,
+                  context_loss=context_loss)
 
 
 def _check_datasets(d) -> None:

@@ -72,6 +72,11 @@ class Predictor(nn.Module):
     return jnp.asarray(pos_embed.sincos_3d(self.predictor_embed_dim, self.grid, self.uniform_power))
 
   @property
+  def input_dim(self) -> int:
+    """Width of the context features it reads: the encoder's ``levels`` concatenated."""
+    return self.levels * self.embed_dim
+
+  @property
   def output_dim(self) -> int:
     """Width of the predictions: ``levels`` x ``out_embed_dim`` (default the encoder's width)."""
     return self.levels * (self.out_embed_dim or self.embed_dim)

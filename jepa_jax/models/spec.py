@@ -76,7 +76,8 @@ def encoder_from_spec(spec: ModelSpec) -> VisionTransformer:
     overrides.setdefault("use_rope", bool(spec.use_rope))
   if spec.vjepa21:
     depth = overrides.get("depth", size_spec(spec.name)["depth"])
-    overrides = dict(vjepa21_fields(depth), **overrides)
+    overrides = dict(vjepa21_fields(depth, overrides.get("levels")), **overrides)
+    overrides["levels"] = tuple(overrides["levels"])
   return build_encoder(
       spec.name, img_size=spec.img_size, num_frames=spec.num_frames, patch_size=spec.patch_size,
       tubelet_size=spec.tubelet_size, uniform_power=spec.uniform_power,

@@ -60,15 +60,16 @@ VJEPA21_LEVELS = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23), 40: (9, 19, 29, 39),
                   48: (11, 23, 37, 47)}
 
 
-def vjepa21_fields(depth: int) -> dict:
+def vjepa21_fields(depth: int, levels: Optional[Sequence[int]] = None) -> dict:
   """The encoder fields that make a V-JEPA 2.1 encoder of ``depth`` blocks (its released and
   recipe settings: RoPE, interleaved and interpolated, modality embeddings, image patch embedding,
-  four levels)."""
-  if depth not in VJEPA21_LEVELS:
+  four levels; ``levels`` chooses others, e.g. for a small test model)."""
+  if levels is None and depth not in VJEPA21_LEVELS:
     raise ValueError(f"V-JEPA 2.1 defines its four output levels for depth 12, 24, 40 or 48, got "
                      f"depth={depth}; set levels=(...) explicitly")
   return dict(use_rope=True, rope_interleaved=True, interpolate_rope=True,
-              modality_embedding=True, image_frames=1, levels=VJEPA21_LEVELS[depth])
+              modality_embedding=True, image_frames=1,
+              levels=tuple(VJEPA21_LEVELS[depth] if levels is None else levels))
 
 
 def size_spec(name: str) -> dict:
