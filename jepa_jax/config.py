@@ -95,8 +95,12 @@ def model_spec(config, num_masks: Optional[int] = None) -> models.ModelSpec:
       depth=m.pred_depth, embed_dim=m.pred_embed_dim, num_heads=m.get("pred_num_heads"),
       num_mask_tokens=num_masks if num_masks is not None else num_mask_tokens(config),
       zero_init_mask_tokens=m.zero_init_mask_tokens,
-      # V-JEPA 2.1 trains with the context outputs (predict_all) for its dense loss.
-      return_context=bool(m.get("vjepa21")))
+      # V-JEPA 2.1: levels read/predicted (None = the encoder's), their width (None = the
+      # encoder's; distilled models predict their teacher's) and the context outputs its dense
+      # loss trains (predict_all); a converted file says what its predictor has.
+      levels=m.get("pred_levels"), out_embed_dim=m.get("pred_out_embed_dim"),
+      return_context=bool(m.get("vjepa21") if m.get("pred_return_context") is None
+                          else m.get("pred_return_context")))
   return models.ModelSpec(
       name=m.name, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
       tubelet_size=m.tubelet_size, uniform_power=m.uniform_power,

@@ -74,10 +74,9 @@ def test_config_refuses_unknown_loss_keys():
     config_lib.read(c)
 
 
-def test_tiny_override_trains_one_step(tmp_path):
-  """The ViT-L recipe with a 2-block, 24-wide encoder (levels 0 and 1): the experiment builds the
-  2.1 models and loss, one step runs, and both losses and lambda reach the metrics."""
-  c = load_config("vitl16_256px_16f")
+def tiny_override(name, tmp_path):
+  """Recipe ``name`` with a 2-block, 24-wide encoder (levels 0 and 1) on 32-px, 4-frame clips."""
+  c = load_config(name)
   c.batch_size = 2
   c.model.update(dict(name="tiny", dtype="float32", remat="none", scan=False, pred_depth=1,
                       pred_embed_dim=24, pred_num_heads=2))
@@ -87,6 +86,26 @@ def test_tiny_override_trains_one_step(tmp_path):
   c.data.synthetic_dir = str(tmp_path / "syn")
   c.loss.update(dict(lambda_start=0, lambda_end=2))  # lambda 0.25 at step 1
   c.mesh.fsdp, c.mesh.data = 1, 1
+  c.init_from = None
+  return c
+
+
+@pytest.mark.parametrize("name", ["vitl16_256px_16f", "vitb16_cooldown_256px_64f"])
+def test_tiny_override_step_lowers(name, tmp_path):
+  """The experiment builds the 2.1 models and loss from the recipe and its train step traces and
+  lowers (what the one-step run below also compiles and runs)."""
+  exp = experiment.build(tiny_override(name, tmp_path), devices=jax.devices()[:1])
+  assert exp.encoder.levels == (0, 1) and exp.predictor.return_context
+  state = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
+  lowered = exp.train_step.lower(state, exp.abstract_batch(), jax.random.PRNGKey(1))
+  assert "loss/context" in str(lowered.out_info)
+
+
+@pytest.mark.slow
+def test_tiny_override_trains_one_step(tmp_path):
+  """Two steps of the tiny ViT-L recipe: lambda follows its ramp and the metrics' loss is
+  ``loss/pred + lambda * loss/context``."""
+  c = tiny_override("vitl16_256px_16f", tmp_path)
   exp = experiment.build(c, devices=jax.devices()[:1])
   assert exp.encoder.levels == (0, 1) and exp.predictor.return_context
   state = exp.init_state(jax.random.PRNGKey(0))

@@ -1,0 +1,151 @@
+"""V-JEPA 2.1 weights both ways: released-layout files (src/hub/backbones.py: ``ema_encoder`` in the
+distilled ViT-B/L files, ``target_encoder`` in the ViT-g/G ones, ``module.backbone.`` prefixes)
+recognised from the encoder's weights alone, converted to jepa_jax and back to exactly the
+reference's state-dict names and values; the distilled predictor's shapes; the ViT-G MLP."""
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jepa_jax import checkpoint, convert, models
+from jepa_jax import config as config_lib
+from jepa_jax.convert import infer, reference
+from jepa_jax.convert.__main__ import main as cli
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vjepa21_tiny_v1.npz"
+PREFIX = "module.backbone."
+TINY21 = ["--model", "tiny", "--embed-dim", "48", "--depth", "12", "--num-heads", "3",
+          "--pred-num-heads", "2", "--img-size", "64", "--num-frames", "4"]
+TINY21_KW = dict(embed_dim=48, depth=12, num_heads=3, pred_num_heads=2, img_size=64,
+                 num_frames=4)
+
+
+@pytest.fixture(scope="module")
+def golden21():
+  with np.load(FIXTURE) as f:
+    return {k: f[k] for k in f.files}
+
+
+def state(golden, prefix, wrap=PREFIX):
+  return {wrap + k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
+
+
+def released_21(golden, encoder_key="target_encoder") -> dict:
+  return {encoder_key: state(golden, "param/encoder/"),
+          "predictor": state(golden, "param/predictor/"), "epoch": 40}
+
+
+def assert_golden_outputs(golden, params, config):
+  config = ml_collections.ConfigDict(config)
+  config.model.attention = "einsum"
+  enc, pred = models.from_spec(config_lib.model_spec(
+      config, num_masks=params["predictor"]["mask_tokens"].shape[0]))
+  clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))
+  ctx_idx, tgt_idx = jnp.asarray(golden["mask_enc_0"]), jnp.asarray(golden["mask_pred_0"])
+
+  def run(ep, pp):
+    ctx = enc.apply(ep, clip, token_idx=ctx_idx, hierarchical=True)
+    return enc.apply(ep, clip), pred.apply(pp, ctx, ctx_idx, tgt_idx, 0)
+
+  full, (out, out_ctx) = jax.jit(run)({"params": params["target"]},
+                                      {"params": params["predictor"]})
+  np.testing.assert_allclose(np.asarray(full), golden["out/encoder_full"], atol=2e-5)
+  np.testing.assert_allclose(np.asarray(out), golden["out/pred_0"], atol=2e-5)
+  np.testing.assert_allclose(np.asarray(out_ctx), golden["out/pred_context_0"], atol=2e-5)
+
+
+@pytest.mark.parametrize("encoder_key", ["target_encoder", "ema_encoder"])
+def test_released_layout_recognised_and_round_trips_exactly(golden21, encoder_key):
+  """The 2.1 architecture read from the weights (norms_block, modality embeddings, image patch
+  embedding, the predictor's four levels and context projection); the export has the reference
+  module's state-dict names and values, bit for bit (what its strict=True load checks)."""
+  params, config = convert.convert_state_dicts(released_21(golden21, encoder_key), "tiny",
+                                               **TINY21_KW)
+  m = config.model
+  assert m.vjepa21 and m.use_rope and m.pred_levels == 4 and m.pred_return_context
+  assert m.overrides["modality_embedding"] and m.overrides["image_frames"] == 1
+  exported = convert.export_torch(params, config)
+  for group in ("encoder", "target_encoder"):
+    want = state(golden21, "param/encoder/")
+    assert set(exported[group]) == set(want), group
+    for name, value in want.items():
+      np.testing.assert_array_equal(exported[group][name], value, err_msg=name)
+  want = state(golden21, "param/predictor/")
+  assert set(exported["predictor"]) == set(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(exported["predictor"][name], value, err_msg=name)
+
+
+def test_converted_model_reproduces_the_reference(golden21):
+  params, config = convert.convert_state_dicts(released_21(golden21), "tiny", **TINY21_KW)
+  assert_golden_outputs(golden21, params, config)
+
+
+def test_released_clip_default_and_refusals(golden21):
+  """Without clip sizes the config gets the released models' 384 px x 64 frames; --no-rope on a
+  2.1 file is refused naming the flag."""
+  kw = {k: v for k, v in TINY21_KW.items() if k not in ("img_size", "num_frames")}
+  _, config = convert.convert_state_dicts(released_21(golden21), "tiny", **kw)
+  assert (config.data.crop_size, config.data.num_frames) == (384, 64)
+  with pytest.raises(convert.ConversionError, match="--no-rope"):
+    convert.convert_state_dicts(released_21(golden21), "tiny", use_rope=False, **kw)
+  _, alone = convert.convert_state_dicts(released_21(golden21), "tiny", encoder_only=True, **kw)
+  assert alone.model.vjepa21 and alone.model.use_rope
+
+
+def test_distilled_predictor_and_vitG_shapes():
+  """The distilled ViT-B/L predictors read one level and predict the ViT-G teacher's 1664
+  features; the ViT-G (1664 wide, 48 deep, hidden 8192) resolves to gigantic_xformers with MLP
+  ratio 64/13 -- all from shapes (abstract trees, nothing allocated)."""
+  enc = models.build_encoder("vit_large", img_size=384, num_frames=64, scan=True,
+                             **models.vjepa21_fields(24))
+  pred = models.build_predictor(enc, embed_dim=384, depth=12, num_heads=12, num_mask_tokens=8,
+                                levels=1, out_embed_dim=1664, return_context=True)
+  views = infer.zero_views(reference._abstract_params(enc, pred))
+  pstate = convert.to_torch(convert.unstack_blocks(views["predictor"]), "predictor")
+  assert pstate["predictor_embed.weight"].shape == (384, 1024)
+  assert pstate["predictor_proj.weight"].shape == (1664, 384)
+  spec = infer.predictor_spec(pstate)
+  assert (spec["levels"], spec["out_embed_dim"], spec["return_context"]) == (1, 1664, True)
+  g_enc = models.build_encoder("vit_gigantic_xformers", img_size=384, num_frames=64, scan=True,
+                               mlp_ratio=64 / 13, **models.vjepa21_fields(48))
+  g_pred = models.build_predictor(g_enc, embed_dim=384, depth=24, num_heads=12,
+                                  num_mask_tokens=8, return_context=True)
+  gv = infer.zero_views(reference._abstract_params(g_enc, g_pred))
+  encoder = convert.to_torch(convert.unstack_blocks(gv["encoder"]), "encoder")
+  # Both encoders given: a missing one would be made as a (2B-parameter) copy of the other.
+  states = {"target_encoder": encoder, "encoder": encoder,
+            "predictor": convert.to_torch(convert.unstack_blocks(gv["predictor"]), "predictor")}
+  assert states["target_encoder"]["blocks.0.mlp.fc1.weight"].shape == (8192, 1664)
+  _, config = convert.convert_state_dicts(states)
+  assert config.model.name == "gigantic_xformers" and config.model.vjepa21
+  assert int(1664 * config.model.overrides["mlp_ratio"]) == 8192
+  assert config.model.pred_levels == 4 and config.model.pred_num_heads == 12
+
+
+def _tensors(tree):
+  torch = pytest.importorskip("torch")
+  if isinstance(tree, dict):
+    return {k: _tensors(v) for k, v in tree.items()}
+  return torch.from_numpy(np.ascontiguousarray(tree)) if isinstance(tree, np.ndarray) else tree
+
+
+def test_cli_both_ways(golden21, tmp_path):
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "vjepa2_1_vitl_dist.pt"
+  torch.save(_tensors(released_21(golden21, "ema_encoder")), path)
+  assert cli(["--from-torch", str(path), "--out", str(tmp_path / "ckpt"), *TINY21]) == 0
+  params, _ = checkpoint.load_params(str(tmp_path / "ckpt"))
+  saved = checkpoint.read_config(str(tmp_path / "ckpt"))
+  assert saved["model"]["vjepa21"]
+  out = tmp_path / "export.pt"
+  assert cli(["--to-torch", "--ckpt", str(tmp_path / "ckpt"), "--out", str(out)]) == 0
+  loaded = torch.load(out, map_location="cpu", weights_only=True)
+  for group, prefix in (("target_encoder", "param/encoder/"), ("predictor", "param/predictor/")):
+    want = state(golden21, prefix)
+    assert set(loaded[group]) == set(want), group
+    for name, value in want.items():
+      np.testing.assert_array_equal(loaded[group][name].numpy(), value, err_msg=name)
