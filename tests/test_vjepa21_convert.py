@@ -149,3 +149,24 @@ def test_cli_both_ways(golden21, tmp_path):
     assert set(loaded[group]) == set(want), group
     for name, value in want.items():
       np.testing.assert_array_equal(loaded[group][name].numpy(), value, err_msg=name)
+
+
+def test_frozen_eval_rebuilds_the_21_encoder(golden21, tmp_path):
+  """A converted 2.1 checkpoint through the eval's encoder loading (which extract uses too): the
+  2.1 architecture comes back from the saved config, outputs the reference's last level, and
+  ``feature_layer`` reads its levels."""
+  from jepa_jax.eval import config as eval_config
+  from jepa_jax.eval import encoder as enc_lib
+  params, config = convert.convert_state_dicts(released_21(golden21), "tiny", **TINY21_KW)
+  reference.save_converted(str(tmp_path / "ckpt"), params, config)
+  c = eval_config.vjepa2_eval_config("t", 3, frames=4, frame_step=2, segments=1, views=1,
+                                     resolution=64, clips_per_gpu=2, gpus=1, epochs=1)
+  c.checkpoint, c.encoder_dtype, c.attention = str(tmp_path / "ckpt"), "float32", "einsum"
+  encoder, eparams, info = enc_lib.load_frozen_encoder(c)
+  assert info["model"]["vjepa21"] and encoder.levels == (2, 5, 8, 11)
+  clip = jnp.asarray(golden21["clip"].transpose(0, 2, 3, 4, 1))
+  full = jax.jit(lambda p: encoder.apply({"params": p}, clip))(eparams)
+  np.testing.assert_allclose(np.asarray(full), golden21["out/encoder_full"], atol=2e-5)
+  pixels = np.zeros((1, 1, 1, 4, 64, 64, 3), np.uint8)
+  tokens = jax.jit(enc_lib.make_token_fn(encoder, [5, 11]))(eparams, jnp.asarray(pixels))
+  assert tokens.shape == (1, 1, 64, 48)
