@@ -240,7 +240,8 @@ def main(argv=None):
   out["step/global_step"], out["step/lambda_value"] = np.int64(STEP), np.float32(LAMBDA_VALUE)
   np.savez_compressed(args.out, **out)
   print(f"wrote {args.out}: {len(out)} arrays, loss {out['out/loss']:.6f} "
-        f"(pred {out['out/loss_pred']:.6f}, context {out['out/loss_context']:.6f}, lambda {lam:.6f})")
+        f"(pred {out['out/loss_pred']:.6f}, context {out['out/loss_context']:.6f}, "
+        f"lambda {lam:.6f})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The V-JEPA 2.1 recipe (facebookresearch/vjepa2 at 204698b, configs/train_2_1/*/{pretrain-256px-16f,
-cooldown-256px-64f}.yaml and app/vjepa_2_1/train.py; docs/vjepa21.md), shared by the files of this
-directory. It starts from the V-JEPA 2 recipe (configs/vjepa2/common.py: data mix, fps, crops,
-masks, AdamW, EMA, seed, mask tokens) and changes what the 2.1 YAML files change:
+"""The V-JEPA 2.1 recipe (facebookresearch/vjepa2 at 204698b,
+configs/train_2_1/*/{pretrain-256px-16f,cooldown-256px-64f}.yaml and app/vjepa_2_1/train.py;
+docs/vjepa21.md), shared by the files of this directory. It starts from the V-JEPA 2 recipe
+(configs/vjepa2/common.py: data mix, fps, crops, masks, AdamW, EMA, seed, mask tokens) and changes
+what the 2.1 YAML files change:
 
 * model: ``vjepa21`` (interleaved RoPE with ``interpolate_rope: true``, ``modality_embedding:
   true``, ``img_temporal_dim_size: 1``, four encoder levels read and predicted by the predictor),
