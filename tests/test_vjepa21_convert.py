@@ -170,3 +170,43 @@ def test_frozen_eval_rebuilds_the_21_encoder(golden21, tmp_path):
   pixels = np.zeros((1, 1, 1, 4, 64, 64, 3), np.uint8)
   tokens = jax.jit(enc_lib.make_token_fn(encoder, [5, 11]))(eparams, jnp.asarray(pixels))
   assert tokens.shape == (1, 1, 64, 48)
+
+
+def test_exports_load_into_reference_modules_strictly(golden21):
+  """The export loads into the 2.1 reference modules with strict=True and they reproduce the
+  golden outputs (needs JEPA_JAX_VJEPA21_SRC=<vjepa2 checkout at 204698b>; skipped otherwise)."""
+  import importlib.util
+  import os
+  root = os.environ.get("JEPA_JAX_VJEPA21_SRC")
+  if not root:
+    pytest.skip("set JEPA_JAX_VJEPA21_SRC to a vjepa2 checkout with app/vjepa_2_1 (204698b)")
+  torch = pytest.importorskip("torch")
+  spec = importlib.util.spec_from_file_location(
+      "make_vjepa21_golden", pathlib.Path(__file__).parents[1] / "bench" / "make_vjepa21_golden.py")
+  maker = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(maker)
+  ref = maker._import_reference(os.path.abspath(root))
+  from functools import partial
+  params, config = convert.convert_state_dicts(released_21(golden21), "tiny", **TINY21_KW)
+  states = convert.export_torch(params, config)
+  strip = lambda sd: {k[len(PREFIX):]: torch.from_numpy(np.ascontiguousarray(v))
+                      for k, v in sd.items()}
+  enc = ref.vit.VisionTransformer(
+      img_size=(64, 64), patch_size=16, num_frames=4, tubelet_size=2, embed_dim=48, depth=12,
+      num_heads=3, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_sdpa=False,
+      use_rope=True, img_temporal_dim_size=1, interpolate_rope=True,
+      modality_embedding=True).eval()
+  enc.load_state_dict(strip(states["target_encoder"]), strict=True)
+  pred = ref.pred.vit_predictor(
+      img_size=(64, 64), patch_size=16, num_frames=4, tubelet_size=2, embed_dim=48,
+      predictor_embed_dim=32, depth=4, num_heads=2, use_mask_tokens=True, num_mask_tokens=2,
+      use_rope=True, return_all_tokens=True, interpolate_rope=True, modality_embedding=True,
+      img_temporal_dim_size=1).eval()
+  pred.load_state_dict(strip(states["predictor"]), strict=True)
+  with torch.no_grad():
+    clip = torch.from_numpy(golden21["clip"])
+    np.testing.assert_array_equal(enc(clip).numpy(), golden21["out/encoder_full"])
+    ctx_idx, tgt_idx = (torch.from_numpy(golden21[k]) for k in ("mask_enc_0", "mask_pred_0"))
+    out, out_ctx = pred(enc(clip, masks=ctx_idx, training=True), ctx_idx, tgt_idx, mask_index=0)
+  np.testing.assert_array_equal(out.numpy(), golden21["out/pred_0"])
+  np.testing.assert_array_equal(out_ctx.numpy(), golden21["out/pred_context_0"])
