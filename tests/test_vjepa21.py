@@ -24,6 +24,15 @@ def golden21():
     return {k: f[k] for k in f.files}
 
 
+def run_once(f, *args):
+  """``jax.jit(f)(*args)`` compiled without LLVM's backend optimisations: these functions run
+  once, and on XLA:CPU that halves their compile time (29 -> 12 s for the loss and gradients,
+  whose value comes out identical)."""
+  compiled = jax.jit(f).lower(*args).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  return compiled(*args)
+
+
 def golden_state(golden, prefix):
   return {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
 
@@ -86,10 +95,11 @@ def outputs(golden21, tiny21):
 
   def run(ep, pp, clip):
     image = clip[:, :1]
-    out = {"encoder_full": enc.apply(ep, clip), "encoder_hier": enc.apply(ep, clip,
-                                                                          hierarchical=True),
+    # (The four levels of the full clip are checked through the targets, test_loss_*; of
+    # gathered tokens here, context_*.)
+    out = {"encoder_full": enc.apply(ep, clip),
            "encoder_layers": jnp.stack(enc.apply(ep, clip, out_layers=(5, 11))),
-           "image_hier": enc.apply(ep, image, hierarchical=True),
+           "image_full": enc.apply(ep, image),
            "image_context": enc.apply(ep, image, token_idx=image_idx, hierarchical=True)}
     for i, (ctx_idx, tgt_idx) in enumerate(masks):
       ctx = enc.apply(ep, clip, token_idx=ctx_idx, hierarchical=True)
@@ -107,12 +117,12 @@ def outputs(golden21, tiny21):
     out["padded_pred_1"], out["padded_pred_context_1"] = p[:, :kt], pc[:, :k]
     return out
 
-  return jax.tree_util.tree_map(np.asarray, jax.jit(run)(ep, pp, clip))
+  return jax.tree_util.tree_map(np.asarray, run_once(run, ep, pp, clip))
 
 
-@pytest.mark.parametrize("key", ["encoder_full", "encoder_hier", "encoder_layers"])
+@pytest.mark.parametrize("key", ["encoder_full", "encoder_layers"])
 def test_encoder_outputs_match_reference(golden21, outputs, key):
-  """The last level (inference), the four levels concatenated (training), layers 5 and 11."""
+  """The last level (inference output) and layers 5 and 11 (through their level norms)."""
   np.testing.assert_allclose(outputs[key], golden21[f"out/{key}"], atol=ATOL)
 
 
@@ -122,7 +132,7 @@ def test_out_layers_must_be_levels(tiny21):
     jax.eval_shape(lambda p: enc.apply({"params": p}, clip, out_layers=(4,)), params["encoder"])
 
 
-@pytest.mark.parametrize("key", ["image_hier", "image_context"])
+@pytest.mark.parametrize("key", ["image_full", "image_context"])
 def test_image_path_matches_reference(golden21, outputs, key):
   """One-frame clips: the tubelet-1 patch embedding, the image modality embedding, a 1 x 4 x 4
   grid (full and gathered tokens)."""
@@ -186,7 +196,7 @@ def loss_fn(golden, tiny21, cfg=l21.ContextLossConfig()):
 
 @pytest.fixture(scope="module")
 def loss_and_grads(golden21, tiny21):
-  return jax.jit(jax.value_and_grad(loss_fn(golden21, tiny21), has_aux=True))(tiny21[2])
+  return run_once(jax.value_and_grad(loss_fn(golden21, tiny21), has_aux=True), tiny21[2])
 
 
 def test_targets_and_distances_match_reference(golden21, tiny21, loss_and_grads):
@@ -240,8 +250,8 @@ def test_one_step_matches_reference(golden21, tiny21, loss_and_grads):
   lr, wd, m = (float(golden21[f"step/{k}"]) for k in ("lr", "wd", "momentum"))
   tx = optim.make_optimizer(optim.OptimConfig(clip_grad=None), lr=lr, wd=wd)
   params = tiny21[2]
-  state = jax.jit(lambda g: TrainState.create(params=params, tx=tx).apply_gradients(grads=g))(
-      loss_and_grads[1])
+  state = run_once(lambda g: TrainState.create(params=params, tx=tx).apply_gradients(grads=g),
+                   loss_and_grads[1])
   target = optim.ema_update(params["encoder"], state.params["encoder"], m)
   for kind, tree in (("encoder", state.params["encoder"]),
                      ("predictor", state.params["predictor"]), ("target", target)):

@@ -38,25 +38,6 @@ def released_21(golden, encoder_key="target_encoder") -> dict:
           "predictor": state(golden, "param/predictor/"), "epoch": 40}
 
 
-def assert_golden_outputs(golden, params, config):
-  config = ml_collections.ConfigDict(config)
-  config.model.attention = "einsum"
-  enc, pred = models.from_spec(config_lib.model_spec(
-      config, num_masks=params["predictor"]["mask_tokens"].shape[0]))
-  clip = jnp.asarray(golden["clip"].transpose(0, 2, 3, 4, 1))
-  ctx_idx, tgt_idx = jnp.asarray(golden["mask_enc_0"]), jnp.asarray(golden["mask_pred_0"])
-
-  def run(ep, pp):
-    ctx = enc.apply(ep, clip, token_idx=ctx_idx, hierarchical=True)
-    return enc.apply(ep, clip), pred.apply(pp, ctx, ctx_idx, tgt_idx, 0)
-
-  full, (out, out_ctx) = jax.jit(run)({"params": params["target"]},
-                                      {"params": params["predictor"]})
-  np.testing.assert_allclose(np.asarray(full), golden["out/encoder_full"], atol=2e-5)
-  np.testing.assert_allclose(np.asarray(out), golden["out/pred_0"], atol=2e-5)
-  np.testing.assert_allclose(np.asarray(out_ctx), golden["out/pred_context_0"], atol=2e-5)
-
-
 @pytest.mark.parametrize("encoder_key", ["target_encoder", "ema_encoder"])
 def test_released_layout_recognised_and_round_trips_exactly(golden21, encoder_key):
   """The 2.1 architecture read from the weights (norms_block, modality embeddings, image patch
@@ -79,9 +60,18 @@ def test_released_layout_recognised_and_round_trips_exactly(golden21, encoder_ke
     np.testing.assert_array_equal(exported["predictor"][name], value, err_msg=name)
 
 
-def test_converted_model_reproduces_the_reference(golden21):
+def test_converted_config_builds_the_golden_modules(golden21):
+  """The converted config rebuilds the modules the golden test runs (tests/test_vjepa21.py: same
+  fields, so the same outputs from these bit-identical parameters); the encoder's outputs through
+  a saved checkpoint are checked in test_frozen_eval_rebuilds_the_21_encoder."""
   params, config = convert.convert_state_dicts(released_21(golden21), "tiny", **TINY21_KW)
-  assert_golden_outputs(golden21, params, config)
+  enc, pred = models.from_spec(config_lib.model_spec(config, num_masks=2))
+  want_enc = models.build_encoder("tiny", img_size=64, num_frames=4, embed_dim=48, depth=12,
+                                  num_heads=3, **models.vjepa21_fields(12))
+  want_pred = models.build_predictor(want_enc, embed_dim=32, depth=4, num_heads=2,
+                                     num_mask_tokens=2, return_context=True)
+  same = lambda m: m.clone(block=m.block.replace(attention="xla", scan=False, remat="none"))
+  assert same(enc) == same(want_enc) and same(pred) == same(want_pred)
 
 
 def test_released_clip_default_and_refusals(golden21):
@@ -165,11 +155,15 @@ def test_frozen_eval_rebuilds_the_21_encoder(golden21, tmp_path):
   encoder, eparams, info = enc_lib.load_frozen_encoder(c)
   assert info["model"]["vjepa21"] and encoder.levels == (2, 5, 8, 11)
   clip = jnp.asarray(golden21["clip"].transpose(0, 2, 3, 4, 1))
-  full = jax.jit(lambda p: encoder.apply({"params": p}, clip))(eparams)
+  # Runs once: compiled without LLVM's backend optimisations (see test_vjepa21.run_once).
+  full = jax.jit(lambda p: encoder.apply({"params": p}, clip)).lower(eparams).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(eparams)
   np.testing.assert_allclose(np.asarray(full), golden21["out/encoder_full"], atol=2e-5)
-  pixels = np.zeros((1, 1, 1, 4, 64, 64, 3), np.uint8)
-  tokens = jax.jit(enc_lib.make_token_fn(encoder, [5, 11]))(eparams, jnp.asarray(pixels))
+  pixels = jax.ShapeDtypeStruct((1, 1, 1, 4, 64, 64, 3), jnp.uint8)
+  tokens = jax.eval_shape(enc_lib.make_token_fn(encoder, [5, 11]), eparams, pixels)
   assert tokens.shape == (1, 1, 64, 48)
+  with pytest.raises(ValueError, match="levels"):
+    jax.eval_shape(enc_lib.make_token_fn(encoder, [4]), eparams, pixels)
 
 
 def test_exports_load_into_reference_modules_strictly(golden21):
