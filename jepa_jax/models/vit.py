@@ -208,11 +208,6 @@ class VisionTransformer(nn.Module):
   def rope_base_grid(self) -> Optional[int]:
     return rope_lib.base_grid_of(self.patch_size) if self.interpolate_rope else None
 
-  @property
-  def output_dim(self) -> int:
-    """Width of ``hierarchical=True`` outputs (``embed_dim`` times the number of levels)."""
-    return self.embed_dim * max(1, len(self.levels))
-
   def is_image(self, num_frames: int) -> bool:
     """Whether clips of ``num_frames`` frames take the image path (V-JEPA 2.1's
     ``check_temporal_dim``)."""
