@@ -118,3 +118,15 @@ def test_tiny_override_trains_one_step(tmp_path):
   assert float(metrics["loss"]) == pytest.approx(total, rel=1e-6)
   assert float(metrics["loss/context"]) > 0 and np.isfinite(float(metrics["loss"]))
   assert jnp.asarray(state.params["encoder"]["video_mod_embed"]).shape == (1, 1, 24)
+
+
+def test_gradient_accumulation_is_refused_with_the_21_loss():
+  """Accumulation re-weights each mask's predictor loss only, which would drop the context loss:
+  refused in one line naming the field."""
+  from jepa_jax import loss_vjepa21, optim, train_step
+  enc = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=24, depth=2,
+                             num_heads=2, **models.vjepa21_fields(2, levels=(0, 1)))
+  pred = models.build_predictor(enc, embed_dim=24, depth=1, num_heads=2, return_context=True)
+  with pytest.raises(ValueError, match="config.grad_accum_steps=1"):
+    train_step.make_train_step(enc, pred, (), optim.OptimConfig(), None, 4, grad_accum_steps=2,
+                               context_loss=loss_vjepa21.ContextLossConfig())
