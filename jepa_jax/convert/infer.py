@@ -88,12 +88,40 @@ def encoder_spec(state: Mapping) -> dict:
               patch_size=int(kh), tubelet_size=int(kt))
 
 
+def vjepa21_encoder(state: Mapping) -> Optional[dict]:
+  """V-JEPA 2.1's encoder fields read from its weights (its per-level ``norms_block.{k}`` where
+  V-JEPA 2 has one ``norm``), or None for a V-JEPA / V-JEPA 2 encoder. Which blocks the levels
+  follow is not in the weights: V-JEPA 2.1 fixes them per depth (``models.VJEPA21_LEVELS``)."""
+  levels = {int(m.group(1)) for m in map(re.compile(r"^norms_block\.(\d+)\.weight$").match, state)
+            if m}
+  if not levels:
+    return None
+  img = state.get("patch_embed_img.proj.weight")
+  return dict(num_levels=len(levels), modality_embedding="video_mod_embed" in state,
+              image_frames=None if img is None else int(img.shape[2]))
+
+
 def predictor_spec(state: Mapping) -> dict:
-  """Width, input width, depth and number of mask tokens of a predictor state dict."""
-  w = _require(state, "predictor_embed.weight", "predictor")
+  """Width, input width, depth and number of mask tokens of a predictor state dict; for V-JEPA
+  2.1's also the levels it reads and predicts, their width and whether it has context outputs."""
   tokens = [k for k in state if re.match(r"^mask_tokens\.\d+$", k)]
-  return dict(pred_embed_dim=int(w.shape[0]), embed_dim=int(w.shape[1]),
-              pred_depth=num_blocks(state, "predictor_blocks"), num_mask_tokens=len(tokens))
+  common = dict(pred_depth=num_blocks(state, "predictor_blocks"), num_mask_tokens=len(tokens))
+  if "predictor_embed.0.weight" in state:  # V-JEPA 2.1, L > 1 levels: L*D -> D -> P
+    first, second = state["predictor_embed.0.weight"], _require(
+        state, "predictor_embed.2.weight", "predictor")
+    d = int(first.shape[0])
+    levels = int(first.shape[1]) // d
+  else:
+    second = _require(state, "predictor_embed.weight", "predictor")
+    d, levels = int(second.shape[1]), 1
+  out = dict(pred_embed_dim=int(second.shape[0]), embed_dim=d, **common)
+  proj = state.get("predictor_proj.weight")
+  v21 = levels > 1 or "predictor_proj_context.weight" in state or "video_mod_embed" in state
+  if v21 and proj is not None:
+    out_dim = int(proj.shape[0]) // levels
+    out.update(levels=levels, return_context="predictor_proj_context.weight" in state,
+               out_embed_dim=None if out_dim == d else out_dim)
+  return out
 
 
 PROBE_PROJ = "pooler.cross_attention_block.xattn.proj.weight"
@@ -124,7 +152,8 @@ def predictor_evidence(predictor_state: Optional[Mapping]) -> Optional[dict]:
     return None
   if AC_PREDICTOR_KEY in predictor_state:
     return dict(action_conditioned=True)
-  if "predictor_embed.weight" not in predictor_state:
+  if "predictor_embed.weight" not in predictor_state and \
+      "predictor_embed.0.weight" not in predictor_state:
     return None
   return predictor_spec(predictor_state)
 

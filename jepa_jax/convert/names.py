@@ -9,6 +9,9 @@ Rules (both directions, exact):
   * Fixed sin-cos buffers (``pos_embed``, ``predictor_pos_embed``) are not parameters here; on
     import they are checked against ours, on export recomputed.
   * Wrapper prefixes of released checkpoints (``module.``, ``backbone.``) are stripped on import.
+  * V-JEPA 2.1: ``norms_block.{k}`` <-> ``norms_block_{k}``, ``patch_embed_img.proj`` <->
+    ``patch_embed_img``, ``predictor_embed.{0,2}`` <-> ``predictor_embed_{0,2}``, and the
+    ``[1, 1, D]`` modality embeddings (``video_mod_embed``, ``img_mod_embed``) as they are.
 
 Scanned models keep their blocks as one ``stack/blocks/block`` subtree with a leading depth axis;
 ``stack_blocks``/``unstack_blocks`` convert between the two layouts.
@@ -27,9 +30,13 @@ _BLOCK_PREFIX = re.compile(r"^(?:predictor_blocks|pooler\.blocks|blocks)\.(\d+)\
 
 # Non-block modules: torch module path -> flax path (without the leaf name).
 _MODULES = {
-    "encoder": {"patch_embed.proj": ("patch_embed",), "norm": ("norm",)},
+    "encoder": {"patch_embed.proj": ("patch_embed",), "norm": ("norm",),
+                "patch_embed_img.proj": ("patch_embed_img",)},
     "predictor": {"predictor_embed": ("predictor_embed",), "predictor_norm": ("predictor_norm",),
-                  "predictor_proj": ("predictor_proj",)},
+                  "predictor_proj": ("predictor_proj",),
+                  "predictor_embed.0": ("predictor_embed_0",),
+                  "predictor_embed.2": ("predictor_embed_2",),
+                  "predictor_proj_context": ("predictor_proj_context",)},
     "probe": {"pooler.cross_attention_block.norm1": ("norm1",),
               "pooler.cross_attention_block.xattn.q": ("xattn", "q"),
               "pooler.cross_attention_block.xattn.kv": ("xattn", "kv"),
@@ -46,6 +53,10 @@ _UNUSED = {"probe": ("pooler.cross_attention_block.xattn.proj.weight",
                      "pooler.cross_attention_block.xattn.proj.bias")}
 _BLOCKS_PREFIX = {"encoder": "blocks", "predictor": "predictor_blocks", "probe": "pooler.blocks"}
 _LAYER_NORMS = ("norm", "norm1", "norm2", "predictor_norm")
+# V-JEPA 2.1's per-level LayerNorms of the encoder and its modality embeddings (kept [1, 1, D]).
+_LEVEL_NORM = re.compile(r"^norms_block\.(\d+)$")
+_EMBEDDINGS = {"encoder": ("video_mod_embed", "img_mod_embed"),
+               "predictor": ("video_mod_embed", "img_mod_embed")}
 
 
 class ConversionError(UserError, ValueError):
@@ -113,7 +124,11 @@ def from_torch_items(items: Iterable[tuple[str, np.ndarray]], kind: str, leaf_fn
     if kind == "probe" and name == "pooler.query_tokens":
       _set(params, ("query_tokens",), leaf_fn(value, value))
       continue
+    if name in _EMBEDDINGS.get(kind, ()):
+      _set(params, (name,), leaf_fn(value, value))
+      continue
     module, _, torch_leaf = name.rpartition(".")
+    level = _LEVEL_NORM.match(module) if kind == "encoder" else None
     m = _BLOCK_PREFIX.match(name)
     if m and name.startswith(_BLOCKS_PREFIX[kind] + "."):
       block_module, _, torch_leaf = m.group(2).rpartition(".")
@@ -121,6 +136,8 @@ def from_torch_items(items: Iterable[tuple[str, np.ndarray]], kind: str, leaf_fn
         raise ConversionError(f"unknown parameter {name!r} in a {kind} state dict")
       path = ("stack", f"blocks_{m.group(1)}") + _BLOCK_MODULES[block_module]
       is_norm = block_module in _LAYER_NORMS
+    elif level:
+      path, is_norm = (f"norms_block_{level.group(1)}",), True
     elif module in _MODULES[kind]:
       path = _MODULES[kind][module]
       is_norm = path[-1] in _LAYER_NORMS
@@ -149,12 +166,17 @@ def to_torch(params, kind: str) -> dict:
     if kind == "probe" and path == ("query_tokens",):
       out["pooler.query_tokens"] = value
       continue
+    if len(path) == 1 and path[0] in _EMBEDDINGS.get(kind, ()):
+      out[path[0]] = value
+      continue
     module_path, leaf = path[:-1], path[-1]
     if module_path[:1] == ("stack",):
       block = module_path[1]
       if not block.startswith("blocks_"):
         raise ConversionError("scanned parameters: call unstack_blocks() before to_torch()")
       module = f"{_BLOCKS_PREFIX[kind]}.{block[7:]}.{block_inverse[module_path[2:]]}"
+    elif len(module_path) == 1 and module_path[0].startswith("norms_block_"):
+      module = f"norms_block.{module_path[0][len('norms_block_'):]}"
     else:
       module = inverse[module_path]
     if leaf == "bias":

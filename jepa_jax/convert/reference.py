@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax import models as models_lib
 from jepa_jax.convert import infer
 from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
                                     to_torch, unstack_blocks)
@@ -44,6 +45,10 @@ WHICH = ("both", "target", "online")
 # Top-level entry of --to-torch files: whether the model is RoPE, which an encoder that carries a
 # position table and has no predictor beside it cannot tell (infer.infer_rope).
 ROPE_MARKER = "jepa_jax_use_rope"
+EMA_ENCODER = "ema_encoder"
+# V-JEPA 2.1's released models are built at 384 px x 64 frames (src/hub/backbones.py), the clip
+# its interpolated RoPE rows/columns depend on; a converted config gets it unless told otherwise.
+VJEPA21_DEFAULT_CLIP = (384, 64)
 
 
 # --- reference -> jepa_jax: pretrained models ------------------------------------------------
@@ -100,6 +105,27 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
     raise ConversionError("the predictor has no mask_tokens (trained with use_mask_tokens=False); "
                           "jepa_jax's predictor always uses them. Convert the encoders alone with "
                           "--encoder-only")
+  v21 = infer.vjepa21_encoder(reference)
+  mlp_ratio = None
+  if v21 is not None:
+    if use_rope is False:
+      raise ConversionError("--no-rope: this is a V-JEPA 2.1 encoder (norms_block.*), which is "
+                            "RoPE-only; drop --no-rope")
+    log.info("V-JEPA 2.1 model: the encoder has %d per-level norms_block LayerNorms%s%s",
+             v21["num_levels"], ", modality embeddings" if v21["modality_embedding"] else "",
+             ", an image patch embedding" if v21["image_frames"] else "")
+    use_rope = True
+    if v21["num_levels"] != 4 and spec["depth"] in models_lib.VJEPA21_LEVELS:
+      raise ConversionError(f"the encoder has {v21['num_levels']} norms_block entries; V-JEPA 2.1 "
+                            "builds 4 (one per level)")
+    if spec["depth"] not in models_lib.VJEPA21_LEVELS:
+      raise ConversionError(f"a V-JEPA 2.1 encoder of depth {spec['depth']}: the reference defines "
+                            "its output levels for depth 12, 24, 40 or 48 only, so which blocks "
+                            "they follow is unknown")
+    mlp_ratio = _vjepa21_mlp_ratio(spec) if model is None else None
+    if mlp_ratio is not None:
+      model = next(n for n, z in models_lib.VIT_SIZES.items() if n.endswith("_xformers")
+                   and (z["embed_dim"], z["depth"]) == (spec["embed_dim"], spec["depth"]))
   if use_rope is None:
     # The file's predictor is evidence even when it is not converted (--encoder-only).
     evidence = pspec if use_predictor else infer.predictor_evidence(groups.get("predictor"))
@@ -109,9 +135,20 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
                             "or --no-rope for a V-JEPA one")
     log.info("%s model: %s (override with --rope / --no-rope)",
              "V-JEPA 2 RoPE" if use_rope else "V-JEPA sin-cos", why)
-  name, overrides = infer.resolve_size(
-      spec, model, dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads), use_rope=use_rope)
-  if use_rope:
+  wanted = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+  if v21 is not None and mlp_ratio is not None:
+    wanted["mlp_ratio"] = mlp_ratio
+  name, overrides = infer.resolve_size(spec, model, wanted, use_rope=use_rope)
+  if v21 is not None:
+    img = VJEPA21_DEFAULT_CLIP[0] if img_size is None else img_size
+    frames = VJEPA21_DEFAULT_CLIP[1] if num_frames is None else num_frames
+    uniform_power = True
+    log.info("clip size %d px x %d frames: %s", img, frames,
+             "given" if img_size and num_frames else
+             "V-JEPA 2.1's released 384 px x 64 frames where not given (--img-size/--num-frames)")
+    if pred_num_heads is None:
+      pred_num_heads = ROPE_PRED_HEADS
+  elif use_rope:
     img, frames, uniform_power, how = infer.infer_rope_grid(
         reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size,
         num_frames)
@@ -123,7 +160,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
         reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size,
         num_frames)
   config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
-                   pred_num_heads=pred_num_heads)
+                   pred_num_heads=pred_num_heads, v21=v21)
 
   from jepa_jax import models  # noqa: PLC0415 - heavy, only needed here
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
@@ -165,6 +202,17 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
   return params, config
 
 
+def _vjepa21_mlp_ratio(spec: dict):
+  """V-JEPA 2.1's ViT-G builds its MLP ratio 64/13 (hidden 8192) where V-JEPA 2's, and so our
+  ``gigantic_xformers``, has 4 (its misspelt keyword): the MLP ratio to override a named
+  ``*_xformers`` size of the same width and depth with, or None when a named size fits as is."""
+  if infer.named_sizes(spec, True):
+    return None
+  same = [n for n, z in models_lib.VIT_SIZES.items() if n.endswith("_xformers")
+          and (z["embed_dim"], z["depth"]) == (spec["embed_dim"], spec["depth"])]
+  return infer.mlp_ratio_for(spec["embed_dim"], spec["mlp_hidden"]) if same else None
+
+
 def _model_groups(checkpoint: Mapping) -> dict:
   """The encoder/predictor/target state dicts of a checkpoint, prefixes stripped."""
   if not isinstance(checkpoint, Mapping):
@@ -174,6 +222,10 @@ def _model_groups(checkpoint: Mapping) -> dict:
       raise ConversionError(f"this is an attentive-probe file ({key!r}), not a pretrained model; "
                             "convert it with --kind probe")
   keys = ("encoder", "predictor", "target_encoder")
+  if EMA_ENCODER in checkpoint and "target_encoder" not in checkpoint:
+    # V-JEPA 2.1's distilled files keep their EMA encoder as ``ema_encoder`` (src/hub/backbones.py
+    # loads it as the model); it is the target encoder here.
+    checkpoint = dict(checkpoint, target_encoder=checkpoint[EMA_ENCODER])
   if any(k in checkpoint for k in keys):
     groups = {k: strip_prefixes(checkpoint[k]) for k in keys if k in checkpoint}
   elif checkpoint and all(isinstance(v, np.ndarray) for v in checkpoint.values()):
@@ -194,7 +246,8 @@ def _model_groups(checkpoint: Mapping) -> dict:
 
 
 def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: bool = False,
-            pred_num_heads: Optional[int] = None) -> ml_collections.ConfigDict:
+            pred_num_heads: Optional[int] = None,
+            v21: Optional[dict] = None) -> ml_collections.ConfigDict:
   from jepa_jax.pretrain.defaults import base_config  # noqa: PLC0415
   config = ml_collections.ConfigDict(plain(base_config()))
   m = config.model
@@ -210,6 +263,14 @@ def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: 
   m.overrides = dict(overrides)
   if spec["in_chans"] != 3:
     m.overrides["in_chans"] = spec["in_chans"]
+  if v21 is not None:  # the 2.1 architecture, with what the file has or lacks of its parts
+    m.vjepa21 = True
+    m.overrides.update(modality_embedding=v21["modality_embedding"],
+                       image_frames=v21["image_frames"])
+    if pspec is not None:
+      m.pred_levels = pspec.get("levels", 1)
+      m.pred_out_embed_dim = pspec.get("out_embed_dim")
+      m.pred_return_context = bool(pspec.get("return_context", False))
   if pspec is not None:
     m.pred_embed_dim, m.pred_depth = pspec["pred_embed_dim"], pspec["pred_depth"]
     if use_rope:  # V-JEPA 2: one token per (mask, dataset); a group's masks share its token

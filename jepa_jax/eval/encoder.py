@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"target": "target", "online": "encoder", "encoder": "encoder"}
 _MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, use_rope=False, scan=False,
-                       overrides={})
+                       overrides={}, vjepa21=False)
 
 
 def resolve_model(config, saved_config: Optional[dict]) -> dict:
@@ -49,7 +49,9 @@ def resolve_model(config, saved_config: Optional[dict]) -> dict:
 
 def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
   """The encoder at the eval resolution and clip length (positions are fixed sin-cos, so they
-  follow the grid; every trained parameter keeps its shape)."""
+  follow the grid; every trained parameter keeps its shape). V-JEPA 2.1 encoders (``vjepa21`` in
+  the checkpoint's model section) output their last level; ``feature_layer`` may name any of their
+  levels (``models.VJEPA21_LEVELS``), each through its own LayerNorm."""
   if config.encoder_dtype not in models.DTYPES:
     raise ConfigError(f"config.encoder_dtype must be one of {sorted(models.DTYPES)}, "
                       f"got {config.encoder_dtype!r}")
@@ -58,7 +60,7 @@ def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
       patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
       uniform_power=arch["uniform_power"], use_rope=bool(arch["use_rope"]),
       dtype=config.encoder_dtype, attention=config.attention, scan=arch["scan"],
-      overrides=arch["overrides"]))
+      overrides=arch["overrides"], vjepa21=bool(arch.get("vjepa21"))))
   return encoder
 
 

@@ -20,6 +20,14 @@ back at their permuted positions, so the blocks see padding as a per-clip length
 attention kernels take (``layers.dot_product_attention``). Positions are added (sin-cos) or their
 grid indices permuted along (RoPE) before the blocks, and every block is permutation-equivariant,
 so the outputs are those of the unpermuted sequence with padded keys masked.
+
+V-JEPA 2.1 (``app/vjepa_2_1/models/predictor.py``; docs/vjepa21.md), by fields: ``levels`` L > 1
+reads the encoder's L concatenated levels through ``predictor_embed_0`` (L*D -> D), GELU,
+``predictor_embed_2`` (D -> P) (the reference's ``Sequential`` indices) and predicts L levels of
+``out_embed_dim`` each; ``return_context`` also projects the context positions through
+``predictor_proj_context`` and returns ``(predictions, context_predictions)``;
+``modality_embedding`` adds ``video_mod_embed`` (or ``img_mod_embed``) to every token before the
+blocks; ``rope_interleaved`` / ``rope_base_grid`` its RoPE (``models.rope``).
 """
 from typing import Optional
 
@@ -48,6 +56,12 @@ class Predictor(nn.Module):
   use_rope: bool = False
   num_mask_tokens: int = 2
   zero_init_mask_tokens: bool = True
+  levels: int = 1
+  out_embed_dim: Optional[int] = None
+  return_context: bool = False
+  modality_embedding: bool = False
+  rope_interleaved: bool = False
+  rope_base_grid: Optional[int] = None
 
   def position_table(self) -> jax.Array:
     if self.use_rope:
@@ -57,24 +71,43 @@ class Predictor(nn.Module):
       raise ValueError(f"non-square grids ({h}x{w} patches) need use_rope=True")
     return jnp.asarray(pos_embed.sincos_3d(self.predictor_embed_dim, self.grid, self.uniform_power))
 
+  @property
+  def input_dim(self) -> int:
+    """Width of the context features it reads: the encoder's ``levels`` concatenated."""
+    return self.levels * self.embed_dim
+
+  @property
+  def output_dim(self) -> int:
+    """Width of the predictions: ``levels`` x ``out_embed_dim`` (default the encoder's width)."""
+    return self.levels * (self.out_embed_dim or self.embed_dim)
+
+  def _embed(self, context):
+    if self.levels == 1:
+      return layers.dense(self.predictor_embed_dim, "predictor_embed", self.block.dtype)(context)
+    x = layers.dense(self.embed_dim, "predictor_embed_0", self.block.dtype)(context)
+    return layers.dense(self.predictor_embed_dim, "predictor_embed_2", self.block.dtype)(
+        layers.gelu(x))
+
   @nn.compact
   def __call__(self, context, context_idx, target_idx, mask_index: int = 0,
                context_valid: Optional[jax.Array] = None,
-               target_valid: Optional[jax.Array] = None):
+               target_valid: Optional[jax.Array] = None, image: bool = False):
     """Predict target features.
 
     Args:
-      context: ``[B, Kc, embed_dim]`` context-encoder outputs.
+      context: ``[B, Kc, embed_dim * levels]`` context-encoder outputs.
       context_idx: ``[B, Kc]`` token indices of the context.
       target_idx: ``[B, Kt]`` token indices to predict.
       mask_index: which mask token to use (static int; taken modulo ``num_mask_tokens``).
       context_valid / target_valid: optional ``[B, K]`` bool, any pattern; padding is never
         attended to.
+      image: (``modality_embedding``) the clips are images: add ``img_mod_embed``.
 
     Returns:
-      ``[B, Kt, embed_dim]`` predictions.
+      ``[B, Kt, output_dim]`` predictions; with ``return_context`` the pair (predictions,
+      ``[B, Kc, output_dim]`` context predictions).
     """
-    x = layers.dense(self.predictor_embed_dim, "predictor_embed", self.block.dtype)(context)
+    x = self._embed(context)
     token_init = (nn.initializers.zeros if self.zero_init_mask_tokens
                   else layers.reference_trunc_normal())
     mask_tokens = self.param("mask_tokens", token_init,
@@ -89,8 +122,13 @@ class Predictor(nn.Module):
 
     num_context = x.shape[1]
     x = jnp.concatenate([x, targets], axis=1)
+    if self.modality_embedding:
+      init = nn.initializers.normal(1e-6)
+      video = self.param("video_mod_embed", init, (1, 1, self.predictor_embed_dim), jnp.float32)
+      img = self.param("img_mod_embed", init, (1, 1, self.predictor_embed_dim), jnp.float32)
+      x = x + (img if image else video).astype(x.dtype)
     seq_idx = jnp.concatenate([context_idx, target_idx], axis=1)  # each token's grid index
-    lengths = target_rows = None
+    lengths = target_rows = context_rows = None
     if context_valid is not None or target_valid is not None:
       cv = context_valid if context_valid is not None else jnp.ones(context_idx.shape, bool)
       tv = target_valid if target_valid is not None else jnp.ones(target_idx.shape, bool)
@@ -99,16 +137,25 @@ class Predictor(nn.Module):
       x = gather_tokens(x, order)
       lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
       # Where each target ended up: the inverse permutation at the target slots.
-      target_rows = jnp.argsort(order, axis=1)[:, num_context:]
+      inverse = jnp.argsort(order, axis=1)
+      target_rows, context_rows = inverse[:, num_context:], inverse[:, :num_context]
       seq_idx = gather_tokens(seq_idx, order)
     rope = None
     if self.use_rope:
       rope = rope_lib.rope_tables(seq_idx, self.grid,
                                   self.predictor_embed_dim // self.block.num_heads,
-                                  self.block.dtype)
+                                  self.block.dtype, interleaved=self.rope_interleaved,
+                                  base_grid=self.rope_base_grid)
     x = sharding.constrain(x, layers.ACTIVATION)
     x, _ = layers.BlockStack(self.depth, self.block, name="stack")(x, lengths, rope=rope)
+    seq = x
     x = x[:, num_context:] if target_rows is None else gather_tokens(x, target_rows)
     x = sharding.constrain(x, layers.ACTIVATION)
-    x = layers.layer_norm("predictor_norm", self.block.dtype)(x)
-    return layers.dense(self.embed_dim, "predictor_proj", self.block.dtype)(x)
+    norm = layers.layer_norm("predictor_norm", self.block.dtype)
+    pred = layers.dense(self.output_dim, "predictor_proj", self.block.dtype)(norm(x))
+    if not self.return_context:
+      return pred
+    ctx = seq[:, :num_context] if context_rows is None else gather_tokens(seq, context_rows)
+    ctx = sharding.constrain(ctx, layers.ACTIVATION)
+    return pred, layers.dense(self.output_dim, "predictor_proj_context", self.block.dtype)(
+        norm(ctx))

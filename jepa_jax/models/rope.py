@@ -22,6 +22,13 @@ float32 one. Coordinates are small integers, so every table is a static numpy ar
 a forward pass only gathers rows of it.
 
 No position table is added to the tokens when RoPE is on (the reference's ``pos_embed`` is None).
+
+V-JEPA 2.1 (``app/vjepa_2_1/models/utils/modules.py``) changes two things, both options here:
+``interleaved`` frequencies (dims ``2i, 2i+1`` share ``f_i``: the standard rotation, the fix the
+V-JEPA 2 comment describes) and ``base_grid`` (its ``interpolate_rope``): row and column
+coordinates are scaled by ``(base_grid - 1) / (size - 1)`` so that every resolution spans the
+angles of the 256-px grid it was trained on; frames are not scaled. Scaled coordinates are not
+integers, so those tables hold one row per grid line at its scaled position.
 """
 import functools
 from typing import Optional, Sequence
@@ -51,13 +58,36 @@ def _rounder(dtype):
   return lambda x: np.asarray(x, np.float32).astype(target).astype(np.float32)
 
 
+def base_grid_of(patch_size: int) -> int:
+  """The grid V-JEPA 2.1's ``interpolate_rope`` scales rows/columns to: 256 px / 16 or 252 / 14."""
+  grids = {16: 256 // 16, 14: 252 // 14}
+  if patch_size not in grids:
+    raise ValueError(f"interpolate_rope is defined for patch_size 14 or 16 (the reference's "
+                     f"pretrained grids), got {patch_size}; set interpolate_rope=False")
+  return grids[patch_size]
+
+
+def _positions(length: int, base_grid: Optional[int]) -> np.ndarray:
+  """float32 coordinates ``0 .. length-1``, scaled as the reference's ``interpolate_rope`` does in
+  float32: ``(pos * (base_grid - 1)) / (length - 1)``."""
+  pos = np.arange(length, dtype=np.float32)
+  if base_grid is None:
+    return pos
+  if length < 2:
+    raise ValueError(f"interpolate_rope needs at least 2 rows and columns of patches, got {length}")
+  return (pos * np.float32(base_grid - 1)) / np.float32(length - 1)
+
+
 @functools.lru_cache(maxsize=64)
-def angle_tables(length: int, width: int, dtype_name: str = "float32"):
+def angle_tables(length: int, width: int, dtype_name: str = "float32", interleaved: bool = False,
+                 base_grid: Optional[int] = None):
   """``(cos, sin)`` float32 ``[length, width]`` for coordinates ``0 .. length-1`` of one axis.
 
   Frequencies ``omega_i = 1 / 10000^(i / (width / 2))``, ``i < width / 2``, tiled twice along the
-  last axis (the released layout). Each step is rounded to ``dtype_name`` as the reference computes
-  it in the q/k dtype: ``omega``, ``10000^omega``, its reciprocal, ``pos * omega``, sin and cos.
+  last axis (V-JEPA 2's released layout) or, ``interleaved``, each repeated twice in place (V-JEPA
+  2.1). ``base_grid``: coordinates scaled to span that many positions (V-JEPA 2.1's
+  ``interpolate_rope``). Each step is rounded to ``dtype_name`` as the reference computes it in the
+  q/k dtype: ``omega``, ``10000^omega``, its reciprocal, ``pos * omega``, sin and cos.
   """
   if width % 2:
     raise ValueError(f"RoPE axis width must be even, got {width}")
@@ -65,9 +95,11 @@ def angle_tables(length: int, width: int, dtype_name: str = "float32"):
   half = width // 2
   omega = r(r(np.arange(half, dtype=np.float32)) / np.float32(half))
   omega = r(np.float32(1.0) / r(np.power(np.float32(THETA), omega)))
-  pos = r(np.arange(length, dtype=np.float32))
+  pos = r(_positions(length, base_grid))
   freq = r(pos[:, None] * omega[None, :])
   cos, sin = r(np.cos(freq)), r(np.sin(freq))
+  if interleaved:
+    return np.repeat(cos, 2, axis=1), np.repeat(sin, 2, axis=1)
   return np.concatenate([cos, cos], axis=1), np.concatenate([sin, sin], axis=1)
 
 
@@ -81,11 +113,13 @@ def token_coords(token_idx: jax.Array, grid: Sequence[int]):
 
 
 def rope_tables(token_idx: Optional[jax.Array], grid: Sequence[int], head_dim: int,
-                dtype=jnp.float32, num_tokens: Optional[int] = None):
+                dtype=jnp.float32, num_tokens: Optional[int] = None, interleaved: bool = False,
+                base_grid: Optional[int] = None):
   """``(cos, sin)`` ``[B or 1, N, 1, 3 * axis_width]`` in ``dtype`` for tokens at ``token_idx``.
 
   ``token_idx`` ``[B, N]`` int (None: every token of the grid in order, ``num_tokens`` of them).
   The head axis is 1 so the tables broadcast over heads of q/k ``[B, N, H, head_dim]``.
+  ``interleaved`` / ``base_grid``: V-JEPA 2.1's layout and row/column scaling (``angle_tables``).
   """
   width = axis_width(head_dim)
   if width == 0:
@@ -95,8 +129,12 @@ def rope_tables(token_idx: Optional[jax.Array], grid: Sequence[int], head_dim: i
     token_idx = jnp.arange(n, dtype=jnp.int32)[None]
   dtype_name = jnp.dtype(dtype).name
   cos_parts, sin_parts = [], []
-  for coord, length in zip(token_coords(token_idx, grid), grid):
-    cos, sin = angle_tables(int(length), width, dtype_name)
+  for axis, (coord, length) in enumerate(zip(token_coords(token_idx, grid), grid)):
+    scale = None if axis == 0 else base_grid  # frames are never interpolated
+    v21 = dict(interleaved=True) if interleaved else {}
+    if scale is not None:
+      v21["base_grid"] = scale
+    cos, sin = angle_tables(int(length), width, dtype_name, **v21)
     cos_parts.append(jnp.take(jnp.asarray(cos, dtype), coord, axis=0))
     sin_parts.append(jnp.take(jnp.asarray(sin, dtype), coord, axis=0))
   cos = jnp.concatenate(cos_parts, axis=-1)[:, :, None, :]

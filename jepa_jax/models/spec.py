@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from jepa_jax.errors import ConfigError
 from jepa_jax.models.predictor import Predictor
-from jepa_jax.models.vit import VisionTransformer, build_encoder
+from jepa_jax.models.vit import VisionTransformer, build_encoder, size_spec, vjepa21_fields
 
 # Compute dtypes by name. float16 is the V-JEPA 2 eval's autocast dtype (its RoPE angles are then
 # rounded in float16 too); pretraining refuses it (no loss scaling), see jepa_jax.pretrain.config.
@@ -26,6 +26,12 @@ class PredictorSpec:
   num_heads: Optional[int] = None
   num_mask_tokens: int = 2
   zero_init_mask_tokens: bool = True
+  # V-JEPA 2.1: encoder levels read and predicted (None = all of the encoder's, 1 for the
+  # distilled models), width of each predicted level (None = the encoder's; the distilled models
+  # predict their teacher's), and the context outputs of its dense loss (``predict_all``).
+  levels: Optional[int] = None
+  out_embed_dim: Optional[int] = None
+  return_context: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +41,8 @@ class ModelSpec:
   ``name``: a size of ``VIT_SIZES`` (or the reference's ``vit_large[_rope]``); ``overrides``: any
   encoder or block field on top of it (``{"embed_dim": 96, "depth": 2, "num_heads": 4}``).
   ``use_rope`` None leaves it to the name (``_rope`` suffix) and the overrides. ``dtype``: a key
-  of ``DTYPES``.
+  of ``DTYPES``. ``vjepa21``: the V-JEPA 2.1 architecture (``vit.vjepa21_fields`` of the depth,
+  under any explicit overrides).
   """
   name: str
   img_size: Any = 224
@@ -50,6 +57,7 @@ class ModelSpec:
   scan: bool = False
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   predictor: Optional[PredictorSpec] = None
+  vjepa21: bool = False
 
   def replace(self, **changes) -> "ModelSpec":
     return dataclasses.replace(self, **changes)
@@ -67,6 +75,10 @@ def encoder_from_spec(spec: ModelSpec) -> VisionTransformer:
   overrides = dict(spec.overrides or {})
   if spec.use_rope is not None:
     overrides.setdefault("use_rope", bool(spec.use_rope))
+  if spec.vjepa21:
+    depth = overrides.get("depth", size_spec(spec.name)["depth"])
+    overrides = dict(vjepa21_fields(depth, overrides.get("levels")), **overrides)
+    overrides["levels"] = tuple(overrides["levels"])
   return build_encoder(
       spec.name, img_size=spec.img_size, num_frames=spec.num_frames, patch_size=spec.patch_size,
       tubelet_size=spec.tubelet_size, uniform_power=spec.uniform_power,
@@ -76,18 +88,29 @@ def encoder_from_spec(spec: ModelSpec) -> VisionTransformer:
 
 def build_predictor(encoder: VisionTransformer, embed_dim: int = 384, depth: int = 12,
                     num_mask_tokens: int = 2, zero_init_mask_tokens: bool = True,
-                    num_heads: Optional[int] = None) -> Predictor:
+                    num_heads: Optional[int] = None, levels: Optional[int] = None,
+                    out_embed_dim: Optional[int] = None,
+                    return_context: bool = False) -> Predictor:
   """The predictor matching ``encoder`` (same grid, positions, dtype and kernels).
 
   ``num_heads``: the predictor's own head count (V-JEPA 2's ``pred_num_heads``); None = the
   encoder's, as in V-JEPA. The MLP ratio is 4 whatever the encoder's: the reference's
-  ``vit_predictor`` fixes it (a ViT-g's predictor has hidden 4 x 384, not 48/11 x 384)."""
+  ``vit_predictor`` fixes it (a ViT-g's predictor has hidden 4 x 384, not 48/11 x 384).
+  V-JEPA 2.1 encoders (with ``levels``) give a predictor with their RoPE layout, modality
+  embeddings, and ``levels`` (None = as many as the encoder's) levels in and out."""
   block = encoder.block.replace(num_heads=encoder.block.num_heads if num_heads is None
                                 else num_heads, mlp_ratio=4.0)
+  if levels is None:
+    levels = max(1, len(encoder.levels))
   return Predictor(grid=encoder.grid, embed_dim=encoder.embed_dim, predictor_embed_dim=embed_dim,
                    depth=depth, block=block, uniform_power=encoder.uniform_power,
                    use_rope=encoder.use_rope, num_mask_tokens=num_mask_tokens,
-                   zero_init_mask_tokens=zero_init_mask_tokens)
+                   zero_init_mask_tokens=zero_init_mask_tokens, levels=levels,
+                   out_embed_dim=out_embed_dim, return_context=return_context,
+                   modality_embedding=(encoder.modality_embedding
+                                       and encoder.image_frames is not None),
+                   rope_interleaved=encoder.rope_interleaved,
+                   rope_base_grid=encoder.rope_base_grid)
 
 
 def from_spec(spec: ModelSpec) -> tuple[VisionTransformer, Optional[Predictor]]:
@@ -106,4 +129,6 @@ def from_spec(spec: ModelSpec) -> tuple[VisionTransformer, Optional[Predictor]]:
   return encoder, build_predictor(encoder, embed_dim=p.embed_dim, depth=p.depth,
                                   num_mask_tokens=p.num_mask_tokens,
                                   zero_init_mask_tokens=p.zero_init_mask_tokens,
-                                  num_heads=p.num_heads)
+                                  num_heads=p.num_heads, levels=p.levels,
+                                  out_embed_dim=p.out_embed_dim,
+                                  return_context=p.return_context)

@@ -9,6 +9,15 @@ coordinates in every block (V-JEPA 2, ``use_rope``; ``models.rope``). When token
 given, only those tokens are embedded and go through the blocks (the context encoder's masking).
 There is no cls token. The final LayerNorm is applied to the output and to every requested
 intermediate layer, as the reference does for its ``out_layers``.
+
+V-JEPA 2.1 (``app/vjepa_2_1/models/vision_transformer.py``; docs/vjepa21.md) is this module with
+fields set (``vjepa21_fields`` gives them for a depth): ``levels`` (its ``hierarchical_layers``)
+replaces the final LayerNorm with one LayerNorm per level (``norms_block_{k}``) -- the output is
+the last level's, and ``hierarchical=True`` returns the levels concatenated along features, the
+training output its predictor reads and its loss targets; ``rope_interleaved`` and
+``interpolate_rope`` its RoPE; ``modality_embedding`` adds ``video_mod_embed`` (or
+``img_mod_embed``) to every token; ``image_frames`` (its ``img_temporal_dim_size``) gives clips of
+that many frames their own tubelet-1 patch embedding ``patch_embed_img``.
 """
 from typing import Any, Optional, Sequence
 
@@ -44,6 +53,24 @@ VIT_SIZES = {
     "gigantic_xformers": dict(embed_dim=1664, depth=48, num_heads=26, mlp_ratio=4.0),
 }
 ROPE_SUFFIX = "_rope"  # the reference's ``vit_large_rope`` etc.: the size with use_rope=True
+
+
+# V-JEPA 2.1's ``hierarchical_layers`` per encoder depth (vision_transformer.py:147-175); it builds
+# no other depth.
+VJEPA21_LEVELS = {12: (2, 5, 8, 11), 24: (5, 11, 17, 23), 40: (9, 19, 29, 39),
+                  48: (11, 23, 37, 47)}
+
+
+def vjepa21_fields(depth: int, levels: Optional[Sequence[int]] = None) -> dict:
+  """The encoder fields that make a V-JEPA 2.1 encoder of ``depth`` blocks (its released and
+  recipe settings: RoPE, interleaved and interpolated, modality embeddings, image patch embedding,
+  four levels; ``levels`` chooses others, e.g. for a small test model)."""
+  if levels is None and depth not in VJEPA21_LEVELS:
+    raise ValueError(f"V-JEPA 2.1 defines its four output levels for depth 12, 24, 40 or 48, got "
+                     f"depth={depth}; set levels=(...) explicitly")
+  return dict(use_rope=True, rope_interleaved=True, interpolate_rope=True,
+              modality_embedding=True, image_frames=1,
+              levels=tuple(VJEPA21_LEVELS[depth] if levels is None else levels))
 
 
 def size_spec(name: str) -> dict:
@@ -153,6 +180,8 @@ class VisionTransformer(nn.Module):
       (``layers.BlockConfig``).
     uniform_power: position table layout (True for every released V-JEPA model).
     use_rope: V-JEPA 2's 3D rotary positions in every block instead of the sin-cos table.
+    rope_interleaved, interpolate_rope, modality_embedding, image_frames, levels: V-JEPA 2.1 (see
+      the module docstring; all off = V-JEPA 2).
 
   ``build_encoder`` takes all of these as flat keywords (``num_heads=16, dtype=jnp.bfloat16``).
   """
@@ -166,10 +195,30 @@ class VisionTransformer(nn.Module):
   block: layers.BlockConfig = layers.BlockConfig(num_heads=12)
   uniform_power: bool = True
   use_rope: bool = False
+  rope_interleaved: bool = False
+  interpolate_rope: bool = False
+  modality_embedding: bool = False
+  image_frames: Optional[int] = None
+  levels: tuple = ()
 
   @property
   def grid(self):
     return token_grid(self.img_size, self.num_frames, self.patch_size, self.tubelet_size)
+
+  @property
+  def rope_base_grid(self) -> Optional[int]:
+    return rope_lib.base_grid_of(self.patch_size) if self.interpolate_rope else None
+
+  def is_image(self, num_frames: int) -> bool:
+    """Whether clips of ``num_frames`` frames take the image path (V-JEPA 2.1's
+    ``check_temporal_dim``)."""
+    return self.image_frames is not None and num_frames == self.image_frames
+
+  def grid_of(self, num_frames: int):
+    """Token grid of clips with ``num_frames`` frames: the built clip, or an image."""
+    if self.is_image(num_frames):
+      return token_grid(self.img_size, num_frames, self.patch_size, 1)
+    return self.grid
 
   @property
   def num_tokens(self) -> int:
@@ -190,53 +239,99 @@ class VisionTransformer(nn.Module):
                        "sin-cos table is built for square grids only")
     return jnp.asarray(pos_embed.sincos_3d(self.embed_dim, self.grid, self.uniform_power))
 
-  def rope_tables(self, token_idx: Optional[jax.Array] = None):
+  def rope_tables(self, token_idx: Optional[jax.Array] = None, grid=None):
     """RoPE ``(cos, sin)`` for tokens at ``token_idx`` ([B, K]; None = the whole grid)."""
-    return rope_lib.rope_tables(token_idx, self.grid, self.embed_dim // self.block.num_heads,
-                                self.block.dtype)
+    grid = self.grid if grid is None else grid
+    return rope_lib.rope_tables(token_idx, grid, self.embed_dim // self.block.num_heads,
+                                self.block.dtype, num_tokens=int(np.prod(grid)),
+                                interleaved=self.rope_interleaved, base_grid=self.rope_base_grid)
 
   def setup(self):
     self.patch_embed = PatchEmbed(self.embed_dim, self.tubelet_size, self.patch_size,
                                   self.block.dtype)
+    if self.image_frames is not None:
+      self.patch_embed_img = PatchEmbed(self.embed_dim, 1, self.patch_size, self.block.dtype)
+    if self.modality_embedding:
+      init = nn.initializers.normal(1e-6)
+      self.video_mod_embed = self.param("video_mod_embed", init, (1, 1, self.embed_dim),
+                                        jnp.float32)
+      self.img_mod_embed = self.param("img_mod_embed", init, (1, 1, self.embed_dim), jnp.float32)
     self.stack = layers.BlockStack(self.depth, self.block)
-    self.norm = layers.layer_norm("norm", self.block.dtype)
+    if self.levels:
+      if any(not 0 <= l < self.depth for l in self.levels) or self.levels[-1] != self.depth - 1:
+        raise ValueError(f"levels {self.levels} must be block indices ending with the last block "
+                         f"({self.depth - 1})")
+      self.norms_block = [layers.layer_norm(f"norms_block_{k}", self.block.dtype)
+                          for k in range(len(self.levels))]
+    else:
+      self.norm = layers.layer_norm("norm", self.block.dtype)
 
   def embed(self, clips, token_idx: Optional[jax.Array] = None):
     """``[B, T, H, W, C]`` pixels -> ``[B, N, D]`` tokens, (t, h, w) order, with the sin-cos
     positions added (RoPE encoders: no positions here, they are applied in the blocks); with
-    ``token_idx`` ``[B, K]`` only those tokens, ``[B, K, D]``."""
+    ``token_idx`` ``[B, K]`` only those tokens, ``[B, K, D]``. With ``image_frames``, clips of
+    that many frames are images: their own patch embedding and modality embedding."""
     _, t, h, w, _ = clips.shape
     _, want_t, want_h, want_w, _ = self.clip_shape()
-    if (t, h, w) != (want_t, want_h, want_w):
+    image = self.is_image(t)
+    if (h, w) != (want_h, want_w) or (t != want_t and not image):
       raise ValueError(f"encoder built for {want_t}x{want_h}x{want_w} clips, got {t}x{h}x{w}; "
                        "build the model with matching num_frames/img_size")
-    x = self.patch_embed(clips, token_idx)
+    if image:
+      x = self.patch_embed_img(clips, token_idx)
+    else:
+      x = self.patch_embed(clips, token_idx)
+      if self.image_frames is not None and self.is_initializing():
+        # Create the image embedding's parameters too (a video init never calls it).
+        self.patch_embed_img(clips[:, :self.image_frames])
+    if self.modality_embedding:
+      x = x + (self.img_mod_embed if image else self.video_mod_embed).astype(x.dtype)
     if self.use_rope:
       return x
     pos = self.position_table().astype(self.block.dtype)
     return x + (pos[None] if token_idx is None else jnp.take(pos, token_idx, axis=0))
 
+  def _level_norm(self, layer: int):
+    if layer not in self.levels:
+      raise ValueError(f"out_layers {layer} is not one of this encoder's levels {self.levels} "
+                       "(V-JEPA 2.1 has a LayerNorm for those only)")
+    return self.norms_block[self.levels.index(layer)]
+
   def encode_tokens(self, x, token_valid=None, out_layers: Sequence[int] = (),
-                    token_idx: Optional[jax.Array] = None):
+                    token_idx: Optional[jax.Array] = None, hierarchical: bool = False,
+                    grid=None):
     """Blocks + final LayerNorm on already embedded (and possibly gathered) tokens.
 
     ``token_valid`` ``[B, K]``: valid tokens first, padding last (``valid_lengths``).
     ``token_idx``: the tokens' indices in the full grid (RoPE encoders rotate by them; None means
-    ``x`` holds every token in order)."""
+    ``x`` holds every token in order). ``grid``: the token grid (default: the clip's)."""
+    grid = self.grid if grid is None else tuple(grid)
     rope = None
     if self.use_rope:
-      if token_idx is None and x.shape[1] != self.num_tokens:
+      if token_idx is None and x.shape[1] != int(np.prod(grid)):
         raise ValueError(f"{x.shape[1]} gathered tokens without their token_idx: a RoPE encoder "
                          "needs each token's grid index")
-      rope = self.rope_tables(token_idx)
-    x, intermediate = self.stack(x, valid_lengths(token_valid), collect=tuple(out_layers),
-                                 rope=rope)
+      rope = self.rope_tables(token_idx, grid)
+    if hierarchical and not self.levels:
+      raise ValueError("hierarchical outputs need an encoder with levels (V-JEPA 2.1)")
+    collect = tuple(self.levels) if hierarchical else tuple(out_layers)
+    x, intermediate = self.stack(x, valid_lengths(token_valid), collect=collect, rope=rope)
+    if hierarchical:
+      return jnp.concatenate([n(y) for n, y in zip(self.norms_block, intermediate)], axis=-1)
+    if self.levels:
+      if self.is_initializing():  # every level's LayerNorm exists whatever the init call asks for
+        for norm in self.norms_block:
+          norm(x)
+      if out_layers:
+        return [self._level_norm(l)(y) for l, y in zip(out_layers, intermediate)]
+      return self.norms_block[-1](x)
     if out_layers:
       return [self.norm(y) for y in intermediate]
     return self.norm(x)
 
   def __call__(self, clips, token_idx: Optional[jax.Array] = None,
-               token_valid: Optional[jax.Array] = None, out_layers: Sequence[int] = ()):
+               token_valid: Optional[jax.Array] = None, out_layers: Sequence[int] = (),
+               hierarchical: bool = False):
     """Encode clips.
 
     Args:
@@ -245,11 +340,15 @@ class VisionTransformer(nn.Module):
       token_valid: optional ``[B, K]`` bool, each row's valid tokens first (the row contract of
         ``jepa_jax.masks``); invalid (padding) tokens are never attended to.
       out_layers: if given, return ``[LN(x_l) for l in out_layers]`` (0-based) instead of LN(x_out).
+      hierarchical: (encoders with ``levels``) return every level, each through its own
+        LayerNorm, concatenated: ``[B, K or N, embed_dim * len(levels)]``.
 
     Returns:
       ``[B, K or N, embed_dim]`` in the compute dtype, or a list of them.
     """
-    return self.encode_tokens(self.embed(clips, token_idx), token_valid, out_layers, token_idx)
+    grid = self.grid_of(clips.shape[1])
+    return self.encode_tokens(self.embed(clips, token_idx), token_valid, out_layers, token_idx,
+                              hierarchical, grid)
 
 
 def build_encoder(model: str = "base", **overrides) -> VisionTransformer:

@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+from jepa_jax import loss_vjepa21
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import nonfinite
@@ -40,6 +41,30 @@ class Settings:
   grad_accum_steps: int              # micro-batches per update (1 = none)
   rescale_residual_init: bool
   data: Any                          # config.data: the data pipeline's own section
+  # V-JEPA 2.1's context loss (config.model.vjepa21 with config.loss); None = V-JEPA 1/2's loss.
+  context_loss: Optional[loss_vjepa21.ContextLossConfig] = None
+
+
+def context_loss_config(config) -> Optional[loss_vjepa21.ContextLossConfig]:
+  """``config.loss`` (the reference's loss keys and lambda settings) for a ``config.model.vjepa21``
+  model; None for V-JEPA 1/2 configs."""
+  if not config.model.get("vjepa21"):
+    return None
+  fields = {f.name for f in dataclasses.fields(loss_vjepa21.ContextLossConfig)}
+  given = dict(config.get("loss") or {})
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ConfigError(f"config.loss.{unknown[0]} is not a V-JEPA 2.1 loss setting; use one of "
+                      f"{sorted(fields)}")
+  cfg = loss_vjepa21.ContextLossConfig(**given)
+  if cfg.lambda_progressive and cfg.lambda_end <= cfg.lambda_start:
+    raise ConfigError(f"config.loss.lambda_end={cfg.lambda_end} must be after "
+                      f"config.loss.lambda_start={cfg.lambda_start} (the context loss's ramp), or "
+                      "set config.loss.lambda_progressive=False")
+  if config.get("grad_accum_steps", 1) != 1:
+    raise ConfigError(f"config.grad_accum_steps={config.grad_accum_steps}: the V-JEPA 2.1 loss "
+                      "does not support gradient accumulation yet; set config.grad_accum_steps=1")
+  return cfg
 
 
 def num_mask_tokens(config) -> int:
@@ -74,13 +99,20 @@ def model_spec(config, num_masks: Optional[int] = None) -> models.ModelSpec:
   predictor = models.PredictorSpec(
       depth=m.pred_depth, embed_dim=m.pred_embed_dim, num_heads=m.get("pred_num_heads"),
       num_mask_tokens=num_masks if num_masks is not None else num_mask_tokens(config),
-      zero_init_mask_tokens=m.zero_init_mask_tokens)
+      zero_init_mask_tokens=m.zero_init_mask_tokens,
+      # V-JEPA 2.1: levels read/predicted (None = the encoder's), their width (None = the
+      # encoder's; distilled models predict their teacher's) and the context outputs its dense
+      # loss trains (predict_all); a converted file says what its predictor has.
+      levels=m.get("pred_levels"), out_embed_dim=m.get("pred_out_embed_dim"),
+      return_context=bool(m.get("vjepa21") if m.get("pred_return_context") is None
+                          else m.get("pred_return_context")))
   return models.ModelSpec(
       name=m.name, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
       tubelet_size=m.tubelet_size, uniform_power=m.uniform_power,
       # configs older than V-JEPA 2 support have no use_rope field: the size name decides
       use_rope=m.get("use_rope"), dtype=m.dtype, attention=m.attention, remat=m.remat,
-      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor)
+      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor,
+      vjepa21=bool(m.get("vjepa21")))
 
 
 def token_grid(config) -> tuple[int, int, int]:
@@ -166,10 +198,12 @@ def read(config) -> Settings:
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
     raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
                       "per update; 1 = no accumulation)")
+  context_loss = context_loss_config(config)
   return Settings(model=spec, grid=grid, masks=mask_cfgs, mask_token_ids=token_ids,
                   optim=optim.OptimConfig.from_config(config.optim),
                   batch_size=int(config.batch_size), grad_accum_steps=accum,
-                  rescale_residual_init=bool(m.rescale_residual_init), data=d)
+                  rescale_residual_init=bool(m.rescale_residual_init), data=d,
+                  context_loss=context_loss)
 
 
 def _check_datasets(d) -> None:

@@ -110,7 +110,8 @@ class Experiment:
                                           self.settings.mask_token_ids,
                                           self.settings.grad_accum_steps,
                                           self.state_shardings.params,
-                                          self.config.mesh.min_fsdp_size)
+                                          self.config.mesh.min_fsdp_size,
+                                          self.settings.context_loss)
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
                                          self.abstract_batch(), self.config.mesh.min_fsdp_size)
 

@@ -36,7 +36,7 @@ def init_params(encoder, predictor, rng, rescale_residual_init: bool = False):
   clips = jnp.zeros(encoder.clip_shape())
   enc = encoder.init(k_enc, clips)["params"]
   ctx_idx = jnp.zeros((1, 1), jnp.int32)
-  context = jnp.zeros((1, 1, encoder.embed_dim))
+  context = jnp.zeros((1, 1, predictor.input_dim))
   pred = predictor.init(k_pred, context, ctx_idx, ctx_idx)["params"]
   params = {"encoder": flax.core.unfreeze(enc), "predictor": flax.core.unfreeze(pred)}
   if rescale_residual_init:

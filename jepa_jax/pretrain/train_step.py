@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jepa_jax import loss as loss_lib
+from jepa_jax import loss_vjepa21
 from jepa_jax import masks as masks_lib
 from jepa_jax.pretrain import monitor
 from jepa_jax import nonfinite as nonfinite_lib
@@ -42,15 +43,24 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
                     optim_cfg: optim.OptimConfig, tx: optax.GradientTransformation,
                     batch_size: int, mesh: Optional[jax.sharding.Mesh] = None,
                     mask_token_ids: Optional[Sequence[int]] = None, grad_accum_steps: int = 1,
-                    param_shardings=None, min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE):
+                    param_shardings=None, min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE,
+                    context_loss: Optional[loss_vjepa21.ContextLossConfig] = None):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
   to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
   the predictor mask token of each mask (``config.mask_token_ids``; None = mask i, token i).
   ``grad_accum_steps``: micro-batches per update (``batch_size`` must be divisible by it times
-  the devices; ``experiment.validate`` checks)."""
-  apply_encoder, apply_predictor = loss_lib.model_apply_fns(encoder, predictor)
+  the devices; ``experiment.validate`` checks). ``context_loss``: V-JEPA 2.1's objective
+  (``loss_vjepa21.vjepa21_loss``: four-level targets plus the context loss, lambda read at the
+  state's step) for its models; None = V-JEPA's."""
   grid = encoder.grid
   mask_cfgs = tuple(mask_cfgs)
+  if context_loss is None:
+    apply_encoder, apply_predictor = loss_lib.model_apply_fns(encoder, predictor)
+  else:
+    apply_encoder, apply_predictor = loss_vjepa21.model_apply_fns(encoder, predictor)
+    if grad_accum_steps != 1:  # accumulation re-weights the predictor loss of each mask only
+      raise ValueError("the V-JEPA 2.1 loss does not support gradient accumulation yet; set "
+                       "config.grad_accum_steps=1")
 
   def train_step(state, batch, rng):
     # Masks are drawn for the whole global batch, whatever grad_accum_steps: every clip gets the
@@ -62,8 +72,14 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
 
     def loss_fn(params, video, masks):
       clips = normalize_clips(video, encoder.block.dtype)  # accumulating: one micro-batch at a time
-      loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params, state.target_params,
-                                      clips, masks, mask_token_ids)
+      if context_loss is None:
+        loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params,
+                                        state.target_params, clips, masks, mask_token_ids)
+      else:
+        loss, aux = loss_vjepa21.vjepa21_loss(
+            apply_encoder, apply_predictor, params, state.target_params, clips, masks, state.step,
+            context_loss, grid=grid, levels=len(encoder.levels), mask_token_ids=mask_token_ids)
+        aux.pop("context_loss_per_mask")
       # Summarised where they are made: the step carries scalars, not the [B, N, D] targets (with
       # accumulation, the statistics are averages over micro-batches of B/k clips).
       targets, preds = jax.lax.stop_gradient((aux.pop("targets"), aux.pop("predictions")))
@@ -98,6 +114,10 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       metrics[f"loss/mask{i}"] = aux["loss_per_mask"][i]
       metrics[f"tokens/context{i}"] = aux["context_tokens"][i]
       metrics[f"tokens/target{i}"] = aux["target_tokens"][i]
+    for key, name in (("loss_pred", "loss/pred"), ("loss_context", "loss/context"),
+                      ("lambda", "context_lambda")):
+      if key in aux:  # V-JEPA 2.1: its two losses and the lambda weighting the second
+        metrics[name] = aux[key]
     metrics.update(aux["monitor"])
     return new_state, metrics
 

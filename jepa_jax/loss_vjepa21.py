@@ -1,0 +1,166 @@
+"""The V-JEPA 2.1 objective as pure functions (``app/vjepa_2_1/train.py``; docs/vjepa21.md).
+
+    loss, aux = vjepa21_loss(apply_encoder, apply_predictor, params, target_params, clips, masks,
+                             step, cfg=ContextLossConfig(), grid=encoder.grid, levels=4)
+
+* ``apply_encoder(encoder_params, clips, token_idx=None, token_valid=None)`` returns the encoder's
+  levels concatenated, ``[B, K, L * D]`` (``VisionTransformer(..., hierarchical=True)``);
+* ``apply_predictor(...)`` (``loss.model_apply_fns``'s signature) returns ``(predictions
+  [B, Kt, L * D], context predictions [B, Kc, L * D])`` (a predictor with ``return_context``);
+* ``masks`` as ``loss.vjepa_loss`` takes them; ``step``: the global step of the lambda ramp.
+
+Targets: the EMA encoder's levels, each layer-normed without affine (eps 1e-5) on its own. Loss:
+``L_pred + lambda(step) * L_context``, each the mean over masks of ``mean(|z - h|^p) / p``
+(p = ``loss_exp``): ``L_pred`` over the target tokens, ``L_context`` over the context tokens against
+the targets at the context positions, each context token's error divided by ``sqrt`` of its
+Euclidean (t, h, w) distance to the nearest target token when ``weight_distance`` (and then
+averaged with the plain mean, the weights not renormalised, as the reference). Padding (validity
+masks) is left out of every mean and every distance.
+"""
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jepa_jax import sharding
+from jepa_jax.loss import TOKENS, _mean_count, gather_targets, target_layer_norm
+from jepa_jax.models import rope
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextLossConfig:
+  """The reference's loss/model keys (pretraining YAML values as defaults).
+
+  ``lambda_value`` (``lambda_value_vid``), ramped in linearly from 0 at ``lambda_start`` to its
+  value at ``lambda_end`` (``Lambda_LinearWarmupHold``'s defaults) when ``lambda_progressive``;
+  ``weight_distance`` (``weight_distance_loss``), ``offset_context_loss``, ``loss_exp``."""
+  lambda_value: float = 0.5
+  lambda_start: int = 15_000
+  lambda_end: int = 30_000
+  lambda_progressive: bool = True
+  weight_distance: bool = True
+  offset_context_loss: bool = False
+  loss_exp: float = 1.0
+
+
+def context_lambda(cfg: ContextLossConfig, step) -> jax.Array:
+  """lambda at global ``step``: 0 before ``lambda_start``, linear to ``lambda_value`` at
+  ``lambda_end``, constant after (or constant from 0 without ``lambda_progressive``)."""
+  if not cfg.lambda_progressive:
+    return jnp.asarray(cfg.lambda_value, jnp.float32)
+  if cfg.lambda_end <= cfg.lambda_start:
+    raise ValueError(f"lambda_end ({cfg.lambda_end}) must be after lambda_start "
+                     f"({cfg.lambda_start})")
+  s = jnp.asarray(step, jnp.float32)
+  alpha = jnp.clip((s - cfg.lambda_start) / (cfg.lambda_end - cfg.lambda_start), 0.0, 1.0)
+  return jnp.float32(cfg.lambda_value) * alpha
+
+
+def level_layer_norm(features: jax.Array, levels: int) -> jax.Array:
+  """``[..., L * D]`` -> each of the L slices layer-normed on its own (float32), concatenated."""
+  parts = jnp.split(features, levels, axis=-1)
+  return jnp.concatenate([target_layer_norm(p) for p in parts], axis=-1)
+
+
+def distance_weights(context_idx: jax.Array, target_idx: jax.Array, grid: Sequence[int],
+                     target_valid: Optional[jax.Array] = None,
+                     offset_context_loss: bool = False) -> jax.Array:
+  """``[B, Kc]`` ``sqrt`` of each context token's Euclidean (t, h, w) distance to the nearest
+  (valid) target token (``masks_dist.compute_mask_distance``). ``offset_context_loss`` first
+  divides the distance by ``grid_height // 16``, as the reference does."""
+  def coords(idx):
+    return jnp.stack([c.astype(jnp.float32) for c in rope.token_coords(idx, grid)], axis=-1)
+
+  diff = coords(context_idx)[:, :, None, :] - coords(target_idx)[:, None, :, :]
+  dist = jnp.sqrt(jnp.sum(jnp.square(diff), axis=-1))
+  if target_valid is not None:
+    dist = jnp.where(target_valid[:, None, :], dist, jnp.inf)
+  dmin = jnp.min(dist, axis=-1)
+  if offset_context_loss:
+    coeff = grid[1] // 16
+    if coeff == 0:
+      raise ValueError(f"offset_context_loss divides distances by grid // 16, which is 0 for a "
+                       f"{grid[1]}-patch grid; set offset_context_loss=False")
+    dmin = dmin * (1.0 / coeff)
+  return jnp.sqrt(dmin)
+
+
+def feature_loss(pred: jax.Array, target: jax.Array, valid: Optional[jax.Array] = None,
+                 token_scale: Optional[jax.Array] = None, loss_exp: float = 1.0) -> jax.Array:
+  """``mean(|pred - target|^p * token_scale) / p`` over valid tokens and features (float32)."""
+  err = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32))
+  if loss_exp != 1.0:
+    err = err ** loss_exp
+  w = jnp.ones(err.shape[:2], jnp.float32) if valid is None else valid.astype(jnp.float32)
+  scaled = w if token_scale is None else w * token_scale
+  total = jnp.sum(err * scaled[..., None])
+  return total / (jnp.maximum(jnp.sum(w), 1.0) * err.shape[-1]) / loss_exp
+
+
+def compute_targets(apply_encoder: Callable, target_params: Any, clips: jax.Array,
+                    levels: int) -> jax.Array:
+  return jax.lax.stop_gradient(level_layer_norm(apply_encoder(target_params, clips), levels))
+
+
+def vjepa21_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any,
+                 target_params: Any, clips: jax.Array, masks: Sequence[Any], step,
+                 cfg: ContextLossConfig = ContextLossConfig(), *, grid: Sequence[int],
+                 levels: int, mask_token_ids: Optional[Sequence[int]] = None):
+  """The V-JEPA 2.1 loss and its diagnostics.
+
+  ``mask_token_ids``: the predictor mask token of each mask (default token 0 for all: the
+  reference's wrapper passes the clip-length group, and a batch here is one group).
+
+  Returns ``(loss, aux)``: ``aux`` holds ``loss.vjepa_loss``'s keys (``loss_per_mask`` is the
+  predictor loss of each mask) and ``loss_pred``, ``loss_context``, ``lambda``,
+  ``context_loss_per_mask``.
+  """
+  targets = sharding.constrain(compute_targets(apply_encoder, target_params, clips, levels),
+                               TOKENS)
+  lam = context_lambda(cfg, step)
+  pred_losses, ctx_losses, ctx_counts, tgt_counts, preds = [], [], [], [], []
+  for i, m in enumerate(masks):
+    context = apply_encoder(params["encoder"], clips, token_idx=m.context,
+                            token_valid=m.context_valid)
+    token = 0 if mask_token_ids is None else mask_token_ids[i]
+    pred, ctx_pred = apply_predictor(params["predictor"], context, m.context, m.target, token,
+                                     m.context_valid, m.target_valid)
+    target = sharding.constrain(gather_targets(targets, m.target), TOKENS)
+    pred_losses.append(feature_loss(pred, target, m.target_valid, loss_exp=cfg.loss_exp))
+    scale = None
+    if cfg.weight_distance:
+      scale = 1.0 / distance_weights(m.context, m.target, grid, m.target_valid,
+                                     cfg.offset_context_loss)
+    ctx_target = sharding.constrain(gather_targets(targets, m.context), TOKENS)
+    ctx_losses.append(feature_loss(ctx_pred, ctx_target, m.context_valid, scale, cfg.loss_exp))
+    preds.append(pred)
+    ctx_counts.append(_mean_count(m.context, m.context_valid))
+    tgt_counts.append(_mean_count(m.target, m.target_valid))
+  loss_pred = jnp.mean(jnp.stack(pred_losses))
+  loss_context = jnp.mean(jnp.stack(ctx_losses))
+  aux = {"loss_per_mask": jnp.stack(pred_losses), "context_loss_per_mask": jnp.stack(ctx_losses),
+         "context_tokens": jnp.stack(ctx_counts), "target_tokens": jnp.stack(tgt_counts),
+         "targets": targets, "predictions": tuple(preds), "loss_pred": loss_pred,
+         "loss_context": loss_context, "lambda": lam}
+  return loss_pred + lam * loss_context, aux
+
+
+def model_apply_fns(encoder, predictor):
+  """``apply_encoder`` (hierarchical outputs) / ``apply_predictor`` (predictions and context
+  predictions) for jepa_jax's V-JEPA 2.1 Flax modules."""
+  if not encoder.levels or not predictor.return_context:
+    raise ValueError("the V-JEPA 2.1 loss needs an encoder with levels and a predictor with "
+                     "return_context=True (ModelSpec(vjepa21=True), PredictorSpec("
+                     "return_context=True))")
+
+  def apply_encoder(p, clips, token_idx=None, token_valid=None):
+    return encoder.apply({"params": p}, clips, token_idx=token_idx, token_valid=token_valid,
+                         hierarchical=True)
+
+  def apply_predictor(p, context, context_idx, target_idx, mask_index, context_valid=None,
+                      target_valid=None):
+    return predictor.apply({"params": p}, context, context_idx, target_idx, mask_index,
+                           context_valid, target_valid)
+
+  return apply_encoder, apply_predictor
