@@ -1,5 +1,7 @@
 """V-JEPA 2 weights: the released files' layout (src/hub/backbones.py) <-> jepa_jax checkpoints, RoPE
 and sizes inferred; exports the reference's RoPE modules load with strict=True; V-JEPA 2 probes."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,7 +99,7 @@ def test_encoder_only_on_a_released_file_stays_rope(golden_v2):
   params, config = convert.convert_state_dicts(released_v2(golden_v2), "tiny", encoder_only=True,
                                                **TINY2_KW)
   assert config.model.use_rope and "predictor" not in params
-  enc, _ = models.from_spec(__import__("jepa_jax.pretrain.config").config.model_spec(config))
+  enc, _ = models.from_spec(importlib.import_module("jepa_jax.pretrain.config").model_spec(config))
   enc = enc.clone(block=enc.block.replace(dtype=jnp.float32, attention="einsum"))
   clip = jnp.asarray(golden_v2["clip"].transpose(0, 2, 3, 4, 1))
   np.testing.assert_allclose(np.asarray(enc.apply({"params": params["encoder"]}, clip)),
