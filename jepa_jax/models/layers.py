@@ -408,10 +408,8 @@ def _head_major_qkv_bwd(q_scale, res, g):
   scale = _qkv_scale(q_scale)
   per_column = scale[None, :, None, None]  # kernel [D, 3, H, d]
   dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype) * per_column.astype(x.dtype))
-  # Pinned straight after the batch reduction, before the scale: with the multiply between them
-  # XLA:TPU all-reduced the whole gradient and sliced it afterwards (ViT-H).
-  dk = sharding.constrain_input_split_weight_gradient(
-      jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32)) * per_column
+  dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32) * per_column
+  dk = sharding.constrain_input_split_weight_gradient(dk)
   db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True) * scale[:, None, None, None, None]
   return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
 
