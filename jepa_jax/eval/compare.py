@@ -72,22 +72,24 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
   config = config.copy_and_resolve_references()
   config.checkpoint = pretrained
   config.synthetic_label = labels[0]
-  s = settings_lib.read(config)
+  settings = settings_lib.read(config)
   # The random baselines are of the loaded encoder's architecture (random_params(encoder, seed)).
-  encoder, pre_params, info = enc_lib.load_frozen_encoder(s)
+  encoder, pre_params, info = enc_lib.load_frozen_encoder(settings)
 
   # Decode every clip once; all encoders read the same pixels.
-  train_spec, val_spec = datasets.resolve_indexes(s)
-  xb = s.extract_batch_size or s.batch_size
+  train_spec, val_spec = datasets.resolve_indexes(settings)
+  xb = settings.extract_batch_size or settings.batch_size
   t0 = time.time()
-  train_batches = list(datasets.make_dataset(s, train_spec, train=False, batch_size=xb,
-                                             seed=s.seed, repeat=False, num_views=1))
-  val_batches = list(datasets.make_dataset(s, val_spec, train=False, batch_size=xb,
-                                           seed=s.seed, repeat=False, num_views=s.num_views))
+  train_batches = list(datasets.make_dataset(settings, train_spec, train=False, batch_size=xb,
+                                             seed=settings.seed, repeat=False, num_views=1))
+  val_batches = list(datasets.make_dataset(settings, val_spec, train=False, batch_size=xb,
+                                           seed=settings.seed, repeat=False,
+                                           num_views=settings.num_views))
   log.info("decoded %d train and %d val batches in %.1fs", len(train_batches), len(val_batches),
            time.time() - t0)
-  tables = {lab: (label_table(s, lab, "train"), label_table(s, lab, "val")) for lab in labels}
-  token_fn = jax.jit(enc_lib.make_token_fn(encoder, s.feature_layer))
+  tables = {lab: (label_table(settings, lab, "train"), label_table(settings, lab, "val"))
+            for lab in labels}
+  token_fn = jax.jit(enc_lib.make_token_fn(encoder, settings.feature_layer))
 
   def caches(params):
     params = placer.replicate(params)
@@ -110,7 +112,8 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
         tr_labels, va_labels = tables[lab]
         tr, va = train_c.relabel(tr_labels), val_c.relabel(va_labels)
         num_classes = int(max(tr_labels.max(), va_labels.max())) + 1
-        task = probe_runs.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, s)
+        task = probe_runs.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads,
+                                    settings)
         rec = probe_runs.run_cached_probe(task, tr, va, seed, 1.0, placer, workdir, write=False)
         log.info("%s seed %d %s: top-1 %.2f", name, seed, lab, rec["top1"])
         runs[name][lab].append(dict(seed=seed, top1=rec["top1"], top5=rec["top5"],
@@ -128,10 +131,10 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
     row["margin_exceeds_spread"] = bool(row["margin"] > row["spread"])
     table.append(row)
   return dict(
-      pretrained=pretrained, checkpoint_key=s.checkpoint_key, step=info["step"],
+      pretrained=pretrained, checkpoint_key=settings.checkpoint_key, step=info["step"],
       model=info["model"], seeds=list(seeds), num_train=len(train_c), num_val=len(val_c),
       probe_positions=probe_positions,
-      protocol=probe_runs.protocol(s), table=table, runs=runs,
+      protocol=probe_runs.protocol(settings), table=table, runs=runs,
       seconds=time.time() - t_start)
 
 
