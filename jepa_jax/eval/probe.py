@@ -141,7 +141,8 @@ def _optimizer(o: ProbeOptim, total_steps: int, steps_per_epoch: int):
   return adamw
 
 
-def make_optimizer(o: ProbeOptim, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(o: ProbeOptim, total_steps: int,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
   """AdamW with the reference's schedules (``o``: ``eval.settings.ProbeOptim``, read and checked).
   Memoised on the settings: the optimiser is a static part of the train state, so reusing the
   same object lets repeated probe runs (seeds, low-shot fractions) reuse one compiled step

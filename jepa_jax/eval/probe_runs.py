@@ -123,7 +123,8 @@ def grid_tasks(task: ProbeTask) -> list[tuple[str, ProbeTask]]:
   out = []
   for i, overrides in enumerate(s.probe_grid):
     optim = s.optim.with_overrides(dict(overrides), f"config.probe_grid[{i}]")
-    out.append((f"_head{i}", dataclasses.replace(task, settings=dataclasses.replace(s, optim=optim))))
+    head = dataclasses.replace(task, settings=dataclasses.replace(s, optim=optim))
+    out.append((f"_head{i}", head))
   return out
 
 def best_head(records: list[dict], grid) -> dict:

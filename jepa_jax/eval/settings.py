@@ -86,7 +86,7 @@ class Settings:
   checkpoint: str
   checkpoint_key: str
   checkpoint_step: Optional[int]
-  model: Any                   # config.model, as written: eval.encoder merges it with the checkpoint's
+  model: Any                   # config.model as written (eval.encoder merges it with the saved one)
   encoder_dtype: str
   attention: str
   feature_layer: Any           # None | int | tuple of ints
@@ -157,7 +157,7 @@ def ints(values, field: str, what: str) -> tuple[int, ...]:
   return tuple(int(v) for v in values)
 
 
-# --------------------------------------------------------------------- sections shared with finetune
+# ------------------------------------------------------------- sections shared with fine-tuning
 
 
 @dataclasses.dataclass(frozen=True)

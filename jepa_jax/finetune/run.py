@@ -65,10 +65,10 @@ class Finetuner:
   """The modules and the jitted steps of one fine-tuning run."""
 
   def __init__(self, s, encoder, head, num_classes: int, mesh=None, state_shardings=None):
-    """``s``: ``finetune.settings.Settings``. ``mesh``: the (data, fsdp) mesh the batches are split over; the steps are traced with its
-    activation rules (``sharding.constrain``). ``state_shardings``: where the train step leaves
-    the state (the shardings it was initialised or restored into), so that the next step and a
-    save see the same layout."""
+    """``s``: ``finetune.settings.Settings``. ``mesh``: the (data, fsdp) mesh the batches are
+    split over; the steps are traced with its activation rules (``sharding.constrain``).
+    ``state_shardings``: where the train step leaves the state (the shardings it was initialised
+    or restored into), so that the next step and a save see the same layout."""
     self.settings, self.encoder, self.head = s, encoder, head
     self.num_classes = num_classes
     out = None if state_shardings is None else (state_shardings, sharding.replicated(mesh))
@@ -179,8 +179,9 @@ def steps_per_epoch(s, num_train: int) -> int:
 
 def checkpoint_config(config, arch: dict, num_classes: int) -> dict:
   """The config saved with each checkpoint: ``config`` (the ConfigDict as written) with the
-  encoder's resolved architecture as ``model`` (its own ``model`` may leave fields to the pretrained checkpoint's config) and the
-  resolved ``num_classes``, so that readers rebuild encoder and head from this checkpoint alone."""
+  encoder's resolved architecture as ``model`` (its own ``model`` may leave fields to the
+  pretrained checkpoint's config) and the resolved ``num_classes``, so that readers rebuild
+  encoder and head from this checkpoint alone."""
   saved = ckpt_lib.config_to_json(config)
   saved["model"] = ckpt_lib.config_to_json(dict(arch))
   saved["num_classes"] = int(num_classes)
