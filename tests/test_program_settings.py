@@ -159,3 +159,21 @@ def test_the_ast_check_sees_a_raw_config_read():
   assert found[0] == "m.py:1: imports ml_collections"
   found = found[1:]
   assert [line.split(": ", 1)[1] for line in found] == ["config.epochs", "cfg['x']"]
+
+
+def test_the_drivers_refuse_a_bad_value_before_loading_or_writing_anything(tmp_path):
+  """``evaluate``/``finetune`` read their config first: a bad field is reported before the
+  (missing) checkpoint and index files are opened, and nothing is written to the workdir."""
+  from jepa_jax.eval import run as eval_run  # noqa: PLC0415
+  from jepa_jax.finetune import run as ft_run  # noqa: PLC0415
+  missing = str(tmp_path / "missing")
+  for base, run, field, value in (
+      (eval_config.base_eval_config, eval_run.evaluate, "view_aggregation", "max"),
+      (ft_config.base_finetune_config, ft_run.finetune, "head.kind", "mlp")):
+    config = base()
+    config.update_from_flattened_dict({"checkpoint": missing, "train_index": missing + ".csv",
+                                       "val_index": missing + ".csv", field: value})
+    workdir = tmp_path / field
+    with pytest.raises(ConfigError, match=f"config.{field} must be one of"):
+      run(config, str(workdir))
+    assert not workdir.exists()

@@ -99,7 +99,7 @@ def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
     raise ConfigError(f"low-shot splits need the labels of {train_spec} (an index file)")
 
   baseline_seeds = list(s.random_baseline_seeds)
-  settings, baseline = [], None
+  by_fraction, baseline = [], None
   if s.cache_features:
     jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
     cache_dtype = np.dtype(models.DTYPES[s.cache_dtype])
@@ -119,7 +119,7 @@ def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
         rows = lowshot.balanced_subset(train_cache.labels, fraction, seed)
         runs.append(run_cached_probe(task, train_cache.subset(rows), val_cache, seed, fraction,
                                     placer, workdir, write))
-      settings.append(summarize_runs(runs, fraction))
+      by_fraction.append(summarize_runs(runs, fraction))
     if baseline_seeds:
       def cached(params, seed, rows_of):
         params = placer.encoder_params(params)
@@ -141,8 +141,8 @@ def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
           n = len(rows)
         source = streaming_source(task, spec, val_spec, n, seed, token_fn, enc_params)
         runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
-      settings.append(summarize_runs(runs, fraction))
-    num_val = settings[0]["runs"][0]["num_val"]
+      by_fraction.append(summarize_runs(runs, fraction))
+    num_val = by_fraction[0]["runs"][0]["num_val"]
     if baseline_seeds:
       fraction = max(fractions)
 
@@ -157,7 +157,7 @@ def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
                                 placer.encoder_params(params))
       baseline = random_baseline(task, encoder, baseline_seeds, fraction, streamed, placer, workdir)
 
-  main = max(settings, key=lambda s: s["fraction"])
+  main = max(by_fraction, key=lambda f: f["fraction"])
   results = dict(
       task=s.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
       step=info["step"], model=info["model"], num_classes=num_classes,
@@ -165,7 +165,7 @@ def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
       accuracy=dict(fraction=main["fraction"], top1=main["top1"], top1_std=main["top1_std"],
                     top5=main["top5"], top5_std=main["top5_std"]),
       num_train_examples=main["num_train"], num_val_examples=num_val,
-      settings=settings, seconds=time.time() - t_start)
+      settings=by_fraction, seconds=time.time() - t_start)
   if baseline is not None:
     results["random_baseline"] = baseline
     results["pretrained_vs_random"] = versus_random(main, baseline)
