@@ -168,12 +168,13 @@ def probe_classifier(args):
 def finetuned_classifier(args):
   """``probe_classifier``'s tuple for a fine-tuning checkpoint: its encoder and head, with the
   protocol of its test (``Finetuner.scores``)."""
+  import dataclasses  # noqa: PLC0415
   import jax  # noqa: PLC0415
-  import ml_collections  # noqa: PLC0415
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   from jepa_jax.finetune import model as ft_model  # noqa: PLC0415
   from jepa_jax.finetune import run as ft_run  # noqa: PLC0415
+  from jepa_jax.finetune import settings as ft_settings  # noqa: PLC0415
   if args.feature_layer is not None:
     raise ConfigError("--feature-layer chooses the tokens a probe reads; a fine-tuned head reads "
                       "the encoder's output: drop it, or give --probe")
@@ -188,8 +189,8 @@ def finetuned_classifier(args):
   encoder, enc_params, _, loaded, saved = enc_lib.load_checkpoint_encoder(config)
   head_params = loaded.params["head"]
   num_classes = int(saved.get("num_classes") or ft_model.head_num_classes(head_params))
-  ft_config = ml_collections.ConfigDict(saved)
-  ft_config.view_aggregation = config.view_aggregation
+  ft_config = dataclasses.replace(ft_settings.read_saved(saved),
+                                  view_aggregation=config.view_aggregation)
   head = ft_model.build_head(ft_config, num_classes, encoder.embed_dim, encoder.block.num_heads)
   ft = ft_run.Finetuner(ft_config, encoder, head, num_classes)
   aggregation = config.view_aggregation

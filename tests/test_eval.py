@@ -24,6 +24,7 @@ from jepa_jax.eval import probe as probe_lib
 from jepa_jax.eval import probe_runs
 from jepa_jax.eval import results as results_lib
 from jepa_jax.eval import run as run_lib
+from jepa_jax.eval import settings as eval_settings
 from jepa_jax.eval.features import FeatureCache, cache_batches
 from jepa_jax.eval.placement import Placer
 
@@ -92,7 +93,7 @@ def test_probe_learns_separable_toy_task():
   rng = np.random.default_rng(0)
   train, val = toy_cache(96, 4, rng), toy_cache(40, 4, rng, views=3)
   c = tiny_eval_config(epochs=15, batch_size=16)
-  task = probe_runs.ProbeTask(4, 16, 2, c)
+  task = probe_runs.ProbeTask(4, 16, 2, eval_settings.read(c))
   rec = probe_runs.run_cached_probe(task, train, val, 0, 1.0, Placer(), "/unused", False)
   assert rec["top1"] >= 97.5, rec["history"][-1]
   assert rec["top5"] == 100.0
@@ -493,7 +494,8 @@ def test_frozen_encoder_split_over_fsdp_gives_the_replicated_tokens():
   token_fn = enc_lib.make_token_fn(enc)
   outs = []
   for fsdp in (1, 8):
-    placer = Placer.from_config(tiny_eval_config(mesh=dict(fsdp=fsdp, min_fsdp_size=256)))
+    placer = Placer.of(eval_settings.read(
+        tiny_eval_config(mesh=dict(fsdp=fsdp, min_fsdp_size=256))).mesh)
     assert placer.mesh.shape["fsdp"] == fsdp
     placed = placer.encoder_params(params)
     split = [x for x in jax.tree_util.tree_leaves(placed) if not x.sharding.is_fully_replicated]

@@ -15,6 +15,7 @@ from jepa_jax.finetune import augment
 from jepa_jax.finetune import config as config_lib
 from jepa_jax.finetune import model as model_lib
 from jepa_jax.finetune import run as run_lib
+from jepa_jax.finetune import settings as ft_settings
 from jepa_jax.models import layers
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -70,7 +71,7 @@ def test_layer_decay_scales_each_update():
   g = jnp.ones((3, 3))
   params = {"encoder": {"patch_embed": {"kernel": g}, "stack": {"blocks_0": {"w": g}},
                         "norm": {"w": g}}, "head": {"w": g}}
-  tx = model_lib.make_optimizer(c, params, depth=1, steps_per_epoch=10)
+  tx = model_lib.make_optimizer(ft_settings.read(c), params, depth=1, steps_per_epoch=10)
   updates, _ = tx.update(params, tx.init(params), params)
   top = updates["head"]["w"]
   np.testing.assert_allclose(updates["encoder"]["norm"]["w"], top, rtol=1e-6)
@@ -242,7 +243,7 @@ def test_resume_repeats_the_uninterrupted_run_exactly(synthetic_dir, tmp_path):
 def test_frozen_encoder_is_not_updated(synthetic_dir, tmp_path):
   c = tiny_config(synthetic_dir, freeze_encoder=True, epochs=1, eval_every=0)
   run_lib.finetune(c, str(tmp_path))
-  enc, params, _ = run_lib.load_encoder(c)
+  enc, params, _ = run_lib.load_encoder(ft_settings.read(c))
   saved, _ = _saved_params(str(tmp_path), 3)
   jax.tree_util.tree_map(np.testing.assert_array_equal, saved["encoder"], jax.device_get(params))
 
@@ -256,7 +257,7 @@ def test_configs_load_with_every_field_the_loop_reads(name):
   base = config_lib.base_finetune_config()
   assert set(c.keys()) == set(base.keys()) and c.freeze_encoder
   if name == "vitl16_k400":
-    o = model_lib.optim_config(c, steps_per_epoch=100)
+    o = model_lib.optim_config(ft_settings.read(c), steps_per_epoch=100)
     assert o.lr == pytest.approx(1e-3)           # VideoMAE's 2e-3 x 128 / 256
     assert (o.warmup_steps, o.total_steps) == (500, 3500)
     assert (c.test_segments, c.test_views, c.layer_decay) == (5, 3, 0.75)
@@ -344,11 +345,12 @@ def test_nonfinite_updates_are_skipped_then_stop_as_in_pretraining(synthetic_dir
   import orbax.checkpoint as ocp  # noqa: PLC0415
   saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, "1", "state"))
   assert int(saved["step"]) == 0
-  _, initial, _ = run_lib.load_encoder(c)
+  _, initial, _ = run_lib.load_encoder(ft_settings.read(c))
   jax.tree_util.tree_map(np.testing.assert_array_equal, saved["params"]["encoder"],
                          jax.device_get(initial))
   num_classes = saved["params"]["head"]["head"]["bias"].shape[0]
-  head = model_lib.build_head(c, num_classes, TINY["embed_dim"], TINY["num_heads"])
+  head = model_lib.build_head(ft_settings.read(c), num_classes, TINY["embed_dim"],
+                              TINY["num_heads"])
   jax.tree_util.tree_map(np.testing.assert_array_equal, saved["params"]["head"],
                          jax.device_get(model_lib.init_head(head, TINY["embed_dim"], c.seed)))
 
@@ -382,8 +384,8 @@ def _one_step(synthetic_dir, fsdp):
   from jepa_jax.eval import placement  # noqa: PLC0415
   c = _fsdp_config(synthetic_dir, fsdp)
   c.optim.update(warmup=0, lr=0.64)   # 0.01 at batch 4: an update the comparison sees
-  mesh = run_lib.make_mesh(c)
-  model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
+  mesh = run_lib.make_mesh(ft_settings.read(c))
+  model = run_lib.Model(ft_settings.read(c), mesh, num_classes=4, steps_per_epoch=3)
   state = model.init_state()
   placer = placement.Placer(mesh)
   rng = np.random.default_rng(0)
@@ -427,8 +429,8 @@ def test_fsdp_checkpoint_restores_into_its_shardings_and_resumes(synthetic_dir, 
   c.save.every = 2
   workdir = str(tmp_path)
   assert run_lib.finetune(c, workdir, stop_at_step=2) == {"stopped_at_step": 2}
-  mesh = run_lib.make_mesh(c)
-  model = run_lib.Model(c, mesh, num_classes=4, steps_per_epoch=3)
+  mesh = run_lib.make_mesh(ft_settings.read(c))
+  model = run_lib.Model(ft_settings.read(c), mesh, num_classes=4, steps_per_epoch=3)
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), read_only=True,
                                   async_save=False)
   state, _, step = ckpt_lib.restore_latest_train_state(manager, model.abstract_state,

@@ -182,6 +182,7 @@ def test_eval_forward_and_probe_steps_lower(cudnn, platform, attention):
 
   from jepa_jax.eval import encoder as enc_lib
   from jepa_jax.eval import probe as probe_lib
+  from jepa_jax.eval import settings as eval_settings
   from jepa_jax.eval.config import base_eval_config
 
   config = base_eval_config()
@@ -200,7 +201,7 @@ def test_eval_forward_and_probe_steps_lower(cudnn, platform, attention):
   probe = probe_lib.build_probe(400, encoder.embed_dim, encoder.block.num_heads,
                                 ml_collections.ConfigDict(config.probe.to_dict()))
   state = jax.eval_shape(lambda p: probe_lib.create_state(
-      probe, p, probe_lib.make_optimizer(config.optim, 100, 10)),
+      probe, p, probe_lib.make_optimizer(eval_settings.probe_optim(config.optim), 100, 10)),
       jax.eval_shape(lambda: probe_lib.init_probe_params(probe, encoder.embed_dim, 0)))
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
   weights = jax.ShapeDtypeStruct((2,), jnp.float32)

@@ -22,6 +22,7 @@ from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.eval import probe_runs
 from jepa_jax.eval import run as run_lib
+from jepa_jax.eval import settings as eval_settings
 from jepa_jax.eval.features import FeatureCache
 from jepa_jax.eval.placement import Placer
 
@@ -95,7 +96,7 @@ def test_weight_decay_on_every_parameter():
   for on, decays_bias in (("all", True), ("weights", False)):
     cfg = ml_collections.ConfigDict(dict(base, weight_decay_on=on, clip_grad=None,
                                          weight_decay=0.1, final_weight_decay=0.1))
-    tx = probe_lib.make_optimizer(cfg, 10, 5)
+    tx = probe_lib.make_optimizer(eval_settings.probe_optim(cfg), 10, 5)
     upd, _ = tx.update(zeros, tx.init(params), params)
     new = optax.apply_updates(params, upd)
     moved = lambda x: not np.allclose(np.asarray(x), 2.0)
@@ -132,14 +133,15 @@ def test_probe_grid_reports_the_best_probe():
                                           dict(lr=3e-3, start_lr=3e-3)])
   c.probe.update(dict(depth=2, num_heads=2, dtype="float32"))
   c.log_every = 0
-  rec = probe_runs.run_cached_probe(probe_runs.ProbeTask(3, 16, 2, c), cache(64), cache(30), 0, 1.0,
+  rec = probe_runs.run_cached_probe(probe_runs.ProbeTask(3, 16, 2, eval_settings.read(c)), cache(64),
+                                    cache(30), 0, 1.0,
                                  Placer(), "/unused", False)
   assert [h["optim"]["lr"] for h in rec["heads"]] == [1e-7, 3e-3]
   assert rec["best_head"] == 1 and rec["top1"] == rec["heads"][1]["top1"] > rec["heads"][0]["top1"]
   with pytest.raises(ValueError, match="probe_grid"):
     bad = ml_collections.ConfigDict(c.to_dict())
     bad.probe_grid = [dict(learning_rate=1.0)]
-    probe_runs.grid_tasks(probe_runs.ProbeTask(3, 16, 2, bad))
+    probe_runs.grid_tasks(probe_runs.ProbeTask(3, 16, 2, eval_settings.read(bad)))
 
 
 @pytest.mark.slow

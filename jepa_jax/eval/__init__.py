@@ -3,7 +3,8 @@
 ``python -m jepa_jax.eval --config=configs/eval/<task>.py --workdir=DIR`` (see ``__main__``);
 ``python -m jepa_jax.eval.compare`` for the demo's pretrained-vs-random table.
 
-Modules: ``config`` (the schema), ``encoder`` (loading the frozen encoder; clips -> tokens with
+Modules: ``config`` (the schema), ``settings`` (the config read once into typed ``Settings``,
+which every other module takes), ``encoder`` (loading the frozen encoder; clips -> tokens with
 segments and views), ``probe`` (probe, optimiser, jitted steps, view averaging), ``lowshot``
 (per-class balanced splits), ``features`` (the in-memory feature cache, shared with
 ``jepa_jax.extract``), ``placement`` (devices), ``run`` (the driver: caching, training,

@@ -15,6 +15,7 @@ videos in the same order). Writes a JSON with per-seed numbers and prints a Mark
 mean +- std (sample std over seeds) and whether the margin exceeds the spread.
 """
 import argparse
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -31,6 +32,7 @@ from jepa_jax.eval import lowshot
 from jepa_jax.eval import placement
 from jepa_jax.eval import datasets
 from jepa_jax.eval import probe_runs
+from jepa_jax.eval import settings as settings_lib
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,9 @@ def load_config(path: str):
   return module.get_config()
 
 
-def label_table(config, label: str, split: str) -> np.ndarray:
+def label_table(s: settings_lib.Settings, label: str, split: str) -> np.ndarray:
   """Labels of ``label`` by source position for the synthetic split ``split``."""
-  c = config.copy_and_resolve_references()
-  c.synthetic_label = label
-  train, val = datasets.resolve_indexes(c)
+  train, val = datasets.resolve_indexes(dataclasses.replace(s, synthetic_label=label))
   return datasets.source_labels(train if split == "train" else val)
 
 
@@ -71,24 +71,25 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
   placer = placement.Placer()
   config = config.copy_and_resolve_references()
   config.checkpoint = pretrained
-  encoder, pre_params, info = enc_lib.load_frozen_encoder(config)
-  config.model.update({k: v for k, v in info["model"].items()})  # the random baseline's size
+  config.synthetic_label = labels[0]
+  settings = settings_lib.read(config)
+  # The random baselines are of the loaded encoder's architecture (random_params(encoder, seed)).
+  encoder, pre_params, info = enc_lib.load_frozen_encoder(settings)
 
   # Decode every clip once; all encoders read the same pixels.
-  config.synthetic_label = labels[0]
-  train_spec, val_spec = datasets.resolve_indexes(config)
-  xb = config.extract_batch_size or config.batch_size
+  train_spec, val_spec = datasets.resolve_indexes(settings)
+  xb = settings.extract_batch_size or settings.batch_size
   t0 = time.time()
-  train_batches = list(datasets.make_dataset(config, train_spec, train=False, batch_size=xb,
-                                             seed=config.seed, repeat=False, num_views=1))
-  val_batches = list(datasets.make_dataset(config, val_spec, train=False, batch_size=xb,
-                                           seed=config.seed, repeat=False,
-                                           num_views=config.num_views))
+  train_batches = list(datasets.make_dataset(settings, train_spec, train=False, batch_size=xb,
+                                             seed=settings.seed, repeat=False, num_views=1))
+  val_batches = list(datasets.make_dataset(settings, val_spec, train=False, batch_size=xb,
+                                           seed=settings.seed, repeat=False,
+                                           num_views=settings.num_views))
   log.info("decoded %d train and %d val batches in %.1fs", len(train_batches), len(val_batches),
            time.time() - t0)
-  tables = {lab: (label_table(config, lab, "train"), label_table(config, lab, "val"))
+  tables = {lab: (label_table(settings, lab, "train"), label_table(settings, lab, "val"))
             for lab in labels}
-  token_fn = jax.jit(enc_lib.make_token_fn(encoder, config.feature_layer))
+  token_fn = jax.jit(enc_lib.make_token_fn(encoder, settings.feature_layer))
 
   def caches(params):
     params = placer.replicate(params)
@@ -112,7 +113,7 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
         tr, va = train_c.relabel(tr_labels), val_c.relabel(va_labels)
         num_classes = int(max(tr_labels.max(), va_labels.max())) + 1
         task = probe_runs.ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads,
-                                    config)
+                                    settings)
         rec = probe_runs.run_cached_probe(task, tr, va, seed, 1.0, placer, workdir, write=False)
         log.info("%s seed %d %s: top-1 %.2f", name, seed, lab, rec["top1"])
         runs[name][lab].append(dict(seed=seed, top1=rec["top1"], top5=rec["top5"],
@@ -130,10 +131,10 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
     row["margin_exceeds_spread"] = bool(row["margin"] > row["spread"])
     table.append(row)
   return dict(
-      pretrained=pretrained, checkpoint_key=config.checkpoint_key, step=info["step"],
+      pretrained=pretrained, checkpoint_key=settings.checkpoint_key, step=info["step"],
       model=info["model"], seeds=list(seeds), num_train=len(train_c), num_val=len(val_c),
       probe_positions=probe_positions,
-      protocol=probe_runs.protocol(config), table=table, runs=runs,
+      protocol=probe_runs.protocol(settings), table=table, runs=runs,
       seconds=time.time() - t_start)
 
 
@@ -172,16 +173,12 @@ def main(argv=None) -> int:
 
 def compare_command(args, argv) -> None:
   config = load_config(args.config) if args.config else config_lib.demo_eval_config()
-  if args.epochs:
-    config.epochs = args.epochs
-  if args.checkpoint_key:
-    config.checkpoint_key = args.checkpoint_key
+  overrides = {"epochs": args.epochs, "checkpoint_key": args.checkpoint_key,
+               "data.synthetic_dir": args.synthetic_dir, "data.synthetic_num_videos": args.num_videos}
+  overrides = {k: v for k, v in overrides.items() if v}
   if args.feature_layer is not None:
-    config.feature_layer = args.feature_layer
-  if args.synthetic_dir:
-    config.data.synthetic_dir = args.synthetic_dir
-  if args.num_videos:
-    config.data.synthetic_num_videos = args.num_videos
+    overrides["feature_layer"] = args.feature_layer
+  config.update_from_flattened_dict(overrides)
   labels = [s for s in args.labels.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]
   result = compare(config, args.pretrained, labels, seeds, args.workdir, args.probe_positions)

@@ -1,6 +1,7 @@
-"""The eval's data: the train/val sources of a config (the synthetic set's split files when none
-are given), their labels, and per-process batches of them."""
-import copy
+"""The eval's data: the train/val sources of its settings (the synthetic set's split files when
+none are given), their labels, and per-process batches of them. ``settings``: an
+``eval.settings.Settings`` or a ``finetune.settings.Settings`` (the same field names)."""
+import dataclasses
 import os
 
 import jax
@@ -11,19 +12,17 @@ from jepa_jax.data import sources as sources_lib
 from jepa_jax.errors import ConfigError
 
 
-def resolve_indexes(config) -> tuple[str, str]:
+def resolve_indexes(settings) -> tuple[str, str]:
   """(train, val) source specs; the synthetic set's per-label split files when none are given."""
-  if config.train_index:
-    if not config.val_index:
-      raise ConfigError("config.train_index is set but config.val_index is empty")
-    return config.train_index, config.val_index
-  if not config.data.synthetic_dir:
+  if settings.train_index:
+    return settings.train_index, settings.val_index
+  d = settings.data
+  if not d.synthetic_dir:
     raise ConfigError("set config.train_index/config.val_index (index files, directories or "
                       "tfds:name@split), or config.data.synthetic_dir for the synthetic set")
-  index = data_lib.ensure_synthetic(config.data.synthetic_dir, config.data.synthetic_num_videos,
-                                    config.data.synthetic_seed)
+  index = data_lib.ensure_synthetic(d.synthetic_dir, d.synthetic_num_videos, d.synthetic_seed)
   root = os.path.dirname(index)
-  label = config.synthetic_label or "motion"
+  label = settings.synthetic_label or "motion"
   suffix = "" if label == "motion" else f"_{label}"
   paths = [os.path.join(root, f"{split}{suffix}.csv") for split in ("train", "val")]
   for p in paths:
@@ -32,13 +31,11 @@ def resolve_indexes(config) -> tuple[str, str]:
                         "direction, speed, rotation, shape, colour")
   return paths[0], paths[1]
 
-def resolve_val_index(config) -> str:
-  """The validation source alone (``config.val_index``, else the synthetic set's)."""
-  if config.val_index:
-    return config.val_index
-  c = copy.deepcopy(config)
-  c.train_index = ""
-  return resolve_indexes(c)[1]
+def resolve_val_index(settings) -> str:
+  """The validation source alone (``val_index``, else the synthetic set's)."""
+  if settings.val_index:
+    return settings.val_index
+  return resolve_indexes(dataclasses.replace(settings, train_index=""))[1]
 
 def source_labels(spec: str, tfds_data_dir=None) -> np.ndarray:
   """All labels of a source (cheap for index files; reads every example of a TFDS source)."""
@@ -47,14 +44,14 @@ def source_labels(spec: str, tfds_data_dir=None) -> np.ndarray:
     return np.asarray(src.labels)
   return np.asarray([src.label(i) for i in range(len(src))], np.int32)
 
-def make_dataset(config, spec: str, *, train: bool, batch_size: int, seed: int, repeat: bool,
+def make_dataset(settings, spec: str, *, train: bool, batch_size: int, seed: int, repeat: bool,
                  num_views: int):
   """Per-process batches of ``spec`` (``batch_size`` is global)."""
   nproc = jax.process_count()
   if batch_size % nproc:
     raise ConfigError(f"batch size {batch_size} is not divisible by the {nproc} processes")
   return data_lib.make_eval_dataset(
-      config.data, spec, batch_size=batch_size // nproc, num_segments=config.num_segments,
-      frames_per_clip=config.data.num_frames, frame_step=config.data.frame_step,
+      settings.data, spec, batch_size=batch_size // nproc, num_segments=settings.num_segments,
+      frames_per_clip=settings.data.num_frames, frame_step=settings.data.frame_step,
       num_views=num_views, train=train, seed=seed, shard_index=jax.process_index(),
       shard_count=nproc, repeat=repeat)

@@ -1,5 +1,5 @@
 """Eval's device placement: a ``(data, fsdp)`` mesh of ``jepa_jax.sharding`` (data-parallel by
-default), or the mesh a caller gives (fine-tuning's ``config.mesh``, whose state it shards
+default), or the mesh a caller gives (fine-tuning's ``Settings.mesh``, whose state it shards
 itself).
 
 Batches are split along their leading axis over every device
@@ -43,12 +43,9 @@ class Placer:
     return jax.device_put(tree, sharding.state_shardings(self.mesh, tree, self.min_fsdp_size))
 
   @classmethod
-  def from_config(cls, config) -> "Placer":
-    """The placement of an eval config's ``mesh`` (fsdp, min_fsdp_size); data takes the rest."""
-    mesh_config = config.get("mesh") or {}
-    fsdp = int(mesh_config.get("fsdp", 1))
-    return cls(sharding.make_mesh(data=-1, fsdp=fsdp),
-               int(mesh_config.get("min_fsdp_size", sharding.DEFAULT_MIN_FSDP_SIZE)))
+  def of(cls, mesh) -> "Placer":
+    """The placement of an eval's ``Settings.mesh`` (fsdp, min_fsdp_size); data takes the rest."""
+    return cls(sharding.make_mesh(data=-1, fsdp=mesh.fsdp), mesh.min_fsdp_size)
 
   @staticmethod
   def gather(x) -> np.ndarray:

@@ -31,7 +31,6 @@ from typing import Callable
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
@@ -41,8 +40,7 @@ from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
 from jepa_jax.errors import ConfigError
-
-PROBE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
+from jepa_jax.eval.settings import PROBE_DTYPES, ProbeOptim
 
 
 class ProbeState(train_state.TrainState):
@@ -50,13 +48,15 @@ class ProbeState(train_state.TrainState):
 
 
 def probe_config(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg) -> dict:
-  """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it."""
+  """The saved description of a probe (``checkpoint.PROBE_CONFIG_KEYS``): what rebuilds it.
+  ``probe_cfg``: ``eval.settings.ProbeSettings`` (or an object with its fields; ``blocks_on``
+  defaults to ``"query"``)."""
   heads = probe_cfg.num_heads or encoder_heads
   if embed_dim % heads:
     raise ConfigError(f"probe num_heads {heads} does not divide the encoder width {embed_dim}")
   return dict(num_classes=int(num_classes), num_heads=int(heads),
               mlp_ratio=float(probe_cfg.mlp_ratio), depth=int(probe_cfg.depth), num_queries=1,
-              embed_dim=int(embed_dim), blocks_on=probe_cfg.get("blocks_on", "query"))
+              embed_dim=int(embed_dim), blocks_on=getattr(probe_cfg, "blocks_on", "query"))
 
 
 def build_probe(num_classes: int, embed_dim: int, encoder_heads: int, probe_cfg):
@@ -132,26 +132,22 @@ decay_mask = optim.decay_mask
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(optim_items: tuple, total_steps: int, steps_per_epoch: int):
-  cfg = ml_collections.ConfigDict(dict(optim_items))
-  decay_on = cfg.get("weight_decay_on", "weights")
-  if decay_on not in ("weights", "all"):
-    raise ConfigError(f"config.optim.weight_decay_on must be 'weights' or 'all', got {decay_on!r}")
-  adamw = optax.adamw(lr_schedule(cfg, total_steps, steps_per_epoch), b1=cfg.b1, b2=cfg.b2,
-                      eps=cfg.eps, weight_decay=wd_schedule(cfg, total_steps),
-                      mask=decay_mask if decay_on == "weights" else None)
-  if cfg.clip_grad:
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_grad), adamw)
+def _optimizer(o: ProbeOptim, total_steps: int, steps_per_epoch: int):
+  adamw = optax.adamw(lr_schedule(o, total_steps, steps_per_epoch), b1=o.b1, b2=o.b2,
+                      eps=o.eps, weight_decay=wd_schedule(o, total_steps),
+                      mask=decay_mask if o.weight_decay_on == "weights" else None)
+  if o.clip_grad:
+    return optax.chain(optax.clip_by_global_norm(o.clip_grad), adamw)
   return adamw
 
 
-def make_optimizer(optim_cfg, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW with the reference's schedules. Memoised on the settings: the optimiser is a static
-  part of the train state, so reusing the same object lets repeated probe runs (seeds, low-shot
-  fractions) reuse one compiled step instead of recompiling."""
-  items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                       for k, v in dict(optim_cfg).items()))
-  return _optimizer(items, int(total_steps), int(steps_per_epoch))
+def make_optimizer(o: ProbeOptim, total_steps: int,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW with the reference's schedules (``o``: ``eval.settings.ProbeOptim``, read and checked).
+  Memoised on the settings: the optimiser is a static part of the train state, so reusing the
+  same object lets repeated probe runs (seeds, low-shot fractions) reuse one compiled step
+  instead of recompiling."""
+  return _optimizer(o, int(total_steps), int(steps_per_epoch))
 
 
 def create_state(probe, params, tx) -> ProbeState:

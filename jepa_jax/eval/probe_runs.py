@@ -1,7 +1,6 @@
 """Probe runs: one attentive probe (or one per ``config.probe_grid`` entry) trained and validated
 on a ``BatchSource`` (cached tokens, or clips the encoder reads inside the probe's jitted steps),
 its parameters saved with what it was trained on; the protocol a result depends on."""
-import copy
 import dataclasses
 import logging
 import math
@@ -14,7 +13,6 @@ import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax.data import sources as sources_lib
-from jepa_jax.errors import ConfigError
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.eval.datasets import make_dataset
 from jepa_jax.eval.features import FeatureCache, cache_batches, pixels_of
@@ -29,7 +27,7 @@ class ProbeTask:
   num_classes: int
   embed_dim: int
   encoder_heads: int
-  config: object  # the eval ConfigDict
+  settings: object  # eval.settings.Settings
   encoder_info: dict = dataclasses.field(default_factory=dict)  # load_frozen_encoder's info
 
 def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
@@ -42,7 +40,7 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
   ``val_batches()`` one pass of the validation set. ``x`` is tokens (cached) or pixels (with
   ``token_fn``: streaming).
   """
-  c = task.config
+  c = task.settings
   probe = probe_lib.build_probe(task.num_classes, task.embed_dim, task.encoder_heads, c.probe)
   params = probe_lib.init_probe_params(probe, task.embed_dim, seed)
   saved_config = probe_lib.probe_config(task.num_classes, task.embed_dim, task.encoder_heads,
@@ -87,12 +85,12 @@ def train_and_evaluate(task: ProbeTask, *, seed: int, num_train: int,
                 seconds=time.time() - t_start, history=history)
   return jax.device_get(state.params), record | dict(probe_config=saved_config)
 
-def probe_eval_info(config, encoder_info: dict) -> dict:
+def probe_eval_info(settings, encoder_info: dict) -> dict:
   """What a saved probe was trained on (checkpoint ``config["eval"]``): the encoder and the
   protocol, so inference can rebuild the same tokens."""
-  return dict(task=config.task, checkpoint=encoder_info.get("checkpoint"),
+  return dict(task=settings.task, checkpoint=encoder_info.get("checkpoint"),
               checkpoint_key=encoder_info.get("checkpoint_key"), step=encoder_info.get("step"),
-              model=encoder_info.get("model"), protocol=protocol(config))
+              model=encoder_info.get("model"), protocol=protocol(settings))
 
 def make_writer(workdir: str, name: str):
   from clu import metric_writers  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
@@ -100,35 +98,33 @@ def make_writer(workdir: str, name: str):
                                               just_logging=jax.process_index() > 0,
                                               asynchronous=False)
 
-def protocol(config) -> dict:
-  """The settings a result depends on, for results.json."""
+def protocol(s) -> dict:
+  """The settings a result depends on, for results.json (``s``: eval ``Settings``)."""
+  layer = s.feature_layer
   return dict(
-      num_segments=config.num_segments, frames_per_clip=config.data.num_frames,
-      frame_step=config.data.frame_step, num_views=config.num_views,
-      resolution=config.data.crop_size, view_aggregation=config.view_aggregation,
-      epochs=config.epochs, batch_size=config.batch_size, optim=config.optim.to_dict(),
-      probe=config.probe.to_dict(), encoder_dtype=config.encoder_dtype,
-      feature_layer=config.feature_layer, cache_features=config.cache_features,
-      probe_grid=[dict(g) for g in (config.get("probe_grid") or [])] or None,
-      lowshot=dict(fractions=list(config.lowshot.fractions), seeds=list(config.lowshot.seeds)))
+      num_segments=s.num_segments, frames_per_clip=s.data.num_frames,
+      frame_step=s.data.frame_step, num_views=s.num_views,
+      resolution=s.data.crop_size, view_aggregation=s.view_aggregation,
+      epochs=s.epochs, batch_size=s.batch_size, optim=dataclasses.asdict(s.optim),
+      probe=dataclasses.asdict(s.probe), encoder_dtype=s.encoder_dtype,
+      feature_layer=list(layer) if isinstance(layer, tuple) else layer,
+      cache_features=s.cache_features,
+      probe_grid=[dict(g) for g in (s.probe_grid or [])] or None,
+      lowshot=dict(fractions=list(s.lowshot.fractions), seeds=list(s.lowshot.seeds)))
 
 def run_name(fraction: float, seed: int) -> str:
   return f"frac{fraction:g}_seed{seed}"
 
 def grid_tasks(task: ProbeTask) -> list[tuple[str, ProbeTask]]:
-  """``(name suffix, task)`` per probe: one per ``config.probe_grid`` entry, or the task itself."""
-  grid = task.config.get("probe_grid")
-  if not grid:
+  """``(name suffix, task)`` per probe: one per ``probe_grid`` entry, or the task itself."""
+  s = task.settings
+  if not s.probe_grid:
     return [("", task)]
   out = []
-  for i, overrides in enumerate(grid):
-    unknown = set(dict(overrides)) - set(task.config.optim)
-    if unknown:
-      raise ConfigError(f"config.probe_grid[{i}] sets {sorted(unknown)}, which config.optim does "
-                        "not have")
-    c = copy.deepcopy(task.config)
-    c.optim.update(dict(overrides))
-    out.append((f"_head{i}", dataclasses.replace(task, config=c)))
+  for i, overrides in enumerate(s.probe_grid):
+    optim = s.optim.with_overrides(dict(overrides), f"config.probe_grid[{i}]")
+    head = dataclasses.replace(task, settings=dataclasses.replace(s, optim=optim))
+    out.append((f"_head{i}", head))
   return out
 
 def best_head(records: list[dict], grid) -> dict:
@@ -147,7 +143,8 @@ def _finish_run(task, workdir, name, params, record, writer, write):
   saved_config = record.pop("probe_config")
   if write:
     ckpt_lib.save_probe(os.path.join(workdir, "probes", name), params, saved_config,
-                        eval_info=probe_eval_info(task.config, task.encoder_info), overwrite=True)
+                        eval_info=probe_eval_info(task.settings, task.encoder_info),
+                        overwrite=True)
   return record | dict(name=name)
 
 @dataclasses.dataclass
@@ -168,7 +165,7 @@ def _steps_per_epoch(c, num_train: int, batch: int) -> int:
   return min(steps, c.max_train_steps_per_epoch) if c.max_train_steps_per_epoch else steps
 
 def cached_source(task, train_cache: FeatureCache, val_cache: FeatureCache, seed) -> BatchSource:
-  c = task.config
+  c = task.settings
   batch = min(c.batch_size, len(train_cache))
   return BatchSource(
       num_train=len(train_cache), steps_per_epoch=_steps_per_epoch(c, len(train_cache), batch),
@@ -178,7 +175,7 @@ def cached_source(task, train_cache: FeatureCache, val_cache: FeatureCache, seed
 
 def streaming_source(task, train_spec, val_spec, num_train, seed, token_fn,
                      enc_params) -> BatchSource:
-  c = task.config
+  c = task.settings
   if num_train is None:
     num_train = len(sources_lib.load_source(train_spec, c.data.tfds_data_dir))
   steps = _steps_per_epoch(c, num_train, c.batch_size)
@@ -205,7 +202,7 @@ def streaming_source(task, train_spec, val_spec, num_train, seed, token_fn,
                      token_fn=token_fn, encoder_params=enc_params)
 
 def run_probes(task, source: BatchSource, seed, fraction, placer, workdir, write) -> dict:
-  """One run: a probe per ``config.probe_grid`` entry (or one), trained on ``source``; the
+  """One run: a probe per ``probe_grid`` entry (or one), trained on ``source``; the
   record of the best."""
   records = []
   for suffix, head_task in grid_tasks(task):
@@ -217,7 +214,7 @@ def run_probes(task, source: BatchSource, seed, fraction, placer, workdir, write
         steps_per_epoch=source.steps_per_epoch, placer=placer, token_fn=source.token_fn,
         encoder_params=source.encoder_params, writer=writer, name=name)
     records.append(_finish_run(head_task, workdir, name, params, record, writer, write))
-  return best_head(records, task.config.get("probe_grid"))
+  return best_head(records, task.settings.probe_grid)
 
 def run_cached_probe(task, train_cache: FeatureCache, val_cache: FeatureCache, seed, fraction,
                      placer, workdir, write):

@@ -1,7 +1,8 @@
 """The frozen-evaluation driver: encoder -> (cached) tokens -> probe per (fraction, seed) -> results.
 
-``evaluate(config, workdir)`` does the whole protocol and returns the results dict it also writes
-to ``<workdir>/results.json``:
+``evaluate(config, workdir)`` reads the config once (``eval.settings.read``: every check, before
+anything is loaded), does the whole protocol and returns the results dict it also writes to
+``<workdir>/results.json``:
 
 1. Load the frozen encoder (``encoder.load_frozen_encoder``).
 2. Streaming (``cache_features=False``, the reference): every training step decodes fresh clips
@@ -22,12 +23,12 @@ accuracy, with every probe's under ``heads``. The reference trains its probes si
 one pass of the data; here they train one after another -- the same numbers, and with cached
 features the encoder still runs once, while streaming re-encodes the clips for each probe.
 
-Devices: ``placement.Placer`` (``config.mesh``); batches are split over all devices, the
+Devices: ``placement.Placer`` (``Settings.mesh``); batches are split over all devices, the
 encoder's parameters replicated or, with ``config.mesh.fsdp > 1``, split by pretraining's FSDP
 rules. This module is the driver only; its parts, which fine-tuning, predict, extract and the
 demo comparison use too: ``datasets`` (the sources and their batches), ``features`` (the feature
 cache), ``probe_runs`` (training and validating probes), ``probe`` (the probe itself, a saved one
-loaded), ``results`` (results.json).
+loaded), ``results`` (results.json); all take ``eval.settings.Settings``.
 """
 import logging
 import os
@@ -45,6 +46,7 @@ from jepa_jax.errors import ConfigError
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import lowshot
 from jepa_jax.eval import probe as probe_lib
+from jepa_jax.eval import settings as settings_lib
 from jepa_jax.eval.datasets import make_dataset, resolve_indexes, resolve_val_index, source_labels
 from jepa_jax.eval.features import extract_features, pixels_of
 from jepa_jax.eval.placement import Placer
@@ -54,33 +56,35 @@ from jepa_jax.eval.results import summarize_runs, versus_random, write_results
 
 log = logging.getLogger(__name__)
 
-CACHE_DTYPES = ("float32", "bfloat16")  # of models.DTYPES
-
 
 def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -> dict:
-  """The whole frozen evaluation (module docstring); returns and writes the results dict.
+  """The whole frozen evaluation of the eval ConfigDict ``config`` (module docstring); returns
+  and writes the results dict.
 
   ``encoder_bundle`` = ``(encoder, params, info)`` skips loading (the demo comparison reuses one).
   """
-  if not config.get("train", True):
-    return evaluate_saved_probe(config, workdir, encoder_bundle=encoder_bundle, write=write)
-  if config.get("probe_checkpoint"):
-    raise ConfigError("config.probe_checkpoint is set but config.train is True: set "
-                      "config.train=False to evaluate that probe, or drop probe_checkpoint to "
-                      "train a new one")
+  s = settings_lib.read(config)
+  if not s.train:
+    return evaluate_saved_probe(s, workdir, encoder_bundle=encoder_bundle, write=write)
+  return train_probes(s, workdir, encoder_bundle=encoder_bundle, write=write)
+
+
+def train_probes(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
+                 write: bool = True) -> dict:
+  """``evaluate`` with ``s.train``: probes trained per (fraction, seed), results.json."""
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  placer = Placer.from_config(config)
-  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
+  placer = Placer.of(s.mesh)
+  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(s)
   enc_params = placer.encoder_params(enc_params)
-  train_spec, val_spec = resolve_indexes(config)
+  train_spec, val_spec = resolve_indexes(s)
   train_labels = None
   try:
-    train_labels = source_labels(train_spec, config.data.tfds_data_dir)
+    train_labels = source_labels(train_spec, s.data.tfds_data_dir)
   except Exception as e:  # noqa: BLE001 -- labels are optional unless needed below
     log.warning("could not read the labels of %s up front (%s)", train_spec, e)
-  num_classes = config.num_classes
+  num_classes = s.num_classes
   if num_classes is None:
     if train_labels is None:
       raise ConfigError("set config.num_classes: the training labels could not be read up front")
@@ -88,24 +92,22 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
   if train_labels is not None and train_labels.max() >= num_classes:
     raise ConfigError(f"the training index has label {int(train_labels.max())} but "
                       f"config.num_classes is {num_classes}")
-  token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
-  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, config, info)
-  fractions = [float(f) for f in config.lowshot.fractions]
-  seeds = [int(s) for s in config.lowshot.seeds]
+  token_fn = enc_lib.make_token_fn(encoder, s.feature_layer)
+  task = ProbeTask(num_classes, encoder.embed_dim, encoder.block.num_heads, s, info)
+  fractions, seeds = list(s.lowshot.fractions), list(s.lowshot.seeds)
   if any(f < 1.0 for f in fractions) and train_labels is None:
     raise ConfigError(f"low-shot splits need the labels of {train_spec} (an index file)")
 
-  baseline_seeds = [int(s) for s in (config.get("random_baseline_seeds") or ())]
-  settings, baseline = [], None
-  if config.cache_features:
+  baseline_seeds = list(s.random_baseline_seeds)
+  by_fraction, baseline = [], None
+  if s.cache_features:
     jit_tokens = jax.jit(sharding.with_activation_sharding(token_fn, placer.mesh))
-    cache_dtype = np.dtype(models.dtype_of(config.cache_dtype, "config.cache_dtype",
-                                           CACHE_DTYPES))
-    xb = config.extract_batch_size or config.batch_size
-    train_batches = make_dataset(config, train_spec, train=False, batch_size=xb,
-                                 seed=config.seed, repeat=False, num_views=1)
-    val_batches = make_dataset(config, val_spec, train=False, batch_size=xb, seed=config.seed,
-                               repeat=False, num_views=config.num_views)
+    cache_dtype = np.dtype(models.DTYPES[s.cache_dtype])
+    xb = s.extract_batch_size or s.batch_size
+    train_batches = make_dataset(s, train_spec, train=False, batch_size=xb,
+                                 seed=s.seed, repeat=False, num_views=1)
+    val_batches = make_dataset(s, val_spec, train=False, batch_size=xb, seed=s.seed,
+                               repeat=False, num_views=s.num_views)
     if baseline_seeds:  # decoded once, read by every encoder
       train_batches, val_batches = list(train_batches), list(val_batches)
     train_cache = extract_features(jit_tokens, enc_params, train_batches, placer, cache_dtype)
@@ -117,7 +119,7 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
         rows = lowshot.balanced_subset(train_cache.labels, fraction, seed)
         runs.append(run_cached_probe(task, train_cache.subset(rows), val_cache, seed, fraction,
                                     placer, workdir, write))
-      settings.append(summarize_runs(runs, fraction))
+      by_fraction.append(summarize_runs(runs, fraction))
     if baseline_seeds:
       def cached(params, seed, rows_of):
         params = placer.encoder_params(params)
@@ -139,8 +141,8 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
           n = len(rows)
         source = streaming_source(task, spec, val_spec, n, seed, token_fn, enc_params)
         runs.append(run_probes(task, source, seed, fraction, placer, workdir, write))
-      settings.append(summarize_runs(runs, fraction))
-    num_val = settings[0]["runs"][0]["num_val"]
+      by_fraction.append(summarize_runs(runs, fraction))
+    num_val = by_fraction[0]["runs"][0]["num_val"]
     if baseline_seeds:
       fraction = max(fractions)
 
@@ -155,22 +157,22 @@ def evaluate(config, workdir: str, *, encoder_bundle=None, write: bool = True) -
                                 placer.encoder_params(params))
       baseline = random_baseline(task, encoder, baseline_seeds, fraction, streamed, placer, workdir)
 
-  main = max(settings, key=lambda s: s["fraction"])
+  main = max(by_fraction, key=lambda f: f["fraction"])
   results = dict(
-      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      task=s.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
       step=info["step"], model=info["model"], num_classes=num_classes,
-      train_index=train_spec, val_index=val_spec, protocol=protocol(config),
+      train_index=train_spec, val_index=val_spec, protocol=protocol(s),
       accuracy=dict(fraction=main["fraction"], top1=main["top1"], top1_std=main["top1_std"],
                     top5=main["top5"], top5_std=main["top5_std"]),
       num_train_examples=main["num_train"], num_val_examples=num_val,
-      settings=settings, seconds=time.time() - t_start)
+      settings=by_fraction, seconds=time.time() - t_start)
   if baseline is not None:
     results["random_baseline"] = baseline
     results["pretrained_vs_random"] = versus_random(main, baseline)
   if write:
     path = write_results(results, workdir)
     log.info("wrote %s: top-1 %.2f +- %.2f, top-5 %.2f (%s, fraction %g)", path,
-             main["top1"], main["top1_std"], main["top5"], config.task, main["fraction"])
+             main["top1"], main["top1_std"], main["top5"], s.task, main["fraction"])
   return results
 
 def random_baseline(task, encoder, seeds, fraction, make_source, placer, workdir) -> dict:
@@ -200,40 +202,41 @@ def protocol_differences(trained: Optional[dict], now: dict) -> list[str]:
   return [f"{k} {trained[k]} (trained) vs {now[k]} (now)" for k in PROTOCOL_KEYS
           if k in trained and trained[k] != now[k]]
 
-def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bool = True) -> dict:
-  """Validate a saved probe (``config.probe_checkpoint``) on ``config``'s validation set with the
+def evaluate_saved_probe(s: settings_lib.Settings, workdir: str, *, encoder_bundle=None,
+                         write: bool = True) -> dict:
+  """Validate a saved probe (``probe_checkpoint``) on the settings' validation set with the
   full segments x views protocol; no training. Returns and writes results.json (the training
   run's keys; std 0, one run)."""
   workdir = paths.resolve(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  placer = Placer.from_config(config)
-  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(config)
+  placer = Placer.of(s.mesh)
+  encoder, enc_params, info = encoder_bundle or enc_lib.load_frozen_encoder(s)
   probe, probe_params, saved, eval_info = probe_lib.load_saved_probe(
-      config.probe_checkpoint, encoder.embed_dim, config.probe.dtype)
+      s.probe_checkpoint, encoder.embed_dim, s.probe.dtype)
   num_classes = int(saved["num_classes"])
-  if config.num_classes is not None and int(config.num_classes) != num_classes:
-    raise ConfigError(f"config.num_classes is {config.num_classes} but the probe "
-                      f"{config.probe_checkpoint} has {num_classes} classes; set "
+  if s.num_classes is not None and s.num_classes != num_classes:
+    raise ConfigError(f"config.num_classes is {s.num_classes} but the probe "
+                      f"{s.probe_checkpoint} has {num_classes} classes; set "
                       f"--config.num_classes={num_classes} (or None)")
-  for diff in protocol_differences((eval_info or {}).get("protocol"), protocol(config)):
+  for diff in protocol_differences((eval_info or {}).get("protocol"), protocol(s)):
     log.warning("the probe was trained with another protocol: %s", diff)
-  val_spec = resolve_val_index(config)
+  val_spec = resolve_val_index(s)
   try:
-    val_labels = source_labels(val_spec, config.data.tfds_data_dir)
+    val_labels = source_labels(val_spec, s.data.tfds_data_dir)
   except Exception as e:  # noqa: BLE001 -- checked batch by batch otherwise
     log.warning("could not read the labels of %s up front (%s)", val_spec, e)
     val_labels = None
   if val_labels is not None and len(val_labels) and val_labels.max() >= num_classes:
     raise ConfigError(f"the validation index has label {int(val_labels.max())} but the probe has "
                       f"{num_classes} classes: the index and the probe number classes differently")
-  token_fn = enc_lib.make_token_fn(encoder, config.feature_layer)
+  token_fn = enc_lib.make_token_fn(encoder, s.feature_layer)
   state = placer.replicate(probe_lib.create_state(probe, probe_params, optax.identity()))
-  _, evaluate_step = probe_lib.make_steps(config.view_aggregation, token_fn,
+  _, evaluate_step = probe_lib.make_steps(s.view_aggregation, token_fn,
                                           placer.encoder_params(enc_params), placer.mesh)
   sums = []
-  for b in make_dataset(config, val_spec, train=False, batch_size=config.batch_size,
-                        seed=config.seed, repeat=False, num_views=config.num_views):
+  for b in make_dataset(s, val_spec, train=False, batch_size=s.batch_size,
+                        seed=s.seed, repeat=False, num_views=s.num_views):
     sums.append(evaluate_step(state, placer.batch(pixels_of(b)), placer.batch(b["label"]),
                               placer.batch(b["valid"].astype(np.float32))))
   val = probe_lib.summarize(jax.device_get(sums))
@@ -241,14 +244,14 @@ def evaluate_saved_probe(config, workdir: str, *, encoder_bundle=None, write: bo
   run = dict(name="saved_probe", num_train=0, num_val=val["count"], top1=val["top1"],
              top5=val["top5"], val_loss=val["loss"], seconds=time.time() - t_start)
   results = dict(
-      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      task=s.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
       step=info["step"], model=info["model"], num_classes=num_classes, train_index=None,
-      val_index=val_spec, protocol=protocol(config), trained=False,
-      probe_checkpoint=config.probe_checkpoint, probe=saved, probe_trained_with=eval_info,
+      val_index=val_spec, protocol=protocol(s), trained=False,
+      probe_checkpoint=s.probe_checkpoint, probe=saved, probe_trained_with=eval_info,
       accuracy=acc, num_train_examples=0, num_val_examples=val["count"],
       settings=[dict(acc, num_train=0, seeds=[], runs=[run])], seconds=time.time() - t_start)
   if write:
     path = write_results(results, workdir)
     log.info("wrote %s: top-1 %.2f, top-5 %.2f (saved probe %s on %s)", path, val["top1"],
-             val["top5"], config.probe_checkpoint, val_spec)
+             val["top5"], s.probe_checkpoint, val_spec)
   return results

@@ -23,11 +23,8 @@ import optax
 
 from jepa_jax import models, optim
 from jepa_jax.checkpoint import CheckpointError
-from jepa_jax.errors import ConfigError
 from jepa_jax.eval import probe as probe_lib
 from jepa_jax.models import layers
-
-HEADS = ("attentive", "linear")
 
 
 class MeanPoolClassifier(nn.Module):
@@ -50,14 +47,11 @@ class MeanPoolClassifier(nn.Module):
                     kernel_init=kernel_init, name="head")(x)
 
 
-def build_head(config, num_classes: int, embed_dim: int, encoder_heads: int):
-  kind = config.head.kind
-  if kind not in HEADS:
-    raise ConfigError(f"config.head.kind must be one of {HEADS}, got {kind!r}")
-  if kind == "attentive":
-    return probe_lib.build_probe(num_classes, embed_dim, encoder_heads, config.head)
-  return MeanPoolClassifier(num_classes, config.head.init_scale,
-                            models.DTYPES[config.head.dtype])
+def build_head(s, num_classes: int, embed_dim: int, encoder_heads: int):
+  """The head of ``s.head`` (``finetune.settings.Settings``)."""
+  if s.head.kind == "attentive":
+    return probe_lib.build_probe(num_classes, embed_dim, encoder_heads, s.head)
+  return MeanPoolClassifier(num_classes, s.head.init_scale, models.DTYPES[s.head.dtype])
 
 
 def head_num_classes(head_params) -> int:
@@ -123,23 +117,24 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def optim_config(config, steps_per_epoch: int) -> optim.OptimConfig:
+def optim_config(s, steps_per_epoch: int) -> optim.OptimConfig:
   """The project's schedules (``optim.learning_rate``: linear warm-up from ``start_lr``, cosine
-  to ``final_lr``; constant weight decay) with VideoMAE's LR scaling ``lr * batch / 256``."""
-  o = config.optim
-  scale = config.batch_size / o.lr_batch_base
+  to ``final_lr``; constant weight decay) with VideoMAE's LR scaling ``lr * batch / 256``
+  (``s``: ``finetune.settings.Settings``)."""
+  o = s.optim
+  scale = s.batch_size / o.lr_batch_base
   return optim.OptimConfig(
-      epochs=config.epochs, ipe=steps_per_epoch, ipe_scale=1.0, warmup=o.warmup,
+      epochs=s.epochs, ipe=steps_per_epoch, ipe_scale=1.0, warmup=o.warmup,
       start_lr=o.start_lr * scale, lr=o.lr * scale, final_lr=o.final_lr * scale,
       weight_decay=o.weight_decay, final_weight_decay=o.weight_decay, clip_grad=o.clip_grad,
       b1=o.b1, b2=o.b2, eps=o.eps)
 
 
-def make_optimizer(config, params, depth: int, steps_per_epoch: int):
+def make_optimizer(s, params, depth: int, steps_per_epoch: int):
   """``optim.make_optimizer`` (clipping per module, AdamW with the decay mask of pretraining,
   LR/WD recorded in the state) followed by the layer-wise LR factors."""
-  scales = layer_scales(params, depth, config.layer_decay, config.freeze_encoder)
-  return optax.chain(optim.make_optimizer(optim_config(config, steps_per_epoch)),
+  scales = layer_scales(params, depth, s.layer_decay, s.freeze_encoder)
+  return optax.chain(optim.make_optimizer(optim_config(s, steps_per_epoch)),
                      scale_by_tree(scales))
 
 

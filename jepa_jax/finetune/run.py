@@ -1,7 +1,8 @@
 """The fine-tuning loop: encoder + head trained end to end, checkpointed, resumed exactly, tested
 on segments x views.
 
-``finetune(config, workdir)``:
+``finetune(config, workdir)`` reads the config once (``finetune.settings.read``: every check,
+before anything is loaded); below it everything takes ``finetune.settings.Settings``. Then it
 
 1. Loads the encoder as the frozen evaluation does (``eval.encoder.load_frozen_encoder``; any
    checkpoint kind), with ``config.drop_path`` set on its blocks, and builds the head.
@@ -22,6 +23,7 @@ Steps 3-5 run in the loop shell that pretraining runs too (``loop.run``: prefetc
 windows, save cadence, preemption, and the non-finite policy: an update whose loss or gradients
 are not finite is never applied; ``config.nonfinite`` stops or skips, as in pretraining).
 """
+import dataclasses
 import logging
 import os
 import time
@@ -50,6 +52,7 @@ from jepa_jax.eval import results as eval_results
 from jepa_jax.eval.placement import Placer
 from jepa_jax.finetune import augment
 from jepa_jax.finetune import model as model_lib
+from jepa_jax.finetune import settings as settings_lib
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +64,16 @@ class FinetuneState(train_state.TrainState):
 class Finetuner:
   """The modules and the jitted steps of one fine-tuning run."""
 
-  def __init__(self, config, encoder, head, num_classes: int, mesh=None, state_shardings=None):
-    """``mesh``: the (data, fsdp) mesh the batches are split over; the steps are traced with its
-    activation rules (``sharding.constrain``). ``state_shardings``: where the train step leaves
-    the state (the shardings it was initialised or restored into), so that the next step and a
-    save see the same layout."""
-    self.config, self.encoder, self.head = config, encoder, head
+  def __init__(self, s, encoder, head, num_classes: int, mesh=None, state_shardings=None):
+    """``s``: ``finetune.settings.Settings``. ``mesh``: the (data, fsdp) mesh the batches are
+    split over; the steps are traced with its activation rules (``sharding.constrain``).
+    ``state_shardings``: where the train step leaves the state (the shardings it was initialised
+    or restored into), so that the next step and a save see the same layout."""
+    self.settings, self.encoder, self.head = s, encoder, head
     self.num_classes = num_classes
     out = None if state_shardings is None else (state_shardings, sharding.replicated(mesh))
     self.train_step = jax.jit(
-        sharding.with_activation_sharding(self._train_step, mesh, config.mesh.min_fsdp_size),
+        sharding.with_activation_sharding(self._train_step, mesh, s.mesh.min_fsdp_size),
         out_shardings=out, donate_argnums=0)
     self.eval_step = jax.jit(sharding.with_activation_sharding(self._eval_step, mesh))
     self.scores = jax.jit(sharding.with_activation_sharding(self._scores, mesh))
@@ -79,16 +82,16 @@ class Finetuner:
     """normalised clips ``[B, T, H, W, C]`` -> logits ``[B, K]``; drop path iff a key is given."""
     rngs = {} if dropout_key is None else {"dropout": dropout_key}
     tokens = self.encoder.apply({"params": params["encoder"]}, clips, rngs=rngs)
-    if self.config.freeze_encoder:
+    if self.settings.freeze_encoder:
       tokens = jax.lax.stop_gradient(tokens)
     return self.head.apply({"params": params["head"]}, tokens).astype(jnp.float32)
 
   def _train_step(self, state, video, labels, rng):
-    c = self.config
+    c = self.settings
     k_mix, k_drop = jax.random.split(jax.random.fold_in(rng, state.step))
     clips = normalize_lib.normalize(video[:, 0, 0], self.encoder.block.dtype)
     targets = augment.smooth_targets(labels, self.num_classes, c.label_smoothing)
-    clips, targets, lam = augment.mix(k_mix, clips, targets, **c.mixup.to_dict())
+    clips, targets, lam = augment.mix(k_mix, clips, targets, **dataclasses.asdict(c.mixup))
     dropout_key = None if c.freeze_encoder or c.drop_path <= 0 else k_drop
 
     def loss_fn(params):
@@ -106,12 +109,12 @@ class Finetuner:
 
   def _scores(self, params, video):
     """uint8 ``video`` ``[B, S, V, T, H, W, C]`` -> ``[B, K]``: every clip classified on its own,
-    the S x V predictions aggregated (``config.view_aggregation``)."""
+    the S x V predictions aggregated (``view_aggregation``)."""
     b, s, v = video.shape[:3]
     clips = normalize_lib.normalize(
         einops.rearrange(video, "b s v t h w c -> (b s v) t h w c"), self.encoder.block.dtype)
     logits = einops.rearrange(self.logits(params, clips), "(b sv) k -> b sv k", b=b, sv=s * v)
-    return probe_lib.aggregate_views(logits, self.config.view_aggregation)
+    return probe_lib.aggregate_views(logits, self.settings.view_aggregation)
 
   def _eval_step(self, params, video, labels, weights):
     """Summed top-1/top-5 hits of the S x V averaged scores, ``video`` ``[B, S, V, T, H, W, C]``."""
@@ -121,38 +124,38 @@ class Finetuner:
                 count=jnp.sum(weights))
 
 
-def load_encoder(config):
-  """``(encoder with config.drop_path, params as numpy, info)`` as the eval loads it."""
-  encoder, params, info = enc_lib.load_frozen_encoder(config, on_host=True)
-  encoder = encoder.clone(block=encoder.block.replace(drop_path=float(config.drop_path)))
+def load_encoder(s):
+  """``(encoder with s.drop_path, params as numpy, info)`` as the eval loads it."""
+  encoder, params, info = enc_lib.load_frozen_encoder(s, on_host=True)
+  encoder = encoder.clone(block=encoder.block.replace(drop_path=s.drop_path))
   return encoder, params, info
 
 
-def make_mesh(config) -> jax.sharding.Mesh:
-  """``config.mesh``'s (data, fsdp) mesh over every device, as pretraining's."""
-  return sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+def make_mesh(s) -> jax.sharding.Mesh:
+  """``s.mesh``'s (data, fsdp) mesh over every device, as pretraining's."""
+  return sharding.make_mesh(s.mesh.data, s.mesh.fsdp)
 
 
 class Model:
   """Encoder + head of one run, their optimiser and the state's shardings on ``mesh``
-  (``sharding.state_shardings``: pretraining's FSDP rule, ``config.mesh.min_fsdp_size``)."""
+  (``sharding.state_shardings``: pretraining's FSDP rule, ``mesh.min_fsdp_size``)."""
 
-  def __init__(self, config, mesh, num_classes: int, steps_per_epoch: int):
-    self.encoder, enc_params, self.info = load_encoder(config)
-    self.head = model_lib.build_head(config, num_classes, self.encoder.embed_dim,
+  def __init__(self, s, mesh, num_classes: int, steps_per_epoch: int):
+    self.encoder, enc_params, self.info = load_encoder(s)
+    self.head = model_lib.build_head(s, num_classes, self.encoder.embed_dim,
                                      self.encoder.block.num_heads)
     head_params = jax.device_get(model_lib.init_head(self.head, self.encoder.embed_dim,
-                                                     config.seed))
+                                                     s.seed))
     # On the host until placed: only each device's shards ever reach it.
     self.params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
                                          {"encoder": dict(enc_params), "head": head_params})
-    self.tx = model_lib.make_optimizer(config, self.params, self.encoder.depth, steps_per_epoch)
+    self.tx = model_lib.make_optimizer(s, self.params, self.encoder.depth, steps_per_epoch)
     abstract = jax.eval_shape(self._create, self.params)
-    self.shardings = sharding.state_shardings(mesh, abstract, config.mesh.min_fsdp_size)
+    self.shardings = sharding.state_shardings(mesh, abstract, s.mesh.min_fsdp_size)
     self.abstract_state = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract,
         self.shardings)
-    self.finetuner = Finetuner(config, self.encoder, self.head, num_classes, mesh, self.shardings)
+    self.finetuner = Finetuner(s, self.encoder, self.head, num_classes, mesh, self.shardings)
 
   def _create(self, params):
     return FinetuneState.create(apply_fn=None, params=params, tx=self.tx)
@@ -164,33 +167,34 @@ class Model:
     return jax.jit(self._create, out_shardings=self.shardings)(params)
 
 
-def steps_per_epoch(config, num_train: int) -> int:
-  if config.steps_per_epoch:
-    return int(config.steps_per_epoch)
-  steps = num_train // config.batch_size
+def steps_per_epoch(s, num_train: int) -> int:
+  if s.steps_per_epoch:
+    return s.steps_per_epoch
+  steps = num_train // s.batch_size
   if steps < 1:
-    raise ConfigError(f"config.batch_size {config.batch_size} is larger than the {num_train} "
+    raise ConfigError(f"config.batch_size {s.batch_size} is larger than the {num_train} "
                       "training examples; lower it or set config.steps_per_epoch")
   return steps
 
 
 def checkpoint_config(config, arch: dict, num_classes: int) -> dict:
-  """The config saved with each checkpoint: ``config`` with the encoder's resolved architecture
-  as ``model`` (its own ``model`` may leave fields to the pretrained checkpoint's config) and the
-  resolved ``num_classes``, so that readers rebuild encoder and head from this checkpoint alone."""
+  """The config saved with each checkpoint: ``config`` (the ConfigDict as written) with the
+  encoder's resolved architecture as ``model`` (its own ``model`` may leave fields to the
+  pretrained checkpoint's config) and the resolved ``num_classes``, so that readers rebuild
+  encoder and head from this checkpoint alone."""
   saved = ckpt_lib.config_to_json(config)
   saved["model"] = ckpt_lib.config_to_json(dict(arch))
   saved["num_classes"] = int(num_classes)
   return saved
 
 
-def evaluate(ft: Finetuner, params, config, val_spec, placer) -> dict:
+def evaluate(ft: Finetuner, params, s, val_spec, placer) -> dict:
   """Top-1/top-5 (percent) on every validation video, S x V clips each."""
   nproc = jax.process_count()
-  batch = config.test_batch_size or config.batch_size
+  batch = s.test_batch_size or s.batch_size
   ds = data_lib.make_eval_dataset(
-      config.data, val_spec, batch_size=batch // nproc, num_segments=config.test_segments,
-      num_views=config.test_views, train=False, seed=config.seed,
+      s.data, val_spec, batch_size=batch // nproc, num_segments=s.test_segments,
+      num_views=s.test_views, train=False, seed=s.seed,
       shard_index=jax.process_index(), shard_count=nproc, repeat=False)
   sums = []
   for b in ds:
@@ -203,31 +207,33 @@ def evaluate(ft: Finetuner, params, config, val_spec, placer) -> dict:
 
 
 def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dict:
-  """Run (or resume) fine-tuning; returns the results dict also written to results.json.
+  """Run (or resume) fine-tuning of the ConfigDict ``config``; returns the results dict also
+  written to results.json.
 
   ``stop_at_step``: save and return after that many updates (tests of resumption); the
   schedules still span the whole run.
   """
   t_start = time.time()
+  s = settings_lib.read(config)
   workdir = paths.resolve(workdir)
-  policy = nonfinite_lib.NonFinitePolicy.from_config(config)
+  policy = s.nonfinite_policy
   loop.write_config(workdir, config)
-  mesh = make_mesh(config)
+  mesh = make_mesh(s)
   placer = Placer(mesh)
-  train_spec, val_spec = eval_data.resolve_indexes(config)
-  train_labels = eval_data.source_labels(train_spec, config.data.tfds_data_dir)
-  num_classes = config.num_classes or int(train_labels.max()) + 1
+  train_spec, val_spec = eval_data.resolve_indexes(s)
+  train_labels = eval_data.source_labels(train_spec, s.data.tfds_data_dir)
+  num_classes = s.num_classes or int(train_labels.max()) + 1
   if train_labels.max() >= num_classes:
     raise ConfigError(f"the training index has label {int(train_labels.max())} but "
                       f"config.num_classes is {num_classes}")
-  ipe = steps_per_epoch(config, len(train_labels))
-  total = int(config.epochs * ipe)
+  ipe = steps_per_epoch(s, len(train_labels))
+  total = int(s.epochs * ipe)
 
-  model = Model(config, mesh, num_classes, ipe)
+  model = Model(s, mesh, num_classes, ipe)
   ft, info = model.finetuner, model.info
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"),
-                                  save_every=config.save.every, keep=config.save.keep,
-                                  async_save=config.save.async_save)
+                                  save_every=s.save.every, keep=s.save.keep,
+                                  async_save=s.save.async_save)
   restored = ckpt_lib.restore_latest_train_state(manager, model.abstract_state, ckpt_lib.FINETUNE)
   start_step, data_state = 0, None
   if restored is not None:
@@ -238,26 +244,26 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   saved_config = checkpoint_config(config, info["model"], num_classes)
 
   nproc = jax.process_count()
-  if config.batch_size % nproc:
-    raise ConfigError(f"batch size {config.batch_size} is not divisible by the {nproc} processes")
+  if s.batch_size % nproc:
+    raise ConfigError(f"batch size {s.batch_size} is not divisible by the {nproc} processes")
   dataset = data_lib.make_eval_dataset(
-      config.data, train_spec, batch_size=config.batch_size // nproc, num_segments=1,
-      num_views=1, train=True, seed=config.seed, shard_index=jax.process_index(),
+      s.data, train_spec, batch_size=s.batch_size // nproc, num_segments=1,
+      num_views=1, train=True, seed=s.seed, shard_index=jax.process_index(),
       shard_count=nproc, repeat=True)
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
 
   writer = loop.make_writer(workdir, start_step)
-  rng = jax.random.PRNGKey(config.seed + 1)
+  rng = jax.random.PRNGKey(s.seed + 1)
   history = []
 
   def validate(step, state) -> dict:
     """Validation every ``eval_every`` epochs (the final test comes after the loop)."""
-    if not (config.eval_every and step % ipe == 0 and (step // ipe) % config.eval_every == 0
+    if not (s.eval_every and step % ipe == 0 and (step // ipe) % s.eval_every == 0
             and step < total):
       return {}
-    acc = evaluate(ft, state.params, config, val_spec, placer)
+    acc = evaluate(ft, state.params, s, val_spec, placer)
     history.append(dict(step=step, epoch=step // ipe, **acc))
     log.info("epoch %d: val top-1 %.2f, top-5 %.2f", step // ipe, acc["top1"], acc["top5"])
     return {"val/top1": acc["top1"], "val/top5": acc["top5"]}
@@ -275,26 +281,26 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   result = loop.run(
       program, state, start_step, iterator=iterator,
       place=lambda b: (placer.batch(b["video"]), placer.batch(b["label"])),
-      prefetch=config.prefetch, manager=manager, writer=writer, policy=policy,
-      cadence=loop.Cadence(total_steps=total, log_every=config.log_every,
-                           save_every=config.save.every, end_step=stop_at_step))
+      prefetch=s.prefetch, manager=manager, writer=writer, policy=policy,
+      cadence=loop.Cadence(total_steps=total, log_every=s.log_every,
+                           save_every=s.save.every, end_step=stop_at_step))
   state, step = result.state, result.step
   if result.preempted_at is not None:
     return dict(preempted_at_step=result.preempted_at)
   if step < total:  # stopped early on request: no final test
     return dict(stopped_at_step=step)
 
-  acc = evaluate(ft, state.params, config, val_spec, placer)
+  acc = evaluate(ft, state.params, s, val_spec, placer)
   history.append(dict(step=step, epoch=step // ipe, **acc))
   writer.write_scalars(step, {"val/top1": acc["top1"], "val/top5": acc["top5"]})
   writer.flush()
   results = dict(
-      task=config.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
-      encoder_step=info["step"], model=info["model"], freeze_encoder=bool(config.freeze_encoder),
-      head=config.head.kind, num_classes=num_classes, train_index=train_spec, val_index=val_spec,
+      task=s.task, checkpoint=info["checkpoint"], checkpoint_key=info["checkpoint_key"],
+      encoder_step=info["step"], model=info["model"], freeze_encoder=s.freeze_encoder,
+      head=s.head.kind, num_classes=num_classes, train_index=train_spec, val_index=val_spec,
       accuracy=dict(top1=acc["top1"], top5=acc["top5"]), num_val_examples=acc["count"],
       num_train_examples=int(len(train_labels)), steps=total, steps_per_epoch=ipe,
-      test_segments=config.test_segments, test_views=config.test_views, history=history,
+      test_segments=s.test_segments, test_views=s.test_views, history=history,
       seconds=time.time() - t_start)
   path = eval_results.write_results(results, workdir)  # process 0 writes
   if jax.process_index() == 0:
