@@ -281,6 +281,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  from jepa_jax import cli
   cli.install_unraisablehook()  # a skipped damaged checkpoint: no echoes of its failed reads
   sys.exit(main())

@@ -6,14 +6,13 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from jepa_jax import checkpoint, convert, models
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax.convert import infer, reference
 from jepa_jax.convert.__main__ import main as cli
+from jepa_jax.pretrain import config as config_lib
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vjepa21_tiny_v1.npz"
 PREFIX = "module.backbone."

@@ -16,7 +16,6 @@ import math
 from typing import Any, Optional
 
 from jepa_jax import models
-from jepa_jax import sharding
 from jepa_jax.errors import ConfigError
 
 CHECKPOINT_KEYS = ("target", "online", "encoder")
