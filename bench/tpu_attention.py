@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from jepa_jax import hlo_stats  # noqa: E402
-from jepa_jax.pretrain import experiment
 from jepa_jax.models import layers  # noqa: E402
+from jepa_jax.pretrain import experiment  # noqa: E402
 
 GIB = 2 ** 30
 

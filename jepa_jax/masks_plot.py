@@ -11,8 +11,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax import masks as masks_lib
+from jepa_jax.pretrain import config as config_lib
 
 _COLOURS = ("#2b83ba", "#abd9e9", "#d7191c", "#fdae61")  # ctx kept, ctx dropped, tgt kept, tgt dropped
 _LABELS = ("context (seen)", "context dropped by K", "target (predicted)", "target dropped by K")

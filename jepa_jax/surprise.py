@@ -38,10 +38,10 @@ from typing import Optional
 import numpy as np
 
 from jepa_jax import cli
-from jepa_jax.extract import reading
-from jepa_jax.extract.settings import Settings
 from jepa_jax import paths
 from jepa_jax.errors import ConfigError
+from jepa_jax.extract import reading
+from jepa_jax.extract.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax import flops, models
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax.pretrain import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from jepa_jax import checkpoint, cli, paths
-from jepa_jax.pretrain import defaults
 from jepa_jax.eval import config as eval_config
+from jepa_jax.pretrain import defaults
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 from test_readme import readme_commands

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import pytest
 
 from jepa_jax import cli, masks, models, sharding
-from jepa_jax.pretrain import experiment
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax.eval import encoder as eval_encoder
+from jepa_jax.pretrain import config as config_lib
+from jepa_jax.pretrain import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

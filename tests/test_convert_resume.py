@@ -8,9 +8,9 @@ import optax
 import pytest
 
 from jepa_jax import checkpoint, convert
-from jepa_jax.pretrain import train_state
 from jepa_jax.convert import optimizer, reference
 from jepa_jax.convert.__main__ import main as cli
+from jepa_jax.pretrain import train_state
 from test_convert import PREFIX, TINY_FLAGS, released
 
 STEP = 6

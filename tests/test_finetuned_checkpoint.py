@@ -12,11 +12,11 @@ import pytest
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
-from jepa_jax.pretrain import train_state
 from jepa_jax.data import sources
 from jepa_jax.eval import config as eval_config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.finetune import run as ft_run
+from jepa_jax.pretrain import train_state
 from test_finetune import SYNTHETIC_VIDEOS, TINY, tiny_config
 
 STEPS = 2

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from jepa_jax import sharding as sharding_lib
-from jepa_jax.pretrain import defaults, experiment
 from jepa_jax.models import layers
+from jepa_jax.pretrain import defaults, experiment
 
 # The result shape: one array or a tuple of them (XLA combines small all-reduces).
 COLLECTIVE = re.compile(r"= (\([^=]*?\)|\S+) (all-gather|all-reduce|reduce-scatter|all-to-all|"

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from jepa_jax import checkpoint, models, predict  # noqa: E402
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax.convert import reference  # noqa: E402
 from jepa_jax.convert.__main__ import main as cli  # noqa: E402
 from jepa_jax.models import attentive_probe  # noqa: E402
+from jepa_jax.pretrain import config as config_lib
 from test_vjepa2_convert import TINY2_KW, _probe_params, released_v2  # noqa: E402
 
 CLASSES = ["walk", "run", "jump"]

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jepa_jax.pretrain import experiment
 from jepa_jax.models import layers
+from jepa_jax.pretrain import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax import masks as M
+from jepa_jax.pretrain import config as config_lib
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 GRID = (8, 14, 14)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jepa_jax import checkpoint, loss as loss_lib
-from jepa_jax.pretrain import experiment, monitor, trainer
 from jepa_jax.data import synthetic
+from jepa_jax.pretrain import experiment, monitor, trainer
 
 from test_trainer import _train_single_device, tiny_config
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from jepa_jax import checkpoint as ckpt_lib
-from jepa_jax.pretrain import config as config_lib
-from jepa_jax.pretrain import defaults
-from jepa_jax.extract import reading
-from jepa_jax.extract.settings import Settings
 from jepa_jax import loss as loss_lib
 from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import surprise
-from jepa_jax.pretrain import train_state
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.data import sources
+from jepa_jax.extract import reading
+from jepa_jax.extract.settings import Settings
+from jepa_jax.pretrain import config as config_lib
+from jepa_jax.pretrain import defaults
+from jepa_jax.pretrain import train_state
 import video_files
 from test_extract import TINY
 

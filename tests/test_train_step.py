@@ -13,9 +13,9 @@ import optax
 import pytest
 
 from jepa_jax import convert, loss as loss_lib, models, optim, sharding
-from jepa_jax.pretrain import experiment
 from jepa_jax import masks as masks_lib
 from jepa_jax.pretrain import defaults, monitor
+from jepa_jax.pretrain import experiment
 from jepa_jax.pretrain import train_step as train_step_lib
 from jepa_jax.pretrain.train_state import TrainState
 

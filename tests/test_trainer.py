@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from jepa_jax import checkpoint, loop, main, nonfinite
-from jepa_jax.pretrain import defaults, experiment, trainer
 from jepa_jax.data import synthetic
+from jepa_jax.pretrain import defaults, experiment, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

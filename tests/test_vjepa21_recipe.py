@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jepa_jax import models
-from jepa_jax.pretrain import experiment
 from jepa_jax.pretrain import config as config_lib
+from jepa_jax.pretrain import experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from jepa_jax import checkpoint, models, optim
-from jepa_jax.pretrain import defaults, experiment, trainer
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax.data import decode, pipeline, synthetic
+from jepa_jax.pretrain import config as config_lib
+from jepa_jax.pretrain import defaults, experiment, trainer
 
 import video_files
 

@@ -19,9 +19,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jepa_jax import cli
-from jepa_jax.pretrain import defaults
 from jepa_jax import distributed
 from jepa_jax import paths
+from jepa_jax.pretrain import defaults
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                           lock_config=True)

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jepa_jax import compilation_cache
-from jepa_jax.pretrain import config as config_lib
 from jepa_jax import models
 from jepa_jax import optim
 from jepa_jax import sharding
+from jepa_jax.pretrain import config as config_lib
 from jepa_jax.pretrain import train_state
 from jepa_jax.pretrain import train_step as train_step_lib
 

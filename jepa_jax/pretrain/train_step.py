@@ -25,10 +25,10 @@ import optax
 from jepa_jax import loss as loss_lib
 from jepa_jax import loss_vjepa21
 from jepa_jax import masks as masks_lib
-from jepa_jax.pretrain import monitor
 from jepa_jax import nonfinite as nonfinite_lib
 from jepa_jax import optim
 from jepa_jax import sharding
+from jepa_jax.pretrain import monitor
 
 
 def normalize_clips(video: jax.Array, dtype=jnp.float32) -> jax.Array:

@@ -39,12 +39,12 @@ from clu import periodic_actions
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
-from jepa_jax.pretrain import experiment
 from jepa_jax import loop
-from jepa_jax.pretrain import monitor
 from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax import paths
+from jepa_jax.pretrain import experiment
+from jepa_jax.pretrain import monitor
 from jepa_jax.pretrain import probe_monitor
 
 log = logging.getLogger(__name__)
