@@ -1,69 +1,33 @@
 """V-JEPA masks drawn inside jit: 3D multi-block, causal multi-block and random tube.
 
-Every mask is a pure JAX function of a PRNG key with static output shapes, so it runs inside the
-jitted train step, does no host work and never causes a recompile.
+``sample_masks(key, batch_size, grid, cfgs)`` returns one :class:`Masks` per :class:`MaskConfig`:
+int32 context ``[B, K_ctx]`` and target ``[B, K_tgt]`` indices with validity masks, tokens numbered
+row-major on the (T', H', W') grid; a pure function of the key with static shapes, so it runs in
+the jitted step without host work or recompiles. ``static_sizes`` gives K, ``check_context``
+refuses configs that leave no context, ``pretrain_configs`` gives the paper's two.
 
-Tokens live on the (T', H', W') grid of the tubelet embedding and are numbered row-major,
-``index = t*H'*W' + h*W' + w``. For each mask config, ``sample_masks`` returns a :class:`Masks` of
-context indices ``[B, K_ctx]`` and target indices ``[B, K_tgt]`` (int32) with validity masks.
+Sampling follows the reference (``src/masks/multiblock3d.py``, ``random_tube.py``): one block size
+per batch and config, ``num_blocks`` blocks per clip at uniform positions, their union the target
+(with ``max_temporal_keep < 1`` also every time step from the cut on); random_tube keeps
+``int(H'W' (1 - ratio))`` spatial positions as context over all time. Sizes are clipped so no
+target is empty. Where the reference redraws an empty context in a host loop, such clips take the
+first non-empty of ``NUM_RETRIES`` (8) batched redraws (under ``lax.cond``: free when none is
+empty), and if all fail one random token before the cut becomes context, a bounded fallback.
 
-Sampling (the reference's ``src/masks/multiblock3d.py``, ``random_tube.py``)
----------------------------------------------------------------------------
-multiblock
-  Once per batch per config a block size is drawn from the key: ``t = max(1, int(T' * ts))``,
-  ``keep = int(H'*W' * ss)``, aspect ``a ~ U(aspect_ratio)`` (linear), ``h = round(sqrt(keep*a))``,
-  ``w = round(sqrt(keep/a))``, clipped to the grid (and to at least 1, so the target is never
-  empty; the reference could make a 0-sized block for ``ss < 1/(H'W')``). Each clip places
-  ``num_blocks`` blocks of that size at independent uniform positions; their union is the target,
-  the complement the context. With ``max_temporal_keep < 1`` (causal multi-block) every token at
-  ``t >= max(1, int(T' * max_temporal_keep))`` is target as well.
-random_tube
-  ``int(H'*W' * (1 - ratio))`` spatial positions per clip are context over all time steps, the rest
-  target (clipped to [1, H'W'-1] so neither side is empty). ``max_temporal_keep`` is ignored, as
-  in the reference.
+Static shapes (the decision; README, "Deliberate differences"): the reference trims every clip to
+the batch minimum, keeping the FIRST sorted indices, so shapes change per step and context leans
+to early frames. Here K is fixed per config: the mean per-clip count from a deterministic host
+Monte Carlo of the same sampler (seed 0, 1024 sizes x 8 clips, cached) rounded up to a multiple of
+8, unless ``num_context`` / ``num_target`` say otherwise. With the mean, about half the clips fit
+whole and the rest lose a few random tokens, so the model sees close to the reference's per-clip
+masks while padding (wasted compute) stays small. A longer clip keeps a uniformly random subset
+(``subset="first"``: the reference's rule, for comparisons); a shorter one is padded with repeats
+of its own indices of the same set, marked invalid, so even a consumer that ignores validity never
+sees a target token in its context.
 
-Empty context. The reference redraws a clip whose context is empty in a host loop. Here the first
-draw is made for the whole batch; only if some clip came out empty (``lax.cond``, so the common
-case pays nothing) ``NUM_RETRIES`` = 8 fresh placements are drawn for the whole batch at once and
-each empty clip takes its first non-empty one, which is exactly rejection sampling as long as one
-succeeds. If all 8 fail (for the long-range mask at most ~8% of first draws are empty, so about
-1e-9 per clip; or the config can never leave context, e.g. ``spatial_scale=1``, where the
-reference would loop for ever) the last draw gets one random token at ``t < cut`` turned into
-context: a guaranteed, bounded fallback.
-
-Static shapes: the decision
----------------------------
-The reference trims every clip of a batch to the batch minimum by keeping the FIRST sorted
-indices. That gives shapes that change every step (a recompile per step under XLA), ties what the
-model sees to the per-GPU batch size, and drops the later frames: the kept context of a clip is
-biased to early time steps. jepa_jax instead uses fixed ``K_ctx``, ``K_tgt`` per config:
-
-* Default K (``static_sizes``): the mean per-clip context / target count, estimated by a
-  deterministic host-side Monte Carlo run of the same sampler (numpy, seed 0, 1024 block-size
-  draws x 8 clips, empty contexts redrawn; ~0.2 s, cached per (grid, config)), rounded UP to a
-  multiple of 8 (and at most the grid size). random_tube counts are exact, so K is exact there (no
-  padding, no subsetting).
-  Why the mean: about half the clips then fit entirely (padded), the others lose a random part of
-  their tokens, so the model sees close to the reference's per-clip masks, while padding (pure
-  wasted compute) stays a small part of K_ctx. A high quantile would waste far more on padding;
-  the reference's batch-24 minimum throws away a large part of the context (both measured in
-  BENCHMARKS.md, "Static mask sizes"). ``num_context`` / ``num_target`` override K, e.g. with the reference's batch-24 means
-  (360 / 99 context) to match its compute, or with the grid size for no subsetting at all.
-* A clip with more valid tokens than K keeps a UNIFORMLY RANDOM subset of K (then sorted), so no
-  time step or position is favoured. ``subset="first"`` keeps the first K sorted indices instead
-  (the reference's rule, with a static K rather than the batch minimum) for comparisons only.
-* A clip with fewer tokens is padded: ``*_valid`` is False on the padding, and the padding slots
-  repeat that clip's own valid indices of the same set. A consumer must respect the validity
-  mask (attention key masking in the encoder/predictor, loss weights), but even one that ignores
-  it can never see a target token in its context.
-
-Row contract, for every row: valid entries first, sorted ascending, then padding; at least one
-valid context and one valid target token; valid context and valid target are disjoint; without
-subsetting or padding their union is the whole grid.
-
-The measured effect at 224 px x 16 frames (tokens the model sees here and in the reference, per
-mask) is in BENCHMARKS.md, "Static mask sizes"; ``tests/test_masks.py`` checks the per-clip
-statistics against the reference's. Pictures: ``python -m jepa_jax.masks_plot``.
+Row contract: valid entries first, ascending, then padding; at least one valid context and one
+valid target token; the two disjoint; without subsetting or padding their union is the grid.
+Measured sizes: BENCHMARKS.md, "Static mask sizes"; pictures: ``python -m jepa_jax.masks_plot``.
 """
 import dataclasses
 import functools

@@ -1,37 +1,22 @@
 """V-JEPA's optimiser: AdamW with warm-up + cosine LR, a cosine weight-decay ramp, per-module
 gradient clipping after warm-up, and the EMA momentum ramp of the target encoder.
 
-Every schedule is a pure function of the 0-based update index ``k`` and reproduces the reference
-(src/utils/schedulers.py, app/vjepa/train.py) number for number:
+``make_optimizer(OptimConfig)`` builds the optax chain; ``learning_rate``, ``weight_decay`` and
+``ema_momentum`` are pure functions of the 0-based update index ``k``; ``ema_update`` applies the
+EMA. They match the reference (``src/utils/schedulers.py``, ``app/vjepa/train.py``) number for
+number, including what is easy to get wrong: LR and WD schedulers are stepped *before* each update
+(update ``k`` uses step ``k + 1``), the momentum generator read *after* (``m(k)``); all schedules
+span ``ipe_scale * epochs * ipe`` steps (112,500) but the run stops at ``epochs * ipe`` (90,000);
+clipping starts when ``epoch > warmup`` with a 0-based epoch, one epoch after the warm-up, with
+encoder and predictor clipped apart by torch's ``max_norm / (norm + 1e-6)``; weight decay skips
+biases and 1-D tensors (a scanned stack's depth axis not counted), as the reference's groups.
 
-* The reference steps its LR and WD schedulers *before* each update, so update ``k`` uses the
-  schedulers' value at ``s = k + 1``; the momentum generator is read *after* the update starting
-  at its first value, so update ``k`` uses ``m(k)``.
-* All three are computed over ``ipe_scale * epochs * ipe`` steps (112,500 for 300 x 300 x 1.25) and
-  the run stops at ``epochs * ipe`` (90,000): the schedules never reach their end values.
-* LR: ``start + s/W (ref - start)`` while ``s < W = int(warmup * ipe)``; then cosine from ``ref`` to
-  ``final`` over ``int(ipe_scale * epochs * ipe) - W`` steps.
-* WD: cosine from ``weight_decay`` to ``final_weight_decay`` over ``int(ipe_scale * epochs * ipe)``
-  (rising, 0.04 -> 0.4), clamped at the final value.
-* Momentum: ``m0 + k (m1 - m0) / (ipe * epochs * ipe_scale)`` (a float denominator).
-* Clipping: the reference clips when ``epoch > warmup`` with a 0-based epoch, i.e. from update
-  ``(warmup + 1) * ipe`` on, one epoch after the LR warm-up ends; each of encoder and predictor is
-  clipped to norm ``clip_grad`` separately, with torch's ``max_norm / (norm + 1e-6)`` coefficient.
-* Weight decay applies to tensors with ndim != 1 whose name is not a bias (mask tokens included),
-  as the reference's parameter groups. For scanned blocks the leading depth axis is not counted.
-
-V-JEPA 2 (facebookresearch/vjepa2: app/vjepa/utils.py ``init_opt``, src/utils/schedulers.py) keeps
-the stepping and the ``ipe_scale`` stretch and changes the shapes (``lr_schedule``):
-
-* pretraining, ``warmup_cosine`` with ``lr == final_lr``: linear warm-up, then constant -- the
-  "warmup-stable" part (its cosine from ``lr`` to ``lr`` is flat);
-* cooldown, ``linear_decay`` (``LinearDecaySchedule``, used when ``is_anneal``): ``lr + s / T (final
-  - lr)`` with ``T = int(ipe_scale * epochs * ipe)``, from the first update, no warm-up, no clamp
-  (the run stops at ``epochs * ipe``, 80% of the way down with ``ipe_scale`` 1.25);
-* ``wsd`` (``WSDSchedule``, in the reference's schedulers but not used by its train.py): warm-up,
-  constant, then linear to ``final_lr`` over the last ``anneal`` epochs of ``T``, in one run;
-* constant EMA (``ema = (m, m)``) and weight decay (``weight_decay == final_weight_decay``) come
-  out of the same formulas; ``clip_grad = None``: V-JEPA 2's train step does not clip.
+``lr_schedule`` (V-JEPA 2's ``init_opt``, ``app/vjepa/utils.py`` of facebookresearch/vjepa2):
+``warmup_cosine`` (with ``lr == final_lr``: warm-up then constant), ``linear_decay`` (the
+cooldown's ``LinearDecaySchedule``: ``lr -> final_lr`` over the stretched span from the first
+update, no warm-up) or ``wsd`` (``WSDSchedule``: warm-up, constant, then linear over the last
+``anneal`` epochs). Constant EMA and WD come out of the same formulas; ``clip_grad=None`` clips
+nothing, as V-JEPA 2.
 """
 import dataclasses
 import math

@@ -1,36 +1,21 @@
 """Device mesh and sharding rules (jit + NamedSharding; no pmap).
 
-Mesh axes are ``("data", "fsdp")``. The batch is split over both axes (every device gets its own
-examples). Parameters, the EMA target and the optimiser moments follow one rule:
+``make_mesh`` builds the ``("data", "fsdp")`` mesh and ``shard_batch`` splits the batch over both
+axes. ``state_shardings`` places parameters, EMA target and AdamW moments (step counters
+replicated) for pretraining, fine-tuning and eval alike: replicated at ``fsdp == 1``, else by
+``PARAM_RULES`` (path pattern -> split dimension): by default the largest dimension ``fsdp_size``
+divides (never a scanned stack's depth axis), and tensors under ``min_fsdp_size`` elements per
+layer stay replicated, where all-gathers would cost more than they save. An attention ``qkv``
+kernel ``[D, 3D]`` is split along D: the TPU path views it as ``[D, 3, H, d]``
+(``layers._HeadMajorQKV``), which equal chunks of 3D would cut through, and
+``constrain_input_split_weight_gradient`` pins its gradient there so XLA reduce-scatters it.
+``jax_threefry_partitionable`` is on, so random draws do not depend on the sharding.
 
-* ``fsdp == 1``: replicated (pure data parallelism).
-* ``fsdp > 1``: ``PARAM_RULES``, a table of parameter-path patterns, says along which dimension
-  a tensor is split over ``fsdp``: by default its largest dimension that the axis size divides
-  (for scanned blocks never the leading depth axis, which ``nn.scan`` slices per iteration). A
-  tensor with fewer than ``min_fsdp_size`` elements per layer (biases, norms) stays replicated,
-  where the all-gathers would cost more than the memory saved; per layer, because a scanned
-  stack is all-gathered one layer at a time. Pretraining, fine-tuning and eval use the same
-  table (``state_shardings``).
-  One pattern differs: an attention ``qkv`` kernel ``[D, 3D]`` is split along its input
-  dimension D when the axis divides it. The TPU attention path contracts it viewed as
-  ``[D, 3, H, d]`` (``layers._HeadMajorQKV``), and a split of 3D into equal chunks is no split of
-  that view (960-column shards cut through ViT-H's heads); a split of D is, and the VJP pins the
-  gradient to it (``constrain_input_split_weight_gradient``), so XLA reduce-scatters it instead
-  of all-reducing it whole.
-
-The moments of AdamW have the shapes of the parameters and so get the same specs; the step
-counters are replicated. ``jax.config.jax_threefry_partitionable`` is switched on so that random
-numbers drawn inside the step are the same under any sharding.
-
-Activations follow logical axes (MaxText's logical axis rules): the models name each activation's
-dimensions (``constrain(x, ("batch", "length", "embed"))``) and ``ACTIVATION_RULES`` maps the
-names to mesh axes: the batch over every device, everything else whole. Left to itself, XLA's
-partitioner shards a block's activations over ``fsdp`` along the feature axis to match the
-weights and all-gathers the whole batch's activations around every matmul (BENCHMARKS.md,
-"FSDP: activations stay sharded"); pinned to the batch split, only the weights
-move (all-gathered per use) and their gradients (reduce-scattered). The constraints apply while
-a step is traced inside ``activation_sharding(mesh)``; anywhere else (single-device callers, the
-pure loss, tests without a mesh) ``constrain`` returns its input unchanged.
+Activations follow logical axes (MaxText's rules): models call ``constrain(x, ("batch", "length",
+"embed"))`` and ``ACTIVATION_RULES`` splits the batch over every device, the rest whole; left
+alone, XLA shards activations along features and all-gathers the batch around every matmul
+(BENCHMARKS.md, "FSDP: activations stay sharded"). The rules apply inside
+``activation_sharding(mesh)``; elsewhere ``constrain`` is the identity.
 """
 import contextlib
 import contextvars

@@ -5,33 +5,14 @@ saved attentive probe's attention over the tokens, beside the frames.
       [--probe PROBE_DIR] [--layer K] [--frames 16 --frame-step 4 --resolution 224] [--zoom 2]
       SOURCE...
 
-SOURCE / ``--fit`` (repeatable): what ``python -m jepa_jax.extract`` reads (video or image
-files, directories, index files, ``tfds:name@split``); each is encoded as extract encodes it
-without ``--window``: the eval's centred clip, resized and centre-cropped to ``--resolution``
-(an image repeated along time). ``--checkpoint``: any checkpoint extract reads (a pretraining
-workdir: its EMA target encoder unless ``--checkpoint-key online``; converted weights; a
-fine-tuning workdir). The clip's frames, step and resolution default to the checkpoint's
-training config (``config.data``), else 16 x 4 at 224 px.
-
-Colours: the tokens (``[N, D]``, the encoder's output or block ``--layer``'s LayerNorm'd output)
-are projected on the first 3 principal components of the tokens of the ``--fit`` clips (default:
-of the clips shown), each component scaled so that its 1st..99th percentile over those tokens
-spans 0..255, as red, green and blue. The basis (mean, components with a fixed sign: the largest
-loading positive, and the scales) is written to ``--basis FILE.npz`` when it is fitted; given an
-existing ``--basis`` and no ``--fit``, it is read instead, so several runs share one colour map.
-
-Attention (``--probe DIR``, a saved attentive probe: an eval run's ``probes/<run>``, or the eval
-workdir itself when it holds one probe): the probe's cross-attention weights over one clip's
-tokens, averaged over heads and queries (summed over the layers the probe reads), shown as a heat
-map over the frame (``inferno``, scaled to its maximum).
-
-Written to OUT per clip (``<position>_<name>``, as extract names its files):
-
-* ``.png``: one column per frame of the clip; rows: the frames, the colours of the tokens of the
-  frame's tubelet (each token a patch-sized square), and with ``--probe`` the attention;
-* ``.gif``: the same rows side by side, one animation frame per clip frame;
-* ``.npz``: ``frames`` uint8 ``[T, H, W, 3]``, ``pca`` float ``[t, h, w, 3]`` (per token, in
-  0..1) and with ``--probe`` ``attention`` ``[t, h, w]`` (summing to 1), on the token grid.
+SOURCE, ``--fit`` (repeatable) and ``--checkpoint`` are what extract reads, each clip encoded as
+extract does without ``--window`` (clip settings default to the checkpoint's training config).
+Colours: the tokens (output, or block ``--layer``'s) on the first 3 principal components of the
+``--fit`` clips' tokens (default: the clips shown), each scaled so its 1st..99th percentile spans
+0..255; the basis is saved to ``--basis`` when fitted and read from it without ``--fit``, so runs
+share one colour map. Attention (``--probe``: an eval run's ``probes/<run>`` or its workdir): the
+probe's cross-attention over one clip's tokens, averaged over heads and queries. Writes
+``<position>_<name>`` ``.png``, ``.gif`` and ``.npz`` per clip to OUT (docs/tools.md).
 """
 import argparse
 import dataclasses

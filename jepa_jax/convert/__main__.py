@@ -1,48 +1,22 @@
-"""Convert V-JEPA weights between the reference's PyTorch files and jepa_jax checkpoints.
+"""Convert V-JEPA weights between the reference's PyTorch files, Hugging Face and jepa_jax.
 
-Reference -> jepa_jax (a params-only orbax checkpoint + config in DIR/checkpoints/0):
-
-  python -m jepa_jax.convert --from-torch vith16.pth.tar --out DIR [--model vit_huge]
-      [--img-size 224 --num-frames 16 --patch-size 16 --tubelet-size 2]
-      [--embed-dim D --depth L --num-heads H] [--encoder-only]
-  python -m jepa_jax.convert --from-torch vitg.pt --out DIR        (V-JEPA 2: RoPE inferred)
-      [--rope | --no-rope] [--pred-num-heads 12]
-  python -m jepa_jax.convert --from-torch k400-probe.pth.tar --kind probe --out DIR
-      [--num-heads H | --model vit_huge] [--probe-index 0]
-
-Everything the shapes and the position table determine is inferred; flags given are checked
-against the file, and a file that does not fit is refused with the parameter, both shapes and the
-fix.
-
-jepa_jax -> reference (a .pth.tar in the released files' structure):
-
+  python -m jepa_jax.convert --from-torch FILE.pth.tar --out DIR [--model vit_huge]
+      [--img-size 224 --num-frames 16] [--rope | --no-rope] [--encoder-only]
+  python -m jepa_jax.convert --from-torch PROBE.pth.tar --kind probe --out DIR [--probe-index 0]
   python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
-      [--which both|target|online] [--step N]
-  python -m jepa_jax.convert --to-torch --kind probe --ckpt DIR --out FILE.pth.tar
-
-Hugging Face transformers (V-JEPA 2 models; needs pip install 'jepa_jax[hf]'):
-
-  python -m jepa_jax.convert --to-hf DIR --ckpt WORKDIR_OR_DIR [--step N] [--which target|online]
-      [--encoder-only]
-      (config.json + model.safetensors: transformers.VJEPA2Model.from_pretrained(DIR) loads it)
-  python -m jepa_jax.convert --to-hf DIR --kind probe --ckpt PROBE_DIR [--encoder ENCODER_DIR]
-      [--labels classes.txt]
-      (VJEPA2ForVideoClassification with id2label: --labels, else the probe's saved class names,
-      else class_i; --encoder defaults to the encoder the probe was trained on)
+      [--which both|target|online] [--step N] [--kind probe]
+  python -m jepa_jax.convert --to-hf DIR --ckpt WORKDIR_OR_DIR [--which target|online]
+      [--encoder-only] [--kind probe [--encoder ENCODER_DIR] [--labels classes.txt]]
   python -m jepa_jax.convert --from-hf DIR --out OUT
-      (a VJEPA2Model directory, e.g. a hub download, sharded or not -> a jepa_jax checkpoint in
-      OUT; a VJEPA2ForVideoClassification one also writes its probe, with its id2label, to
-      OUT/probe)
-
-Only what transformers' V-JEPA 2 is maps (3D RoPE, the V-JEPA 2 probe layout); anything else, e.g.
-a V-JEPA (sin-cos) model, is refused in one line naming the reason and the alternative.
-
-Resuming a run on the other side (pretraining checkpoints with their AdamW state):
-
   python -m jepa_jax.convert --to-torch --resumable --ckpt WORKDIR --out FILE.pth.tar
-      (adds 'opt', 'epoch' and 'scaler': the reference's load_checkpoint resumes from it)
   python -m jepa_jax.convert --from-torch FILE.pth.tar --resumable --config CONFIG.py --out WORKDIR
-      (then: python -m jepa_jax.main --config=CONFIG.py --workdir=WORKDIR resumes)
+
+--from-torch writes a params-only checkpoint (DIR/checkpoints/0); what the shapes and position
+table determine (size, grid, RoPE) is inferred and any flag given is checked against the file.
+--to-hf writes what transformers' VJEPA2Model / VJEPA2ForVideoClassification load (3D-RoPE models
+only); --from-hf reads such a directory, a classifier's probe going to OUT/probe. --resumable
+carries the AdamW state both ways, so a pretraining run resumes on the other side. Examples and
+caveats: README, "Using Meta's released V-JEPA weights" and "Hugging Face transformers".
 """
 import argparse
 import sys

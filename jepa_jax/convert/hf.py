@@ -1,41 +1,17 @@
 """Hugging Face transformers' V-JEPA 2 (``VJEPA2Model``, ``VJEPA2ForVideoClassification``) <->
-jepa_jax checkpoints.
+jepa_jax checkpoints: ``import_hf``, ``export_hf``, ``export_hf_probe``.
 
-A transformers model directory is ``config.json`` (``VJEPA2Config``) plus safetensors weights
-(``safetensors_io``). Its parameters are the reference's under other names, which this module maps
-onto the reference names ``names`` already maps onto jepa_jax's trees, so there is one layout rule
-per parameter (``names``) and one renaming table here:
-
-  * encoder ``blocks.{i}`` -> ``encoder.layer.{i}``; the fused ``attn.qkv [3D, D]`` is
-    ``attention.{query,key,value}`` ``[D, D]`` each (its rows in that order); ``patch_embed.proj``
-    -> ``encoder.embeddings.patch_embeddings.proj``; ``norm`` -> ``encoder.layernorm``;
-  * predictor ``predictor_blocks.{i}`` -> ``predictor.layer.{i}`` (the same block names);
-    ``predictor_embed`` -> ``predictor.embeddings.predictor_embeddings``; the ``mask_tokens.{i}``
-    ``[1, 1, P]`` are the rows of one ``predictor.embeddings.mask_tokens [n, 1, 1, P]``;
-    ``predictor_norm`` / ``predictor_proj`` -> ``predictor.layernorm`` / ``predictor.proj``;
-  * V-JEPA 2 attentive probe: ``pooler.blocks.{i}`` -> ``pooler.self_attention_layers.{i}``
-    (``norm1/2`` -> ``layer_norm1/2``, ``attn.qkv`` -> ``self_attn.{q,k,v}_proj``, ``attn.proj``
-    -> ``self_attn.out_proj``); ``pooler.cross_attention_block`` ->
-    ``pooler.cross_attention_layer`` (``xattn.q`` -> ``cross_attn.q_proj``, ``xattn.kv [2D, D]``
-    -> ``cross_attn.{k,v}_proj``); ``linear`` -> ``classifier``. A classifier's encoder and
-    predictor sit under ``vjepa2.`` (its ``base_model_prefix``).
-
-What transformers' V-JEPA 2 is, and so what maps exactly: 3D-RoPE encoders (no position table:
-``VJEPA2Config`` has no sin-cos option, so V-JEPA models are refused), LayerNorm eps 1e-6, exact
-GELU, biased q/k/v, a predictor with MLP ratio 4, and the V-JEPA 2 probe layout (extra blocks on
-the tokens before the single query pools them) with the encoder's heads and MLP ratio 4.
-Its RoPE numbers tokens on the grid of ``config.crop_size`` (``VJEPA2RopeAttention``), so the
-exported ``crop_size`` is the clip size the model (or, for a classifier, its probe) was run at.
-
-One difference cannot be represented and is kept: transformers' pooler builds its LayerNorms with
-the encoder's ``layer_norm_eps`` (1e-6), where the reference's probes (and jepa_jax's,
-``attentive_probe.PROBE_LN_EPS``) use torch's default 1e-5. Exported probes therefore run with eps
-1e-6 in transformers (as Meta's probes converted by transformers do); ``tests/test_hf_convert.py``
-measures what that changes.
-
-``transformers`` is optional (``pip install 'jepa_jax[hf]'``: its ``VJEPA2Config`` reads and
-writes ``config.json``) and imported only by the functions that read or write these directories;
-the weights are read and written by ``safetensors_io``, tensor by tensor.
+A transformers directory is ``config.json`` (``VJEPA2Config``) plus safetensors weights
+(``safetensors_io``) holding the reference's parameters under other names, so this module only
+renames (``_BLOCK``, ``_POOLER_BLOCK``, ``_MODULES``: fused ``qkv`` / ``kv`` split by rows, the
+``mask_tokens.{i}`` stacked, a classifier's encoder and predictor under ``vjepa2.``) onto the names
+``names`` maps to jepa_jax's trees. What maps is what transformers' V-JEPA 2 is: 3D-RoPE models
+(no sin-cos option, so V-JEPA is refused), eps 1e-6, exact GELU, MLP ratio 4 and the V-JEPA 2
+probe layout. Its RoPE numbers tokens on the grid of ``config.crop_size``, so the export records
+the clip size the model or probe ran at. Kept, as it cannot be represented: its pooler's eps is
+1e-6 where the reference's probes (and ``attentive_probe.PROBE_LN_EPS``) use 1e-5
+(``tests/test_hf_convert.py`` measures the effect). ``transformers`` (``jepa_jax[hf]``) is
+imported only where a directory is read or written.
 """
 import json
 import logging

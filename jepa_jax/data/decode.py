@@ -1,38 +1,22 @@
 """Clip sampling and PyAV decoding: only the frames a clip needs, as uint8 RGB.
 
-Clip sampling follows the reference (``src/datasets/video_dataset.py``):
+Sampling (``clip_frame_indices``) follows the reference's ``src/datasets/video_dataset.py``: the
+video is split into ``num_clips`` equal segments, one clip each, of ``num_frames`` indices
+``floor(linspace(start, start + num_frames * frame_step, num_frames))`` clipped to the span (16 x
+4: stride 64/15, not 4, as the released models were trained); ``start`` uniform with ``rng``
+(train), else the segment's centre (eval: deterministic, where the reference samples at random).
+A segment shorter than a clip: ``short_policy='pad'`` spreads ``segment_len // frame_step``
+indices and repeats the last frame (the reference's padding), ``'skip'`` raises
+``VideoReadError('too_short')``; ``allow_segment_overlap`` (the reference eval's default) spaces
+the clips evenly over a video that holds one clip but not one per segment. V-JEPA 2's fixed frame
+rate: step ``ceil(video_fps) // fps`` (``fps_frame_step``), 1 for a slow video where the reference
+asserts.
 
-- A video of ``n`` frames is split into ``num_clips`` equal segments of ``n // num_clips`` frames
-  and one clip is taken from each (``num_clips`` is 1 for pretraining).
-- A clip covers ``clip_len = num_frames * frame_step`` source frames. As in the reference, its
-  ``num_frames`` indices are ``linspace(start, start + clip_len, num_frames)`` floored and clipped
-  to ``start + clip_len - 1``; with 16 x 4 the stride is 64/15 ~ 4.27 frames, not exactly 4, and
-  the last index is start + 63. This is what the released models were trained with.
-- ``start`` is uniform in ``[0, segment_len - clip_len)`` when ``rng`` is given (train) and the
-  segment's centre otherwise (eval; the reference samples randomly even at eval -- we choose a
-  deterministic centre so eval numbers are reproducible).
-- A segment no longer than ``clip_len``: with ``short_policy='pad'`` the reference's padding --
-  ``segment_len // frame_step`` indices spread over the segment, then the last frame repeated to
-  ``num_frames``; with ``'skip'`` a video shorter than one clip raises ``VideoReadError('too_short')``
-  and the pipeline replaces it. With ``allow_segment_overlap`` (the reference eval's default) a
-  video that holds at least one full clip but whose segments are shorter places its clips at evenly
-  spaced starts over the whole video instead of padding.
-
-V-JEPA 2 samples at a fixed frame rate instead of a fixed step (``config.data.fps``): each video's
-step is ``ceil(video_fps) // fps`` (``VideoDataset.loadvideo_decord``; 30 fps at 4 fps -> 7, 25 ->
-6), then the clip is sampled as above with that step (``fps_frame_step``). The reference asserts
-the step is positive; a video slower than ``fps`` gets step 1 here instead of stopping the run.
-
-Decoding is by time, not by frame count: frame index ``i`` means time ``start_time + i / fps``
-(``fps`` = the stream's average rate), and the frame shown at that time (the last one whose
-``pts`` is not after it) is taken. For constant frame rate this is exactly frame ``i``; for
-variable frame rate it resamples the video at its average rate, which keeps the temporal stride
-a fixed duration. Each clip seeks to the keyframe before its first frame and stops decoding after
-its last frame; frames no clip time can show and no other frame references (B-frames before the
-clip and between its strided frames) are not decoded (``skip_frame=NONREF``), with a check that
-falls back to a plain decode where irregular timestamps make that unsafe (``_decode_span``).
-Frames are converted to rgb24 from any pixel format by libswscale; only the kept frames are
-converted, each copied once into the one array the read returns (``_Clips``).
+Decoding (``read_video_clips``) is by time: index ``i`` is the frame shown at ``start_time + i /
+average fps`` (exact at constant frame rate, a fixed-duration stride otherwise). Each clip seeks to
+the keyframe before it, stops after its last frame and skips non-reference frames no clip shows
+(``skip_frame=NONREF``, with a plain-decode fallback where timestamps make that unsafe:
+``_decode_span``); only kept frames are converted to rgb24, each copied once.
 """
 from __future__ import annotations
 

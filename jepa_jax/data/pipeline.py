@@ -1,34 +1,20 @@
 """grain pipelines for pretraining and evaluation, with failure accounting.
 
-Pretraining (``make_pretrain_dataset``)::
+``make_pretrain_dataset``: per source ``range -> [shard::count] -> shuffle(seed) -> repeat() ->
+random_map(load + augment)``, then ``mix(datasets_weights) -> batch -> mp_prefetch``. Hosts read
+disjoint slices (sliced before shuffling); each epoch reshuffles and grain derives each record's
+rng from the seed and its stream position, so the stream is a pure function of ``seed`` and the
+iterator's ``get_state`` / ``set_state`` replay the exact next batches. ``make_eval_dataset``:
+one source's batches of segments x views for the probe, every host the same number.
 
-    per source: range(len) -> [shard_index::shard_count] -> shuffle(seed) -> repeat()
-                -> random_map(load + augment)
-    mix(sources, datasets_weights) -> to_iter_dataset(threads, read-ahead)
-    -> batch(B, drop_remainder) -> mp_prefetch(num_workers)
-
-- Hosts read disjoint slices of every source (slicing happens before shuffling).
-- ``ShuffleMapDataset`` reshuffles each epoch (seed + epoch) under ``repeat()``, and grain derives
-  each record's rng from the seed and the record's position in the infinite stream, so every
-  epoch has a new order and new crops, and the whole stream is a pure function of ``seed``.
-- The iterator (``iter(ds)``) has ``get_state()`` / ``set_state()``; restoring a state replays
-  the exact next batches (also through ``grain.checkpoint.CheckpointSave`` in an orbax
-  Composite).
-
-Bad samples never stop a run by themselves: ``_Loader`` catches every failure to read or transform
-a sample, records the entry as bad in a ``failures.FailureTracker`` (logged once, counted once by
-reason, and never read again: a known-bad entry is replaced without a decode attempt), and
-replaces it by another entry of the same source drawn uniformly at random (never the failed entry
-itself) from the sample's own rng, so the replacement is deterministic and resumable and no entry
-is favoured (an ``index + 1`` rule would draw the entry after a run of bad ones once per bad
-entry). Each example records the bad entries it met in ``bad_reads`` (pretraining examples also
-name them: ``bad_entries``, ``bad_reasons``), which the trainer sums per logging window and
-checkpoints. The run stops with ``DataPipelineError`` (naming the most common reason, an example
-path and a likely cause) only when the fraction of distinct entries found bad is confidently above
-``max_failure_fraction`` (the rule: failures.py). Counts are per process: with ``num_workers > 0``
-each worker keeps its own copy of the tracker (and raises on its own; grain re-raises the error in
-the main process); a tracker passed as ``failure_tracker`` seeds them all (a resumed run's
-account), and is filled itself only when ``num_workers == 0``.
+Bad samples never stop a run by themselves: ``_Loader`` records a failed read or transform in a
+``failures.FailureTracker`` (logged and counted once; a known-bad entry is never decoded again)
+and replaces it by another entry of the same source drawn uniformly from the sample's own rng
+(``replacement_index``: deterministic, resumable, and unlike an ``index + 1`` rule favouring no
+entry). Examples carry ``bad_reads`` (pretraining also ``bad_entries``, ``bad_reasons``) for the
+trainer's account. ``DataPipelineError`` only when the stop rule of ``failures.py`` says so. Counts
+are per process: each worker keeps its own tracker (seeded by ``failure_tracker``, which is filled
+itself only with ``num_workers == 0``).
 """
 from __future__ import annotations
 

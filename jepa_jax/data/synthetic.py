@@ -1,33 +1,17 @@
 """A synthetic video set of moving shapes, written as real H.264 files.
 
-Every video shows one shape (circle, square or triangle, in one of four colours) with a small
-dark marker, moving across a static textured background and spinning. Its attributes are drawn
-independently per video:
+Each video shows one shape with a small dark marker moving over a static textured background and
+spinning, its attributes drawn independently: ``direction`` (4), ``speed`` (slow, fast) and
+``rotation`` (cw, ccw) need motion to tell apart (the marker makes a circle's spin visible);
+``shape`` (circle, square, triangle) and ``colour`` (4) are appearance. Motion wraps around the
+frame edges, so a clip taken anywhere shows the same direction (a bounce would flip it).
 
-- ``direction`` (right, left, down, up) -- needs motion to tell apart;
-- ``speed`` (slow: 0.4-0.7 px/frame, fast: 1.4-2.0 px/frame) -- needs motion;
-- ``rotation`` (cw, ccw as seen on screen) -- needs motion; the marker makes a circle's spin
-  visible;
-- ``shape`` (circle, square, triangle) -- appearance;
-- ``colour`` (red, green, blue, yellow) -- appearance.
+Under ``--out``: ``videos/``, ``index.csv`` (the 16 motion classes), ``index_<attr>.csv``,
+``train_<attr>.csv`` / ``val_<attr>.csv`` (one 80/20 split by video for every attribute) and
+``metadata.json``; index paths are relative, so the set can be moved. Sizes and label numbering:
+docs/tools.md.
 
-Motion wraps around the frame edges (toroidal), so a clip taken anywhere in a video shows the
-same direction; a bounce would flip it and make the label ambiguous.
-
-Files written under ``--out``::
-
-    videos/vid_00000.mp4 ...   H.264, yuv420p, 30 fps, even sides in [96, 160], 150-400 frames
-    index.csv                  `path label`, label = motion class (16 = 4 directions x 2 speeds
-                               x 2 rotation senses: direction*4 + speed*2 + rotation)
-    index_<attr>.csv           `path label` for attr in direction, speed, rotation, shape, colour
-    train_<attr>.csv, val_<attr>.csv, train.csv, val.csv
-                               one 80/20 split by video, the same for every attribute, so no
-                               validation video is ever trained on
-    metadata.json              per-video attributes, sizes and frame counts; class names
-
-Paths in the indexes are relative to the index's directory, so the set can be moved.
-
-Usage: ``python -m jepa_jax.data.synthetic --out DIR --num-videos N [--seed S]``.
+``python -m jepa_jax.data.synthetic --out DIR --num-videos N [--seed S]``;
 ``ensure_synthetic(out_dir, num_videos, seed)`` generates the set only if it is absent.
 """
 from __future__ import annotations

@@ -1,34 +1,16 @@
 """The frozen-evaluation driver: encoder -> (cached) tokens -> probe per (fraction, seed) -> results.
 
-``evaluate(config, workdir)`` reads the config once (``eval.settings.read``: every check, before
-anything is loaded), does the whole protocol and returns the results dict it also writes to
-``<workdir>/results.json``:
-
-1. Load the frozen encoder (``encoder.load_frozen_encoder``).
-2. Streaming (``cache_features=False``, the reference): every training step decodes fresh clips
-   (one random-crop view per segment) and runs encoder + probe in one jitted program; every
-   validation pass decodes S segments x V centre/side views.
-   Cached (``cache_features=True``): the encoder runs once per training example (centre crop,
-   one view) and once per validation example (V views); the probe then trains on the stored
-   tokens, which is what makes many probe epochs affordable on a CPU.
-3. For every low-shot fraction and seed, a fresh probe is trained for ``epochs`` epochs with
-   AdamW + cosine LR (``probe``), validated every ``eval_every`` epochs, and its parameters saved
-   with orbax under ``<workdir>/probes/<run>``; top-1/top-5 per epoch go to TensorBoard under
-   ``<workdir>/tb/<run>``.
-4. Mean and std over seeds per fraction; ``results.json``.
-
-``config.probe_grid`` (V-JEPA 2's protocol): every (fraction, seed) run trains one probe per grid
-entry (optim overrides), each on the same batches in the same order, and reports the best probe's
-accuracy, with every probe's under ``heads``. The reference trains its probes side by side over
-one pass of the data; here they train one after another -- the same numbers, and with cached
-features the encoder still runs once, while streaming re-encodes the clips for each probe.
-
-Devices: ``placement.Placer`` (``Settings.mesh``); batches are split over all devices, the
-encoder's parameters replicated or, with ``config.mesh.fsdp > 1``, split by pretraining's FSDP
-rules. This module is the driver only; its parts, which fine-tuning, predict, extract and the
-demo comparison use too: ``datasets`` (the sources and their batches), ``features`` (the feature
-cache), ``probe_runs`` (training and validating probes), ``probe`` (the probe itself, a saved one
-loaded), ``results`` (results.json); all take ``eval.settings.Settings``.
+``evaluate(config, workdir)`` reads the config once (``eval.settings.read``, every check before
+anything loads), loads the frozen encoder, then for every low-shot fraction and seed trains a fresh
+probe for ``epochs`` epochs (validated every ``eval_every``, saved under ``<workdir>/probes/<run>``,
+TensorBoard under ``<workdir>/tb/<run>``) and writes the mean and std over seeds to
+``results.json``, which it also returns. Streaming (``cache_features=False``, the reference)
+decodes fresh clips and runs encoder + probe in one jitted step; cached runs the encoder once per
+example, which makes many probe epochs affordable on a CPU. ``config.probe_grid`` (V-JEPA 2)
+trains one probe per grid entry on the same batches and reports the best; the reference trains
+them side by side, here one after another (the same numbers; streaming re-encodes per probe). The
+driver only: its parts (``datasets``, ``features``, ``probe_runs``, ``probe``, ``results``,
+``placement``) take ``Settings`` and serve fine-tuning, predict and extract too.
 """
 import logging
 import os

@@ -1,34 +1,20 @@
-"""V-JEPA 2's 3D rotary position embedding (src/models/utils/modules.py: RoPEAttention).
+"""V-JEPA 2's 3D rotary position embedding (``src/models/utils/modules.py``: ``RoPEAttention``).
 
-Each token carries its (frame, row, column) in the full token grid; queries and keys of every head
-are rotated in three slices of ``axis_width(head_dim) = 2 * ((head_dim // 3) // 2)`` dims, in
-[t, h, w] order, each by its own coordinate; the ``head_dim - 3 * axis_width`` last dims are left
-as they are. The coordinates come from the token's index in the full grid, so gathered context
-tokens, padded tokens and the predictor's [context, target] sequence are all rotated by where the
-token sits in the clip, not by where it sits in the sequence.
+``rope_tables(token_idx, grid, head_dim, ...)`` and ``apply_rope`` rotate each head's q and k in
+three slices of ``axis_width(head_dim)`` dims, [t, h, w] order, by the token's coordinate in the
+full grid (the last ``head_dim - 3 * axis_width`` dims unrotated). Coordinates come from the
+token index, so gathered context, padding and the predictor's [context, target] sequence rotate
+by where a token sits in the clip. No position table is added when RoPE is on.
 
-Reproduced exactly, including the layout the reference's own comment calls a bug kept for
-compatibility with the released weights: the ``D / 2`` frequencies of a slice are tiled
-(``[f_0 .. f_{D/2-1}, f_0 .. f_{D/2-1}]``), while the rotation pairs neighbouring dims
-``(x_{2i}, x_{2i+1}) -> (-x_{2i+1}, x_{2i})``. Dim ``j`` is therefore rotated by frequency
-``f_{j mod D/2}``, and the two dims of a pair by different angles.
+Reproduced on purpose: the layout the reference's own comment calls a bug kept for the released
+weights (a slice's ``D / 2`` frequencies tiled while neighbouring dims are paired, so dim ``j``
+turns by ``f_{j mod D/2}``); and angles computed in the q/k dtype, as under the reference's
+autocast, so a bfloat16 forward rotates as its bfloat16 forward (up to ~0.06 rad off at the end of
+64 frames). ``angle_tables`` are static numpy per grid axis; a forward only gathers rows.
 
-Angles. The reference computes ``omega``, ``pos * omega``, ``sin`` and ``cos`` in the dtype of q/k,
-which under its mixed-precision autocast is bfloat16 (pretraining) or float16 (frozen eval): the
-released models were trained with bfloat16-rounded angles (up to ~0.06 rad off at the far end of a
-64-frame clip). The tables here repeat those roundings for the compute dtype (``angle_tables``), so
-a bfloat16 forward rotates as the reference's bfloat16 forward does and a float32 forward as its
-float32 one. Coordinates are small integers, so every table is a static numpy array per grid axis;
-a forward pass only gathers rows of it.
-
-No position table is added to the tokens when RoPE is on (the reference's ``pos_embed`` is None).
-
-V-JEPA 2.1 (``app/vjepa_2_1/models/utils/modules.py``) changes two things, both options here:
-``interleaved`` frequencies (dims ``2i, 2i+1`` share ``f_i``: the standard rotation, the fix the
-V-JEPA 2 comment describes) and ``base_grid`` (its ``interpolate_rope``): row and column
-coordinates are scaled by ``(base_grid - 1) / (size - 1)`` so that every resolution spans the
-angles of the 256-px grid it was trained on; frames are not scaled. Scaled coordinates are not
-integers, so those tables hold one row per grid line at its scaled position.
+V-JEPA 2.1 (``app/vjepa_2_1/models/utils/modules.py``): ``interleaved`` frequencies (dims ``2i,
+2i+1`` share ``f_i``: the fix) and ``base_grid`` (``interpolate_rope``: rows and columns scaled by
+``(base_grid - 1) / (size - 1)``, so every resolution spans the trained grid's angles; frames not).
 """
 import functools
 from typing import Optional, Sequence

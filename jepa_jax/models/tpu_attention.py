@@ -1,43 +1,22 @@
 """Fused attention on TPU: jax's Pallas splash attention kernel, with key padding as segment ids.
 
-``jax.experimental.pallas.ops.tpu.splash_attention`` computes exact softmax attention block by
-block in VMEM: no ``[B, H, N, S]`` logits buffer in HBM, forward or backward (its backward kernel
-recomputes the blocks' logits from q, k and the saved log-sum-exp). Logits and softmax are float32
-inside the kernel, as in the ``einsum`` and ``chunked`` paths.
+``fused_attention(q, k, v, kv_valid)`` computes exact softmax attention block by block in VMEM (no
+``[B, H, N, S]`` logits in HBM, forward or backward; float32 logits as the other paths); ``layers``
+calls it through ``padded_length`` and ``supports`` / ``check_supported``.
 
-Memory is the reason for the layouts here. XLA:TPU tiles the two minor dimensions of an array by
-(8, 128), so a ``[.., N, d]`` array with a head dimension of 64 takes 2x its size in HBM and one
-with the predictor's 24 takes 5.3x. A block keeps q, k, v and the attention output for its
-backward, so none of them is kept head-dimension-minor: q, k and v enter the kernel in its
-``SEQ_MINOR`` layout (``[.., d, N]``, which the qkv matmul writes directly), and
-``fused_attention`` returns the output as ``[B, N, H * d]``, the layout the output projection
-reads. Its own VJP keeps exactly q, k, v, that output and one float32 log-sum-exp per query, and
-calls the kernel's fused backward with them (jax's public splash API keeps the head-minor output
-and takes no other residuals). This needs less memory than the ``chunked`` path, which Pallas'
-flash kernel, tried first, did not (BENCHMARKS.md, "TPU attention" and "Before: the Pallas flash
-kernel").
+Why the layouts: XLA:TPU tiles the two minor dimensions by (8, 128), so a head-dimension-minor
+array takes 2x its size at head dim 64 and 5.3x at the predictor's 24. q, k, v therefore enter in
+the kernel's ``SEQ_MINOR`` layout (``[.., d, N]``, as the qkv matmul writes it), the output leaves
+as ``[B, N, H * d]``, and a custom VJP keeps only q, k, v, that output and a float32 log-sum-exp per
+query (BENCHMARKS.md, "TPU attention"). That VJP calls the kernel's private fused backward
+(``_splash_attention_bwd_dkv``); ``tests/test_tpu_attention.py`` checks it against the ``einsum``
+path in interpret mode, so a jax release that changes it fails there.
 
-The kernel takes no softmax scale: q arrives scaled (``SelfAttention``'s qkv projection applies
-it on its float32 accumulator, so bfloat16 q is rounded once, as in the other paths).
-
-The kernel refuses sequence lengths that are not a multiple of its 128-token blocks, so callers
-pad q, k and v to ``padded_length(n)`` (1568 -> 1664) and say which keys are real with ``kv_valid``
-``[B, S]``: the kernel's segment ids, 1 for real keys, 0 for padding, every query 1, so a query
-attends to the real keys only. This expresses both key-padding forms of
-``layers.dot_product_attention`` exactly (valid-first ``kv_lengths`` and any ``kv_mask``). A row
-with no real key at all has no defined softmax here (the ``einsum`` path averages all keys then);
-no caller produces one.
-
-Pallas TPU kernels cannot be partitioned by XLA ("Mosaic kernels cannot be automatically
-partitioned. Please wrap the call in a shard_map"): under a mesh the call runs in a ``shard_map``
-over the mesh's batch axes (``sharding.BATCH_AXES``), each chip attending its own clips. The mesh
-is the one declared while tracing (``jax.sharding.use_abstract_mesh``; the train step declares
-its mesh, ``train_step.jit_train_step``).
-
-The backward calls a private function of jax's splash module (``_splash_attention_bwd_dkv``, the
-fused backward kernel): the public API has no way to hand it other residuals.
-``tests/test_tpu_attention.py`` checks the forward and gradients against the ``einsum`` path in
-Pallas interpret mode, so a jax release that changes it fails there, not silently.
+Constraints: q arrives pre-scaled (the kernel takes no scale); lengths are padded to multiples of
+128 (1568 -> 1664) and ``kv_valid`` ``[B, S]`` becomes segment ids (real keys 1, padding 0; a row
+with no real key is undefined, and no caller makes one); Mosaic kernels cannot be partitioned by
+XLA, so under a mesh the call runs in a ``shard_map`` over ``sharding.BATCH_AXES`` of the mesh
+declared while tracing (``jax.sharding.use_abstract_mesh``).
 """
 import contextlib
 import contextvars

@@ -1,46 +1,18 @@
 """Collapse monitoring: cheap statistics of a training step's targets and predictions, and the rule
 that says a run collapsed.
 
-A JEPA can lower its loss by making the target encoder's features uninformative (the same for
-every input). These statistics, computed on device inside the jitted step from tensors the loss
-already has (no extra forward pass, no host sync), show it:
-
-* ``monitor/target_std``, ``monitor/target_std_min``: the standard deviation of each feature
-  dimension of the layer-normed target features over every token of every clip in the batch,
-  averaged over dimensions and its minimum over dimensions. The targets are layer-normed per token
-  (zero mean, unit variance over features), so the mean over dimensions of the variance is
-  ``1 - |mean token|^2 / D``, at most 1: constant targets give 0 whatever the model's scale.
-* ``monitor/pred_std``, ``monitor/pred_std_min``: the same for the predictions, over the valid
-  predicted tokens of each mask, averaged over masks.
-* ``monitor/rankme``: RankMe (Garrido et al., 2023), the effective rank of the clip-pooled target
-  features ``Z [B, D]`` (mean over tokens): ``exp(-sum_k p_k log p_k)`` with
-  ``p_k = sigma_k / sum_j sigma_j + 1e-7`` over the singular values of ``Z`` (their epsilon). It is
-  1 when every clip pools to the same vector (even if tokens still differ by position) and at most
-  ``min(B, D)``. The singular values are the square roots of the eigenvalues of the Gram matrix of
-  ``Z``'s smaller side, in float32 at full matmul precision: one matmul (an all-reduce over the
-  batch when it is sharded) and a ``min(B, D)``-square ``eigvalsh``, cheaper than an SVD of the
-  sharded ``Z``.
-* ``monitor/const_loss``: the loss of the best constant prediction, i.e. what the loss would be if
-  the predictor output one fixed vector ``c`` for every target token, computed with the loss's own
-  L1 on the same masked tokens and averaged over masks like the loss. For L1 the best ``c`` is a
-  per-dimension median of the targets (the mean would be the best for L2); it is taken over every
-  token of the batch and found by bisection (``BISECTION_STEPS`` passes of counting the tokens
-  below a threshold, one all-reduce each when the batch is sharded) rather than by sorting, which
-  is slow on CPU and would gather the batch. A loss close to this number means the predictor
-  explains nothing beyond the average target; as the targets collapse both go to 0.
-
-With ``grad_accum_steps=k`` the step computes these per micro-batch (``B/k`` clips; RankMe is
-then at most ``B/k``) and logs their mean over the k micro-batches: the targets of the whole batch
-are never held at once.
-
-The rule (``CollapseDetector``, checked by the trainer on the averaged scalars it logs) warns once
-when any of these holds:
-
-* ``rankme < RANKME_FLOOR`` (1.5): the clips' pooled target features span about one direction,
-  i.e. the target encoder gives (nearly) the same clip representation for every input;
-* ``target_std < STD_FLOOR`` (0.05): the target tokens are (nearly) all the same vector;
-* ``target_std`` fell below ``STD_DROP`` (0.2) of its first logged value: the targets' spread is
-  collapsing even if it has not reached the floor yet.
+A JEPA can lower its loss by making the target features uninformative. ``step_statistics``
+computes, inside the jitted step from tensors the loss already has (no extra forward, no host
+sync), ``monitor/target_std`` and ``pred_std`` (with ``_min``), ``monitor/rankme`` (RankMe,
+Garrido et al. 2023, epsilon 1e-7) and ``monitor/const_loss`` (the loss of the best constant
+prediction); their meaning and healthy ranges: README, "Collapse monitoring". Cheap by design:
+RankMe's singular values come from ``eigvalsh`` of the smaller Gram matrix (one matmul, one
+all-reduce when sharded), not an SVD of the sharded batch; the best L1 constant, a per-feature
+median, takes ``BISECTION_STEPS`` counting passes instead of a sort that would gather the batch.
+With ``grad_accum_steps=k`` they are per micro-batch, averaged (RankMe then at most ``B/k``).
+``CollapseDetector`` (on the logged averages) warns once when ``rankme < RANKME_FLOOR`` (1.5),
+``target_std < STD_FLOOR`` (0.05), or ``target_std`` fell below ``STD_DROP`` (0.2) of its first
+logged value.
 """
 from typing import Any, Optional, Sequence
 
