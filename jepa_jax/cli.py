@@ -1,31 +1,17 @@
-"""The command line shared by ``jepa_jax.main`` and ``jepa_jax.eval``: config overrides, the
-workdir and its log file, and errors in one line.
+"""The command line shared by the programs and tools: config overrides, the workdir and its log
+file, logging, and errors in one line.
 
-Overrides
----------
-``--config.FIELD=VALUE`` sets any field of the config file, nested ones by their dotted path and
-list entries by index (``--config.masks[0].num_context=96``). The value is read according to the
-field's current type:
+Overrides: ``--config.FIELD=VALUE`` sets any field, nested ones by dotted path and list entries by
+index (``--config.masks[0].num_context=96``), read by the field's current type (syntax: README,
+"Pretraining at scale"). ml_collections alone refuses lists and ``None`` fields;
+``register_override_parsers`` (run on import) takes a Python literal for both, else a single item
+as a one-element list or the text as a string. An unknown field is refused naming the closest.
 
-* numbers, strings, booleans: as written (``--config.batch_size=1024``,
-  ``--config.model.remat=full``);
-* lists and tuples: a Python literal (``--config.data.datasets='("/data/a.csv","/data/b.csv")'``);
-  a single unquoted item is a one-element list (``--config.data.datasets=/data/a.csv``);
-* fields that default to ``None``: a Python literal when the value is one (``5000``,
-  ``(0.7, 0.3)``, ``None``), otherwise the text itself (``--config.init_from=weights/vith16``).
-
-ml_collections alone refuses lists and ``None`` fields; ``register_override_parsers`` (run on
-import) teaches it the last two rules. An unknown field is refused in one line that names the
-closest existing fields.
-
-Errors
-------
-One policy for every entry point. Errors the user can act on are ``errors.UserError``s (a bad
-config or flag, a bad workdir, bad data, a corrupt checkpoint, a non-finite loss, ...) or a full
-disk or unwritable workdir (``explain``). They end the run with one line on stderr,
-``"<label>: <message>"``, naming the thing and the fix, and exit status 1: ``run_or_fail`` for the
-programs with a workdir (the traceback goes to its log file only), ``run_or_report`` (through
-``run_tool``) for the tools, whose ``main`` returns the status. Anything else is a bug and keeps its traceback.
+Errors: one policy for every entry point. An ``errors.UserError`` (config, flag, workdir, data,
+checkpoint, non-finite loss, ...) or a full disk or unwritable workdir (``explain``) ends the run
+with ``"<label>: <message>"`` on stderr and exit status 1: ``run_or_fail`` for the programs with a
+workdir (traceback in its log file only), ``run_or_report`` / ``run_tool`` for the tools, whose
+``main`` returns the status. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 

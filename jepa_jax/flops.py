@@ -1,31 +1,20 @@
 """Model FLOPs of one V-JEPA train step (what MFU is measured against).
 
-FLOPs = 2 x multiply-accumulates of the matmuls and convolutions; element-wise work (LayerNorm,
-GELU, softmax, the loss, AdamW, the EMA) and the mask sampling are not counted, as usual for MFU.
+FLOPs = 2 x multiply-accumulates of matmuls and convolutions; element-wise work (LayerNorm, GELU,
+softmax, the loss, AdamW, EMA) and mask sampling are not counted, as usual for MFU. With d the
+width, h = mlp_ratio * d, tubelet kt, patch p, C channels, N tokens per clip, B clips, masks m with
+static sizes (K_ctx_m, K_tgt_m) (``masks.static_sizes``), depths D_e / D_p, predictor width d_p::
 
-Per transformer block on L tokens of width d with MLP hidden h = mlp_ratio * d::
-
-    block(L, d, h) = 2 L (4 d^2 + 2 d h) + 4 L^2 d
-                     (qkv + proj: 4 d^2; fc1 + fc2: 2 d h; scores QK^T and weights x V: 2 L^2 d each)
-
-Patch embedding of L tokens (tubelet kt, patch p, C channels; N = T' H' W' tokens per clip)::
-
-    embed(L) = 2 L (kt p p C) d
-
-One step, batch B, masks m = 1..M with static sizes (K_ctx_m, K_tgt_m)
-(``jepa_jax.masks.static_sizes``), encoder depth D_e, predictor depth D_p and width d_p::
-
-    target   = embed(N) + D_e block(N, d, h)                   # EMA encoder, full clip, forward only
-    context_m = D_e block(K_ctx_m, d, h)                       # online encoder on the context tokens
-    pred_m   = 2 K_ctx_m d d_p                                 # predictor_embed (d -> d_p)
-               + D_p block(K_ctx_m + K_tgt_m, d_p, h_p)        # predictor blocks, h_p = mlp_ratio d_p
-               + 2 K_tgt_m d_p d                               # predictor_proj (d_p -> d)
+    block(L, d, h) = 2 L (4 d^2 + 2 d h) + 4 L^2 d     # qkv + proj, fc1 + fc2, QK^T and x V
+    embed(L)       = 2 L (kt p p C) d
+    target   = embed(N) + D_e block(N, d, h)            # EMA encoder, forward only
+    context_m = D_e block(K_ctx_m, d, h)
+    pred_m   = 2 K_ctx_m d d_p + D_p block(K_ctx_m + K_tgt_m, d_p, h_p) + 2 K_tgt_m d_p d
     step = B [ target + sum_m ( 3 (context_m + pred_m) + 2 embed(K_ctx_m) ) ]
 
-x3 = forward + backward (the backward of a matmul is two matmuls of the same size). The online
-encoder embeds only the context tokens (``models.vit.PatchEmbed`` gathers before its matmul); its
-backward needs only the kernel gradient (the pixels need none), hence x2.
-The predictor uses the encoder's heads and MLP ratio (``jepa_jax.models.build_predictor``).
+x3 is forward + backward (a matmul's backward is two of its size); the online encoder embeds only
+the context tokens and needs only the kernel gradient, hence x2. The predictor uses the encoder's
+heads and MLP ratio (h_p = mlp_ratio d_p).
 """
 from __future__ import annotations
 

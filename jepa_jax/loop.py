@@ -2,27 +2,18 @@
 both run: ``run`` drives a program's jitted ``step(state, batch) -> (state, metrics)`` and owns
 everything around it, the same way for both.
 
-* Prefetch: host batches are read and placed on the devices in a background thread
-  (``Prefetcher``); each carries the data state recorded *before* it, which is what a checkpoint
-  taken before consuming that batch stores.
-* Metric windows: the step's device metrics are averaged with ``clu.metrics`` and fetched only
-  every ``log_every`` steps (no host round trip per step), written to TensorBoard and
-  ``metrics.jsonl`` (``make_writer``: strict JSON, resumed runs drop the rows they replay) with
-  ``data_wait_fraction`` and ``skipped_steps``; clu's ``ReportProgress`` logs progress and ETA.
-  Only process 0 writes.
-* Non-finite updates: the step never applies an update whose loss or gradients are not finite
-  (``nonfinite.apply_if_finite`` inside the jitted step) and returns ``metrics["nonfinite"]``.
-  The shell reads that flag one step late (``nonfinite.NonFiniteCheck``), so no step waits for
-  the host, and stops or skips as ``nonfinite.NonFinitePolicy`` says, having saved nothing after
-  a step that stops the run.
-* Saves every ``save_every`` steps and at the end; an asynchronous save that fails (a full disk)
-  stops the run at the first step after that save is over, not at the next save.
-* Preemption: SIGTERM (or JAX's multi-host preemption sync point) saves at the next step and
-  returns with ``preempted_at`` set; the entry points then exit with ``cli.EXIT_PREEMPTED``.
+* Prefetch (``Prefetcher``): host batches placed on the devices in a background thread, each with
+  the data state recorded *before* it, which is what a checkpoint taken before it must store.
+* Metric windows: device metrics averaged with ``clu.metrics``, fetched only every ``log_every``
+  steps, to TensorBoard and ``metrics.jsonl`` (``make_writer``: strict JSON, rows replayed on
+  resume dropped), with progress and ETA; only process 0 writes.
+* Non-finite updates are never applied (``nonfinite``); the flag is read one step late.
+* Saves every ``save_every`` steps and at the end; a failed asynchronous save stops the run when it
+  is over. Preemption (SIGTERM or JAX's sync point) saves at the next step and returns with
+  ``preempted_at`` set; the entry points exit with ``cli.EXIT_PREEMPTED``.
 
-What differs between the programs is passed in as a ``Program``: the step, the checkpoint's
-other items (config, kind, data-failure account), what each logging row adds, and evaluations
-that run between steps (the online probe, validation).
+What differs between programs is a ``Program``: the step, the checkpoint's other items, what each
+logging row adds, and evaluations between steps (the online probe, validation).
 """
 import dataclasses
 import json

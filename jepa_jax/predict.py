@@ -5,28 +5,13 @@ classifier; no training.
       [--top-k 5] [--json OUT.json] VIDEO...
   python -m jepa_jax.predict --checkpoint FINETUNE_WORKDIR [--labels classes.txt] VIDEO...
 
-Without ``--probe``, ``--checkpoint`` must be a fine-tuning workdir (``python -m
-jepa_jax.finetune``): its encoder and head classify each video with the fine-tuning run's test
-protocol (``test_segments`` x ``test_views`` clips, each classified on its own, the predictions
-aggregated), as its final test did. A fine-tuned encoder with ``--probe`` is a frozen encoder
-like any other.
-
-``--checkpoint`` is a trainer workdir or converted weights (``jepa_jax.convert``); ``--probe`` a
-probe checkpoint: one an eval run trained (``<eval workdir>/probes/<run>``) or a converted
-released probe (``jepa_jax.convert --kind probe``). Each video is read as the eval's validation
-protocol reads it: S segments x V spatial views of T-frame clips, the probe applied to every view,
-the views' softmax probabilities averaged. The protocol is the one the probe was trained with
-(saved with probes trained by ``jepa_jax.eval``); converted probes carry none, so the reference's
-K400 protocol (16 frames at step 4, 8 segments, 3 views, 224 px) is used unless the flags say
-otherwise (SSv2's probes: ``--segments 2``).
-
-``--labels``: a text file with one class name per line, line i naming class index i (0-based). The
-probe outputs indices only: the names must be in the order of the integer labels of the index
-files the probe was trained on (README, "Inference with a trained probe"). Without it, the names
-saved with the probe are shown, if it has any (``jepa_jax.convert --from-hf`` keeps a Hugging Face
-classifier's ``id2label``).
-
-Prints the top-k classes per video with probabilities; unreadable videos are reported, skipped and
+``--probe``: an eval run's ``probes/<run>`` or a converted released probe; without it the
+checkpoint must be a fine-tuning workdir, whose head classifies with the run's test protocol.
+Videos are read as the eval's validation reads them (segments x views, softmax averaged), with the
+protocol saved with the probe, or for a converted probe the reference's K400 one (16 x 4, 8
+segments, 3 views, 224 px) unless flags say otherwise (SSv2: ``--segments 2``). ``--labels``: line
+i names class i, in the order of the labels the probe was trained on (README, "Class names of the
+released probes"); else the probe's saved names. Unreadable videos are reported, skipped and
 counted (exit status 1 if any).
 """
 import argparse

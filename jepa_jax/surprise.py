@@ -3,30 +3,15 @@
   python -m jepa_jax.surprise --checkpoint PRETRAIN_WORKDIR --out OUT [--stride S] [--future K |
       --config-mask I [--seed 0]] [--last drop|pad] VIDEO...
 
-A window of the checkpoint's clip (``config.data``: ``num_frames`` frames at ``frame_step``, so
-``num_frames * frame_step`` source frames, at ``crop_size``) slides over each video, starting every
-``--stride`` source frames (default: ``frame_step * tubelet_size``, one token time step); its clip
-is read as ``python -m jepa_jax.extract --window`` reads one (the same frames, resize and centre
-crop; ``--last pad`` also keeps a last window padded with the video's final frame). In each
-window the predictor predicts the target tokens from the context encoder's tokens, and the error
-is the training loss of that one clip and mask (``jepa_jax.loss.vjepa_loss``: the mean absolute
-difference from the EMA target encoder's layer-normed tokens):
-
-* ``--future K`` (default: half of the clip's token time steps): the targets are every token of
-  the last K tubelet time steps, the context every earlier token -- "what comes next?";
-* ``--config-mask I``: mask ``I`` of the pretraining config (``config.masks``), drawn once from
-  ``--seed`` and used for every window, so the windows differ only in the video.
-
-A high error marks a stretch the model did not expect (a cut, an object appearing, motion
-reversing): the "violation of expectation" measure. It needs the predictor, so ``--checkpoint`` is
-a pretraining workdir (or converted weights that include the predictor).
-
-Written to OUT per video (``<position>_<name>``, as extract names its files): ``.json`` (the
-checkpoint, clip and mask settings, the video's frame rate, and per window ``start_frame``,
-``end_frame`` (exclusive), ``start_s`` (``start_frame / fps``; null when the rate is unknown),
-``padded`` (clip frames repeating the video's last, ``--last pad``) and ``error``) and ``.png``,
-the error against the window's start time. Windows go through the model ``--batch-size`` at a
-time, on one device.
+The checkpoint's clip (``config.data``) slides over each video every ``--stride`` source frames
+(default: one token time step), read as ``extract --window`` reads a window. Each window's error is
+the training loss of that clip and one mask (``loss.vjepa_loss``, against the EMA target): with
+``--future K`` (default: half the clip's token time steps) the last K time steps are predicted from
+every earlier token, "what comes next?"; with ``--config-mask I`` mask ``I`` of the pretraining
+config is drawn once from ``--seed`` for every window. A high error marks what the model did not
+expect (a cut, something appearing, motion reversing). Needs the predictor: a pretraining workdir
+or converted weights that include it. Writes ``<position>_<name>.json`` (settings, per-window
+errors) and ``.png`` per video to OUT; fields in docs/tools.md.
 """
 import argparse
 import json

@@ -1,29 +1,18 @@
 """What a reference state dict says about its model, and whether it fits the model we would build.
 
-Everything here works on plain numpy state dicts (reference names, wrapper prefixes already
-stripped), so it needs no torch and is tested without it.
+Works on plain numpy state dicts (reference names, wrapper prefixes stripped), so it needs no
+torch. The shapes give width, channels, tubelet and patch (``patch_embed.proj.weight``), depth and
+MLP ratio, the predictor's width, depth and mask-token count, and the token grid: ``pos_embed``
+is matched against our sin-cos tables of every ``T' x S x S`` grid with that many tokens, in both
+``uniform_power`` layouts (the table encodes the coordinates, so the match is unambiguous where N
+alone is not). They do not give the number of heads (``qkv`` is ``[3D, D]`` whatever the heads):
+that comes from the named size whose shapes match, or an override; ViT-g's shapes are both
+V-JEPA's ``giant`` (16 heads) and V-JEPA 2's ``giant_xformers`` (22), taken for RoPE.
 
-What the shapes determine:
-  * ``patch_embed.proj.weight [D, C, kt, p, p]``: width D, channels, tubelet kt and patch p;
-  * the number of ``blocks.{i}`` and ``mlp.fc1.weight [hidden, D]``: depth and MLP ratio;
-  * ``pos_embed [1, N, D]``: the token grid, by matching the table against our sin-cos tables of
-    every ``T' x S x S`` grid with ``T' * S * S = N`` (the table encodes the coordinates, so the
-    match is unambiguous even where N alone is not) for both ``uniform_power`` layouts;
-  * ``predictor_embed.weight [P, D]``, ``predictor_blocks.{i}``, ``mask_tokens.{i}``: the
-    predictor's width, depth and number of mask tokens.
-What they do not: the number of attention heads (``qkv`` is ``[3D, D]`` whatever the heads). It
-comes from the named size whose width/depth/MLP match, or from an explicit override. Two named
-sizes share the ViT-g shapes: V-JEPA's ``giant`` (16 heads) and V-JEPA 2's ``giant_xformers`` (22
-heads); RoPE checkpoints (V-JEPA 2) take the latter (``resolve_size(..., use_rope=True)``).
-
-RoPE (V-JEPA 2) is read from the file (``infer_rope``): its encoders have no position table
-(``pos_embed``), so an encoder without one is RoPE. The released V-JEPA 2 files do carry
-``pos_embed`` entries, which the reference's hub loader ignores (``strict=False``), so an encoder
-with a table is either; the file's predictor tells them apart, whether or not it is converted
-(``--encoder-only``): V-JEPA 2's has one mask token per (mask, dataset) pair -- 10 in the released
-files -- where every V-JEPA predictor has at most 2, and V-JEPA 2-AC's has an ``action_encoder``.
-Files written by ``--to-torch`` say which they are (``jepa_jax_use_rope``). Anything else (a bare
-encoder with a table) is refused: pass ``--rope`` / ``--no-rope``.
+RoPE (``infer_rope``): an encoder without ``pos_embed`` is RoPE. Released V-JEPA 2 files carry an
+unused ``pos_embed`` (the hub loader ignores it), so the predictor decides: more than V-JEPA's 2
+mask tokens (10 in the released files) or an ``action_encoder`` (V-JEPA 2-AC) means RoPE; files
+from ``--to-torch`` say so (``jepa_jax_use_rope``); anything else needs ``--rope`` / ``--no-rope``.
 """
 import math
 import re

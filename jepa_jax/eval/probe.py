@@ -1,28 +1,19 @@
 """Attentive probes: model, optimiser, jitted train and eval steps, view aggregation, and a saved
 probe loaded back (``load_saved_probe``).
 
-Only the probe's parameters are trained; the encoder's tokens arrive already computed (cached) or
-are computed inside the same jitted step under ``stop_gradient`` (streaming). The optimiser is the
-reference's ``init_opt`` (evals/video_classification_frozen/eval.py):
+Only the probe trains; the encoder's tokens arrive cached, or are computed in the same jitted step
+under ``stop_gradient`` (streaming). The optimiser is the reference's ``init_opt``
+(``evals/video_classification_frozen/eval.py``): AdamW (0.9/0.999, eps 1e-8) with weight decay on
+non-bias tensors with ndim != 1 (the query token included); linear LR warm-up over ``warmup``
+epochs, then cosine to ``final_lr``; WD cosine to ``final_weight_decay`` (the reference's default
+1e-6); both stepped before each update (update ``k`` uses ``k + 1``); gradient norm clipped at 1.
+Init: trunc_normal(0.02), the cross-attention block's ``mlp.fc2`` divided by sqrt(2) and extra
+block ``i`` (from 2) by sqrt(2 i), as the reference.
 
-* AdamW (betas 0.9/0.999, eps 1e-8), weight decay on tensors with ndim != 1 whose name is not a
-  bias (the query token included), none on biases and LayerNorm parameters;
-* LR: linear warm-up from ``start_lr`` to ``lr`` over ``warmup`` epochs (0 in every released
-  config), then cosine to ``final_lr`` (0) at the end of training;
-* WD: cosine from ``weight_decay`` to ``final_weight_decay`` (the reference leaves its
-  CosineWDSchedule at the default 1e-6) over the run;
-* both schedulers are stepped before each update, so update ``k`` (0-based) uses their value at
-  ``k + 1``; gradient norm clipped at 1.0.
-
-The reference initialises the probe with trunc_normal(0.02) and divides the cross-attention
-block's ``mlp.fc2`` by sqrt(2) and extra block ``i`` (from 2) by sqrt(2 i); done here too.
-
-V-JEPA 2 (evals/video_classification_frozen/eval.py of facebookresearch/vjepa2) changes: the
-extra blocks run on the tokens before pooling (``probe.blocks_on="tokens"``), and its
-``_rescale_blocks`` divides them by sqrt(2 i) from i = 1 and the cross-attention ``mlp.fc2`` by
-sqrt(2 (depth - 1)) (sqrt(2) for depth 1); AdamW decays every parameter (one parameter group:
-``optim.weight_decay_on="all"``); no gradient clipping; several probes per run
-(``config.probe_grid``, run.py).
+V-JEPA 2 (facebookresearch/vjepa2, same file): extra blocks on the tokens before pooling
+(``blocks_on="tokens"``), rescaled by sqrt(2 i) from i = 1 and ``mlp.fc2`` by sqrt(2 (depth - 1))
+(sqrt(2) at depth 1); decay on every parameter (``weight_decay_on="all"``); no clipping; several
+probes per run (``config.probe_grid``).
 """
 import functools
 import math

@@ -1,33 +1,20 @@
 """The V-JEPA predictor: a narrow ViT that fills in the target tokens from the context tokens.
 
-Context features are projected to the predictor width and given the predictor's own fixed sin-cos
-positions; each target position gets the mask token of its mask type plus its position. The blocks
-run on ``[context tokens, target tokens]`` (no re-sorting, as the reference) and the outputs at the
-target positions are projected back to the encoder width.
+Context features are projected to the predictor width with its own fixed sin-cos positions (or,
+V-JEPA 2's ``use_rope``, q/k rotated by each token's grid coordinates in every block); each target
+gets its mask type's mask token plus its position; the blocks run on ``[context, target]`` and the
+target outputs are projected back to the encoder width.
 
-V-JEPA 2 (``use_rope``): no position table; every block rotates q/k by each token's grid
-coordinates (``models.rope``), read from ``context_idx`` / ``target_idx``. The V-JEPA 2 reference
-also sorts the [context, target] sequence by token index before its blocks and unsorts after. With
-positions carried by each token (RoPE, or nothing at all) every block is permutation-equivariant:
-per-token LayerNorms and MLPs, and attention whose logits depend only on the pair of tokens. So the
-sort changes nothing but the order of the softmax and value sums, i.e. float rounding; this module
-does not sort (two gathers fewer per block stack) and the golden tests (vjepa2_rope_tiny_v1.npz)
-show the outputs, loss and gradients equal to the sorting reference within the V-JEPA 1 tolerances.
+Not sorted: the V-JEPA 2 reference sorts [context, target] by token index before its blocks and
+unsorts after; with positions carried by each token every block is permutation-equivariant, so the
+sort changes only summation order and is skipped (the golden tests of ``vjepa2_rope_tiny_v1.npz``
+hold). Padding: each clip's sequence is permuted (stable) to ``[valid context, valid targets,
+padding]``, so blocks see padding as a per-clip length, the form fused attention kernels take.
 
-Padding. With validity masks, each clip's sequence is permuted to ``[valid context, valid
-targets, padding]`` before the blocks (a stable sort on validity) and the target outputs are read
-back at their permuted positions, so the blocks see padding as a per-clip length, the form fused
-attention kernels take (``layers.dot_product_attention``). Positions are added (sin-cos) or their
-grid indices permuted along (RoPE) before the blocks, and every block is permutation-equivariant,
-so the outputs are those of the unpermuted sequence with padded keys masked.
-
-V-JEPA 2.1 (``app/vjepa_2_1/models/predictor.py``; docs/vjepa21.md), by fields: ``levels`` L > 1
-reads the encoder's L concatenated levels through ``predictor_embed_0`` (L*D -> D), GELU,
-``predictor_embed_2`` (D -> P) (the reference's ``Sequential`` indices) and predicts L levels of
-``out_embed_dim`` each; ``return_context`` also projects the context positions through
-``predictor_proj_context`` and returns ``(predictions, context_predictions)``;
-``modality_embedding`` adds ``video_mod_embed`` (or ``img_mod_embed``) to every token before the
-blocks; ``rope_interleaved`` / ``rope_base_grid`` its RoPE (``models.rope``).
+V-JEPA 2.1 (``app/vjepa_2_1/models/predictor.py``) is fields: ``levels`` (read and predict L
+concatenated levels), ``return_context`` (also predict the context positions),
+``modality_embedding``, ``rope_interleaved`` / ``rope_base_grid``; reference lines in
+docs/vjepa21.md.
 """
 from typing import Optional
 

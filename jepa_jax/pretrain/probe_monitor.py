@@ -1,30 +1,19 @@
 """The online probe monitor: does the target encoder's representation carry a label, step by step?
 
-With ``config.monitor_probe.every = N > 0`` the trainer calls ``ProbeMonitor`` at step 0 (a fresh
-run) and every N steps. It encodes a fixed set of labelled clips with the *current target encoder*
-(the frozen-eval token function ``eval.encoder.make_token_fn`` and feature loop
-``eval.features.extract_features``, under the trainer's mesh: the batch split over its devices, the
-parameters as the train state holds them), pools the tokens, fits a cheap deterministic probe by
-k-fold cross-validation on the host, and returns ``probe/<label>/<kind>`` accuracies (percent) and
-``probe/seconds`` for the trainer's metric writer (TensorBoard and ``metrics.jsonl``).
+With ``config.monitor_probe.every = N > 0`` the trainer calls ``ProbeMonitor`` at step 0 of a fresh
+run and every N steps: it encodes fixed labelled clips with the current target encoder (eval's
+``make_token_fn`` and ``extract_features`` under the trainer's mesh), pools the tokens, fits a
+cheap deterministic probe by k-fold cross-validation on the host and returns
+``probe/<label>/<kind>`` (top-1, percent) and ``probe/seconds``. Usage and the demo's curve:
+README, "Watching what the encoder learns".
 
-* The clips: ``config.monitor_probe.index`` is a labelled index file, or synthetic label names
-  (``direction``, ``speed``, ``rotation``, ``shape``, ``colour``, ``motion``; several
-  comma-separated share the clips: the set's ``index_<label>.csv`` files list the same videos). ``num_clips`` entries spread evenly over the index (a class-sorted index
-  still gives every class), one centred clip each at the pretraining resolution, clip length and
-  frame step, decoded once at the start and kept in memory as uint8.
-* The split: clip i is in fold ``i % folds``; every clip is predicted once by a probe fitted on the
-  other folds, and the accuracy is over all clips. "Held out" means held out from the probe's fit:
-  the synthetic set's clips are also pretraining data (as in the demo's frozen eval).
-* ``pooling``: ``mean`` over all tokens (``[D]`` per clip), or ``time``: the mean over space per
-  time step, concatenated (``[T' * D]``: keeps the order of events), or ``flat``: every token
-  (``[L * D]``: keeps where things are in space and time; the ridge is then solved in its dual form,
-  an ``n x n`` system).
-* ``kind``: ``ridge`` (closed-form ridge regression on one-hot targets, standardised features,
-  penalty ``ridge_alpha`` x the mean diagonal of the Gram matrix, so scale-free) and/or ``knn``
-  (cosine similarity of standardised features, ``knn_k`` neighbours, majority vote with ties going
-  to the nearer neighbours). Both are float64 numpy on the host: every process computes the same
-  numbers from the same gathered features, and a rerun gives the same ones.
+Choices: ``index`` is a labelled index file or synthetic label names (comma-separated ones share
+the clips); ``num_clips`` entries spread evenly over it (a class-sorted index still gives every
+class), decoded once; clip i in fold ``i % folds`` (held out from the probe's fit, not from
+pretraining); ``pooling`` ``mean`` / ``time`` / ``flat`` (every token: the ridge in dual form);
+``kind`` ``ridge`` (one-hot targets, standardised features, penalty ``ridge_alpha`` x the Gram
+matrix's mean diagonal, so scale-free) and/or ``knn`` (cosine, ``knn_k``, ties to the nearer),
+both float64 numpy, so every process and rerun gets the same numbers.
 """
 import logging
 import os

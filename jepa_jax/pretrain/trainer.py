@@ -1,31 +1,14 @@
 """The pretraining run: start or resume, then the shared loop shell (``loop.py``) with
 pretraining's step, checkpoint items, logging row and online probe.
 
-Guarantees (the shell's own, the same for fine-tuning, are in ``loop.py``: prefetch, metric
-windows, failed asynchronous saves, preemption, the non-finite policy):
-* Resume: restarting the same command continues from the latest complete checkpoint, with the
-  same parameters, the same masks (drawn from ``fold_in(rng, state.step)``) and the next unseen
-  batch (the data state saved is the one recorded *before* the next batch to be consumed, not the
-  read-ahead position of the prefetcher). On CPU a killed-and-resumed run is bitwise identical to
-  an uninterrupted one. A damaged latest checkpoint is skipped and moved aside, and the run
-  resumes from the newest readable one (``checkpoint.restore_latest_train_state``).
-  ``metrics.jsonl`` drops the rows of the steps a resumed run replays, so each step is there once
-  (and holds strict JSON: a non-finite value is null). A finished run restarted says so and
-  does nothing.
-* Non-finite loss: ``config.nonfinite`` ('stop' | 'skip') and ``config.max_consecutive_skips``
-  are ``nonfinite.NonFinitePolicy``, applied by the shell; ``train_step`` never applies the
-  update.
-* Bad data: samples replaced by the pipeline (``jepa_jax.data.pipeline``) are counted per logging
-  window (``data/bad_reads``, with the run's total in ``data/bad_reads_total``) and summed up at
-  the end. The account of unreadable entries met by the consumed batches (``data.failures``) is
-  checkpointed per process with the data state and restored on resume, so the stop rule and the
-  total continue where they were.
-* Online probe: with ``config.monitor_probe.every`` set, ``probe_monitor.ProbeMonitor`` probes the
-  target encoder at step 0 of a fresh run and every N steps (``probe/*`` scalars, in the logging
-  row when the step is a logging step, else a row of their own); a resumed run starts after its
-  checkpoint's step, so no probe step is logged twice, and a fresh start drops every earlier row.
-* Collapse: the logged ``monitor/*`` statistics are checked against ``jepa_jax.pretrain.monitor``'s rule and
-  the log warns once when they say the representation collapsed.
+``train(config, workdir, exp)`` resumes from the newest readable checkpoint (a damaged one moved
+aside) with the same parameters, masks (``fold_in(rng, state.step)``) and next unseen batch: the
+data state saved is the one recorded before the next batch, not the prefetcher's read-ahead, so on
+CPU a killed and resumed run is bitwise identical to an uninterrupted one. Beyond the shell's work
+it counts replaced samples (``data/bad_reads``, ``data/bad_reads_total``) and checkpoints each
+process's account of unreadable entries, so the stop rule continues on resume; runs the online
+probe (``probe_monitor``) at step 0 and every ``monitor_probe.every`` steps, never logging a step
+twice; and warns once when ``monitor``'s collapse rule fires.
 """
 import json
 import logging
