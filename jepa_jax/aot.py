@@ -1,23 +1,17 @@
 """Compile the real train step for a TPU topology on any machine, ahead of time, and say whether it
 fits and how much it talks -- before paying for the pod.
 
-    python -m jepa_jax.aot --config=configs/vith16.py --topology=v5p:4x4x4 \
-        [--per_chip_batch=48] [--find_max_batch] [--config.FIELD=VALUE ...]
+    python -m jepa_jax.aot --config=configs/vith16.py --topology=v5p:4x4x4 [--per_chip_batch=48]
+        [--find_max_batch] [--config.FIELD=VALUE ...]
 
 Needs libtpu (``pip install -e '.[tpu]'``), not a TPU: ``jax.experimental.topologies`` gives the
-topology's devices and XLA:TPU compiles for them on the CPU host. What is compiled is the
-trainer's own step (``experiment.build`` -> ``Experiment.compile_train_step``: its shardings,
-donation and mesh, with ``config.mesh`` resolved against the topology's chips), traced as a TPU
-host would trace it (``auto`` attention resolved for TPU). The data pipeline is not part of the
-step, so ``config.data.datasets`` is ignored.
-
-Prints a readable summary and, last, one JSON line with the same figures, per chip and step:
-memory (arguments + temporaries + outputs not aliased to arguments) against the chip's usable HBM
-(the TPU compiler itself refuses only temporaries larger than HBM, so the sum is checked here);
-the HLO's matmul FLOPs against the model FLOPs (``jepa_jax.flops``); collective bytes by kind and
-the largest collectives; copy/transpose bytes; custom calls (Pallas kernels); compile time; and a
-roofline lower bound on the step time (an estimate from the compiled FLOPs and HBM bytes at the
-chip's peaks, never a measurement). ``jepa_jax.hlo_stats`` reads the HLO with loop trip counts.
+devices and XLA:TPU compiles on the CPU host. What is compiled is the trainer's own step
+(``Experiment.compile_train_step``: its shardings, donation and mesh, ``config.mesh`` resolved
+against the topology, ``auto`` attention resolved for TPU); the data pipeline is not part of it.
+Prints a summary and, last, one JSON line, per chip and step: memory (arguments + temporaries +
+unaliased outputs) against usable HBM (the compiler itself only refuses temporaries larger than
+HBM), HLO matmul FLOPs against ``flops``' model FLOPs, collective and copy bytes (``hlo_stats``),
+custom calls, compile time and a roofline lower bound (an estimate, never a measurement).
 """
 from __future__ import annotations
 

@@ -1,17 +1,12 @@
 """Multi-process start-up: ``jax.distributed.initialize`` when running on more than one process.
 
-Detection, in order: explicit flags (``--coordinator_address``, ``--num_processes``,
-``--process_id``); the variables ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/
-``JAX_PROCESS_ID``; a SLURM job step with more than one task (``SLURM_NTASKS``); a Cloud TPU VM
-with several workers (``TPU_WORKER_HOSTNAMES`` lists more than one host, or
-``MEGASCALE_COORDINATOR_ADDRESS`` for multi-slice). In the last two cases JAX finds the coordinator
-itself (``jax.distributed.initialize()`` without arguments). A single process initialises nothing.
-
-Local devices. Under SLURM, JAX gives each process only the GPU numbered ``SLURM_LOCALID`` (it
-assumes one process per GPU), even when the coordinator is passed explicitly. A one-process-per-node
-launch (``launch/slurm_gpu.sh --procs=per-node``) would then use one GPU of eight. So the visible
-devices are passed explicitly when known: ``--local_device_ids`` / ``JAX_LOCAL_DEVICE_IDS`` (comma
-list), or, for a SLURM step with one task on this node, all ``SLURM_GPUS_ON_NODE`` GPUs.
+Detection, in order: ``--coordinator_address`` / ``--num_processes`` / ``--process_id``; the
+``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` variables; a SLURM step
+with several tasks; a Cloud TPU VM with several workers (``TPU_WORKER_HOSTNAMES``, or
+``MEGASCALE_COORDINATOR_ADDRESS``), where JAX finds the coordinator itself. One process: nothing.
+Local devices are passed explicitly when known (``--local_device_ids`` / ``JAX_LOCAL_DEVICE_IDS``,
+or all ``SLURM_GPUS_ON_NODE`` GPUs for a one-task-per-node step): under SLURM JAX otherwise gives
+each process only GPU ``SLURM_LOCALID``, one of eight for ``launch/slurm_gpu.sh --procs=per-node``.
 """
 import logging
 import os

@@ -1,24 +1,18 @@
 """What a compiled step does per device, read from its optimised HLO text (``compiled.as_text()``,
 XLA:TPU or XLA:CPU), with while-loop trip counts applied.
 
-XLA's ``cost_analysis()`` counts a while loop's body once. A model whose blocks are scanned runs
-them in one loop (and its backward in another), so the raw figure is a small fraction of the step.
-Here every computation is weighted by how often it runs: a loop body by its trip count (the
-``known_trip_count`` XLA:CPU writes into the while's ``backend_config``, else the bound its
-condition compares the induction variable against, less the variable's initial value), nested
-loops multiplied.
-
     stats = hlo_stats.analyse(compiled.as_text())
     stats.matmul_flops, stats.collective_bytes["all-gather"], stats.largest_collectives(5)
 
-Shapes in SPMD-partitioned HLO are already per device, so every figure is per device and step.
-Collective bytes are the result bytes of each collective (an all-gather's gathered array, a
-reduce-scatter's shard; XLA:TPU writes most reduce-scatters as an all-reduce fused with the
-slice of the chip's shard, and those count as the reduce-scatters they are). Matmul FLOPs are
-2 x multiply-accumulates of ``dot`` and ``convolution`` (XLA:TPU writes matmuls as
-convolutions); the work inside Pallas kernels (``tpu_custom_call``) is not in the HLO, so their
-own declared cost estimates are summed separately (``kernel_flops``); jax's splash attention
-kernels declare none, and their matmul FLOPs are counted from their shapes (``_splash_flops``).
+Why: XLA's ``cost_analysis()`` counts a while loop's body once, and scanned blocks run in one loop
+(their backward in another), so the raw figure is a small fraction of the step. Here a loop body is
+weighted by its trip count (``known_trip_count``, else the bound its condition compares against),
+nested loops multiplied. Figures are per device and step (SPMD shapes are per device).
+Collective bytes are result bytes (an all-gather's gathered array, a reduce-scatter's shard; the
+all-reduce + slice XLA:TPU writes for most reduce-scatters counts as one). Matmul FLOPs are 2 x
+MACs of ``dot`` and ``convolution``; Pallas kernels' work is not in the HLO, so their declared
+cost estimates are summed apart (``kernel_flops``), and splash attention, which declares none, is
+counted from its shapes (``_splash_flops``).
 """
 from __future__ import annotations
 

@@ -1,20 +1,15 @@
 """The V-JEPA objective as pure functions, importable without the trainer, data or configs.
 
-    from jepa_jax.loss import vjepa_loss
     loss, aux = vjepa_loss(apply_encoder, apply_predictor, params, target_params, clips, masks)
 
-* ``apply_encoder(encoder_params, clips, token_idx=None, token_valid=None) -> [B, K, D]``
-* ``apply_predictor(predictor_params, context, context_idx, target_idx, mask_index,
-  context_valid, target_valid) -> [B, Kt, D]``
-* ``params = {"encoder": ..., "predictor": ...}``; ``target_params`` are the EMA encoder's.
-* ``masks``: a sequence (one per mask type) of objects with ``context``, ``context_valid``,
-  ``target``, ``target_valid`` (``jepa_jax.masks.Masks``); validity arrays may be None.
-
-The target encoder runs once on the full clip under ``stop_gradient``; its output is layer-normed
-over features without affine parameters and with torch's default eps 1e-5 (the reference calls
-``F.layer_norm(h, (D,))``, not the encoder's 1e-6 LayerNorm). The context encoder and predictor run
-once per mask; the loss is the mean over masks of the mean absolute error over valid target tokens
-and features, computed in float32.
+``apply_encoder(encoder_params, clips, token_idx=None, token_valid=None) -> [B, K, D]`` and
+``apply_predictor(predictor_params, context, context_idx, target_idx, mask_index, context_valid,
+target_valid) -> [B, Kt, D]`` (``model_apply_fns`` makes both from the modules); ``params =
+{"encoder", "predictor"}``, ``target_params`` the EMA encoder's; ``masks`` one ``masks.Masks``
+(or alike) per mask type. The target encoder runs once on the full clip under ``stop_gradient``,
+layer-normed without affine and with torch's default eps 1e-5 (the reference's ``F.layer_norm(h,
+(D,))``, not the encoder's 1e-6); context encoder and predictor run once per mask; the loss is the
+mean over masks of the float32 L1 error over valid target tokens and features.
 """
 from typing import Any, Callable, Optional, Sequence
 

@@ -3,19 +3,14 @@
     loss, aux = vjepa21_loss(apply_encoder, apply_predictor, params, target_params, clips, masks,
                              step, cfg=ContextLossConfig(), grid=encoder.grid, levels=4)
 
-* ``apply_encoder(encoder_params, clips, token_idx=None, token_valid=None)`` returns the encoder's
-  levels concatenated, ``[B, K, L * D]`` (``VisionTransformer(..., hierarchical=True)``);
-* ``apply_predictor(...)`` (``loss.model_apply_fns``'s signature) returns ``(predictions
-  [B, Kt, L * D], context predictions [B, Kc, L * D])`` (a predictor with ``return_context``);
-* ``masks`` as ``loss.vjepa_loss`` takes them; ``step``: the global step of the lambda ramp.
-
-Targets: the EMA encoder's levels, each layer-normed without affine (eps 1e-5) on its own. Loss:
-``L_pred + lambda(step) * L_context``, each the mean over masks of ``mean(|z - h|^p) / p``
-(p = ``loss_exp``): ``L_pred`` over the target tokens, ``L_context`` over the context tokens against
-the targets at the context positions, each context token's error divided by ``sqrt`` of its
-Euclidean (t, h, w) distance to the nearest target token when ``weight_distance`` (and then
-averaged with the plain mean, the weights not renormalised, as the reference). Padding (validity
-masks) is left out of every mean and every distance.
+As ``loss.vjepa_loss``, except: ``apply_encoder`` returns the ``L`` levels concatenated (``[B, K,
+L * D]``, ``hierarchical=True``), ``apply_predictor`` returns ``(predictions, context
+predictions)`` (``return_context``), and ``step`` drives the lambda ramp. Targets: each EMA level
+layer-normed on its own (no affine, eps 1e-5). Loss ``L_pred + lambda(step) * L_context``, each the
+mean over masks of ``mean(|z - h|^p) / p``: over the target tokens, and over the context tokens
+against the targets there, each context token's error divided by ``sqrt`` of its (t, h, w)
+distance to the nearest target when ``weight_distance`` (averaged without renormalising, as the
+reference). Padding is left out of every mean and distance.
 """
 import dataclasses
 from typing import Any, Callable, Optional, Sequence

@@ -1,17 +1,13 @@
 """The one non-finite policy of every training program (pretraining, fine-tuning): never apply
 an update whose loss or gradients are not finite, then stop or skip.
 
-* Device half, ``apply_if_finite``: called inside the jitted step, it keeps the old state when
-  the loss or a gradient norm is not finite and returns the flag the step reports as
-  ``metrics["nonfinite"]``; no step waits for the host.
-* Host half, ``NonFiniteCheck``: the loop shell (``loop.py``) reads each step's flag one step
-  late, exactly once. ``NonFinitePolicy.mode`` 'stop' stops naming the step and the last good
-  checkpoint (nothing is saved after it); 'skip' counts the skipped update and stops after
-  ``max_consecutive_skips`` in a row (then the state is broken, not one batch). Steps are named
-  as logged (1-based: step k is the k-th update).
-
-Imports only JAX: the config check (``config.py``) reads ``NonFinitePolicy`` without the data
-stack.
+``apply_if_finite`` (inside the jitted step) keeps the old state on a non-finite loss or gradient
+norm and returns the flag the step reports as ``metrics["nonfinite"]``, so no step waits for the
+host. ``NonFiniteCheck`` (in the loop shell) reads each flag one step late, exactly once, and
+applies ``NonFinitePolicy``: 'stop' names the step (1-based, as logged) and the last good
+checkpoint, saving nothing after it; 'skip' counts skipped updates and stops after
+``max_consecutive_skips`` in a row. Imports only JAX, so the config check can read the policy
+without the data stack.
 """
 import dataclasses
 import logging

@@ -1,20 +1,14 @@
 """Mapping between the reference PyTorch state dicts and jepa_jax's Flax parameter trees.
 
-Rules (both directions, exact):
-  * Linear ``weight [out, in]`` <-> Dense ``kernel [in, out]``; ``bias`` <-> ``bias``.
-  * Conv3d ``weight [D, C, kt, kh, kw]`` <-> Conv ``kernel [kt, kh, kw, C, D]``.
-  * LayerNorm ``weight`` <-> ``scale``.
-  * ``blocks.{i}.`` / ``predictor_blocks.{i}.`` / ``pooler.blocks.{i}.`` <-> ``stack/blocks_{i}/``.
-  * Predictor ``mask_tokens.{i}`` ``[1, 1, P]`` <-> row i of ``mask_tokens [n, P]``.
-  * Fixed sin-cos buffers (``pos_embed``, ``predictor_pos_embed``) are not parameters here; on
-    import they are checked against ours, on export recomputed.
-  * Wrapper prefixes of released checkpoints (``module.``, ``backbone.``) are stripped on import.
-  * V-JEPA 2.1: ``norms_block.{k}`` <-> ``norms_block_{k}``, ``patch_embed_img.proj`` <->
-    ``patch_embed_img``, ``predictor_embed.{0,2}`` <-> ``predictor_embed_{0,2}``, and the
-    ``[1, 1, D]`` modality embeddings (``video_mod_embed``, ``img_mod_embed``) as they are.
-
-Scanned models keep their blocks as one ``stack/blocks/block`` subtree with a leading depth axis;
-``stack_blocks``/``unstack_blocks`` convert between the two layouts.
+Rules, exact both ways: Linear ``weight [out, in]`` <-> Dense ``kernel [in, out]``; Conv3d ``weight
+[D, C, kt, kh, kw]`` <-> ``kernel [kt, kh, kw, C, D]``; LayerNorm ``weight`` <-> ``scale``;
+``blocks.{i}.`` (and ``predictor_blocks``, ``pooler.blocks``) <-> ``stack/blocks_{i}/``; the
+predictor's ``mask_tokens.{i}`` ``[1, 1, P]`` <-> rows of ``mask_tokens [n, P]``; V-JEPA 2.1's
+``norms_block.{k}``, ``patch_embed_img.proj``, ``predictor_embed.{0,2}`` <-> ``norms_block_{k}``,
+``patch_embed_img``, ``predictor_embed_{0,2}`` (its modality embeddings as they are). The fixed
+sin-cos buffers are not parameters here: checked on import, recomputed on export. Wrapper prefixes
+(``module.``, ``backbone.``) are stripped on import. Scanned models keep one ``stack/blocks/block``
+subtree with a leading depth axis; ``stack_blocks`` / ``unstack_blocks`` convert.
 """
 import re
 from typing import Iterable, Mapping

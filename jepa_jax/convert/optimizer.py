@@ -1,21 +1,14 @@
 """Adam's moments of a jepa_jax pretraining state <-> the ``opt`` entry of the reference's training
 checkpoints (``torch.optim.AdamW.state_dict()``), so that a run moves between the two and resumes.
 
-The reference's ``init_opt`` (app/vjepa/utils.py of facebookresearch/jepa and vjepa2) builds one
-``torch.optim.AdamW`` over four parameter groups, each in ``named_parameters()`` order:
-
-  0. encoder parameters whose name has no ``bias`` and that are not 1-D (weight decay);
-  1. the same of the predictor;
-  2. the encoder's biases and 1-D parameters (``WD_exclude``, ``weight_decay`` 0);
-  3. the same of the predictor.
-
-A state dict numbers the parameters 0, 1, ... across the groups in that order and keeps, per
-parameter that has been updated, ``{"step", "exp_avg", "exp_avg_sq"}``: optax's ``count``, ``mu``
-and ``nu`` (the same update rule; ``exp_avg`` is ``mu`` in the parameter's torch layout). The
-fixed sin-cos tables (``pos_embed``, ``predictor_pos_embed``) are parameters there too, with
-``requires_grad=False``: numbered, never updated, so without state. ``named_parameters()`` lists a
-module's own parameters (the tables) before its submodules', then the submodules in the order
-``__init__`` assigns them (``PARAM_ORDER``).
+The reference's ``init_opt`` (``app/vjepa/utils.py``, V-JEPA and V-JEPA 2) builds one AdamW over
+four groups, each in ``named_parameters()`` order: 0/1 the encoder's / predictor's weight-decayed
+parameters (not a bias, not 1-D), 2/3 their biases and 1-D parameters (``WD_exclude``). A state
+dict numbers parameters 0, 1, ... across the groups in that order and keeps, per updated parameter,
+``step``, ``exp_avg``, ``exp_avg_sq``: optax's ``count``, ``mu``, ``nu`` in torch's layout. The
+fixed sin-cos tables are parameters there too (``requires_grad=False``: numbered, never updated,
+no state). ``named_parameters()`` lists a module's own parameters before its submodules', which
+come in ``__init__`` order (``param_order``, ``_MODULE_RANK``).
 """
 from typing import Mapping
 

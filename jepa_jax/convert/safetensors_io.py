@@ -1,18 +1,12 @@
-"""Reading and writing safetensors weights as Hugging Face model directories hold them.
+"""Reading and writing safetensors weights as Hugging Face model directories hold them: one
+``model.safetensors``, or the shards a ``model.safetensors.index.json`` names.
 
-The format is a little-endian 8-byte header length, a JSON header (each tensor's dtype, shape and
-byte range; ``__metadata__``) padded to 8 bytes, then the tensors back to back. A directory holds
-one ``model.safetensors``, or the shards a ``model.safetensors.index.json`` names (large hub
-models).
-
-Both directions stream, one tensor at a time. Reading parses the header and reads each tensor with
-a plain file read into its own array when it is asked for; the ``safetensors`` library maps the
-whole file instead, and every page read then stays in the process's memory until the file is
-closed, i.e. a copy of the model beside the converted one (``bench/convert_memory.py --format
-hf``). Writing computes the header from the arrays' shapes, then makes each tensor contiguous and
-writes it; ``safetensors.numpy.save_file`` needs every tensor contiguous in memory at once, a
-transposed copy of the whole model beside the parameters it was made from. The tests read these
-files with transformers (which uses the ``safetensors`` library) and write theirs with it.
+The format is an 8-byte little-endian header length, a JSON header (each tensor's dtype, shape and
+byte range; ``__metadata__``) padded to 8 bytes, then the tensors back to back. Why not the
+``safetensors`` library: it maps the whole file, and every page read stays in memory until it is
+closed (a copy of the model beside the converted one, ``bench/convert_memory.py --format hf``), and
+its ``save_file`` needs every tensor contiguous at once. Here both directions stream one tensor at
+a time. The tests read and write with transformers, i.e. with that library.
 """
 import json
 import os

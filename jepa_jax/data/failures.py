@@ -1,23 +1,17 @@
 """Failure accounting of the input pipeline: which entries could not be read, and when to stop.
 
-Entries are counted once each. A ``FailureTracker`` remembers every entry it has tried
-(``tried``) and the ones that failed with their reason (``bad``), so a known-bad entry is replaced
-without another decode attempt and the rate it measures is the dataset's, not the retries'.
+A ``FailureTracker`` counts each entry once: it remembers the entries tried and the bad ones with
+their reason, so a known-bad entry is replaced without another decode and the rate it measures is
+the dataset's, not the retries'. Its ``state()`` is plain JSON (checkpointed per process by the
+trainer, restored by ``from_state``); examples carry the entries they skipped (``sample_record``),
+so the trainer keeps the account from the batches even when worker processes read.
 
-The stop rule, a one-sided exact test: with k bad among the n distinct entries tried, the run
-stops when, were at most ``max_failure_fraction`` of the index's N entries bad, k or more bad ones
-among n entries drawn at random would have a probability below 1 - ``confidence`` (0.1% by
-default): the hypergeometric tail, since the entries are read without replacement (a shuffle per
-epoch; once all have been read the rate is known exactly). Sampling noise on an index whose rate
-is below the limit then almost never stops a run, and one well above it stops within a few hundred
-samples (README, "data failures", for the measured numbers). The tail only grows with n at a fixed
-k, so it is computed when a new bad entry has been found, not for every sample.
-
-The accounting is resumable: ``state()`` is plain JSON (the trainer checkpoints the accounting of
-the batches it consumed, per process) and ``from_state`` restores it. Each pretraining example
-carries the entries it had to skip (``bad_entries`` and ``bad_reasons``, see ``sample_record``),
-so the trainer can keep that account from the batches themselves, also when worker processes do
-the reading.
+The stop rule is a one-sided exact test: with k bad among n distinct entries tried, stop when, had
+at most ``max_failure_fraction`` of the index's N entries been bad, k or more among n would have a
+probability below 1 - ``confidence`` (0.1%): the hypergeometric tail, since a shuffled epoch reads
+without replacement. An index below the limit then almost never stops, one well above it stops
+within a few hundred samples (README, "Pretraining at scale", measured). The tail only grows with n
+at fixed k, so it is computed only when a new bad entry appears.
 """
 from __future__ import annotations
 

@@ -1,23 +1,18 @@
 """Random-access sources of videos and images: index files, directories, TFDS.
 
-A source spec (a string in ``config.data.datasets`` or an eval ``index_path``) is one of:
+``load_source(spec)`` takes a string of ``config.data.datasets`` or an eval ``index_path``:
 
-- a path to an index file: one sample per line, ``path label`` separated by a space, a tab or a
-  comma (the reference's CSV is space separated); the label is optional (-1 when absent, as for
-  pretraining sets); relative paths are resolved against the index file's directory; blank lines
-  and lines starting with ``#`` are skipped, and a first line whose label is not an integer is
-  taken as a header. Paths may contain spaces: the label is the last field only if it parses as
-  an integer.
-- a directory: scanned recursively for video files (``VIDEO_EXTENSIONS``), sorted, label -1.
-- ``tfds:<name>[@<split>]`` (split defaults to ``train``; e.g. ``tfds:ucf101/ucf101_1_256@test``):
-  a prepared TFDS dataset read through ``tfds.data_source(name, split=..., data_dir=...)``
-  (array_record files) -- nothing is downloaded. A ``video`` feature makes a video source, an
-  ``image`` feature an image source; ``label`` is read if present.
+- an index file: ``path [label]`` per line, separated by a space, tab or comma (the reference's
+  CSV uses spaces); the label is -1 when absent and is the last field only if it parses as an
+  integer (paths may hold spaces); relative paths are taken from the index's directory; blank and
+  ``#`` lines are skipped, and a first line without an integer label is a header;
+- a directory: scanned recursively for ``VIDEO_EXTENSIONS``, sorted, label -1;
+- ``tfds:<name>[@<split>]`` (default ``train``): a prepared TFDS dataset via ``tfds.data_source``
+  (nothing is downloaded); a ``video`` feature makes a video source, ``image`` an image source.
 
-Each source has ``len()``, ``kind`` (``"video_file"``, ``"video_array"`` or ``"image"``),
-``label(i)`` and ``describe(i)`` (the path or ``tfds:name[i]``, for failure messages); video-file
-sources have ``path(i)``, array sources ``get(i) -> (array, label)``. Image files
-(``ImageFileSource``, ``scan_images``: ``IMAGE_EXTENSIONS``) are an image source with both.
+Each source has ``len()``, ``kind`` (``video_file``, ``video_array``, ``image``), ``label(i)`` and
+``describe(i)`` (for failure messages); file sources ``path(i)``, array sources ``get(i)``. Image
+files (``ImageFileSource``, ``IMAGE_EXTENSIONS``) are an image source with both.
 """
 from __future__ import annotations
 

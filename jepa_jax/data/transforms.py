@@ -1,22 +1,16 @@
-"""Spatial transforms on uint8 clips [T, H, W, C], on the host, in numpy + Pillow.
+"""Spatial transforms on uint8 clips [T, H, W, C], on the host, in numpy + Pillow; randomness only
+from the ``np.random.Generator`` grain hands each record, so runs are reproducible and resumable.
 
-Randomness comes only from the ``np.random.Generator`` that grain hands to each record
-(``random_map``), never from global state, so a run is reproducible and resumable.
+Train (the reference's ``app/vjepa/transforms.py``): one Inception-style random resized crop per
+clip (area ~ U(scale), log-uniform aspect, 10 tries then a centre crop), resized to ``crop_size``,
+then a horizontal flip with p = 0.5. Eval (``evals/video_classification_frozen/utils.py``): one
+view = short side to ``int(crop_size * 256 / 224)``, centre crop; ``num_views > 1`` = short side to
+``crop_size`` itself (the reference's multi-view transform has no 256/224 margin) and crops evenly
+spaced along the long side (step ``(long - crop) // (num_views - 1)``).
 
-Train (``app/vjepa/transforms.py`` of the reference): an Inception-style random resized crop --
-area fraction ~ U(scale), aspect ratio log-uniform in ``ratio``, 10 tries then a centre-crop
-fallback -- chosen once and applied to every frame of the clip, resized to ``crop_size``, then a
-horizontal flip with p = 0.5.
-
-Eval (``evals/video_classification_frozen/utils.py``): one view = short side resized to
-``int(crop_size * 256 / 224)`` then a centre crop; ``num_views > 1`` = short side resized to
-``crop_size`` itself (the reference's multi-view transform does not use the 256/224 margin) and
-``num_views`` crops evenly spaced along the long side (step ``(long - crop) // (num_views - 1)``).
-
-Resizing is Pillow's bilinear per frame (C code, several times faster than numpy). On upscaling it
-equals torch's ``interpolate(bilinear, align_corners=False)``; on downscaling Pillow widens the
-filter (antialiasing), where the reference's torch call does not -- a deliberate small difference.
-Normalisation is not done here: clips stay uint8 (see ``normalize.py``).
+Resizing is Pillow's bilinear per frame (several times faster than numpy): equal to torch's
+``interpolate(bilinear, align_corners=False)`` when upscaling, antialiased when downscaling where
+the reference is not, a deliberate small difference. Clips stay uint8 (``normalize.py``).
 """
 from __future__ import annotations
 

@@ -3,16 +3,12 @@ motion labels and appearance labels of the synthetic set, each over several seed
 
     python -m jepa_jax.eval.compare --pretrained workdir/demo --out results_compare.json
 
-For each label (default: direction, rotation -- motion; shape, colour -- appearance) and each
-seed, a fresh attentive probe is trained on cached tokens (configs/eval/demo.py's protocol) of
-
-* the pretrained encoder (the EMA target by default), with probe seed s;
-* a randomly initialised encoder of the same architecture, initialised with seed s, probe seed s.
-
-The videos are decoded once and every encoder reads the same clips; the tokens are computed once
-per encoder and shared by all labels (the synthetic set's per-label index files list the same
-videos in the same order). Writes a JSON with per-seed numbers and prints a Markdown table with
-mean +- std (sample std over seeds) and whether the margin exceeds the spread.
+For each label (default: direction, rotation; shape, colour) and seed s, a fresh attentive probe
+(seed s) is trained on cached tokens (configs/eval/demo.py's protocol) of the pretrained encoder
+and of a random encoder of the same architecture initialised with seed s. Videos are decoded once
+and tokens computed once per encoder for all labels (the per-label indexes list the same videos).
+Writes per-seed numbers as JSON and prints a Markdown table of mean +- sample std and whether the
+margin exceeds the spread.
 """
 import argparse
 import dataclasses

@@ -1,15 +1,12 @@
 """The one reader of a frozen-evaluation config: ConfigDict (``configs/eval/*.py``,
-``eval.config.base_eval_config``) -> typed ``Settings``, every check of the config made once
-(``read``), as ``pretrain.config.read`` does for pretraining.
-
-Everything below the driver takes ``Settings``. Two sections pass through as the ConfigDicts they
-are: ``data`` (the data pipeline's own section, read by ``data.make_eval_dataset``) and ``model``
-(the encoder's architecture, which ``eval.encoder`` merges with the checkpoint's). The encoder's
-fields keep their config names (``checkpoint``, ``checkpoint_key``, ``encoder_dtype``, ...), so
-``eval.encoder.load_frozen_encoder`` reads ``Settings`` and the ConfigDicts of the tools alike.
-Fine-tuning reuses the shared parts (``jepa_jax.finetune.settings``).
+``eval.config.base_eval_config``) -> typed ``Settings``, every check made once (``read``), as
+``pretrain.config.read`` does for pretraining; fine-tuning reuses its readers.
 
     settings = eval.settings.read(config)     # ConfigError naming the field and the fix
+
+``data`` (the pipeline's own section) and ``model`` (merged with the checkpoint's by
+``eval.encoder``) pass through as ConfigDicts. The encoder's fields keep their config names, so
+``eval.encoder.load_frozen_encoder`` reads ``Settings`` and the tools' ConfigDicts alike.
 """
 import dataclasses
 import math

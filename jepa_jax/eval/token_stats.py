@@ -2,16 +2,12 @@
 
     python -m jepa_jax.eval.token_stats --checkpoint WORKDIR --index VIDEOS.csv [--random]
 
-For tokens ``x[clip, position, :]`` of a batch of clips, the total variance splits exactly into
-
-* ``clip``: the per-clip mean token (what every token of a clip shares: global appearance);
-* ``position``: the per-position mean over clips (absolute position, content-independent);
-* ``residual``: everything else (what a token says about its own place in its own clip: local
-  content, where an object is, how it moves).
-
-A randomly initialised ViT keeps a sizeable position and residual share; a run whose tokens
-collapse towards clip-level features shows ``clip`` taking over. Reported per block (each with the
-final LayerNorm, as the probe sees it) and for the position-embedded input tokens.
+The total variance of tokens ``x[clip, position, :]`` splits exactly into ``clip`` (the per-clip
+mean token: global appearance), ``position`` (the per-position mean over clips: content-free
+position) and ``residual`` (what a token says about its own place in its own clip). A random ViT
+keeps a sizeable position and residual share; tokens collapsing towards clip-level features show
+``clip`` taking over. Reported per block (with the final LayerNorm, as the probe sees it) and for
+the position-embedded input tokens.
 """
 import argparse
 import json

@@ -1,17 +1,12 @@
 """The fine-tuned classifier: encoder + head, layer-wise LR decay and the optimiser.
 
-Parameters are one tree ``{"encoder": ..., "head": ...}``. Heads:
-
-* ``attentive``: the attentive probe of the frozen evaluation (``models.attentive_probe``), initialised as
-  there (``eval.probe.init_probe_params``);
-* ``linear``: VideoMAE's head -- mean over the tokens, LayerNorm (``fc_norm``), linear layer whose
-  initial weights are scaled by ``init_scale`` (0.001).
-
-Layer-wise LR decay (BEiT/VideoMAE's ``LayerDecayValueAssigner``): with ``L`` encoder blocks, the
-patch embedding is layer 0, block ``i`` is layer ``i + 1``, everything else (the encoder's final
-norm and the head) layer ``L + 1``; layer ``l``'s LR is multiplied by ``decay ** (L + 1 - l)``.
-Here the factor multiplies the AdamW update of each parameter (its weight-decay term included),
-which is what a per-group learning rate does in torch's AdamW.
+Parameters are one tree ``{"encoder": ..., "head": ...}``; the head is ``attentive`` (the frozen
+eval's probe, initialised as there) or ``linear`` (VideoMAE's: token mean, ``fc_norm``, a linear
+layer with initial weights scaled by ``init_scale``, 0.001). Layer-wise LR decay (BEiT/VideoMAE's
+``LayerDecayValueAssigner``): with ``L`` blocks, the patch embedding is layer 0, block ``i`` layer
+``i + 1``, the rest (final norm, head) ``L + 1``; layer ``l``'s factor ``decay ** (L + 1 - l)``
+multiplies each parameter's AdamW update, weight-decay term included, as a per-group learning rate
+does in torch's AdamW.
 """
 from typing import Any
 

@@ -1,21 +1,15 @@
-"""The attentive probe of V-JEPA's frozen evaluation (src/models/attentive_pooler.py).
+"""The attentive probe of V-JEPA's frozen evaluation (``src/models/attentive_pooler.py``).
 
-One learnable query cross-attends to the (frozen) encoder tokens: q + XAttn(q, LN(tokens)), then
-q + MLP(LN(q)), optional extra self-attention blocks (``depth > 1``), then a linear classifier.
-Where the extra blocks go differs between the two references (``blocks_on``):
+One learnable query cross-attends to the frozen tokens: q + XAttn(q, LN(tokens)), q + MLP(LN(q)),
+then a linear classifier. Extra self-attention blocks (``depth > 1``) go where each reference puts
+them (``blocks_on``): ``"query"`` after the cross-attention, on the query (V-JEPA's two-layer
+probe); ``"tokens"`` before it, on every encoder token (V-JEPA 2's 4-block probe).
 
-* ``"query"`` (V-JEPA, facebookresearch/jepa): after the cross-attention, on the query (the
-  paper's two-layer probe);
-* ``"tokens"`` (V-JEPA 2, facebookresearch/vjepa2): before it, on the encoder tokens -- its
-  4-block probe runs 3 self-attention blocks over every token, then pools them with the query.
-
-Reference quirk kept on purpose: V-JEPA's ``CrossAttention`` creates an output projection
-(``xattn.proj``) but never applies it, so its released probe checkpoints carry an unused ``proj``
-(V-JEPA 2's has none). This module has no such parameter; ``jepa_jax.convert`` drops it on import
-and writes zeros on export of a V-JEPA layout, which changes nothing in either forward pass.
-
-LayerNorms: both references build their probes with ``nn.LayerNorm``'s default eps 1e-5 (the
-encoders pass 1e-6), and so does this module (``PROBE_LN_EPS``).
+Kept on purpose: V-JEPA's ``CrossAttention`` creates an output projection (``xattn.proj``) that it
+never applies, so its released probes carry an unused ``proj``; this module has none, and
+``jepa_jax.convert`` drops it on import and writes zeros on export, which changes neither forward.
+LayerNorms use torch's default eps 1e-5 as both references' probes (``PROBE_LN_EPS``; the encoders
+pass 1e-6).
 """
 from typing import Any, Optional
 

@@ -1,23 +1,19 @@
 """The V-JEPA video ViT encoder (context and target encoder share this module).
 
-Clips are ``[B, T, H, W, C]`` (JAX layout). The reference's Conv3d with kernel = stride =
-(tubelet, patch, patch) makes ``T' x H' x W'`` tokens in (t, h, w) order; here it is computed as
-what it is, a reshape of the clip into tubelets and one matmul (``PatchEmbed``; GPUs run a 3D
-convolution in a slow implicit-GEMM kernel), with the Conv's parameter names and shapes. Fixed 3D
-sin-cos positions are added (V-JEPA), or queries and keys are rotated by each token's grid
-coordinates in every block (V-JEPA 2, ``use_rope``; ``models.rope``). When token indices are
-given, only those tokens are embedded and go through the blocks (the context encoder's masking).
-There is no cls token. The final LayerNorm is applied to the output and to every requested
-intermediate layer, as the reference does for its ``out_layers``.
+Clips are ``[B, T, H, W, C]``. The reference's Conv3d with kernel = stride = (tubelet, patch,
+patch) is computed as what it is, a reshape into tubelets and one matmul (``PatchEmbed``, with the
+Conv's parameter names; GPUs run a 3D convolution in a slow implicit-GEMM kernel), giving ``T' x
+H' x W'`` tokens in (t, h, w) order. Positions are fixed 3D sin-cos (V-JEPA) or RoPE in every block
+(V-JEPA 2, ``use_rope``). Given token indices, only those tokens are embedded and run (the context
+encoder). No cls token; the final LayerNorm applies to the output and to every requested
+intermediate layer, as the reference's ``out_layers``.
 
-V-JEPA 2.1 (``app/vjepa_2_1/models/vision_transformer.py``; docs/vjepa21.md) is this module with
-fields set (``vjepa21_fields`` gives them for a depth): ``levels`` (its ``hierarchical_layers``)
-replaces the final LayerNorm with one LayerNorm per level (``norms_block_{k}``) -- the output is
-the last level's, and ``hierarchical=True`` returns the levels concatenated along features, the
-training output its predictor reads and its loss targets; ``rope_interleaved`` and
-``interpolate_rope`` its RoPE; ``modality_embedding`` adds ``video_mod_embed`` (or
-``img_mod_embed``) to every token; ``image_frames`` (its ``img_temporal_dim_size``) gives clips of
-that many frames their own tubelet-1 patch embedding ``patch_embed_img``.
+V-JEPA 2.1 (``app/vjepa_2_1/models/vision_transformer.py``) is fields (``vjepa21_fields``):
+``levels`` (one LayerNorm per level, ``norms_block_{k}``, the output the last level's;
+``hierarchical=True`` returns the levels concatenated, the training output), ``rope_interleaved`` /
+``interpolate_rope``,
+``modality_embedding`` and ``image_frames`` (a tubelet-1 ``patch_embed_img`` for image clips); each
+against its reference lines in docs/vjepa21.md.
 """
 from typing import Any, Optional, Sequence
 

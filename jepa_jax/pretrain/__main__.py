@@ -1,17 +1,12 @@
 """Pretrain V-JEPA: ``python -m jepa_jax.main --config=configs/vith16.py --workdir=DIR`` (the same
 as ``python -m jepa_jax.pretrain``).
 
-Any config field can be overridden on the command line (``--config.batch_size=1024``; lists,
-``None`` fields and mask entries as described in ``jepa_jax.cli``). Restarting the same command
-resumes from the latest readable checkpoint in ``DIR``. Relative paths (``--workdir``,
-``config.init_from``, index files) are taken from the working directory. On several processes
-(Cloud TPU pod slices, SLURM, or explicit ``--coordinator_address/--num_processes/--process_id``)
-``jax.distributed`` is initialised first; see ``launch/README.md``.
-
-Exit status: 0 when the run is complete; ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) when SIGTERM or a
-preemption notice stopped it after saving a checkpoint, so a launcher knows to requeue; 1 on an
-error the user can fix (config, workdir, data, checkpoint, full disk, non-finite loss), reported
-in one line on stderr with the traceback in ``DIR/log.txt``.
+Any config field can be overridden (``--config.batch_size=1024``; syntax in ``jepa_jax.cli``).
+Restarting the same command resumes from the latest readable checkpoint in ``DIR``. On several
+processes (pod slices, SLURM, or ``--coordinator_address/--num_processes/--process_id``)
+``jax.distributed`` is initialised first (``launch/README.md``). Exit status: 0 when the run is
+complete; ``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) after a preemption saved a checkpoint, so a launcher
+requeues; 1 on an error the user can fix, in one line on stderr, the traceback in ``DIR/log.txt``.
 """
 import logging
 

@@ -1,20 +1,13 @@
 """One V-JEPA update as a pure, jitted, sharded function.
 
-``train_step(state, batch, rng) -> (state, metrics)``:
-  1. normalise the uint8 clips on device (a quarter of float32's host->device bytes);
-  2. draw every mask inside jit from ``fold_in(rng, state.step)`` (deterministic, resumable, no host
-     work, static shapes);
-  3. loss and gradients of the online encoder + predictor (``jepa_jax.loss.vjepa_loss``), on the
-     whole batch or, with ``grad_accum_steps=k > 1``, summed over k micro-batches in a
-     ``lax.scan`` (see :func:`accumulate_loss_and_grads`);
-  4. per-module clipping + AdamW (``jepa_jax.optim``), then the EMA of the target encoder with the
-     momentum of this update;
-  5. if the loss or a gradient is not finite, the state is returned unchanged (step included) and
-     ``metrics["nonfinite"]`` is 1 (``nonfinite.apply_if_finite``): a poisoned update never
-     reaches the parameters, and the loop shell (``loop.py``) decides whether to stop or skip.
-
-Metrics, the collapse statistics of ``jepa_jax.pretrain.monitor`` (``monitor/*``) included, are device
-arrays; the trainer fetches them only when it logs (no host sync per step).
+``train_step(state, batch, rng) -> (state, metrics)``: normalise the uint8 clips on device (a
+quarter of float32's host->device bytes); draw every mask inside jit from ``fold_in(rng,
+state.step)``; loss and gradients (``loss.vjepa_loss``) on the whole batch or, with
+``grad_accum_steps=k``, summed over k micro-batches in a ``lax.scan``
+(``accumulate_loss_and_grads``); per-module clipping + AdamW, then the EMA of the target encoder.
+A non-finite loss or gradient returns the state unchanged with ``metrics["nonfinite"] = 1``
+(``nonfinite.apply_if_finite``), and the loop shell decides to stop or skip. Metrics, the
+``monitor/*`` collapse statistics included, stay on device until the trainer logs.
 """
 from typing import Callable, Optional, Sequence
 
