@@ -11,7 +11,10 @@ with its kind (pretraining, fine-tuning, converted parameters, probe) and the tr
 * ``data``   - the grain iterator state (JSON) *before* the next batch the step will consume; the
               trainer's prefetcher reads ahead, so it records the state with every batch rather
               than asking the iterator at save time. A resumed run sees the next unseen batch.
-* ``config`` - the run's config as JSON (model size, grid, ...), so readers can rebuild the model.
+* ``config`` - the run's config as JSON (the record of the run: data, recipe, model section).
+* ``model_spec`` - the ``models.ModelSpec`` of the saved encoder (and predictor) as JSON
+              (``ModelSpec.to_dict``): what every reader rebuilds the model from
+              (``read_model_spec``), whichever program wrote the checkpoint.
 * ``data_failures`` - each process's account of unreadable data entries at that batch
               (``jepa_jax.data.failures``), one file per process: ``process_<i>-of-<n>.json``.
 * ``kind``   - ``{"kind": ...}``, what the checkpoint holds (``KINDS``):
@@ -77,6 +80,7 @@ log = logging.getLogger(__name__)
 STATE, PARAMS, DATA, CONFIG, PROBE = "state", "params", "data", "config", "probe"
 DATA_FAILURES = "data_failures"
 KIND = "kind"
+MODEL_SPEC = "model_spec"
 PARAM_KEYS = ("encoder", "predictor", "target")
 PRETRAIN, FINETUNE = "pretrain", "finetune"
 KINDS = (PRETRAIN, FINETUNE, PARAMS, PROBE)
@@ -217,7 +221,8 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
               PARAMS: ocp.StandardCheckpointHandler(use_ocdbt=ocdbt),
               PROBE: ocp.StandardCheckpointHandler(),
               CONFIG: ocp.JsonCheckpointHandler(), DATA: ocp.JsonCheckpointHandler(),
-              KIND: ocp.JsonCheckpointHandler(), DATA_FAILURES: PerProcessJsonHandler()}
+              KIND: ocp.JsonCheckpointHandler(), MODEL_SPEC: ocp.JsonCheckpointHandler(),
+              DATA_FAILURES: PerProcessJsonHandler()}
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_period,
       enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
@@ -226,9 +231,10 @@ def make_manager(directory: str, *, save_every: int = 1, keep: Optional[int] = 3
 
 def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, probe=None,
          data_state=None, config=None, data_failures=None, kind: Optional[str] = None,
-         force: bool = False) -> bool:
+         model_spec=None, force: bool = False) -> bool:
   """Save whichever items are given; returns whether a save was started.
 
+  ``model_spec``: a ``models.ModelSpec`` (or its ``to_dict``), saved as ``MODEL_SPEC``.
   ``kind`` (``KINDS``) is recorded with a ``state``, ``params`` or ``probe``; without it, a
   ``state`` is pretraining's (fine-tuning passes ``FINETUNE``) and the others their own kind."""
   items = {}
@@ -249,6 +255,9 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, 
     items[DATA] = ocp.args.JsonSave(data_state)
   if config is not None:
     items[CONFIG] = ocp.args.JsonSave(config_to_json(config))
+  if model_spec is not None:
+    items[MODEL_SPEC] = ocp.args.JsonSave(
+        model_spec if isinstance(model_spec, dict) else model_spec.to_dict())
   if data_failures is not None:
     items[DATA_FAILURES] = PerProcessJsonSave(data_failures)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -484,6 +493,30 @@ def read_config(path: str, step: Optional[int] = None) -> dict:
   return manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
 
+def read_model_spec(path: str, step: int, saved_config: Optional[dict] = None):
+  """The ``models.ModelSpec`` of checkpoint ``step``: its ``model_spec`` item, or for a checkpoint
+  written before checkpoints carried one, the spec its ``config`` implies (the ``model`` section
+  by field name, the ``data`` section's crop and frames). None when neither names an
+  architecture.
+  ``saved_config``: the config already read (``read_config``), to spare a second read."""
+  from jepa_jax.models.spec import ModelSpec  # noqa: PLC0415 - importing checkpoint builds no model
+  directory = checkpoint_dir(path)
+  manager = make_manager(directory, read_only=True, async_save=False)
+  if MODEL_SPEC in _item_names(manager, step):
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(
+          **{MODEL_SPEC: ocp.args.JsonRestore()}))[MODEL_SPEC]
+    except Exception as e:  # noqa: BLE001 - the files are what is wrong
+      raise CorruptCheckpointError(f"the model spec of checkpoint {step} in {directory} is "
+                                   f"unreadable ({_short(e)})") from e
+    return ModelSpec.from_dict(saved)
+  config = read_config(path, step) if saved_config is None else saved_config
+  model, data = dict(config.get("model") or {}), dict(config.get("data") or {})
+  if not model.get("name"):
+    return None
+  return ModelSpec.from_sections(model, data.get("crop_size", 224), data.get("num_frames", 16))
+
+
 @dataclasses.dataclass(frozen=True)
 class Loaded:
   """The parameters of one checkpoint of any kind that holds an encoder, as numpy.
@@ -579,7 +612,7 @@ def _read_params(manager, step: int, directory: str,
 
 
 def save_params(directory: str, params: dict, config: Any = None, step: int = 0,
-                low_memory: bool = False) -> str:
+                low_memory: bool = False, model_spec=None) -> str:
   """Write a parameters-only checkpoint (the converter's output). ``low_memory``: without OCDBT
   (``make_manager``), so writing holds nothing beyond ``params`` but a few buffers."""
   missing = [k for k in params if k not in PARAM_KEYS]
@@ -589,7 +622,7 @@ def save_params(directory: str, params: dict, config: Any = None, step: int = 0,
   directory = checkpoint_dir(directory) if os.path.isdir(os.path.join(directory, "checkpoints")) \
       else os.path.join(directory, "checkpoints")
   manager = make_manager(directory, async_save=False, keep=None, ocdbt=not low_memory)
-  save(manager, step, params=params, config=config, force=True)
+  save(manager, step, params=params, config=config, model_spec=model_spec, force=True)
   manager.wait_until_finished()
   manager.close()
   return directory

@@ -53,7 +53,6 @@ def load_model(checkpoint: str):
   from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   from jepa_jax import models  # noqa: PLC0415
-  from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   loaded = ckpt_lib.load(checkpoint)
   missing = [k for k in ("encoder", "predictor", "target") if k not in loaded.params]
   if missing:
@@ -67,7 +66,7 @@ def load_model(checkpoint: str):
   config = ml_collections.ConfigDict(saved)
   encoder, predictor = models.from_spec(config_lib.model_spec(config))
   where = f"checkpoint {loaded.step} of {checkpoint}"
-  ckpt_lib.check_shapes(loaded.params["target"], enc_lib.abstract_params(encoder), where)
+  ckpt_lib.check_shapes(loaded.params["target"], models.abstract_params(encoder), where)
   params = {"encoder": loaded.params["encoder"], "predictor": loaded.params["predictor"]}
   info = dict(checkpoint=checkpoint, step=int(loaded.step), kind=loaded.kind)
   return config, encoder, predictor, params, loaded.params["target"], info

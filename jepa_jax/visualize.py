@@ -164,12 +164,13 @@ def build_attention_fn(encoder, probe, layers: Optional[list]):
   import flax.linen as nn  # noqa: PLC0415
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
+  from jepa_jax.data import clips as clips_lib  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   token_fn = enc_lib.make_token_fn(encoder, layers)
   heads = probe.block.num_heads
 
   def fn(enc_params, probe_params, clips):
-    tokens = token_fn(enc_params, clips[:, None, None])[:, 0]  # one segment, one view
+    tokens = token_fn(enc_params, clips_lib.batch_of(clips))[:, 0]  # its one view
     kept = {}
 
     def keep_projections(next_fun, args, kwargs, context):

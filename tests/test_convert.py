@@ -179,6 +179,11 @@ def test_converted_checkpoint_reproduces_golden(golden, tmp_path):
   saved_config = checkpoint.read_config(str(tmp_path))
   assert saved_config["model"]["overrides"] == TINY_FLAGS
   assert_golden_outputs(golden, loaded, saved_config)
+  # The saved spec is the config's model with the file's mask tokens.
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
+  spec = checkpoint.read_model_spec(str(tmp_path), 0)
+  num_masks = loaded["predictor"]["mask_tokens"].shape[0]
+  assert spec == config_lib.model_spec(config, num_masks=num_masks)
   with pytest.raises(convert.ConversionError, match="already holds checkpoints"):
     convert.save_converted(tmp_path, params, config)
 

@@ -133,12 +133,13 @@ def test_mixing_with_weights(synthetic_index, tmp_path):
 
 def test_eval_layout_padding_and_determinism(synthetic_index):
   cfg = small_cfg()
-  kw = dict(batch_size=5, num_segments=2, frames_per_clip=4, frame_step=2, num_views=3)
+  kw = dict(batch_size=5, clip=data.ClipSpec(frames=4, frame_step=2, size=32, segments=2,
+                                             views=3))
   ds = data.make_eval_dataset(cfg, synthetic_index, **kw)
   batches = list(ds)
   assert len(batches) == 3  # 12 videos -> padded to 15
   v = batches[0]["video"]
-  assert v.shape == (5, 2, 3, 4, 32, 32, 3) and v.dtype == np.uint8
+  assert v.shape == (5, 2, 3, 4, 32, 32, 3) == kw["clip"].shape(5) and v.dtype == np.uint8
   valid = np.concatenate([b["valid"] for b in batches])
   assert valid.sum() == 12 and not valid[12:].any()
   assert sorted(np.concatenate([b["index"] for b in batches])[valid]) == list(range(12))
@@ -154,9 +155,10 @@ def test_eval_layout_padding_and_determinism(synthetic_index):
 
 def test_eval_train_mode_repeats_with_random_crops(synthetic_index):
   cfg = small_cfg()
-  ds = data.make_eval_dataset(cfg, synthetic_index, batch_size=4, num_segments=2,
-                              frames_per_clip=4, frame_step=2, num_views=3, train=True, seed=0,
-                              repeat=True)
+  ds = data.make_eval_dataset(cfg, synthetic_index, batch_size=4,
+                              clip=data.ClipSpec(frames=4, frame_step=2, size=32, segments=2,
+                                                 views=3),
+                              train=True, seed=0, repeat=True)
   batches = take(ds, 4)  # more than one epoch (12 videos)
   assert batches[0]["video"].shape == (4, 2, 1, 4, 32, 32, 3)
   assert all(b["valid"].all() for b in batches)
@@ -467,8 +469,8 @@ def test_tfds_video_and_image_sources(tfds_dir):
   cfg.datasets = ["tfds:tiny_videos@train"]
   batch = take(data.make_pretrain_dataset(cfg, batch_size=3, seed=0), 1)[0]
   assert batch["video"].shape == (3, 4, 16, 16, 3)
-  ev = list(data.make_eval_dataset(cfg, "tfds:tiny_videos@train", batch_size=3, num_segments=2,
-                                   num_views=1))
+  ev = list(data.make_eval_dataset(cfg, "tfds:tiny_videos@train", batch_size=3,
+                                   clip=data.ClipSpec.of(cfg, segments=2)))
   assert len(ev) == 2 and ev[0]["video"].shape == (3, 2, 1, 4, 16, 16, 3)
   labels = np.concatenate([b["label"] for b in ev])
   assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]  # TFDS shuffles examples when writing
@@ -479,7 +481,7 @@ def test_tfds_video_and_image_sources(tfds_dir):
 
 def test_eval_with_worker_processes_keeps_every_example(synthetic_index):
   """Worker processes must not drop a partial batch each: one pass sees every video once."""
-  kw = dict(batch_size=5, num_segments=1, frames_per_clip=4, frame_step=2, num_views=1)
+  kw = dict(batch_size=5, clip=data.ClipSpec(frames=4, frame_step=2, size=32))
   serial = list(data.make_eval_dataset(small_cfg(), synthetic_index, **kw))
   pooled = list(data.make_eval_dataset(small_cfg(num_workers=2), synthetic_index, **kw))
   assert len(pooled) == len(serial) == 3

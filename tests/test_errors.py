@@ -213,6 +213,5 @@ def test_an_empty_eval_index_is_a_data_error_not_a_bug(tmp_path):
   empty = tmp_path / "empty.csv"
   empty.write_text("")
   with pytest.raises(data.DataPipelineError) as e:
-    data.make_eval_dataset(data.default_data_config(), str(empty), batch_size=1, num_segments=1,
-                           num_views=1, train=False)
+    data.make_eval_dataset(data.default_data_config(), str(empty), batch_size=1, train=False)
   assert cli.explain(e.value).startswith(f"Data error: {empty} holds no samples")

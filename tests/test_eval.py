@@ -67,7 +67,7 @@ def synthetic_dir(tmp_path_factory):
 def tiny_checkpoint(tmp_path_factory):
   """A parameters-only checkpoint of a tiny encoder (distinct online and EMA weights) + config."""
   enc = tiny_encoder()
-  online = enc_lib.random_params(enc, 1)
+  online = models.init_params(enc, jax.random.PRNGKey(1), jit=True)
   target = jax.tree_util.tree_map(lambda x: x + 1.0, online)
   cfg = {"model": {"name": "tiny", "patch_size": 16, "tubelet_size": 2, "uniform_power": True,
                    "scan": False, "overrides": dict(TINY)},
@@ -159,7 +159,7 @@ def test_image_repeated_along_time():
   clips = np.asarray(enc_lib.as_clips(jnp.asarray(img), 4))
   np.testing.assert_array_equal(clips, np.repeat(img[:, None, None, None], 4, axis=3))
   enc = tiny_encoder()
-  params = jax.eval_shape(lambda: enc_lib.random_params(enc, 0))
+  params = jax.eval_shape(lambda: models.init_params(enc, jax.random.PRNGKey(0), jit=True))
   out = jax.eval_shape(enc_lib.make_token_fn(enc), params, jax.ShapeDtypeStruct(img.shape, np.uint8))
   assert out.shape == (2, 1, enc.num_tokens, 32)  # one view, one segment
   video = jax.ShapeDtypeStruct((2, 3, 2, 4, 32, 32, 3), np.uint8)  # [B, S=3, V=2, T, H, W, C]
@@ -489,7 +489,7 @@ def test_frozen_encoder_split_over_fsdp_gives_the_replicated_tokens():
   if jax.device_count() < 8:
     pytest.skip("needs 8 (simulated) devices")
   enc = tiny_encoder()
-  params = enc_lib.random_params(enc, 0)
+  params = models.init_params(enc, jax.random.PRNGKey(0), jit=True)
   video = np.random.default_rng(0).integers(0, 255, size=(8, 1, 1, 4, 32, 32, 3), dtype=np.uint8)
   token_fn = enc_lib.make_token_fn(enc)
   outs = []

@@ -33,7 +33,7 @@ def tiny(tmp_path_factory):
   root = tmp_path_factory.mktemp("extract")
   enc = models.build_encoder("tiny", img_size=32, num_frames=4, patch_size=16, tubelet_size=2,
                              **TINY)
-  params = jax.device_get(enc_lib.random_params(enc, 3))
+  params = jax.device_get(models.init_params(enc, jax.random.PRNGKey(3), jit=True))
   cfg = {"model": {"name": "tiny", "patch_size": 16, "tubelet_size": 2, "uniform_power": True,
                    "scan": False, "overrides": dict(TINY)}}
   ckpt = str(root / "ckpt")
@@ -146,8 +146,8 @@ def test_clip_features_equal_the_eval_tokens(tiny, tmp_path):
   from jepa_jax.eval import config as config_lib
   c = config_lib.base_eval_config()
   c.data.crop_size, c.data.num_threads = 32, 1
-  ds = make_eval_dataset(c.data, str(idx_file), batch_size=3, num_segments=1, frames_per_clip=4,
-                         frame_step=2, num_views=1)
+  c.data.num_frames, c.data.frame_step = 4, 2
+  ds = make_eval_dataset(c.data, str(idx_file), batch_size=3)
   batch = next(iter(ds))
   enc, _ = encoder_and_params(tiny)
   tokens = np.asarray(jax.jit(enc_lib.make_token_fn(enc))(params, batch["video"]))[:, 0]

@@ -75,6 +75,12 @@ def test_finetuning_checkpoint_is_tagged_and_loads_encoder_and_head(finetuned):
   saved = ckpt_lib.read_config(workdir)
   assert saved["model"]["name"] == "tiny" and saved["model"]["overrides"] == TINY
   assert saved["num_classes"] == loaded.params["head"]["head"]["bias"].shape[0]
+  # The fine-tuned encoder's spec, at the fine-tuning clips: it rebuilds the saved encoder.
+  spec = ckpt_lib.read_model_spec(workdir, STEPS)
+  assert (spec.name, dict(spec.overrides), spec.img_size, spec.predictor) == ("tiny", TINY, 32,
+                                                                               None)
+  ckpt_lib.check_shapes(loaded.params["encoder"],
+                        models.abstract_params(models.from_spec(spec)[0]), "fine-tuned")
 
 
 def tiny_pretrain_state():
@@ -85,11 +91,12 @@ def tiny_pretrain_state():
 
 
 def untag(workdir, dst):
-  """A copy of ``workdir``'s checkpoints without their ``kind`` items: a checkpoint as written
-  before the tag existed."""
+  """A copy of ``workdir``'s checkpoints without their ``kind`` and ``model_spec`` items: a
+  checkpoint as written before either existed."""
   shutil.copytree(ckpt_lib.checkpoint_dir(workdir), dst)
   for step in os.listdir(dst):
-    shutil.rmtree(os.path.join(dst, step, ckpt_lib.KIND))
+    for item in (ckpt_lib.KIND, ckpt_lib.MODEL_SPEC):
+      shutil.rmtree(os.path.join(dst, step, item), ignore_errors=True)
   return str(dst)
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from jepa_jax import models
 from jepa_jax.models import layers
 from jepa_jax.pretrain import experiment
 
@@ -187,10 +188,9 @@ def test_eval_forward_and_probe_steps_lower(cudnn, platform, attention):
 
   config = base_eval_config()
   config.attention = attention
-  encoder = enc_lib.build_eval_encoder(enc_lib.resolve_model(config, {"model": {"name": "large",
-                                                                                "scan": True}}),
-                                       config)
-  params = enc_lib.abstract_params(encoder)
+  config.model.update(name="large", scan=True)
+  encoder = enc_lib.build_eval_encoder(enc_lib.eval_spec(config, None))
+  params = models.abstract_params(encoder)
   pixels = jax.ShapeDtypeStruct((2, 8, 3, 16, 224, 224, 3), jnp.uint8)
   token_fn = enc_lib.make_token_fn(encoder)
   with layers.target_platform(platform):

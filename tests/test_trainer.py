@@ -294,6 +294,8 @@ def test_outputs_of_a_run(synthetic_dir, tmp_path, caplog):
   assert {"steps_per_sec", "loss", "lr", "wd", "momentum", "grad_norm/encoder",
           "tokens/context0"} <= set().union(*rows)
   assert checkpoint.read_config(str(workdir))["batch_size"] == 4
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
+  assert checkpoint.read_model_spec(str(workdir), 4) == config_lib.model_spec(c)
   # The same command again: the run is complete, so it says so and does nothing else (it said
   # "no unreadable samples in steps 5-4").
   written = (workdir / "metrics.jsonl").read_text()

@@ -108,7 +108,7 @@ def test_weight_decay_on_every_parameter():
 def test_multilevel_tokens_concatenate_layers():
   enc = models.build_encoder("tiny", img_size=32, num_frames=4, embed_dim=32, depth=3,
                              num_heads=2, use_rope=True)
-  params = enc_lib.random_params(enc, 0)
+  params = models.init_params(enc, jax.random.PRNGKey(0), jit=True)
   pixels = np.random.default_rng(0).integers(0, 255, (1, 1, 1, 4, 32, 32, 3), np.uint8)
   multi = enc_lib.make_token_fn(enc, [0, 2])(params, jnp.asarray(pixels))
   single = [enc_lib.make_token_fn(enc, k)(params, jnp.asarray(pixels)) for k in (0, -1)]
@@ -156,7 +156,7 @@ def test_rope_encoder_end_to_end(tmp_path):
                    "use_rope": True, "scan": False,
                    "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2}},
          "data": {"crop_size": 32, "num_frames": 4}}
-  params = jax.device_get(enc_lib.random_params(enc, 1))
+  params = jax.device_get(models.init_params(enc, jax.random.PRNGKey(1), jit=True))
   ckpt_lib.save_params(str(tmp_path / "ckpt"), {"encoder": params, "target": params}, config=cfg)
   c = config_lib.vjepa2_eval_config("syn", 2, frames=4, frame_step=2, segments=2, views=2,
                                     resolution=32, clips_per_gpu=8, gpus=1, epochs=1,

@@ -438,8 +438,8 @@ def _probe_layout(state: dict, probe_config: Mapping) -> dict:
 
 
 def _abstract_probe(probe_config: Mapping):
-  tokens = jax.ShapeDtypeStruct((1, 1, probe_config["embed_dim"]), np.float32)
-  return jax.eval_shape(_build_probe(probe_config).init, jax.random.PRNGKey(0), tokens)["params"]
+  from jepa_jax import models  # noqa: PLC0415
+  return models.abstract_params(_build_probe(probe_config), probe_config["embed_dim"])
 
 
 def export_probe(params: Mapping, probe_config: Mapping) -> dict:
@@ -491,12 +491,23 @@ def load_torch_probe(path: str, num_heads: Optional[int] = None, model: Optional
                                   probe_index=probe_index)
 
 
+def _converted_spec(params: Mapping, config):
+  """The spec of converted weights: their config's model, the predictor's mask tokens as the
+  file has them (None without a predictor)."""
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
+  config = ml_collections.ConfigDict(plain(config)) if not isinstance(
+      config, ml_collections.ConfigDict) else config
+  if "predictor" not in params:
+    return config_lib.model_spec(config).replace(predictor=None)
+  return config_lib.model_spec(config, num_masks=params["predictor"]["mask_tokens"].shape[0])
+
+
 def save_converted(directory: str, params: Mapping, config) -> str:
   """Params-only orbax checkpoint (step 0) + config, loadable with ``checkpoint.load_params``."""
   _fresh_checkpoints_dir(directory)
   with _numpy_leaves_written_in_place():
     return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0,
-                                low_memory=True)
+                                low_memory=True, model_spec=_converted_spec(params, config))
 
 
 @contextlib.contextmanager
@@ -620,6 +631,7 @@ def save_resumable(path: str, config, out: str, **kwargs) -> int:
   groups = _model_groups(checkpoint)
   mu, nu, count = optimizer.import_adamw(checkpoint["opt"], {
       "encoder": groups["encoder"], "predictor": groups["predictor"]})
+  from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   from jepa_jax.pretrain import train_state  # noqa: PLC0415
   exp = _experiment(config)
   scan = bool(config.model.get("scan"))
@@ -643,7 +655,8 @@ def save_resumable(path: str, config, out: str, **kwargs) -> int:
   directory = os.path.join(os.fspath(out), "checkpoints")
   _fresh_checkpoints_dir(out)
   manager = ckpt_lib.make_manager(directory, async_save=False, keep=None)
-  ckpt_lib.save(manager, count, state=state, config=config, force=True)
+  ckpt_lib.save(manager, count, state=state, config=config,
+                model_spec=config_lib.model_spec(config), force=True)
   manager.wait_until_finished()
   manager.close()
   return count

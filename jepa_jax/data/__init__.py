@@ -4,12 +4,12 @@ Public API::
 
     default_data_config()                        -> ml_collections.ConfigDict (config.data)
     make_pretrain_dataset(data_cfg, *, batch_size, seed, shard_index, shard_count)
-    make_eval_dataset(data_cfg, index_path, *, batch_size, num_segments, frames_per_clip,
-                      frame_step, num_views, train, seed, shard_index, shard_count, repeat)
+    make_eval_dataset(data_cfg, index_path, *, batch_size, clip, train, seed, shard_index,
+                      shard_count, repeat)        clip: a ClipSpec, batches [B, S, V, T, H, W, C]
     normalize.normalize(clips_uint8, dtype)       (on device, jnp; import the module)
     ensure_synthetic(out_dir, num_videos, seed)   -> path of the synthetic set's index.csv
 
-Modules: sources (index files, directories, TFDS), decode (clip sampling + PyAV), transforms
+Modules: clips (``ClipSpec``, the batch layout), sources (index files, directories, TFDS), decode (clip sampling + PyAV), transforms
 (crops/resizes in numpy + Pillow), pipeline (grain), failures (unreadable entries: accounting and
 the stop rule), normalize, synthetic, settings (the ``config.data`` fields; neither grain nor PyAV).
 """
@@ -19,6 +19,7 @@ import importlib
 # grain and PyAV (the train step and bench/gpu_suite.sh need neither); the name's module loads on
 # first use.
 _EXPORTS = {
+    "ClipSpec": "clips",
     "DataPipelineError": "pipeline",
     "FailureTracker": "pipeline",
     "default_data_config": "settings",
@@ -26,7 +27,8 @@ _EXPORTS = {
     "make_eval_dataset": "pipeline",
     "make_pretrain_dataset": "pipeline",
 }
-_SUBMODULES = ("decode", "failures", "normalize", "pipeline", "settings", "sources", "synthetic", "transforms")
+_SUBMODULES = ("clips", "decode", "failures", "normalize", "pipeline", "settings", "sources",
+               "synthetic", "transforms")
 
 __all__ = sorted(_EXPORTS)
 

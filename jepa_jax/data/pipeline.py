@@ -26,6 +26,7 @@ import grain
 import numpy as np
 
 from jepa_jax.data import decode
+from jepa_jax.data.clips import ClipSpec
 from jepa_jax.data import failures
 # Re-exported: the config fields live in settings.py, which imports neither grain nor PyAV.
 from jepa_jax.data.settings import dataset_frames
@@ -254,18 +255,18 @@ class _EvalPositions:
     return (g % self.n, g < self.n)
 
 
-def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segments: int = 1,
-                      frames_per_clip: int | None = None, frame_step: int | None = None,
-                      num_views: int = 1, train: bool = False, seed: int | None = None,
+def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int,
+                      clip: ClipSpec | None = None, train: bool = False, seed: int | None = None,
                       shard_index: int = 0, shard_count: int = 1, repeat: bool = False,
                       failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
   """Batches for frozen evaluation / probe training from one source spec.
 
   Videos: ``{"video": uint8 [B, S, V, T, H, W, C], "label": int32 [B], "index": int64 [B],
-  "valid": bool [B], "bad_reads": int32 [B]}`` with S = ``num_segments`` clips (one per equal
-  segment; random position and a random resized crop per segment when ``train``, else centred
-  and ``num_views`` spatial views; ``train`` forces V = 1). Images (a TFDS image source): ``"image": uint8 [B, H, W, C]``
-  instead of ``"video"``.
+  "valid": bool [B], "bad_reads": int32 [B]}``, the clips of ``clip`` (``data.clips.ClipSpec``;
+  None = one clip of ``data_cfg``'s frames, step and crop): S segments, one clip per equal
+  segment (random position and a random resized crop per segment when ``train``, else centred
+  and V spatial views; ``train`` forces V = 1). Images (a TFDS image source):
+  ``"image": uint8 [B, H, W, C]`` instead of ``"video"``.
 
   ``repeat=False``: one pass, shuffled if ``train``. Every host gets the same number of batches:
   its shard is padded to ``ceil(ceil(n / shard_count) / B) * B`` with repeats marked
@@ -273,6 +274,7 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
   when ``train``, every element valid.
   """
   cfg = data_cfg
+  clip = ClipSpec.of(cfg) if clip is None else clip
   seed = cfg.seed if seed is None else seed
   tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
   src = sources_lib.load_source(index_path, cfg.tfds_data_dir)
@@ -294,8 +296,8 @@ def make_eval_dataset(data_cfg, index_path: str, *, batch_size: int, num_segment
     ds = ds.map(_EvalPositions(n, shard_index, shard_count))
   loader = _Loader(
       src, mode="image" if src.kind == "image" else "eval", train=train,
-      num_frames=frames_per_clip or cfg.num_frames, frame_step=frame_step or cfg.frame_step,
-      crop_size=cfg.crop_size, num_clips=num_segments, num_views=1 if train else num_views,
+      num_frames=clip.frames, frame_step=clip.frame_step,
+      crop_size=clip.size, num_clips=clip.segments, num_views=1 if train else clip.views,
       scale=cfg.probe_random_resize_scale, ratio=cfg.probe_random_resize_aspect_ratio,
       flip=cfg.probe_horizontal_flip, short_policy=cfg.short_video_policy,
       allow_overlap=cfg.eval_allow_segment_overlap, decode_threads=cfg.decode_threads,

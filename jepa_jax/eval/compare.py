@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from jepa_jax import cli
+from jepa_jax import models
 from jepa_jax.eval import config as config_lib
 from jepa_jax.eval import encoder as enc_lib
 from jepa_jax.eval import features
@@ -103,7 +104,7 @@ def compare(config, pretrained: str, labels, seeds, workdir: str,
         pre_caches = pre_caches or caches(params)  # one encoder, probe seeds vary
         train_c, val_c = pre_caches
       else:
-        train_c, val_c = caches(enc_lib.random_params(encoder, seed))
+        train_c, val_c = caches(models.init_params(encoder, jax.random.PRNGKey(seed), jit=True))
       for lab in labels:
         tr_labels, va_labels = tables[lab]
         tr, va = train_c.relabel(tr_labels), val_c.relabel(va_labels)

@@ -6,23 +6,18 @@ change what differs. Any field can be overridden on the command line (``--config
 """
 import ml_collections
 
+from jepa_jax import models
 from jepa_jax import paths
 from jepa_jax import sharding
 from jepa_jax.data import default_data_config
 
 
 def model_config() -> ml_collections.ConfigDict:
-  """Encoder architecture. ``None`` fields are taken from the config saved with the checkpoint;
-  a field set here wins (and a checkpoint that does not fit it fails with a named parameter)."""
-  return ml_collections.ConfigDict(dict(
-      name=None,            # tiny | small | base | large | huge | giant | giant_xformers ...
-      patch_size=None,
-      tubelet_size=None,
-      uniform_power=None,
-      use_rope=None,        # V-JEPA 2 encoders (set by their checkpoints' configs)
-      scan=None,
-      overrides=None,       # e.g. {"embed_dim": 96, "depth": 4, "num_heads": 4}
-  ), type_safe=False)
+  """Encoder architecture: ``models.ARCHITECTURE_FIELDS`` (name, patch_size, tubelet_size,
+  uniform_power, use_rope, scan, overrides, vjepa21), all None. A None field is the checkpoint's
+  (its saved model spec); a field set here wins (and a checkpoint that does not fit it fails with
+  a named parameter). ``overrides``: e.g. ``{"embed_dim": 96, "depth": 4, "num_heads": 4}``."""
+  return ml_collections.ConfigDict(dict.fromkeys(models.ARCHITECTURE_FIELDS), type_safe=False)
 
 
 def base_eval_config() -> ml_collections.ConfigDict:

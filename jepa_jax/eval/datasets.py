@@ -51,7 +51,6 @@ def make_dataset(settings, spec: str, *, train: bool, batch_size: int, seed: int
   if batch_size % nproc:
     raise ConfigError(f"batch size {batch_size} is not divisible by the {nproc} processes")
   return data_lib.make_eval_dataset(
-      settings.data, spec, batch_size=batch_size // nproc, num_segments=settings.num_segments,
-      frames_per_clip=settings.data.num_frames, frame_step=settings.data.frame_step,
-      num_views=num_views, train=train, seed=seed, shard_index=jax.process_index(),
-      shard_count=nproc, repeat=repeat)
+      settings.data, spec, batch_size=batch_size // nproc,
+      clip=data_lib.ClipSpec.of(settings.data, settings.num_segments, num_views), train=train,
+      seed=seed, shard_index=jax.process_index(), shard_count=nproc, repeat=repeat)

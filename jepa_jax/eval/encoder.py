@@ -19,60 +19,47 @@ import jax.numpy as jnp
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models
 from jepa_jax import paths
+from jepa_jax.data import clips as clips_lib
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"target": "target", "online": "encoder", "encoder": "encoder"}
-_MODEL_DEFAULTS = dict(patch_size=16, tubelet_size=2, uniform_power=True, use_rope=False, scan=False,
-                       overrides={}, vjepa21=False)
 
 
-def resolve_model(config, saved_config: Optional[dict]) -> dict:
-  """The encoder architecture: the checkpoint's saved ``model`` section, then every field the eval
-  config sets explicitly (``config.model.*`` not None) on top, then defaults."""
-  saved = dict((saved_config or {}).get("model", {}) or {})
-  arch = {k: saved.get(k, v) for k, v in _MODEL_DEFAULTS.items()}
-  arch["name"] = saved.get("name")
-  for k, v in config.model.to_dict().items():
-    if v is not None:
-      arch[k] = v
-  if not arch.get("name"):
-    raise ConfigError(
-        f"cannot tell the encoder's architecture: checkpoint {config.checkpoint!r} carries no "
-        "config. Set config.model.name (and config.model.overrides, patch_size, tubelet_size) to "
-        "the architecture the weights were trained with.")
-  arch["overrides"] = dict(arch.get("overrides") or {})
-  return arch
-
-
-def build_eval_encoder(arch: dict, config) -> models.VisionTransformer:
-  """The encoder at the eval resolution and clip length (positions are fixed sin-cos, so they
-  follow the grid; every trained parameter keeps its shape). V-JEPA 2.1 encoders (``vjepa21`` in
-  the checkpoint's model section) output their last level; ``feature_layer`` may name any of their
-  levels (``models.VJEPA21_LEVELS``), each through its own LayerNorm."""
+def eval_spec(config, saved: Optional[models.ModelSpec]) -> models.ModelSpec:
+  """The encoder to evaluate: the checkpoint's spec (``checkpoint.read_model_spec``), every
+  architecture field ``config.model`` sets (not None) on top, at the eval's clip size, frames,
+  dtype and attention; no predictor. A field ``config.model`` may set is a field of
+  ``ModelSpec`` (``models.ARCHITECTURE_FIELDS``), so a new one is added there only."""
   if config.encoder_dtype not in models.DTYPES:
     raise ConfigError(f"config.encoder_dtype must be one of {sorted(models.DTYPES)}, "
                       f"got {config.encoder_dtype!r}")
-  encoder, _ = models.from_spec(models.ModelSpec(
-      name=arch["name"], img_size=config.data.crop_size, num_frames=config.data.num_frames,
-      patch_size=arch["patch_size"], tubelet_size=arch["tubelet_size"],
-      uniform_power=arch["uniform_power"], use_rope=bool(arch["use_rope"]),
-      dtype=config.encoder_dtype, attention=config.attention, scan=arch["scan"],
-      overrides=arch["overrides"], vjepa21=bool(arch.get("vjepa21"))))
+  given = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model or {})
+  explicit = {k: v for k, v in given.items() if v is not None}
+  unknown = sorted(set(explicit) - set(models.ARCHITECTURE_FIELDS))
+  if unknown:
+    raise ConfigError(f"config.model.{unknown[0]} is not an encoder architecture field; "
+                      f"config.model takes {', '.join(models.ARCHITECTURE_FIELDS)}")
+  if saved is None and not explicit.get("name"):
+    raise ConfigError(
+        f"cannot tell the encoder's architecture: checkpoint {config.checkpoint!r} carries no "
+        "model spec or config. Set config.model.name (and config.model.overrides, patch_size, "
+        "tubelet_size) to the architecture the weights were trained with.")
+  base = saved.to_dict() if saved is not None else {}
+  spec = models.ModelSpec.from_sections(dict(base, **explicit), config.data.crop_size,
+                                        config.data.num_frames)
+  return spec.replace(dtype=config.encoder_dtype, attention=config.attention, remat="none")
+
+
+def build_eval_encoder(spec: models.ModelSpec) -> models.VisionTransformer:
+  """The encoder of ``eval_spec`` (positions are fixed sin-cos, so they follow the eval's grid;
+  every trained parameter keeps its shape). V-JEPA 2.1 encoders output their last level;
+  ``feature_layer`` may name any of their levels (``models.VJEPA21_LEVELS``), each through its own
+  LayerNorm."""
+  encoder, _ = models.from_spec(spec)
   return encoder
-
-
-def abstract_params(encoder: models.VisionTransformer):
-  clips = jax.ShapeDtypeStruct(
-      (1, encoder.num_frames, encoder.img_size, encoder.img_size, encoder.in_chans), jnp.float32)
-  return jax.eval_shape(lambda k, x: encoder.init(k, x), jax.random.PRNGKey(0), clips)["params"]
-
-
-def random_params(encoder: models.VisionTransformer, seed: int):
-  clips = jnp.zeros((1, encoder.num_frames, encoder.img_size, encoder.img_size, encoder.in_chans))
-  return jax.jit(encoder.init)(jax.random.PRNGKey(seed), clips)["params"]
 
 
 def load_frozen_encoder(config, seed: Optional[int] = None, on_host: bool = False):
@@ -92,21 +79,22 @@ def load_frozen_encoder(config, seed: Optional[int] = None, on_host: bool = Fals
     raise ConfigError("config.checkpoint is empty: give a trainer workdir / converted-weights "
                       "directory, or 'random' for a randomly initialised encoder")
   if path == "random":
-    arch = resolve_model(config, None)
-    encoder = build_eval_encoder(arch, config)
+    spec = eval_spec(config, None)
+    encoder = build_eval_encoder(spec)
     s = config.seed if seed is None else seed
-    params = random_params(encoder, s)
+    params = models.init_params(encoder, jax.random.PRNGKey(s), jit=True)
     if on_host:
       params = jax.device_get(params)
     return encoder, params, dict(checkpoint="random", checkpoint_key=None, step=0, init_seed=s,
-                                 model=arch)
+                                 model=spec.to_dict())
   encoder, params, info, _, _ = load_checkpoint_encoder(config)
   return encoder, (params if on_host else jax.tree_util.tree_map(jnp.asarray, params)), info
 
 
 def _finetuned_model(saved: dict) -> dict:
-  """A fine-tuning checkpoint's config with its encoder's architecture. Fine-tuning saves the
-  resolved one; checkpoints written before it did hold the fine-tuning config's ``model``, whose
+  """A fine-tuning checkpoint's config with its encoder's architecture, for fine-tuning
+  checkpoints without a model spec. Those written before fine-tuning saved the resolved
+  architecture hold the fine-tuning config's ``model``, whose
   unset fields came from the checkpoint it started from (``saved["checkpoint"]``): read there."""
   model = dict(saved.get("model") or {})
   source = saved.get("checkpoint")
@@ -128,10 +116,10 @@ def load_checkpoint_encoder(config):
   loaded = ckpt_lib.load(path, config.checkpoint_step)
   tree, step = loaded.params, loaded.step
   saved_config = ckpt_lib.read_config(path, step)
-  if loaded.kind == ckpt_lib.FINETUNE:
-    saved_config = _finetuned_model(saved_config)
-  arch = resolve_model(config, saved_config)
-  encoder = build_eval_encoder(arch, config)
+  spec = eval_spec(config, ckpt_lib.read_model_spec(
+      path, step, _finetuned_model(saved_config) if loaded.kind == ckpt_lib.FINETUNE
+      else saved_config))
+  encoder = build_eval_encoder(spec)
   group = "encoder" if loaded.kind == ckpt_lib.FINETUNE else CHECKPOINT_KEYS[key]
   if group not in tree:
     raise ckpt_lib.CheckpointError(
@@ -140,10 +128,11 @@ def load_checkpoint_encoder(config):
   params = tree[group]
   which = "fine-tuned" if loaded.kind == ckpt_lib.FINETUNE else key
   where = f"{which} encoder of checkpoint {step} in {ckpt_lib.checkpoint_dir(path)}"
-  ckpt_lib.check_shapes(params, abstract_params(encoder), where)
-  log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", which, arch["name"],
+  ckpt_lib.check_shapes(params, models.abstract_params(encoder), where)
+  log.info("loaded the %s encoder (%s, %d blocks) from step %d of %s", which, spec.name,
            encoder.depth, step, path)
-  info = dict(checkpoint=path, checkpoint_key=key, step=int(step), model=arch, kind=loaded.kind)
+  info = dict(checkpoint=path, checkpoint_key=key, step=int(step), model=spec.to_dict(),
+              kind=loaded.kind)
   return encoder, params, info, loaded, saved_config
 
 
@@ -195,5 +184,5 @@ def clips_to_tokens(encode: Callable, clips, dtype=jnp.float32):
   encoded in one call, so the work is one big batch on the accelerator.
   """
   b, s, v = clips.shape[:3]
-  x = normalize_lib.normalize(einops.rearrange(clips, "b s v t h w c -> (b s v) t h w c"), dtype)
+  x = normalize_lib.normalize(clips_lib.flatten(clips), dtype)
   return einops.rearrange(encode(x), "(b s v) n d -> b v (s n) d", b=b, s=s, v=v)

@@ -19,7 +19,6 @@ import functools
 import math
 from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,13 +73,11 @@ def _probe(num_classes, num_heads, mlp_ratio, depth, dtype, blocks_on="query"):
 
 def abstract_params(probe, embed_dim: int):
   """The probe's parameter shapes for ``embed_dim``-wide tokens (no computation)."""
-  tokens = jax.ShapeDtypeStruct((1, 4, embed_dim), jnp.float32)
-  return jax.eval_shape(probe.init, jax.random.PRNGKey(0), tokens)["params"]
+  return models.abstract_params(probe, embed_dim)
 
 
 def init_probe_params(probe, embed_dim: int, seed: int):
-  tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)
-  params = flax.core.unfreeze(jax.jit(probe.init)(jax.random.PRNGKey(seed), tokens)["params"])
+  params = models.init_params(probe, jax.random.PRNGKey(seed), embed_dim, jit=True)
   fc2 = params["mlp"]["fc2"]
   if probe.blocks_on == "tokens":
     # V-JEPA 2's _rescale_blocks: extra blocks 1, 2, ...; the cross-attention fc2 by the last one.

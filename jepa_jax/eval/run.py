@@ -165,7 +165,7 @@ def random_baseline(task, encoder, seeds, fraction, make_source, placer, workdir
   is saved (the probes of a random encoder are not worth keeping)."""
   runs = []
   for seed in seeds:
-    source = make_source(enc_lib.random_params(encoder, seed), seed,
+    source = make_source(models.init_params(encoder, jax.random.PRNGKey(seed), jit=True), seed,
                          lambda labels, s=seed: lowshot.balanced_subset(labels, fraction, s))
     record = run_probes(task, source, seed, fraction, placer, workdir, write=False)
     log.info("random-init encoder (init and probe seed %d): top-1 %.2f", seed, record["top1"])

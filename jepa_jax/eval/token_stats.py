@@ -15,6 +15,7 @@ import json
 import jax
 import numpy as np
 
+from jepa_jax import models
 from jepa_jax.data.normalize import normalize
 
 
@@ -63,12 +64,13 @@ def report_token_stats(args) -> None:
   dc = data.default_data_config()
   dc.crop_size, dc.num_frames = encoder.img_size, encoder.num_frames
   batch = next(iter(data.make_eval_dataset(dc, args.index, batch_size=args.num_clips,
-                                           num_segments=1, num_views=1, train=False)))
-  clips = normalize(batch["video"][:, 0, 0])
+                                           train=False)))
+  clips = normalize(data.clips.single(batch["video"]))
   report = {"checkpoint": args.checkpoint, "step": info["step"], "key": args.checkpoint_key,
             "pretrained": layer_stats(encoder, params, clips)}
   if args.random:
-    report["random_init"] = layer_stats(encoder, enc_lib.random_params(encoder, 0), clips)
+    random_params = models.init_params(encoder, jax.random.PRNGKey(0), jit=True)
+    report["random_init"] = layer_stats(encoder, random_params, clips)
   for name in ("pretrained", "random_init"):
     if name in report:
       for layer, s in report[name].items():

@@ -8,6 +8,7 @@ def build_feature_fn(encoder, settings, probe=None):
   import flax.linen as nn  # noqa: PLC0415
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
+  from jepa_jax.data import clips as clips_lib  # noqa: PLC0415
   from jepa_jax.data import normalize as normalize_lib  # noqa: PLC0415
   from jepa_jax.eval import encoder as enc_lib  # noqa: PLC0415
   layers = enc_lib.feature_layers(encoder, settings.layers or None)
@@ -16,7 +17,7 @@ def build_feature_fn(encoder, settings, probe=None):
     token_fn = enc_lib.make_token_fn(encoder, settings.layers or None)
 
     def fn(enc_params, probe_params, clips):
-      tokens = token_fn(enc_params, clips[:, None, None])[:, 0]  # one segment, one view
+      tokens = token_fn(enc_params, clips_lib.batch_of(clips))[:, 0]  # its one view
       pooled = []
 
       def keep_classifier_input(next_fun, args, kwargs, context):

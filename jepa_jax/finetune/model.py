@@ -10,7 +10,6 @@ does in torch's AdamW.
 """
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -61,8 +60,7 @@ def head_num_classes(head_params) -> int:
 
 def init_head(head, embed_dim: int, seed: int):
   if isinstance(head, MeanPoolClassifier):
-    tokens = jnp.zeros((1, 4, embed_dim), jnp.float32)
-    return flax.core.unfreeze(jax.jit(head.init)(jax.random.PRNGKey(seed), tokens)["params"])
+    return models.init_params(head, jax.random.PRNGKey(seed), embed_dim, jit=True)
   return probe_lib.init_probe_params(head, embed_dim, seed)
 
 

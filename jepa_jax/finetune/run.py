@@ -29,7 +29,6 @@ import os
 import time
 from typing import Optional
 
-import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +42,7 @@ from jepa_jax import nonfinite as nonfinite_lib
 from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax import sharding
+from jepa_jax.data import clips as clips_lib
 from jepa_jax.data import normalize as normalize_lib
 from jepa_jax.errors import ConfigError
 from jepa_jax.eval import datasets as eval_data
@@ -89,7 +89,7 @@ class Finetuner:
   def _train_step(self, state, video, labels, rng):
     c = self.settings
     k_mix, k_drop = jax.random.split(jax.random.fold_in(rng, state.step))
-    clips = normalize_lib.normalize(video[:, 0, 0], self.encoder.block.dtype)
+    clips = normalize_lib.normalize(clips_lib.single(video), self.encoder.block.dtype)
     targets = augment.smooth_targets(labels, self.num_classes, c.label_smoothing)
     clips, targets, lam = augment.mix(k_mix, clips, targets, **dataclasses.asdict(c.mixup))
     dropout_key = None if c.freeze_encoder or c.drop_path <= 0 else k_drop
@@ -111,9 +111,8 @@ class Finetuner:
     """uint8 ``video`` ``[B, S, V, T, H, W, C]`` -> ``[B, K]``: every clip classified on its own,
     the S x V predictions aggregated (``view_aggregation``)."""
     b, s, v = video.shape[:3]
-    clips = normalize_lib.normalize(
-        einops.rearrange(video, "b s v t h w c -> (b s v) t h w c"), self.encoder.block.dtype)
-    logits = einops.rearrange(self.logits(params, clips), "(b sv) k -> b sv k", b=b, sv=s * v)
+    clips = normalize_lib.normalize(clips_lib.flatten(video), self.encoder.block.dtype)
+    logits = clips_lib.unflatten(self.logits(params, clips), b, s, v)
     return probe_lib.aggregate_views(logits, self.settings.view_aggregation)
 
   def _eval_step(self, params, video, labels, weights):
@@ -193,8 +192,8 @@ def evaluate(ft: Finetuner, params, s, val_spec, placer) -> dict:
   nproc = jax.process_count()
   batch = s.test_batch_size or s.batch_size
   ds = data_lib.make_eval_dataset(
-      s.data, val_spec, batch_size=batch // nproc, num_segments=s.test_segments,
-      num_views=s.test_views, train=False, seed=s.seed,
+      s.data, val_spec, batch_size=batch // nproc,
+      clip=data_lib.ClipSpec.of(s.data, s.test_segments, s.test_views), train=False, seed=s.seed,
       shard_index=jax.process_index(), shard_count=nproc, repeat=False)
   sums = []
   for b in ds:
@@ -247,9 +246,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
   if s.batch_size % nproc:
     raise ConfigError(f"batch size {s.batch_size} is not divisible by the {nproc} processes")
   dataset = data_lib.make_eval_dataset(
-      s.data, train_spec, batch_size=s.batch_size // nproc, num_segments=1,
-      num_views=1, train=True, seed=s.seed, shard_index=jax.process_index(),
-      shard_count=nproc, repeat=True)
+      s.data, train_spec, batch_size=s.batch_size // nproc, train=True, seed=s.seed,
+      shard_index=jax.process_index(), shard_count=nproc, repeat=True)
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)
@@ -276,7 +274,8 @@ def finetune(config, workdir: str, *, stop_at_step: Optional[int] = None) -> dic
 
   program = loop.Program(
       step=lambda state, batch: ft.train_step(state, *batch, rng),
-      checkpoint_items=lambda: dict(config=saved_config, kind=ckpt_lib.FINETUNE),
+      checkpoint_items=lambda: dict(config=saved_config, kind=ckpt_lib.FINETUNE,
+                                    model_spec=info["model"]),
       evaluate=validate, log_row=log_row)
   result = loop.run(
       program, state, start_step, iterator=iterator,

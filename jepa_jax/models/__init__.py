@@ -13,19 +13,22 @@ import numpy as np
 from jepa_jax.models.layers import (ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES, BlockConfig,
                                     rescale_residual_projections)
 from jepa_jax.models.predictor import Predictor
+from jepa_jax.models.init import abstract_params, example_inputs, init_params
 from jepa_jax.models.attentive_probe import AttentiveClassifier, build_probe
-from jepa_jax.models.spec import (DTYPES, ModelSpec, PredictorSpec, build_predictor, dtype_of,
-                                  encoder_from_spec, from_spec)
+from jepa_jax.models.spec import (ARCHITECTURE_FIELDS, DTYPES, RUNTIME_FIELDS, ModelSpec,
+                                  PredictorSpec, build_predictor, dtype_of, encoder_from_spec,
+                                  from_spec)
 from jepa_jax.models.vit import (VIT_SIZES, VJEPA21_LEVELS, VisionTransformer,
                                  analytic_encoder_params, build_encoder, gather_tokens, size_spec,
                                  token_grid, vjepa21_fields)
 
 __all__ = [
-    "ATTENTION_IMPLEMENTATIONS", "DTYPES", "REMAT_POLICIES", "VIT_SIZES", "AttentiveClassifier",
-    "BlockConfig", "ModelSpec", "Predictor", "PredictorSpec", "VisionTransformer",
+    "ARCHITECTURE_FIELDS", "ATTENTION_IMPLEMENTATIONS", "DTYPES", "REMAT_POLICIES",
+    "RUNTIME_FIELDS", "VIT_SIZES", "VJEPA21_LEVELS", "AttentiveClassifier", "BlockConfig",
+    "ModelSpec", "Predictor", "PredictorSpec", "VisionTransformer", "abstract_params",
     "analytic_encoder_params", "build_encoder", "build_predictor", "build_probe", "count_params",
-    "dtype_of", "encoder_from_spec", "from_spec", "gather_tokens", "rescale_residual_projections",
-    "size_spec", "token_grid", "VJEPA21_LEVELS", "vjepa21_fields",
+    "dtype_of", "encoder_from_spec", "example_inputs", "from_spec", "gather_tokens",
+    "init_params", "rescale_residual_projections", "size_spec", "token_grid", "vjepa21_fields",
 ]
 
 

@@ -8,8 +8,6 @@ are the encoder's where they divide 384, else 12 (V-JEPA 2's ``pred_num_heads``)
 """
 import argparse
 
-import jax
-import jax.numpy as jnp
 
 from jepa_jax import models
 
@@ -25,11 +23,8 @@ def param_table(img_size: int = 224, num_frames: int = 16, pred_embed_dim: int =
         size, img_size=img_size, num_frames=num_frames, scan=True,
         predictor=models.PredictorSpec(depth=pred_depth, embed_dim=pred_embed_dim,
                                        num_heads=pred_heads, num_mask_tokens=num_mask_tokens)))
-    clips = jax.ShapeDtypeStruct((1, num_frames, img_size, img_size, 3), jnp.float32)
-    enc_params = jax.eval_shape(enc.init, jax.random.PRNGKey(0), clips)
-    idx = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    ctx = jax.ShapeDtypeStruct((1, 1, enc.embed_dim), jnp.float32)
-    pred_params = jax.eval_shape(pred.init, jax.random.PRNGKey(0), ctx, idx, idx)
+    enc_params = models.abstract_params(enc)
+    pred_params = models.abstract_params(pred)
     spec = models.size_spec(size)
     rows.append(dict(size=size, heads=heads, mlp_hidden=int(enc.embed_dim * enc.block.mlp_ratio),
                      encoder=models.count_params(enc_params),

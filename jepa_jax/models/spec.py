@@ -62,6 +62,67 @@ class ModelSpec:
   def replace(self, **changes) -> "ModelSpec":
     return dataclasses.replace(self, **changes)
 
+  def to_dict(self) -> dict:
+    """Plain JSON (what checkpoints save: ``checkpoint.MODEL_SPEC``); ``from_dict`` inverts it."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out["img_size"] = list(self.img_size) if isinstance(self.img_size, (tuple, list)) \
+        else self.img_size
+    out["overrides"] = _plain(dict(self.overrides or {}))
+    out["predictor"] = None if self.predictor is None else dataclasses.asdict(self.predictor)
+    return out
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "ModelSpec":
+    """The spec of ``to_dict``; a field this version does not know is an error (the file was
+    written by a newer jepa_jax), a missing one takes its default (an older one)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+      raise ConfigError(f"model spec has fields {unknown} this jepa_jax does not know; it was "
+                        "written by a newer version: upgrade jepa_jax to read it")
+    d = dict(d)
+    if isinstance(d.get("img_size"), list):
+      d["img_size"] = tuple(d["img_size"])
+    d["overrides"] = _overrides(d.get("overrides"))
+    if d.get("predictor") is not None:
+      d["predictor"] = PredictorSpec(**d["predictor"])
+    return cls(**d)
+
+  @classmethod
+  def from_sections(cls, model: Mapping[str, Any], img_size: Any, num_frames: int,
+                    predictor: Optional[PredictorSpec] = None) -> "ModelSpec":
+    """A spec from a config's ``model`` section, whose fields carry ``ModelSpec``'s names (the
+    pretraining config, the eval/fine-tuning ``model`` override, the config of a checkpoint
+    saved before checkpoints carried their spec): a field the section lacks or leaves None
+    keeps the default, so a new field is added here and nowhere else."""
+    fields = {k: model[k] for k in ARCHITECTURE_FIELDS + RUNTIME_FIELDS
+              if k in model and model[k] is not None}
+    if "overrides" in fields:
+      fields["overrides"] = _overrides(fields["overrides"])
+    return cls(img_size=img_size, num_frames=num_frames, predictor=predictor, **fields)
+
+
+def _plain(x):
+  """``overrides`` as JSON values (ConfigDicts and tuples from configs become dicts and lists)."""
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, Mapping):
+    return {str(k): _plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  return x
+
+
+def _overrides(x) -> dict:
+  """``overrides`` with sequences as tuples (module fields must hash), whatever wrote them."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in _plain(x or {}).items()}
+
+
+# What the trained weights depend on (a checkpoint's spec fixes them; an eval or fine-tuning
+# config may restate them under ``model``), and what each program chooses for its own run.
+ARCHITECTURE_FIELDS = ("name", "patch_size", "tubelet_size", "uniform_power", "use_rope", "scan",
+                       "overrides", "vjepa21")
+RUNTIME_FIELDS = ("dtype", "attention", "remat")
+
 
 def dtype_of(name: str, field: str = "dtype", allowed=tuple(DTYPES)):
   """The jnp dtype called ``name``, one of ``allowed`` (a subset of ``DTYPES``, the one table of

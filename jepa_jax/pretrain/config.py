@@ -106,13 +106,9 @@ def model_spec(config, num_masks: Optional[int] = None) -> models.ModelSpec:
       levels=m.get("pred_levels"), out_embed_dim=m.get("pred_out_embed_dim"),
       return_context=bool(m.get("vjepa21") if m.get("pred_return_context") is None
                           else m.get("pred_return_context")))
-  return models.ModelSpec(
-      name=m.name, img_size=d.crop_size, num_frames=d.num_frames, patch_size=m.patch_size,
-      tubelet_size=m.tubelet_size, uniform_power=m.uniform_power,
-      # configs older than V-JEPA 2 support have no use_rope field: the size name decides
-      use_rope=m.get("use_rope"), dtype=m.dtype, attention=m.attention, remat=m.remat,
-      scan=m.scan, overrides=dict(m.get("overrides", {}) or {}), predictor=predictor,
-      vjepa21=bool(m.get("vjepa21")))
+  # The model section's fields carry ModelSpec's names (configs older than V-JEPA 2 support have
+  # no use_rope field: the size name decides).
+  return models.ModelSpec.from_sections(m, d.crop_size, d.num_frames, predictor=predictor)
 
 
 def token_grid(config) -> tuple[int, int, int]:

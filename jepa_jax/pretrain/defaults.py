@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
       remat="none",              # none | full | dots | dots_no_batch
       scan=False,                # nn.scan over blocks: compile time independent of depth
       overrides={},              # e.g. {"embed_dim": 96, "depth": 2, "num_heads": 4}
+      vjepa21=False,             # the V-JEPA 2.1 architecture (configs/vjepa21, docs/vjepa21.md)
   ))
 
   c.data = data_config()

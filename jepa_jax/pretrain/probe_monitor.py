@@ -217,8 +217,7 @@ class ProbeMonitor:
     with tempfile.TemporaryDirectory(prefix="monitor_probe") as tmp:
       subset = lowshot.write_subset_index(index, rows, os.path.join(tmp, "index.csv"))
       dataset = data_lib.make_eval_dataset(
-          d, subset, batch_size=batch // nproc, num_segments=1, frames_per_clip=d.num_frames,
-          frame_step=d.frame_step, num_views=1, train=False, seed=0,
+          d, subset, batch_size=batch // nproc, train=False, seed=0,
           shard_index=jax.process_index(), shard_count=nproc, repeat=False)
       self.batches = [dict(video=b["video"], label=b["label"], index=b["index"],
                            valid=b["valid"]) for b in dataset]

@@ -8,7 +8,6 @@ jitted with ``out_shardings``.
 """
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,12 +32,8 @@ class TrainState(train_state.TrainState):
 def init_params(encoder, predictor, rng, rescale_residual_init: bool = False):
   """Fresh ``{"encoder", "predictor"}`` parameters (reference initialisation)."""
   k_enc, k_pred = jax.random.split(rng)
-  clips = jnp.zeros(encoder.clip_shape())
-  enc = encoder.init(k_enc, clips)["params"]
-  ctx_idx = jnp.zeros((1, 1), jnp.int32)
-  context = jnp.zeros((1, 1, predictor.input_dim))
-  pred = predictor.init(k_pred, context, ctx_idx, ctx_idx)["params"]
-  params = {"encoder": flax.core.unfreeze(enc), "predictor": flax.core.unfreeze(pred)}
+  params = {"encoder": models.init_params(encoder, k_enc),
+            "predictor": models.init_params(predictor, k_pred)}
   if rescale_residual_init:
     params = {k: models.rescale_residual_projections(v) for k, v in params.items()}
   return params

@@ -195,7 +195,8 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
 
   program = loop.Program(
       step=lambda state, batch: exp.train_step(state, batch, rng),
-      checkpoint_items=lambda: dict(config=config, data_failures=consumed.state()),
+      checkpoint_items=lambda: dict(config=config, model_spec=exp.settings.model,
+                                    data_failures=consumed.state()),
       consume=consume,
       evaluate=probe_if_due if probe is not None else None,
       log_row=log_row)
