@@ -24,6 +24,13 @@ What runs, all float32 on the CPU, plain (non-SDPA) attention:
   ``STEP`` of its ``Lambda_LinearWarmupHold(0.5)`` ramp; gradients; one AdamW step (lr 5e-4, wd
   0.04 on non-bias, non-1-D tensors, as its ``init_opt`` groups them) and one EMA update (0.998).
 
+``--eval-out FILE`` (default ``tests/fixtures/vjepa21_eval_tiny_v1.npz``) also records what the
+reference's frozen evaluation of 2.1 checkpoints (``configs/eval_2_1/*``) computes from the same
+encoder weights and clip: ``evals/video_classification_frozen/modelcustom/vit_encoder_multiclip.py``
+builds the *V-JEPA 2* encoder (``src/models/vision_transformer``, ``use_rope``) and loads the 2.1
+state dict into it with ``strict=False``. Keys: ``out/tokens`` (its output on ``clip``),
+``missing`` and ``unexpected`` (the load's key lists).
+
 Keys (PyTorch layouts, reference names): ``param/{encoder,predictor}/NAME``, ``clip``
 ``[B, C, T, H, W]``, ``mask_enc_{i}`` / ``mask_pred_{i}``, ``out/*`` (encoder eval and training
 outputs, the image path, targets, context features, predictions, context predictions, distance
@@ -104,8 +111,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--ref-dir", default=os.environ.get(ENV),
                  help=f"vjepa2 checkout at 204698b (default: ${ENV})")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                               "tests", "fixtures", "vjepa21_tiny_v1.npz"))
+  fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+  p.add_argument("--out", default=os.path.join(fixtures, "vjepa21_tiny_v1.npz"))
+  p.add_argument("--eval-out", default=os.path.join(fixtures, "vjepa21_eval_tiny_v1.npz"))
   args = p.parse_args(argv)
   if not args.ref_dir or not os.path.isfile(
       os.path.join(args.ref_dir, "app", "vjepa_2_1", "models", "vision_transformer.py")):
@@ -242,6 +250,30 @@ def main(argv=None):
   print(f"wrote {args.out}: {len(out)} arrays, loss {out['out/loss']:.6f} "
         f"(pred {out['out/loss_pred']:.6f}, context {out['out/loss_context']:.6f}, "
         f"lambda {lam:.6f})")
+
+  # The frozen evaluation of configs/eval_2_1: the V-JEPA 2 encoder, the 2.1 weights (before the
+  # step above) loaded as vit_encoder_multiclip.init_module loads them.
+  sys.path.insert(0, os.path.abspath(args.ref_dir))
+  import src.models.vision_transformer as vit2  # noqa: PLC0415
+  with torch.random.fork_rng():
+    eval_encoder = vit2.VisionTransformer(
+        img_size=(img, img), patch_size=patch, num_frames=frames, tubelet_size=tubelet,
+        embed_dim=dim, depth=12, num_heads=3, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm,
+        uniform_power=True, use_sdpa=False, use_rope=True)
+  pretrained = {k[len("param/encoder/"):]: torch.from_numpy(v) for k, v in out.items()
+                if k.startswith("param/encoder/")}
+  for k, v in eval_encoder.state_dict().items():
+    if k in pretrained and pretrained[k].shape != v.shape:
+      pretrained[k] = v
+  msg = eval_encoder.load_state_dict(pretrained, strict=False)
+  eval_encoder.eval()
+  with torch.no_grad():
+    tokens = eval_encoder(clip).numpy()
+  np.savez_compressed(args.eval_out, **{"out/tokens": tokens,
+                                        "missing": np.asarray(sorted(msg.missing_keys)),
+                                        "unexpected": np.asarray(sorted(msg.unexpected_keys))})
+  print(f"wrote {args.eval_out}: tokens {tokens.shape}, missing {sorted(msg.missing_keys)}, "
+        f"unexpected {sorted(msg.unexpected_keys)}")
 
 
 if __name__ == "__main__":

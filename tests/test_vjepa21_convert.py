@@ -15,6 +15,8 @@ from jepa_jax.convert.__main__ import main as cli
 from jepa_jax.pretrain import config as config_lib
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "vjepa21_tiny_v1.npz"
+# The reference's frozen evaluation of the same weights (bench/make_vjepa21_golden.py --eval-out).
+EVAL_FIXTURE = FIXTURE.with_name("vjepa21_eval_tiny_v1.npz")
 PREFIX = "module.backbone."
 TINY21 = ["--model", "tiny", "--embed-dim", "48", "--depth", "12", "--num-heads", "3",
           "--pred-num-heads", "2", "--img-size", "64", "--num-frames", "4"]
@@ -203,3 +205,41 @@ def test_exports_load_into_reference_modules_strictly(golden21):
     out, out_ctx = pred(enc(clip, masks=ctx_idx, training=True), ctx_idx, tgt_idx, mask_index=0)
   np.testing.assert_array_equal(out.numpy(), golden21["out/pred_0"])
   np.testing.assert_array_equal(out_ctx.numpy(), golden21["out/pred_context_0"])
+
+
+def test_as_vjepa2_is_what_the_references_eval_21_computes(golden21, tmp_path):
+  """``--as-vjepa2``: the 2.1 weights in the V-JEPA 2 encoder as configs/eval_2_1 load them
+  (vit_encoder_multiclip, strict=False). The keys it drops and adds are the reference load's
+  unexpected and missing keys; through a saved checkpoint and the eval's loader the tokens are
+  the reference's, which differ from the 2.1 encoder's own output."""
+  from jepa_jax.eval import config as eval_config
+  from jepa_jax.eval import encoder as enc_lib
+  with np.load(EVAL_FIXTURE) as f:
+    ref_eval = {k: f[k] for k in f.files}
+  state21 = state(golden21, "param/encoder/", wrap="")
+  as2 = reference.vjepa2_eval_state(state21)
+  assert sorted(set(state21) - set(as2)) == sorted(ref_eval["unexpected"].tolist())
+  assert sorted(set(as2) - set(state21)) == sorted(ref_eval["missing"].tolist())
+
+  params, config = convert.convert_state_dicts(released_21(golden21), "tiny", as_vjepa2=True,
+                                               **TINY21_KW)
+  assert set(params) == {"encoder", "target"}
+  assert config.model.use_rope and not config.model.get("vjepa21")
+  reference.save_converted(str(tmp_path / "ckpt"), params, config)
+  c = eval_config.vjepa2_eval_config("t", 3, frames=4, frame_step=2, segments=1, views=1,
+                                     resolution=64, clips_per_gpu=2, gpus=1, epochs=1)
+  c.checkpoint, c.encoder_dtype, c.attention = str(tmp_path / "ckpt"), "float32", "einsum"
+  encoder, eparams, info = enc_lib.load_frozen_encoder(c)
+  assert not info["model"]["vjepa21"] and not encoder.levels
+  clip = jnp.asarray(golden21["clip"].transpose(0, 2, 3, 4, 1))
+  # Runs once: compiled without LLVM's backend optimisations (see test_vjepa21.run_once).
+  tokens = jax.jit(lambda p: encoder.apply({"params": p}, clip)).lower(eparams).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(eparams)
+  np.testing.assert_allclose(np.asarray(tokens), ref_eval["out/tokens"], atol=2e-5)
+  assert np.abs(ref_eval["out/tokens"] - golden21["out/encoder_full"]).max() > 0.1
+
+  with pytest.raises(convert.ConversionError, match="--as-vjepa2 .* drop the flag"):
+    convert.convert_state_dicts({"target_encoder": as2}, "tiny", as_vjepa2=True, **TINY21_KW)
+  from jepa_jax.convert.__main__ import parse_args  # noqa: PLC0415
+  with pytest.raises(SystemExit):
+    parse_args(["--from-torch", "p.pt", "--kind", "probe", "--out", "o", "--as-vjepa2"])

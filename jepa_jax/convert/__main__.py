@@ -1,7 +1,7 @@
 """Convert V-JEPA weights between the reference's PyTorch files, Hugging Face and jepa_jax.
 
   python -m jepa_jax.convert --from-torch FILE.pth.tar --out DIR [--model vit_huge]
-      [--img-size 224 --num-frames 16] [--rope | --no-rope] [--encoder-only]
+      [--img-size 224 --num-frames 16] [--rope | --no-rope] [--encoder-only] [--as-vjepa2]
   python -m jepa_jax.convert --from-torch PROBE.pth.tar --kind probe --out DIR [--probe-index 0]
   python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
       [--which both|target|online] [--step N] [--kind probe]
@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "without a predictor)")
   p.add_argument("--rope", action=argparse.BooleanOptionalAction, default=None,
                  help="V-JEPA 2 3D-RoPE model (default: inferred from the file)")
+  p.add_argument("--as-vjepa2", action="store_true",
+                 help="--from-torch, a V-JEPA 2.1 file: read its encoder into the V-JEPA 2 "
+                      "encoder as the reference's configs/eval_2_1 do (strict=False), to run "
+                      "probes trained by them; docs/vjepa21.md")
   p.add_argument("--pred-num-heads", type=int,
                  help="predictor heads (default: 12 for RoPE models, else the encoder's)")
   p.add_argument("--probe-index", type=int, default=0,
@@ -76,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--config", help="--from-torch --resumable: the training config of the run to "
                                   "resume (configs/*.py)")
   args = p.parse_args(argv)
+  if args.as_vjepa2 and not (args.from_torch and args.kind == "model" and not args.resumable):
+    p.error("--as-vjepa2 is for --from-torch of a V-JEPA 2.1 model file (not --kind probe, "
+            "--resumable, --to-torch or Hugging Face)")
   if args.resumable and args.kind == "probe":
     p.error("--resumable is for pretraining checkpoints, not probes")
   if args.from_torch and args.resumable and not args.config:
@@ -141,7 +148,7 @@ def convert(args) -> None:
         args.from_torch, args.model, img_size=args.img_size, num_frames=args.num_frames,
         patch_size=args.patch_size, tubelet_size=args.tubelet_size, embed_dim=args.embed_dim,
         depth=args.depth, num_heads=args.num_heads, encoder_only=args.encoder_only,
-        use_rope=args.rope, pred_num_heads=args.pred_num_heads)
+        use_rope=args.rope, pred_num_heads=args.pred_num_heads, as_vjepa2=args.as_vjepa2)
     path = reference.save_converted(args.out, params, config)
     m, d = config.model, config.data
     positions = "3D RoPE" if m.use_rope else f"sin-cos uniform_power {m.uniform_power}"

@@ -58,7 +58,8 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
                         patch_size: Optional[int] = None, tubelet_size: Optional[int] = None,
                         embed_dim: Optional[int] = None, depth: Optional[int] = None,
                         num_heads: Optional[int] = None, encoder_only: bool = False,
-                        use_rope: Optional[bool] = None, pred_num_heads: Optional[int] = None):
+                        use_rope: Optional[bool] = None, pred_num_heads: Optional[int] = None,
+                        as_vjepa2: bool = False):
   """A reference checkpoint dict (numpy state dicts) -> ``(params, config)``.
 
   Args:
@@ -75,6 +76,9 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
       clip size from them only if they are a sin-cos table.
     pred_num_heads: the predictor's heads (None: 12 for RoPE models -- V-JEPA 2's -- else the
       encoder's).
+    as_vjepa2: a V-JEPA 2.1 file read into the V-JEPA 2 encoder, as the reference's frozen
+      evaluation of 2.1 checkpoints does (``vjepa2_eval_state``): what probes trained by its
+      ``configs/eval_2_1`` were trained on. Encoder only.
 
   Returns:
     ``params``: ``{"encoder", "target"[, "predictor"]}`` unscanned float32 numpy trees; a missing
@@ -106,6 +110,15 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
                           "jepa_jax's predictor always uses them. Convert the encoders alone with "
                           "--encoder-only")
   v21 = infer.vjepa21_encoder(reference)
+  if as_vjepa2:
+    if v21 is None:
+      raise ConversionError("--as-vjepa2 reads a V-JEPA 2.1 file (norms_block.* entries) as the "
+                            "reference's configs/eval_2_1 do; this file has none: drop the flag")
+    groups = {g: vjepa2_eval_state(s) for g, s in groups.items() if g != "predictor"}
+    reference = groups.get("target_encoder", groups.get("encoder"))
+    use_predictor, pspec = False, None
+    log.info("read as the V-JEPA 2 encoder (--as-vjepa2): 2.1's level norms, modality and image "
+             "embeddings dropped, an untrained final LayerNorm, V-JEPA 2's RoPE")
   mlp_ratio = None
   if v21 is not None:
     if use_rope is False:
@@ -160,7 +173,7 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
         reference.get("pos_embed"), spec["patch_size"], spec["tubelet_size"], img_size,
         num_frames)
   config = _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope=use_rope,
-                   pred_num_heads=pred_num_heads, v21=v21)
+                   pred_num_heads=pred_num_heads, v21=None if as_vjepa2 else v21)
 
   from jepa_jax import models  # noqa: PLC0415 - heavy, only needed here
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
@@ -200,6 +213,25 @@ def convert_state_dicts(checkpoint: Mapping, model: Optional[str] = None, *,
       log.warning("the checkpoint has no %s; using a copy of the %s", missing, have)
       params[missing] = jax.tree_util.tree_map(np.copy, params[have])
   return params, config
+
+
+# What V-JEPA 2.1's encoder has and V-JEPA 2's does not (vit_encoder_multiclip's strict=False load
+# leaves them out; tests/test_vjepa21_convert.py checks the list against the reference's own load).
+VJEPA21_ONLY_PREFIXES = ("norms_block.", "patch_embed_img.")
+VJEPA21_ONLY_KEYS = ("video_mod_embed", "img_mod_embed")
+
+
+def vjepa2_eval_state(state: Mapping) -> dict:
+  """A V-JEPA 2.1 encoder state dict as the reference's ``configs/eval_2_1`` load it
+  (``evals/video_classification_frozen/modelcustom/vit_encoder_multiclip.py``: the V-JEPA 2
+  encoder, ``load_state_dict(strict=False)``): the 2.1-only entries dropped, and V-JEPA 2's final
+  ``norm``, which the file lacks, at its initial value (weight 1, bias 0)."""
+  kept = {k: v for k, v in state.items()
+          if not k.startswith(VJEPA21_ONLY_PREFIXES) and k not in VJEPA21_ONLY_KEYS}
+  width = int(state["patch_embed.proj.weight"].shape[0])
+  kept.setdefault("norm.weight", np.ones(width, np.float32))
+  kept.setdefault("norm.bias", np.zeros(width, np.float32))
+  return kept
 
 
 def _vjepa21_mlp_ratio(spec: dict):
