@@ -81,7 +81,8 @@ def tpu_mesh(config, devices):
   """The trainer's (data, fsdp) mesh over ``devices``, ``config.mesh`` resolved against their
   number; devices ordered by the physical topology, as ``jax.make_mesh`` does on a pod."""
   from jepa_jax import sharding  # noqa: PLC0415
-  shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, len(devices))
+  mesh = sharding.MeshConfig.read(config.mesh)
+  shape = sharding.mesh_shape(mesh.data, mesh.fsdp, len(devices))
   return sharding.topology_mesh(shape, devices)
 
 

@@ -19,6 +19,7 @@ alone, XLA shards activations along features and all-gathers the batch around ev
 """
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import re
 from typing import Any, Optional, Sequence
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jepa_jax.config_fields import non_negative_int
 from jepa_jax.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
@@ -59,6 +61,31 @@ PARAM_RULES = (
 _SPLIT_CHOICES = ("input", "largest")
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """``config.mesh`` of pretraining and fine-tuning: the (data, fsdp) mesh (-1, at most one: the
+  devices the other leaves) and the size below which a layer's parameter is replicated."""
+  data: int = -1
+  fsdp: int = 1
+  min_fsdp_size: int = DEFAULT_MIN_FSDP_SIZE
+
+  @classmethod
+  def read(cls, section, field: str = "config.mesh") -> "MeshConfig":
+    """The checked section; ConfigError naming the field."""
+    sizes = {}
+    for name in ("data", "fsdp"):
+      value = section.get(name, getattr(cls, name))
+      if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+        raise ConfigError(f"{field}.{name}={value!r} must be a positive integer, or -1 for the "
+                          "devices the other axis leaves")
+      sizes[name] = value
+    if sizes["data"] == -1 and sizes["fsdp"] == -1:
+      raise ConfigError(f"{field}: at most one of data/fsdp may be -1")
+    return cls(min_fsdp_size=non_negative_int(
+        section.get("min_fsdp_size", DEFAULT_MIN_FSDP_SIZE), f"{field}.min_fsdp_size",
+        "elements per layer below which a tensor is replicated"), **sizes)
 
 
 def mesh_shape(data: int = -1, fsdp: int = 1, num_devices: int | None = None) -> tuple[int, int]:

@@ -15,9 +15,9 @@ import ml_collections
 
 from jepa_jax import models
 from jepa_jax import nonfinite
-from jepa_jax.errors import ConfigError
+from jepa_jax import sharding
+from jepa_jax.config_fields import non_negative_int, number, one_of, positive_int
 from jepa_jax.eval import settings as eval_settings
-from jepa_jax.eval.settings import non_negative_int, number, one_of, positive_int
 
 HEADS = ("attentive", "linear")
 
@@ -61,14 +61,6 @@ class FinetuneOptim:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneMesh:
-  """``config.mesh``: pretraining's (data, fsdp) mesh; -1 = the remaining devices."""
-  data: int
-  fsdp: int
-  min_fsdp_size: int
-
-
-@dataclasses.dataclass(frozen=True)
 class Save:
   """``config.save``: checkpoint cadence."""
   every: int
@@ -109,7 +101,7 @@ class Settings:
   batch_size: int
   steps_per_epoch: Optional[int]
   optim: FinetuneOptim
-  mesh: FinetuneMesh
+  mesh: sharding.MeshConfig
   nonfinite: str
   max_consecutive_skips: int
   save: Save
@@ -147,17 +139,6 @@ def _optim(o) -> FinetuneOptim:
                        optional=True))
 
 
-def _mesh(m) -> FinetuneMesh:
-  data = m.data
-  if isinstance(data, bool) or not isinstance(data, int) or not (data == -1 or data >= 1):
-    raise ConfigError(f"config.mesh.data={data!r} must be a positive integer, or -1 for the "
-                      "devices fsdp leaves")
-  return FinetuneMesh(
-      data=data, fsdp=positive_int(m.fsdp, "config.mesh.fsdp", "devices parameters are split over"),
-      min_fsdp_size=non_negative_int(m.min_fsdp_size, "config.mesh.min_fsdp_size",
-                                     "elements per layer below which a tensor is replicated"))
-
-
 def read(config) -> Settings:
   """``config`` as ``Settings``, refusing impossible values with one line naming the field and
   the fix (before an encoder is loaded)."""
@@ -190,7 +171,7 @@ def read(config) -> Settings:
       batch_size=positive_int(config.batch_size, "config.batch_size", "the global batch"),
       steps_per_epoch=positive_int(config.steps_per_epoch, "config.steps_per_epoch",
                                    "None = training examples // batch_size", optional=True),
-      optim=_optim(config.optim), mesh=_mesh(config.mesh),
+      optim=_optim(config.optim), mesh=sharding.MeshConfig.read(config.mesh),
       nonfinite=policy.mode, max_consecutive_skips=policy.max_consecutive_skips,
       save=Save(every=positive_int(config.save.every, "config.save.every", "steps between saves"),
                 keep=positive_int(config.save.keep, "config.save.keep", "checkpoints kept"),

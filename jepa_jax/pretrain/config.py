@@ -20,6 +20,8 @@ from jepa_jax import masks as masks_lib
 from jepa_jax import models
 from jepa_jax import nonfinite
 from jepa_jax import optim
+from jepa_jax import sharding
+from jepa_jax.config_fields import non_negative_int, positive_int
 from jepa_jax.data.settings import dataset_frames
 from jepa_jax.errors import ConfigError  # noqa: F401 - config.ConfigError, as callers name it
 
@@ -27,6 +29,30 @@ from jepa_jax.errors import ConfigError  # noqa: F401 - config.ConfigError, as c
 _GRID_FIELDS = ("config.data.crop_size", "config.data.num_frames", "config.model.patch_size",
                 "config.model.tubelet_size")
 TRAIN_DTYPES = ("float32", "bfloat16")  # of models.DTYPES: float16 would need loss scaling
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointCadence:
+  """``config.checkpoint``: steps between saves, the last ``keep`` kept plus every
+  ``keep_period``-th (None: none), asynchronous writes."""
+  every: int
+  keep: Optional[int]
+  keep_period: Optional[int]
+  async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+  """What the trainer reads besides the model, masks, recipe and data."""
+  seed: int
+  log_every: int                     # steps between metric fetches (0: none)
+  prefetch: int                      # batches placed on the devices ahead
+  profile: bool
+  checkpoint: CheckpointCadence
+  init_from: Optional[str]           # a run or converted weights to start from
+  init_from_optimizer: bool          # ... with its optimiser state (V-JEPA 2's cooldown start)
+  nonfinite: nonfinite.NonFinitePolicy
+  monitor_probe: Any                 # config.monitor_probe, checked (None: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +69,8 @@ class Settings:
   data: Any                          # config.data: the data pipeline's own section
   # V-JEPA 2.1's context loss (config.model.vjepa21 with config.loss); None = V-JEPA 1/2's loss.
   context_loss: Optional[loss_vjepa21.ContextLossConfig] = None
+  run: Optional[RunSettings] = None  # what the trainer reads (``read`` always sets it)
+  mesh: sharding.MeshConfig = sharding.MeshConfig()
 
 
 def context_loss_config(config) -> Optional[loss_vjepa21.ContextLossConfig]:
@@ -179,16 +207,7 @@ def read(config) -> Settings:
       dataset_frames(d, k)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  try:
-    nonfinite.NonFinitePolicy.from_config(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if config.get("monitor_probe"):
-    from jepa_jax.pretrain import probe_monitor  # pylint: disable=import-outside-toplevel
-    try:
-      probe_monitor.check_config(config.monitor_probe)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  run = read_run(config)
   # Configs saved before the field existed have none: 1.
   accum = config.get("grad_accum_steps", 1)
   if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
@@ -199,7 +218,45 @@ def read(config) -> Settings:
                   optim=optim.OptimConfig.from_config(config.optim),
                   batch_size=int(config.batch_size), grad_accum_steps=accum,
                   rescale_residual_init=bool(m.rescale_residual_init), data=d,
-                  context_loss=context_loss)
+                  context_loss=context_loss, run=run, mesh=sharding.MeshConfig.read(config.mesh))
+
+
+def read_run(config) -> RunSettings:
+  """The trainer's fields: seed, logging, prefetch, profiling, checkpoint cadence, where to start
+  from, the non-finite policy and the online probe (configs saved before a field existed get
+  its default)."""
+  try:
+    policy = nonfinite.NonFinitePolicy.from_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  probe = config.get("monitor_probe")
+  if probe:
+    from jepa_jax.pretrain import probe_monitor  # pylint: disable=import-outside-toplevel
+    try:
+      probe_monitor.check_config(probe)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  ck = config.checkpoint
+  cadence = CheckpointCadence(
+      every=positive_int(ck.every, "config.checkpoint.every", "steps between saves"),
+      keep=positive_int(ck.keep, "config.checkpoint.keep", "the last checkpoints kept",
+                        optional=True),
+      keep_period=positive_int(ck.get("keep_period"), "config.checkpoint.keep_period",
+                               "every keep_period-th step kept for good", optional=True),
+      async_save=bool(ck.get("async_save", True)))
+  init_from = config.get("init_from") or None
+  if init_from is not None and not isinstance(init_from, str):
+    raise ConfigError(f"config.init_from={init_from!r} must be a path: a trainer workdir or "
+                      "converted weights")
+  return RunSettings(
+      seed=non_negative_int(config.seed, "config.seed", "the run's seed"),
+      log_every=non_negative_int(config.log_every, "config.log_every",
+                                 "steps between metric fetches; 0 = none"),
+      prefetch=non_negative_int(config.get("prefetch", 2), "config.prefetch",
+                                "batches prefetched"),
+      profile=bool(config.get("profile", False)), checkpoint=cadence, init_from=init_from,
+      init_from_optimizer=bool(config.get("init_from_optimizer", False)), nonfinite=policy,
+      monitor_probe=probe if probe and probe.get("every") else None)
 
 
 def _check_datasets(d) -> None:

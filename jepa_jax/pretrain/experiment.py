@@ -34,7 +34,7 @@ def validate(config, num_devices: int | None = None) -> config_lib.Settings:
   ``build`` calls it: an entry point that builds the experiment needs no call of its own."""
   settings = config_lib.read(config)
   try:
-    mesh_shape = sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, num_devices)
+    mesh_shape = sharding.mesh_shape(settings.mesh.data, settings.mesh.fsdp, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   devices = int(np.prod(mesh_shape))
@@ -86,7 +86,7 @@ class Experiment:
 
   @functools.cached_property
   def state_shardings(self):
-    return sharding.state_shardings(self.mesh, self.abstract_state, self.config.mesh.min_fsdp_size)
+    return sharding.state_shardings(self.mesh, self.abstract_state, self.settings.mesh.min_fsdp_size)
 
   @functools.cached_property
   def sharded_abstract_state(self):
@@ -110,10 +110,10 @@ class Experiment:
                                           self.settings.mask_token_ids,
                                           self.settings.grad_accum_steps,
                                           self.state_shardings.params,
-                                          self.config.mesh.min_fsdp_size,
+                                          self.settings.mesh.min_fsdp_size,
                                           self.settings.context_loss)
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
-                                         self.abstract_batch(), self.config.mesh.min_fsdp_size)
+                                         self.abstract_batch(), self.settings.mesh.min_fsdp_size)
 
   def shard_batch(self, batch: dict) -> dict:
     """Host-local numpy batch -> global arrays split over the batch axis (only model inputs)."""
@@ -136,7 +136,7 @@ def build(config, mesh: jax.sharding.Mesh | None = None, devices=None) -> Experi
   """Validate ``config`` and build the experiment on ``mesh`` (default: from ``config.mesh``)."""
   if mesh is None:
     settings = validate(config, None if devices is None else len(devices))
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+    mesh = sharding.make_mesh(settings.mesh.data, settings.mesh.fsdp, devices)
   else:
     settings = validate(config, mesh.devices.size)
   compilation_cache.enable(config.get("compilation_cache_dir"))

@@ -23,7 +23,6 @@ from clu import periodic_actions
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import data as data_lib
 from jepa_jax import loop
-from jepa_jax import nonfinite
 from jepa_jax import optim
 from jepa_jax import paths
 from jepa_jax.pretrain import experiment
@@ -48,8 +47,8 @@ def config_summary(config) -> str:
 
 # --- start ------------------------------------------------------------------------------------
 
-def _init_or_restore(exp, manager, config):
-  """(state, start step, data state) from the latest readable checkpoint, ``config.init_from``,
+def _init_or_restore(exp, manager, run):
+  """(state, start step, data state) from the latest readable checkpoint, ``run.init_from``,
   or fresh."""
   restored = ckpt_lib.restore_latest_train_state(manager, exp.sharded_abstract_state)
   if restored is not None:
@@ -57,18 +56,18 @@ def _init_or_restore(exp, manager, config):
     if step < exp.total_steps:  # else ``train`` says that the run is complete
       log.info("Resumed from checkpoint %d in %s", step, manager.directory)
     return state, step, data_state
-  if config.get("init_from") and config.get("init_from_optimizer"):
-    return _continue_from(exp, config), 0, None
-  state = exp.init_state(jax.random.PRNGKey(config.seed))
-  if config.get("init_from"):
-    loaded = ckpt_lib.load(config.init_from)
-    _refuse_finetuned(loaded.kind, config.init_from)
+  if run.init_from and run.init_from_optimizer:
+    return _continue_from(exp, run.init_from), 0, None
+  state = exp.init_state(jax.random.PRNGKey(run.seed))
+  if run.init_from:
+    loaded = ckpt_lib.load(run.init_from)
+    _refuse_finetuned(loaded.kind, run.init_from)
     params, from_step = loaded.params, loaded.step
     shapes = exp.abstract_state
     expected = {"encoder": shapes.params["encoder"], "predictor": shapes.params["predictor"],
                 "target": shapes.target_params}
     ckpt_lib.check_shapes(params, {k: expected[k] for k in params},
-                          f"config.init_from={config.init_from}")
+                          f"config.init_from={run.init_from}")
     sh = exp.state_shardings
     online = {k: params.get(k, state.params[k]) for k in ("encoder", "predictor")}
     # A converted checkpoint without a target encoder starts the EMA from the online encoder.
@@ -76,7 +75,7 @@ def _init_or_restore(exp, manager, config):
     state = state.replace(
         params=jax.tree_util.tree_map(jax.device_put, online, sh.params),
         target_params=jax.tree_util.tree_map(jax.device_put, target, sh.target_params))
-    log.info("Initialised from %s (step %d); optimiser state fresh", config.init_from, from_step)
+    log.info("Initialised from %s (step %d); optimiser state fresh", run.init_from, from_step)
   return state, 0, None
 
 
@@ -87,16 +86,16 @@ def _refuse_finetuned(kind: str, init_from: str) -> None:
         "predictor); start pretraining from a pretraining or converted checkpoint")
 
 
-def _continue_from(exp, config):
+def _continue_from(exp, init_from: str):
   """V-JEPA 2's cooldown start (``is_anneal``): encoder, predictor, target encoder AND optimiser
   state of another run's latest checkpoint, with the step and the schedules back at 0."""
-  directory = ckpt_lib.checkpoint_dir(config.init_from)
+  directory = ckpt_lib.checkpoint_dir(init_from)
   source = ckpt_lib.make_manager(directory, read_only=True, async_save=False)
   step = source.latest_step()
   if step is None:
-    raise ckpt_lib.CheckpointError(f"config.init_from={config.init_from}: no checkpoint in "
+    raise ckpt_lib.CheckpointError(f"config.init_from={init_from}: no checkpoint in "
                                    f"{directory}")
-  _refuse_finetuned(ckpt_lib.checkpoint_kind(directory, step), config.init_from)
+  _refuse_finetuned(ckpt_lib.checkpoint_kind(directory, step), init_from)
   try:
     state, _ = ckpt_lib.restore_train_state(source, step, exp.sharded_abstract_state)
   except ckpt_lib.CheckpointError as e:
@@ -108,7 +107,7 @@ def _continue_from(exp, config):
   state = state.replace(step=jnp.zeros_like(state.step),
                         opt_state=optim.restart_schedules(state.opt_state))
   log.info("Continuing from %s (step %d): parameters, target and optimiser state; schedules "
-           "restart at 0", config.init_from, step)
+           "restart at 0", init_from, step)
   return state
 
 
@@ -128,11 +127,12 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   log.info("Mesh %s over %d devices, %d processes; global batch %d",
            dict(exp.mesh.shape), jax.device_count(), jax.process_count(), exp.batch_size)
 
-  ck = config.checkpoint
+  run = exp.settings.run
+  ck = run.checkpoint
   manager = ckpt_lib.make_manager(os.path.join(workdir, "checkpoints"), save_every=ck.every,
                                   keep=ck.keep, keep_period=ck.keep_period,
                                   async_save=ck.async_save)
-  state, start_step, data_state = _init_or_restore(exp, manager, config)
+  state, start_step, data_state = _init_or_restore(exp, manager, run)
   if start_step >= exp.total_steps:
     manager.close()
     log.info("The run is already complete: checkpoint %d in %s is its last step (%d steps); "
@@ -142,10 +142,10 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   per_process_batch = exp.batch_size // jax.process_count()
   # The account of the consumed batches (checkpointed); the loader's copy decides when to stop
   # (filled in this process only without worker processes; the entries also travel in the batches).
-  consumed = _restored_data_failures(manager, start_step, config.data)
+  consumed = _restored_data_failures(manager, start_step, exp.settings.data)
   tracker = consumed.copy()
   dataset = data_lib.make_pretrain_dataset(
-      config.data, batch_size=per_process_batch, seed=config.seed,
+      exp.settings.data, batch_size=per_process_batch, seed=run.seed,
       shard_index=jax.process_index(), shard_count=jax.process_count(), failure_tracker=tracker)
   consumed.bind(tracker.sources)
   iterator = iter(dataset)
@@ -154,14 +154,13 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
 
   writer = loop.make_writer(workdir, start_step)
   hooks = []
-  if primary and config.profile:
+  if primary and run.profile:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5,
                                           first_profile=start_step + 10))
-  rng = jax.random.PRNGKey(config.seed + 1)
+  rng = jax.random.PRNGKey(run.seed + 1)
   bad_reads = {"window": 0, "total": 0}
   collapse = monitor.CollapseDetector()
-  mp = config.get("monitor_probe")
-  probe = probe_monitor.ProbeMonitor(mp, exp) if mp and mp.get("every") else None
+  probe = probe_monitor.ProbeMonitor(run.monitor_probe, exp) if run.monitor_probe else None
   run_start, probe_seconds = time.perf_counter(), 0.0
 
   def run_probe(step, state) -> dict:
@@ -204,10 +203,10 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
     writer.write_scalars(0, run_probe(0, state))
   result = loop.run(
       program, state, start_step, iterator=iterator, place=exp.shard_batch,
-      prefetch=config.prefetch, manager=manager, writer=writer, hooks=hooks,
-      cadence=loop.Cadence(total_steps=exp.total_steps, log_every=config.log_every,
+      prefetch=run.prefetch, manager=manager, writer=writer, hooks=hooks,
+      cadence=loop.Cadence(total_steps=exp.total_steps, log_every=run.log_every,
                            save_every=ck.every),
-      policy=nonfinite.NonFinitePolicy.from_config(config))
+      policy=run.nonfinite)
   _log_bad_reads(bad_reads["total"], tracker, start_step, result.step)
   if result.preempted_at is not None:
     return {**result.last_scalars, "preempted_at_step": result.preempted_at}
