@@ -73,6 +73,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jepa_jax import paths
+from jepa_jax.config_fields import config_to_json
 from jepa_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -261,23 +262,6 @@ def save(manager: ocp.CheckpointManager, step: int, *, state=None, params=None, 
   if data_failures is not None:
     items[DATA_FAILURES] = PerProcessJsonSave(data_failures)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
-
-
-def config_to_json(config) -> dict:
-  """Plain JSON of a (nested) ConfigDict, lists of ConfigDicts (``config.masks``) included."""
-
-  def plain(x):
-    if hasattr(x, "to_dict"):
-      x = x.to_dict()
-    if isinstance(x, dict):
-      return {str(k): plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-      return [plain(v) for v in x]
-    if x is None or isinstance(x, (bool, int, float, str)):
-      return x
-    return str(x)
-
-  return plain(config)
 
 
 def _item_names(manager, step) -> set:

@@ -1,9 +1,29 @@
 """Checks of one config field each: the value as its type, or a ``ConfigError`` naming the field
 and what it is for. The programs' config readers (``pretrain/config.py``, ``eval/settings.py``,
-``finetune/settings.py``) share them, so a field is refused in the same words everywhere."""
+``finetune/settings.py``) share them, so a field is refused in the same words everywhere. And
+``config_to_json``, the one plain-JSON form of a config (what checkpoints and logs record)."""
 import math
 
+import numpy as np
+
 from jepa_jax.errors import ConfigError
+
+
+def config_to_json(tree):
+  """A (nested) ConfigDict, mapping, list or tuple as plain JSON values: mappings as dicts with
+  string keys, sequences (lists of ConfigDicts such as ``config.masks`` included) as lists,
+  numpy values as numbers and lists; any other leaf as its ``str``."""
+  if hasattr(tree, "to_dict"):
+    tree = tree.to_dict()
+  if hasattr(tree, "items"):
+    return {str(k): config_to_json(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [config_to_json(v) for v in tree]
+  if isinstance(tree, (np.generic, np.ndarray)):
+    return tree.tolist()
+  if tree is None or isinstance(tree, (bool, int, float, str)):
+    return tree
+  return str(tree)
 
 
 def positive_int(value, field: str, what: str, optional: bool = False):

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from jepa_jax import checkpoint, convert
+from jepa_jax.config_fields import config_to_json
 from jepa_jax.convert import optimizer, reference
 from jepa_jax.convert.__main__ import main as cli
 from jepa_jax.pretrain import train_state
@@ -71,7 +72,7 @@ def test_round_trip_keeps_the_moments_exactly(run_workdir, tmp_path):
 
   config_file = tmp_path / "config.py"
   config_file.write_text("import ml_collections\n\ndef get_config():\n  return "
-                         f"ml_collections.ConfigDict({reference.plain(config)!r})\n")
+                         f"ml_collections.ConfigDict({config_to_json(config)!r})\n")
   back = str(tmp_path / "back")
   assert cli(["--from-torch", out, "--resumable", "--config", str(config_file), "--out", back,
               "--model", "tiny", "--embed-dim", "96", "--depth", "2", "--num-heads", "4"]) == 0

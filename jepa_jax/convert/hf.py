@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional
 import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
+from jepa_jax.config_fields import config_to_json
 from jepa_jax.convert import infer, reference, safetensors_io
 from jepa_jax.convert.names import ConversionError, from_torch_items
 from jepa_jax.errors import MissingDependencyError
@@ -315,7 +316,7 @@ def _model_fields(config, num_masks: Optional[int]) -> dict:
   from jepa_jax import models  # noqa: PLC0415
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
   import ml_collections  # noqa: PLC0415
-  config = ml_collections.ConfigDict(reference.plain(config))
+  config = ml_collections.ConfigDict(config_to_json(config))
   encoder, predictor = models.from_spec(config_lib.model_spec(config, num_masks=num_masks))
   height, width = encoder.clip_shape()[2:4]
   if height != width:

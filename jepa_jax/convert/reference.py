@@ -30,6 +30,7 @@ import numpy as np
 
 from jepa_jax import checkpoint as ckpt_lib
 from jepa_jax import models as models_lib
+from jepa_jax.config_fields import config_to_json
 from jepa_jax.convert import infer
 from jepa_jax.convert.names import (ConversionError, from_torch, stack_blocks, strip_prefixes,
                                     to_torch, unstack_blocks)
@@ -281,7 +282,7 @@ def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: 
             pred_num_heads: Optional[int] = None,
             v21: Optional[dict] = None) -> ml_collections.ConfigDict:
   from jepa_jax.pretrain.defaults import base_config  # noqa: PLC0415
-  config = ml_collections.ConfigDict(plain(base_config()))
+  config = ml_collections.ConfigDict(config_to_json(base_config()))
   m = config.model
   m.name, m.patch_size, m.tubelet_size = name, spec["patch_size"], spec["tubelet_size"]
   # The precision of the weights as released: a model built from this config reproduces the
@@ -314,15 +315,6 @@ def _config(name, overrides, spec, img, frames, uniform_power, pspec, use_rope: 
                   len(config.masks))
   config.data.crop_size, config.data.num_frames = int(img), int(frames)
   return config
-
-
-def plain(tree):
-  """A ConfigDict (with lists of ConfigDicts and tuples inside) as plain JSON-able containers."""
-  if hasattr(tree, "items"):
-    return {k: plain(v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return [plain(v) for v in tree]
-  return tree
 
 
 def _abstract_params(encoder, predictor) -> dict:
@@ -371,7 +363,7 @@ def export_torch(params: Mapping, config, which: str = "both") -> dict:
     raise ValueError(f"which must be one of {WHICH}, got {which!r}")
   from jepa_jax import models  # noqa: PLC0415
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
-  config = ml_collections.ConfigDict(plain(config)) if not isinstance(
+  config = ml_collections.ConfigDict(config_to_json(config)) if not isinstance(
       config, ml_collections.ConfigDict) else config
   if not config.get("model") or not config.get("data"):
     raise ConversionError("the checkpoint's config has no model/data section, so the model (and "
@@ -491,7 +483,7 @@ def save_probe(directory: str, params: Mapping, probe_config: Mapping, step: int
   """Write ``<directory>/checkpoints/<step>/{probe,config}`` (``checkpoint.save_probe``, the one
   probe layout); returns the checkpoints directory."""
   _fresh_checkpoints_dir(directory)
-  return ckpt_lib.save_probe(directory, params, plain(probe_config), step=step)
+  return ckpt_lib.save_probe(directory, params, config_to_json(probe_config), step=step)
 
 
 def load_probe(path: str, step: Optional[int] = None):
@@ -527,7 +519,7 @@ def _converted_spec(params: Mapping, config):
   """The spec of converted weights: their config's model, the predictor's mask tokens as the
   file has them (None without a predictor)."""
   from jepa_jax.pretrain import config as config_lib  # noqa: PLC0415
-  config = ml_collections.ConfigDict(plain(config)) if not isinstance(
+  config = ml_collections.ConfigDict(config_to_json(config)) if not isinstance(
       config, ml_collections.ConfigDict) else config
   if "predictor" not in params:
     return config_lib.model_spec(config).replace(predictor=None)
@@ -538,7 +530,7 @@ def save_converted(directory: str, params: Mapping, config) -> str:
   """Params-only orbax checkpoint (step 0) + config, loadable with ``checkpoint.load_params``."""
   _fresh_checkpoints_dir(directory)
   with _numpy_leaves_written_in_place():
-    return ckpt_lib.save_params(directory, dict(params), config=plain(config), step=0,
+    return ckpt_lib.save_params(directory, dict(params), config=config_to_json(config), step=0,
                                 low_memory=True, model_spec=_converted_spec(params, config))
 
 
@@ -611,7 +603,7 @@ FRESH_GRAD_SCALER = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0
 
 def _experiment(config):
   from jepa_jax.pretrain import experiment  # noqa: PLC0415
-  config = ml_collections.ConfigDict(plain(config))
+  config = ml_collections.ConfigDict(config_to_json(config))
   config.mesh.data, config.mesh.fsdp = 1, 1  # conversion runs on one device
   return experiment.build(config, devices=jax.devices()[:1])
 

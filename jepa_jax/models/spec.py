@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 
+from jepa_jax.config_fields import config_to_json
 from jepa_jax.errors import ConfigError
 from jepa_jax.models.predictor import Predictor
 from jepa_jax.models.vit import VisionTransformer, build_encoder, size_spec, vjepa21_fields
@@ -67,7 +68,7 @@ class ModelSpec:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     out["img_size"] = list(self.img_size) if isinstance(self.img_size, (tuple, list)) \
         else self.img_size
-    out["overrides"] = _plain(dict(self.overrides or {}))
+    out["overrides"] = config_to_json(dict(self.overrides or {}))
     out["predictor"] = None if self.predictor is None else dataclasses.asdict(self.predictor)
     return out
 
@@ -101,20 +102,9 @@ class ModelSpec:
     return cls(img_size=img_size, num_frames=num_frames, predictor=predictor, **fields)
 
 
-def _plain(x):
-  """``overrides`` as JSON values (ConfigDicts and tuples from configs become dicts and lists)."""
-  if hasattr(x, "to_dict"):
-    x = x.to_dict()
-  if isinstance(x, Mapping):
-    return {str(k): _plain(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
-  return x
-
-
 def _overrides(x) -> dict:
   """``overrides`` with sequences as tuples (module fields must hash), whatever wrote them."""
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in _plain(x or {}).items()}
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config_to_json(x or {}).items()}
 
 
 # What the trained weights depend on (a checkpoint's spec fixes them; an eval or fine-tuning
