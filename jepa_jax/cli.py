@@ -467,6 +467,26 @@ def fail(message: str, error: Optional[BaseException] = None) -> NoReturn:
   sys.exit(1)
 
 
+def start_program(config_flag, workdir_flag, resolve_paths: Callable, holds: str,
+                  validate: Optional[Callable] = None, workdir_field: Optional[str] = None):
+  """The programs' start (pretrain, eval, finetune), in this order: logging (here: absl.app.run
+  installs its own handler before calling main), ``jax.distributed``, the config's relative paths
+  made absolute, ``validate(config)`` (errors in one line, before anything is written), then the
+  workdir (``start_workdir``; ``holds`` says what goes there; without ``--workdir``, the config's
+  ``workdir_field`` if given). Returns ``(config, workdir, log path, what validate returned)``."""
+  setup_logging()
+  from jepa_jax import distributed  # noqa: PLC0415 - its flags are the entry point's
+  distributed.initialize_from_flags()
+  import jax  # noqa: PLC0415 - after jax.distributed
+  config = config_flag.value
+  resolve_paths(config)
+  validated = run_or_fail(lambda: validate(config)) if validate is not None else None
+  workdir = paths.resolve(workdir_flag.value or (config.get(workdir_field) if workdir_field
+                                                  else None))
+  log_path = start_workdir(workdir, holds, jax.process_index())
+  return config, workdir, log_path, validated
+
+
 def start_workdir(workdir: Optional[str], holds: str, process_index: int = 0) -> str:
   """The entry points' workdir step: refuse a missing ``--workdir`` (saying what it ``holds``),
   create it and start the log file (``prepare_workdir``); returns the log's path."""

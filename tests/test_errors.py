@@ -112,19 +112,53 @@ def _case(path):
 
 
 def _calls_under_run_or_fail(path: str) -> set:
-  """The names called inside ``cli.run_or_fail(...)`` in ``jepa_jax/<path>``."""
+  """The names called inside ``cli.run_or_fail(...)`` in ``jepa_jax/<path>``, and inside the
+  ``validate`` function given to ``cli.start_program`` (which runs it under ``run_or_fail``:
+  ``test_start_program_reports_a_validation_error_in_one_line``)."""
   tree = ast.parse((REPO / "jepa_jax" / path).read_text())
+  functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
   names = set()
+
+  def calls_in(node):
+    for inner in ast.walk(node):
+      if isinstance(inner, ast.Call) and inner is not node:
+        f = inner.func
+        names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None))
+      if isinstance(inner, ast.Name):  # run_or_fail(build): a local function
+        names.add(inner.id)
+        if inner.id in functions and inner.id not in names - {inner.id}:
+          calls_in(functions[inner.id])
+
   for node in ast.walk(tree):
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "run_or_fail"):
-      for inner in ast.walk(node):
-        if isinstance(inner, ast.Call) and inner is not node:
-          f = inner.func
-          names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None))
-        if isinstance(inner, ast.Name):  # run_or_fail(build): a local function
-          names.add(inner.id)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+      if node.func.attr == "run_or_fail":
+        calls_in(node)
+      elif node.func.attr == "start_program":
+        for kw in node.keywords:
+          if kw.arg == "validate":
+            calls_in(kw.value)
   return names
+
+
+def test_start_program_reports_a_validation_error_in_one_line(tmp_path, capfd, monkeypatch):
+  """``cli.start_program`` runs the program's ``validate`` under ``run_or_fail``, before the
+  workdir exists."""
+  from types import SimpleNamespace  # noqa: PLC0415
+  from jepa_jax import distributed  # noqa: PLC0415
+  monkeypatch.setattr(cli, "setup_logging", lambda: None)
+  monkeypatch.setattr(distributed, "initialize_from_flags", lambda: False)
+  workdir = tmp_path / "work"
+
+  def validate(config):
+    del config
+    raise cli.ConfigError("config.batch_size=0 must be a positive number")
+
+  with pytest.raises(SystemExit) as e:
+    cli.start_program(SimpleNamespace(value={}), SimpleNamespace(value=str(workdir)),
+                      lambda c: None, "checkpoints", validate=validate)
+  assert e.value.code == 1 and not workdir.exists()
+  err = capfd.readouterr().err.strip().splitlines()
+  assert err[-1] == "Config error: config.batch_size=0 must be a positive number", err
 
 
 @pytest.mark.parametrize("path", PROGRAMS)

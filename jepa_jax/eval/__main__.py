@@ -15,7 +15,6 @@ from ml_collections import config_flags
 
 from jepa_jax import cli
 from jepa_jax import distributed
-from jepa_jax import paths
 from jepa_jax.eval import config as eval_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval/*.py).",
@@ -26,15 +25,10 @@ distributed.define_flags()
 
 def main(argv):
   del argv
-  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  distributed.initialize_from_flags()
-  import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax.eval import results as results_lib  # noqa: PLC0415
+  config, workdir, _, _ = cli.start_program(_CONFIG, _WORKDIR, eval_config.resolve_paths,
+                                            "results.json and the probes")
+  from jepa_jax.eval import results as results_lib  # noqa: PLC0415 - after jax.distributed
   from jepa_jax.eval import run  # noqa: PLC0415
-  config = _CONFIG.value
-  eval_config.resolve_paths(config)
-  workdir = paths.resolve(_WORKDIR.value)
-  cli.start_workdir(workdir, "results.json and the probes", jax.process_index())
   results = cli.run_or_fail(lambda: run.evaluate(config, workdir), workdir)
   acc = results["accuracy"]
   print(f"{results['task']}: top-1 {acc['top1']:.2f} +- {acc['top1_std']:.2f}  "

@@ -13,7 +13,6 @@ from ml_collections import config_flags
 
 from jepa_jax import cli
 from jepa_jax import distributed
-from jepa_jax import paths
 from jepa_jax.finetune import config as ft_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config (configs/finetune/*.py).",
@@ -24,14 +23,9 @@ distributed.define_flags()
 
 def main(argv):
   del argv
-  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  distributed.initialize_from_flags()
-  import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax.finetune import run  # noqa: PLC0415
-  config = _CONFIG.value
-  ft_config.resolve_paths(config)
-  workdir = paths.resolve(_WORKDIR.value)
-  cli.start_workdir(workdir, "checkpoints and results.json", jax.process_index())
+  config, workdir, _, _ = cli.start_program(_CONFIG, _WORKDIR, ft_config.resolve_paths,
+                                            "checkpoints and results.json")
+  from jepa_jax.finetune import run  # noqa: PLC0415 - after jax.distributed
   results = cli.run_or_fail(lambda: run.finetune(config, workdir), workdir)
   cli.exit_if_preempted(results)
   acc = results["accuracy"]

@@ -15,7 +15,6 @@ from ml_collections import config_flags
 
 from jepa_jax import cli
 from jepa_jax import distributed
-from jepa_jax import paths
 from jepa_jax.pretrain import defaults
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
@@ -28,21 +27,17 @@ EXIT_PREEMPTED = cli.EXIT_PREEMPTED
 
 def main(argv):
   del argv
-  cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  distributed.initialize_from_flags()
-  import jax  # noqa: PLC0415 - after jax.distributed
-  from jepa_jax.pretrain import config as config_lib, experiment, trainer  # noqa: PLC0415
-  config = _CONFIG.value
-  defaults.resolve_paths(config)
 
-  def build():
+  def build(config):
+    from jepa_jax.pretrain import config as config_lib, experiment  # noqa: PLC0415
     exp = experiment.build(config)  # validates the config, once
     config_lib.check_init_from(config)
     return exp
 
-  exp = cli.run_or_fail(build)
-  workdir = paths.resolve(_WORKDIR.value or config.get("workdir"))
-  log_path = cli.start_workdir(workdir, "checkpoints and logs", jax.process_index())
+  config, workdir, log_path, exp = cli.start_program(
+      _CONFIG, _WORKDIR, defaults.resolve_paths, "checkpoints and logs", validate=build,
+      workdir_field="workdir")
+  from jepa_jax.pretrain import trainer  # noqa: PLC0415
   logging.info("Logging to %s", log_path)
   metrics = cli.run_or_fail(lambda: trainer.train(config, workdir, exp), workdir)
   cli.exit_if_preempted(metrics)
