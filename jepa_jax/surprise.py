@@ -64,7 +64,12 @@ def load_model(checkpoint: str):
     raise ckpt_lib.CheckpointError(f"{checkpoint} carries no pretraining config (model, data); "
                                    "give the workdir of a jepa_jax pretraining run")
   config = ml_collections.ConfigDict(saved)
-  encoder, predictor = models.from_spec(config_lib.model_spec(config))
+  # The spec saved with the checkpoint; one written before checkpoints carried it has the
+  # pretraining config that made it.
+  spec = ckpt_lib.read_model_spec(checkpoint, loaded.step, saved)
+  if spec is None or spec.predictor is None:
+    spec = config_lib.model_spec(config)
+  encoder, predictor = models.from_spec(spec)
   where = f"checkpoint {loaded.step} of {checkpoint}"
   ckpt_lib.check_shapes(loaded.params["target"], models.abstract_params(encoder), where)
   params = {"encoder": loaded.params["encoder"], "predictor": loaded.params["predictor"]}
