@@ -41,8 +41,12 @@ def pytest_xdist_auto_num_workers(config):
   the suite's peak). A worker spends much of its time in single-threaded compiles, imports and
   waits on subprocesses, so with one worker per core the CPUs sat 12% idle (CI, 2 cores)."""
   del config
-  memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return max(1, min((os.cpu_count() or 1) + 1, int(memory_gib // 6)))
+  workers = (os.cpu_count() or 1) + 1
+  try:
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  except (AttributeError, ValueError, OSError):  # no sysconf (Windows): cores only
+    return workers
+  return max(1, min(workers, int(memory_gib // 6)))
 
 
 def pytest_collection_modifyitems(config, items):
