@@ -10,9 +10,10 @@ checkpoint must be a fine-tuning workdir, whose head classifies with the run's t
 Videos are read as the eval's validation reads them (segments x views, softmax averaged), with the
 protocol saved with the probe, or for a converted probe the reference's K400 one (16 x 4, 8
 segments, 3 views, 224 px) unless flags say otherwise (SSv2: ``--segments 2``). ``--labels``: line
-i names class i, in the order of the labels the probe was trained on (README, "Class names of the
-released probes"); else the probe's saved names. Unreadable videos are reported, skipped and
-counted (exit status 1 if any).
+i names class i, in the order of the labels the probe was trained on; else the probe's saved names
+(a converted released SSv2 or Diving48 probe carries jepa_jax's lists, ``jepa_jax/labels``; README,
+"Class names of the released probes"); else class indices. Unreadable videos are reported, skipped
+and counted (exit status 1 if any).
 """
 import argparse
 import json
@@ -76,13 +77,30 @@ def read_label_names(path: str, num_classes: int) -> list:
 
 def class_names(labels, probe, num_classes: int):
   """The names to show: ``--labels``, else those saved with the probe (probes imported from
-  Hugging Face carry their ``id2label``), else None (indices only)."""
+  Hugging Face carry their ``id2label``, converted released probes jepa_jax's list of their
+  dataset), else the shipped list of the dataset a converted probe records, else None (indices
+  only). Never guessed from the class count."""
   if labels:
     return read_label_names(labels, num_classes)
-  if probe:
-    from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
-    return ckpt_lib.probe_class_names(probe)
-  return None
+  if not probe:
+    return None
+  from jepa_jax import checkpoint as ckpt_lib  # noqa: PLC0415
+  from jepa_jax import labels as labels_lib  # noqa: PLC0415
+  config = ckpt_lib.read_probe_config(probe)
+  saved = config.get(ckpt_lib.CLASS_NAMES)
+  if saved:
+    return list(saved)
+  dataset = (config.get("eval") or {}).get("dataset")
+  if dataset not in labels_lib.DATASETS:
+    return None
+  names = labels_lib.class_names(dataset)
+  if names is None:
+    log.info("%s", labels_lib.NOT_SHIPPED[dataset])
+  elif len(names) != num_classes:
+    log.warning("the probe records dataset %s but has %d classes, not %d: showing indices",
+                dataset, num_classes, len(names))
+    return None
+  return names
 
 
 def eval_config(args, trained: dict):

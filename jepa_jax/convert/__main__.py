@@ -3,6 +3,7 @@
   python -m jepa_jax.convert --from-torch FILE.pth.tar --out DIR [--model vit_huge]
       [--img-size 224 --num-frames 16] [--rope | --no-rope] [--encoder-only] [--as-vjepa2]
   python -m jepa_jax.convert --from-torch PROBE.pth.tar --kind probe --out DIR [--probe-index 0]
+      [--dataset k400|ssv2|diving48|none]
   python -m jepa_jax.convert --to-torch --ckpt WORKDIR_OR_DIR --out FILE.pth.tar
       [--which both|target|online] [--step N] [--kind probe]
   python -m jepa_jax.convert --to-hf DIR --ckpt WORKDIR_OR_DIR [--which target|online]
@@ -21,7 +22,7 @@ caveats: README, "Using Meta's released V-JEPA weights" and "Hugging Face transf
 import argparse
 import sys
 
-from jepa_jax import cli, paths
+from jepa_jax import cli, labels, paths
 from jepa_jax.convert import reference
 from jepa_jax.convert.names import ConversionError
 
@@ -63,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="predictor heads (default: 12 for RoPE models, else the encoder's)")
   p.add_argument("--probe-index", type=int, default=0,
                  help="--kind probe: which of a V-JEPA 2 file's probes (one per LR/WD setting)")
+  p.add_argument("--dataset", choices=(*labels.DATASETS, "none"),
+                 help="--from-torch --kind probe: the dataset of a released probe, whose shipped "
+                      "class names (jepa_jax/labels) are saved with it for predict and --to-hf "
+                      "(default: inferred when the class count and the file name agree, e.g. "
+                      "ssv2-probe.pth.tar with 174 classes; 'none': save no names)")
   p.add_argument("--ckpt", help="--to-torch/--to-hf: jepa_jax workdir or checkpoint directory "
                                 "(the probe's, with --kind probe)")
   p.add_argument("--which", choices=reference.WHICH,
@@ -110,6 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             "(the default) or --which online")
   if (args.encoder or args.labels) and not (args.to_hf and args.kind == "probe"):
     p.error("--encoder and --labels are for --to-hf --kind probe")
+  if args.dataset and not (args.from_torch and args.kind == "probe"):
+    p.error("--dataset is for --from-torch --kind probe (the dataset of a released probe)")
   if args.to_torch and args.which is None:
     args.which = "both"
   # Relative paths are taken from the working directory (orbax needs them absolute).
@@ -123,14 +131,42 @@ def main(argv=None) -> int:
   return status
 
 
+def probe_dataset(flag, num_classes: int, filename: str):
+  """``(dataset or None, class names or None, one line saying which)`` of a reference probe
+  file: ``--dataset`` (checked against the class count), else ``labels.dataset_of_probe``."""
+  if flag == "none":
+    return None, None, "class names: none saved (--dataset none); predict shows class indices"
+  if flag:
+    want = labels.DATASETS[flag][0]
+    if num_classes != want:
+      raise ConversionError(f"--dataset {flag}: {labels.TITLES[flag]} has {want} classes but the "
+                            f"probe has {num_classes}; pass the probe's dataset, or --dataset none")
+    dataset, why = flag, f"--dataset {flag}"
+  else:
+    dataset, why = labels.dataset_of_probe(num_classes, filename)
+  if dataset is None:
+    return None, None, f"class names: none saved ({why}); predict shows class indices"
+  names = labels.class_names(dataset)
+  if names is None:
+    return dataset, None, (f"dataset {dataset} ({why}); class names: none saved. "
+                           f"{labels.NOT_SHIPPED[dataset]}")
+  return dataset, names, (f"class names: jepa_jax's {labels.TITLES[dataset]} list saved with the "
+                          f"probe ({why}; sources: jepa_jax/labels/README.md); predict --labels "
+                          "overrides them")
+
+
 def convert(args) -> None:
   if args.to_hf or args.from_hf:
     _hf(args)
   elif args.from_torch and args.kind == "probe":
     params, probe_config = reference.load_torch_probe(args.from_torch, args.num_heads,
                                                       args.model, args.probe_index)
-    path = reference.save_probe(args.out, params, probe_config)
+    dataset, names, note = probe_dataset(args.dataset, probe_config["num_classes"],
+                                         args.from_torch)
+    path = reference.save_probe(args.out, params, probe_config, class_names=names,
+                                eval_info={"dataset": dataset} if dataset else None)
     print(f"wrote probe {probe_config} to {path}")
+    print(note)
   elif args.from_torch and args.resumable:
     try:
       run_config = cli.load_config(args.config)

@@ -479,11 +479,14 @@ def export_probe(params: Mapping, probe_config: Mapping) -> dict:
   return {"classifier": state}
 
 
-def save_probe(directory: str, params: Mapping, probe_config: Mapping, step: int = 0) -> str:
+def save_probe(directory: str, params: Mapping, probe_config: Mapping, step: int = 0, *,
+               class_names=None, eval_info: Optional[dict] = None) -> str:
   """Write ``<directory>/checkpoints/<step>/{probe,config}`` (``checkpoint.save_probe``, the one
-  probe layout); returns the checkpoints directory."""
+  probe layout), with ``class_names`` and ``eval_info`` (a released probe's ``{"dataset": ...}``)
+  if given; returns the checkpoints directory."""
   _fresh_checkpoints_dir(directory)
-  return ckpt_lib.save_probe(directory, params, config_to_json(probe_config), step=step)
+  return ckpt_lib.save_probe(directory, params, config_to_json(probe_config), step=step,
+                             class_names=class_names, eval_info=eval_info)
 
 
 def load_probe(path: str, step: Optional[int] = None):
