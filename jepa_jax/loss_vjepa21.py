@@ -141,9 +141,40 @@ def vjepa21_loss(apply_encoder: Callable, apply_predictor: Callable, params: Any
   return loss_pred + lam * loss_context, aux
 
 
-def model_apply_fns(encoder, predictor):
+def image_video_loss(apply_encoder: Callable, apply_predictor: Callable,
+                     apply_image_predictor: Callable, params: Any, target_params: Any,
+                     video: jax.Array, video_masks: Sequence[Any], images: jax.Array,
+                     image_masks: Sequence[Any], step, cfg: ContextLossConfig, *,
+                     image_lambda: float, image_weight: float, video_grid: Sequence[int],
+                     image_grid: Sequence[int], levels: int,
+                     mask_token_ids: Optional[Sequence[int]] = None):
+  """V-JEPA 2.1's image + video objective: ``(1 - w) * L_video + w * L_image``.
+
+  The reference trains images on a share ``w`` of its ranks (``img_data.rank_ratio``; ``w =
+  int(world * rank_ratio) / world``) and videos on the rest, each rank computing ``vjepa21_loss``
+  on its own batch; DDP averages the gradients over ranks, which is this weighted sum's gradient.
+  Image ranks use their own masks (``img_mask``), their own lambda (``lambda_value_img``), the
+  1-frame token grid, and mask token 0 (the clip-length group, as for video).
+  ``apply_image_predictor``: the predictor with its image modality embedding.
+
+  Returns ``(loss, {"video": aux, "image": aux})`` with ``vjepa21_loss``'s aux of each, and
+  its total under ``"loss"``.
+  """
+  video_loss, video_aux = vjepa21_loss(apply_encoder, apply_predictor, params, target_params,
+                                       video, video_masks, step, cfg, grid=video_grid,
+                                       levels=levels, mask_token_ids=mask_token_ids)
+  image_cfg = dataclasses.replace(cfg, lambda_value=image_lambda)
+  image_loss, image_aux = vjepa21_loss(apply_encoder, apply_image_predictor, params,
+                                       target_params, images, image_masks, step, image_cfg,
+                                       grid=image_grid, levels=levels)
+  loss = (1.0 - image_weight) * video_loss + image_weight * image_loss
+  return loss, {"video": {**video_aux, "loss": video_loss}, "image": {**image_aux, "loss": image_loss}}
+
+
+def model_apply_fns(encoder, predictor, image: bool = False):
   """``apply_encoder`` (hierarchical outputs) / ``apply_predictor`` (predictions and context
-  predictions) for jepa_jax's V-JEPA 2.1 Flax modules."""
+  predictions) for jepa_jax's V-JEPA 2.1 Flax modules; ``image``: the predictor adds its image
+  modality embedding (the encoder tells images by their frame count)."""
   if not encoder.levels or not predictor.return_context:
     raise ValueError("the V-JEPA 2.1 loss needs an encoder with levels and a predictor with "
                      "return_context=True (ModelSpec(vjepa21=True), PredictorSpec("
@@ -156,6 +187,6 @@ def model_apply_fns(encoder, predictor):
   def apply_predictor(p, context, context_idx, target_idx, mask_index, context_valid=None,
                       target_valid=None):
     return predictor.apply({"params": p}, context, context_idx, target_idx, mask_index,
-                           context_valid, target_valid)
+                           context_valid, target_valid, image=image)
 
   return apply_encoder, apply_predictor
