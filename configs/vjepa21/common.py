@@ -14,24 +14,34 @@ what the 2.1 YAML files change:
   ``weight_distance_loss: false`` and ``lambda_progressive: false``;
 * optimisation: lr 1e-4 -> 6e-4 over 40 warm-up epochs, then constant (``final_lr: 0.0006``),
   1000 epochs x 300 iterations; cooldown 40 epochs, 6e-4 -> 1e-6 linear, no warm-up;
-* batch: per GPU x nodes x 8 (below per size).
-
-Not reproduced: the reference's image ranks (``img_data``: ImageNet-1k, 1 frame, on
-``rank_ratio: 0.5`` of the GPUs, with ``img_mask`` of 10 blocks of 0.15 and
-``lambda_value_img: 0.5``). jepa_jax trains one modality per run; these configs are the video
-half of the recipe (the models have the image patch embedding and modality embedding, which a
-video-only run leaves at their initial values except for weight decay).
+* batch: per GPU x nodes x 8 (below per size);
+* images (``config.images``, the reference's ``img_data`` ranks): ImageNet-1k as 1-frame clips at
+  256 px with the videos' augmentation, ``img_mask`` (10 blocks x 0.15), ``lambda_value_img: 0.5``,
+  on ``rank_ratio: 0.5`` of the GPUs: per image GPU 144 / 72 / 72 / 36 images (ViT-B/L/g/G), so
+  the global image batch is that x ``int(GPUs * 0.5)``, and the image loss carries half of the
+  gradient (``loss_weight``). The video batch stays per-GPU x all GPUs: the reference spreads it
+  over the video ranks (``train.py``:216-240). ``config.images.datasets`` is a placeholder like
+  the video lists (``"tfds:imagenet2012"`` or an index of image files).
 """
 from configs.vjepa2 import common as vjepa2
 
 # Per-size settings of configs/train_2_1/<size>16/pretrain-256px-16f.yaml: model_name, pred_depth,
 # video batch per GPU and nodes (x 8 GPUs) in pretraining and cooldown.
 SIZES = {
-    "base": dict(pred_depth=12, pretrain=(48, 8), cooldown=(24, 16)),
-    "large": dict(pred_depth=24, pretrain=(24, 16), cooldown=(12, 32)),
-    "giant_xformers": dict(pred_depth=24, pretrain=(24, 16), cooldown=(12, 32)),
-    "gigantic_xformers": dict(pred_depth=24, pretrain=(12, 32), cooldown=(6, 64)),
+    "base": dict(pred_depth=12, pretrain=(48, 8), cooldown=(24, 16), images=144),
+    "large": dict(pred_depth=24, pretrain=(24, 16), cooldown=(12, 32), images=72),
+    "giant_xformers": dict(pred_depth=24, pretrain=(24, 16), cooldown=(12, 32), images=72),
+    "gigantic_xformers": dict(pred_depth=24, pretrain=(12, 32), cooldown=(6, 64), images=36),
 }
+IMAGE_DATASETS = ["/path/to/imagenet1k.csv"]  # img_data.datasets
+IMAGE_RANK_RATIO = 0.5                        # img_data.rank_ratio
+IMAGE_LAMBDA = 0.5                            # model.lambda_value_img
+
+
+def image_batch(model_name: str, nodes: int) -> int:
+  """Global images per step: img_data.batch_size on each of the int(GPUs * rank_ratio) image
+  ranks (train.py:216-240)."""
+  return SIZES[model_name]["images"] * int(nodes * 8 * IMAGE_RANK_RATIO)
 # jepa_jax sharding/memory settings per size (not part of the reference recipe).
 MESH = {"base": dict(fsdp=1, scan=False), "large": dict(fsdp=1, scan=False),
         "giant_xformers": dict(fsdp=16, scan=True), "gigantic_xformers": dict(fsdp=32, scan=True)}
@@ -50,6 +60,8 @@ def pretrain_config(model_name: str):
     m.overrides = {"mlp_ratio": 64 / 13}  # 2.1's vit_gigantic_xformers: hidden 8192
   m.scan = MESH[model_name]["scan"]
   c.mesh.fsdp = MESH[model_name]["fsdp"]
+  c.images.update(dict(batch_size=image_batch(model_name, nodes), datasets=list(IMAGE_DATASETS),
+                       loss_weight=IMAGE_RANK_RATIO, lambda_value=IMAGE_LAMBDA))
   c.loss = dict(lambda_value=0.5, lambda_start=15_000, lambda_end=30_000,
                 lambda_progressive=True, weight_distance=True, offset_context_loss=False,
                 loss_exp=1.0)
@@ -61,6 +73,7 @@ def cooldown_config(model_name: str, init_from: str):
   c = pretrain_config(model_name)
   per_gpu, nodes = SIZES[model_name]["cooldown"]
   c.batch_size = per_gpu * nodes * 8
+  c.images.batch_size = image_batch(model_name, nodes)
   c.data.num_frames = 64
   c.data.dataset_fpcs = [64, 64, 64]
   c.data.num_workers = 12

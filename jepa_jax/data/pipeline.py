@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 from absl import flags
 import grain
@@ -59,7 +60,9 @@ class _Loader:
                allow_overlap: bool = False, decode_threads: int = 1, offset: int = 0,
                tracker: FailureTracker, max_retries: int = 50, fps: float | None = None):
     self.source = source
-    self.mode = mode  # "pretrain" (video [T,H,W,C]), "eval" ([S,V,T,H,W,C]) or "image"
+    # "pretrain" (video [T,H,W,C]), "pretrain_image" (one-frame clip [1,H,W,C]), "eval"
+    # ([S,V,T,H,W,C]) or "image" ([H,W,C])
+    self.mode = mode
     self.train = train
     self.num_frames, self.frame_step = num_frames, frame_step
     self.crop_size = crop_size
@@ -95,11 +98,11 @@ class _Loader:
           self.tracker.read_ok(entry)
           self.tracker.sample_done(len(bad))
           self.tracker.check()
-          key = "image" if self.mode == "image" else "video"
+          key = "image" if self.mode in ("image", "pretrain_image") else "video"
           return {key: data, "label": np.int32(label), "index": np.int64(entry),
                   "bad_reads": np.int32(len(bad)),
                   **(failures.sample_record(bad, self.max_retries + 1)
-                     if self.mode == "pretrain" else {"valid": np.bool_(valid)})}
+                     if self.mode.startswith("pretrain") else {"valid": np.bool_(valid)})}
       bad.append((entry, reason))
       if n < 2:
         break
@@ -123,6 +126,8 @@ class _Loader:
     else:
       try:
         array, label = src.get(j)
+      except decode.VideoReadError:  # an image file's reader says why itself
+        raise
       except Exception as e:  # noqa: BLE001 -- any reader error is a bad sample
         raise decode.VideoReadError("read_error", f"{type(e).__name__}: {e}") from None
       if src.kind == "video_array":
@@ -135,6 +140,8 @@ class _Loader:
       raise decode.VideoReadError("transform_error", f"{type(e).__name__}: {e}") from None
 
   def transform(self, clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if self.mode == "pretrain_image":  # the video augmentation on a one-frame clip
+      return self.augment(transforms.image_rgb(clips)[None], rng)
     if self.mode == "image":
       img = transforms.image_rgb(clips)
       if self.train:
@@ -198,50 +205,142 @@ def source_order(n: int, seed: int, shard_index: int = 0, shard_count: int = 1) 
 
 def make_pretrain_dataset(data_cfg, *, batch_size: int, seed: int | None = None,
                           shard_index: int = 0, shard_count: int = 1,
-                          failure_tracker: FailureTracker | None = None) -> grain.IterDataset:
+                          failure_tracker: FailureTracker | None = None, images=None,
+                          image_batch_size: int = 0):
   """Infinite per-host batches ``{"video": uint8 [B,T,H,W,C], "label": int32 [B], "index": int64 [B],
   "bad_reads": int32 [B]}``.
 
   ``index`` numbers samples across all sources (source k's indices are offset by the sizes of
   sources 0..k-1); ``label`` is -1 for unlabelled indexes; ``bad_reads`` counts the failed reads
   each sample needed before its (replacement) entry read well. See the module docstring.
+
+  ``images`` (``config.images``, V-JEPA 2.1): each batch also holds ``"image": uint8 [B_img, 1,
+  H, W, C]``, ``image_batch_size`` images of its sources (indices after the videos'), augmented
+  as the videos; ``index``/``bad_*`` then cover videos then images. Returns a ``PairedBatches``.
   """
   cfg = data_cfg
   seed = cfg.seed if seed is None else seed
   tracker = failure_tracker or FailureTracker(cfg.max_failure_fraction, cfg.failure_confidence)
   specs = _resolve_sources(cfg)
-  weights = cfg.datasets_weights
-  if weights is not None and len(weights) != len(specs):
-    raise ConfigError(f"{len(specs)} datasets but {len(weights)} datasets_weights")
   fpcs = cfg.get("dataset_fpcs")
   if fpcs and len(fpcs) != len(specs):
     raise ConfigError(f"{len(specs)} datasets but {len(fpcs)} dataset_fpcs")
-  parts, offset, counted = [], 0, []
-  for k, spec in enumerate(specs):
-    src = sources_lib.load_source(spec, cfg.tfds_data_dir)
+  sources = [sources_lib.load_source(spec, cfg.tfds_data_dir) for spec in specs]
+  for spec, src in zip(specs, sources):
+    if _holds_images(spec, src):
+      raise DataPipelineError(f"{spec} is an image dataset; config.data.datasets takes videos: "
+                              "move it to config.images.datasets (V-JEPA 2.1's image half)")
+  shards = dict(seed=seed, shard_index=shard_index, shard_count=shard_count, tracker=tracker)
+  videos, counted = _mixed_stream(
+      specs, sources, cfg.datasets_weights, "config.data", cfg,
+      lambda k: dict(mode="pretrain", num_frames=dataset_frames(cfg, k)), offset=0, **shards)
+  if images is None:
+    tracker.bind(counted)
+    return _to_batches(videos, cfg, batch_size)
+  image_specs = _resolve_image_sources(images, cfg)
+  image_sources = [sources_lib.load_image_source(spec, cfg.tfds_data_dir) for spec in image_specs]
+  stills, image_counted = _mixed_stream(
+      image_specs, image_sources, images.get("datasets_weights"), "config.images", cfg,
+      lambda k: dict(mode="pretrain_image", num_frames=1), offset=sum(n for _, n in counted),
+      seed_offset=104729, **shards)
+  tracker.bind(counted + image_counted)
+  return PairedBatches(_to_batches(videos, cfg, batch_size),
+                       _to_batches(stills, cfg, image_batch_size))
+
+
+def _holds_images(spec: str, src) -> bool:
+  """Whether a source of ``config.data.datasets`` is images: an image dataset, an index listing
+  image files, or a directory with images and no videos."""
+  if src.kind == "image":
+    return True
+  paths = getattr(src, "paths", None)
+  if paths:
+    return all(p.lower().endswith(sources_lib.IMAGE_EXTENSIONS) for p in paths[:64])
+  return paths is not None and os.path.isdir(spec) and len(sources_lib.scan_images(spec)) > 0
+
+
+def _mixed_stream(specs, sources, weights, field, cfg, loader_args, *, offset: int, seed: int,
+                  shard_index: int, shard_count: int, tracker, seed_offset: int = 0):
+  """The mix of ``sources`` (``weights``), each read in ``source_order`` by a ``_Loader`` of
+  ``loader_args(k)``; returns the dataset and its ``(spec, length)`` list for the tracker."""
+  if weights is not None and len(weights) != len(specs):
+    raise ConfigError(f"{len(specs)} {field}.datasets but {len(weights)} datasets_weights")
+  parts, counted = [], []
+  for k, (spec, src) in enumerate(zip(specs, sources)):
     counted.append((spec, len(src)))
-    if src.kind == "image":
-      raise DataPipelineError(f"{spec} is an image dataset; pretraining reads videos: remove it "
-                              "from config.data.datasets")
     if len(src) == 0:
-      raise DataPipelineError(f"{spec} holds no samples (no video listed, or none found); add "
-                              "videos or remove it from config.data.datasets")
-    ds = source_order(len(src), seed + 7919 * k, shard_index, shard_count)
+      raise DataPipelineError(f"{spec} holds no samples (nothing listed, or none found); add "
+                              f"files or remove it from {field}.datasets")
+    ds = source_order(len(src), seed + seed_offset + 7919 * k, shard_index, shard_count)
     if len(ds) == 0:
       raise DataPipelineError(f"{spec} has {len(src)} samples: none for process {shard_index} of "
                               f"{shard_count}; use a larger index or fewer processes")
     loader = _Loader(
-        src, mode="pretrain", train=True, num_frames=dataset_frames(cfg, k),
-        frame_step=cfg.frame_step, fps=cfg.get("fps"),
+        src, train=True, frame_step=cfg.frame_step, fps=cfg.get("fps"),
         crop_size=cfg.crop_size, scale=cfg.random_resize_scale,
         ratio=cfg.random_resize_aspect_ratio, flip=cfg.horizontal_flip,
         short_policy=cfg.short_video_policy, decode_threads=cfg.decode_threads, offset=offset,
-        tracker=tracker, max_retries=cfg.max_retries_per_sample)
+        tracker=tracker, max_retries=cfg.max_retries_per_sample, **loader_args(k))
     parts.append(ds.random_map(loader))
     offset += len(src)
-  tracker.bind(counted)
-  ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
-  return _to_batches(ds, cfg, batch_size)
+  return (parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)), counted
+
+
+def _resolve_image_sources(images, data_cfg) -> list[str]:
+  specs = list(images.get("datasets") or [])
+  if specs:
+    return specs
+  out = images.get("synthetic_dir") or (
+      data_cfg.synthetic_dir.rstrip("/\\") + "_images" if data_cfg.synthetic_dir else None)
+  if not out:
+    raise DataPipelineError("config.images.datasets is empty and neither config.images."
+                            "synthetic_dir nor config.data.synthetic_dir is set; give image "
+                            "index files, directories or a tfds: image dataset")
+  return [synthetic.ensure_synthetic_images(out, images.get("synthetic_num_images", 256),
+                                            data_cfg.synthetic_seed)]
+
+
+class PairedBatches:
+  """Video and image batches read side by side (V-JEPA 2.1): ``iter()`` gives an iterator whose
+  batches merge both (``PairedIterator``) and whose state is both streams' states."""
+
+  def __init__(self, videos, images):
+    self.videos, self.images = videos, images
+
+  def __iter__(self) -> "PairedIterator":
+    return PairedIterator(iter(self.videos), iter(self.images))
+
+
+class PairedIterator:
+  """``next``: the video batch plus ``"image"``, the per-sample account (``index``, ``bad_*``)
+  of videos then images; ``get_state`` / ``set_state`` cover both streams, so a restore replays
+  both exactly."""
+
+  _ACCOUNT = ("index", "bad_reads", "bad_entries", "bad_reasons")
+
+  def __init__(self, videos, images):
+    self.videos, self.images = videos, images
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    video, image = next(self.videos), next(self.images)
+    batch = dict(video, image=image["image"])
+    for key in self._ACCOUNT:
+      batch[key] = np.concatenate([video[key], image[key]])
+    return batch
+
+  def get_state(self) -> dict:
+    return {"video": self.videos.get_state(), "image": self.images.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    if set(state) != {"video", "image"}:
+      raise DataPipelineError("the checkpointed data state is a video-only run's; a run with "
+                              "config.images cannot resume its data position (start it with "
+                              "config.init_from instead)")
+    self.videos.set_state(state["video"])
+    self.images.set_state(state["image"])
 
 
 class _EvalPositions:

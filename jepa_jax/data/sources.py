@@ -163,6 +163,21 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None) ->
   return ArraySource(ds, key, label_key, name=f"tfds:{name}@{split}")
 
 
+def load_image_source(spec: str, tfds_data_dir: str | None = None) -> ImageFileSource | ArraySource:
+  """An image source from a spec of ``config.images.datasets``: an index of image files (the
+  reference's imagenet1k.csv), a directory of images, or a ``tfds:`` image dataset."""
+  if spec.startswith("tfds:"):
+    src = load_source(spec, tfds_data_dir)
+    if src.kind != "image":
+      raise ConfigError(f"{spec} is a video dataset; config.images.datasets takes image datasets "
+                        "(move it to config.data.datasets)")
+    return src
+  if os.path.isdir(spec):
+    return scan_images(spec)
+  index = read_index(spec)
+  return ImageFileSource(index.paths, index.labels, name=spec)
+
+
 def load_source(spec: str, tfds_data_dir: str | None = None):
   """A source from its spec string (see the module docstring)."""
   if spec.startswith("tfds:"):

@@ -199,6 +199,31 @@ def generate(out_dir: str, num_videos: int, seed: int = 0) -> str:
   return os.path.join(out_dir, "index.csv")
 
 
+def generate_images(out_dir: str, num_images: int, seed: int = 0) -> str:
+  """Writes ``num_images`` PNG stills (one frame of a synthetic video each: a shape over a
+  textured background) and ``index.csv`` (label: the shape) into ``out_dir``; V-JEPA 2.1's image
+  half of pretraining reads them when no image dataset is given. Returns index.csv's path."""
+  from PIL import Image  # noqa: PLC0415
+  os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(num_images):
+    attrs = dict(sample_attributes(rng), num_frames=1)
+    rel = f"images/img_{i:05d}.png"
+    Image.fromarray(render_video(attrs)[0]).save(os.path.join(out_dir, rel))
+    rows.append((rel, attrs["shape"]))
+  _write_index(os.path.join(out_dir, "index.csv"), rows)
+  with open(os.path.join(out_dir, "metadata.json"), "w") as f:
+    json.dump(dict(format_version=_FORMAT_VERSION, kind="images", num_images=num_images,
+                   seed=seed, index_label="shape", class_names=CLASS_NAMES["shape"]), f, indent=1)
+  return os.path.join(out_dir, "index.csv")
+
+
+def ensure_synthetic_images(out_dir: str, num_images: int, seed: int = 0) -> str:
+  """``ensure_synthetic`` for ``generate_images``: ``out_dir/index.csv``, made if absent."""
+  return _ensure(out_dir, "num_images", num_images, seed, generate_images)
+
+
 def ensure_synthetic(out_dir: str, num_videos: int, seed: int = 0) -> str:
   """Returns ``out_dir/index.csv``, generating the set first if it is absent.
 
@@ -207,6 +232,11 @@ def ensure_synthetic(out_dir: str, num_videos: int, seed: int = 0) -> str:
   or complete. An existing set made with other ``num_videos``/``seed`` raises ValueError rather
   than silently being used.
   """
+  return _ensure(out_dir, "num_videos", num_videos, seed, generate)
+
+
+def _ensure(out_dir: str, count_key: str, count: int, seed: int, make) -> str:
+  """``make(dir, count, seed)`` into ``out_dir`` unless a set is there (see ``ensure_synthetic``)."""
   out_dir = os.path.abspath(out_dir)
   index = os.path.join(out_dir, "index.csv")
   meta_path = os.path.join(out_dir, "metadata.json")
@@ -216,12 +246,13 @@ def ensure_synthetic(out_dir: str, num_videos: int, seed: int = 0) -> str:
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
       t0 = time.time()
-      generate(tmp, num_videos, seed)
+      make(tmp, count, seed)
       try:
         if os.path.isdir(out_dir) and not os.listdir(out_dir):
           os.rmdir(out_dir)  # an empty directory left by a caller: fill it
         os.rename(tmp, out_dir)
-        log.info("synthetic set: %d videos in %s (%.1fs)", num_videos, out_dir, time.time() - t0)
+        log.info("synthetic set: %d %s in %s (%.1fs)", count, count_key[len("num_"):], out_dir,
+                 time.time() - t0)
       except OSError:
         if not os.path.exists(meta_path):  # not a lost race with another generator
           raise
@@ -229,10 +260,10 @@ def ensure_synthetic(out_dir: str, num_videos: int, seed: int = 0) -> str:
       shutil.rmtree(tmp, ignore_errors=True)
   with open(meta_path) as f:
     meta = json.load(f)
-  if meta.get("num_videos") != num_videos or meta.get("seed") != seed:
+  if meta.get(count_key) != count or meta.get("seed") != seed:
     raise ConfigError(
-        f"{out_dir} holds a synthetic set with num_videos={meta.get('num_videos')}, "
-        f"seed={meta.get('seed')}; asked for num_videos={num_videos}, seed={seed}. "
+        f"{out_dir} holds a synthetic set with {count_key}={meta.get(count_key)}, "
+        f"seed={meta.get('seed')}; asked for {count_key}={count}, seed={seed}. "
         "Use another directory or delete this one.")
   return index
 

@@ -56,6 +56,18 @@ class RunSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageSettings:
+  """``config.images``, read and checked: V-JEPA 2.1's image half of each step."""
+  batch_size: int                    # global images per step
+  loss_weight: float                 # the image loss's gradient weight (img_data.rank_ratio)
+  lambda_value: float                # the context loss's lambda on images (lambda_value_img)
+  masks: tuple[masks_lib.MaskConfig, ...]
+  grid: tuple[int, int, int]         # (1, H', W'): the one frame of the image patch embedding
+  frames: int                        # frames per image clip (the model's image_frames)
+  data: Any                          # config.images: the sources the data pipeline reads
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   """A pretraining config, read and checked."""
   model: models.ModelSpec            # encoder + predictor
@@ -71,6 +83,7 @@ class Settings:
   context_loss: Optional[loss_vjepa21.ContextLossConfig] = None
   run: Optional[RunSettings] = None  # what the trainer reads (``read`` always sets it)
   mesh: sharding.MeshConfig = sharding.MeshConfig()
+  images: Optional[ImageSettings] = None  # V-JEPA 2.1's image half; None = video only
 
 
 def context_loss_config(config) -> Optional[loss_vjepa21.ContextLossConfig]:
@@ -147,27 +160,68 @@ def token_grid(config) -> tuple[int, int, int]:
                            names=_GRID_FIELDS)
 
 
-def mask_configs(config, grid: Optional[tuple[int, int, int]] = None
-                 ) -> tuple[masks_lib.MaskConfig, ...]:
-  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts); with ``grid``, the
-  static sizes (``num_context``/``num_target``) are checked against it too. Raises ``ConfigError``
-  naming the entry and field (``config.masks[0].num_context=96 must be in [1, 64]: ...``)."""
-  if "masks" not in config or not config.masks:
-    raise ConfigError("config.masks is missing or empty; set it to a list of mask ConfigDicts "
+def mask_configs(config, grid: Optional[tuple[int, int, int]] = None, field: str = "config.masks",
+                 entries=None, check_context: bool = False) -> tuple[masks_lib.MaskConfig, ...]:
+  """The mask configs of ``config.masks`` (a list of dicts / ConfigDicts; ``entries``/``field``:
+  another list, e.g. ``config.images.masks``); with ``grid``, the static sizes
+  (``num_context``/``num_target``) are checked against it too, and with ``check_context`` that
+  every mask leaves a context (``masks.check_context``). Raises ``ConfigError`` naming the entry
+  and field (``config.masks[0].num_context=96 must be in [1, 64]: ...``)."""
+  entries = config.get("masks") if entries is None else entries
+  if not entries:
+    raise ConfigError(f"{field} is missing or empty; set it to a list of mask ConfigDicts "
                       "(e.g. the two pretraining masks, see jepa_jax.masks.pretrain_configs)")
   out = []
-  for i, entry in enumerate(config.masks):
+  for i, entry in enumerate(entries):
     try:
       mc = masks_lib.MaskConfig.from_dict(entry)
       if grid is not None:
         masks_lib.static_sizes(grid, mc)
     except masks_lib.MaskFieldError as e:
-      what = f"config.masks[{i}].{e}" if e.field else f"config.masks[{i}]={e}"
+      what = f"{field}[{i}].{e}" if e.field else f"{field}[{i}]={e}"
       raise ConfigError(what) from None
     except ValueError as e:
-      raise ConfigError(f"config.masks[{i}]: {e}") from None
+      raise ConfigError(f"{field}[{i}]: {e}") from None
     out.append(mc)
+  if grid is not None and check_context:
+    try:
+      masks_lib.check_context(grid, tuple(out))
+    except ValueError as e:
+      msg = str(e)
+      raise ConfigError(f"{field}{msg[len('masks'):]}" if msg.startswith("masks[")
+                        else f"{field}: {msg}") from None
   return tuple(out)
+
+
+def read_images(config, spec: models.ModelSpec) -> Optional[ImageSettings]:
+  """``config.images`` (None while its ``batch_size`` is 0 or the section is absent, as in
+  configs saved before it existed)."""
+  section = config.get("images")
+  if not section or not section.get("batch_size"):
+    return None
+  batch = section.batch_size
+  if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+    raise ConfigError(f"config.images.batch_size={batch!r} must be a number of images per step "
+                      "(global), or 0 for video-only pretraining")
+  encoder, _ = models.from_spec(spec)
+  if encoder.image_frames is None:
+    raise ConfigError("config.images needs a model with an image patch embedding: set "
+                      "config.model.vjepa21=True (V-JEPA 2.1), or config.images.batch_size=0")
+  weight = section.get("loss_weight", 0.5)
+  if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1:
+    raise ConfigError(f"config.images.loss_weight={weight!r} must be in (0, 1): the image loss's "
+                      "share of the gradient (the reference's img_data.rank_ratio)")
+  lam = section.get("lambda_value", 0.5)
+  if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+    raise ConfigError(f"config.images.lambda_value={lam!r} must be a number >= 0 (the context "
+                      "loss's weight on images, lambda_value_img)")
+  frames = encoder.image_frames
+  grid = tuple(encoder.grid_of(frames))
+  masks = mask_configs(config, grid, "config.images.masks", section.get("masks"),
+                       check_context=True)
+  _check_sources(section, "config.images")
+  return ImageSettings(batch_size=batch, loss_weight=float(weight), lambda_value=float(lam),
+                       masks=masks, grid=grid, frames=frames, data=section)
 
 
 def read(config) -> Settings:
@@ -194,13 +248,8 @@ def read(config) -> Settings:
     models.from_spec(spec)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
-  mask_cfgs = mask_configs(config, grid)
-  try:
-    masks_lib.check_context(grid, mask_cfgs)
-  except ValueError as e:
-    raise ConfigError(f"config.{e}" if str(e).startswith("masks[") else f"config.masks: {e}") \
-        from None
-  _check_datasets(d)
+  mask_cfgs = mask_configs(config, grid, check_context=True)
+  _check_sources(d, "config.data")
   try:
     token_ids = mask_token_ids(config)
     for k in range(len(d.get("dataset_fpcs") or [])):
@@ -214,11 +263,13 @@ def read(config) -> Settings:
     raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
                       "per update; 1 = no accumulation)")
   context_loss = context_loss_config(config)
+  images = read_images(config, spec)
   return Settings(model=spec, grid=grid, masks=mask_cfgs, mask_token_ids=token_ids,
                   optim=optim.OptimConfig.from_config(config.optim),
                   batch_size=int(config.batch_size), grad_accum_steps=accum,
                   rescale_residual_init=bool(m.rescale_residual_init), data=d,
-                  context_loss=context_loss, run=run, mesh=sharding.MeshConfig.read(config.mesh))
+                  context_loss=context_loss, run=run, mesh=sharding.MeshConfig.read(config.mesh),
+                  images=images)
 
 
 def read_run(config) -> RunSettings:
@@ -259,33 +310,37 @@ def read_run(config) -> RunSettings:
       monitor_probe=probe if probe and probe.get("every") else None)
 
 
-def _check_datasets(d) -> None:
+def _check_sources(d, field: str) -> None:
+  """``datasets`` / ``datasets_weights`` of ``config.data`` or ``config.images`` (``field``)."""
   specs = d.get("datasets", []) or []
   if isinstance(specs, str):
-    raise ConfigError(f"config.data.datasets={specs!r} must be a list of index files; write "
-                      f"--config.data.datasets='(\"{specs}\",)'")
+    raise ConfigError(f"{field}.datasets={specs!r} must be a list of index files; write "
+                      f"--{field}.datasets='(\"{specs}\",)'")
   for spec in specs:
     if not isinstance(spec, str):
-      raise ConfigError(f"config.data.datasets: {spec!r} is not a path or tfds: spec")
+      raise ConfigError(f"{field}.datasets: {spec!r} is not a path or tfds: spec")
   weights = d.get("datasets_weights")
   if weights is not None:
     if (not isinstance(weights, (list, tuple)) or
         not all(isinstance(w, (int, float)) and w > 0 for w in weights)):
-      raise ConfigError(f"config.data.datasets_weights={weights!r} must be a list of positive "
+      raise ConfigError(f"{field}.datasets_weights={weights!r} must be a list of positive "
                         "numbers, one per dataset, e.g. '(0.5, 0.3, 0.2)'")
     if len(weights) != max(len(specs), 1):
       sources = f"{len(specs)} datasets" if specs else "the synthetic set (one source)"
-      raise ConfigError(f"config.data.datasets_weights has {len(weights)} weights for {sources}; "
+      raise ConfigError(f"{field}.datasets_weights has {len(weights)} weights for {sources}; "
                         "give one weight per dataset")
 
 
 def check_dataset_files(config) -> None:
   """The index files of ``config.data.datasets`` exist here (a check of this machine, not of the
   config: ``experiment.validate`` makes it, ``read`` does not)."""
-  for spec in config.data.get("datasets", []) or []:
-    if not spec.startswith("tfds:") and not os.path.exists(spec):
-      raise ConfigError(f"config.data.datasets: index file {spec!r} does not exist; fix the path "
-                        "or leave datasets empty to use the built-in synthetic set")
+  images = config.get("images") or {}
+  for field, specs in (("config.data", config.data.get("datasets")),
+                       ("config.images", images.get("datasets") if images.get("batch_size") else None)):
+    for spec in specs or []:
+      if not spec.startswith("tfds:") and not os.path.exists(spec):
+        raise ConfigError(f"{field}.datasets: index file {spec!r} does not exist; fix the path "
+                          "or leave datasets empty to use the built-in synthetic set")
 
 
 def check_init_from(config) -> None:

@@ -23,6 +23,31 @@ def pretrain_masks() -> list:
   return [ml_collections.ConfigDict(dataclasses.asdict(m)) for m in masks.pretrain_configs()]
 
 
+def image_mask() -> ml_collections.ConfigDict:
+  """V-JEPA 2.1's ``img_mask``: one mask of 10 blocks x 0.15 (configs/train_2_1/*: aspect
+  0.75-1.5, the blocks spanning the image's one frame)."""
+  return mask_config(num_blocks=10, spatial_scale=(0.15, 0.15))
+
+
+def images_config() -> ml_collections.ConfigDict:
+  """``config.images``: V-JEPA 2.1's image half of a step (its ``img_data`` ranks); off while
+  ``batch_size`` is 0. Needs ``config.model.vjepa21`` (the image patch and modality embeddings)."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=0,              # global images per step; 0 = video only
+      # Image index files (``path [label]``, the reference's imagenet1k.csv), directories of
+      # images or tfds: image datasets (e.g. "tfds:imagenet2012"); empty = synthetic stills.
+      datasets=[],
+      datasets_weights=None,
+      synthetic_dir=None,        # None = config.data.synthetic_dir + "_images"
+      synthetic_num_images=256,
+      # The gradient weight of the image loss: the reference's img_data.rank_ratio, the share of
+      # its ranks that train on images (DDP averages every rank's gradient equally).
+      loss_weight=0.5,
+      lambda_value=0.5,          # the context loss's lambda on images (lambda_value_img)
+      masks=[image_mask()],
+  ))
+
+
 def data_config() -> ml_collections.ConfigDict:
   from jepa_jax.data import default_data_config
   return default_data_config()
@@ -62,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = data_config()
   c.masks = pretrain_masks()
+  c.images = images_config()
 
   c.optim = ml_collections.ConfigDict(dict(
       epochs=300, ipe=300, ipe_scale=1.25, warmup=40,
@@ -117,6 +143,12 @@ def resolve_paths(config) -> None:
   for name in ("synthetic_dir", "tfds_data_dir"):
     if d.get(name):
       d[name] = paths.resolve(str(d[name]))
+  images = config.get("images")
+  if images:
+    if images.get("datasets"):
+      images.datasets = [paths.resolve_source(str(s)) for s in images.datasets]
+    if images.get("synthetic_dir"):
+      images.synthetic_dir = paths.resolve(str(images.synthetic_dir))
 
 
 def _is_synthetic_label(name: str) -> bool:

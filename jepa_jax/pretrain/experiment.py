@@ -42,6 +42,10 @@ def validate(config, num_devices: int | None = None) -> config_lib.Settings:
   if settings.batch_size % devices or settings.batch_size % processes:
     raise ConfigError(f"config.batch_size={settings.batch_size} is not divisible by the "
                       f"{devices} devices ({processes} processes); use a multiple of {devices}")
+  images = settings.images
+  if images is not None and (images.batch_size % devices or images.batch_size % processes):
+    raise ConfigError(f"config.images.batch_size={images.batch_size} is not divisible by the "
+                      f"{devices} devices ({processes} processes); use a multiple of {devices}")
   accum = settings.grad_accum_steps
   if settings.batch_size % (accum * devices):
     raise ConfigError(f"config.batch_size={settings.batch_size} does not split into "
@@ -100,8 +104,15 @@ class Experiment:
     return jax.jit(self.init_fn(), out_shardings=self.state_shardings)(rng)
 
   def abstract_batch(self, per_process: bool = False) -> dict:
-    b = self.batch_size // (jax.process_count() if per_process else 1)
-    return {"video": jax.ShapeDtypeStruct(self.encoder.clip_shape(b), jnp.uint8)}
+    processes = jax.process_count() if per_process else 1
+    batch = {"video": jax.ShapeDtypeStruct(self.encoder.clip_shape(self.batch_size // processes),
+                                           jnp.uint8)}
+    images = self.settings.images
+    if images is not None:  # V-JEPA 2.1's image half: one-frame clips
+      _, _, h, w, c = self.encoder.clip_shape()
+      batch["image"] = jax.ShapeDtypeStruct(
+          (images.batch_size // processes, images.frames, h, w, c), jnp.uint8)
+    return batch
 
   @functools.cached_property
   def train_step(self):
@@ -111,13 +122,13 @@ class Experiment:
                                           self.settings.grad_accum_steps,
                                           self.state_shardings.params,
                                           self.settings.mesh.min_fsdp_size,
-                                          self.settings.context_loss)
+                                          self.settings.context_loss, self.settings.images)
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
                                          self.abstract_batch(), self.settings.mesh.min_fsdp_size)
 
   def shard_batch(self, batch: dict) -> dict:
     """Host-local numpy batch -> global arrays split over the batch axis (only model inputs)."""
-    return sharding.shard_batch({"video": batch["video"]}, self.mesh)
+    return sharding.shard_batch({k: batch[k] for k in self.abstract_batch()}, self.mesh)
 
   def compile_train_step(self):
     """The train step lowered and compiled ahead of time on abstract shapes (nothing allocated)."""

@@ -37,14 +37,17 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
                     batch_size: int, mesh: Optional[jax.sharding.Mesh] = None,
                     mask_token_ids: Optional[Sequence[int]] = None, grad_accum_steps: int = 1,
                     param_shardings=None, min_fsdp_size: int = sharding.DEFAULT_MIN_FSDP_SIZE,
-                    context_loss: Optional[loss_vjepa21.ContextLossConfig] = None):
+                    context_loss: Optional[loss_vjepa21.ContextLossConfig] = None,
+                    images=None):
   """Build the (unjitted) train step. With a ``mesh``, the masks drawn inside the step are pinned
   to the batch sharding, so each device draws only its own examples' masks. ``mask_token_ids``:
   the predictor mask token of each mask (``config.mask_token_ids``; None = mask i, token i).
   ``grad_accum_steps``: micro-batches per update (``batch_size`` must be divisible by it times
   the devices; ``experiment.validate`` checks). ``context_loss``: V-JEPA 2.1's objective
   (``loss_vjepa21.vjepa21_loss``: four-level targets plus the context loss, lambda read at the
-  state's step) for its models; None = V-JEPA's."""
+  state's step) for its models; None = V-JEPA's. ``images``: V-JEPA 2.1's image half
+  (``config.ImageSettings``: batch size, masks, grid, lambda and gradient weight), read from
+  ``batch["image"]`` ``[B_img, 1, H, W, C]``; the loss is ``loss_vjepa21.image_video_loss``."""
   grid = encoder.grid
   mask_cfgs = tuple(mask_cfgs)
   if context_loss is None:
@@ -54,18 +57,44 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
     if grad_accum_steps != 1:  # accumulation re-weights the predictor loss of each mask only
       raise ValueError("the V-JEPA 2.1 loss does not support gradient accumulation yet; set "
                        "config.grad_accum_steps=1")
+  if images is not None:
+    if context_loss is None:
+      raise ValueError("image batches need the V-JEPA 2.1 loss (config.model.vjepa21=True)")
+    _, apply_image_predictor = loss_vjepa21.model_apply_fns(encoder, predictor, image=True)
 
   def train_step(state, batch, rng):
     # Masks are drawn for the whole global batch, whatever grad_accum_steps: every clip gets the
     # mask it would get without accumulation.
     masks = masks_lib.sample_masks(jax.random.fold_in(rng, state.step), batch_size, grid,
                                    mask_cfgs)
+    image_masks = None
+    if images is not None:  # a key of their own: the video masks stay those of a video-only run
+      image_masks = masks_lib.sample_masks(
+          jax.random.fold_in(jax.random.fold_in(rng, state.step), 1), images.batch_size,
+          images.grid, images.masks)
     if mesh is not None:
       masks = jax.lax.with_sharding_constraint(masks, sharding.batch_sharding(mesh))
+      if image_masks is not None:
+        image_masks = jax.lax.with_sharding_constraint(image_masks, sharding.batch_sharding(mesh))
 
     def loss_fn(params, video, masks):
       clips = normalize_clips(video, encoder.block.dtype)  # accumulating: one micro-batch at a time
-      if context_loss is None:
+      if images is not None:
+        loss, both = loss_vjepa21.image_video_loss(
+            apply_encoder, apply_predictor, apply_image_predictor, params, state.target_params,
+            clips, masks, normalize_clips(batch["image"], encoder.block.dtype), image_masks,
+            state.step, context_loss, image_lambda=images.lambda_value,
+            image_weight=images.loss_weight, video_grid=grid, image_grid=images.grid,
+            levels=len(encoder.levels), mask_token_ids=mask_token_ids)
+        aux, image_aux = both["video"], both["image"]
+        aux.pop("context_loss_per_mask")
+        aux["image"] = {"loss": image_aux["loss"], "loss/pred": image_aux["loss_pred"],
+                        "loss/context": image_aux["loss_context"],
+                        "lambda": image_aux["lambda"],
+                        "tokens/context0": image_aux["context_tokens"][0],
+                        "tokens/target0": image_aux["target_tokens"][0]}
+        aux["video_loss"] = aux.pop("loss")
+      elif context_loss is None:
         loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params,
                                         state.target_params, clips, masks, mask_token_ids)
       else:
@@ -108,9 +137,11 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
       metrics[f"tokens/context{i}"] = aux["context_tokens"][i]
       metrics[f"tokens/target{i}"] = aux["target_tokens"][i]
     for key, name in (("loss_pred", "loss/pred"), ("loss_context", "loss/context"),
-                      ("lambda", "context_lambda")):
+                      ("lambda", "context_lambda"), ("video_loss", "loss/video")):
       if key in aux:  # V-JEPA 2.1: its two losses and the lambda weighting the second
         metrics[name] = aux[key]
+    for key, value in aux.get("image", {}).items():  # V-JEPA 2.1's image half
+      metrics["loss/image" if key == "loss" else f"image/{key}"] = value
     metrics.update(aux["monitor"])
     return new_state, metrics
 

@@ -144,9 +144,12 @@ def train(config, workdir: str, exp: Optional[experiment.Experiment] = None) -> 
   # (filled in this process only without worker processes; the entries also travel in the batches).
   consumed = _restored_data_failures(manager, start_step, exp.settings.data)
   tracker = consumed.copy()
+  images = exp.settings.images
   dataset = data_lib.make_pretrain_dataset(
       exp.settings.data, batch_size=per_process_batch, seed=run.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(), failure_tracker=tracker)
+      shard_index=jax.process_index(), shard_count=jax.process_count(), failure_tracker=tracker,
+      images=images.data if images else None,
+      image_batch_size=images.batch_size // jax.process_count() if images else 0)
   consumed.bind(tracker.sources)
   iterator = iter(dataset)
   if data_state is not None:
