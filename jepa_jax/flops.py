@@ -15,6 +15,12 @@ static sizes (K_ctx_m, K_tgt_m) (``masks.static_sizes``), depths D_e / D_p, pred
 x3 is forward + backward (a matmul's backward is two of its size); the online encoder embeds only
 the context tokens and needs only the kernel gradient, hence x2. The predictor uses the encoder's
 heads and MLP ratio (h_p = mlp_ratio d_p).
+
+V-JEPA 2.1 (``levels`` L > 1): the predictor embeds the L concatenated levels in two steps,
+``2 K_ctx (L d) d + 2 K_ctx d d_p``, projects its targets to L x d_out and, with
+``return_context``, its context tokens too (``2 K_ctx d_p L d_out``); the levels' LayerNorms are
+element-wise. Its image half (``settings.images``) adds ``B_img`` one-frame clips, each the same
+sum over the image grid and image masks with a tubelet of 1.
 """
 from __future__ import annotations
 
@@ -32,36 +38,53 @@ def train_step_flops(settings) -> dict:
   """Model FLOPs of one train step of a read config (``jepa_jax.pretrain.config.read(config)``, global
   batch), with the parts that make it up.
 
-  Returns a dict of ints: ``total`` (the whole step, all ``settings.batch_size`` clips),
-  ``per_clip``, ``target_forward``, ``context_encoder`` and ``predictor`` (per clip, backward
-  included for the last two, summed over masks), ``patch_embed`` (per clip, target + online),
-  and ``tokens`` (N per clip).
+  Returns a dict of ints: ``total`` (the whole step, all ``settings.batch_size`` clips, and the
+  images of V-JEPA 2.1's image half), ``per_clip``, ``target_forward``, ``context_encoder`` and
+  ``predictor`` (per clip, backward included for the last two, summed over masks),
+  ``patch_embed`` (per clip, target + online), ``tokens`` (N per clip) and, with images,
+  ``per_image`` and ``images`` (their share of ``total``).
   """
   encoder, predictor = models.from_spec(settings.model)
-  grid = encoder.grid
-  n = encoder.num_tokens
+  video = _per_clip(encoder, predictor, encoder.grid, settings.masks, encoder.tubelet_size)
+  out = {"total": settings.batch_size * video["per_clip"], **video}
+  images = getattr(settings, "images", None)
+  if images is not None:
+    per_image = _per_clip(encoder, predictor, images.grid, images.masks, 1)["per_clip"]
+    out.update(per_image=per_image, images=images.batch_size * per_image)
+    out["total"] += out["images"]
+  return out
+
+
+def _per_clip(encoder, predictor, grid, mask_cfgs, tubelet: int) -> dict:
+  """The formula of the module docstring for one clip of token ``grid`` and its masks."""
+  n = grid[0] * grid[1] * grid[2]
   d = encoder.embed_dim
   h = int(d * encoder.block.mlp_ratio)
   dp = predictor.predictor_embed_dim
   hp = int(dp * predictor.block.mlp_ratio)
-  kt, p, c = encoder.tubelet_size, encoder.patch_size, encoder.in_chans
+  levels, out_dim = predictor.levels, predictor.output_dim
+  p, c = encoder.patch_size, encoder.in_chans
 
   def embed(tokens):
-    return 2 * tokens * (kt * p * p * c) * d
+    return 2 * tokens * (tubelet * p * p * c) * d
+
+  def predictor_embed(tokens):
+    if levels == 1:
+      return 2 * tokens * d * dp
+    return 2 * tokens * (levels * d) * d + 2 * tokens * d * dp
 
   target = embed(n) + encoder.depth * block_flops(n, d, h)
   context = predictor_total = online_embed = 0
-  for mc in settings.masks:
+  for mc in mask_cfgs:
     k_ctx, k_tgt = masks_lib.static_sizes(grid, mc)
     context += 3 * encoder.depth * block_flops(k_ctx, d, h)
     online_embed += 2 * embed(k_ctx)
-    pred = (2 * k_ctx * d * dp + predictor.depth * block_flops(k_ctx + k_tgt, dp, hp)
-            + 2 * k_tgt * dp * d)
+    projected = k_tgt + (k_ctx if predictor.return_context else 0)
+    pred = (predictor_embed(k_ctx) + predictor.depth * block_flops(k_ctx + k_tgt, dp, hp)
+            + 2 * projected * dp * out_dim)
     predictor_total += 3 * pred
-  per_clip = target + context + predictor_total + online_embed
   return {
-      "total": settings.batch_size * per_clip,
-      "per_clip": per_clip,
+      "per_clip": target + context + predictor_total + online_embed,
       "target_forward": target,
       "context_encoder": context,
       "predictor": predictor_total,
