@@ -132,6 +132,7 @@ def compile_step(config, topology: str, hlo_path: str | None = None) -> dict:
       "mesh": dict(zip(mesh.axis_names, map(int, mesh.devices.shape))),
       "model": settings.model.name, "batch_size": settings.batch_size,
       "per_chip_batch": settings.batch_size / chips,
+      "per_chip_images": settings.images.batch_size / chips if settings.images else 0,
       "grad_accum_steps": settings.grad_accum_steps, "remat": settings.model.remat,
       "memory_bytes": {"arguments": memory["argument_size_in_bytes"],
                        "temporaries": memory["temp_size_in_bytes"],
@@ -186,7 +187,8 @@ def summary(r: dict) -> str:
   lines = [
       f"{r['model']} on {r['topology']} ({r['chips']} chips, {r['device_kind']}; mesh {mesh}), "
       f"batch {r['batch_size']} = {r['per_chip_batch']:g} clips per chip, "
-      f"grad_accum_steps {r['grad_accum_steps']}, remat {r['remat']}",
+      + (f"+ {r['per_chip_images']:g} images per chip, " if r.get("per_chip_images") else "")
+      + f"grad_accum_steps {r['grad_accum_steps']}, remat {r['remat']}",
       f"  memory per chip: {_gib(m['total'])} of {_gib(r['hbm_bytes'])} HBM: {verdict} "
       f"(arguments {_gib(m['arguments'])} + temporaries {_gib(m['temporaries'])} + outputs "
       f"{_gib(m['outputs'])} - aliased {_gib(m['aliased'])})",
@@ -225,9 +227,16 @@ def _is_out_of_memory(e: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
-def with_per_chip_batch(config, per_chip: int, chips: int):
+def with_per_chip_batch(config, per_chip: int, chips: int, per_chip_images: int | None = None):
+  """``config`` with ``per_chip`` clips per chip; a V-JEPA 2.1 image half gets ``per_chip_images``
+  per chip, by default the config's images per clip times ``per_chip`` (rounded, at least 1)."""
+  images = config.get("images")
+  if images and images.get("batch_size") and per_chip_images is None:
+    per_chip_images = max(1, round(per_chip * images.batch_size / config.batch_size))
   config = config.copy_and_resolve_references()
   config.batch_size = per_chip * chips
+  if images and images.get("batch_size"):
+    config.images.batch_size = per_chip_images * chips
   return config
 
 
@@ -280,6 +289,9 @@ def _define_flags():
       "topology", None, f"TPU topology, CHIP:SHAPE (e.g. {EXAMPLE_TOPOLOGIES}).")
   _FLAGS["per_chip_batch"] = flags.DEFINE_integer(
       "per_chip_batch", None, "Clips per chip (sets config.batch_size to this x chips).")
+  _FLAGS["per_chip_images"] = flags.DEFINE_integer(
+      "per_chip_images", None, "V-JEPA 2.1's image half: images per chip (default: the config's "
+      "images per clip times --per_chip_batch).")
   _FLAGS["hlo_out"] = flags.DEFINE_string(
       "hlo_out", None, "Also write the compiled HLO text (per chip) to this file.")
   _FLAGS["find_max_batch"] = flags.DEFINE_bool(
@@ -291,6 +303,8 @@ def main(argv):
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
   config = _FLAGS['config'].value.copy_and_resolve_references()
   config.data.datasets = []   # the step compiles without data
+  if config.get("images"):
+    config.images.datasets = []
   result = cli.run_or_fail(lambda: compile_for_flags(config, _FLAGS['topology'].value))
   print(summary(result))
   print(json.dumps(result))
@@ -301,7 +315,8 @@ def compile_for_flags(config, topology: str) -> dict:
   try:
     chips = len(tpu_devices(topology))
     if _FLAGS['per_chip_batch'].value is not None:
-      config = with_per_chip_batch(config, _FLAGS['per_chip_batch'].value, chips)
+      config = with_per_chip_batch(config, _FLAGS['per_chip_batch'].value, chips,
+                                   _FLAGS['per_chip_images'].value)
     if not _FLAGS['find_max_batch'].value:
       return compile_step(config, topology, _FLAGS['hlo_out'].value)
     start = _FLAGS['per_chip_batch'].value or max(1, config.batch_size // chips)

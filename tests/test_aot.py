@@ -136,3 +136,31 @@ def test_fsdp_8_mesh_on_a_v5p_4x4x4_slice():
     jax.make_mesh((8, 8), ("data", "fsdp"), devices=devices)
   mesh = sharding.topology_mesh((8, 8), devices)
   assert mesh.devices.shape == (8, 8) and {d.id for d in mesh.devices.flat} == {d.id for d in devices}
+
+
+def test_per_chip_batch_keeps_the_recipes_images_per_clip():
+  from test_vjepa21_recipe import load_config  # noqa: PLC0415
+  c = load_config("vitl16_256px_16f")  # 3072 clips and 4608 images per step: 1.5 per clip
+  assert (c.batch_size, c.images.batch_size) == (3072, 4608)
+  scaled = aot.with_per_chip_batch(c, 24, 4)
+  assert (scaled.batch_size, scaled.images.batch_size) == (96, 144)
+  assert aot.with_per_chip_batch(c, 24, 4, per_chip_images=8).images.batch_size == 32
+  video_only = aot.with_per_chip_batch(_tiny_config(), 3, 4)
+  assert (video_only.batch_size, video_only.images.batch_size) == (12, 0)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_vjepa21_step_with_images_compiles_for_tpu(tmp_path):
+  """The 2.1 recipe's step with its image half (a tiny override) compiles for a TPU slice: two
+  clips and one image per chip, the model's FLOPs counted with the images."""
+  from test_vjepa21_recipe import tiny_override  # noqa: PLC0415
+  c = tiny_override("vitl16_256px_16f", tmp_path)
+  c.mesh.data = -1
+  c.images.update(dict(batch_size=1, datasets=[]))
+  c.images.masks[0].num_blocks = 2
+  c = aot.with_per_chip_batch(c, 2, 4, per_chip_images=1)
+  c.model.attention = "chunked"
+  r = aot.compile_step(c, "v5e:2x2")
+  _check(r, "v5e:2x2")
+  assert r["per_chip_images"] == 1
