@@ -227,6 +227,17 @@ def _is_out_of_memory(e: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
+def without_data(config):
+  """A copy of ``config`` whose data sources are cleared: the step compiles without data (the
+  recipes' dataset lists are placeholders), and their mixing weights go with them."""
+  config = config.copy_and_resolve_references()
+  for section in (config.data, config.get("images")):
+    if section:
+      section.datasets = []
+      section.datasets_weights = None
+  return config
+
+
 def with_per_chip_batch(config, per_chip: int, chips: int, per_chip_images: int | None = None):
   """``config`` with ``per_chip`` clips per chip; a V-JEPA 2.1 image half gets ``per_chip_images``
   per chip, by default the config's images per clip times ``per_chip`` (rounded, at least 1)."""
@@ -301,10 +312,7 @@ def _define_flags():
 def main(argv):
   del argv
   cli.setup_logging()  # here: absl.app.run installs its own handler before calling main
-  config = _FLAGS['config'].value.copy_and_resolve_references()
-  config.data.datasets = []   # the step compiles without data
-  if config.get("images"):
-    config.images.datasets = []
+  config = without_data(_FLAGS['config'].value)
   result = cli.run_or_fail(lambda: compile_for_flags(config, _FLAGS['topology'].value))
   print(summary(result))
   print(json.dumps(result))
