@@ -56,15 +56,19 @@ def test_block_and_encoder_flops_match_xla_cost_analysis():
   assert 1.0 <= xla["flops"] / ours < 1.08
 
 
-def test_train_step_flops_match_xla_cost_analysis():
-  """The whole step (two masks, target forward, forward + backward, AdamW, EMA): XLA agrees."""
-  c = small_config()
+def xla_and_model_flops(c):
+  """XLA's cost analysis of the compiled step of config ``c`` (one device) and ``flops``'s count."""
   exp = experiment.build(c, devices=jax.devices()[:1])
   compiled = exp.train_step.lower(exp.abstract_state, exp.abstract_batch(),
                                   jax.random.PRNGKey(0)).compile()
   xla = compiled.cost_analysis()
-  xla = xla[0] if isinstance(xla, list) else xla
-  ours = flops.train_step_flops(config_lib.read(c))
+  return (xla[0] if isinstance(xla, list) else xla), flops.train_step_flops(config_lib.read(c))
+
+
+def test_train_step_flops_match_xla_cost_analysis():
+  """The whole step (two masks, target forward, forward + backward, AdamW, EMA): XLA agrees."""
+  c = small_config()
+  xla, ours = xla_and_model_flops(c)
   assert ours["total"] == c.batch_size * ours["per_clip"]
   # XLA also counts element-wise work (LayerNorm, GELU, softmax, AdamW, EMA): measured 1.050.
   assert 0.98 < xla["flops"] / ours["total"] < 1.07
@@ -340,12 +344,7 @@ def test_vjepa21_step_flops_with_images_match_xla_cost_analysis(tmp_path):
   c.model.update(dict(pred_embed_dim=64, pred_depth=2, attention="einsum"))
   c.images.update(dict(batch_size=4, datasets=[]))
   c.images.masks[0].num_blocks = 4
-  exp = experiment.build(c, devices=jax.devices()[:1])
-  compiled = exp.train_step.lower(exp.abstract_state, exp.abstract_batch(),
-                                  jax.random.PRNGKey(0)).compile()
-  xla = compiled.cost_analysis()
-  xla = xla[0] if isinstance(xla, list) else xla
-  ours = flops.train_step_flops(config_lib.read(c))
+  xla, ours = xla_and_model_flops(c)
   assert ours["total"] == c.batch_size * ours["per_clip"] + ours["images"]
   assert ours["images"] == 4 * ours["per_image"] > 0.1 * ours["total"]
   # Measured 1.106. XLA's excess is element-wise work (four LayerNorms per level, the context

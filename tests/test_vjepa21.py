@@ -223,12 +223,17 @@ def test_lambda_ramp():
   assert float(l21.context_lambda(flat, 0)) == 0.5
 
 
-def test_loss_matches_reference(golden21, loss_and_grads):
-  (loss, aux), _ = loss_and_grads
+def check_losses(loss, aux, golden):
+  """lambda, both losses and the total against the golden file's ``out/*`` (2e-6 relative)."""
   for ours, key in ((aux["lambda"], "lambda"), (aux["loss_pred"], "loss_pred"),
                     (aux["loss_context"], "loss_context"), (loss, "loss")):
-    ref = float(golden21[f"out/{key}"])
+    ref = float(golden[f"out/{key}"])
     assert abs(float(ours) - ref) <= 2e-6 * abs(ref), (key, float(ours), ref)
+
+
+def test_loss_matches_reference(golden21, loss_and_grads):
+  (loss, aux), _ = loss_and_grads
+  check_losses(loss, aux, golden21)
 
 
 def test_grads_match_reference(golden21, loss_and_grads):

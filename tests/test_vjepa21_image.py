@@ -125,10 +125,7 @@ def test_image_targets_and_distances_match_reference(golden_img, tiny21, image_i
 def test_image_loss_matches_reference(golden_img, image_loss_and_grads):
   """lambda_value_img at the same step of the ramp (0.3 * 5000 / 15000), both losses, total."""
   (loss, aux), _ = image_loss_and_grads
-  for ours, key in ((aux["lambda"], "lambda"), (aux["loss_pred"], "loss_pred"),
-                    (aux["loss_context"], "loss_context"), (loss, "loss")):
-    ref = float(golden_img[f"out/{key}"])
-    assert abs(float(ours) - ref) <= 2e-6 * abs(ref), (key, float(ours), ref)
+  t21.check_losses(loss, aux, golden_img)
 
 
 def test_image_loss_needs_image_lambda_and_embedding(golden_img, tiny21, image_inputs):
