@@ -186,6 +186,9 @@ def test_tiny_run_trains_the_image_path_and_resumes_both_streams(tmp_path):
   assert last["loss"] == pytest.approx(0.75 * last["loss/video"] + 0.25 * last["loss/image"],
                                        rel=1e-5)
   assert last["image/lambda"] == pytest.approx(0.3 * last["context_lambda"] / 0.5)
+  # Each image mask's tokens per image: context and target of the 2x2 grid.
+  assert last["image/tokens/context0"] + last["image/tokens/target0"] <= 4
+  assert min(last["image/tokens/context0"], last["image/tokens/target0"]) >= 1
   assert last["loss/video"] == pytest.approx(last["loss/pred"] + last["context_lambda"]
                                              * last["loss/context"], rel=1e-5)
   assert os.path.isfile(os.path.join(str(tmp_path / "syn") + "_images", "index.csv"))

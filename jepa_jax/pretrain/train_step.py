@@ -90,9 +90,10 @@ def make_train_step(encoder, predictor, mask_cfgs: Sequence[masks_lib.MaskConfig
         aux.pop("context_loss_per_mask")
         aux["image"] = {"loss": image_aux["loss"], "loss/pred": image_aux["loss_pred"],
                         "loss/context": image_aux["loss_context"],
-                        "lambda": image_aux["lambda"],
-                        "tokens/context0": image_aux["context_tokens"][0],
-                        "tokens/target0": image_aux["target_tokens"][0]}
+                        "lambda": image_aux["lambda"]}
+        for i in range(len(images.masks)):
+          aux["image"][f"tokens/context{i}"] = image_aux["context_tokens"][i]
+          aux["image"][f"tokens/target{i}"] = image_aux["target_tokens"][i]
         aux["video_loss"] = aux.pop("loss")
       elif context_loss is None:
         loss, aux = loss_lib.vjepa_loss(apply_encoder, apply_predictor, params,
