@@ -242,11 +242,12 @@ def with_per_chip_batch(config, per_chip: int, chips: int, per_chip_images: int 
   """``config`` with ``per_chip`` clips per chip; a V-JEPA 2.1 image half gets ``per_chip_images``
   per chip, by default the config's images per clip times ``per_chip`` (rounded, at least 1)."""
   images = config.get("images")
-  if images and images.get("batch_size") and per_chip_images is None:
+  has_images = bool(images and images.get("batch_size"))
+  if has_images and per_chip_images is None:
     per_chip_images = max(1, round(per_chip * images.batch_size / config.batch_size))
   config = config.copy_and_resolve_references()
   config.batch_size = per_chip * chips
-  if images and images.get("batch_size"):
+  if has_images:
     config.images.batch_size = per_chip_images * chips
   return config
 

@@ -193,9 +193,9 @@ def mask_configs(config, grid: Optional[tuple[int, int, int]] = None, field: str
   return tuple(out)
 
 
-def read_images(config, spec: models.ModelSpec) -> Optional[ImageSettings]:
-  """``config.images`` (None while its ``batch_size`` is 0 or the section is absent, as in
-  configs saved before it existed)."""
+def read_images(config, encoder) -> Optional[ImageSettings]:
+  """``config.images`` for the model's ``encoder`` (None while its ``batch_size`` is 0 or the
+  section is absent, as in configs saved before it existed)."""
   section = config.get("images")
   if not section or not section.get("batch_size"):
     return None
@@ -203,7 +203,6 @@ def read_images(config, spec: models.ModelSpec) -> Optional[ImageSettings]:
   if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
     raise ConfigError(f"config.images.batch_size={batch!r} must be a number of images per step "
                       "(global), or 0 for video-only pretraining")
-  encoder, _ = models.from_spec(spec)
   if encoder.image_frames is None:
     raise ConfigError("config.images needs a model with an image patch embedding: set "
                       "config.model.vjepa21=True (V-JEPA 2.1), or config.images.batch_size=0")
@@ -245,7 +244,7 @@ def read(config) -> Settings:
                       "(or 0) for one per mask (and clip length)")
   try:
     spec = model_spec(config)
-    models.from_spec(spec)
+    encoder, _ = models.from_spec(spec)
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
   mask_cfgs = mask_configs(config, grid, check_context=True)
@@ -263,7 +262,7 @@ def read(config) -> Settings:
     raise ConfigError(f"config.grad_accum_steps={accum!r} must be a positive integer (micro-batches "
                       "per update; 1 = no accumulation)")
   context_loss = context_loss_config(config)
-  images = read_images(config, spec)
+  images = read_images(config, encoder)
   return Settings(model=spec, grid=grid, masks=mask_cfgs, mask_token_ids=token_ids,
                   optim=optim.OptimConfig.from_config(config.optim),
                   batch_size=int(config.batch_size), grad_accum_steps=accum,

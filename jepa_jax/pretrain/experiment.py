@@ -39,13 +39,13 @@ def validate(config, num_devices: int | None = None) -> config_lib.Settings:
     raise ConfigError(str(e)) from None
   devices = int(np.prod(mesh_shape))
   processes = jax.process_count()
-  if settings.batch_size % devices or settings.batch_size % processes:
-    raise ConfigError(f"config.batch_size={settings.batch_size} is not divisible by the "
-                      f"{devices} devices ({processes} processes); use a multiple of {devices}")
-  images = settings.images
-  if images is not None and (images.batch_size % devices or images.batch_size % processes):
-    raise ConfigError(f"config.images.batch_size={images.batch_size} is not divisible by the "
-                      f"{devices} devices ({processes} processes); use a multiple of {devices}")
+  batches = {"config.batch_size": settings.batch_size}
+  if settings.images is not None:
+    batches["config.images.batch_size"] = settings.images.batch_size
+  for field, size in batches.items():
+    if size % devices or size % processes:
+      raise ConfigError(f"{field}={size} is not divisible by the {devices} devices "
+                        f"({processes} processes); use a multiple of {devices}")
   accum = settings.grad_accum_steps
   if settings.batch_size % (accum * devices):
     raise ConfigError(f"config.batch_size={settings.batch_size} does not split into "
@@ -126,9 +126,14 @@ class Experiment:
     return train_step_lib.jit_train_step(step, self.mesh, self.state_shardings,
                                          self.abstract_batch(), self.settings.mesh.min_fsdp_size)
 
+  @property
+  def input_keys(self) -> tuple:
+    """The batch entries the step reads: the clips, and V-JEPA 2.1's images."""
+    return ("video", "image") if self.settings.images is not None else ("video",)
+
   def shard_batch(self, batch: dict) -> dict:
     """Host-local numpy batch -> global arrays split over the batch axis (only model inputs)."""
-    return sharding.shard_batch({k: batch[k] for k in self.abstract_batch()}, self.mesh)
+    return sharding.shard_batch({k: batch[k] for k in self.input_keys}, self.mesh)
 
   def compile_train_step(self):
     """The train step lowered and compiled ahead of time on abstract shapes (nothing allocated)."""
