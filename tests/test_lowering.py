@@ -209,3 +209,18 @@ def test_eval_forward_and_probe_steps_lower(cudnn, platform, attention):
   with layers.target_platform(platform):
     for step, x in ((probe_lib.train_step, one_view), (probe_lib.eval_step, tokens)):
       jax.jit(step).trace(state, x, labels, weights).lower(lowering_platforms=(platform,))
+
+
+def test_vjepa21_step_with_images_lowers_for_cuda(cudnn, tmp_path):
+  """V-JEPA 2.1's step with its image half on cuDNN: the one-frame images run the same fused
+  attention as the clips (target forward of both; context and predictor of two video masks and
+  the image mask, forward and backward)."""
+  from test_vjepa21_recipe import tiny_override  # noqa: PLC0415
+  c = tiny_override("vitl16_256px_16f", tmp_path)
+  c.model.update(dict(dtype="bfloat16", attention="cudnn", pred_embed_dim=32))
+  c.model.overrides = {"embed_dim": 32, "depth": 2, "num_heads": 2, "levels": (0, 1)}
+  c.images.batch_size = 2
+  c.images.masks[0].num_blocks = 2
+  text = lower_train_step(c, "cuda")
+  # Unscanned, 2 + 1 blocks: target 2 fwd per modality; per mask (3) context 2 + 2, predictor 1 + 1.
+  assert_cudnn_without_bias(text, forward=2 * 2 + 3 * (2 + 1), backward=3 * (2 + 1))
