@@ -6,7 +6,9 @@ Every query row is compared, padded ones included: the kernel computes every que
 real keys (padding to the kernel's block adds rows that are sliced off and keys that the segment
 ids exclude), exactly as the ``einsum`` path computes every row against the unmasked keys.
 """
+import functools
 import importlib.util
+import math
 import os
 import re
 
@@ -99,6 +101,9 @@ def test_flash_self_attention_with_rope_matches_einsum():
   with tpu_attention.interpret_mode():
     (_, got), got_grads = grad(flash)(params, x)
   _assert_close(got, want, 1e-5, "output")
+  # Not differentiated (the target encoder), the kernel and projection run without their VJP.
+  with tpu_attention.interpret_mode():
+    _assert_close(jax.jit(flash.apply)(params, x, lengths, tables), want, 1e-5, "forward alone")
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads),
                           jax.tree_util.tree_leaves(want_grads)):
     _assert_close(g, w, 1e-5, jax.tree_util.keystr(path))
@@ -155,10 +160,12 @@ def test_unpadded_lengths_are_refused():
 
 # --- XLA:TPU ahead of time ------------------------------------------------------------------
 
-def _tiny_encoder_grad_hlo(topology: str, width: int = 64) -> str:
-  """Forward + backward of a tiny scanned transformer stack (2 blocks, 2 heads, 200 tokens with
-  valid-first padding, 8 clips on 4 chips, bf16) compiled by XLA:TPU for ``topology`` with the
-  ``flash`` attention, traced for TPU under the mesh, as the train step is."""
+@functools.lru_cache(maxsize=None)
+def _tiny_encoder_hlo(topology: str, width: int = 64, grad: bool = True) -> str:
+  """Forward + backward (or, ``grad=False``, the forward alone, as the target encoder runs) of a
+  tiny scanned transformer stack (2 blocks, 2 heads, 200 tokens with valid-first padding, 8
+  clips on 4 chips, bf16) compiled by XLA:TPU for ``topology`` with the ``flash`` attention,
+  traced for TPU under the mesh, as the train step is."""
   from jax.experimental import topologies
   topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
   mesh = jax.sharding.Mesh(np.asarray(topo.devices)[:4].reshape(4, 1), ("data", "fsdp"))
@@ -175,7 +182,7 @@ def _tiny_encoder_grad_hlo(topology: str, width: int = 64) -> str:
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return jnp.mean(stack.apply(p, x, lengths)[0].astype(jnp.float32) ** 2)
 
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)),
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)) if grad else loss,
                  in_shardings=(jax.tree_util.tree_map(lambda _: rep, params), batch, batch))
   with layers.target_platform("tpu"):
     return step.lower(params, x, lengths).compile().as_text()
@@ -191,7 +198,7 @@ def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, width, monkeypatc
   from jepa_jax import hlo_stats
   # Compiling needs no chip; without this libtpu refuses to load while another process holds it.
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  text = _tiny_encoder_grad_hlo(topology, width)
+  text = _tiny_encoder_hlo(topology, width)
   stats = hlo_stats.analyse(text)
   assert stats.kernels == {"splash_mha_fwd_segmented_residuals": 2,
                            "splash_mha_dkv_segmented_no_residuals": 2}, stats.kernels
@@ -200,3 +207,25 @@ def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, width, monkeypatc
   # No [2, 2, 256, 256] (or [.., 200, 200]) logits in float32 or bfloat16 anywhere.
   for n in ("200", "256"):
     assert not re.search(rf"(f32|bf16)\[2,2,{n},{n}\]", text), topology
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
+@pytest.mark.parametrize("grad", [False, True])
+def test_kernel_output_is_relaid_out_once_per_trained_block(grad, monkeypatch):
+  """Relayouts of activation-sized arrays around the kernel (its ``[B, H, N, d]`` output and
+  output gradient against the ``[B, N, H * d]`` of the projections), in the tiny model's
+  compiled step (v5p, head dimension 88, 2 blocks, 2 clips of 256 padded tokens per chip).
+  Forward alone (the target encoder): none, as the output projection reads the kernel's output
+  where it lies. Forward + backward: two per block (the output kept dense for the backward, and
+  the output gradient in the kernel's layout), none of them float32. Before, the forward
+  transposed the output for the projection in every pass and the softmax backward's row term
+  relaid the output and its gradient out in float32: three per block, one float32
+  (BENCHMARKS.md, "TPU attention": 10.8 -> 5.4 GiB per step on ViT-L)."""
+  from jepa_jax import hlo_stats
+  monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  stats = hlo_stats.analyse(_tiny_encoder_hlo("v5p:2x2x1", 176, grad))
+  dims = lambda o: [int(n) for n in re.search(r"\[([\d,]*)\]", o.shape).group(1).split(",") if n]
+  activation = [o for o in stats.relayout_ops
+                if math.prod(dims(o)) == 2 * 256 * 176 and 256 in dims(o)]
+  assert not [o for o in activation if o.shape.startswith("f32")], activation
+  assert sum(o.count for o in activation) == (4 if grad else 0), activation

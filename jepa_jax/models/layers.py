@@ -438,6 +438,18 @@ class _HeadMajorQKV(nn.Module):
     return checkpoint_name(out, WEIGHT_MATMUL)
 
 
+class _ProjParams(nn.Module):
+  """The ``proj`` Dense's parameters (same names, shapes, init order) for a caller that applies
+  them itself."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", reference_trunc_normal(), (self.features, self.features),
+                        jnp.float32)
+    return kernel, self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+
 class SelfAttention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -473,8 +485,9 @@ class SelfAttention(nn.Module):
     """The TPU kernel's path, in its layout end to end: the tokens are padded to the kernel's
     block once (``[B, N, D]``, not q, k and v), q/k/v come out of the projection head-major
     (``_HeadMajorQKV``, q already scaled), RoPE rotates them there (its tables broadcast over
-    heads either way; a rotation commutes with the scale), and the output projection is the
-    plain ``proj`` Dense on ``fused_attention``'s ``[B, N, D]``."""
+    heads either way; a rotation commutes with the scale), and the ``proj`` parameters project
+    the kernel's ``[B, H, N, d]`` output inside ``fused_attention_projected``, whose VJP owns
+    both (so the output is neither transposed for the projection nor kept twice)."""
     b, n, d = x.shape
     tpu_attention.check_supported(d // self.num_heads, self.dtype)
     n_pad = tpu_attention.padded_length(n)
@@ -487,8 +500,10 @@ class SelfAttention(nn.Module):
                    for t in rope)
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     valid = kv_valid_mask(kv_lengths, kv_mask, n, n_pad, b)
-    out = tpu_attention.fused_attention(q, k, v, valid)
-    return dense(d, "proj", self.dtype)(out)[:, :n]
+    kernel, bias = _ProjParams(d, name="proj")()
+    out = tpu_attention.fused_attention_projected(
+        q, k, v, valid, kernel.reshape(self.num_heads, d // self.num_heads, d), bias)
+    return checkpoint_name(out, WEIGHT_MATMUL)[:, :n]
 
 
 @dataclasses.dataclass(frozen=True)

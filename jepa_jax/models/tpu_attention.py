@@ -1,16 +1,19 @@
 """Fused attention on TPU: jax's Pallas splash attention kernel, with key padding as segment ids.
 
 ``fused_attention(q, k, v, kv_valid)`` computes exact softmax attention block by block in VMEM (no
-``[B, H, N, S]`` logits in HBM, forward or backward; float32 logits as the other paths); ``layers``
-calls it through ``padded_length`` and ``supports`` / ``check_supported``.
+``[B, H, N, S]`` logits in HBM, forward or backward; float32 logits as the other paths);
+``fused_attention_projected`` adds the output projection (``SelfAttention``'s path). ``layers``
+calls them through ``padded_length`` and ``supports`` / ``check_supported``.
 
 Why the layouts: XLA:TPU tiles the two minor dimensions by (8, 128), so a head-dimension-minor
 array takes 2x its size at head dim 64 and 5.3x at the predictor's 24. q, k, v therefore enter in
-the kernel's ``SEQ_MINOR`` layout (``[.., d, N]``, as the qkv matmul writes it), the output leaves
-as ``[B, N, H * d]``, and a custom VJP keeps only q, k, v, that output and a float32 log-sum-exp per
-query (BENCHMARKS.md, "TPU attention"). That VJP calls the kernel's private fused backward
-(``_splash_attention_bwd_dkv``); ``tests/test_tpu_attention.py`` checks it against the ``einsum``
-path in interpret mode, so a jax release that changes it fails there.
+the kernel's ``SEQ_MINOR`` layout (``[.., d, N]``, as the qkv matmul writes it). The kernel's
+output is ``[B, H, N, d]``, head dimension minor: the output projection reads it there (the
+matmul contracts h and d wherever they lie), and the custom VJPs keep only q, k, v, a dense
+``[B, N, H, d]`` copy of the output and a float32 log-sum-exp per query (BENCHMARKS.md, "TPU
+attention"). They call the kernel's private fused backward (``_splash_attention_bwd_dkv``);
+``tests/test_tpu_attention.py`` checks them against the ``einsum`` path in interpret mode, so a
+jax release that changes it fails there.
 
 Constraints: q arrives pre-scaled (the kernel takes no scale); lengths are padded to multiples of
 128 (1568 -> 1664) and ``kv_valid`` ``[B, S]`` becomes segment ids (real keys 1, padding 0; a row
@@ -97,20 +100,118 @@ def _segments(kv_valid, n):
                            kv=kv_valid.astype(jnp.int32))
 
 
-@jax.custom_vjp
-def _attention(q, k, v, kv_valid):
-  out, _ = _forward(q, k, v, kv_valid)
-  return out
+def _row_term(out, d_out):
+  """The softmax backward's row term ``sum_d(out * d_out)`` of ``[B, N, H, d]`` arrays, as
+  ``[B, H, N]`` float32. Multiplied and summed element-wise rather than as an ``einsum``: a dot
+  with batch dimensions b, n, h makes XLA:TPU relay both operands out head-major in float32
+  first (3.6 GiB of copies per step on ViT-L at 24 clips per v5p chip, BENCHMARKS.md)."""
+  prod = out.astype(jnp.float32) * d_out.astype(jnp.float32)
+  return jnp.sum(prod, axis=-1).transpose(0, 2, 1)
 
 
-def _forward(q, k, v, kv_valid):
+def _kernel_forward(q, k, v, kv_valid):
+  """The kernel over a batch: ``out`` ``[B, H, N, d]`` (its own layout) and the float32
+  log-sum-exp ``[B, H, N]``."""
   kernel = _kernel(q.shape[1], q.shape[2], k.shape[2], _INTERPRET.get())
   out, (lse,) = jax.vmap(lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg))(
       q, k, v, _segments(kv_valid, q.shape[2]))
+  return out, lse
+
+
+def _kernel_backward(q, k, v, kv_valid, lse, d_out, di):
+  """The kernel's fused backward over a batch: dq, dk, dv from ``d_out`` ``[B, H, N, d]`` and the
+  row term ``di`` ``[B, H, N]``."""
+  b, h, n, e = q.shape
+  kernel = _kernel(h, n, k.shape[2], _INTERPRET.get())
+  kw, sizes = kernel.kwargs, kernel.kwargs["block_sizes"]
+
+  def per_clip(q, k, v, seg, lse, d_out, di):
+    return splash._splash_attention_bwd_dkv(  # pylint: disable=protected-access
+        q, k, v, seg, None, lse, d_out, di, bq=sizes.block_q_dkv, bkv=sizes.block_kv_dkv,
+        bkv_compute=sizes.block_kv_dkv_compute, is_mqa=kw["is_mqa"],
+        mask_info=kernel.dkv_mask_info, mask_value=kw["mask_value"],
+        attn_logits_soft_cap=kw["attn_logits_soft_cap"], use_fused_bwd_kernel=True,
+        q_layout=sizes.q_layout, k_layout=sizes.k_layout, v_layout=sizes.v_layout,
+        mask_function=kw["mask_function"], interpret=kw["interpret"])
+
+  return jax.vmap(per_clip)(q, k, v, _segments(kv_valid, n), lse, d_out, di)
+
+
+def _check_padded(q, k):
+  n, s = q.shape[2], k.shape[2]
+  if n % BLOCK or s % BLOCK:
+    raise ValueError(f"flash attention needs lengths padded to a multiple of {BLOCK} "
+                     f"(tpu_attention.padded_length), got q {n} and kv {s}")
+
+
+def _on_batch_shards(fn, *args):
+  """``fn(*args)``, under a mesh in a ``shard_map`` over its batch axes (Mosaic kernels cannot be
+  partitioned by XLA); every argument and result is split along its leading (batch) axis."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else _batch_axes(mesh)
+  if not axes:
+    return fn(*args)
+  spec = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args), out_specs=spec,
+                       check_vma=False)(*args)
+
+
+def _project(out, kernel, bias):
+  return (jnp.einsum("bhne,hed->bnd", out, kernel.astype(out.dtype))
+          + bias.astype(out.dtype))
+
+
+@jax.custom_vjp
+def _attend_and_project(q, k, v, kv_valid, kernel, bias):
+  out, _ = _on_batch_shards(_kernel_forward, q, k, v, kv_valid)
+  return _project(out, kernel, bias)
+
+
+def _attend_and_project_fwd(q, k, v, kv_valid, kernel, bias):
+  out, lse = _on_batch_shards(_kernel_forward, q, k, v, kv_valid)
+  # Kept for the backward as [B, N, H, d]: dense, where the kernel's own [B, H, N, d] is
+  # lane-padded (2x at d = 64, 5.3x at 24).
+  kept = out.transpose(0, 2, 1, 3)
+  return _project(out, kernel, bias), (q, k, v, kv_valid, kept, lse, kernel)
+
+
+def _attend_and_project_bwd(residuals, g):
+  q, k, v, kv_valid, kept, lse, kernel = residuals
+  # The output gradient is made in the kept output's dense layout, where the row term reads both
+  # without relayout; the kernel then takes one head-major copy of it.
+  d_kept = jnp.einsum("bnd,hed->bnhe", g, kernel.astype(g.dtype))
+  di = _row_term(kept, d_kept)
+  d_kernel = jnp.einsum("bnhe,bnd->hed", kept, g, preferred_element_type=jnp.float32)
+  d_bias = jnp.sum(g.astype(jnp.float32), axis=(0, 1))
+  dq, dk, dv = _on_batch_shards(_kernel_backward, q, k, v, kv_valid, lse,
+                                d_kept.transpose(0, 2, 1, 3), di)
+  return dq, dk, dv, None, d_kernel.astype(kernel.dtype), d_bias
+
+
+_attend_and_project.defvjp(_attend_and_project_fwd, _attend_and_project_bwd)
+
+
+def fused_attention_projected(q, k, v, kv_valid, kernel, bias):
+  """``fused_attention`` followed by the output projection, ``out @ kernel + bias`` with the
+  kernel viewed as ``[H, d, D]``: ``[B, N, D]`` in q's dtype, float32 weight gradients. One VJP
+  for both lets the projection read the kernel's output as it is written (no transpose in the
+  forward) and keep one dense copy of it for the backward (which both the projection's weight
+  gradient and the softmax backward read)."""
+  _check_padded(q, k)
+  return _attend_and_project(q, k, v, kv_valid, kernel, bias)
+
+
+@jax.custom_vjp
+def _attention(q, k, v, kv_valid):
+  return _forward(q, k, v, kv_valid)[0]
+
+
+def _forward(q, k, v, kv_valid):
+  out, lse = _kernel_forward(q, k, v, kv_valid)
   # The kernel writes [B, H, N, d]; kept so for the backward it would be lane-padded (2x at
   # d = 64, 5.3x at 24; XLA:TPU turns a transpose into a choice of layout, not a copy). As
   # [B, N, H * d] the heads and head dimension share the minor dimension: dense, and the layout
-  # the output projection reads.
+  # an output projection reads.
   b, h, n, e = out.shape
   return out.transpose(0, 2, 1, 3).reshape(b, n, h * e), lse
 
@@ -123,24 +224,9 @@ def _attention_fwd(q, k, v, kv_valid):
 def _attention_bwd(residuals, d_out):
   q, k, v, kv_valid, out, lse = residuals
   b, h, n, e = q.shape
-  kernel = _kernel(h, n, k.shape[2], _INTERPRET.get())
-  kw, sizes = kernel.kwargs, kernel.kwargs["block_sizes"]
-  # The softmax backward's row term, sum_d(out * d_out), read in the [B, N, H, d] layout both
-  # arrive in (the kernel's public backward would compute it from head-major float32 copies).
-  di = jnp.einsum("bnhe,bnhe->bhn", out.reshape(b, n, h, e), d_out.reshape(b, n, h, e),
-                  preferred_element_type=jnp.float32)
-
-  def per_clip(q, k, v, seg, lse, d_out, di):
-    return splash._splash_attention_bwd_dkv(  # pylint: disable=protected-access
-        q, k, v, seg, None, lse, d_out, di, bq=sizes.block_q_dkv, bkv=sizes.block_kv_dkv,
-        bkv_compute=sizes.block_kv_dkv_compute, is_mqa=kw["is_mqa"],
-        mask_info=kernel.dkv_mask_info, mask_value=kw["mask_value"],
-        attn_logits_soft_cap=kw["attn_logits_soft_cap"], use_fused_bwd_kernel=True,
-        q_layout=sizes.q_layout, k_layout=sizes.k_layout, v_layout=sizes.v_layout,
-        mask_function=kw["mask_function"], interpret=kw["interpret"])
-
-  d_out = d_out.reshape(b, n, h, e).transpose(0, 2, 1, 3)
-  dq, dk, dv = jax.vmap(per_clip)(q, k, v, _segments(kv_valid, n), lse, d_out, di)
+  out, d_out = out.reshape(b, n, h, e), d_out.reshape(b, n, h, e)
+  dq, dk, dv = _kernel_backward(q, k, v, kv_valid, lse, d_out.transpose(0, 2, 1, 3),
+                                _row_term(out, d_out))
   return dq, dk, dv, None
 
 
@@ -152,15 +238,6 @@ def fused_attention(q, k, v, kv_valid):
   ``[B, H, S, d]``, with N and S multiples of ``BLOCK``; ``kv_valid`` ``[B, S]`` bool marks the
   keys attended to. Returns the output as ``[B, N, H * d]`` (heads concatenated, as the output
   projection reads it), in q's dtype."""
-  b, _, n, _ = q.shape
-  s = k.shape[2]
-  if n % BLOCK or s % BLOCK:
-    raise ValueError(f"flash attention needs lengths padded to a multiple of {BLOCK} "
-                     f"(tpu_attention.padded_length), got q {n} and kv {s}")
-  mesh = jax.sharding.get_abstract_mesh()
-  axes = () if mesh.empty else _batch_axes(mesh)
-  if not axes:
-    return _attention(q, k, v, kv_valid)
-  spec = jax.sharding.PartitionSpec(axes)
-  return jax.shard_map(_attention, mesh=mesh, in_specs=(spec,) * 4, out_specs=spec,
-                       check_vma=False)(q, k, v, kv_valid)
+  _check_padded(q, k)
+  # The whole VJP runs per shard: its element-wise parts need no partitioning either.
+  return _on_batch_shards(_attention, q, k, v, kv_valid)
