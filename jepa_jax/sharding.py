@@ -8,7 +8,9 @@ divides (never a scanned stack's depth axis), and tensors under ``min_fsdp_size`
 layer stay replicated, where all-gathers would cost more than they save. An attention ``qkv``
 kernel ``[D, 3D]`` is split along D: the TPU path views it as ``[D, 3, H, d]``
 (``layers._HeadMajorQKV``), which equal chunks of 3D would cut through, and
-``constrain_input_split_weight_gradient`` pins its gradient there so XLA reduce-scatters it.
+``constrain_weight_gradient`` pins its gradient there so XLA reduce-scatters it; the output
+projection ``[D, D]`` splits its output D, which the TPU path's ``[H, d, D]`` view keeps whole
+(its gradient is pinned likewise).
 ``jax_threefry_partitionable`` is on, so random draws do not depend on the sharding.
 
 Activations follow logical axes (MaxText's rules): models call ``constrain(x, ("batch", "length",
@@ -35,7 +37,7 @@ BATCH_AXES = ("data", "fsdp")
 DEFAULT_MIN_FSDP_SIZE = 2**18  # config.mesh.min_fsdp_size's default
 
 # The min_fsdp_size of the step being traced (``activation_sharding``), so that a VJP inside the
-# model can follow the parameters' split rule (``constrain_input_split_weight_gradient``).
+# model can follow the parameters' split rule (``constrain_weight_gradient``).
 _MIN_FSDP_SIZE = contextvars.ContextVar("jepa_jax_min_fsdp_size", default=DEFAULT_MIN_FSDP_SIZE)
 
 # Logical activation axis -> mesh axes (None: not split). "length": tokens; "embed": the model
@@ -56,9 +58,10 @@ ACTIVATION_RULES = (
 # falls back to replicated when the axis divides no candidate dimension.
 PARAM_RULES = (
     (r"(^|/)qkv/kernel$", "input"),
+    (r"(^|/)attn/proj/kernel$", "output"),
     (r"", "largest"),
 )
-_SPLIT_CHOICES = ("input", "largest")
+_SPLIT_CHOICES = ("input", "output", "largest")
 
 jax.config.update("jax_threefry_partitionable", True)
 
@@ -166,8 +169,11 @@ def param_spec(path, shape, fsdp_size: int, min_fsdp_size: int, rules=PARAM_RULE
   if not candidates:
     return P()
   _, axis = max(candidates)
-  if split_choice(path, rules) == "input" and any(i == first for _, i in candidates):
+  choice = split_choice(path, rules)
+  if choice == "input" and any(i == first for _, i in candidates):
     axis = first
+  elif choice == "output" and any(i == len(shape) - 1 for _, i in candidates):
+    axis = len(shape) - 1
   spec = [None] * len(shape)
   spec[axis] = "fsdp"
   return P(*spec)
@@ -227,20 +233,22 @@ def with_activation_sharding(fn, mesh: Optional[Mesh],
   return traced
 
 
-def constrain_input_split_weight_gradient(g: jax.Array) -> jax.Array:
-  """Pin the gradient of a weight that ``param_spec`` splits along its first (input) dimension
-  (``qkv`` kernels) to that split, so that XLA reduce-scatters it. Computed inside a custom VJP
-  in a view of its own (``[D, 3, H, d]``), the gradient carries no hint of the parameter's split,
-  and XLA all-reduces it whole and slices it afterwards. Unchanged without a mesh, or where the
-  rule keeps the weight whole (fewer than ``min_fsdp_size`` elements per layer, as in
-  ``param_spec``, or D not divisible)."""
+def constrain_weight_gradient(g: jax.Array, axis: int) -> jax.Array:
+  """Pin the gradient of a weight, computed inside a custom VJP in a view of its own, to the
+  weight's FSDP split at ``axis`` of that view, so that XLA reduce-scatters it: the ``qkv``
+  kernel's ``[D, 3, H, d]`` (split along its input D, axis 0) and the TPU attention's output
+  projection (``[D, D]``, split along its output D, axis -1). Without the pin the view carries no hint of
+  the parameter's split, and XLA all-reduces it whole and slices it afterwards. Unchanged
+  without a mesh, or where the rule keeps the weight whole (fewer than ``min_fsdp_size``
+  elements per layer, as in ``param_spec``, or the dimension not divisible)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or "fsdp" not in mesh.axis_names or mesh.shape["fsdp"] <= 1:
     return g
-  if g.shape[0] % mesh.shape["fsdp"] or g.size < _MIN_FSDP_SIZE.get():
+  if g.shape[axis] % mesh.shape["fsdp"] or g.size < _MIN_FSDP_SIZE.get():
     return g
-  return jax.lax.with_sharding_constraint(
-      g, NamedSharding(mesh, P("fsdp", *([None] * (g.ndim - 1)))))
+  spec = [None] * g.ndim
+  spec[axis] = "fsdp"
+  return jax.lax.with_sharding_constraint(g, NamedSharding(mesh, P(*spec)))
 
 
 def activation_spec(names: Sequence[Optional[str]], shape, mesh, rules=ACTIVATION_RULES) -> P:

@@ -169,15 +169,16 @@ def test_fsdp_on_tpu_gathers_weights_in_the_compute_dtype(tmp_path, monkeypatch)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed")
-@pytest.mark.parametrize("min_fsdp_size", [2**18, 2**20, 2**30])
-def test_qkv_weight_gradient_is_pinned_to_the_kernels_input_split(min_fsdp_size, monkeypatch):
-  """The TPU attention computes the qkv gradient as [D, 3, H, d] inside its own VJP, where XLA
-  sees no link to the kernel's split and all-reduces it whole (measured: ViT-H at fsdp 4, 1.17
-  GiB per chip-step). The kernel is split along D, and the VJP pins the gradient to that split
-  (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no constraint. 2**20
-  lies between ViT-S's per-layer qkv kernel (442,368) and its 12-layer stack: the rule counts per
-  layer, as the VJP sees it, so the two agree. Lowered for TPU as the AOT compile traces it
-  (BENCHMARKS.md has the compiled figures)."""
+@pytest.mark.parametrize("min_fsdp_size", [2**17, 2**18, 2**20])
+def test_attention_weight_gradients_are_pinned_to_the_kernels_split(min_fsdp_size, monkeypatch):
+  """The TPU attention computes the qkv and output projection gradients inside its own VJPs
+  (qkv as [D, 3, H, d]), where XLA sees no link to the kernels' splits and can all-reduce them
+  whole (measured: ViT-H at fsdp 4, 1.17 GiB per chip-step for qkv, 0.39 for proj as [H, d, D]). The qkv
+  kernel is split along its input D and the projection along its output D, and the VJPs pin the
+  gradients there (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no
+  constraint. Per layer, qkv has 442,368 elements and proj 147,456 (ViT-S); 2**20 lies between a
+  qkv kernel and its 12-layer stack: the rule counts per layer, as the VJP sees it, so the two
+  agree. Lowered for TPU as the AOT compile traces it (BENCHMARKS.md has the compiled figures)."""
   from jepa_jax import aot, sharding  # noqa: PLC0415
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   config = vit_s_config((1, 4), dtype="bfloat16")
@@ -190,15 +191,21 @@ def test_qkv_weight_gradient_is_pinned_to_the_kernels_input_split(min_fsdp_size,
         exp.abstract_batch())
     text = exp.train_step.lower(exp.sharded_abstract_state, batch,
                                 jax.ShapeDtypeStruct((2,), jnp.uint32)).as_text()
-  qkv = exp.state_shardings.params["encoder"]["stack"]["blocks"]["block"]["attn"]["qkv"]["kernel"]
-  pinned = [line for line in text.splitlines()
-            if "sharding_constraint" in line and "tensor<384x3x6x64xf32>" in line]
-  if min_fsdp_size == 2**18:
-    assert qkv.spec == jax.sharding.PartitionSpec(None, "fsdp", None), qkv.spec  # [depth, D, 3D]
-    assert pinned and all('[{"fsdp"}, {}, {}, {}]' in line for line in pinned), pinned
+  attn = exp.state_shardings.params["encoder"]["stack"]["blocks"]["block"]["attn"]
+  pinned = lambda shape: [line for line in text.splitlines()
+                          if "sharding_constraint" in line and f"tensor<{shape}xf32>" in line]
+  P = jax.sharding.PartitionSpec
+  qkv, proj = pinned("384x3x6x64"), pinned("384x384")
+  if min_fsdp_size <= 442_368:
+    assert attn["qkv"]["kernel"].spec == P(None, "fsdp", None)  # [depth, D, 3D]: input D
+    assert qkv and all('[{"fsdp"}, {}, {}, {}]' in line for line in qkv), qkv
   else:
-    assert qkv.spec == jax.sharding.PartitionSpec(), qkv.spec
-    assert not pinned, pinned
+    assert attn["qkv"]["kernel"].spec == P() and not qkv, qkv
+  if min_fsdp_size <= 147_456:
+    assert attn["proj"]["kernel"].spec == P(None, None, "fsdp")  # [depth, D, D]: output D
+    assert proj and all('[{}, {"fsdp"}]' in line for line in proj), proj
+  else:
+    assert attn["proj"]["kernel"].spec == P() and not proj, proj
 
 
 def _specs(tree, fsdp: int, min_fsdp_size: int, rules=sharding_lib.PARAM_RULES):
@@ -210,14 +217,20 @@ def _specs(tree, fsdp: int, min_fsdp_size: int, rules=sharding_lib.PARAM_RULES):
 
 
 def test_parameter_split_follows_the_rules_table():
-  """``sharding.PARAM_RULES`` is data: a qkv kernel splits its input dimension, anything else its
-  largest divisible one; another table changes the split; the size threshold is per layer."""
+  """``sharding.PARAM_RULES`` is data: a qkv kernel splits its input dimension, the attention's
+  output projection its output dimension, anything else its largest divisible one; another
+  table changes the split; the size threshold is per layer."""
   P = jax.sharding.PartitionSpec
-  tree = {"attn": {"qkv": {"kernel": (64, 192)}}, "mlp": {"fc1": {"kernel": (64, 256)}},
+  tree = {"attn": {"qkv": {"kernel": (64, 192)}, "proj": {"kernel": (64, 64)}},
+          "mlp": {"fc1": {"kernel": (64, 256)}, "fc2": {"kernel": (256, 64)}},
           "norm": {"scale": (64,)}}
   specs = _specs(tree, 4, 1024)
   assert specs["attn"]["qkv"]["kernel"] == P("fsdp", None)
+  assert specs["attn"]["proj"]["kernel"] == P(None, "fsdp")
   assert specs["mlp"]["fc1"]["kernel"] == P(None, "fsdp")
+  assert specs["mlp"]["fc2"]["kernel"] == P("fsdp", None)
+  fc2_by_output = ((r"(^|/)fc2/kernel$", "output"),) + sharding_lib.PARAM_RULES
+  assert _specs(tree, 4, 1024, fc2_by_output)["mlp"]["fc2"]["kernel"] == P(None, "fsdp")
   assert specs["norm"]["scale"] == P()                      # 64 elements < 1024
   fc1_by_input = ((r"(^|/)fc1/kernel$", "input"),) + sharding_lib.PARAM_RULES
   assert _specs(tree, 4, 1024, fc1_by_input)["mlp"]["fc1"]["kernel"] == P("fsdp", None)

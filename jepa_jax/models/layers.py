@@ -409,7 +409,7 @@ def _head_major_qkv_bwd(q_scale, res, g):
   per_column = scale[None, :, None, None]  # kernel [D, 3, H, d]
   dx = jnp.einsum("tbhne,cthe->bnc", g, kernel.astype(x.dtype) * per_column.astype(x.dtype))
   dk = jnp.einsum("bnc,tbhne->cthe", x, g, preferred_element_type=jnp.float32) * per_column
-  dk = sharding.constrain_input_split_weight_gradient(dk)
+  dk = sharding.constrain_weight_gradient(dk, axis=0)
   db = jnp.sum(g.astype(jnp.float32), axis=(1, 3), keepdims=True) * scale[:, None, None, None, None]
   return dx, dk.astype(kernel.dtype), db.astype(bias.dtype)
 
@@ -501,8 +501,7 @@ class SelfAttention(nn.Module):
       q, k = rope_lib.apply_rope(q, rope), rope_lib.apply_rope(k, rope)
     valid = kv_valid_mask(kv_lengths, kv_mask, n, n_pad, b)
     kernel, bias = _ProjParams(d, name="proj")()
-    out = tpu_attention.fused_attention_projected(
-        q, k, v, valid, kernel.reshape(self.num_heads, d // self.num_heads, d), bias)
+    out = tpu_attention.fused_attention_projected(q, k, v, valid, kernel, bias)
     return checkpoint_name(out, WEIGHT_MATMUL)[:, :n]
 
 

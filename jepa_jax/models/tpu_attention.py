@@ -157,8 +157,8 @@ def _on_batch_shards(fn, *args):
 
 
 def _project(out, kernel, bias):
-  return (jnp.einsum("bhne,hed->bnd", out, kernel.astype(out.dtype))
-          + bias.astype(out.dtype))
+  heads = kernel.astype(out.dtype).reshape(out.shape[1], out.shape[3], -1)  # [H, d, D]
+  return jnp.einsum("bhne,hed->bnd", out, heads) + bias.astype(out.dtype)
 
 
 @jax.custom_vjp
@@ -176,12 +176,20 @@ def _attend_and_project_fwd(q, k, v, kv_valid, kernel, bias):
 
 
 def _attend_and_project_bwd(residuals, g):
+  from jepa_jax import sharding  # see _batch_axes
   q, k, v, kv_valid, kept, lse, kernel = residuals
+  b, h, n, e = q.shape
   # The output gradient is made in the kept output's dense layout, where the row term reads both
   # without relayout; the kernel then takes one head-major copy of it.
-  d_kept = jnp.einsum("bnd,hed->bnhe", g, kernel.astype(g.dtype))
+  d_kept = jnp.einsum("bnd,hed->bnhe", g, kernel.astype(g.dtype).reshape(h, e, -1))
   di = _row_term(kept, d_kept)
-  d_kernel = jnp.einsum("bnhe,bnd->hed", kept, g, preferred_element_type=jnp.float32)
+  # Pinned to the kernel's FSDP split. XLA:TPU still all-reduces it at ViT-H's size (fsdp 4:
+  # 0.39 GiB per chip-step); contracting the kept output reshaped to [B, N, D] instead, as the
+  # Dense does, is reduce-scattered but costs that reshape's relayout (2.5 GiB of copies per
+  # step, more HBM traffic than the all-reduce saves: BENCHMARKS.md, "TPU attention").
+  d_kernel = jnp.einsum("bnhe,bnd->hed", kept, g,
+                        preferred_element_type=jnp.float32).reshape(h * e, -1)
+  d_kernel = sharding.constrain_weight_gradient(d_kernel, axis=-1)
   d_bias = jnp.sum(g.astype(jnp.float32), axis=(0, 1))
   dq, dk, dv = _on_batch_shards(_kernel_backward, q, k, v, kv_valid, lse,
                                 d_kept.transpose(0, 2, 1, 3), di)
@@ -192,8 +200,8 @@ _attend_and_project.defvjp(_attend_and_project_fwd, _attend_and_project_bwd)
 
 
 def fused_attention_projected(q, k, v, kv_valid, kernel, bias):
-  """``fused_attention`` followed by the output projection, ``out @ kernel + bias`` with the
-  kernel viewed as ``[H, d, D]``: ``[B, N, D]`` in q's dtype, float32 weight gradients. One VJP
+  """``fused_attention`` followed by the output projection, ``out @ kernel + bias`` (``kernel``
+  ``[D, D]``, read as ``[H, d, D]``): ``[B, N, D]`` in q's dtype, float32 weight gradients. One VJP
   for both lets the projection read the kernel's output as it is written (no transpose in the
   forward) and keep one dense copy of it for the backward (which both the projection's weight
   gradient and the softmax backward read)."""
