@@ -9,7 +9,6 @@ ids exclude), exactly as the ``einsum`` path computes every row against the unma
 import functools
 import importlib.util
 import math
-import os
 import re
 
 import jax
