@@ -173,12 +173,13 @@ def test_fsdp_on_tpu_gathers_weights_in_the_compute_dtype(tmp_path, monkeypatch)
 def test_attention_weight_gradients_are_pinned_to_the_kernels_split(min_fsdp_size, monkeypatch):
   """The TPU attention computes the qkv and output projection gradients inside its own VJPs
   (qkv as [D, 3, H, d]), where XLA sees no link to the kernels' splits and can all-reduce them
-  whole (measured: ViT-H at fsdp 4, 1.17 GiB per chip-step for qkv, 0.39 for proj as [H, d, D]). The qkv
+  whole (measured: ViT-H at fsdp 4, 1.17 GiB per chip-step for qkv, 0.39 for proj). The qkv
   kernel is split along its input D and the projection along its output D, and the VJPs pin the
-  gradients there (a reduce-scatter); a kernel the rule keeps whole (min_fsdp_size) gets no
-  constraint. Per layer, qkv has 442,368 elements and proj 147,456 (ViT-S); 2**20 lies between a
-  qkv kernel and its 12-layer stack: the rule counts per layer, as the VJP sees it, so the two
-  agree. Lowered for TPU as the AOT compile traces it (BENCHMARKS.md has the compiled figures)."""
+  gradients there (qkv's pin turned its all-reduce into a reduce-scatter in the two-block proxy;
+  proj's made no difference in any compile so far); a kernel the rule keeps whole
+  (min_fsdp_size) gets no constraint. Per layer, qkv has 442,368 elements and proj 147,456
+  (ViT-S); 2**20 lies between a qkv kernel and its 12-layer stack: the rule counts per layer, as
+  the VJP sees it, so the two agree. Lowered for TPU as the AOT compile traces it (BENCHMARKS.md has the compiled figures)."""
   from jepa_jax import aot, sharding  # noqa: PLC0415
   monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   config = vit_s_config((1, 4), dtype="bfloat16")

@@ -210,7 +210,7 @@ def test_tiny_model_compiles_for_tpu_with_the_kernel(topology, width, monkeypatc
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]')")
 @pytest.mark.parametrize("grad", [False, True])
-def test_kernel_output_is_relaid_out_once_per_trained_block(grad, monkeypatch):
+def test_activation_relayouts_around_the_kernel(grad, monkeypatch):
   """Relayouts of activation-sized arrays around the kernel (its ``[B, H, N, d]`` output and
   output gradient against the ``[B, N, H * d]`` of the projections), in the tiny model's
   compiled step (v5p, head dimension 88, 2 blocks, 2 clips of 256 padded tokens per chip).

@@ -178,14 +178,16 @@ def _attend_and_project_fwd(q, k, v, kv_valid, kernel, bias):
 def _attend_and_project_bwd(residuals, g):
   from jepa_jax import sharding  # see _batch_axes
   q, k, v, kv_valid, kept, lse, kernel = residuals
-  b, h, n, e = q.shape
+  _, h, _, e = q.shape
   # The output gradient is made in the kept output's dense layout, where the row term reads both
   # without relayout; the kernel then takes one head-major copy of it.
   d_kept = jnp.einsum("bnd,hed->bnhe", g, kernel.astype(g.dtype).reshape(h, e, -1))
   di = _row_term(kept, d_kept)
-  # Pinned to the kernel's FSDP split. XLA:TPU still all-reduces it at ViT-H's size (fsdp 4:
-  # 0.39 GiB per chip-step); contracting the kept output reshaped to [B, N, D] instead, as the
-  # Dense does, is reduce-scattered but costs that reshape's relayout (2.5 GiB of copies per
+  # Pinned to the kernel's FSDP split, as qkv's. No compile yet tells the pin apart: XLA:TPU
+  # all-reduces this gradient at ViT-H's size (fsdp 4: 0.39 GiB per chip-step) and
+  # reduce-scatters it in the two-block proxy (bench/vith16_two_blocks.py), with or without it.
+  # Contracting the kept output reshaped to [B, N, D] instead, as the Dense does, is
+  # reduce-scattered at ViT-H's size but costs that reshape's relayout (2.5 GiB of copies per
   # step, more HBM traffic than the all-reduce saves: BENCHMARKS.md, "TPU attention").
   d_kernel = jnp.einsum("bnhe,bnd->hed", kept, g,
                         preferred_element_type=jnp.float32).reshape(h * e, -1)
